@@ -1,0 +1,2 @@
+//! One file per top-level subcommand.
+pub mod sae;

@@ -1,0 +1,38 @@
+//! `sparsa`: the command-line front end. It parses, reports and draws progress; the library
+//! crate does the work and never prints.
+
+mod commands;
+mod ui;
+
+use clap::{Parser, Subcommand};
+
+/// Sparsity allocation in neural networks: adaptive-allocation sparse autoencoders (TopK,
+/// Mutual Choice, Feature Choice; aux_k and aux_zipf) and pruning with Activate-while-Pruning.
+#[derive(Parser, Debug)]
+#[command(name = "sparsa", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// More log output (repeat for more); logs go to stderr.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Sparse autoencoders: train, evaluate, export, compare.
+    #[command(subcommand)]
+    Sae(commands::sae::SaeCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    ui::init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Sae(cmd) => commands::sae::run(cmd),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

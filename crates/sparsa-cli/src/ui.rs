@@ -1,0 +1,111 @@
+//! Terminal output: logging, progress bars, Ctrl-C, tables.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sparsa::util::progress::{Cancel, Progress};
+use std::io::IsTerminal;
+
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// An indicatif bar behind the library's [`Progress`] trait. Hidden when stderr is not a
+/// terminal (CI logs), so logs stay readable.
+pub struct Bar(ProgressBar);
+
+impl Bar {
+    /// `unit` names what is counted ("tok", "img", "step").
+    pub fn new(total: u64, prefix: &str, unit: &str) -> Self {
+        let pb = ProgressBar::new(total);
+        if !std::io::stderr().is_terminal() {
+            pb.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        let template = format!(
+            "{{prefix:>12}} [{{elapsed_precise}}] {{wide_bar}} {{human_pos}}/{{human_len}} {unit} \
+             ({{per_sec}}, ETA {{eta}}) {{msg}}"
+        );
+        pb.set_style(
+            ProgressStyle::with_template(&template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb.set_prefix(prefix.to_string());
+        Bar(pb)
+    }
+}
+
+impl Progress for Bar {
+    fn set_total(&self, total: u64) {
+        self.0.set_length(total)
+    }
+    fn set_position(&self, pos: u64) {
+        self.0.set_position(pos)
+    }
+    fn inc(&self, n: u64) {
+        self.0.inc(n)
+    }
+    fn message(&self, msg: &str) {
+        self.0.set_message(msg.to_string())
+    }
+    fn finish(&self) {
+        self.0.finish()
+    }
+}
+
+/// A cancellation flag set by the first Ctrl-C; a second Ctrl-C exits at once.
+pub fn ctrl_c_cancel() -> Cancel {
+    let cancel = Cancel::new();
+    let c = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if c.is_cancelled() {
+            eprintln!("\ninterrupted again: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing the current step and saving a checkpoint (Ctrl-C again to abort)");
+        c.cancel();
+    });
+    cancel
+}
+
+/// Render rows as an aligned plain-text table (first row is the header).
+pub fn table(rows: &[Vec<String>]) -> String {
+    let ncol = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut width = vec![0usize; ncol];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for (ri, r) in rows.iter().enumerate() {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    format!("{c:<w$}", w = width[i])
+                } else {
+                    format!("{c:>w$}", w = width[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        if ri == 0 {
+            let total: usize = width.iter().sum::<usize>() + 2 * ncol.saturating_sub(1);
+            out.push_str(&"-".repeat(total));
+            out.push('\n');
+        }
+    }
+    out
+}

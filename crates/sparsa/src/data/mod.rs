@@ -1,0 +1,2 @@
+//! Data in: activation stores, synthetic ground truth, image datasets, text corpora.
+pub mod store;
