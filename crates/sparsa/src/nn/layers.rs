@@ -1,0 +1,265 @@
+//! Layer functions over candle tensors. Each reads like its equation; candle's autograd supplies
+//! the backward pass (checked against finite differences in the tests below).
+
+use candle_core::{DType, Tensor, D};
+
+use super::Result;
+
+/// Fully connected layer: `y = x Wᵀ + b`, with `W` of shape (out, in).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.matmul(&w.t()?)?;
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// 2-D convolution, `W` of shape (out, in, k, k), zero padding `pad` on each side, and an
+/// optional per-channel bias.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    let y = x.conv2d(w, pad, stride, 1, 1)?;
+    Ok(match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
+        None => y,
+    })
+}
+
+/// Batch statistics used and produced by [`batch_norm_train`].
+pub struct BnStats {
+    /// Per-channel batch mean, shape (C).
+    pub mean: Tensor,
+    /// Per-channel biased batch variance, shape (C).
+    pub var: Tensor,
+}
+
+/// The per-channel reduction axes of a (N, C) or (N, C, H, W) tensor and the broadcast shape of a
+/// per-channel vector.
+fn channel_axes(x: &Tensor) -> Result<(Vec<usize>, Vec<usize>)> {
+    let dims = x.dims();
+    let c = dims.get(1).copied().unwrap_or(1);
+    Ok(match dims.len() {
+        2 => (vec![0], vec![1, c]),
+        _ => (vec![0, 2, 3], vec![1, c, 1, 1]),
+    })
+}
+
+/// Batch normalisation in training mode, over the batch (and spatial positions for 4-D input):
+/// `y = γ · (x − μ_B) / √(σ²_B + ε) + β` with the biased batch variance σ²_B.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, BnStats)> {
+    let (axes, bshape) = channel_axes(x)?;
+    let mean = x.mean_keepdim(axes.clone())?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(axes)?;
+    let inv = (var.clone() + eps)?.sqrt()?.recip()?;
+    let y = xc
+        .broadcast_mul(&inv)?
+        .broadcast_mul(&gamma.reshape(bshape.clone())?)?
+        .broadcast_add(&beta.reshape(bshape)?)?;
+    let c = gamma.dim(0)?;
+    Ok((
+        y,
+        BnStats {
+            mean: mean.detach().reshape(c)?,
+            var: var.detach().reshape(c)?,
+        },
+    ))
+}
+
+/// Batch normalisation in evaluation mode with running statistics:
+/// `y = γ · (x − μ_run) / √(σ²_run + ε) + β`.
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    run_mean: &Tensor,
+    run_var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let (_, bshape) = channel_axes(x)?;
+    let scale = (gamma / (run_var + eps)?.sqrt()?)?;
+    let shift = (beta - (run_mean * &scale)?)?;
+    Ok(x.broadcast_mul(&scale.reshape(bshape.clone())?)?
+        .broadcast_add(&shift.reshape(bshape)?)?)
+}
+
+/// Max pooling with a k×k window and stride k. Trailing rows/columns that do not fill a window
+/// are dropped (floor semantics).
+///
+/// Written as a reshape to (N, C, H/k, k, W/k, k) and two max reductions rather than candle's
+/// `max_pool2d`, whose backward pass in candle 0.11 scales the gradient by 1/k² (the
+/// finite-difference test below catches it).
+pub fn max_pool(x: &Tensor, k: usize) -> Result<Tensor> {
+    let x = crop_to_multiple(x, k)?;
+    let (n, c, h, w) = x.dims4()?;
+    Ok(x.reshape((n, c, h / k, k, w / k, k))?.max(5)?.max(3)?)
+}
+
+/// Average pooling with a k×k window and stride k (floor semantics, as [`max_pool`]).
+pub fn avg_pool(x: &Tensor, k: usize) -> Result<Tensor> {
+    Ok(crop_to_multiple(x, k)?.avg_pool2d(k)?)
+}
+
+fn crop_to_multiple(x: &Tensor, k: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (h2, w2) = (h / k * k, w / k * k);
+    if h2 == h && w2 == w {
+        return Ok(x.clone());
+    }
+    Ok(x.narrow(2, 0, h2)?.narrow(3, 0, w2)?)
+}
+
+/// Global average pooling: (N, C, H, W) → (N, C).
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    Ok(x.mean((2, 3))?)
+}
+
+/// Mean cross-entropy of logits (N, K) against class ids (N) as u32.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::loss::cross_entropy(logits, labels)?)
+}
+
+/// Number of correct arg-max predictions.
+pub fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
+    let pred = logits.argmax(D::Minus1)?;
+    let eq = pred.eq(&labels.to_dtype(pred.dtype())?)?;
+    Ok(eq.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+
+    fn rand_t(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Central-difference check of d(sum(f(vars) ⊙ R))/d(var) against autograd, in f64.
+    fn fd_check(vars: &[Var], f: &dyn Fn(&[Tensor]) -> Tensor, tol: f64) {
+        let inputs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&inputs);
+        let r = rand_t(out.dims(), 99);
+        let loss = (out * &r).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let h = 1e-6;
+        for (vi, var) in vars.iter().enumerate() {
+            let g = grads
+                .get(var.as_tensor())
+                .expect("gradient exists")
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let shape = var.as_tensor().dims().to_vec();
+            // Check a spread of coordinates (all of them for small tensors).
+            let step = (base.len() / 40).max(1);
+            for i in (0..base.len()).step_by(step) {
+                let eval = |delta: f64| {
+                    let mut v = base.clone();
+                    v[i] += delta;
+                    let t = Tensor::from_vec(v, shape.as_slice(), &Device::Cpu).unwrap();
+                    let mut ins = inputs.clone();
+                    ins[vi] = t;
+                    (f(&ins) * &r)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f64>()
+                        .unwrap()
+                };
+                let fd = (eval(h) - eval(-h)) / (2.0 * h);
+                let err = (fd - g[i]).abs() / (1.0 + fd.abs());
+                assert!(
+                    err < tol,
+                    "var {vi} coord {i}: autograd {} vs finite difference {fd}",
+                    g[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn conv2d_gradients_match_finite_differences() {
+        for &(stride, pad, hw) in &[(1usize, 1usize, 6usize), (2, 1, 7), (2, 0, 6), (1, 0, 5)] {
+            let x = Var::from_tensor(&rand_t(&[2, 3, hw, hw], 1)).unwrap();
+            let w = Var::from_tensor(&rand_t(&[4, 3, 3, 3], 2)).unwrap();
+            let b = Var::from_tensor(&rand_t(&[4], 3)).unwrap();
+            fd_check(
+                &[x, w, b],
+                &|t| conv2d(&t[0], &t[1], Some(&t[2]), stride, pad).unwrap(),
+                1e-6,
+            );
+        }
+    }
+
+    #[test]
+    fn batch_norm_gradients_match_finite_differences() {
+        let x = Var::from_tensor(&rand_t(&[4, 3, 3, 3], 4)).unwrap();
+        let g = Var::from_tensor(&(rand_t(&[3], 5) + 1.5).unwrap()).unwrap();
+        let b = Var::from_tensor(&rand_t(&[3], 6)).unwrap();
+        fd_check(
+            &[x, g, b],
+            &|t| batch_norm_train(&t[0], &t[1], &t[2], 1e-5).unwrap().0,
+            1e-5,
+        );
+        // The 2-D (N, C) form.
+        let x = Var::from_tensor(&rand_t(&[5, 3], 7)).unwrap();
+        let g = Var::from_tensor(&(rand_t(&[3], 8) + 1.5).unwrap()).unwrap();
+        let b = Var::from_tensor(&rand_t(&[3], 9)).unwrap();
+        fd_check(
+            &[x, g, b],
+            &|t| batch_norm_train(&t[0], &t[1], &t[2], 1e-5).unwrap().0,
+            1e-5,
+        );
+    }
+
+    #[test]
+    fn pooling_gradients_match_finite_differences() {
+        // Odd spatial size exercises the floor cropping.
+        let x = Var::from_tensor(&rand_t(&[2, 2, 7, 7], 10)).unwrap();
+        fd_check(&[x.clone()], &|t| max_pool(&t[0], 2).unwrap(), 1e-6);
+        fd_check(&[x.clone()], &|t| avg_pool(&t[0], 2).unwrap(), 1e-6);
+        fd_check(&[x], &|t| global_avg_pool(&t[0]).unwrap(), 1e-6);
+    }
+
+    #[test]
+    fn batch_norm_normalises_and_eval_matches_train_with_batch_stats() {
+        let x = rand_t(&[8, 2, 3, 3], 11).to_dtype(DType::F32).unwrap();
+        let g = Tensor::ones(2, DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+        let (y, st) = batch_norm_train(&x, &g, &b, 1e-5).unwrap();
+        let m = y.mean((0, 2, 3)).unwrap().to_vec1::<f32>().unwrap();
+        assert!(m.iter().all(|v| v.abs() < 1e-5));
+        let ye = batch_norm_eval(&x, &g, &b, &st.mean, &st.var, 1e-5).unwrap();
+        let d = (y - ye).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn max_pool_floor_semantics() {
+        let v: Vec<f32> = (0..25).map(|i| i as f32).collect();
+        let x = Tensor::from_vec(v, (1, 1, 5, 5), &Device::Cpu).unwrap();
+        let y = max_pool(&x, 2).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 2, 2]);
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![6.0, 8.0, 16.0, 18.0]
+        );
+    }
+}
