@@ -131,6 +131,7 @@ pub trait ReluProbe {
     fn observe(&mut self, index: usize, out: &Tensor) -> Result<()>;
 }
 
+#[derive(Clone)]
 enum Op {
     Flatten,
     Linear {
@@ -289,12 +290,7 @@ impl Net {
         let mut ops = Vec::new();
         match arch {
             Arch::Lenet300100 => {
-                ops.push(Op::Flatten);
-                ops.push(b.linear("fc1", c * h * w, 300)?);
-                ops.push(b.relu("relu1"));
-                ops.push(b.linear("fc2", 300, 100)?);
-                ops.push(b.relu("relu2"));
-                ops.push(b.linear("fc3", 100, classes)?);
+                ops = mlp_ops(&mut b, c * h * w, &[300, 100], classes)?;
             }
             Arch::Conv2 | Arch::Conv4 | Arch::Conv6 => {
                 let pairs = match arch {
@@ -386,6 +382,34 @@ impl Net {
         }
         Ok(Net {
             arch,
+            input,
+            params: b.params,
+            bns: b.bns,
+            ops,
+            relu_names: b.relus,
+            bn_momentum: 0.1,
+            bn_eps: 1e-5,
+        })
+    }
+
+    /// A LeNet-style MLP with custom hidden widths (LeNet-300-100 is `hidden = [300, 100]`); its
+    /// `arch` reads `lenet-300-100` as the family name. Used for small hand-checked tests.
+    pub fn mlp(input: InputSpec, hidden: &[usize], seed: u64, dtype: DType) -> Result<Net> {
+        let mut b = Builder {
+            params: Vec::new(),
+            bns: Vec::new(),
+            relus: Vec::new(),
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            dtype,
+        };
+        let ops = mlp_ops(
+            &mut b,
+            input.channels * input.height * input.width,
+            hidden,
+            input.classes,
+        )?;
+        Ok(Net {
+            arch: Arch::Lenet300100,
             input,
             params: b.params,
             bns: b.bns,
@@ -554,13 +578,29 @@ impl Net {
                 var: b.var.to_dtype(dtype)?,
             });
         }
-        let mut net = Net::new(self.arch, self.input, 0, dtype)?;
-        net.params = params;
-        net.bns = bns;
-        net.bn_momentum = self.bn_momentum;
-        net.bn_eps = self.bn_eps;
-        Ok(net)
+        Ok(Net {
+            arch: self.arch,
+            input: self.input,
+            params,
+            bns,
+            ops: self.ops.clone(),
+            relu_names: self.relu_names.clone(),
+            bn_momentum: self.bn_momentum,
+            bn_eps: self.bn_eps,
+        })
     }
+}
+
+fn mlp_ops(b: &mut Builder, fan_in: usize, hidden: &[usize], classes: usize) -> Result<Vec<Op>> {
+    let mut ops = vec![Op::Flatten];
+    let mut cin = fan_in;
+    for (i, &h) in hidden.iter().enumerate() {
+        ops.push(b.linear(&format!("fc{}", i + 1), cin, h)?);
+        ops.push(b.relu(&format!("relu{}", i + 1)));
+        cin = h;
+    }
+    ops.push(b.linear(&format!("fc{}", hidden.len() + 1), cin, classes)?);
+    Ok(ops)
 }
 
 struct Ctx<'a, 'p> {

@@ -1,0 +1,1 @@
+//! Summary tables (placeholder, filled in next).

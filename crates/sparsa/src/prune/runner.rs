@@ -1,0 +1,1 @@
+//! Experiment grids (placeholder, filled in next).
