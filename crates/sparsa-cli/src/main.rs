@@ -23,6 +23,9 @@ enum Command {
     /// Sparse autoencoders: train, evaluate, export, compare.
     #[command(subcommand)]
     Sae(commands::sae::SaeCommand),
+    /// Pruning with dead-neuron tracking and Activate-while-Pruning: run, report, bench.
+    #[command(subcommand)]
+    Prune(commands::prune::PruneCommand),
 }
 
 fn main() {
@@ -30,6 +33,7 @@ fn main() {
     ui::init_logging(cli.verbose);
     let result = match cli.command {
         Command::Sae(cmd) => commands::sae::run(cmd),
+        Command::Prune(cmd) => commands::prune::run(cmd),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

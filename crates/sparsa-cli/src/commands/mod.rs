@@ -1,2 +1,3 @@
 //! One file per top-level subcommand.
+pub mod prune;
 pub mod sae;

@@ -139,9 +139,17 @@ mod tests {
     fn loads_cifar10_and_100() {
         let d = tempfile::tempdir().unwrap();
         for i in 1..=5 {
-            std::fs::write(d.path().join(format!("data_batch_{i}.bin")), records(3, CifarKind::Cifar10)).unwrap();
+            std::fs::write(
+                d.path().join(format!("data_batch_{i}.bin")),
+                records(3, CifarKind::Cifar10),
+            )
+            .unwrap();
         }
-        std::fs::write(d.path().join("test_batch.bin"), records(2, CifarKind::Cifar10)).unwrap();
+        std::fs::write(
+            d.path().join("test_batch.bin"),
+            records(2, CifarKind::Cifar10),
+        )
+        .unwrap();
         let (tr, te) = load_cifar_dir(d.path(), CifarKind::Cifar10).unwrap();
         assert_eq!((tr.len(), te.len(), tr.classes), (15, 2, 10));
         assert_eq!(tr.labels[..3], [0, 1, 2]);
@@ -163,9 +171,16 @@ mod tests {
         let mut r = records(2, CifarKind::Cifar10);
         r.truncate(r.len() - 10);
         std::fs::write(&p, r).unwrap();
-        let e = read_cifar_file(&p, CifarKind::Cifar10).unwrap_err().to_string();
-        assert!(e.contains("truncated") && e.contains("test_batch.bin"), "{e}");
-        let e = load_cifar_dir(d.path(), CifarKind::Cifar10).unwrap_err().to_string();
+        let e = read_cifar_file(&p, CifarKind::Cifar10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("truncated") && e.contains("test_batch.bin"),
+            "{e}"
+        );
+        let e = load_cifar_dir(d.path(), CifarKind::Cifar10)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("data_batch_1.bin"), "{e}");
         // A label out of range.
         let mut r = records(1, CifarKind::Cifar10);

@@ -74,7 +74,10 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
         msg,
     };
     if bytes.len() < 4 {
-        return Err(bad(format!("only {} bytes, shorter than the header", bytes.len())));
+        return Err(bad(format!(
+            "only {} bytes, shorter than the header",
+            bytes.len()
+        )));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
         return Err(bad(format!(
@@ -248,7 +251,10 @@ pub fn load_idx_pair(images: &Path, labels: &Path, classes: usize) -> Result<Ima
         return Err(ImageDataError::Format {
             path: images.to_path_buf(),
             format: "IDX",
-            msg: format!("image file has dimensions {:?}, expected N × rows × cols", im.dims),
+            msg: format!(
+                "image file has dimensions {:?}, expected N × rows × cols",
+                im.dims
+            ),
         });
     }
     if lb.dims.len() != 1 || lb.dims[0] != im.dims[0] {
@@ -379,7 +385,9 @@ mod tests {
         let e = read_idx(&p).unwrap_err().to_string();
         assert!(e.contains("magic"), "{e}");
 
-        let e = load_mnist_dir(&d.path().join("nope")).unwrap_err().to_string();
+        let e = load_mnist_dir(&d.path().join("nope"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("train-images-idx3-ubyte"), "{e}");
     }
 
@@ -409,8 +417,10 @@ mod tests {
         for _ in 0..50 {
             let (x, _) = set.batch(&[0], Some((0, &mut rng)), &mut buf).unwrap();
             let v = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert!(v == (0..9).map(|v| v as f32).collect::<Vec<_>>()
-                || v == vec![2., 1., 0., 5., 4., 3., 8., 7., 6.]);
+            assert!(
+                v == (0..9).map(|v| v as f32).collect::<Vec<_>>()
+                    || v == vec![2., 1., 0., 5., 4., 3., 8., 7., 6.]
+            );
             seen_flip |= v[0] == 2.0;
         }
         assert!(seen_flip);

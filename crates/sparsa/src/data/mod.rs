@@ -1,4 +1,4 @@
 //! Data in: activation stores, synthetic ground truth, image datasets, text corpora.
-pub mod store;
 pub mod cifar;
 pub mod idx;
+pub mod store;

@@ -165,7 +165,12 @@ mod tests {
                 .unwrap()
                 .to_vec1::<f64>()
                 .unwrap();
-            let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let base = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
             let shape = var.as_tensor().dims().to_vec();
             // Check a spread of coordinates (all of them for small tensors).
             let step = (base.len() / 40).max(1);

@@ -185,16 +185,14 @@ impl Builder {
             msg: e.to_string(),
         })?;
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| normal.sample(&mut self.rng) as f32).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|_| normal.sample(&mut self.rng) as f32)
+            .collect();
         Ok(Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(self.dtype)?)
     }
 
     fn push(&mut self, name: String, t: Tensor, prunable: bool) -> Result<usize> {
-        let mask = if prunable {
-            Some(t.ones_like()?)
-        } else {
-            None
-        };
+        let mask = if prunable { Some(t.ones_like()?) } else { None };
         self.params.push(Param {
             name,
             var: Var::from_tensor(&t)?,
@@ -240,7 +238,11 @@ impl Builder {
             Tensor::ones(c, self.dtype, d)?,
             false,
         )?;
-        let beta = self.push(format!("{name}.bias"), Tensor::zeros(c, self.dtype, d)?, false)?;
+        let beta = self.push(
+            format!("{name}.bias"),
+            Tensor::zeros(c, self.dtype, d)?,
+            false,
+        )?;
         self.bns.push(BnState {
             gamma,
             beta,
@@ -547,7 +549,12 @@ impl Net {
                 if new.dims() != m.dims() {
                     return Err(NnError::Config {
                         field: "masks",
-                        msg: format!("mask `{}` has shape {:?}, expected {:?}", p.name, new.dims(), m.dims()),
+                        msg: format!(
+                            "mask `{}` has shape {:?}, expected {:?}",
+                            p.name,
+                            new.dims(),
+                            m.dims()
+                        ),
                     });
                 }
                 *m = new.to_dtype(m.dtype())?;
@@ -562,7 +569,9 @@ impl Net {
         for p in &self.params {
             params.push(Param {
                 name: p.name.clone(),
-                var: Var::from_tensor(&p.var.as_tensor().to_dtype(dtype)?)?,
+                // `copy` so the new net never shares storage with this one (the optimiser and
+                // `Var::set` write in place).
+                var: Var::from_tensor(&p.var.as_tensor().to_dtype(dtype)?.copy()?)?,
                 mask: match &p.mask {
                     Some(m) => Some(m.to_dtype(dtype)?),
                     None => None,
@@ -706,7 +715,12 @@ mod tests {
         ];
         for (arch, input, prunable_count) in cases {
             let mut net = Net::new(arch, input, 0, DType::F32).unwrap();
-            let x = Tensor::zeros((2, input.channels, input.height, input.width), DType::F32, &Device::Cpu).unwrap();
+            let x = Tensor::zeros(
+                (2, input.channels, input.height, input.width),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap();
             let y = net.forward(&x, Mode::Train, None).unwrap();
             assert_eq!(y.dims(), &[2, 10], "{arch}");
             let y = net.forward(&x, Mode::Eval, None).unwrap();

@@ -111,7 +111,10 @@ mod tests {
         for seed in 0..40 {
             let (end, start, mut m) = case();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            assert_eq!(ap_remove(&mut m, &end, &start, 1, ApVariant::NegativeOnly, &mut rng), 1);
+            assert_eq!(
+                ap_remove(&mut m, &end, &start, 1, ApVariant::NegativeOnly, &mut rng),
+                1
+            );
             for l in 0..2 {
                 for i in 0..4 {
                     if m[l][i] == 0.0 && !(l == 1 && i == 2) {
@@ -130,7 +133,10 @@ mod tests {
         let (end, start, mut m) = case();
         let before = m.clone();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        assert_eq!(ap_remove(&mut m, &end, &start, 3, ApVariant::Off, &mut rng), 0);
+        assert_eq!(
+            ap_remove(&mut m, &end, &start, 3, ApVariant::Off, &mut rng),
+            0
+        );
         assert_eq!(m, before);
     }
 }

@@ -89,7 +89,11 @@ impl DnrProbe {
         }
         Ok(DnrReport {
             layers,
-            global_dynamic: if units_seen > 0.0 { dead / units_seen } else { 0.0 },
+            global_dynamic: if units_seen > 0.0 {
+                dead / units_seen
+            } else {
+                0.0
+            },
             global_static: if self.track_static && sunits > 0.0 {
                 Some(sdead / sunits)
             } else {
@@ -134,13 +138,20 @@ mod tests {
         let mut p = DnrProbe::new(&names, true);
         // Layer a: 3 samples × 4 units. Unit 0 dead on all; unit 1 dead on sample 0 only.
         let a = Tensor::new(
-            &[[0.0f32, 0.0, 1.0, 2.0], [0.0, 3.0, 1.0, 2.0], [0.0, 1.0, 0.5, 0.1]],
+            &[
+                [0.0f32, 0.0, 1.0, 2.0],
+                [0.0, 3.0, 1.0, 2.0],
+                [0.0, 1.0, 0.5, 0.1],
+            ],
             &Device::Cpu,
         )
         .unwrap();
         // Layer b: conv-shaped (3, 1, 1, 2): units are positions; position 1 dead on 2 samples.
-        let b = Tensor::new(&[[[[1.0f32, 0.0]]], [[[2.0, 0.0]]], [[[3.0, 1.0]]]], &Device::Cpu)
-            .unwrap();
+        let b = Tensor::new(
+            &[[[[1.0f32, 0.0]]], [[[2.0, 0.0]]], [[[3.0, 1.0]]]],
+            &Device::Cpu,
+        )
+        .unwrap();
         p.observe(0, &a).unwrap();
         p.observe(1, &b).unwrap();
         let r = p.report().unwrap();

@@ -38,7 +38,11 @@ pub fn host_masks(net: &Net) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::new();
     for i in net.prunable() {
         if let Some(m) = &net.params[i].mask {
-            out.push(m.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?);
+            out.push(
+                m.flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()?,
+            );
         }
     }
     Ok(out)
@@ -49,7 +53,11 @@ pub fn host_weights(net: &Net) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::new();
     for i in net.prunable() {
         let w = net.params[i].var.as_tensor();
-        out.push(w.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?);
+        out.push(
+            w.flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?,
+        );
     }
     Ok(out)
 }
@@ -93,9 +101,7 @@ pub fn alive(masks: &[Vec<f32>]) -> usize {
 }
 
 fn cmp_entry(a: &(f32, u32, u32), b: &(f32, u32, u32)) -> Ordering {
-    a.0.total_cmp(&b.0)
-        .then(a.1.cmp(&b.1))
-        .then(a.2.cmp(&b.2))
+    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
 }
 
 /// Remove the `n` lowest-scoring entries among those alive and `eligible` across all tensors (one

@@ -1,1 +1,705 @@
-//! Experiment grids (placeholder, filled in next).
+//! Experiment grids: methods × AP variants × seeds, each pruned over rounds, written to a run
+//! directory named by a hash of the configuration so a rerun resumes (finished rounds are
+//! skipped) or reuses the results.
+//!
+//! Layout of `<out>/<name>-<hash12>/`:
+//! ```text
+//! config.toml                      the canonical configuration
+//! cells/<method>-<scope>-ap_<variant>-seed<k>/
+//!   rewind.safetensors             θ at the rewind step (with batch-norm statistics)
+//!   round_<rr>/epochs.jsonl        one line of EpochMetrics per epoch
+//!   round_<rr>/masks.safetensors   the masks this round trained with
+//!   round_<rr>/weights.safetensors the state at the end of the round's training
+//!   round_<rr>/metrics.json        RoundRecord; written last, marks the round finished
+//! ```
+//! Every file is written atomically. Round 0 is the dense network.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+
+use super::ap::ApVariant;
+use super::dnr::DnrReport;
+use super::mask::{self, LayerSparsity};
+use super::method::{Method, Scope, ScoreContext};
+use super::schedule::{self, PruneStep, RoundCounts};
+use super::train::{self, EpochMetrics, TrainConfig, TrainJob};
+use super::{config_err, io_err, PruneError, Result};
+use crate::data::cifar::{load_cifar_dir, CifarKind};
+use crate::data::idx::{load_mnist_dir, ImageSet};
+use crate::nn::models::{Arch, InputSpec, Net};
+use crate::util::fs::atomic_write;
+use crate::util::progress::{Cancel, Progress};
+
+/// The image datasets a run can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Dataset {
+    #[serde(rename = "fashion-mnist")]
+    FashionMnist,
+    #[serde(rename = "mnist")]
+    Mnist,
+    #[serde(rename = "cifar10")]
+    Cifar10,
+    #[serde(rename = "cifar100")]
+    Cifar100,
+}
+
+/// `[data]`: which dataset and where (a directory of IDX or CIFAR binary files).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub dataset: Dataset,
+    /// Directory with the files; for Fashion-MNIST it may be omitted (the CLI fetches it).
+    /// Not part of the run hash (paths differ between machines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Use only the first n training / test examples (0 = all).
+    #[serde(default)]
+    pub train_subset: usize,
+    #[serde(default)]
+    pub test_subset: usize,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub arch: Arch,
+}
+
+/// The pruning schedule kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// Train → prune `rate` of the remaining → rewind → repeat for `rounds` rounds.
+    Iterative,
+    /// For each target sparsity separately: prune once (at init or after dense training) → train.
+    Oneshot,
+}
+
+/// When a one-shot schedule prunes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OneshotAt {
+    #[default]
+    Init,
+    Trained,
+}
+
+fn d_rate() -> f64 {
+    0.2
+}
+fn d_ap_rate() -> f64 {
+    0.02
+}
+fn d_ap() -> Vec<ApVariant> {
+    vec![ApVariant::Off, ApVariant::On]
+}
+fn d_seeds() -> Vec<u64> {
+    vec![0, 1, 2]
+}
+fn d_one() -> usize {
+    1
+}
+fn d_synflow() -> usize {
+    100
+}
+
+/// `[prune]`: the grid and the schedule.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneConfig {
+    pub schedule: ScheduleKind,
+    pub methods: Vec<Method>,
+    #[serde(default)]
+    pub scope: Scope,
+    /// Iterative: share of the remaining weights removed per round.
+    #[serde(default = "d_rate")]
+    pub rate: f64,
+    /// Iterative: number of pruning rounds (after the dense round 0).
+    #[serde(default)]
+    pub rounds: usize,
+    /// Rewind to θ at this optimiser step (0 = original initialisation).
+    #[serde(default)]
+    pub rewind_step: usize,
+    /// One-shot: the target sparsities.
+    #[serde(default)]
+    pub sparsities: Vec<f64>,
+    #[serde(default)]
+    pub oneshot_at: OneshotAt,
+    /// AP variants to run (iterative only).
+    #[serde(default = "d_ap")]
+    pub ap: Vec<ApVariant>,
+    /// AP's share p_ap of the remaining weights per round.
+    #[serde(default = "d_ap_rate")]
+    pub ap_rate: f64,
+    #[serde(default = "d_seeds")]
+    pub seeds: Vec<u64>,
+    #[serde(default = "d_one")]
+    pub snip_batches: usize,
+    #[serde(default = "d_synflow")]
+    pub synflow_iterations: usize,
+}
+
+/// A whole experiment (one TOML file).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    #[serde(default)]
+    pub name: String,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub prune: PruneConfig,
+}
+
+impl ExperimentConfig {
+    /// Parse and validate a TOML config; errors name the file and the field.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let cfg: ExperimentConfig = toml::from_str(&text).map_err(|e| PruneError::Config {
+            field: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check everything that can be checked before loading data.
+    pub fn validate(&self) -> Result<()> {
+        self.train.validate()?;
+        let p = &self.prune;
+        if p.methods.is_empty() {
+            return Err(config_err("prune.methods", "list at least one method"));
+        }
+        if p.seeds.is_empty() {
+            return Err(config_err("prune.seeds", "list at least one seed"));
+        }
+        if p.ap.is_empty() {
+            return Err(config_err(
+                "prune.ap",
+                "list at least one AP variant (\"off\" for none)",
+            ));
+        }
+        for m in &p.methods {
+            if p.scope == Scope::Layer && !m.allows_layer_scope() {
+                return Err(config_err(
+                    "prune.scope",
+                    format!("{} is global only; use scope = \"global\"", m.name()),
+                ));
+            }
+        }
+        match p.schedule {
+            ScheduleKind::Iterative => {
+                if !(p.rate > 0.0 && p.rate < 1.0) {
+                    return Err(config_err("prune.rate", "must be in (0, 1)"));
+                }
+                if p.rounds == 0 {
+                    return Err(config_err(
+                        "prune.rounds",
+                        "iterative pruning needs rounds ≥ 1",
+                    ));
+                }
+                if let Some(m) = p.methods.iter().find(|m| m.one_shot_only()) {
+                    return Err(config_err(
+                        "prune.methods",
+                        format!(
+                            "{} is defined at initialisation only: use schedule = \"oneshot\"",
+                            m.name()
+                        ),
+                    ));
+                }
+                if p.ap.iter().any(|a| *a != ApVariant::Off) {
+                    if !(p.ap_rate > 0.0 && p.ap_rate <= p.rate) {
+                        return Err(config_err("prune.ap_rate", "must be in (0, rate]"));
+                    }
+                    if p.scope != Scope::Global {
+                        return Err(config_err(
+                            "prune.scope",
+                            "AP uses one threshold across layers: use scope = \"global\"",
+                        ));
+                    }
+                }
+            }
+            ScheduleKind::Oneshot => {
+                if p.sparsities.is_empty() || p.sparsities.iter().any(|s| !(*s > 0.0 && *s < 1.0)) {
+                    return Err(config_err(
+                        "prune.sparsities",
+                        "list target sparsities in (0, 1)",
+                    ));
+                }
+                if p.ap.iter().any(|a| *a != ApVariant::Off) {
+                    return Err(config_err(
+                        "prune.ap",
+                        "AP rides on an iterative schedule; use ap = [\"off\"] with one-shot",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The canonical TOML written into the run directory (without the machine-specific data dir).
+    pub fn canonical(&self) -> Result<String> {
+        let mut c = self.clone();
+        c.data.dir = None;
+        toml::to_string(&c).map_err(|e| config_err("config", e.to_string()))
+    }
+
+    /// First 12 hex digits of SHA-256 of [`Self::canonical`].
+    pub fn hash(&self) -> Result<String> {
+        let digest = Sha256::digest(self.canonical()?.as_bytes());
+        Ok(digest.iter().take(6).map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// `<out>/<name>-<hash>` (or `<out>/<hash>` without a name).
+    pub fn run_dir(&self, out: &Path) -> Result<PathBuf> {
+        let h = self.hash()?;
+        Ok(if self.name.is_empty() {
+            out.join(h)
+        } else {
+            out.join(format!("{}-{h}", self.name))
+        })
+    }
+
+    /// The (method, AP variant, seed) cells of the grid.
+    pub fn cells(&self) -> Vec<Cell> {
+        let mut out = Vec::new();
+        for &method in &self.prune.methods {
+            for &ap in &self.prune.ap {
+                for &seed in &self.prune.seeds {
+                    out.push(Cell {
+                        method,
+                        scope: self.prune.scope,
+                        ap,
+                        seed,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of rounds per cell, dense round 0 included.
+    pub fn rounds_per_cell(&self) -> usize {
+        match self.prune.schedule {
+            ScheduleKind::Iterative => self.prune.rounds + 1,
+            ScheduleKind::Oneshot => self.prune.sparsities.len() + 1,
+        }
+    }
+
+    /// Target density of round r.
+    pub fn density(&self, round: usize) -> f64 {
+        match self.prune.schedule {
+            ScheduleKind::Iterative => schedule::iterative_density(self.prune.rate, round),
+            ScheduleKind::Oneshot => {
+                if round == 0 {
+                    1.0
+                } else {
+                    1.0 - self.prune.sparsities[round - 1]
+                }
+            }
+        }
+    }
+}
+
+/// One cell of the grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Cell {
+    pub method: Method,
+    pub scope: Scope,
+    pub ap: ApVariant,
+    pub seed: u64,
+}
+
+impl Cell {
+    pub fn dir_name(&self) -> String {
+        let scope = match self.scope {
+            Scope::Global => "global",
+            Scope::Layer => "layer",
+        };
+        format!(
+            "{}-{scope}-ap_{}-seed{}",
+            self.method.name(),
+            self.ap.name(),
+            self.seed
+        )
+    }
+}
+
+/// The record of one finished round (`metrics.json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RoundRecord {
+    pub cell: Cell,
+    pub round: usize,
+    pub target_density: f64,
+    pub global_sparsity: f64,
+    pub layers: Vec<LayerSparsity>,
+    pub counts: RoundCounts,
+    pub final_test_acc: f64,
+    pub final_test_loss: f64,
+    /// Dynamic DNR over the last training epoch.
+    pub final_train_dnr: DnrReport,
+    /// Dynamic and static DNR on the test set after training.
+    pub final_test_dnr: DnrReport,
+    pub epochs: Vec<EpochMetrics>,
+}
+
+/// Load a dataset from its directory: (train, test), normalised with the training statistics.
+pub fn load_dataset(cfg: &DataConfig, dir: &Path) -> Result<(ImageSet, ImageSet)> {
+    let (mut tr, mut te) = match cfg.dataset {
+        Dataset::FashionMnist | Dataset::Mnist => load_mnist_dir(dir)?,
+        Dataset::Cifar10 => load_cifar_dir(dir, CifarKind::Cifar10)?,
+        Dataset::Cifar100 => load_cifar_dir(dir, CifarKind::Cifar100)?,
+    };
+    if cfg.train_subset > 0 {
+        tr.truncate(cfg.train_subset);
+    }
+    if cfg.test_subset > 0 {
+        te.truncate(cfg.test_subset);
+    }
+    let stats = tr.channel_stats();
+    tr.normalise(&stats);
+    te.normalise(&stats);
+    Ok((tr, te))
+}
+
+fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let mut items: Vec<(&String, &Tensor)> = tensors.iter().collect();
+    items.sort_by(|a, b| a.0.cmp(b.0));
+    let bytes = safetensors::serialize(items, None).map_err(|e| PruneError::Corrupt {
+        path: path.to_path_buf(),
+        msg: format!("cannot serialise tensors: {e}"),
+    })?;
+    atomic_write(path, &bytes).map_err(io_err(path))
+}
+
+fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| PruneError::Corrupt {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+    let s = serde_json::to_vec_pretty(v).map_err(|e| config_err("json", e.to_string()))?;
+    atomic_write(path, &s).map_err(io_err(path))
+}
+
+/// Read a finished round's record, if the round is finished.
+pub fn read_record(path: &Path) -> Result<Option<RoundRecord>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read(path).map_err(io_err(path))?;
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| PruneError::Corrupt {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })
+}
+
+/// Where everything the runner needs at run time comes from.
+pub struct RunContext<'a> {
+    pub train: &'a ImageSet,
+    pub test: &'a ImageSet,
+    pub progress: &'a dyn Progress,
+    pub cancel: &'a Cancel,
+}
+
+/// Create (or reopen) the run directory for `cfg` under `out` and write `config.toml`.
+pub fn prepare_run_dir(cfg: &ExperimentConfig, out: &Path) -> Result<PathBuf> {
+    let dir = cfg.run_dir(out)?;
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let p = dir.join("config.toml");
+    let canon = cfg.canonical()?;
+    match std::fs::read_to_string(&p) {
+        Ok(existing) if existing == canon => {}
+        Ok(_) => {
+            return Err(PruneError::Corrupt {
+                path: p,
+                msg: "it does not match this configuration although the hash does".into(),
+            })
+        }
+        Err(_) => atomic_write(&p, canon.as_bytes()).map_err(io_err(&p))?,
+    }
+    Ok(dir)
+}
+
+/// Run (or resume) every cell of the grid into `run_dir`.
+pub fn run_experiment(cfg: &ExperimentConfig, run_dir: &Path, ctx: &RunContext) -> Result<()> {
+    cfg.validate()?;
+    let input = InputSpec {
+        channels: ctx.train.channels,
+        height: ctx.train.height,
+        width: ctx.train.width,
+        classes: ctx.train.classes,
+    };
+    let spe = cfg.train.steps_per_epoch(ctx.train.len());
+    let total_steps = spe * cfg.train.epochs;
+    if cfg.prune.rewind_step > total_steps {
+        return Err(config_err(
+            "prune.rewind_step",
+            format!(
+                "{} is past the end of training ({total_steps} steps)",
+                cfg.prune.rewind_step
+            ),
+        ));
+    }
+    // Progress in optimiser steps over the remaining rounds.
+    let cells = cfg.cells();
+    let mut remaining = 0u64;
+    for c in &cells {
+        for r in 0..cfg.rounds_per_cell() {
+            let done = run_dir
+                .join("cells")
+                .join(c.dir_name())
+                .join(format!("round_{r:02}"))
+                .join("metrics.json")
+                .is_file();
+            if !done {
+                let start = if r == 0
+                    || cfg.prune.schedule == ScheduleKind::Oneshot
+                        && cfg.prune.oneshot_at == OneshotAt::Init
+                {
+                    0
+                } else {
+                    cfg.prune.rewind_step
+                };
+                remaining += (total_steps - start) as u64;
+            }
+        }
+    }
+    ctx.progress.set_total(remaining);
+    for cell in &cells {
+        run_cell(cfg, run_dir, *cell, input, ctx)?;
+    }
+    ctx.progress.finish();
+    Ok(())
+}
+
+fn run_cell(
+    cfg: &ExperimentConfig,
+    run_dir: &Path,
+    cell: Cell,
+    input: InputSpec,
+    ctx: &RunContext,
+) -> Result<()> {
+    let dir = run_dir.join("cells").join(cell.dir_name());
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let rounds = cfg.rounds_per_cell();
+    let round_dir = |r: usize| dir.join(format!("round_{r:02}"));
+    let first_missing = (0..rounds).find(|&r| !round_dir(r).join("metrics.json").is_file());
+    let Some(first) = first_missing else {
+        return Ok(());
+    };
+    let rewind_path = dir.join("rewind.safetensors");
+    let mut net = Net::new(cfg.model.arch, input, cell.seed, DType::F32)?;
+    let mut rewind: Option<HashMap<String, Tensor>> = if rewind_path.is_file() {
+        Some(load_tensors(&rewind_path)?)
+    } else {
+        None
+    };
+    if first > 0 && rewind.is_none() {
+        return Err(PruneError::Corrupt {
+            path: rewind_path,
+            msg: "missing although round 0 finished".into(),
+        });
+    }
+    for r in first..rounds {
+        let rdir = round_dir(r);
+        std::fs::create_dir_all(&rdir).map_err(io_err(&rdir))?;
+        let rng_seed = cell.seed.wrapping_mul(1_000_003).wrapping_add(r as u64);
+        let mut rng = ChaCha8Rng::seed_from_u64(rng_seed ^ 0xa11ce);
+        let mut counts = RoundCounts::default();
+        let start_step;
+        if r == 0 {
+            start_step = 0;
+        } else {
+            let density = cfg.density(r);
+            let base_round = match cfg.prune.schedule {
+                ScheduleKind::Iterative => Some(r - 1),
+                ScheduleKind::Oneshot => match cfg.prune.oneshot_at {
+                    OneshotAt::Trained => Some(0),
+                    OneshotAt::Init => None,
+                },
+            };
+            // The network to prune: the end of the base round, or a fresh initialisation.
+            let (w_start, pruned_from) = match base_round {
+                Some(b) => {
+                    let bdir = round_dir(b);
+                    let mut n = Net::new(cfg.model.arch, input, cell.seed, DType::F32)?;
+                    n.load_state(&load_tensors(&bdir.join("weights.safetensors"))?)?;
+                    n.set_masks(&load_tensors(&bdir.join("masks.safetensors"))?)?;
+                    // Weights at the start of that round's training.
+                    let mut s = Net::new(cfg.model.arch, input, cell.seed, DType::F32)?;
+                    if b > 0 {
+                        if let Some(rw) = &rewind {
+                            s.load_state(rw)?;
+                        }
+                    }
+                    s.set_masks(&n.masks())?;
+                    (Some(mask::host_weights(&s)?), n)
+                }
+                None => (
+                    None,
+                    Net::new(cfg.model.arch, input, cell.seed, DType::F32)?,
+                ),
+            };
+            let batches = snip_batches(cfg, ctx.train, cell.seed)?;
+            let sctx = ScoreContext {
+                batches: &batches,
+                synflow_iterations: cfg.prune.synflow_iterations,
+            };
+            let step = PruneStep {
+                method: cell.method,
+                scope: cell.scope,
+                density,
+                ap: cell.ap,
+                ap_rate: cfg.prune.ap_rate,
+                w_start: w_start.as_deref(),
+                ctx: &sctx,
+            };
+            let (masks, c) = schedule::prune_step(&pruned_from, &step, &mut rng)?;
+            counts = c;
+            // Rewind (or start from initialisation) with the new masks.
+            net = Net::new(cfg.model.arch, input, cell.seed, DType::F32)?;
+            let from_init = cfg.prune.schedule == ScheduleKind::Oneshot
+                && cfg.prune.oneshot_at == OneshotAt::Init;
+            if !from_init {
+                if let Some(rw) = &rewind {
+                    net.load_state(rw)?;
+                }
+            }
+            mask::set_host_masks(&mut net, &masks)?;
+            start_step = if from_init { 0 } else { cfg.prune.rewind_step };
+        }
+        let masks_now = net.masks();
+        save_tensors(&rdir.join("masks.safetensors"), &masks_now)?;
+        let mut log = String::new();
+        let log_path = rdir.join("epochs.jsonl");
+        let mut on_epoch = |m: &EpochMetrics| -> Result<()> {
+            let line = serde_json::to_string(m).map_err(|e| config_err("json", e.to_string()))?;
+            log.push_str(&line);
+            log.push('\n');
+            atomic_write(&log_path, log.as_bytes()).map_err(io_err(&log_path))
+        };
+        let outcome = train::train(
+            &mut net,
+            TrainJob {
+                train: ctx.train,
+                test: ctx.test,
+                config: &cfg.train,
+                data_seed: cell.seed.wrapping_mul(7919).wrapping_add(r as u64),
+                start_step,
+                capture_at: if r == 0 {
+                    Some(cfg.prune.rewind_step)
+                } else {
+                    None
+                },
+                progress: ctx.progress,
+                cancel: ctx.cancel,
+                on_epoch: &mut on_epoch,
+            },
+        )?;
+        if r == 0 {
+            let st = outcome
+                .captured
+                .ok_or_else(|| config_err("prune.rewind_step", "state was not captured"))?;
+            save_tensors(&rewind_path, &st)?;
+            rewind = Some(st);
+        }
+        save_tensors(&rdir.join("weights.safetensors"), &net.state()?)?;
+        let layers = mask::layer_sparsity(&net)?;
+        let last = outcome.epochs.last().cloned();
+        let (final_test_acc, final_test_loss, final_train_dnr, final_test_dnr) = match &last {
+            Some(m) => (
+                m.test_acc,
+                m.test_loss,
+                m.train_dnr.clone(),
+                m.test_dnr.clone(),
+            ),
+            None => {
+                let (l, a, d) = train::evaluate(&mut net, ctx.test, cfg.train.eval_batch)?;
+                (a, l, DnrReport::default(), d)
+            }
+        };
+        let record = RoundRecord {
+            cell,
+            round: r,
+            target_density: cfg.density(r),
+            global_sparsity: mask::global_sparsity(&layers),
+            layers,
+            counts,
+            final_test_acc,
+            final_test_loss,
+            final_train_dnr,
+            final_test_dnr,
+            epochs: outcome.epochs,
+        };
+        write_json(&rdir.join("metrics.json"), &record)?;
+    }
+    Ok(())
+}
+
+fn snip_batches(
+    cfg: &ExperimentConfig,
+    train: &ImageSet,
+    seed: u64,
+) -> Result<Vec<(Tensor, Tensor)>> {
+    if !cfg.prune.methods.contains(&Method::Snip) {
+        return Ok(Vec::new());
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5a1b);
+    let mut idx: Vec<usize> = (0..train.len()).collect();
+    rand::seq::SliceRandom::shuffle(idx.as_mut_slice(), &mut rng);
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    for k in 0..cfg.prune.snip_batches {
+        let lo = (k * cfg.train.batch_size).min(idx.len());
+        let hi = ((k + 1) * cfg.train.batch_size).min(idx.len());
+        if lo == hi {
+            break;
+        }
+        out.push(train.batch::<ChaCha8Rng>(&idx[lo..hi], None, &mut buf)?);
+    }
+    Ok(out)
+}
+
+/// Every finished round under a run directory.
+pub fn load_records(run_dir: &Path) -> Result<Vec<RoundRecord>> {
+    let cells = run_dir.join("cells");
+    if !run_dir.join("config.toml").is_file() {
+        return Err(config_err(
+            "run_dir",
+            format!("{} is not a run directory (no config.toml); pass the directory `sparsa prune run` printed", run_dir.display()),
+        ));
+    }
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&cells) else {
+        return Ok(out);
+    };
+    let mut cdirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    cdirs.sort();
+    for c in cdirs {
+        let Ok(rs) = std::fs::read_dir(&c) else {
+            continue;
+        };
+        let mut rdirs: Vec<PathBuf> = rs
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        rdirs.sort();
+        for r in rdirs {
+            if let Some(rec) = read_record(&r.join("metrics.json"))? {
+                out.push(rec);
+            }
+        }
+    }
+    Ok(out)
+}

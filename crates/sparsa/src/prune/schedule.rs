@@ -64,8 +64,15 @@ pub fn prune_step<R: Rng>(
     let keep_layer: Vec<usize> = sizes.iter().map(|&n| keep_count(n, step.density)).collect();
     let alive = mask::alive(&current);
     if step.ap == ApVariant::Off {
-        let masks =
-            method::prune_masks(net, step.method, step.scope, keep, &keep_layer, step.ctx, rng)?;
+        let masks = method::prune_masks(
+            net,
+            step.method,
+            step.scope,
+            keep,
+            &keep_layer,
+            step.ctx,
+            rng,
+        )?;
         let removed = alive - mask::alive(&masks);
         return Ok((
             masks,
@@ -86,8 +93,15 @@ pub fn prune_step<R: Rng>(
         .ok_or_else(|| config_err("prune.ap", "AP needs the weights at the start of the round"))?;
     let n_total = alive.saturating_sub(keep);
     let n_ap = ((step.ap_rate * alive as f64).round() as usize).min(n_total);
-    let mut masks =
-        method::prune_masks(net, step.method, Scope::Global, keep + n_ap, &[], step.ctx, rng)?;
+    let mut masks = method::prune_masks(
+        net,
+        step.method,
+        Scope::Global,
+        keep + n_ap,
+        &[],
+        step.ctx,
+        rng,
+    )?;
     let base1 = alive - mask::alive(&masks);
     let w_end = mask::host_weights(net)?;
     let ap_removed = ap::ap_remove(&mut masks, &w_end, w_start, n_ap, step.ap, rng);
@@ -185,11 +199,21 @@ mod tests {
         // Pretend training moved every weight by a small amount proportional to its index.
         let moved: Vec<Vec<f32>> = start
             .iter()
-            .map(|w| w.iter().enumerate().map(|(i, v)| v + 1e-6 * (i % 97) as f32).collect())
+            .map(|w| {
+                w.iter()
+                    .enumerate()
+                    .map(|(i, v)| v + 1e-6 * (i % 97) as f32)
+                    .collect()
+            })
             .collect();
         for (k, &pi) in net.prunable().iter().enumerate() {
             let p = &net.params[pi];
-            let t = candle_core::Tensor::from_slice(moved[k].as_slice(), p.var.dims(), &candle_core::Device::Cpu).unwrap();
+            let t = candle_core::Tensor::from_slice(
+                moved[k].as_slice(),
+                p.var.dims(),
+                &candle_core::Device::Cpu,
+            )
+            .unwrap();
             p.var.set(&t).unwrap();
         }
         let alive0 = mask::alive(&mask::host_masks(&net).unwrap());
@@ -205,11 +229,23 @@ mod tests {
         let (m, counts) = prune_step(&net, &step, &mut rng).unwrap();
         assert_eq!(mask::alive(&m), keep_count(alive0, 0.8));
         assert_eq!(counts.ap_removed, (0.02 * alive0 as f64).round() as usize);
-        assert_eq!(counts.base_removed + counts.ap_removed, alive0 - keep_count(alive0, 0.8));
+        assert_eq!(
+            counts.base_removed + counts.ap_removed,
+            alive0 - keep_count(alive0, 0.8)
+        );
         // The base method alone, at its share, gives a superset of the final mask; the difference
         // (AP's picks) holds only weights negative at the end of training.
         let n_ap = counts.ap_removed;
-        let base = method::prune_masks(&net, Method::Magnitude, Scope::Global, keep_count(alive0, 0.8) + n_ap, &[], &ctx, &mut rng).unwrap();
+        let base = method::prune_masks(
+            &net,
+            Method::Magnitude,
+            Scope::Global,
+            keep_count(alive0, 0.8) + n_ap,
+            &[],
+            &ctx,
+            &mut rng,
+        )
+        .unwrap();
         let mut diff = 0;
         for l in 0..m.len() {
             for i in 0..m[l].len() {

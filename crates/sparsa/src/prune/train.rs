@@ -65,10 +65,16 @@ impl TrainConfig {
             return Err(config_err("train.epochs", "must be at least 1"));
         }
         if self.batch_size == 0 || self.eval_batch == 0 {
-            return Err(config_err("train.batch_size", "batch sizes must be at least 1"));
+            return Err(config_err(
+                "train.batch_size",
+                "batch sizes must be at least 1",
+            ));
         }
         if !(self.warmup_epochs >= 0.0 && self.warmup_epochs <= self.epochs as f64) {
-            return Err(config_err("train.warmup_epochs", "must be between 0 and epochs"));
+            return Err(config_err(
+                "train.warmup_epochs",
+                "must be between 0 and epochs",
+            ));
         }
         LrSchedule::new(self.lr, 0, 1, self.decay.clone())?;
         Sgd::new(self.sgd())?;
@@ -183,14 +189,17 @@ pub fn train(net: &mut Net, job: TrainJob) -> Result<TrainOutcome> {
         if within == 0 || step == job.start_step {
             perm = (0..n).collect();
             let mut rng = ChaCha8Rng::seed_from_u64(
-                job.data_seed.wrapping_mul(0x9e37_79b9).wrapping_add(epoch as u64),
+                job.data_seed
+                    .wrapping_mul(0x9e37_79b9)
+                    .wrapping_add(epoch as u64),
             );
             perm.shuffle(&mut rng);
         }
         let idx = &perm[within * cfg.batch_size..((within + 1) * cfg.batch_size).min(n)];
         let ts = Instant::now();
         let (x, y) = if cfg.augment {
-            job.train.batch(idx, Some((cfg.pad, &mut aug_rng)), &mut buf)?
+            job.train
+                .batch(idx, Some((cfg.pad, &mut aug_rng)), &mut buf)?
         } else {
             job.train.batch::<ChaCha8Rng>(idx, None, &mut buf)?
         };

@@ -7,13 +7,21 @@ use crate::prune::{mask, Result};
 /// LAMP scores of `weights` restricted to alive entries (dead entries score 0).
 pub fn layer_scores(weights: &[f32], mask: &[f32]) -> Vec<f32> {
     let mut idx: Vec<usize> = (0..weights.len()).filter(|&i| mask[i] != 0.0).collect();
-    idx.sort_by(|&a, &b| (weights[a] * weights[a]).total_cmp(&(weights[b] * weights[b])).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| {
+        (weights[a] * weights[a])
+            .total_cmp(&(weights[b] * weights[b]))
+            .then(a.cmp(&b))
+    });
     let mut out = vec![0f32; weights.len()];
     let mut suffix = 0f64;
     for &i in idx.iter().rev() {
         let w2 = (weights[i] as f64) * (weights[i] as f64);
         suffix += w2;
-        out[i] = if suffix > 0.0 { (w2 / suffix) as f32 } else { 0.0 };
+        out[i] = if suffix > 0.0 {
+            (w2 / suffix) as f32
+        } else {
+            0.0
+        };
     }
     out
 }

@@ -48,7 +48,9 @@ impl Method {
 }
 
 /// Whether a threshold is shared by all layers or applied per layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     #[default]
@@ -99,7 +101,10 @@ pub fn prune_masks<R: Rng>(
 }
 
 fn unreachable_synflow() -> Result<Vec<Vec<f32>>> {
-    Err(super::config_err("method", "SynFlow is handled by synflow::prune"))
+    Err(super::config_err(
+        "method",
+        "SynFlow is handled by synflow::prune",
+    ))
 }
 
 /// A hand-checkable network shared by the method tests: input (1, 1, 2), fc1 2→2 with
@@ -134,7 +139,12 @@ pub(crate) mod tests_support {
         let g = -4.0 * d0 + 0.5 * d1;
         vec![
             vec![0.0, 0.0, (0.5 * g) as f32, (3.0 * g).abs() as f32],
-            vec![0.0, (4.0 * 3.5 * d0).abs() as f32, 0.0, (0.5 * 3.5 * d1) as f32],
+            vec![
+                0.0,
+                (4.0 * 3.5 * d0).abs() as f32,
+                0.0,
+                (0.5 * 3.5 * d1) as f32,
+            ],
         ]
     }
 

@@ -10,7 +10,10 @@ use crate::prune::{config_err, Result};
 /// the batches so batch-norm statistics stay untouched).
 pub fn scores(net: &Net, batches: &[(Tensor, Tensor)]) -> Result<Vec<Vec<f32>>> {
     if batches.is_empty() {
-        return Err(config_err("snip_batches", "SNIP needs at least one data batch"));
+        return Err(config_err(
+            "snip_batches",
+            "SNIP needs at least one data batch",
+        ));
     }
     let mut copy = net.to_dtype(net.params[0].var.dtype())?;
     let idx = copy.prunable();
@@ -35,7 +38,11 @@ pub fn scores(net: &Net, batches: &[(Tensor, Tensor)]) -> Result<Vec<Vec<f32>>> 
             Some(g) => (w * g)?.abs()?,
             None => w.zeros_like()?,
         };
-        out.push(s.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?);
+        out.push(
+            s.flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?,
+        );
     }
     copy.params.clear();
     Ok(out)

@@ -16,7 +16,11 @@ pub fn scores(net: &Net) -> Result<Vec<Vec<f32>>> {
     }
     lin.apply_masks()?;
     let i = lin.input;
-    let ones = Tensor::ones((1, i.channels, i.height, i.width), DType::F64, &candle_core::Device::Cpu)?;
+    let ones = Tensor::ones(
+        (1, i.channels, i.height, i.width),
+        DType::F64,
+        &candle_core::Device::Cpu,
+    )?;
     let r = lin.forward(&ones, Mode::Eval, None)?.sum_all()?;
     let grads = r.backward()?;
     let mut out = Vec::new();

@@ -1,0 +1,234 @@
+//! `sparsa prune …`: run pruning grids, report them, and measure training throughput.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use clap::Subcommand;
+use sparsa::nn::layers;
+use sparsa::nn::models::{Arch, InputSpec, Mode, Net};
+use sparsa::nn::optim::{Sgd, SgdConfig};
+use sparsa::prune::report;
+use sparsa::prune::runner::{self, Dataset, ExperimentConfig, RunContext};
+
+use crate::ui;
+
+#[derive(Subcommand, Debug)]
+pub enum PruneCommand {
+    /// Run (or resume) an experiment grid: methods × AP variants × seeds, each over its pruning
+    /// rounds. Results go to <out>/<name>-<hash of the config>/; rerunning resumes.
+    Run {
+        /// The experiment TOML (see configs/prune/).
+        #[arg(long)]
+        config: PathBuf,
+        /// Root directory for run directories.
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+        /// Dataset directory (overrides `data.dir`). Fashion-MNIST is fetched when neither is set.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print the summary table when done.
+        #[arg(long, default_value_t = true)]
+        report: bool,
+    },
+    /// Print the summary table of a run directory (accuracy per sparsity, with and without AP,
+    /// mean ± std over seeds) and write CSVs of accuracy and DNR versus sparsity.
+    Report {
+        /// A run directory (printed by `sparsa prune run`).
+        run_dir: PathBuf,
+        /// Where to write the CSVs (default: <run_dir>/report).
+        #[arg(long)]
+        csv_dir: Option<PathBuf>,
+    },
+    /// Measure training and evaluation throughput (images/s) per model on random inputs of the
+    /// model's usual shape (28×28×1 for LeNet and Conv-2/4/6, 32×32×3 for ResNet and VGG).
+    Bench {
+        /// Architectures to measure (default: all).
+        #[arg(long, value_delimiter = ',')]
+        arch: Vec<String>,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Timed training steps per model (after 2 warm-up steps).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+    },
+}
+
+pub fn run(cmd: PruneCommand) -> anyhow::Result<()> {
+    match cmd {
+        PruneCommand::Run {
+            config,
+            out,
+            data_dir,
+            report: show,
+        } => run_grid(&config, &out, data_dir, show),
+        PruneCommand::Report { run_dir, csv_dir } => print_report(&run_dir, csv_dir),
+        PruneCommand::Bench { arch, batch, steps } => bench(&arch, batch, steps),
+    }
+}
+
+/// The Fashion-MNIST directory: the Debian package's install location, else the fetched copy.
+pub fn fashion_mnist_dir() -> anyhow::Result<PathBuf> {
+    let system = PathBuf::from("/usr/share/datasets/fashion-mnist");
+    if system.join("train-images-idx3-ubyte.gz").is_file() {
+        return Ok(system);
+    }
+    bail!(
+        "Fashion-MNIST not found: install Debian's `dataset-fashion-mnist` (files land in \
+         /usr/share/datasets/fashion-mnist) or pass --data-dir with the IDX files"
+    )
+}
+
+fn run_grid(
+    config: &Path,
+    out: &Path,
+    data_dir: Option<PathBuf>,
+    show: bool,
+) -> anyhow::Result<()> {
+    let cfg = ExperimentConfig::from_toml_file(config)?;
+    let dir = match data_dir.or_else(|| cfg.data.dir.clone()) {
+        Some(d) => d,
+        None => match cfg.data.dataset {
+            Dataset::FashionMnist => fashion_mnist_dir()?,
+            other => bail!(
+                "{}: data.dir is not set and {other:?} cannot be fetched; set data.dir or pass --data-dir",
+                config.display()
+            ),
+        },
+    };
+    let (train, test) = runner::load_dataset(&cfg.data, &dir)
+        .with_context(|| format!("loading {:?} from {}", cfg.data.dataset, dir.display()))?;
+    let run_dir = runner::prepare_run_dir(&cfg, out)?;
+    eprintln!(
+        "run directory: {} ({} cells × {} rounds, {} training / {} test images)",
+        run_dir.display(),
+        cfg.cells().len(),
+        cfg.rounds_per_cell(),
+        train.len(),
+        test.len()
+    );
+    let bar = ui::Bar::new(0, "prune", "step");
+    let cancel = ui::ctrl_c_cancel();
+    let ctx = RunContext {
+        train: &train,
+        test: &test,
+        progress: &bar,
+        cancel: &cancel,
+    };
+    runner::run_experiment(&cfg, &run_dir, &ctx)?;
+    println!("{}", run_dir.display());
+    if show {
+        print_report(&run_dir, None)?;
+    }
+    Ok(())
+}
+
+fn print_report(run_dir: &Path, csv_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let (records, rows) = report::report(run_dir)?;
+    if records.is_empty() {
+        bail!("{} has no finished rounds yet", run_dir.display());
+    }
+    println!("{}", ui::table(&rows));
+    let out = csv_dir.unwrap_or_else(|| run_dir.join("report"));
+    for f in report::write_csvs(&records, &out)? {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+fn bench(archs: &[String], batch: usize, steps: usize) -> anyhow::Result<()> {
+    let list: Vec<Arch> = if archs.is_empty() {
+        Arch::ALL.to_vec()
+    } else {
+        archs
+            .iter()
+            .map(|a| a.parse::<Arch>())
+            .collect::<Result<_, _>>()?
+    };
+    let mut rows = vec![vec![
+        "model".to_string(),
+        "input".to_string(),
+        "params".to_string(),
+        "batch".to_string(),
+        "train img/s".to_string(),
+        "eval img/s".to_string(),
+        "fwd/bwd/opt ms per step".to_string(),
+    ]];
+    for arch in list {
+        let input = match arch {
+            Arch::Lenet300100 | Arch::Conv2 | Arch::Conv4 | Arch::Conv6 => InputSpec {
+                channels: 1,
+                height: 28,
+                width: 28,
+                classes: 10,
+            },
+            _ => InputSpec {
+                channels: 3,
+                height: 32,
+                width: 32,
+                classes: 10,
+            },
+        };
+        let mut net = Net::new(arch, input, 0, DType::F32)?;
+        let nparams: usize = net
+            .params
+            .iter()
+            .map(|p| p.var.as_tensor().elem_count())
+            .sum();
+        let mut opt = Sgd::new(SgdConfig::default())?;
+        let x = Tensor::randn(
+            0f32,
+            1.0,
+            (batch, input.channels, input.height, input.width),
+            &Device::Cpu,
+        )?;
+        let y: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
+        let y = Tensor::from_vec(y, batch, &Device::Cpu)?;
+        let bar = ui::Bar::new((steps + 2) as u64, arch.name(), "step");
+        use sparsa::util::progress::Progress;
+        let mut t = Instant::now();
+        let (mut t_fwd, mut t_bwd, mut t_opt) = (0f64, 0f64, 0f64);
+        for s in 0..steps + 2 {
+            if s == 2 {
+                t = Instant::now();
+                (t_fwd, t_bwd, t_opt) = (0.0, 0.0, 0.0);
+            }
+            let t0 = Instant::now();
+            let logits = net.forward(&x, Mode::Train, None)?;
+            let loss = layers::cross_entropy(&logits, &y)?;
+            let _ = loss.to_scalar::<f32>()?;
+            let t1 = Instant::now();
+            let grads = loss.backward()?;
+            let t2 = Instant::now();
+            opt.step(&net, &grads, 0.01)?;
+            t_fwd += (t1 - t0).as_secs_f64();
+            t_bwd += (t2 - t1).as_secs_f64();
+            t_opt += t2.elapsed().as_secs_f64();
+            bar.inc(1);
+        }
+        let train_ips = (steps * batch) as f64 / t.elapsed().as_secs_f64();
+        bar.finish();
+        let t = Instant::now();
+        let reps = steps.max(1);
+        for _ in 0..reps {
+            let _ = net.forward(&x, Mode::Eval, None)?;
+        }
+        let eval_ips = (reps * batch) as f64 / t.elapsed().as_secs_f64();
+        rows.push(vec![
+            arch.name().to_string(),
+            format!("{}×{}×{}", input.channels, input.height, input.width),
+            nparams.to_string(),
+            batch.to_string(),
+            format!("{train_ips:.0}"),
+            format!("{eval_ips:.0}"),
+            format!(
+                "{:.1}/{:.1}/{:.1}",
+                1e3 * t_fwd / steps.max(1) as f64,
+                1e3 * t_bwd / steps.max(1) as f64,
+                1e3 * t_opt / steps.max(1) as f64
+            ),
+        ]);
+    }
+    println!("{}", ui::table(&rows));
+    Ok(())
+}
