@@ -1,2 +1,4 @@
 //! Data in: activation stores, synthetic ground truth, image datasets, text corpora.
+pub mod activations;
+pub mod npy;
 pub mod store;
