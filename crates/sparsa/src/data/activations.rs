@@ -321,7 +321,7 @@ pub struct Info {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SourceOptions {
     /// Tensor name in a safetensors file or store shards (default: the tensor named
-    /// `activations`, else the file's only 2-D tensor).
+    /// `activations`, else the file's only 2-D tensor); ignored for `.npy`.
     pub tensor: Option<String>,
     /// Rows held in the shuffle buffer (0 = no shuffling, file order); memory is
     /// `shuffle_buffer × d × 4` bytes.
@@ -893,7 +893,8 @@ impl ActivationSource {
         self.rows_read
     }
 
-    /// Completed epochs plus the current one's index (0-based).
+    /// Index of the current epoch (0-based); it advances when the first row of the next epoch is
+    /// handed out.
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
@@ -910,7 +911,8 @@ impl ActivationSource {
 
     /// Deterministically fast-forward as if `rows` more rows had been read: afterwards the source
     /// hands out exactly the batches an uninterrupted run would. Whole epochs cost nothing; rows
-    /// inside an epoch cost one RNG draw each, and only the buffer's current rows are read.
+    /// inside an epoch cost one RNG draw each (nothing without shuffling), and only the buffer's
+    /// current rows are read.
     /// A one-pass source skipped past its end returns 0 rows from then on.
     pub fn skip_rows(&mut self, rows: u64) -> Result<(), DataError> {
         let target = self.rows_read.saturating_add(rows);
@@ -926,6 +928,20 @@ impl ActivationSource {
         if !self.started || epoch != self.epoch {
             self.start_epoch(epoch, false)?;
             self.rows_read = epoch * self.n_rows;
+        }
+        if self.shuffle == 0 {
+            // File order: place the cursor directly (O(blocks), no per-row work).
+            let mut left = within;
+            let mut b = 0;
+            while b < self.blocks.len() && left >= self.blocks[b].len {
+                left -= self.blocks[b].len;
+                b += 1;
+            }
+            self.cursor_block = b;
+            self.cursor_row = left;
+            self.in_epoch = within;
+            self.rows_read = target;
+            return Ok(());
         }
         if self.rows_read < target {
             self.data_valid = false;

@@ -389,6 +389,10 @@ fn wrong_rank_and_dtype() {
     let e = np("short.npy", "<f4", &[2, 3], false, 23);
     assert!(matches!(e, DataError::CorruptNpy { .. }), "{e}");
     assert_msg(&e, &["short.npy", "truncated"]);
+    let p = dir.path().join("empty.npy");
+    std::fs::write(&p, b"").unwrap();
+    let e = err_of(&p, opts(0, 0, None, false));
+    assert!(matches!(e, DataError::CorruptNpy { .. }), "{e}");
     let p = dir.path().join("junk.npy");
     std::fs::write(&p, b"PK\x03\x04 zip").unwrap();
     let e = err_of(&p, opts(0, 0, None, false));
@@ -577,6 +581,19 @@ fn non_finite_rows_are_reported_with_file_and_row() {
     write_npy_f32(&p, 20, d, &a).unwrap();
     let ok = read_sample(&p, &opts(0, 0, Some((4, 20)), false), 100).unwrap();
     assert_eq!(ok.len(), 16 * d);
+}
+
+#[test]
+fn source_is_send_and_boxable() {
+    fn assert_send<T: Send>() {}
+    assert_send::<ActivationSource>();
+    let dir = tempfile::tempdir().unwrap();
+    let p = st_file(dir.path(), "a.safetensors", 6, 2);
+    let mut b: Box<dyn BatchSource> =
+        Box::new(ActivationSource::open(&p, opts(2, 0, None, true)).unwrap());
+    let mut out = [0.0; 8];
+    assert_eq!(b.next_batch(&mut out).unwrap(), 4);
+    assert_eq!(b.d(), 2);
 }
 
 #[test]
