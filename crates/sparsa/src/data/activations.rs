@@ -178,6 +178,9 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    /// An impossible data configuration (e.g. a synthetic generator with zero features).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Storage element type of a dataset; every one is converted to `f32` when read.

@@ -3,3 +3,4 @@ pub mod activations;
 pub mod fetch;
 pub mod npy;
 pub mod store;
+pub mod synthetic;
