@@ -54,3 +54,5 @@ impl SaeError {
         move |source| SaeError::Io { path: path.to_path_buf(), source }
     }
 }
+#[cfg(test)]
+mod tests;

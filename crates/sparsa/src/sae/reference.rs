@@ -36,9 +36,20 @@ pub struct Losses {
 
 /// Auxiliary-loss settings of a step.
 #[derive(Debug, Clone, Copy)]
-pub struct AuxTerm {
+pub struct AuxTerm<'a> {
     pub coeff: f64,
     pub norm: AuxNorm,
+    /// Use this residual (B×d) as the auxiliary target instead of the detached x − x̂ of this
+    /// forward pass (finite-difference checks hold the constant target fixed).
+    pub residual: Option<&'a [f32]>,
+}
+
+/// X̂ = (A ⊙ M)·W_dec + b_dec in f32, and A (for tests and evaluation).
+pub fn reconstruct(p: &SaeParams, x: &[f32], b: usize, m: &Matching) -> Result<(Vec<f32>, Vec<f32>), SaeError> {
+    let a = p.encode_pre(x, b)?;
+    let mut xhat = vec![0f32; b * p.d];
+    p.decode_sparse(&a, m, &mut xhat);
+    Ok((a, xhat))
 }
 
 /// Σ‖v − v̄‖² over rows of a B×d matrix (f64).
@@ -64,7 +75,7 @@ pub fn forward_backward<S>(
     x: &[f32],
     b: usize,
     dtype: DType,
-    aux: Option<AuxTerm>,
+    aux: Option<AuxTerm<'_>>,
     want_grads: bool,
     select: S,
 ) -> Result<(Losses, Option<Grads>, Selections, Vec<f32>), SaeError>
@@ -101,7 +112,10 @@ where
     let mut aux_val = 0.0;
     if let (Some(term), Some(m_aux)) = (aux, &sel.aux) {
         if m_aux.nnz() > 0 {
-            let e = diff.detach();
+            let e = match term.residual {
+                Some(r) => t(r, &[b, d])?,
+                None => diff.detach(),
+            };
             let e_host: Vec<f32> = e.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
             let denom = match term.norm {
                 AuxNorm::Nmse => total_variance(&e_host, d),

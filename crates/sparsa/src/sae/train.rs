@@ -254,7 +254,7 @@ impl Trainer {
             });
             Selections { main, aux }
         };
-        let term = AuxTerm { coeff: self.cfg.aux.coeff, norm: self.cfg.aux.normalization };
+        let term = AuxTerm { coeff: self.cfg.aux.coeff, norm: self.cfg.aux.normalization, residual: None };
         let (losses, grads, sel, a) =
             reference::forward_backward(&self.params, x, b, DType::F32, Some(term), true, select)?;
         let grads = grads.ok_or(SaeError::Diverged { step: self.state.step, what: "gradient" })?;

@@ -14,7 +14,7 @@ pub enum Capacity {
     Uniform,
     /// m_j ∝ (r_j + β)^−α with r_j ∈ 1..F the feature's rank by running firing density
     /// (descending, ties to the lower index), floored, the remainder given by largest fractional
-    /// part, each m_j capped at B, so Σ m_j ≤ kB.
+    /// part, each m_j capped at B (the excess re-spread over the others), so Σ m_j = min(kB, F·B).
     Zipf { alpha: f64, beta: f64 },
 }
 
@@ -40,8 +40,35 @@ pub fn capacities(cap: &Capacity, k: usize, b: usize, f: usize, density: &[f32])
             for (rank0, &j) in order.iter().enumerate() {
                 w[j] = ((rank0 + 1) as f64 + beta).powf(-alpha);
             }
-            let total: f64 = w.iter().sum();
-            let exact: Vec<f64> = w.iter().map(|x| x / total * budget as f64).collect();
+            // Water-filling: shares ∝ w_j, capped at b; the excess of capped features is
+            // spread over the others until no share exceeds b.
+            let mut exact = vec![0f64; f];
+            let mut capped = vec![false; f];
+            let mut left = budget as f64;
+            loop {
+                let wsum: f64 = (0..f).filter(|&j| !capped[j]).map(|j| w[j]).sum();
+                if wsum <= 0.0 {
+                    break;
+                }
+                let mut newly = false;
+                for j in 0..f {
+                    if !capped[j] && w[j] / wsum * left >= b as f64 {
+                        capped[j] = true;
+                        exact[j] = b as f64;
+                        newly = true;
+                    }
+                }
+                if !newly {
+                    for j in (0..f).filter(|&j| !capped[j]) {
+                        exact[j] = w[j] / wsum * left;
+                    }
+                    break;
+                }
+                left = budget as f64 - exact.iter().filter(|e| **e >= b as f64).count() as f64 * b as f64;
+                if left <= 0.0 {
+                    break;
+                }
+            }
             let mut m: Vec<usize> = exact.iter().map(|&e| (e.floor() as usize).min(b)).collect();
             let mut left = budget.saturating_sub(m.iter().sum());
             let mut frac: Vec<usize> = (0..f).collect();
