@@ -7,6 +7,7 @@
 //!   thresholds, checkpoints); [`metrics`]: evaluation; [`io`]: SAELens files.
 
 pub mod allocation;
+pub mod compare;
 pub mod config;
 pub mod io;
 pub mod loss;
