@@ -67,16 +67,11 @@ pub fn run(cmd: PruneCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The Fashion-MNIST directory: the Debian package's install location, else the fetched copy.
+/// The Fashion-MNIST directory, fetched into the cache (Debian's `dataset-fashion-mnist`) when
+/// missing.
 pub fn fashion_mnist_dir() -> anyhow::Result<PathBuf> {
-    let system = PathBuf::from("/usr/share/datasets/fashion-mnist");
-    if system.join("train-images-idx3-ubyte.gz").is_file() {
-        return Ok(system);
-    }
-    bail!(
-        "Fashion-MNIST not found: install Debian's `dataset-fashion-mnist` (files land in \
-         /usr/share/datasets/fashion-mnist) or pass --data-dir with the IDX files"
-    )
+    sparsa::data::fetch::ensure(sparsa::data::fetch::Asset::FashionMnist)
+        .context("fetching Fashion-MNIST (or pass --data-dir with the IDX files)")
 }
 
 fn run_grid(

@@ -31,7 +31,9 @@ pub fn capacities(cap: &Capacity, k: usize, b: usize, f: usize, density: &[f32])
         Capacity::Uniform => {
             let base = budget / f;
             let rem = budget % f;
-            (0..f).map(|j| (base + usize::from(j < rem)).min(b)).collect()
+            (0..f)
+                .map(|j| (base + usize::from(j < rem)).min(b))
+                .collect()
         }
         Capacity::Zipf { alpha, beta } => {
             let mut order: Vec<usize> = (0..f).collect();
@@ -64,7 +66,8 @@ pub fn capacities(cap: &Capacity, k: usize, b: usize, f: usize, density: &[f32])
                     }
                     break;
                 }
-                left = budget as f64 - exact.iter().filter(|e| **e >= b as f64).count() as f64 * b as f64;
+                left = budget as f64
+                    - exact.iter().filter(|e| **e >= b as f64).count() as f64 * b as f64;
                 if left <= 0.0 {
                     break;
                 }
