@@ -286,7 +286,7 @@ pub fn load_idx_pair(images: &Path, labels: &Path, classes: usize) -> Result<Ima
 
 fn find(dir: &Path, stem: &str, what: &'static str) -> Result<PathBuf> {
     let names = [
-        format!("{stem}"),
+        stem.to_string(),
         format!("{stem}.gz"),
         stem.replacen("-idx", ".idx", 1),
         format!("{}.gz", stem.replacen("-idx", ".idx", 1)),

@@ -35,7 +35,10 @@ impl LrSchedule {
             });
         }
         if let Decay::Step { milestones, gamma } = &decay {
-            if milestones.iter().any(|m| !(0.0..=1.0).contains(m)) || !(*gamma > 0.0) {
+            if milestones.iter().any(|m| !(0.0..=1.0).contains(m))
+                || gamma.is_nan()
+                || *gamma <= 0.0
+            {
                 return Err(NnError::Config {
                     field: "milestones",
                     msg: "milestones are fractions of training in [0, 1] and gamma > 0".into(),

@@ -73,7 +73,9 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    fn case() -> (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    type Flat = Vec<Vec<f32>>;
+
+    fn case() -> (Flat, Flat, Flat) {
         // Two layers. End weights, start weights; entry (1, 2) is already pruned.
         let end = vec![vec![-0.5, 0.2, -1.0, 0.9], vec![-0.3, -2.0, 0.0, 0.05]];
         let start = vec![vec![-0.45, 0.2, -0.2, 1.5], vec![-0.6, -2.01, 0.0, 0.06]];

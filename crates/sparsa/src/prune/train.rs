@@ -172,7 +172,7 @@ pub fn train(net: &mut Net, job: TrainJob) -> Result<TrainOutcome> {
     let mut epochs = Vec::new();
     let mut buf = Vec::new();
     let mut perm: Vec<usize> = (0..n).collect();
-    let mut aug_rng = ChaCha8Rng::seed_from_u64(job.data_seed ^ 0x5eed_a06);
+    let mut aug_rng = ChaCha8Rng::seed_from_u64(job.data_seed ^ 0x05ee_da06);
     let mut probe = DnrProbe::new(net.relu_names(), false);
     let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
     let mut t0 = Instant::now();
