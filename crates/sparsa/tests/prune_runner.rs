@@ -46,13 +46,17 @@ fn write_dataset(dir: &Path, n_train: usize, n_test: usize) {
 }
 
 fn config(extra_prune: &str) -> ExperimentConfig {
+    config_arch("lenet-300-100", extra_prune)
+}
+
+fn config_arch(arch: &str, extra_prune: &str) -> ExperimentConfig {
     let text = format!(
         r#"
 name = "t"
 [data]
 dataset = "mnist"
 [model]
-arch = "lenet-300-100"
+arch = "{arch}"
 [train]
 epochs = 2
 batch_size = 32
@@ -264,4 +268,46 @@ fn bad_configs_name_the_field() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("train-images-idx3-ubyte"), "{e}");
+}
+
+#[test]
+fn conv_and_resnet_prune_with_ap_and_learn() {
+    let data = tempfile::tempdir().unwrap();
+    write_dataset(data.path(), 128, 64);
+    for arch in ["conv-2", "resnet-20"] {
+        let cfg = config_arch(
+            arch,
+            r#"schedule = "iterative"
+methods = ["magnitude"]
+rounds = 1
+ap = ["on"]
+seeds = [0]"#,
+        );
+        let (tr, te) = load_dataset(&cfg.data, data.path()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let run_dir = prepare_run_dir(&cfg, out.path()).unwrap();
+        let ctx = RunContext {
+            train: &tr,
+            test: &te,
+            progress: &NoProgress,
+            cancel: &Cancel::new(),
+        };
+        run_experiment(&cfg, &run_dir, &ctx).unwrap();
+        let recs = load_records(&run_dir).unwrap();
+        assert_eq!(recs.len(), 2);
+        let r1 = &recs[1];
+        let total: usize = r1.layers.iter().map(|l| l.total).sum();
+        let kept: usize = r1.layers.iter().map(|l| l.kept).sum();
+        assert_eq!(kept, keep_count(total, 0.8), "{arch}");
+        assert!(r1.counts.ap_removed > 0, "{arch}");
+        // Batch-norm parameters are never pruned: only conv and linear weights carry masks.
+        assert!(r1.layers.iter().all(|l| l.name.contains("conv")
+            || l.name.contains("fc")
+            || l.name.contains("shortcut")));
+        let e = &recs[0].epochs;
+        assert!(
+            e[1].train_loss < e[0].train_loss || e[1].test_acc > 0.9,
+            "{arch}: {e:?}"
+        );
+    }
 }

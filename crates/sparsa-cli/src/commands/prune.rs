@@ -27,9 +27,9 @@ pub enum PruneCommand {
         /// Dataset directory (overrides `data.dir`). Fashion-MNIST is fetched when neither is set.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Print the summary table when done.
-        #[arg(long, default_value_t = true)]
-        report: bool,
+        /// Do not print the summary table when done.
+        #[arg(long)]
+        no_report: bool,
     },
     /// Print the summary table of a run directory (accuracy per sparsity, with and without AP,
     /// mean ± std over seeds) and write CSVs of accuracy and DNR versus sparsity.
@@ -60,8 +60,8 @@ pub fn run(cmd: PruneCommand) -> anyhow::Result<()> {
             config,
             out,
             data_dir,
-            report: show,
-        } => run_grid(&config, &out, data_dir, show),
+            no_report,
+        } => run_grid(&config, &out, data_dir, !no_report),
         PruneCommand::Report { run_dir, csv_dir } => print_report(&run_dir, csv_dir),
         PruneCommand::Bench { arch, batch, steps } => bench(&arch, batch, steps),
     }
