@@ -188,7 +188,10 @@ seeds = [0]"#,
     let (recs2, rows) = report::report(&run_dir).unwrap();
     assert_eq!(recs2.len(), 12);
     assert_eq!(rows.len(), 1 + 3);
-    assert_eq!(rows[0].len(), 2 + 2 * 4);
+    // round, sparsity, 4 accuracy columns, 4 DNR columns, 3 paired-difference columns.
+    assert_eq!(rows[0].len(), 2 + 2 * 4 + 3);
+    // Round 0 is shared, so every paired difference there is exactly 0.
+    assert!(rows[1][10].starts_with("+0.00 ± 0.00"), "{:?}", rows[1]);
     let csv_dir = out.path().join("csv");
     let files = report::write_csvs(&recs2, &csv_dir).unwrap();
     assert_eq!(files.len(), 4);

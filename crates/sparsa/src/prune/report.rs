@@ -80,6 +80,69 @@ pub fn aggregate(records: &[RoundRecord]) -> Vec<Aggregate> {
         .collect()
 }
 
+/// Paired differences against AP off: for every (method, scope, AP variant ≠ off, round), the
+/// mean ± std over seeds of `acc(variant) − acc(off)` for the same seed (same initialisation and
+/// batches), with the number of pairs.
+pub fn paired_deltas(records: &[RoundRecord]) -> BTreeMap<(Key, usize), (f64, f64, usize)> {
+    let mut off: BTreeMap<(String, String, u64, usize), f64> = BTreeMap::new();
+    for r in records
+        .iter()
+        .filter(|r| r.cell.ap == super::ap::ApVariant::Off)
+    {
+        let k = key(r);
+        off.insert((k.0, k.1, r.cell.seed, r.round), r.final_test_acc);
+    }
+    let mut diffs: BTreeMap<(Key, usize), Vec<f64>> = BTreeMap::new();
+    for r in records
+        .iter()
+        .filter(|r| r.cell.ap != super::ap::ApVariant::Off)
+    {
+        let k = key(r);
+        if let Some(base) = off.get(&(k.0.clone(), k.1.clone(), r.cell.seed, r.round)) {
+            diffs
+                .entry((k, r.round))
+                .or_default()
+                .push(r.final_test_acc - base);
+        }
+    }
+    diffs
+        .into_iter()
+        .map(|(k, v)| {
+            let (m, sd) = mean_std(&v);
+            (k, (m, sd, v.len()))
+        })
+        .collect()
+}
+
+/// The summary as table rows (first row is the header): one row per round; per (method, AP)
+/// the test accuracy (%) mean ± std, the paired difference to AP off (percentage points), and the
+/// training-window dynamic DNR (%) mean.
+pub fn summary_rows_with_deltas(
+    aggs: &[Aggregate],
+    deltas: &BTreeMap<(Key, usize), (f64, f64, usize)>,
+) -> Vec<Vec<String>> {
+    let mut rows = summary_rows(aggs);
+    let mut keys: Vec<Key> = deltas.keys().map(|(k, _)| k.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    if keys.is_empty() {
+        return rows;
+    }
+    for k in &keys {
+        rows[0].push(format!("{} AP {} − off (pp)", k.0, k.2));
+    }
+    for row in rows.iter_mut().skip(1) {
+        let round: usize = row[0].parse().unwrap_or(usize::MAX);
+        for k in &keys {
+            row.push(match deltas.get(&(k.clone(), round)) {
+                Some((m, sd, n)) => format!("{:+.2} ± {:.2} (n={n})", 100.0 * m, 100.0 * sd),
+                None => "-".into(),
+            });
+        }
+    }
+    rows
+}
+
 /// The summary as table rows (first row is the header): one row per round; per (method, AP)
 /// the test accuracy (%) mean ± std, and the training-window dynamic DNR (%) mean.
 pub fn summary_rows(aggs: &[Aggregate]) -> Vec<Vec<String>> {
@@ -292,7 +355,7 @@ fn write(dir: &Path, name: &str, s: &str) -> Result<PathBuf> {
 /// Load a run directory and build the summary rows.
 pub fn report(run_dir: &Path) -> Result<(Vec<RoundRecord>, Vec<Vec<String>>)> {
     let records = load_records(run_dir)?;
-    let rows = summary_rows(&aggregate(&records));
+    let rows = summary_rows_with_deltas(&aggregate(&records), &paired_deltas(&records));
     Ok((records, rows))
 }
 
