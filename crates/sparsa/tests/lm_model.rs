@@ -61,3 +61,65 @@ fn batched_padded_forward_equals_single() {
         assert!(diff < 1e-3, "row {row}: max |Δlogit| = {diff}");
     }
 }
+
+#[test]
+fn tokenizer_rules_digits_specials_no_prefix_space() {
+    let (_, tok) = model();
+    // Digits are split one by one; "The" at the start has no prefix space.
+    let ids = tok.encode("In 2001 The", false);
+    let pieces: Vec<String> = ids.iter().map(|&i| tok.decode(&[i])).collect();
+    assert_eq!(pieces, ["In", " ", "2", "0", "0", "1", " The"]);
+    assert_ne!(tok.encode("The", false), vec![378]);
+    // Special tokens stay single ids when parsed, and are plain text otherwise.
+    let s = tok.encode("<|im_start|>user\nHi<|im_end|>", true);
+    assert_eq!(s.first(), Some(&1));
+    assert_eq!(s.last(), Some(&2));
+    let plain = tok.encode("<|im_start|>", false);
+    assert!(plain.len() > 1 && !plain.contains(&1));
+    // Round trip over mixed text, whitespace runs and non-ASCII.
+    let text = "  Hello,\n\n  world!  It's 3.14 — naïve café 東京\t end  ";
+    assert_eq!(tok.decode(&tok.encode(text, false)), text);
+}
+
+#[test]
+fn hooks_read_and_replace() {
+    let (m, _) = model();
+    let ids = Tensor::new(&[GOLDEN_IDS], &candle_core::Device::Cpu).unwrap();
+    let clean = m.forward(&ids).unwrap();
+    // Identity replacement reproduces the forward pass exactly, at both hook points.
+    for hook in [Hook::resid_post(7), Hook::mlp_out(7)] {
+        let same = m.forward_with_hook(&ids, hook, &|x| Ok(x.clone())).unwrap();
+        let d: f32 = (&same - &clean).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert_eq!(d, 0.0, "{hook}");
+    }
+    // resid_post(L) = resid_post(L-1) + attention + mlp_out(L): the MLP output is part of it.
+    let r = m.run_to(&ids, Hook::resid_post(3)).unwrap();
+    let mo = m.run_to(&ids, Hook::mlp_out(3)).unwrap();
+    assert_eq!(r.dims(), &[1, 5, 576]);
+    assert_eq!(mo.dims(), &[1, 5, 576]);
+    // Zeroing the residual after the last block changes the logits to the bias-free head of 0.
+    let zeroed = m
+        .forward_with_hook(&ids, Hook::resid_post(29), &|x| x.zeros_like())
+        .unwrap();
+    let z: f32 = zeroed.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    assert_eq!(z, 0.0);
+    // A replacement of the wrong shape is a typed error.
+    let e = m
+        .forward_with_hook(&ids, Hook::resid_post(2), &|x| x.narrow(1, 0, 2))
+        .unwrap_err();
+    assert!(matches!(e, sparsa::lm::LmError::HookShape { .. }), "{e}");
+}
+
+#[test]
+fn layer_out_of_range_and_bad_ids_are_errors() {
+    let (m, _) = model();
+    let ids = Tensor::new(&[GOLDEN_IDS], &candle_core::Device::Cpu).unwrap();
+    let e = m.run_to(&ids, Hook::resid_post(30)).unwrap_err();
+    assert!(matches!(e, sparsa::lm::LmError::LayerOutOfRange { layer: 30, n_layers: 30 }));
+    assert!(e.to_string().contains("0..=29"), "{e}");
+    let bad = Tensor::new(&[[1u32, 49152]], &candle_core::Device::Cpu).unwrap();
+    assert!(matches!(
+        m.forward(&bad).unwrap_err(),
+        sparsa::lm::LmError::TokenOutOfRange { id: 49152, .. }
+    ));
+}

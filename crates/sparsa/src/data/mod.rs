@@ -1,5 +1,7 @@
 //! Data in: activation stores, synthetic ground truth, image datasets, text corpora.
 pub mod activations;
+pub mod corpus;
+pub mod extract;
 pub mod fetch;
 pub mod npy;
 pub mod store;

@@ -11,13 +11,13 @@
 //! - [`batch`]: right-padded batches of token sequences.
 
 pub mod batch;
-// pub mod eval;
+pub mod eval;
 pub mod gguf;
 pub mod llama;
 pub mod tokenizer;
 
 pub use batch::Batch;
-// pub use eval::{downstream_eval, DownstreamConfig, DownstreamReport};
+pub use eval::{downstream_eval, DownstreamConfig, DownstreamReport};
 pub use gguf::GgufModel;
 pub use llama::{Hook, HookPoint, Llama, LlamaConfig};
 pub use tokenizer::Tokenizer;

