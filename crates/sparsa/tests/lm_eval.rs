@@ -13,13 +13,22 @@ fn seqs() -> Vec<Vec<u32>> {
     let mut docs = corpus::load(&lm_common::sotu_dir()).unwrap();
     docs.truncate(4);
     // Held-out-style: skip the first contexts, take 6 of 48 tokens, plus one short sequence.
-    let mut s: Vec<Vec<u32>> = contexts(&docs, tok, 48, Some(1)).skip(10).take(6).map(|c| c.ids).collect();
+    let mut s: Vec<Vec<u32>> = contexts(&docs, tok, 48, Some(1))
+        .skip(10)
+        .take(6)
+        .map(|c| c.ids)
+        .collect();
     s.push(s[0][..20].to_vec());
     s
 }
 
 fn cfg(hook: Hook) -> DownstreamConfig {
-    DownstreamConfig { hook, batch_size: 4, pad_id: 2, bos_id: Some(1) }
+    DownstreamConfig {
+        hook,
+        batch_size: 4,
+        pad_id: 2,
+        bos_id: Some(1),
+    }
 }
 
 #[test]
@@ -27,7 +36,15 @@ fn identity_splice_is_exactly_clean_and_ablations_hurt() {
     let (m, _) = lm_common::model();
     let s = seqs();
     for hook in [Hook::resid_post(6), Hook::mlp_out(6)] {
-        let r = downstream_eval(m, &s, &cfg(hook), &|x| Ok(x.clone()), &NoProgress, &Cancel::new()).unwrap();
+        let r = downstream_eval(
+            m,
+            &s,
+            &cfg(hook),
+            &|x| Ok(x.clone()),
+            &NoProgress,
+            &Cancel::new(),
+        )
+        .unwrap();
         assert_eq!(r.ce_spliced, r.ce_clean, "{hook}");
         assert_eq!(r.kl_clean_spliced, 0.0);
         assert_eq!(r.loss_recovered_zero, 1.0);
@@ -36,7 +53,11 @@ fn identity_splice_is_exactly_clean_and_ablations_hurt() {
         assert_eq!(r.n_sequences, 7);
         assert_eq!(r.n_spliced, 6 * 47 + 19);
         assert_eq!(r.n_predictions, 6 * 46 + 18);
-        assert!(r.ce_clean > 1.0 && r.ce_clean < 6.0, "plausible clean CE: {}", r.ce_clean);
+        assert!(
+            r.ce_clean > 1.0 && r.ce_clean < 6.0,
+            "plausible clean CE: {}",
+            r.ce_clean
+        );
     }
 }
 
@@ -51,8 +72,14 @@ fn zero_reconstruction_equals_zero_ablation_and_noise_is_in_between() {
     assert!(r.kl_clean_spliced > 0.0);
     // x̂ = 0.9 x: a small damage, loss recovered strictly between 0 and 1.
     let r = downstream_eval(m, &s, &c, &|x| x * 0.9, &NoProgress, &Cancel::new()).unwrap();
-    assert!(r.ce_spliced > r.ce_clean && r.ce_spliced < r.ce_zero_ablated, "{r:?}");
-    assert!(r.loss_recovered_zero > 0.0 && r.loss_recovered_zero < 1.0, "{r:?}");
+    assert!(
+        r.ce_spliced > r.ce_clean && r.ce_spliced < r.ce_zero_ablated,
+        "{r:?}"
+    );
+    assert!(
+        r.loss_recovered_zero > 0.0 && r.loss_recovered_zero < 1.0,
+        "{r:?}"
+    );
     assert!(r.kl_clean_spliced > 0.0);
 }
 
@@ -61,11 +88,35 @@ fn bad_reconstructions_are_errors() {
     let (m, _) = lm_common::model();
     let s = seqs();
     let c = cfg(Hook::resid_post(6));
-    let e = downstream_eval(m, &s, &c, &|x| x.narrow(1, 0, 10), &NoProgress, &Cancel::new()).unwrap_err();
+    let e = downstream_eval(
+        m,
+        &s,
+        &c,
+        &|x| x.narrow(1, 0, 10),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("reconstruction"), "{e}");
-    let e = downstream_eval(m, &s, &c, &|x| x.affine(0.0, f64::NAN), &NoProgress, &Cancel::new()).unwrap_err();
+    let e = downstream_eval(
+        m,
+        &s,
+        &c,
+        &|x| x.affine(0.0, f64::NAN),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("NaN"), "{e}");
-    let e = downstream_eval(m, &s, &cfg(Hook::resid_post(31)), &|x| Ok(x.clone()), &NoProgress, &Cancel::new()).unwrap_err();
+    let e = downstream_eval(
+        m,
+        &s,
+        &cfg(Hook::resid_post(31)),
+        &|x| Ok(x.clone()),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("out of range"), "{e}");
     let _ = Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu);
 }

@@ -37,7 +37,10 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|e| {
             let p = e.unwrap().path();
-            (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
         })
         .collect();
     v.sort();
@@ -62,7 +65,10 @@ fn store_shapes_agree_with_model_and_rows_are_activations() {
     assert_eq!(man.d_model, m.d_model());
     assert_eq!(man.layer, Some(3));
     assert_eq!(man.hook.as_deref(), Some("blocks.3.hook_resid_post"));
-    assert_eq!(man.shards.iter().map(|e| e.n_tokens).collect::<Vec<_>>(), [256, 256, 188]);
+    assert_eq!(
+        man.shards.iter().map(|e| e.n_tokens).collect::<Vec<_>>(),
+        [256, 256, 188]
+    );
     let info = inspect(&out).unwrap();
     assert_eq!((info.n_rows, info.d, info.shards), (700, 576, 3));
 
@@ -74,7 +80,12 @@ fn store_shapes_agree_with_model_and_rows_are_activations() {
         assert_eq!(st.tensor(name).unwrap().shape(), [256], "{name}");
     }
     let u32s = |name: &str| -> Vec<u32> {
-        st.tensor(name).unwrap().data().chunks(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
     };
     let first = contexts(&docs, tok, 32, Some(1)).next().unwrap();
     assert_eq!(first.ids.len(), 32);
@@ -82,13 +93,26 @@ fn store_shapes_agree_with_model_and_rows_are_activations() {
     assert_eq!(&u32s("token_ids")[..31], &first.ids[1..]);
     assert_eq!(&u32s("positions")[..31], &(1..32).collect::<Vec<u32>>()[..]);
     assert!(u32s("doc_ids")[..31].iter().all(|&d| d == 0));
-    let acts: Vec<f32> = st.tensor("activations").unwrap().data().chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    let ids = Tensor::new(first.ids.as_slice(), &candle_core::Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let acts: Vec<f32> = st
+        .tensor("activations")
+        .unwrap()
+        .data()
+        .chunks(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let ids = Tensor::new(first.ids.as_slice(), &candle_core::Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let r = m.run_to(&ids, Hook::resid_post(3)).unwrap();
     for p in [1usize, 15, 31] {
         let want: Vec<f32> = r.i((0, p)).unwrap().to_vec1().unwrap();
         let got = &acts[(p - 1) * 576..p * 576];
-        let diff = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let diff = want
+            .iter()
+            .zip(got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(diff < 1e-3, "position {p}: {diff}");
     }
 }
@@ -117,10 +141,16 @@ fn interrupted_extraction_resumes_to_identical_store() {
     extract(m, tok, &docs, &c, &a, &NoProgress, &Cancel::new()).unwrap();
 
     let cancel = Cancel::new();
-    let stop = CancelAt { at: 300, cancel: cancel.clone() };
+    let stop = CancelAt {
+        at: 300,
+        cancel: cancel.clone(),
+    };
     let s = extract(m, tok, &docs, &c, &b, &stop, &cancel).unwrap();
     assert!(!s.complete);
-    assert_eq!(s.n_tokens, 256, "one complete shard before the interruption");
+    assert_eq!(
+        s.n_tokens, 256,
+        "one complete shard before the interruption"
+    );
     assert_eq!(read_manifest(&b).shards.len(), 1);
     // A crash after a shard was written but before the manifest listed it, and a stale temp file.
     std::fs::write(b.join("shard-00001.safetensors"), b"half-written garbage").unwrap();
@@ -131,9 +161,15 @@ fn interrupted_extraction_resumes_to_identical_store() {
     assert_eq!(s.resumed_from, 256);
     std::fs::remove_file(b.join(".shard-00001.safetensors.tmp-1")).unwrap();
     let (fa, fb) = (files(&a), files(&b));
-    assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>());
+    assert_eq!(
+        fa.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        fb.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
     for ((name, x), (_, y)) in fa.iter().zip(&fb) {
-        assert!(x == y, "{name} differs between the resumed and the uninterrupted store");
+        assert!(
+            x == y,
+            "{name} differs between the resumed and the uninterrupted store"
+        );
     }
     // Running again on a complete store does nothing.
     let s = extract(m, tok, &docs, &c, &b, &NoProgress, &Cancel::new()).unwrap();
@@ -152,11 +188,23 @@ fn resume_with_other_settings_and_bad_inputs_are_errors() {
     let mut other = c.clone();
     other.seq_len = 64;
     let e = extract(m, tok, &docs, &other, &out, &NoProgress, &Cancel::new()).unwrap_err();
-    assert!(matches!(&e, ExtractError::Mismatch { field, .. } if field == "seq_len"), "{e}");
+    assert!(
+        matches!(&e, ExtractError::Mismatch { field, .. } if field == "seq_len"),
+        "{e}"
+    );
 
     let mut bad = c.clone();
     bad.hook = Hook::resid_post(30);
-    let e = extract(m, tok, &docs, &bad, &dir.path().join("t"), &NoProgress, &Cancel::new()).unwrap_err();
+    let e = extract(
+        m,
+        tok,
+        &docs,
+        &bad,
+        &dir.path().join("t"),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("out of range"), "{e}");
 
     // A directory with foreign files is refused.
@@ -175,11 +223,24 @@ fn resume_with_other_settings_and_bad_inputs_are_errors() {
 #[test]
 fn corpus_exhaustion_is_recorded() {
     let (m, tok) = lm_common::model();
-    let docs = vec![Document { id: 0, name: "tiny".into(), text: "A short document of a few words.".into() }];
+    let docs = vec![Document {
+        id: 0,
+        name: "tiny".into(),
+        text: "A short document of a few words.".into(),
+    }];
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg();
     c.include_bos = true;
-    let s = extract(m, tok, &docs, &c, &dir.path().join("s"), &NoProgress, &Cancel::new()).unwrap();
+    let s = extract(
+        m,
+        tok,
+        &docs,
+        &c,
+        &dir.path().join("s"),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap();
     let n = tok.encode(&docs[0].text, false).len() as u64 + 1;
     assert!(s.complete && s.corpus_exhausted);
     assert_eq!(s.n_tokens, n);

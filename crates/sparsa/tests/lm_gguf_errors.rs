@@ -20,7 +20,16 @@ fn truncated_in_tensor_data() {
     let p = dir.path().join("cut.gguf");
     write_prefix(&lm_common::gguf_path(), &p, 60_000_000);
     let e = load(&p).unwrap_err();
-    assert!(matches!(e, LmError::Truncated { actual: 60_000_000, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            LmError::Truncated {
+                actual: 60_000_000,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("truncated"), "{e}");
 }
 
@@ -52,7 +61,11 @@ fn unsupported_architecture() {
     let p = dir.path().join("gpt2.gguf");
     let arch = gguf_file::Value::String("gpt2".into());
     let n = gguf_file::Value::U32(2);
-    let w = QTensor::quantize(&Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
+    let w = QTensor::quantize(
+        &Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
     let mut f = std::fs::File::create(&p).unwrap();
     gguf_file::write(
         &mut f,
@@ -63,6 +76,9 @@ fn unsupported_architecture() {
     f.flush().unwrap();
     let g = GgufModel::open(&p).unwrap();
     let e = sparsa::lm::Llama::from_gguf(&g).unwrap_err();
-    assert!(matches!(&e, LmError::UnsupportedArchitecture { arch, .. } if arch == "gpt2"), "{e}");
+    assert!(
+        matches!(&e, LmError::UnsupportedArchitecture { arch, .. } if arch == "gpt2"),
+        "{e}"
+    );
     assert!(e.to_string().contains("llama"), "{e}");
 }

@@ -28,7 +28,12 @@ fn logits_match_golden_top5() {
     assert_eq!(top, vec![7042, 260, 4528, 2250, 1315]);
     let golden = [17.371f32, 14.889, 13.245, 13.009, 12.952];
     for (i, g) in top.iter().zip(golden) {
-        assert!((last[*i] - g).abs() < 5e-3, "logit {} = {} vs {g}", i, last[*i]);
+        assert!(
+            (last[*i] - g).abs() < 5e-3,
+            "logit {} = {} vs {g}",
+            i,
+            last[*i]
+        );
     }
 }
 
@@ -48,16 +53,31 @@ fn resid_after_block0_matches_golden() {
 fn batched_padded_forward_equals_single() {
     let (m, tok) = model();
     let a = tok.encode(PROMPT, false);
-    let b = tok.encode("In 1790, George Washington spoke to Congress about the", false);
+    let b = tok.encode(
+        "In 1790, George Washington spoke to Congress about the",
+        false,
+    );
     let batch = Batch::new(&[a.clone(), b.clone()], 0).unwrap();
     let lb = m.forward(&batch.ids).unwrap();
     for (row, seq) in [a, b].iter().enumerate() {
         let single = m
-            .forward(&Tensor::new(seq.as_slice(), &candle_core::Device::Cpu).unwrap().unsqueeze(0).unwrap())
+            .forward(
+                &Tensor::new(seq.as_slice(), &candle_core::Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+            )
             .unwrap();
         let s = single.i(0).unwrap();
         let p = lb.i(row).unwrap().narrow(0, 0, seq.len()).unwrap();
-        let diff: f32 = (s - p).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let diff: f32 = (s - p)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(diff < 1e-3, "row {row}: max |Δlogit| = {diff}");
     }
 }
@@ -89,7 +109,14 @@ fn hooks_read_and_replace() {
     // Identity replacement reproduces the forward pass exactly, at both hook points.
     for hook in [Hook::resid_post(7), Hook::mlp_out(7)] {
         let same = m.forward_with_hook(&ids, hook, &|x| Ok(x.clone())).unwrap();
-        let d: f32 = (&same - &clean).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let d: f32 = (&same - &clean)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert_eq!(d, 0.0, "{hook}");
     }
     // resid_post(L) = resid_post(L-1) + attention + mlp_out(L): the MLP output is part of it.
@@ -101,7 +128,13 @@ fn hooks_read_and_replace() {
     let zeroed = m
         .forward_with_hook(&ids, Hook::resid_post(29), &|x| x.zeros_like())
         .unwrap();
-    let z: f32 = zeroed.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let z: f32 = zeroed
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert_eq!(z, 0.0);
     // A replacement of the wrong shape is a typed error.
     let e = m
@@ -115,7 +148,13 @@ fn layer_out_of_range_and_bad_ids_are_errors() {
     let (m, _) = model();
     let ids = Tensor::new(&[GOLDEN_IDS], &candle_core::Device::Cpu).unwrap();
     let e = m.run_to(&ids, Hook::resid_post(30)).unwrap_err();
-    assert!(matches!(e, sparsa::lm::LmError::LayerOutOfRange { layer: 30, n_layers: 30 }));
+    assert!(matches!(
+        e,
+        sparsa::lm::LmError::LayerOutOfRange {
+            layer: 30,
+            n_layers: 30
+        }
+    ));
     assert!(e.to_string().contains("0..=29"), "{e}");
     let bad = Tensor::new(&[[1u32, 49152]], &candle_core::Device::Cpu).unwrap();
     assert!(matches!(

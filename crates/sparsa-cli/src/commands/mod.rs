@@ -1,2 +1,5 @@
 //! One file per top-level subcommand.
+pub mod activations;
+pub mod fetch;
+pub mod lm;
 pub mod sae;

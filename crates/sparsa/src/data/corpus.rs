@@ -64,7 +64,10 @@ pub fn load(path: &Path) -> Result<Vec<Document>, CorpusError> {
     })?;
     let docs = if meta.is_dir() {
         load_txt_dir(path)?
-    } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+    } else if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
         load_summaries_json(path)?
     } else {
         let text = read_text(path)?;

@@ -129,7 +129,9 @@ pub fn contexts<'a>(
     seq_len: usize,
     prefix_token: Option<u32>,
 ) -> impl Iterator<Item = Context> + 'a {
-    let window = seq_len.saturating_sub(usize::from(prefix_token.is_some())).max(1);
+    let window = seq_len
+        .saturating_sub(usize::from(prefix_token.is_some()))
+        .max(1);
     docs.iter().flat_map(move |d| {
         let ids = tok.encode(&d.text, false);
         let chunks: Vec<Context> = ids
@@ -319,10 +321,7 @@ fn validate(model: &Llama, cfg: &ExtractConfig) -> Result<(), ExtractError> {
     }
     if let Some(p) = cfg.prefix_token {
         if p as usize >= model.config().vocab {
-            return bad(
-                "prefix_token",
-                format!("{p} is outside the vocabulary"),
-            );
+            return bad("prefix_token", format!("{p} is outside the vocabulary"));
         }
     }
     Ok(())

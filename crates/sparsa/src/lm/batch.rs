@@ -26,7 +26,9 @@ impl Batch {
             return Err(LmError::Input("empty batch: no sequences".into()));
         }
         if let Some(i) = seqs.iter().position(|s| s.is_empty()) {
-            return Err(LmError::Input(format!("sequence {i} of the batch is empty")));
+            return Err(LmError::Input(format!(
+                "sequence {i} of the batch is empty"
+            )));
         }
         let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
         let mut flat = Vec::with_capacity(seqs.len() * t);
@@ -68,7 +70,10 @@ mod tests {
     #[test]
     fn pads_right_and_records_lengths() {
         let b = Batch::new(&[vec![5, 6, 7], vec![8]], 0).unwrap();
-        assert_eq!(b.ids.to_vec2::<u32>().unwrap(), vec![vec![5, 6, 7], vec![8, 0, 0]]);
+        assert_eq!(
+            b.ids.to_vec2::<u32>().unwrap(),
+            vec![vec![5, 6, 7], vec![8, 0, 0]]
+        );
         assert_eq!(b.lengths, vec![3, 1]);
         assert_eq!(b.real_mask(), vec![true, true, true, true, false, false]);
     }

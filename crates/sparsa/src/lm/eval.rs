@@ -70,7 +70,8 @@ pub struct DownstreamReport {
 }
 
 /// The rule stated in every report.
-pub const BOS_RULE: &str = "BOS positions keep their clean activation and are not prediction sources; padding ignored";
+pub const BOS_RULE: &str =
+    "BOS positions keep their clean activation and are not prediction sources; padding ignored";
 
 /// Per-batch index bookkeeping.
 struct Positions {
@@ -228,11 +229,20 @@ pub fn downstream_eval(
         }
 
         let (c, lp_clean) = nll(&model.resume(&cap, &cap.act)?, &pos)?;
-        let (s, lp_spliced) = nll(&model.resume(&cap, &splice_rows(&cap.act, &pos, &xhat)?)?, &pos)?;
+        let (s, lp_spliced) = nll(
+            &model.resume(&cap, &splice_rows(&cap.act, &pos, &xhat)?)?,
+            &pos,
+        )?;
         let zeros = Tensor::zeros((n, d), DType::F32, &Device::Cpu)?;
-        let (z, _) = nll(&model.resume(&cap, &splice_rows(&cap.act, &pos, &zeros)?)?, &pos)?;
+        let (z, _) = nll(
+            &model.resume(&cap, &splice_rows(&cap.act, &pos, &zeros)?)?,
+            &pos,
+        )?;
         let means = mean.broadcast_as((n, d))?.contiguous()?;
-        let (m, _) = nll(&model.resume(&cap, &splice_rows(&cap.act, &pos, &means)?)?, &pos)?;
+        let (m, _) = nll(
+            &model.resume(&cap, &splice_rows(&cap.act, &pos, &means)?)?,
+            &pos,
+        )?;
         let k: f64 = (lp_clean.exp()? * (&lp_clean - &lp_spliced)?)?
             .sum(D::Minus1)?
             .to_dtype(DType::F64)?

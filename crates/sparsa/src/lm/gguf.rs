@@ -67,15 +67,15 @@ impl GgufModel {
         self.string("general.architecture")
     }
 
-    /// A human-readable model name: `general.name` if present, otherwise the file stem.
+    /// The model's name as recorded in stores: the file stem (e.g. `SmolLM2-135M-Instruct.Q4_1`),
+    /// which names the exact weights better than `general.name`.
     pub fn model_name(&self) -> String {
-        match self.content.metadata.get("general.name") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => self
-                .path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "model".to_string()),
+        match self.path.file_stem() {
+            Some(s) if !s.is_empty() => s.to_string_lossy().into_owned(),
+            _ => match self.content.metadata.get("general.name") {
+                Some(Value::String(s)) if !s.is_empty() => s.clone(),
+                _ => "model".to_string(),
+            },
         }
     }
 
@@ -95,8 +95,7 @@ impl GgufModel {
             Some(_) => self.usize("llama.attention.head_count_kv")?,
             None => n_heads,
         };
-        if n_heads == 0 || d_model % n_heads != 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0
-        {
+        if n_heads == 0 || d_model % n_heads != 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(self.meta_err(
                 "llama.attention.head_count",
                 format!(
@@ -113,9 +112,10 @@ impl GgufModel {
             ));
         }
         if let Some(v) = self.content.metadata.get("llama.rope.dimension_count") {
-            let rd = v.to_u64().map_err(|_| {
-                self.meta_err("llama.rope.dimension_count", "not an integer".into())
-            })? as usize;
+            let rd = v
+                .to_u64()
+                .map_err(|_| self.meta_err("llama.rope.dimension_count", "not an integer".into()))?
+                as usize;
             if rd != head_dim {
                 return Err(self.meta_err(
                     "llama.rope.dimension_count",
@@ -253,7 +253,7 @@ impl GgufModel {
             let info = &self.content.tensor_infos[name];
             let elems = info.shape.elem_count();
             let block = info.ggml_dtype.block_size();
-            if block == 0 || elems % block != 0 {
+            if block == 0 || !elems.is_multiple_of(block) {
                 return Err(LmError::Corrupt {
                     path: self.path.clone(),
                     reason: format!(

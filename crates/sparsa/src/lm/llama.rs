@@ -231,7 +231,7 @@ impl Llama {
         &self.cfg
     }
 
-    /// The model's name (GGUF `general.name`).
+    /// The model's name (the GGUF file stem).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -325,7 +325,10 @@ impl Llama {
     /// Embedding lookup: `[b, t]` ids → `[b, t, d]`. Errors on an id outside the vocabulary.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2().map_err(|_| {
-            LmError::Input(format!("token ids must be [batch, seq], got {:?}", ids.dims()))
+            LmError::Input(format!(
+                "token ids must be [batch, seq], got {:?}",
+                ids.dims()
+            ))
         })?;
         if b == 0 || t == 0 {
             return Err(LmError::Input(format!(

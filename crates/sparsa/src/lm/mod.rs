@@ -28,7 +28,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum LmError {
     /// The model file does not exist or cannot be opened.
-    #[error("cannot open model file {path}: {source} (check the path, or run `sparsa fetch smollm2`)")]
+    #[error(
+        "cannot open model file {path}: {source} (check the path, or run `sparsa fetch smollm2`)"
+    )]
     Open {
         path: PathBuf,
         #[source]

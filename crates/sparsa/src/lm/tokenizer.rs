@@ -163,15 +163,7 @@ impl Tokenizer {
             g.metadata("tokenizer.ggml.add_space_prefix"),
             Some(Value::Bool(true))
         );
-        Self::new(
-            tokens,
-            &merges_s,
-            &types,
-            pre,
-            add_space_prefix,
-            bos,
-            eos,
-        )
+        Self::new(tokens, &merges_s, &types, pre, add_space_prefix, bos, eos)
     }
 
     /// Build from explicit parts (what [`Tokenizer::from_gguf`] reads). `merges` are "a b"
@@ -194,10 +186,7 @@ impl Tokenizer {
         let mut char_to_byte = HashMap::with_capacity(256);
         for (b, c) in b2c.iter().enumerate() {
             char_to_byte.insert(*c, b as u8);
-            byte_ids[b] = token_to_id
-                .get(&c.to_string())
-                .copied()
-                .unwrap_or(NO_TOKEN);
+            byte_ids[b] = token_to_id.get(&c.to_string()).copied().unwrap_or(NO_TOKEN);
         }
         if byte_ids.iter().filter(|&&i| i != NO_TOKEN).count() < 200 {
             return Err(LmError::UnsupportedTokenizer(
