@@ -245,3 +245,27 @@ fn corpus_exhaustion_is_recorded() {
     assert!(s.complete && s.corpus_exhausted);
     assert_eq!(s.n_tokens, n);
 }
+
+#[test]
+fn held_out_contexts_follow_the_store() {
+    let (m, tok) = lm_common::model();
+    let docs = docs();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s");
+    let mut c = cfg();
+    c.n_tokens = 100;
+    let s = extract(m, tok, &docs, &c, &out, &NoProgress, &Cancel::new()).unwrap();
+    assert_eq!(s.contexts_used, 4); // one batch of 4 contexts of 31 rows covers 100 rows
+    let h = sparsa::data::extract::held_out(&docs, tok, &read_manifest(&out), 3).unwrap();
+    assert_eq!(h.hook, Hook::resid_post(3));
+    assert_eq!(h.bos_id, Some(1));
+    let want: Vec<Vec<u32>> = contexts(&docs, tok, 32, Some(1))
+        .skip(4)
+        .take(3)
+        .map(|c| c.ids)
+        .collect();
+    assert_eq!(h.seqs, want);
+    // Tokens the store holds never appear as held-out positions of the same document window.
+    let stored_first = contexts(&docs, tok, 32, Some(1)).next().unwrap();
+    assert!(!h.seqs.contains(&stored_first.ids));
+}

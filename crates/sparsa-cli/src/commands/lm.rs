@@ -36,6 +36,27 @@ pub enum LmCommand {
     },
     /// Measure forward-pass speed (tokens/s) on corpus text, full model and up to a hook.
     Bench(BenchArgs),
+    /// Next-token CE on a store's held-out contexts: clean, and with the store's hook zero- or
+    /// mean-ablated (the baselines of `sae eval`'s loss recovered).
+    Ablate(AblateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AblateArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Activation store made by `sparsa activations extract` (gives hook, seq_len, corpus).
+    #[arg(long)]
+    pub store: PathBuf,
+    /// Corpus the store was extracted from (default: the one in its manifest).
+    #[arg(long)]
+    pub corpus: Option<String>,
+    /// Held-out contexts to evaluate.
+    #[arg(long, default_value_t = 32)]
+    pub sequences: usize,
+    /// Contexts per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
 }
 
 /// Which GGUF model to load.
@@ -113,6 +134,7 @@ pub fn run(cmd: LmCommand) -> Result<()> {
         } => tokenize(&model, special, &text),
         LmCommand::Top { model, k, prompt } => top(&model, k, &prompt),
         LmCommand::Bench(a) => bench(&a),
+        LmCommand::Ablate(a) => ablate(&a),
     }
 }
 
@@ -230,6 +252,55 @@ fn bench(a: &BenchArgs) -> Result<()> {
     println!(
         "batch {} x {} tokens, {} reps, {threads} threads",
         a.batch, a.seq_len, a.reps
+    );
+    print!("{}", ui::table(&rows));
+    Ok(())
+}
+
+fn ablate(a: &AblateArgs) -> Result<()> {
+    use sparsa::data::store::{Manifest, MANIFEST_FILE};
+    use sparsa::lm::{downstream_eval, DownstreamConfig};
+    let mp = a.store.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&mp)
+        .with_context(|| format!("reading {} (is --store an activation store?)", mp.display()))?;
+    let manifest: Manifest =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", mp.display()))?;
+    let corpus = match &a.corpus {
+        Some(c) => c.clone(),
+        None => manifest
+            .extra
+            .get("corpus")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("{} names no corpus; pass --corpus", mp.display()))?,
+    };
+    let (m, tok, _) = load_model(&a.model)?;
+    let (_, docs) = load_corpus(&corpus)?;
+    let held = sparsa::data::extract::held_out(&docs, &tok, &manifest, a.sequences)?;
+    let cfg = DownstreamConfig {
+        hook: held.hook,
+        batch_size: a.batch_size,
+        pad_id: tok.eos_id().unwrap_or(0),
+        bos_id: held.bos_id,
+    };
+    let total: u64 = held.seqs.iter().map(|s| s.len() as u64).sum();
+    let bar = ui::Bar::new(2 * total, "ablate", "tok");
+    let cancel = ui::ctrl_c_cancel();
+    let t = Instant::now();
+    let r = downstream_eval(&m, &held.seqs, &cfg, &|x| Ok(x.clone()), &bar, &cancel)?;
+    let rows = vec![
+        vec!["run".into(), "CE (nats/token)".into()],
+        vec!["clean".into(), format!("{:.4}", r.ce_clean)],
+        vec!["zero-ablated".into(), format!("{:.4}", r.ce_zero_ablated)],
+        vec!["mean-ablated".into(), format!("{:.4}", r.ce_mean_ablated)],
+    ];
+    println!(
+        "{}: {} held-out contexts, {} predictions, {:.1}s ({})",
+        r.hook,
+        r.n_sequences,
+        r.n_predictions,
+        t.elapsed().as_secs_f64(),
+        r.bos_rule
     );
     print!("{}", ui::table(&rows));
     Ok(())

@@ -590,3 +590,75 @@ fn write_manifest(out: &Path, m: &Manifest) -> Result<(), ExtractError> {
     })?;
     atomic_write(&mp, &json).map_err(|source| ExtractError::Io { path: mp, source })
 }
+
+/// Held-out evaluation data for a store: the next contexts of the store's own stream.
+#[derive(Debug, Clone)]
+pub struct HeldOut {
+    /// The hook the store was extracted at.
+    pub hook: Hook,
+    /// Token sequences (prefix included), each of the store's `seq_len` except possibly a
+    /// document's last window.
+    pub seqs: Vec<Vec<u32>>,
+    /// Document id of each sequence.
+    pub doc_ids: Vec<u32>,
+    /// The prefix (BOS) id the store used, to pass as `DownstreamConfig::bos_id`.
+    pub bos_id: Option<u32>,
+}
+
+/// The `n` contexts that follow the ones an extraction consumed (`contexts_used` in the
+/// manifest), rebuilt from the same corpus and tokenizer: text the SAE never saw, in the same
+/// format (a document's last window may be shorter than `seq_len`).
+pub fn held_out(
+    docs: &[Document],
+    tok: &Tokenizer,
+    manifest: &Manifest,
+    n: usize,
+) -> Result<HeldOut, ExtractError> {
+    let field = |k: &'static str| -> Result<&serde_json::Value, ExtractError> {
+        manifest.extra.get(k).ok_or_else(|| ExtractError::Config {
+            field: k,
+            reason: "is missing from the store's manifest (not made by `sparsa activations extract`, or not complete)".into(),
+        })
+    };
+    let bad = |f: &'static str| ExtractError::Config {
+        field: f,
+        reason: "has the wrong type in the store's manifest".into(),
+    };
+    let seq_len = field("seq_len")?.as_u64().ok_or_else(|| bad("seq_len"))? as usize;
+    let used = field("contexts_used")?
+        .as_u64()
+        .ok_or_else(|| bad("contexts_used"))?;
+    let prefix = match field("prefix_token")? {
+        serde_json::Value::Null => None,
+        v => Some(v.as_u64().ok_or_else(|| bad("prefix_token"))? as u32),
+    };
+    let hook: Hook = manifest
+        .hook
+        .as_deref()
+        .ok_or(ExtractError::Config {
+            field: "hook",
+            reason: "is missing from the store's manifest".into(),
+        })?
+        .parse()?;
+    let mut seqs = Vec::with_capacity(n);
+    let mut doc_ids = Vec::with_capacity(n);
+    let used = usize::try_from(used).unwrap_or(usize::MAX);
+    for c in contexts(docs, tok, seq_len, prefix).skip(used).take(n) {
+        doc_ids.push(c.doc);
+        seqs.push(c.ids);
+    }
+    if seqs.is_empty() {
+        return Err(ExtractError::Config {
+            field: "contexts_used",
+            reason: format!(
+                "the corpus has no context after the {used} the store used; extract fewer tokens or evaluate on another corpus"
+            ),
+        });
+    }
+    Ok(HeldOut {
+        hook,
+        seqs,
+        doc_ids,
+        bos_id: prefix,
+    })
+}
