@@ -90,6 +90,10 @@ fn tokenizer_rules_digits_specials_no_prefix_space() {
     let pieces: Vec<String> = ids.iter().map(|&i| tok.decode(&[i])).collect();
     assert_eq!(pieces, ["In", " ", "2", "0", "0", "1", " The"]);
     assert_ne!(tok.encode("The", false), vec![378]);
+    assert_eq!(
+        (tok.bos_id(), tok.eos_id(), tok.document_start_id()),
+        (Some(1), Some(2), Some(0))
+    );
     // Special tokens stay single ids when parsed, and are plain text otherwise.
     let s = tok.encode("<|im_start|>user\nHi<|im_end|>", true);
     assert_eq!(s.first(), Some(&1));

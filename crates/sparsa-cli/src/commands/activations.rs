@@ -62,8 +62,12 @@ pub struct ExtractArgs {
     #[arg(long)]
     pub include_bos: bool,
     /// Do not prepend a BOS token to each context.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prefix_token")]
     pub no_bos: bool,
+    /// The BOS token id prepended to each context (default: `<|endoftext|>` if the vocabulary
+    /// has it, SmolLM2's document separator, else the GGUF's bos_token_id).
+    #[arg(long)]
+    pub prefix_token: Option<u32>,
     /// Contexts per forward pass (part of the store's identity: keep it when resuming).
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,

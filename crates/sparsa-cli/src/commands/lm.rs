@@ -207,11 +207,12 @@ fn bench(a: &BenchArgs) -> Result<()> {
     let (m, tok, _) = load_model(&a.model)?;
     m.check_hook(Hook::resid_post(a.layer))?;
     let (_, docs) = load_corpus("sotu")?;
-    let seqs: Vec<Vec<u32>> = sparsa::data::extract::contexts(&docs, &tok, a.seq_len, tok.bos_id())
-        .filter(|c| c.ids.len() == a.seq_len)
-        .take(a.batch)
-        .map(|c| c.ids)
-        .collect();
+    let seqs: Vec<Vec<u32>> =
+        sparsa::data::extract::contexts(&docs, &tok, a.seq_len, tok.document_start_id())
+            .filter(|c| c.ids.len() == a.seq_len)
+            .take(a.batch)
+            .map(|c| c.ids)
+            .collect();
     anyhow::ensure!(seqs.len() == a.batch, "the corpus gave too few contexts");
     let batch = Batch::new(&seqs, 0)?;
     let n_tok = (a.batch * a.seq_len) as f64;

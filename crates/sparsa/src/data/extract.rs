@@ -5,7 +5,10 @@
 //! Documents are taken in corpus order ([`super::corpus`]) and tokenized without special tokens.
 //! Each document's tokens are cut into consecutive windows of `seq_len − 1` tokens (or `seq_len`
 //! with no prefix token), and each window becomes one context: `[prefix] + window`, where the
-//! prefix is the model's BOS id (SmolLM2: 1). A context never spans two documents; a document's
+//! prefix is a document-start token ([`Tokenizer::document_start_id`]: SmolLM2's `<|endoftext|>`,
+//! id 0, which gave lower clean CE than the GGUF's `bos_token_id` 1 `<|im_start|>`; the CLI's
+//! `--prefix-token` overrides it). "BOS" below means this prefix. A context never spans two
+//! documents; a document's
 //! last window may be shorter (contexts of a batch are right-padded, which is exact under causal
 //! attention). [`contexts`] yields this stream; downstream evaluation takes held-out contexts
 //! from the same stream after the `contexts_used` recorded in the manifest.
@@ -95,7 +98,7 @@ pub struct ExtractConfig {
     pub dtype: Elem,
     /// Keep the prefix (BOS) position's row.
     pub include_bos: bool,
-    /// Token prepended to every context (the model's BOS); `None` for no prefix.
+    /// Token prepended to every context (the BOS / document-start token); `None` for no prefix.
     pub prefix_token: Option<u32>,
     /// Corpus label recorded in the manifest ("sotu", "wiki" or a path).
     pub corpus: String,
