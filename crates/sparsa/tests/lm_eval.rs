@@ -12,10 +12,10 @@ fn seqs() -> Vec<Vec<u32>> {
     let (_, tok) = lm_common::model();
     let mut docs = corpus::load(&lm_common::sotu_dir()).unwrap();
     docs.truncate(4);
-    // Held-out-style: skip the first contexts, take 6 of 48 tokens, plus one short sequence.
+    // Held-out-style: skip the first contexts, take 4 of 48 tokens, plus one short sequence.
     let mut s: Vec<Vec<u32>> = contexts(&docs, tok, 48, Some(1))
         .skip(10)
-        .take(6)
+        .take(4)
         .map(|c| c.ids)
         .collect();
     s.push(s[0][..20].to_vec());
@@ -25,7 +25,7 @@ fn seqs() -> Vec<Vec<u32>> {
 fn cfg(hook: Hook) -> DownstreamConfig {
     DownstreamConfig {
         hook,
-        batch_size: 4,
+        batch_size: 5,
         pad_id: 2,
         bos_id: Some(1),
     }
@@ -35,7 +35,7 @@ fn cfg(hook: Hook) -> DownstreamConfig {
 fn identity_splice_is_exactly_clean_and_ablations_hurt() {
     let (m, _) = lm_common::model();
     let s = seqs();
-    for hook in [Hook::resid_post(6), Hook::mlp_out(6)] {
+    for hook in [Hook::resid_post(24), Hook::mlp_out(24)] {
         let r = downstream_eval(
             m,
             &s,
@@ -50,9 +50,9 @@ fn identity_splice_is_exactly_clean_and_ablations_hurt() {
         assert_eq!(r.loss_recovered_zero, 1.0);
         assert!(r.ce_zero_ablated > r.ce_clean + 0.01, "{r:?}");
         assert!(r.ce_mean_ablated > r.ce_clean, "{r:?}");
-        assert_eq!(r.n_sequences, 7);
-        assert_eq!(r.n_spliced, 6 * 47 + 19);
-        assert_eq!(r.n_predictions, 6 * 46 + 18);
+        assert_eq!(r.n_sequences, 5);
+        assert_eq!(r.n_spliced, 4 * 47 + 19);
+        assert_eq!(r.n_predictions, 4 * 46 + 18);
         assert!(
             r.ce_clean > 1.0 && r.ce_clean < 6.0,
             "plausible clean CE: {}",
@@ -65,7 +65,7 @@ fn identity_splice_is_exactly_clean_and_ablations_hurt() {
 fn zero_reconstruction_equals_zero_ablation_and_noise_is_in_between() {
     let (m, _) = lm_common::model();
     let s = seqs();
-    let c = cfg(Hook::resid_post(6));
+    let c = cfg(Hook::resid_post(24));
     let r = downstream_eval(m, &s, &c, &|x| x.zeros_like(), &NoProgress, &Cancel::new()).unwrap();
     assert_eq!(r.ce_spliced, r.ce_zero_ablated);
     assert_eq!(r.loss_recovered_zero, 0.0);
@@ -87,7 +87,7 @@ fn zero_reconstruction_equals_zero_ablation_and_noise_is_in_between() {
 fn bad_reconstructions_are_errors() {
     let (m, _) = lm_common::model();
     let s = seqs();
-    let c = cfg(Hook::resid_post(6));
+    let c = cfg(Hook::resid_post(24));
     let e = downstream_eval(
         m,
         &s,

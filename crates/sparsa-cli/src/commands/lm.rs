@@ -207,6 +207,13 @@ fn bench(a: &BenchArgs) -> Result<()> {
     let (m, tok, _) = load_model(&a.model)?;
     m.check_hook(Hook::resid_post(a.layer))?;
     let (_, docs) = load_corpus("sotu")?;
+    let t = Instant::now();
+    let (mut n_text, mut n_bytes) = (0usize, 0usize);
+    for d in &docs {
+        n_text += tok.encode(&d.text, false).len();
+        n_bytes += d.text.len();
+    }
+    let tok_secs = t.elapsed().as_secs_f64();
     let seqs: Vec<Vec<u32>> =
         sparsa::data::extract::contexts(&docs, &tok, a.seq_len, tok.document_start_id())
             .filter(|c| c.ids.len() == a.seq_len)
@@ -251,8 +258,15 @@ fn bench(a: &BenchArgs) -> Result<()> {
         ],
     ];
     println!(
-        "batch {} x {} tokens, {} reps, {threads} threads",
-        a.batch, a.seq_len, a.reps
+        "batch {} x {} tokens, {} reps, {threads} threads; tokenizer: {} SOTU documents, {:.1} MB -> {} tokens in {:.2}s ({:.0} tokens/s)",
+        a.batch,
+        a.seq_len,
+        a.reps,
+        docs.len(),
+        n_bytes as f64 / 1e6,
+        n_text,
+        tok_secs,
+        n_text as f64 / tok_secs
     );
     print!("{}", ui::table(&rows));
     Ok(())
