@@ -92,6 +92,7 @@ fn run_extract(a: ExtractArgs) -> Result<()> {
             HookArg::MlpOut => HookPoint::MlpOut,
         },
     };
+    model.check_hook(hook)?;
     let prefix_token = if a.no_bos {
         None
     } else {

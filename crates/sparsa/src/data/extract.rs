@@ -424,15 +424,15 @@ fn open_or_create(
         if stored.model != fresh.model {
             return Err(mismatch(
                 "model",
-                format!("{:?}", stored.model),
-                format!("{:?}", fresh.model),
+                stored.model.unwrap_or_default(),
+                fresh.model.unwrap_or_default(),
             ));
         }
         if stored.hook != fresh.hook {
             return Err(mismatch(
                 "hook",
-                format!("{:?}", stored.hook),
-                format!("{:?}", fresh.hook),
+                stored.hook.unwrap_or_default(),
+                fresh.hook.unwrap_or_default(),
             ));
         }
         if stored.dtype != fresh.dtype {

@@ -245,12 +245,11 @@ impl GgufModel {
         }
     }
 
-    /// Every tensor's bytes must lie inside the file.
+    /// Every tensor's bytes must lie inside the file; a truncated file is reported by the tensor
+    /// that reaches furthest (so `needed` is the size the complete file must have).
     fn check_extents(&self) -> Result<()> {
-        let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
-        names.sort();
-        for name in names {
-            let info = &self.content.tensor_infos[name];
+        let mut furthest: Option<(u64, &str)> = None;
+        for (name, info) in &self.content.tensor_infos {
             let elems = info.shape.elem_count();
             let block = info.ggml_dtype.block_size();
             if block == 0 || !elems.is_multiple_of(block) {
@@ -267,16 +266,19 @@ impl GgufModel {
                 .tensor_data_offset
                 .saturating_add(info.offset)
                 .saturating_add(bytes);
-            if end > self.file_size {
-                return Err(LmError::Truncated {
-                    path: self.path.clone(),
-                    tensor: name.clone(),
-                    needed: end,
-                    actual: self.file_size,
-                });
+            if furthest.is_none_or(|(e, n)| end > e || (end == e && name.as_str() < n)) {
+                furthest = Some((end, name));
             }
         }
-        Ok(())
+        match furthest {
+            Some((end, name)) if end > self.file_size => Err(LmError::Truncated {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                needed: end,
+                actual: self.file_size,
+            }),
+            _ => Ok(()),
+        }
     }
 }
 

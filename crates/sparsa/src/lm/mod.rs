@@ -29,7 +29,7 @@ use std::path::PathBuf;
 pub enum LmError {
     /// The model file does not exist or cannot be opened.
     #[error(
-        "cannot open model file {path}: {source} (check the path, or run `sparsa fetch smollm2`)"
+        "cannot open model file {path}: {source} (check the path, or run `sparsa fetch smollm2-135m`)"
     )]
     Open {
         path: PathBuf,
@@ -37,10 +37,10 @@ pub enum LmError {
         source: std::io::Error,
     },
     /// The file is not a readable GGUF (bad magic, corrupt header, bad metadata).
-    #[error("{path} is not a valid GGUF file: {reason} (the file is corrupt or not a GGUF model; re-download it, e.g. `sparsa fetch smollm2`)")]
+    #[error("{path} is not a valid GGUF file: {reason} (the file is corrupt or not a GGUF model; re-download it, e.g. `sparsa fetch smollm2-135m`)")]
     Corrupt { path: PathBuf, reason: String },
     /// The file ends before the tensor data it declares.
-    #[error("{path} is truncated: tensor `{tensor}` needs bytes up to offset {needed}, but the file has only {actual} bytes (an interrupted download? re-fetch it)")]
+    #[error("{path} is truncated: it has {actual} bytes but its tensors (the last is `{tensor}`) need {needed} (an interrupted download? re-fetch it, e.g. `sparsa fetch smollm2-135m`)")]
     Truncated {
         path: PathBuf,
         tensor: String,
