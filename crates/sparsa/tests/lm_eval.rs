@@ -5,7 +5,7 @@ mod lm_common;
 use candle_core::Tensor;
 use sparsa::data::corpus;
 use sparsa::data::extract::contexts;
-use sparsa::lm::{downstream_eval, DownstreamConfig, Hook};
+use sparsa::lm::{downstream_eval, downstream_eval_many, DownstreamConfig, Hook, Reconstruct};
 use sparsa::util::progress::{Cancel, NoProgress};
 
 fn seqs() -> Vec<Vec<u32>> {
@@ -62,25 +62,33 @@ fn identity_splice_is_exactly_clean_and_ablations_hurt() {
 }
 
 #[test]
-fn zero_reconstruction_equals_zero_ablation_and_noise_is_in_between() {
+fn several_reconstructions_at_once_zero_noise_identity() {
     let (m, _) = lm_common::model();
     let s = seqs();
     let c = cfg(Hook::resid_post(24));
-    let r = downstream_eval(m, &s, &c, &|x| x.zeros_like(), &NoProgress, &Cancel::new()).unwrap();
-    assert_eq!(r.ce_spliced, r.ce_zero_ablated);
-    assert_eq!(r.loss_recovered_zero, 0.0);
-    assert!(r.kl_clean_spliced > 0.0);
+    let zero = |x: &Tensor| x.zeros_like();
+    let shrink = |x: &Tensor| x * 0.9;
+    let ident = |x: &Tensor| Ok(x.clone());
+    let recs: [Reconstruct<'_>; 3] = [&zero, &shrink, &ident];
+    let r = downstream_eval_many(m, &s, &c, &recs, &NoProgress, &Cancel::new()).unwrap();
+    assert_eq!(r.len(), 3);
+    // x̂ = 0 is zero-ablation.
+    assert_eq!(r[0].ce_spliced, r[0].ce_zero_ablated);
+    assert_eq!(r[0].loss_recovered_zero, 0.0);
+    assert!(r[0].kl_clean_spliced > 0.0);
     // x̂ = 0.9 x: a small damage, loss recovered strictly between 0 and 1.
-    let r = downstream_eval(m, &s, &c, &|x| x * 0.9, &NoProgress, &Cancel::new()).unwrap();
     assert!(
-        r.ce_spliced > r.ce_clean && r.ce_spliced < r.ce_zero_ablated,
-        "{r:?}"
+        r[1].ce_spliced > r[1].ce_clean && r[1].ce_spliced < r[1].ce_zero_ablated,
+        "{:?}",
+        r[1]
     );
-    assert!(
-        r.loss_recovered_zero > 0.0 && r.loss_recovered_zero < 1.0,
-        "{r:?}"
-    );
-    assert!(r.kl_clean_spliced > 0.0);
+    assert!(r[1].loss_recovered_zero > 0.0 && r[1].loss_recovered_zero < 1.0);
+    assert!(r[1].kl_clean_spliced > 0.0);
+    // Identity, and the shared passes agree with a single-reconstruction run.
+    assert_eq!(r[2].ce_spliced, r[2].ce_clean);
+    assert_eq!(r[2].kl_clean_spliced, 0.0);
+    let single = downstream_eval(m, &s, &c, &shrink, &NoProgress, &Cancel::new()).unwrap();
+    assert_eq!(single, r[1]);
 }
 
 #[test]

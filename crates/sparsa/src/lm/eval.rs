@@ -138,6 +138,9 @@ fn splice_rows(act: &Tensor, pos: &Positions, rows: &Tensor) -> Result<Tensor> {
     Ok(mask.where_cond(&full, &flat)?.reshape((b, t, d))?)
 }
 
+/// A reconstruction function: evaluated rows `[n, d]` → x̂ `[n, d]`.
+pub type Reconstruct<'a> = &'a dyn Fn(&Tensor) -> candle_core::Result<Tensor>;
+
 /// Run the four passes over `seqs` and report CE clean / spliced / zero- / mean-ablated, loss
 /// recovered and KL(clean ‖ spliced). `reconstruct` maps the evaluated rows `[n, d]` of each batch
 /// to x̂ `[n, d]` (e.g. an SAE's encode→decode, including any input scaling).
@@ -145,16 +148,36 @@ pub fn downstream_eval(
     model: &Llama,
     seqs: &[Vec<u32>],
     cfg: &DownstreamConfig,
-    reconstruct: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    reconstruct: Reconstruct<'_>,
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<DownstreamReport> {
+    let mut v = downstream_eval_many(model, seqs, cfg, &[reconstruct], progress, cancel)?;
+    v.pop()
+        .ok_or_else(|| LmError::Input("no reconstruction function".into()))
+}
+
+/// [`downstream_eval`] for several reconstructions of the same hook at once (e.g. SAEs of
+/// different architectures): the prefix up to the hook and the clean, zero- and mean-ablated
+/// passes run once, each reconstruction adds one spliced pass. Reports come in the order of
+/// `reconstructions`; their clean/ablated CEs are identical.
+pub fn downstream_eval_many(
+    model: &Llama,
+    seqs: &[Vec<u32>],
+    cfg: &DownstreamConfig,
+    reconstructions: &[Reconstruct<'_>],
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<Vec<DownstreamReport>> {
     model.check_hook(cfg.hook)?;
     if cfg.batch_size == 0 {
         return Err(LmError::Input("batch_size must be at least 1".into()));
     }
     if seqs.is_empty() {
         return Err(LmError::Input("no sequences to evaluate".into()));
+    }
+    if reconstructions.is_empty() {
+        return Err(LmError::Input("no reconstruction function".into()));
     }
     let d = model.d_model();
     let total: u64 = seqs.iter().map(|s| s.len() as u64).sum();
@@ -170,6 +193,7 @@ pub fn downstream_eval(
         }
         let batch = Batch::new(chunk, cfg.pad_id)?;
         let pos = positions(chunk, &batch, cfg.bos_id)?;
+        done += chunk.iter().map(|s| s.len() as u64).sum::<u64>();
         if pos.eval_idx.is_empty() {
             continue;
         }
@@ -182,7 +206,6 @@ pub fn downstream_eval(
             *a += x;
         }
         count += pos.eval_idx.len();
-        done += chunk.iter().map(|s| s.len() as u64).sum::<u64>();
         progress.set_position(done);
     }
     if count == 0 {
@@ -193,8 +216,10 @@ pub fn downstream_eval(
     let mean: Vec<f32> = sum.iter().map(|s| (s / count as f64) as f32).collect();
     let mean = Tensor::from_vec(mean, (1, d), &Device::Cpu)?;
 
-    // Pass 2: clean, spliced, zero- and mean-ablated.
-    let (mut ce_c, mut ce_s, mut ce_z, mut ce_m, mut kl) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    // Pass 2: clean, zero- and mean-ablated once; one spliced pass per reconstruction.
+    let k = reconstructions.len();
+    let (mut ce_c, mut ce_z, mut ce_m) = (0f64, 0f64, 0f64);
+    let (mut ce_s, mut kl) = (vec![0f64; k], vec![0f64; k]);
     let (mut n_pred, mut n_spliced) = (0usize, 0usize);
     for chunk in seqs.chunks(cfg.batch_size) {
         if cancel.is_cancelled() {
@@ -212,27 +237,8 @@ pub fn downstream_eval(
         let n = pos.eval_idx.len();
         let idx = Tensor::from_slice(&pos.eval_idx, n, &Device::Cpu)?;
         let x = cap.act.reshape((b * t, d))?.index_select(&idx, 0)?;
-        let xhat = reconstruct(&x)?;
-        if xhat.dims() != [n, d] {
-            return Err(LmError::HookShape {
-                hook: format!("{} (reconstruction)", cfg.hook.name()),
-                got: xhat.dims().to_vec(),
-                expected: vec![n, d],
-            });
-        }
-        let xhat = xhat.to_dtype(DType::F32)?;
-        let finite: f32 = xhat.abs()?.max_all()?.to_scalar()?;
-        if !finite.is_finite() {
-            return Err(LmError::Input(
-                "the reconstruction contains NaN or Inf".into(),
-            ));
-        }
 
         let (c, lp_clean) = nll(&model.resume(&cap, &cap.act)?, &pos)?;
-        let (s, lp_spliced) = nll(
-            &model.resume(&cap, &splice_rows(&cap.act, &pos, &xhat)?)?,
-            &pos,
-        )?;
         let zeros = Tensor::zeros((n, d), DType::F32, &Device::Cpu)?;
         let (z, _) = nll(
             &model.resume(&cap, &splice_rows(&cap.act, &pos, &zeros)?)?,
@@ -243,16 +249,36 @@ pub fn downstream_eval(
             &model.resume(&cap, &splice_rows(&cap.act, &pos, &means)?)?,
             &pos,
         )?;
-        let k: f64 = (lp_clean.exp()? * (&lp_clean - &lp_spliced)?)?
-            .sum(D::Minus1)?
-            .to_dtype(DType::F64)?
-            .sum_all()?
-            .to_scalar()?;
+        let p_clean = lp_clean.exp()?;
+        for (i, reconstruct) in reconstructions.iter().enumerate() {
+            let xhat = reconstruct(&x)?;
+            if xhat.dims() != [n, d] {
+                return Err(LmError::HookShape {
+                    hook: format!("{} (reconstruction #{i})", cfg.hook.name()),
+                    got: xhat.dims().to_vec(),
+                    expected: vec![n, d],
+                });
+            }
+            let xhat = xhat.to_dtype(DType::F32)?;
+            let peak: f32 = xhat.abs()?.max_all()?.to_scalar()?;
+            if !peak.is_finite() {
+                return Err(LmError::Input(format!(
+                    "reconstruction #{i} contains NaN or Inf"
+                )));
+            }
+            let spliced = splice_rows(&cap.act, &pos, &xhat)?;
+            let (s, lp_spliced) = nll(&model.resume(&cap, &spliced)?, &pos)?;
+            let kl_sum: f64 = (&p_clean * (&lp_clean - &lp_spliced)?)?
+                .sum(D::Minus1)?
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar()?;
+            ce_s[i] += s;
+            kl[i] += kl_sum;
+        }
         ce_c += c;
-        ce_s += s;
         ce_z += z;
         ce_m += m;
-        kl += k;
         n_pred += pos.src_idx.len();
         n_spliced += n;
         progress.set_position(done);
@@ -263,20 +289,25 @@ pub fn downstream_eval(
         ));
     }
     let np = n_pred as f64;
-    let (ce_c, ce_s, ce_z, ce_m) = (ce_c / np, ce_s / np, ce_z / np, ce_m / np);
+    let (ce_c, ce_z, ce_m) = (ce_c / np, ce_z / np, ce_m / np);
     progress.finish();
-    Ok(DownstreamReport {
-        hook: cfg.hook.name(),
-        n_sequences: seqs.len(),
-        n_spliced,
-        n_predictions: n_pred,
-        ce_clean: ce_c,
-        ce_spliced: ce_s,
-        ce_zero_ablated: ce_z,
-        ce_mean_ablated: ce_m,
-        loss_recovered_zero: (ce_z - ce_s) / (ce_z - ce_c),
-        loss_recovered_mean: (ce_m - ce_s) / (ce_m - ce_c),
-        kl_clean_spliced: kl / np,
-        bos_rule: BOS_RULE.to_string(),
-    })
+    Ok((0..k)
+        .map(|i| {
+            let ce_sp = ce_s[i] / np;
+            DownstreamReport {
+                hook: cfg.hook.name(),
+                n_sequences: seqs.len(),
+                n_spliced,
+                n_predictions: n_pred,
+                ce_clean: ce_c,
+                ce_spliced: ce_sp,
+                ce_zero_ablated: ce_z,
+                ce_mean_ablated: ce_m,
+                loss_recovered_zero: (ce_z - ce_sp) / (ce_z - ce_c),
+                loss_recovered_mean: (ce_m - ce_sp) / (ce_m - ce_c),
+                kl_clean_spliced: kl[i] / np,
+                bos_rule: BOS_RULE.to_string(),
+            }
+        })
+        .collect())
 }

@@ -17,7 +17,9 @@ pub mod llama;
 pub mod tokenizer;
 
 pub use batch::Batch;
-pub use eval::{downstream_eval, DownstreamConfig, DownstreamReport};
+pub use eval::{
+    downstream_eval, downstream_eval_many, DownstreamConfig, DownstreamReport, Reconstruct,
+};
 pub use gguf::GgufModel;
 pub use llama::{Hook, HookPoint, Llama, LlamaConfig};
 pub use tokenizer::Tokenizer;
