@@ -166,3 +166,31 @@ fn layer_out_of_range_and_bad_ids_are_errors() {
         sparsa::lm::LmError::TokenOutOfRange { id: 49152, .. }
     ));
 }
+
+mod props {
+    use super::model;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Pre-tokenization loses nothing: the pieces concatenate to the text.
+        #[test]
+        fn pre_tokenize_partitions_text(text in "\\PC{0,40}|[ \\t\\n0-9a-zA-Z'.,!]{0,60}") {
+            let (_, tok) = model();
+            let pieces = tok.pre_tokenize(&text);
+            prop_assert_eq!(pieces.concat(), text.clone());
+            prop_assert!(pieces.iter().all(|p| !p.is_empty()));
+        }
+
+        /// Encoding then decoding gives the text back (for text without the few control bytes
+        /// SmolLM2's vocabulary has no token for), and every id is in the vocabulary.
+        #[test]
+        fn encode_decode_round_trip(text in "[ \\t\\n\\r0-9a-zA-Z'.,!?;:()\\-éèüßçñ€漢字日本語ñ🙂]{0,80}") {
+            let (_, tok) = model();
+            let ids = tok.encode(&text, false);
+            prop_assert!(ids.iter().all(|&i| (i as usize) < tok.vocab_size()));
+            prop_assert_eq!(tok.decode(&ids), text);
+        }
+    }
+}

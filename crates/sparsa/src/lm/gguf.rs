@@ -15,6 +15,9 @@ use std::fs::File;
 use std::io::{BufReader, ErrorKind};
 use std::path::{Path, PathBuf};
 
+/// Longest context accepted from the metadata (the RoPE tables are built for all of it).
+const MAX_CONTEXT: usize = 1 << 20;
+
 /// An opened GGUF file: its parsed header and metadata; tensors are read on demand.
 #[derive(Debug)]
 pub struct GgufModel {
@@ -138,7 +141,7 @@ impl GgufModel {
                 None => tokens_len.unwrap_or(0),
             },
         };
-        Ok(LlamaConfig {
+        let cfg = LlamaConfig {
             n_layers: self.usize("llama.block_count")?,
             d_model,
             n_heads,
@@ -149,7 +152,41 @@ impl GgufModel {
             rope_base,
             vocab,
             context_length: self.usize("llama.context_length")?,
-        })
+        };
+        let checks: [(&str, bool, &str); 6] = [
+            ("llama.block_count", cfg.n_layers >= 1, "must be at least 1"),
+            (
+                "llama.embedding_length",
+                cfg.d_model >= 1,
+                "must be at least 1",
+            ),
+            (
+                "llama.feed_forward_length",
+                cfg.d_ff >= 1,
+                "must be at least 1",
+            ),
+            (
+                "llama.context_length",
+                (1..=MAX_CONTEXT).contains(&cfg.context_length),
+                "must be in 1..=1048576",
+            ),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                cfg.rms_eps.is_finite() && cfg.rms_eps > 0.0,
+                "must be a positive number",
+            ),
+            (
+                "llama.rope.freq_base",
+                cfg.rope_base.is_finite() && cfg.rope_base > 0.0,
+                "must be a positive number",
+            ),
+        ];
+        for (key, ok, problem) in checks {
+            if !ok {
+                return Err(self.meta_err(key, problem.to_string()));
+            }
+        }
+        Ok(cfg)
     }
 
     /// Whether the file holds a tensor named `name`.
