@@ -34,12 +34,25 @@ seed = 7
 }
 
 fn check(arch: Architecture) {
-    let cfg = variant_config(&base(), Variant { architecture: arch, aux: AuxKind::AuxK });
-    let r = train_and_evaluate(&cfg, None, 4096, &NoProgress, &Cancel::new(), &mut |_| Ok(()))
-        .unwrap()
-        .unwrap();
+    let cfg = variant_config(
+        &base(),
+        Variant {
+            architecture: arch,
+            aux: AuxKind::AuxK,
+        },
+    );
+    let r = train_and_evaluate(&cfg, None, 4096, &NoProgress, &Cancel::new(), &mut |_| {
+        Ok(())
+    })
+    .unwrap()
+    .unwrap();
     let (mmcs, recovered) = r.recovery.unwrap();
-    eprintln!("{}: fvu {:.4} L0 {:.2} mmcs {mmcs:.3} recovered {recovered:.3}", arch.name(), r.eval.fvu, r.eval.l0_mean);
+    eprintln!(
+        "{}: fvu {:.4} L0 {:.2} mmcs {mmcs:.3} recovered {recovered:.3}",
+        arch.name(),
+        r.eval.fvu,
+        r.eval.l0_mean
+    );
     assert!(mmcs >= 0.9, "{}: MMCS {mmcs}", arch.name());
     assert!(recovered >= 0.9, "{}: recovered {recovered}", arch.name());
 }

@@ -138,7 +138,9 @@ fn load_config(path: Option<&Path>, set: &[String], default: Option<&str>) -> Re
             Ok(RunConfig::from_toml(&text, set, &p.display().to_string())?)
         }
         (None, Some(text)) => Ok(RunConfig::from_toml(text, set, "built-in config")?),
-        (None, None) => bail!("--config is required (a TOML file with [sae], [train], [data] tables)"),
+        (None, None) => {
+            bail!("--config is required (a TOML file with [sae], [train], [data] tables)")
+        }
     }
 }
 
@@ -156,18 +158,29 @@ impl JsonlLog {
     }
     fn write(&mut self, m: &StepMetrics) -> Result<(), SaeError> {
         let line = serde_json::to_string(m).unwrap_or_default();
-        writeln!(self.0, "{line}").map_err(|source| SaeError::Io { path: "metrics.jsonl".into(), source })
+        writeln!(self.0, "{line}").map_err(|source| SaeError::Io {
+            path: "metrics.jsonl".into(),
+            source,
+        })
     }
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
     let mut trainer = if a.resume {
         if a.config.is_some() || !a.set.is_empty() {
-            eprintln!("note: --resume continues with the config saved in {}; --config/--set are ignored", a.out.display());
+            eprintln!(
+                "note: --resume continues with the config saved in {}; --config/--set are ignored",
+                a.out.display()
+            );
         }
-        let t = Trainer::resume(&a.out).with_context(|| format!("cannot resume from {}", a.out.display()))?;
-        eprintln!("resuming at step {} ({} tokens)", t.state.step, t.state.tokens);
+        let t = Trainer::resume(&a.out)
+            .with_context(|| format!("cannot resume from {}", a.out.display()))?;
+        eprintln!(
+            "resuming at step {} ({} tokens)",
+            t.state.step, t.state.tokens
+        );
         t
     } else {
         let cfg = load_config(a.config.as_deref(), &a.set, None)?;
@@ -179,7 +192,11 @@ fn train(a: TrainArgs) -> Result<()> {
     let data = DataSpec::open(&cfg)?;
     let mut source = data.training_source(&cfg, trainer.state.tokens)?;
     let mut log = JsonlLog::open(&a.out.join("metrics.jsonl"))?;
-    let bar = Bar::new(cfg.train.steps * cfg.train.batch_size as u64, "train", "tok");
+    let bar = Bar::new(
+        cfg.train.steps * cfg.train.batch_size as u64,
+        "train",
+        "tok",
+    );
     let cancel = ui::ctrl_c_cancel();
     eprintln!(
         "training {} (d_in {}, d_sae {}, k {}, aux {:?}) for {} steps × {} tokens",
@@ -193,29 +210,56 @@ fn train(a: TrainArgs) -> Result<()> {
     );
     let t0 = std::time::Instant::now();
     let start_tokens = trainer.state.tokens;
-    let end = trainer.run(source.as_mut(), Some(&a.out), &bar, &cancel, None, &mut |m| log.write(m))?;
+    let end = trainer.run(
+        source.as_mut(),
+        Some(&a.out),
+        &bar,
+        &cancel,
+        None,
+        &mut |m| log.write(m),
+    )?;
     if end == RunEnd::Stopped {
-        eprintln!("stopped at step {}; checkpoint saved in {} (continue with --resume)", trainer.state.step, a.out.display());
+        eprintln!(
+            "stopped at step {}; checkpoint saved in {} (continue with --resume)",
+            trainer.state.step,
+            a.out.display()
+        );
         return Ok(());
     }
     let secs = t0.elapsed().as_secs_f64();
     let tps = (trainer.state.tokens - start_tokens) as f64 / secs.max(1e-9);
     let model = trainer.model();
     let mut reports = Vec::new();
-    let forms: &[Form] = if cfg.sae.architecture.batch_dependent() { &[Form::Training, Form::Inference] } else { &[Form::Training] };
+    let forms: &[Form] = if cfg.sae.architecture.batch_dependent() {
+        &[Form::Training, Form::Inference]
+    } else {
+        &[Form::Training]
+    };
     for &form in forms {
         let mut ev = data.eval_source(&cfg, a.eval_tokens)?;
-        reports.push(evaluate(&model, form, ev.as_mut(), cfg.train.batch_size, a.eval_tokens, &sparsa::util::progress::NoProgress)?);
+        reports.push(evaluate(
+            &model,
+            form,
+            ev.as_mut(),
+            cfg.train.batch_size,
+            a.eval_tokens,
+            &sparsa::util::progress::NoProgress,
+        )?);
     }
     write_json(&a.out.join("eval.json"), &reports)?;
     println!("{}", eval_table(&reports));
-    println!("trained {} tokens in {secs:.1} s ({tps:.0} tokens/s); SAE saved in {}", trainer.state.tokens - start_tokens, a.out.display());
+    println!(
+        "trained {} tokens in {secs:.1} s ({tps:.0} tokens/s); SAE saved in {}",
+        trainer.state.tokens - start_tokens,
+        a.out.display()
+    );
     Ok(())
 }
 
 fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(v)?;
-    sparsa::util::fs::atomic_write(path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+    sparsa::util::fs::atomic_write(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn eval_table(reports: &[EvalReport]) -> String {
@@ -257,7 +301,9 @@ fn eval_table(reports: &[EvalReport]) -> String {
 }
 
 fn parse_rows(s: &str) -> Result<(u64, u64)> {
-    let (a, b) = s.split_once(':').context("--rows takes START:END, e.g. 90000:100000")?;
+    let (a, b) = s
+        .split_once(':')
+        .context("--rows takes START:END, e.g. 90000:100000")?;
     let a: u64 = a.trim().parse().context("--rows START is not a number")?;
     let b: u64 = b.trim().parse().context("--rows END is not a number")?;
     if b <= a {
@@ -279,7 +325,13 @@ fn eval(a: EvalArgs) -> Result<()> {
     let rows = a.rows.as_deref().map(parse_rows).transpose()?;
     let mut reports = Vec::new();
     for form in forms {
-        let opts = SourceOptions { tensor: a.tensor.clone(), shuffle_buffer: 0, seed: 0, rows, cycle: false };
+        let opts = SourceOptions {
+            tensor: a.tensor.clone(),
+            shuffle_buffer: 0,
+            seed: 0,
+            rows,
+            cycle: false,
+        };
         let mut src = ActivationSource::open(&a.data, opts)?;
         let bar = Bar::new(a.tokens.min(src.n_rows()), "eval", "tok");
         reports.push(evaluate(&model, form, &mut src, a.batch, a.tokens, &bar)?);
@@ -304,7 +356,10 @@ fn export(a: ExportArgs) -> Result<()> {
         .with_context(|| format!("{} is not a training checkpoint", a.checkpoint.display()))?;
     if let Some(m) = a.threshold_mode {
         if !t.cfg.sae.architecture.batch_dependent() {
-            bail!("--threshold-mode applies to mutual_choice and feature_choice SAEs; this one is {}", t.cfg.sae.architecture.name());
+            bail!(
+                "--threshold-mode applies to mutual_choice and feature_choice SAEs; this one is {}",
+                t.cfg.sae.architecture.name()
+            );
         }
         t.cfg.sae.threshold_mode = match m {
             ThresholdArg::Feature => ThresholdMode::Feature,
@@ -313,7 +368,12 @@ fn export(a: ExportArgs) -> Result<()> {
     }
     let model = t.model();
     save_sae(&a.out, &model)?;
-    println!("exported {} SAE ({} tokens trained) to {}", model.export_architecture(), t.state.tokens, a.out.display());
+    println!(
+        "exported {} SAE ({} tokens trained) to {}",
+        model.export_architecture(),
+        t.state.tokens,
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -323,7 +383,9 @@ fn parse_variant(s: &str) -> Result<Variant> {
         "topk" => Architecture::TopK,
         "mutual_choice" | "batch_topk" => Architecture::MutualChoice,
         "feature_choice" => Architecture::FeatureChoice,
-        other => bail!("unknown architecture `{other}` in --variants (topk, mutual_choice, feature_choice)"),
+        other => bail!(
+            "unknown architecture `{other}` in --variants (topk, mutual_choice, feature_choice)"
+        ),
     };
     let aux = match aux.trim() {
         "none" => AuxKind::None,
@@ -339,7 +401,10 @@ fn compare(a: CompareArgs) -> Result<()> {
     let variants: Vec<Variant> = if a.variants.is_empty() {
         Variant::standard()
     } else {
-        a.variants.iter().map(|s| parse_variant(s)).collect::<Result<_>>()?
+        a.variants
+            .iter()
+            .map(|s| parse_variant(s))
+            .collect::<Result<_>>()?
     };
     let data = DataSpec::open(&base)?;
     let sample = data.init_sample(&base)?;
@@ -348,7 +413,9 @@ fn compare(a: CompareArgs) -> Result<()> {
     let mut l0s: Vec<f64> = Vec::new();
     if let DataSpec::Synthetic(s) = &data {
         let mut row = vec![0f32; d];
-        l0s = (0..n as u64).map(|r| s.sample_row(r, &mut row) as f64).collect();
+        l0s = (0..n as u64)
+            .map(|r| s.sample_row(r, &mut row) as f64)
+            .collect();
     }
     eprintln!(
         "comparing {} variants: d_in {d}, d_sae {}, k {}, {} steps × {} tokens",
@@ -361,16 +428,35 @@ fn compare(a: CompareArgs) -> Result<()> {
     if !l0s.is_empty() {
         let m = l0s.iter().sum::<f64>() / l0s.len() as f64;
         let sd = (l0s.iter().map(|x| (x - m).powi(2)).sum::<f64>() / l0s.len() as f64).sqrt();
-        eprintln!("ground truth: {:.2} ± {:.2} active features per sample (of {})", m, sd, base.data.synthetic.as_ref().map_or(0, |s| s.n_features));
+        eprintln!(
+            "ground truth: {:.2} ± {:.2} active features per sample (of {})",
+            m,
+            sd,
+            base.data.synthetic.as_ref().map_or(0, |s| s.n_features)
+        );
     }
     let cancel = ui::ctrl_c_cancel();
     let t0 = std::time::Instant::now();
     let mut results: Vec<VariantResult> = Vec::new();
     for v in variants {
         let cfg = variant_config(&base, v);
-        let out = a.out.as_ref().map(|o| o.join(v.label().replace(" + ", "+")));
-        let bar = Bar::new(cfg.train.steps * cfg.train.batch_size as u64, &v.label(), "tok");
-        match train_and_evaluate(&cfg, out.as_deref(), a.eval_tokens, &bar, &cancel, &mut |_| Ok(()))? {
+        let out = a
+            .out
+            .as_ref()
+            .map(|o| o.join(v.label().replace(" + ", "+")));
+        let bar = Bar::new(
+            cfg.train.steps * cfg.train.batch_size as u64,
+            &v.label(),
+            "tok",
+        );
+        match train_and_evaluate(
+            &cfg,
+            out.as_deref(),
+            a.eval_tokens,
+            &bar,
+            &cancel,
+            &mut |_| Ok(()),
+        )? {
             Some(r) => {
                 eprintln!(
                     "{}: FVU {:.4}, L0 {:.2}, {:.1} s ({:.0} tokens/s)",
@@ -410,7 +496,8 @@ fn compare(a: CompareArgs) -> Result<()> {
             format!("{:.2}", r.eval.l0_std),
             format!("{:.1}", 100.0 * r.eval.l0_zero_frac),
             r.recovery.map_or("-".into(), |x| format!("{:.3}", x.0)),
-            r.recovery.map_or("-".into(), |x| format!("{:.1}", 100.0 * x.1)),
+            r.recovery
+                .map_or("-".into(), |x| format!("{:.1}", 100.0 * x.1)),
             format!("{:.4}", r.eval_inference.fvu),
             format!("{:.2}", r.eval_inference.l0_mean),
             format!("{:.0}", r.tokens_per_second),

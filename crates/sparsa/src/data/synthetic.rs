@@ -84,10 +84,16 @@ impl SyntheticConfig {
             return bad("d and n_features must be at least 1".into());
         }
         if !(self.mean_active > 0.0 && self.mean_active <= self.n_features as f64) {
-            return bad(format!("mean_active = {} must be in (0, n_features]", self.mean_active));
+            return bad(format!(
+                "mean_active = {} must be in (0, n_features]",
+                self.mean_active
+            ));
         }
-        if !(self.complexity_spread >= 1.0) {
-            return bad(format!("complexity_spread = {} must be ≥ 1", self.complexity_spread));
+        if self.complexity_spread.is_nan() || self.complexity_spread < 1.0 {
+            return bad(format!(
+                "complexity_spread = {} must be ≥ 1",
+                self.complexity_spread
+            ));
         }
         if !(self.magnitude_min > 0.0 && self.magnitude_max >= self.magnitude_min) {
             return bad("magnitudes need 0 < magnitude_min ≤ magnitude_max".into());
@@ -129,10 +135,17 @@ impl SyntheticSource {
                 }
             }
         }
-        let raw: Vec<f64> = (0..n).map(|i| ((i + 1) as f64).powf(-cfg.zipf_exponent)).collect();
+        let raw: Vec<f64> = (0..n)
+            .map(|i| ((i + 1) as f64).powf(-cfg.zipf_exponent))
+            .collect();
         let s: f64 = raw.iter().sum();
         let p = raw.iter().map(|r| r / s * cfg.mean_active).collect();
-        Ok(SyntheticSource { cfg, dict, p, next_row: 0 })
+        Ok(SyntheticSource {
+            cfg,
+            dict,
+            p,
+            next_row: 0,
+        })
     }
 
     pub fn config(&self) -> &SyntheticConfig {
@@ -160,7 +173,11 @@ impl SyntheticSource {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         rng.set_stream(r);
         let ln_s = cfg.complexity_spread.ln();
-        let lambda = if ln_s > 0.0 { rng.random_range(-ln_s..=ln_s).exp() } else { 1.0 };
+        let lambda = if ln_s > 0.0 {
+            rng.random_range(-ln_s..=ln_s).exp()
+        } else {
+            1.0
+        };
         out.iter_mut().for_each(|v| *v = 0.0);
         let mut present = 0;
         for (i, &p) in self.p.iter().enumerate() {
@@ -252,7 +269,11 @@ mod tests {
         let mut row = vec![0f32; 8];
         let counts: Vec<usize> = (0..4000).map(|r| s.sample_row(r, &mut row)).collect();
         let mean = counts.iter().sum::<usize>() as f64 / counts.len() as f64;
-        let var = counts.iter().map(|&c| (c as f64 - mean).powi(2)).sum::<f64>() / counts.len() as f64;
+        let var = counts
+            .iter()
+            .map(|&c| (c as f64 - mean).powi(2))
+            .sum::<f64>()
+            / counts.len() as f64;
         // E[λ] for log-uniform on [1/3, 3] is (3 - 1/3)/ln 9 ≈ 1.21.
         assert!(mean > 4.5 && mean < 7.5, "mean {mean}");
         // Much more spread than a Poisson-binomial with the same mean.

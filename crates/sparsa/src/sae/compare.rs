@@ -30,12 +30,30 @@ impl Variant {
         use Architecture::*;
         use AuxKind::*;
         vec![
-            Variant { architecture: TopK, aux: AuxK },
-            Variant { architecture: TopK, aux: AuxZipf },
-            Variant { architecture: MutualChoice, aux: AuxK },
-            Variant { architecture: MutualChoice, aux: AuxZipf },
-            Variant { architecture: FeatureChoice, aux: AuxK },
-            Variant { architecture: FeatureChoice, aux: AuxZipf },
+            Variant {
+                architecture: TopK,
+                aux: AuxK,
+            },
+            Variant {
+                architecture: TopK,
+                aux: AuxZipf,
+            },
+            Variant {
+                architecture: MutualChoice,
+                aux: AuxK,
+            },
+            Variant {
+                architecture: MutualChoice,
+                aux: AuxZipf,
+            },
+            Variant {
+                architecture: FeatureChoice,
+                aux: AuxK,
+            },
+            Variant {
+                architecture: FeatureChoice,
+                aux: AuxZipf,
+            },
         ]
     }
 }
@@ -79,16 +97,38 @@ pub fn train_and_evaluate(
     let model = trainer.model();
     let batch = cfg.train.batch_size;
     let mut ev = data.eval_source(&trainer.cfg, eval_tokens)?;
-    let eval = evaluate(&model, Form::Training, ev.as_mut(), batch, eval_tokens, &NoProgress)?;
+    let eval = evaluate(
+        &model,
+        Form::Training,
+        ev.as_mut(),
+        batch,
+        eval_tokens,
+        &NoProgress,
+    )?;
     let mut ev = data.eval_source(&trainer.cfg, eval_tokens)?;
-    let eval_inference = evaluate(&model, Form::Inference, ev.as_mut(), batch, eval_tokens, &NoProgress)?;
+    let eval_inference = evaluate(
+        &model,
+        Form::Inference,
+        ev.as_mut(),
+        batch,
+        eval_tokens,
+        &NoProgress,
+    )?;
     let recovery = match &data {
-        DataSpec::Synthetic(s) => Some(recovery(s.dictionary(), &trainer.params.w_dec, s.config().d, 0.9)),
+        DataSpec::Synthetic(s) => Some(recovery(
+            s.dictionary(),
+            &trainer.params.w_dec,
+            s.config().d,
+            0.9,
+        )),
         DataSpec::File { .. } => None,
     };
     let dead = trainer.dead();
     Ok(Some(VariantResult {
-        variant: Variant { architecture: cfg.sae.architecture, aux: cfg.aux.kind },
+        variant: Variant {
+            architecture: cfg.sae.architecture,
+            aux: cfg.aux.kind,
+        },
         eval,
         eval_inference,
         train_dead_frac: dead.iter().filter(|&&x| x).count() as f64 / dead.len() as f64,

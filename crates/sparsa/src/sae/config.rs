@@ -37,7 +37,10 @@ impl Architecture {
     }
     /// Whether training needs learned thresholds for an inference form.
     pub fn batch_dependent(self) -> bool {
-        matches!(self, Architecture::MutualChoice | Architecture::FeatureChoice)
+        matches!(
+            self,
+            Architecture::MutualChoice | Architecture::FeatureChoice
+        )
     }
 }
 
@@ -96,7 +99,10 @@ impl SaeConfig {
             ));
         }
         if !(0.0..1.0).contains(&self.threshold_ema) {
-            return bad(format!("sae.threshold_ema = {} must be in [0, 1)", self.threshold_ema));
+            return bad(format!(
+                "sae.threshold_ema = {} must be in [0, 1)",
+                self.threshold_ema
+            ));
         }
         if let Capacity::Zipf { alpha, beta } = self.capacity {
             if !(alpha.is_finite() && alpha >= 0.0 && beta.is_finite() && beta > -1.0) {
@@ -233,7 +239,10 @@ impl AuxConfig {
     pub fn validate(&self) -> Result<(), SaeError> {
         let bad = |m: String| Err(SaeError::Config(m));
         if !(self.coeff.is_finite() && self.coeff >= 0.0) {
-            return bad(format!("aux.coeff = {} must be a finite number ≥ 0", self.coeff));
+            return bad(format!(
+                "aux.coeff = {} must be a finite number ≥ 0",
+                self.coeff
+            ));
         }
         if self.k_aux == Some(0) {
             return bad("aux.k_aux must be at least 1".into());
@@ -245,7 +254,10 @@ impl AuxConfig {
             return bad("aux.density_window_tokens must be at least 1".into());
         }
         if !(self.zipf_fit_head > 0.0 && self.zipf_fit_head <= 1.0) {
-            return bad(format!("aux.zipf_fit_head = {} must be in (0, 1]", self.zipf_fit_head));
+            return bad(format!(
+                "aux.zipf_fit_head = {} must be in (0, 1]",
+                self.zipf_fit_head
+            ));
         }
         if let ZipfParam::Value(a) = self.zipf_alpha {
             if !(a.is_finite() && a >= 0.0) {
@@ -348,12 +360,18 @@ impl TrainConfig {
             }
         }
         if !(0.0..=1.0).contains(&self.decay_fraction) {
-            return bad(format!("train.decay_fraction = {} must be in [0, 1]", self.decay_fraction));
+            return bad(format!(
+                "train.decay_fraction = {} must be in [0, 1]",
+                self.decay_fraction
+            ));
         }
         if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
             return bad(format!("train.grad_clip = {} must be ≥ 0", self.grad_clip));
         }
-        for (name, b) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+        for (name, b) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
             if !(0.0..1.0).contains(&b) {
                 return bad(format!("train.{name} = {b} must be in [0, 1)"));
             }
@@ -411,8 +429,8 @@ impl RunConfig {
     /// Parse TOML text, apply `key=value` overrides (dotted keys, TOML values; a bare word is a
     /// string), and validate. `origin` names the source in errors.
     pub fn from_toml(text: &str, overrides: &[String], origin: &str) -> Result<Self, SaeError> {
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|e| SaeError::Config(format!("{origin}: {e}")))?;
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| SaeError::Config(format!("{origin}: {e}")))?;
         for ov in overrides {
             apply_override(&mut table, ov)?;
         }
@@ -460,26 +478,32 @@ impl RunConfig {
 /// Apply one `a.b.c=value` override to a TOML table.
 pub fn apply_override(table: &mut toml::Table, ov: &str) -> Result<(), SaeError> {
     let (key, raw) = ov.split_once('=').ok_or_else(|| {
-        SaeError::Config(format!("override `{ov}` is not of the form key=value (e.g. train.lr=1e-3)"))
+        SaeError::Config(format!(
+            "override `{ov}` is not of the form key=value (e.g. train.lr=1e-3)"
+        ))
     })?;
     let key = key.trim();
     let raw = raw.trim();
     let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or(toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     };
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(SaeError::Config(format!("override key `{key}` is malformed")));
+        return Err(SaeError::Config(format!(
+            "override key `{key}` is malformed"
+        )));
     }
     let mut cur = table;
     for p in &parts[..parts.len() - 1] {
         let entry = cur
             .entry(p.to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry.as_table_mut().ok_or_else(|| {
-            SaeError::Config(format!("override `{key}`: `{p}` is not a table"))
-        })?;
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| SaeError::Config(format!("override `{key}`: `{p}` is not a table")))?;
     }
     cur.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
@@ -502,7 +526,8 @@ path = "x.npy"
 
     #[test]
     fn parses_alias_and_overrides() {
-        let c = RunConfig::from_toml(BASE, &["train.lr=0.01".into(), "sae.k=8".into()], "t").unwrap();
+        let c =
+            RunConfig::from_toml(BASE, &["train.lr=0.01".into(), "sae.k=8".into()], "t").unwrap();
         assert_eq!(c.sae.architecture, Architecture::MutualChoice);
         assert_eq!(c.train.lr, Some(0.01));
         assert_eq!(c.sae.k, 8);

@@ -122,25 +122,60 @@ pub fn save_sae(dir: &Path, m: &SaeModel) -> Result<(), SaeError> {
     let p = &m.params;
     let w_enc_t = transpose(&p.w_enc, p.f, p.d); // F×d → d×F = SAELens W_enc [d_in, d_sae]
     let mut tensors = vec![
-        RawTensor { name: "W_enc", dtype: Dtype::F32, shape: vec![p.d, p.f], data: &[] },
-        RawTensor { name: "W_dec", dtype: Dtype::F32, shape: vec![p.f, p.d], data: &[] },
-        RawTensor { name: "b_enc", dtype: Dtype::F32, shape: vec![p.f], data: &[] },
-        RawTensor { name: "b_dec", dtype: Dtype::F32, shape: vec![p.d], data: &[] },
+        RawTensor {
+            name: "W_enc",
+            dtype: Dtype::F32,
+            shape: vec![p.d, p.f],
+            data: &[],
+        },
+        RawTensor {
+            name: "W_dec",
+            dtype: Dtype::F32,
+            shape: vec![p.f, p.d],
+            data: &[],
+        },
+        RawTensor {
+            name: "b_enc",
+            dtype: Dtype::F32,
+            shape: vec![p.f],
+            data: &[],
+        },
+        RawTensor {
+            name: "b_dec",
+            dtype: Dtype::F32,
+            shape: vec![p.d],
+            data: &[],
+        },
     ];
-    let bufs = [f32_bytes(&w_enc_t), f32_bytes(&p.w_dec), f32_bytes(&p.b_enc), f32_bytes(&p.b_dec)];
+    let bufs = [
+        f32_bytes(&w_enc_t),
+        f32_bytes(&p.w_dec),
+        f32_bytes(&p.b_enc),
+        f32_bytes(&p.b_dec),
+    ];
     let thr = m.thresholds.as_ref().map(|t| f32_bytes(t));
     for (t, b) in tensors.iter_mut().zip(&bufs) {
         t.data = b;
     }
     if let Some(t) = &thr {
-        tensors.push(RawTensor { name: "threshold", dtype: Dtype::F32, shape: vec![p.f], data: t });
+        tensors.push(RawTensor {
+            name: "threshold",
+            dtype: Dtype::F32,
+            shape: vec![p.f],
+            data: t,
+        });
     }
     write_safetensors(&dir.join(WEIGHTS_FILE), &tensors)?;
     let log_density: Vec<f32> = m.density.iter().map(|&r| r.max(1e-10).log10()).collect();
     let ld = f32_bytes(&log_density);
     write_safetensors(
         &dir.join(SPARSITY_FILE),
-        &[RawTensor { name: "sparsity", dtype: Dtype::F32, shape: vec![p.f], data: &ld }],
+        &[RawTensor {
+            name: "sparsity",
+            dtype: Dtype::F32,
+            shape: vec![p.f],
+            data: &ld,
+        }],
     )?;
     let meta = &m.meta;
     let mut cfg = serde_json::json!({
@@ -167,38 +202,60 @@ pub fn save_sae(dir: &Path, m: &SaeModel) -> Result<(), SaeError> {
     if m.thresholds.is_none() {
         cfg["k"] = serde_json::json!(meta.k);
     }
-    let text = serde_json::to_string_pretty(&cfg).map_err(|e| SaeError::file(dir, e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&cfg).map_err(|e| SaeError::file(dir, e.to_string()))?;
     atomic_write(&dir.join(CFG_FILE), text.as_bytes()).map_err(SaeError::io(&dir.join(CFG_FILE)))
 }
 
 /// Read a safetensors file fully into memory.
 fn read_file(path: &Path) -> Result<Vec<u8>, SaeError> {
     if !path.exists() {
-        return Err(SaeError::file(path, "missing; is this an SAE directory written by sparsa or SAELens?"));
+        return Err(SaeError::file(
+            path,
+            "missing; is this an SAE directory written by sparsa or SAELens?",
+        ));
     }
     std::fs::read(path).map_err(SaeError::io(path))
 }
 
 /// One f32 tensor of the expected shape.
-fn get_f32(st: &SafeTensors, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>, SaeError> {
+fn get_f32(
+    st: &SafeTensors,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>, SaeError> {
     let t = st
         .tensor(name)
         .map_err(|_| SaeError::file(path, format!("no tensor `{name}`")))?;
     if t.dtype() != Dtype::F32 {
-        return Err(SaeError::file(path, format!("tensor `{name}` has dtype {:?}; expected F32", t.dtype())));
+        return Err(SaeError::file(
+            path,
+            format!("tensor `{name}` has dtype {:?}; expected F32", t.dtype()),
+        ));
     }
     if t.shape() != shape {
         return Err(SaeError::file(
             path,
-            format!("tensor `{name}` has shape {:?}; expected {shape:?}", t.shape()),
+            format!(
+                "tensor `{name}` has shape {:?}; expected {shape:?}",
+                t.shape()
+            ),
         ));
     }
-    Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(t.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 fn parse_st<'a>(bytes: &'a [u8], path: &Path) -> Result<SafeTensors<'a>, SaeError> {
-    SafeTensors::deserialize(bytes)
-        .map_err(|e| SaeError::file(path, format!("not a valid safetensors file ({e}); it is corrupt or truncated")))
+    SafeTensors::deserialize(bytes).map_err(|e| {
+        SaeError::file(
+            path,
+            format!("not a valid safetensors file ({e}); it is corrupt or truncated"),
+        )
+    })
 }
 
 /// Load an SAE directory written by [`save_sae`] (or an SAELens `topk`/`jumprelu` SAE).
@@ -208,7 +265,10 @@ pub fn load_sae(dir: &Path) -> Result<SaeModel, SaeError> {
         if e.kind() == std::io::ErrorKind::NotFound {
             SaeError::file(&cfg_path, "missing; is this an SAE directory?")
         } else {
-            SaeError::Io { path: cfg_path.clone(), source: e }
+            SaeError::Io {
+                path: cfg_path.clone(),
+                source: e,
+            }
         }
     })?;
     let cfg: serde_json::Value = serde_json::from_str(&text)
@@ -223,33 +283,56 @@ pub fn load_sae(dir: &Path) -> Result<SaeModel, SaeError> {
     if d == 0 || f == 0 {
         return Err(SaeError::file(&cfg_path, "d_in and d_sae must be positive"));
     }
-    let arch = cfg.get("architecture").and_then(|v| v.as_str()).unwrap_or("standard");
+    let arch = cfg
+        .get("architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("standard");
     if arch != "topk" && arch != "jumprelu" {
         return Err(SaeError::file(
             &cfg_path,
             format!("unsupported architecture `{arch}`; sparsa reads `topk` and `jumprelu` SAEs"),
         ));
     }
-    if cfg.get("normalize_activations").and_then(|v| v.as_str()).is_some_and(|s| s != "none") {
-        return Err(SaeError::file(&cfg_path, "normalize_activations other than \"none\" is not supported"));
+    if cfg
+        .get("normalize_activations")
+        .and_then(|v| v.as_str())
+        .is_some_and(|s| s != "none")
+    {
+        return Err(SaeError::file(
+            &cfg_path,
+            "normalize_activations other than \"none\" is not supported",
+        ));
     }
     let mut meta: SaeMeta = match cfg.get("sparsa") {
         Some(v) => serde_json::from_value(v.clone())
             .map_err(|e| SaeError::file(&cfg_path, format!("bad `sparsa` block: {e}")))?,
         None => SaeMeta {
-            trained_architecture: if arch == "topk" { Architecture::TopK } else { Architecture::MutualChoice },
+            trained_architecture: if arch == "topk" {
+                Architecture::TopK
+            } else {
+                Architecture::MutualChoice
+            },
             k: cfg.get("k").and_then(|v| v.as_u64()).unwrap_or(1) as usize,
             ..Default::default()
         },
     };
     if let Some(md) = cfg.get("metadata") {
-        meta.model_name = meta.model_name.or(md.get("model_name").and_then(|v| v.as_str()).map(String::from));
-        meta.hook_name = meta.hook_name.or(md.get("hook_name").and_then(|v| v.as_str()).map(String::from));
+        meta.model_name = meta.model_name.or(md
+            .get("model_name")
+            .and_then(|v| v.as_str())
+            .map(String::from));
+        meta.hook_name = meta.hook_name.or(md
+            .get("hook_name")
+            .and_then(|v| v.as_str())
+            .map(String::from));
     }
     if arch == "topk" {
         meta.k = get_usize("k")?;
         if meta.k == 0 || meta.k > f {
-            return Err(SaeError::file(&cfg_path, format!("k = {} must be in 1..=d_sae ({f})", meta.k)));
+            return Err(SaeError::file(
+                &cfg_path,
+                format!("k = {} must be in 1..=d_sae ({f})", meta.k),
+            ));
         }
     }
 
@@ -266,7 +349,10 @@ pub fn load_sae(dir: &Path) -> Result<SaeModel, SaeError> {
         b_dec: get_f32(&st, &wpath, "b_dec", &[d])?,
     };
     if let Some(what) = params.non_finite() {
-        return Err(SaeError::file(&wpath, format!("tensor `{what}` holds NaN or infinity")));
+        return Err(SaeError::file(
+            &wpath,
+            format!("tensor `{what}` holds NaN or infinity"),
+        ));
     }
     let thresholds = if arch == "jumprelu" {
         let t = get_f32(&st, &wpath, "threshold", &[f])?;
@@ -281,11 +367,19 @@ pub fn load_sae(dir: &Path) -> Result<SaeModel, SaeError> {
     let density = if spath.exists() {
         let sb = read_file(&spath)?;
         let sst = parse_st(&sb, &spath)?;
-        get_f32(&sst, &spath, "sparsity", &[f])?.iter().map(|&l| 10f32.powf(l)).collect()
+        get_f32(&sst, &spath, "sparsity", &[f])?
+            .iter()
+            .map(|&l| 10f32.powf(l))
+            .collect()
     } else {
         vec![0.0; f]
     };
-    Ok(SaeModel { params, thresholds, meta, density })
+    Ok(SaeModel {
+        params,
+        thresholds,
+        meta,
+        density,
+    })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -330,9 +424,19 @@ pub fn save_trainer_state(
     ];
     let mut tensors: Vec<RawTensor> = named
         .iter()
-        .map(|(n, shape, data)| RawTensor { name: n, dtype: Dtype::F32, shape: shape.clone(), data })
+        .map(|(n, shape, data)| RawTensor {
+            name: n,
+            dtype: Dtype::F32,
+            shape: shape.clone(),
+            data,
+        })
         .collect();
-    tensors.push(RawTensor { name: "since_fired", dtype: Dtype::U64, shape: vec![p.f], data: &since });
+    tensors.push(RawTensor {
+        name: "since_fired",
+        dtype: Dtype::U64,
+        shape: vec![p.f],
+        data: &since,
+    });
     write_safetensors(&dir.join(STATE_TENSORS), &tensors)?;
     let js = StateJson {
         format: STATE_FORMAT.into(),
@@ -345,7 +449,8 @@ pub fn save_trainer_state(
         global_threshold_bits: s.global_threshold.to_bits(),
     };
     let path = dir.join(STATE_JSON);
-    let text = serde_json::to_string_pretty(&js).map_err(|e| SaeError::file(&path, e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&js).map_err(|e| SaeError::file(&path, e.to_string()))?;
     atomic_write(&path, text.as_bytes()).map_err(SaeError::io(&path))
 }
 
@@ -353,12 +458,18 @@ pub fn save_trainer_state(
 pub fn load_trainer_state(dir: &Path) -> Result<(RunConfig, SaeParams, f32, TrainState), SaeError> {
     let jpath = dir.join(STATE_JSON);
     let text = std::fs::read_to_string(&jpath).map_err(|_| {
-        SaeError::file(&jpath, "missing or unreadable: nothing to resume here (train without --resume to start fresh)")
+        SaeError::file(
+            &jpath,
+            "missing or unreadable: nothing to resume here (train without --resume to start fresh)",
+        )
     })?;
     let js: StateJson = serde_json::from_str(&text)
         .map_err(|e| SaeError::file(&jpath, format!("corrupt trainer state: {e}")))?;
     if js.format != STATE_FORMAT {
-        return Err(SaeError::file(&jpath, format!("unknown trainer-state format `{}`", js.format)));
+        return Err(SaeError::file(
+            &jpath,
+            format!("unknown trainer-state format `{}`", js.format),
+        ));
     }
     let cfg = RunConfig::from_toml(&js.config_toml, &[], &jpath.display().to_string())?;
     let (d, f) = (cfg.sae.d_in, cfg.sae.d_sae);
@@ -375,15 +486,28 @@ pub fn load_trainer_state(dir: &Path) -> Result<(RunConfig, SaeParams, f32, Trai
         b_dec: g("b_dec", &[d])?,
     };
     let adam = Adam {
-        m: [g("m_w_enc", &[f, d])?, g("m_b_enc", &[f])?, g("m_w_dec", &[f, d])?, g("m_b_dec", &[d])?],
-        v: [g("v_w_enc", &[f, d])?, g("v_b_enc", &[f])?, g("v_w_dec", &[f, d])?, g("v_b_dec", &[d])?],
+        m: [
+            g("m_w_enc", &[f, d])?,
+            g("m_b_enc", &[f])?,
+            g("m_w_dec", &[f, d])?,
+            g("m_b_dec", &[d])?,
+        ],
+        v: [
+            g("v_w_enc", &[f, d])?,
+            g("v_b_enc", &[f])?,
+            g("v_w_dec", &[f, d])?,
+            g("v_b_dec", &[d])?,
+        ],
         t: js.adam_t,
     };
     let since = st
         .tensor("since_fired")
         .map_err(|_| SaeError::file(&tpath, "no tensor `since_fired`"))?;
     if since.dtype() != Dtype::U64 || since.shape() != [f] {
-        return Err(SaeError::file(&tpath, "tensor `since_fired` must be U64 [d_sae]"));
+        return Err(SaeError::file(
+            &tpath,
+            "tensor `since_fired` must be U64 [d_sae]",
+        ));
     }
     let since_fired = since
         .data()

@@ -59,7 +59,9 @@ pub struct EvalReport {
 pub fn rule_for(model: &SaeModel, form: Form) -> Result<Box<dyn Allocation>, SaeError> {
     let meta = &model.meta;
     match (form, &model.thresholds) {
-        (Form::Inference, Some(t)) => Ok(Box::new(JumpRelu { thresholds: t.clone() })),
+        (Form::Inference, Some(t)) => Ok(Box::new(JumpRelu {
+            thresholds: t.clone(),
+        })),
         (Form::Inference, None) => Ok(Box::new(TopK { k: meta.k })),
         (Form::Training, _) => {
             let cfg = super::config::SaeConfig {
@@ -92,13 +94,17 @@ pub fn evaluate(
     let p = &model.params;
     let (d, f) = (p.d, p.f);
     if source.d() != d {
-        return Err(SaeError::Width { data: source.d(), sae: d });
+        return Err(SaeError::Width {
+            data: source.d(),
+            sae: d,
+        });
     }
     let rule = rule_for(model, form)?;
     let mut x = vec![0f32; batch.max(1) * d];
     let mut xhat = vec![0f32; x.len()];
     let mut m = Matching::default();
-    let (mut n, mut sse, mut sum_sq, mut cos, mut xh_x, mut xh_xh) = (0u64, 0f64, 0f64, 0f64, 0f64, 0f64);
+    let (mut n, mut sse, mut sum_sq, mut cos, mut xh_x, mut xh_xh) =
+        (0u64, 0f64, 0f64, 0f64, 0f64, 0f64);
     let mut sum_x = vec![0f64; d];
     let (mut l0_sum, mut l0_sq, mut l0_max, mut l0_zero) = (0f64, 0f64, 0usize, 0u64);
     let mut counts = vec![0u64; f];
@@ -111,7 +117,15 @@ pub fn evaluate(
         }
         super::train::check_finite(&x[..got * d], d, n)?;
         let a = p.encode_pre(&x[..got * d], got)?;
-        rule.select(&AllocInput { a: &a, b: got, f, density: &model.density }, &mut m);
+        rule.select(
+            &AllocInput {
+                a: &a,
+                b: got,
+                f,
+                density: &model.density,
+            },
+            &mut m,
+        );
         p.decode_sparse(&a, &m, &mut xhat[..got * d]);
         for i in 0..got {
             let xi = &x[i * d..(i + 1) * d];
@@ -129,7 +143,11 @@ pub fn evaluate(
             sum_sq += xx;
             xh_x += hx;
             xh_xh += hh;
-            cos += if xx > 0.0 && hh > 0.0 { hx / (xx.sqrt() * hh.sqrt()) } else { 0.0 };
+            cos += if xx > 0.0 && hh > 0.0 {
+                hx / (xx.sqrt() * hh.sqrt())
+            } else {
+                0.0
+            };
             let l0 = m.row(i).len();
             l0_sum += l0 as f64;
             l0_sq += (l0 * l0) as f64;
@@ -143,7 +161,9 @@ pub fn evaluate(
         progress.inc(got as u64);
     }
     if n == 0 {
-        return Err(SaeError::Config("no evaluation rows: the held-out range is empty".into()));
+        return Err(SaeError::Config(
+            "no evaluation rows: the held-out range is empty".into(),
+        ));
     }
     let nf = n as f64;
     let mean_sq: f64 = sum_x.iter().map(|s| s * s).sum::<f64>() / nf;

@@ -30,7 +30,11 @@ pub enum SaeError {
     #[error(transparent)]
     Data(#[from] DataError),
     #[error("batch at token {token}: row {row} holds {what}; the activations must be finite (check the extraction, or filter the data)")]
-    NonFinite { token: u64, row: usize, what: &'static str },
+    NonFinite {
+        token: u64,
+        row: usize,
+        what: &'static str,
+    },
     #[error("training diverged at step {step}: {what} is not finite; lower train.lr or set train.grad_clip")]
     Diverged { step: u64, what: &'static str },
     #[error("data width {data} does not match the SAE's d_in = {sae}")]
@@ -49,10 +53,16 @@ pub enum SaeError {
 
 impl SaeError {
     pub(crate) fn file(path: &std::path::Path, what: impl Into<String>) -> Self {
-        SaeError::File { path: path.to_path_buf(), what: what.into() }
+        SaeError::File {
+            path: path.to_path_buf(),
+            what: what.into(),
+        }
     }
     pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
-        move |source| SaeError::Io { path: path.to_path_buf(), source }
+        move |source| SaeError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 #[cfg(test)]

@@ -23,7 +23,12 @@ impl Grads {
             .sqrt()
     }
     fn scale(&mut self, s: f32) {
-        for v in [&mut self.w_enc, &mut self.b_enc, &mut self.w_dec, &mut self.b_dec] {
+        for v in [
+            &mut self.w_enc,
+            &mut self.b_enc,
+            &mut self.w_dec,
+            &mut self.b_dec,
+        ] {
             v.iter_mut().for_each(|x| *x *= s);
         }
     }
@@ -53,8 +58,18 @@ impl Adam {
     pub fn new(p: &SaeParams) -> Self {
         let z = |n: usize| vec![0f32; n];
         Adam {
-            m: [z(p.w_enc.len()), z(p.b_enc.len()), z(p.w_dec.len()), z(p.b_dec.len())],
-            v: [z(p.w_enc.len()), z(p.b_enc.len()), z(p.w_dec.len()), z(p.b_dec.len())],
+            m: [
+                z(p.w_enc.len()),
+                z(p.b_enc.len()),
+                z(p.w_dec.len()),
+                z(p.b_dec.len()),
+            ],
+            v: [
+                z(p.w_enc.len()),
+                z(p.b_enc.len()),
+                z(p.w_dec.len()),
+                z(p.b_dec.len()),
+            ],
             t: 0,
         }
     }
@@ -76,7 +91,12 @@ impl Adam {
         let bc2_sqrt = bc2.sqrt() as f32;
         let params = [&mut p.w_enc, &mut p.b_enc, &mut p.w_dec, &mut p.b_dec];
         let grads = [&g.w_enc, &g.b_enc, &g.w_dec, &g.b_dec];
-        for (((w, g), m), v) in params.into_iter().zip(grads).zip(&mut self.m).zip(&mut self.v) {
+        for (((w, g), m), v) in params
+            .into_iter()
+            .zip(grads)
+            .zip(&mut self.m)
+            .zip(&mut self.v)
+        {
             w.par_chunks_mut(4096)
                 .zip(g.par_chunks(4096))
                 .zip(m.par_chunks_mut(4096))
@@ -95,10 +115,13 @@ impl Adam {
 
 /// g_j ← g_j − (g_j·w_j) w_j for unit decoder rows w_j.
 pub fn project_decoder_grad(w_dec: &[f32], g_dec: &mut [f32], d: usize) {
-    g_dec.par_chunks_mut(d).zip(w_dec.par_chunks(d)).for_each(|(g, w)| {
-        let dot: f32 = g.iter().zip(w).map(|(a, b)| a * b).sum();
-        g.iter_mut().zip(w).for_each(|(g, &w)| *g -= dot * w);
-    });
+    g_dec
+        .par_chunks_mut(d)
+        .zip(w_dec.par_chunks(d))
+        .for_each(|(g, w)| {
+            let dot: f32 = g.iter().zip(w).map(|(a, b)| a * b).sum();
+            g.iter_mut().zip(w).for_each(|(g, &w)| *g -= dot * w);
+        });
 }
 
 #[cfg(test)]
@@ -120,7 +143,13 @@ mod tests {
             b_dec: vec![0.1; 6],
         };
         let mut adam = Adam::new(&p);
-        let h = AdamStep { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 6.25e-10, clip: 0.0 };
+        let h = AdamStep {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 6.25e-10,
+            clip: 0.0,
+        };
         adam.step(&mut p, grads, h);
         for row in p.w_dec.chunks(6) {
             let n: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();

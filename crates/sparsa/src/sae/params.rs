@@ -27,7 +27,8 @@ impl SaeParams {
         let mut w_dec = vec![0f32; f * d];
         for row in w_dec.chunks_mut(d) {
             loop {
-                row.iter_mut().for_each(|v| *v = rng.sample::<f32, _>(StandardNormal));
+                row.iter_mut()
+                    .for_each(|v| *v = rng.sample::<f32, _>(StandardNormal));
                 let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
                 if n > 1e-6 {
                     row.iter_mut().for_each(|v| *v /= n);
@@ -35,7 +36,14 @@ impl SaeParams {
                 }
             }
         }
-        SaeParams { d, f, w_enc: w_dec.clone(), b_enc: vec![0.0; f], w_dec, b_dec }
+        SaeParams {
+            d,
+            f,
+            w_enc: w_dec.clone(),
+            b_enc: vec![0.0; f],
+            w_dec,
+            b_dec,
+        }
     }
 
     /// A = ReLU((X − b_dec)·W_encᵀ + b_enc) for `b` rows of `x`, B×F row-major.
@@ -45,7 +53,11 @@ impl SaeParams {
         let bd = Tensor::from_slice(&self.b_dec, self.d, &dev)?;
         let we = Tensor::from_slice(&self.w_enc, (self.f, self.d), &dev)?;
         let be = Tensor::from_slice(&self.b_enc, self.f, &dev)?;
-        let pre = xt.broadcast_sub(&bd)?.matmul(&we.t()?)?.broadcast_add(&be)?.relu()?;
+        let pre = xt
+            .broadcast_sub(&bd)?
+            .matmul(&we.t()?)?
+            .broadcast_add(&be)?
+            .relu()?;
         Ok(pre.flatten_all()?.to_vec1::<f32>()?)
     }
 

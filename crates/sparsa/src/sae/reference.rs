@@ -45,7 +45,12 @@ pub struct AuxTerm<'a> {
 }
 
 /// X̂ = (A ⊙ M)·W_dec + b_dec in f32, and A (for tests and evaluation).
-pub fn reconstruct(p: &SaeParams, x: &[f32], b: usize, m: &Matching) -> Result<(Vec<f32>, Vec<f32>), SaeError> {
+pub fn reconstruct(
+    p: &SaeParams,
+    x: &[f32],
+    b: usize,
+    m: &Matching,
+) -> Result<(Vec<f32>, Vec<f32>), SaeError> {
     let a = p.encode_pre(x, b)?;
     let mut xhat = vec![0f32; b * p.d];
     p.decode_sparse(&a, m, &mut xhat);
@@ -64,7 +69,12 @@ pub fn total_variance(v: &[f32], d: usize) -> f64 {
     }
     mean.iter_mut().for_each(|m| *m /= b as f64);
     v.chunks(d)
-        .map(|row| row.iter().zip(&mean).map(|(&x, m)| (x as f64 - m).powi(2)).sum::<f64>())
+        .map(|row| {
+            row.iter()
+                .zip(&mean)
+                .map(|(&x, m)| (x as f64 - m).powi(2))
+                .sum::<f64>()
+        })
         .sum()
 }
 
@@ -103,7 +113,9 @@ where
 
     let mask = t(&sel.main.to_mask(), &[b, f])?;
     let z = (&a * &mask)?;
-    let xhat = z.matmul(w_dec.as_tensor())?.broadcast_add(b_dec.as_tensor())?;
+    let xhat = z
+        .matmul(w_dec.as_tensor())?
+        .broadcast_add(b_dec.as_tensor())?;
     let diff = (&xt - &xhat)?;
     let sse = diff.sqr()?.sum_all()?;
     let var = total_variance(x, d).max(f64::MIN_POSITIVE);
@@ -132,7 +144,12 @@ where
     let sse_v = sse.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let rec_v = rec.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let total_v = total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    let losses = Losses { rec: rec_v, mse: sse_v / (b * d) as f64, aux: aux_val, total: total_v };
+    let losses = Losses {
+        rec: rec_v,
+        mse: sse_v / (b * d) as f64,
+        aux: aux_val,
+        total: total_v,
+    };
 
     let grads = if want_grads {
         let store = total.backward()?;

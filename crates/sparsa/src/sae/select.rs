@@ -46,7 +46,11 @@ pub fn top_k_positive_strided(
     out: &mut Vec<u32>,
 ) {
     scratch.clear();
-    scratch.extend((0..n).filter(|&i| values[i * stride + col] > 0.0).map(|i| i as u32));
+    scratch.extend(
+        (0..n)
+            .filter(|&i| values[i * stride + col] > 0.0)
+            .map(|i| i as u32),
+    );
     if k == 0 {
         return;
     }
@@ -138,7 +142,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn brute_top_k(values: &[f32], k: usize) -> Vec<u32> {
-        let mut idx: Vec<u32> = (0..values.len() as u32).filter(|&i| values[i as usize] > 0.0).collect();
+        let mut idx: Vec<u32> = (0..values.len() as u32)
+            .filter(|&i| values[i as usize] > 0.0)
+            .collect();
         idx.sort_by(|&i, &j| better((values[i as usize], i), (values[j as usize], j)));
         idx.truncate(k);
         idx.sort_unstable();

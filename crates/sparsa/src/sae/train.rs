@@ -90,19 +90,33 @@ pub fn geometric_median(x: &[f32], d: usize, iters: usize) -> Vec<f32> {
     let n = x.len() / d;
     let mut y = vec![0f64; d];
     for row in x.chunks(d) {
-        y.iter_mut().zip(row).for_each(|(y, &v)| *y += v as f64 / n as f64);
+        y.iter_mut()
+            .zip(row)
+            .for_each(|(y, &v)| *y += v as f64 / n as f64);
     }
     for _ in 0..iters {
         let mut num = vec![0f64; d];
         let mut den = 0f64;
         for row in x.chunks(d) {
-            let dist = row.iter().zip(&y).map(|(&v, m)| (v as f64 - m).powi(2)).sum::<f64>().sqrt();
+            let dist = row
+                .iter()
+                .zip(&y)
+                .map(|(&v, m)| (v as f64 - m).powi(2))
+                .sum::<f64>()
+                .sqrt();
             let w = 1.0 / dist.max(1e-8);
-            num.iter_mut().zip(row).for_each(|(s, &v)| *s += w * v as f64);
+            num.iter_mut()
+                .zip(row)
+                .for_each(|(s, &v)| *s += w * v as f64);
             den += w;
         }
         let next: Vec<f64> = num.iter().map(|s| s / den).collect();
-        let shift: f64 = next.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+        let shift: f64 = next
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+            .sqrt();
         y = next;
         if shift < 1e-7 {
             break;
@@ -129,11 +143,14 @@ impl Trainer {
     /// A fresh trainer for data of width `d`, initialised from `sample` (rows of width d).
     pub fn new(mut cfg: RunConfig, d: usize, sample: &[f32]) -> Result<Self, SaeError> {
         if cfg.sae.d_in != 0 && cfg.sae.d_in != d {
-            return Err(SaeError::Width { data: d, sae: cfg.sae.d_in });
+            return Err(SaeError::Width {
+                data: d,
+                sae: cfg.sae.d_in,
+            });
         }
         cfg.sae.d_in = d;
         cfg.validate()?;
-        if sample.is_empty() || sample.len() % d != 0 {
+        if sample.is_empty() || !sample.len().is_multiple_of(d) {
             return Err(SaeError::Config("the init sample is empty".into()));
         }
         check_finite(sample, d, 0)?;
@@ -173,7 +190,15 @@ impl Trainer {
         cfg.validate()?;
         let alloc = allocation::build(&cfg.sae, None)?;
         let aux = loss::build(&cfg.aux);
-        Ok(Trainer { cfg, params, scale, state, alloc, aux, batch: Vec::new() })
+        Ok(Trainer {
+            cfg,
+            params,
+            scale,
+            state,
+            alloc,
+            aux,
+            batch: Vec::new(),
+        })
     }
 
     /// Resume from a checkpoint directory written by [`Trainer::save_checkpoint`].
@@ -213,7 +238,11 @@ impl Trainer {
         if corr <= 0.0 {
             return vec![0.0; self.params.f];
         }
-        self.state.density_ema.iter().map(|&e| (e as f64 / corr) as f32).collect()
+        self.state
+            .density_ema
+            .iter()
+            .map(|&e| (e as f64 / corr) as f32)
+            .collect()
     }
 
     fn density_decay(&self) -> f64 {
@@ -222,14 +251,21 @@ impl Trainer {
 
     /// Dead flags: not selected in the last `aux.dead_tokens` tokens.
     pub fn dead(&self) -> Vec<bool> {
-        self.state.since_fired.iter().map(|&s| s >= self.cfg.aux.dead_tokens).collect()
+        self.state
+            .since_fired
+            .iter()
+            .map(|&s| s >= self.cfg.aux.dead_tokens)
+            .collect()
     }
 
     /// One training step on a batch of raw (unscaled) rows; `x` is scaled in place.
     pub fn step(&mut self, x: &mut [f32]) -> Result<StepMetrics, SaeError> {
         let (d, f) = (self.params.d, self.params.f);
-        if x.is_empty() || x.len() % d != 0 {
-            return Err(SaeError::Width { data: x.len(), sae: d });
+        if x.is_empty() || !x.len().is_multiple_of(d) {
+            return Err(SaeError::Width {
+                data: x.len(),
+                sae: d,
+            });
         }
         let b = x.len() / d;
         check_finite(x, d, self.state.tokens)?;
@@ -237,16 +273,28 @@ impl Trainer {
 
         let density = self.density();
         let dead = self.dead();
-        let weights = self
-            .aux
+        let weights = self.aux.as_ref().map(|a| {
+            a.weights(&FeatureStats {
+                density: &density,
+                dead: &dead,
+            })
+        });
+        let aux_eligible = weights
             .as_ref()
-            .map(|a| a.weights(&FeatureStats { density: &density, dead: &dead }));
-        let aux_eligible = weights.as_ref().map_or(0, |w| w.u.iter().filter(|&&u| u > 0.0).count());
+            .map_or(0, |w| w.u.iter().filter(|&&u| u > 0.0).count());
         let k_aux = self.cfg.aux.k_aux.unwrap_or(d / 2).max(1);
         let alloc = &self.alloc;
         let select = |a: &[f32]| {
             let mut main = Matching::default();
-            alloc.select(&AllocInput { a, b, f, density: &density }, &mut main);
+            alloc.select(
+                &AllocInput {
+                    a,
+                    b,
+                    f,
+                    density: &density,
+                },
+                &mut main,
+            );
             let aux = weights.as_ref().filter(|_| aux_eligible > 0).map(|w| {
                 let mut m = Matching::default();
                 aux_select(a, b, f, &w.u, k_aux, &mut m);
@@ -254,12 +302,22 @@ impl Trainer {
             });
             Selections { main, aux }
         };
-        let term = AuxTerm { coeff: self.cfg.aux.coeff, norm: self.cfg.aux.normalization, residual: None };
+        let term = AuxTerm {
+            coeff: self.cfg.aux.coeff,
+            norm: self.cfg.aux.normalization,
+            residual: None,
+        };
         let (losses, grads, sel, a) =
             reference::forward_backward(&self.params, x, b, DType::F32, Some(term), true, select)?;
-        let grads = grads.ok_or(SaeError::Diverged { step: self.state.step, what: "gradient" })?;
+        let grads = grads.ok_or(SaeError::Diverged {
+            step: self.state.step,
+            what: "gradient",
+        })?;
         if !losses.total.is_finite() {
-            return Err(SaeError::Diverged { step: self.state.step, what: "the loss" });
+            return Err(SaeError::Diverged {
+                step: self.state.step,
+                what: "the loss",
+            });
         }
 
         self.update_feature_state(&sel.main, &a, b);
@@ -274,7 +332,10 @@ impl Trainer {
         };
         self.state.adam.step(&mut self.params, grads, h);
         if let Some(what) = self.params.non_finite() {
-            return Err(SaeError::Diverged { step: self.state.step, what });
+            return Err(SaeError::Diverged {
+                step: self.state.step,
+                what,
+            });
         }
         self.state.step += 1;
         self.state.tokens += b as u64;
@@ -301,7 +362,10 @@ impl Trainer {
             aux_eligible,
             zipf_alpha: weights.as_ref().and_then(|w| w.zipf_alpha),
             zipf_beta: weights.as_ref().and_then(|w| w.zipf_beta),
-            zipf_r2: weights.as_ref().and_then(|w| w.zipf_r2).filter(|r| r.is_finite()),
+            zipf_r2: weights
+                .as_ref()
+                .and_then(|w| w.zipf_r2)
+                .filter(|r| r.is_finite()),
         })
     }
 
@@ -326,7 +390,11 @@ impl Trainer {
         // JumpReLU rule (a > θ) keeps it (project choice).
         let update = |theta: &mut f32, obs: f32| {
             let obs = obs.next_down();
-            *theta = if theta.is_finite() { ema * *theta + (1.0 - ema) * obs } else { obs };
+            *theta = if theta.is_finite() {
+                ema * *theta + (1.0 - ema) * obs
+            } else {
+                obs
+            };
         };
         for j in 0..f {
             if count[j] > 0 {
@@ -410,7 +478,10 @@ impl Trainer {
     ) -> Result<RunEnd, SaeError> {
         let (d, bsz) = (self.d(), self.cfg.train.batch_size);
         if source.d() != d {
-            return Err(SaeError::Width { data: source.d(), sae: d });
+            return Err(SaeError::Width {
+                data: source.d(),
+                sae: d,
+            });
         }
         let total = self.cfg.train.steps;
         progress.set_total(total * bsz as u64);
@@ -434,7 +505,12 @@ impl Trainer {
                 let m = self.step(&mut batch)?;
                 progress.inc(bsz as u64);
                 if m.step % self.cfg.train.log_every == 0 || m.step == total {
-                    progress.message(&format!("fvu {:.4} L0 {:.1} dead {:.1}%", m.fvu, m.l0_mean, 100.0 * m.dead_frac));
+                    progress.message(&format!(
+                        "fvu {:.4} L0 {:.1} dead {:.1}%",
+                        m.fvu,
+                        m.l0_mean,
+                        100.0 * m.dead_frac
+                    ));
                     on_log(&m)?;
                 }
                 let every = self.cfg.train.checkpoint_every;
@@ -462,7 +538,12 @@ const SYNTHETIC_EVAL_OFFSET: u64 = 1 << 62;
 
 /// The data named by a run's `[data]` table.
 pub enum DataSpec {
-    File { path: std::path::PathBuf, tensor: Option<String>, n_rows: u64, d: usize },
+    File {
+        path: std::path::PathBuf,
+        tensor: Option<String>,
+        n_rows: u64,
+        d: usize,
+    },
     Synthetic(SyntheticSource),
 }
 
@@ -485,7 +566,12 @@ impl DataSpec {
                 path.display()
             )));
         }
-        Ok(DataSpec::File { path, tensor: cfg.data.tensor.clone(), n_rows: info.n_rows, d: info.d })
+        Ok(DataSpec::File {
+            path,
+            tensor: cfg.data.tensor.clone(),
+            n_rows: info.n_rows,
+            d: info.d,
+        })
     }
 
     pub fn d(&self) -> usize {
@@ -523,7 +609,11 @@ impl DataSpec {
             DataSpec::File { path, .. } => {
                 let rows = self.train_rows(cfg);
                 let n = n.min((rows.1 - rows.0) as usize);
-                Ok(crate::data::activations::read_sample(path, &self.opts(cfg, rows, false, false), n)?)
+                Ok(crate::data::activations::read_sample(
+                    path,
+                    &self.opts(cfg, rows, false, false),
+                    n,
+                )?)
             }
             DataSpec::Synthetic(s) => {
                 let mut s = s.clone();
@@ -535,10 +625,15 @@ impl DataSpec {
     }
 
     /// The endless, shuffled training stream, fast-forwarded past `skip` rows.
-    pub fn training_source(&self, cfg: &RunConfig, skip: u64) -> Result<Box<dyn BatchSource>, SaeError> {
+    pub fn training_source(
+        &self,
+        cfg: &RunConfig,
+        skip: u64,
+    ) -> Result<Box<dyn BatchSource>, SaeError> {
         match self {
             DataSpec::File { path, .. } => {
-                let mut s = ActivationSource::open(path, self.opts(cfg, self.train_rows(cfg), true, true))?;
+                let mut s =
+                    ActivationSource::open(path, self.opts(cfg, self.train_rows(cfg), true, true))?;
                 s.skip_rows(skip)?;
                 Ok(Box::new(s))
             }
@@ -553,7 +648,11 @@ impl DataSpec {
     /// The held-out evaluation rows (finite): `data.holdout_tokens` rows at the end of a file,
     /// or (synthetic, or a file without holdout) up to `max_rows` rows from a disjoint stream /
     /// the start of the data.
-    pub fn eval_source(&self, cfg: &RunConfig, max_rows: u64) -> Result<Box<dyn BatchSource>, SaeError> {
+    pub fn eval_source(
+        &self,
+        cfg: &RunConfig,
+        max_rows: u64,
+    ) -> Result<Box<dyn BatchSource>, SaeError> {
         match self {
             DataSpec::File { path, n_rows, .. } => {
                 let rows = if cfg.data.holdout_tokens > 0 {
@@ -561,12 +660,18 @@ impl DataSpec {
                 } else {
                     (0, max_rows.min(*n_rows))
                 };
-                Ok(Box::new(ActivationSource::open(path, self.opts(cfg, rows, false, false))?))
+                Ok(Box::new(ActivationSource::open(
+                    path,
+                    self.opts(cfg, rows, false, false),
+                )?))
             }
             DataSpec::Synthetic(s) => {
                 let mut s = s.clone();
                 s.skip_rows(SYNTHETIC_EVAL_OFFSET);
-                Ok(Box::new(Take { inner: s, left: max_rows }))
+                Ok(Box::new(Take {
+                    inner: s,
+                    left: max_rows,
+                }))
             }
         }
     }

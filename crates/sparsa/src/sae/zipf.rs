@@ -51,8 +51,17 @@ pub fn fit(density: &[f32], head: f64, betas: &[f64]) -> Option<ZipfFit> {
         }
         let slope = sxy / sxx;
         let log_c = my - slope * mx;
-        let r2 = if syy > 0.0 { (sxy * sxy) / (sxx * syy) } else { 1.0 };
-        let cand = ZipfFit { alpha: -slope, beta, log_c, r2 };
+        let r2 = if syy > 0.0 {
+            (sxy * sxy) / (sxx * syy)
+        } else {
+            1.0
+        };
+        let cand = ZipfFit {
+            alpha: -slope,
+            beta,
+            log_c,
+            r2,
+        };
         if best.is_none_or(|b| cand.r2 > b.r2) {
             best = Some(cand);
         }

@@ -7,21 +7,16 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// How the budget kB is split into per-feature capacities (project choice, configurable).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Capacity {
     /// m_j = ⌊kB/F⌋, the remainder spread one each over the first features so Σ m_j = kB.
+    #[default]
     Uniform,
     /// m_j ∝ (r_j + β)^−α with r_j ∈ 1..F the feature's rank by running firing density
     /// (descending, ties to the lower index), floored, the remainder given by largest fractional
     /// part, each m_j capped at B (the excess re-spread over the others), so Σ m_j = min(kB, F·B).
     Zipf { alpha: f64, beta: f64 },
-}
-
-impl Default for Capacity {
-    fn default() -> Self {
-        Capacity::Uniform
-    }
 }
 
 /// Per-feature capacities for a batch of `b` tokens with budget `k·b` over `f` features.
@@ -31,7 +26,9 @@ pub fn capacities(cap: &Capacity, k: usize, b: usize, f: usize, density: &[f32])
         Capacity::Uniform => {
             let base = budget / f;
             let rem = budget % f;
-            (0..f).map(|j| (base + usize::from(j < rem)).min(b)).collect()
+            (0..f)
+                .map(|j| (base + usize::from(j < rem)).min(b))
+                .collect()
         }
         Capacity::Zipf { alpha, beta } => {
             let mut order: Vec<usize> = (0..f).collect();
@@ -64,7 +61,8 @@ pub fn capacities(cap: &Capacity, k: usize, b: usize, f: usize, density: &[f32])
                     }
                     break;
                 }
-                left = budget as f64 - exact.iter().filter(|e| **e >= b as f64).count() as f64 * b as f64;
+                left = budget as f64
+                    - exact.iter().filter(|e| **e >= b as f64).count() as f64 * b as f64;
                 if left <= 0.0 {
                     break;
                 }

@@ -79,7 +79,9 @@ impl Matching {
 
     /// Number of active features per token (L0 per token).
     pub fn l0_per_row(&self) -> Vec<usize> {
-        (0..self.b).map(|i| self.row_ptr[i + 1] - self.row_ptr[i]).collect()
+        (0..self.b)
+            .map(|i| self.row_ptr[i + 1] - self.row_ptr[i])
+            .collect()
     }
 
     /// Number of tokens each feature is matched to.
@@ -146,7 +148,9 @@ pub fn build(cfg: &SaeConfig, thresholds: Option<&[f32]>) -> Result<Box<dyn Allo
                     cfg.d_sae
                 )));
             }
-            Box::new(JumpRelu { thresholds: t.to_vec() })
+            Box::new(JumpRelu {
+                thresholds: t.to_vec(),
+            })
         }
     })
 }

@@ -11,7 +11,11 @@ impl AuxLoss for AuxK {
     }
     fn weights(&self, stats: &FeatureStats) -> AuxWeights {
         AuxWeights {
-            u: stats.dead.iter().map(|&d| if d { 1.0 } else { 0.0 }).collect(),
+            u: stats
+                .dead
+                .iter()
+                .map(|&d| if d { 1.0 } else { 0.0 })
+                .collect(),
             ..Default::default()
         }
     }

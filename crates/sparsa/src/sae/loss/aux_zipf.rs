@@ -20,7 +20,11 @@ pub struct AuxZipf {
 
 impl AuxZipf {
     pub fn from_config(cfg: &AuxConfig) -> Self {
-        AuxZipf { alpha: cfg.zipf_alpha, beta: cfg.zipf_beta, fit_head: cfg.zipf_fit_head }
+        AuxZipf {
+            alpha: cfg.zipf_alpha,
+            beta: cfg.zipf_beta,
+            fit_head: cfg.zipf_fit_head,
+        }
     }
 
     /// The (α, β, R²) in effect for these densities.
@@ -77,6 +81,11 @@ impl AuxLoss for AuxZipf {
                 0.0
             };
         }
-        AuxWeights { u, zipf_alpha: Some(alpha), zipf_beta: Some(beta), zipf_r2: Some(r2) }
+        AuxWeights {
+            u,
+            zipf_alpha: Some(alpha),
+            zipf_beta: Some(beta),
+            zipf_r2: Some(r2),
+        }
     }
 }

@@ -88,8 +88,15 @@ mod tests {
     #[test]
     fn property_2_dead_features_have_u_one() {
         let (density, dead) = stats_case();
-        let cfg = AuxConfig { zipf_alpha: ZipfParam::Value(1.0), zipf_beta: ZipfParam::Value(1.0), ..Default::default() };
-        let w = AuxZipf::from_config(&cfg).weights(&FeatureStats { density: &density, dead: &dead });
+        let cfg = AuxConfig {
+            zipf_alpha: ZipfParam::Value(1.0),
+            zipf_beta: ZipfParam::Value(1.0),
+            ..Default::default()
+        };
+        let w = AuxZipf::from_config(&cfg).weights(&FeatureStats {
+            density: &density,
+            dead: &dead,
+        });
         for j in 5..8 {
             assert_eq!(w.u[j], 1.0);
         }
