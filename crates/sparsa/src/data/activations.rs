@@ -178,6 +178,9 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    /// An impossible data configuration (e.g. a synthetic generator with zero features).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Storage element type of a dataset; every one is converted to `f32` when read.
@@ -315,6 +318,21 @@ pub struct Info {
     pub shards: usize,
     /// The tensor read (None for `.npy`).
     pub tensor: Option<String>,
+}
+
+impl fmt::Display for Info {
+    /// e.g. `store, 4 shards, 100000 rows × d 576, bf16, tensor activations`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.format)?;
+        if self.format == Format::Store {
+            write!(f, ", {} shards", self.shards)?;
+        }
+        write!(f, ", {} rows × d {}, {}", self.n_rows, self.d, self.dtype)?;
+        if let Some(t) = &self.tensor {
+            write!(f, ", tensor {t}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Options for [`ActivationSource::open`] and [`read_sample`].
@@ -881,6 +899,11 @@ impl ActivationSource {
             buf_data,
             data_valid: true,
         })
+    }
+
+    /// Width of each row (also [`BatchSource::d`]).
+    pub fn d(&self) -> usize {
+        self.ds.d
     }
 
     /// Rows in the selected range (one epoch).

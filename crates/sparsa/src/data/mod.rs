@@ -5,3 +5,4 @@ pub mod extract;
 pub mod fetch;
 pub mod npy;
 pub mod store;
+pub mod synthetic;

@@ -91,6 +91,10 @@ fn reads_safetensors_npy_and_store_identically() {
             tensor: Some("activations".into()),
         }
     );
+    assert_eq!(
+        info.to_string(),
+        "store, 4 shards, 103 rows × d 5, f32, tensor activations"
+    );
     assert_eq!(inspect(&np).unwrap().format, Format::Npy);
     assert_eq!(inspect(&st).unwrap().shards, 1);
 }
@@ -712,6 +716,61 @@ fn skip_past_end_of_one_pass_source() {
     src.skip_rows(25).unwrap();
     assert_eq!(src.rows_read(), 10);
     assert_eq!(src.next_batch(&mut [0.0; 4]).unwrap(), 0);
+}
+
+// ------------------------------------------------------------------ files from other writers
+
+/// `np.save` (numpy 2.4.6) of `np.array([[1.5, -2.0, 0.25], [3.0, 65504.0, -0.125]], np.float16)`.
+const NUMPY_F16: &[u8] = &[
+    147, 78, 85, 77, 80, 89, 1, 0, 118, 0, 123, 39, 100, 101, 115, 99, 114, 39, 58, 32, 39, 60,
+    102, 50, 39, 44, 32, 39, 102, 111, 114, 116, 114, 97, 110, 95, 111, 114, 100, 101, 114, 39, 58,
+    32, 70, 97, 108, 115, 101, 44, 32, 39, 115, 104, 97, 112, 101, 39, 58, 32, 40, 50, 44, 32, 51,
+    41, 44, 32, 125, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32,
+    32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32,
+    32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 10, 0, 62, 0, 192, 0, 52, 0, 66,
+    255, 123, 0, 176,
+];
+
+/// `safetensors.numpy.save` (safetensors 0.8.0) of `activations` = float32
+/// `[[1.0, -2.5], [1e-3, 7.0], [0.0, -0.0]]` and `token_ids` = int64 `[5, 6, 7]` (stored first, so
+/// the activations start at a non-zero data offset).
+const PY_SAFETENSORS: &[u8] = &[
+    136, 0, 0, 0, 0, 0, 0, 0, 123, 34, 116, 111, 107, 101, 110, 95, 105, 100, 115, 34, 58, 123, 34,
+    100, 116, 121, 112, 101, 34, 58, 34, 73, 54, 52, 34, 44, 34, 115, 104, 97, 112, 101, 34, 58,
+    91, 51, 93, 44, 34, 100, 97, 116, 97, 95, 111, 102, 102, 115, 101, 116, 115, 34, 58, 91, 48,
+    44, 50, 52, 93, 125, 44, 34, 97, 99, 116, 105, 118, 97, 116, 105, 111, 110, 115, 34, 58, 123,
+    34, 100, 116, 121, 112, 101, 34, 58, 34, 70, 51, 50, 34, 44, 34, 115, 104, 97, 112, 101, 34,
+    58, 91, 51, 44, 50, 93, 44, 34, 100, 97, 116, 97, 95, 111, 102, 102, 115, 101, 116, 115, 34,
+    58, 91, 50, 52, 44, 52, 56, 93, 125, 125, 32, 32, 32, 32, 32, 32, 5, 0, 0, 0, 0, 0, 0, 0, 6, 0,
+    0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 128, 63, 0, 0, 32, 192, 111, 18, 131, 58, 0, 0,
+    224, 64, 0, 0, 0, 0, 0, 0, 0, 128,
+];
+
+#[test]
+fn reads_files_written_by_numpy_and_python_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("np.npy");
+    std::fs::write(&p, NUMPY_F16).unwrap();
+    let info = inspect(&p).unwrap();
+    assert_eq!(
+        (info.format, info.d, info.n_rows, info.dtype),
+        (Format::Npy, 3, 2, Elem::F16)
+    );
+    let v = read_sample(&p, &SourceOptions::default(), 2).unwrap();
+    assert_eq!(v, [1.5, -2.0, 0.25, 3.0, 65504.0, -0.125]);
+
+    let p = dir.path().join("py.safetensors");
+    std::fs::write(&p, PY_SAFETENSORS).unwrap();
+    let info = inspect(&p).unwrap();
+    assert_eq!((info.d, info.n_rows, info.dtype), (2, 3, Elem::F32));
+    let v = read_sample(&p, &SourceOptions::default(), 3).unwrap();
+    assert_eq!(v, [1.0, -2.5, 1e-3, 7.0, 0.0, -0.0]);
+    let o = SourceOptions {
+        tensor: Some("token_ids".into()),
+        ..Default::default()
+    };
+    let e = read_sample(&p, &o, 3).unwrap_err();
+    assert!(matches!(e, DataError::WrongRank { .. }), "{e}");
 }
 
 // ------------------------------------------------------------------ properties

@@ -1,0 +1,172 @@
+//! Allocation rules: which (token, feature) pairs are active, given the non-negative
+//! pre-activations `A` (B×F, row-major). One file per rule behind [`Allocation`]; the registry
+//! is [`build`]. Adding a rule touches its file and one line in [`build`].
+//!
+//! Every rule selects among the largest entries of `A`, never selects a zero entry, and breaks
+//! ties towards the lower index (deterministic). Selections are O(BF), never a full sort.
+
+mod feature_choice;
+mod jumprelu;
+mod mutual_choice;
+mod topk;
+
+pub use feature_choice::{capacities, Capacity, FeatureChoice};
+pub use jumprelu::JumpRelu;
+pub use mutual_choice::MutualChoice;
+pub use topk::TopK;
+
+use super::config::{Architecture, SaeConfig};
+use super::SaeError;
+
+/// A matching in CSR form: for token `i`, the active features are
+/// `cols[row_ptr[i]..row_ptr[i + 1]]`, ascending.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Matching {
+    pub b: usize,
+    pub f: usize,
+    pub row_ptr: Vec<usize>,
+    pub cols: Vec<u32>,
+}
+
+impl Matching {
+    /// An empty matching for a B×F batch (reusing buffers).
+    pub fn reset(&mut self, b: usize, f: usize) {
+        self.b = b;
+        self.f = f;
+        self.row_ptr.clear();
+        self.row_ptr.push(0);
+        self.cols.clear();
+    }
+
+    /// Close the current row (call once per row, in order, after pushing its columns).
+    pub fn end_row(&mut self) {
+        self.row_ptr.push(self.cols.len());
+    }
+
+    /// Build from (row, col) pairs in any order (counting sort by row; cols ascending per row).
+    pub fn from_pairs(&mut self, b: usize, f: usize, pairs: &[(u32, u32)]) {
+        self.b = b;
+        self.f = f;
+        self.row_ptr.clear();
+        self.row_ptr.resize(b + 1, 0);
+        for &(r, _) in pairs {
+            self.row_ptr[r as usize + 1] += 1;
+        }
+        for i in 0..b {
+            self.row_ptr[i + 1] += self.row_ptr[i];
+        }
+        self.cols.clear();
+        self.cols.resize(pairs.len(), 0);
+        let mut fill = self.row_ptr.clone();
+        // Pairs sorted by column within a row come out ascending if we insert in column order.
+        let mut sorted: Vec<(u32, u32)> = pairs.to_vec();
+        sorted.sort_unstable_by_key(|&(r, c)| (c, r));
+        for (r, c) in sorted {
+            self.cols[fill[r as usize]] = c;
+            fill[r as usize] += 1;
+        }
+    }
+
+    /// Active features of token `i`.
+    pub fn row(&self, i: usize) -> &[u32] {
+        &self.cols[self.row_ptr[i]..self.row_ptr[i + 1]]
+    }
+
+    /// Total number of matches.
+    pub fn nnz(&self) -> usize {
+        self.cols.len()
+    }
+
+    /// Number of active features per token (L0 per token).
+    pub fn l0_per_row(&self) -> Vec<usize> {
+        (0..self.b)
+            .map(|i| self.row_ptr[i + 1] - self.row_ptr[i])
+            .collect()
+    }
+
+    /// Number of tokens each feature is matched to.
+    pub fn per_feature_counts(&self) -> Vec<u32> {
+        let mut c = vec![0u32; self.f];
+        for &j in &self.cols {
+            c[j as usize] += 1;
+        }
+        c
+    }
+
+    /// Dense 0/1 mask, B×F row-major (reference path only).
+    pub fn to_mask(&self) -> Vec<f32> {
+        let mut m = vec![0f32; self.b * self.f];
+        for i in 0..self.b {
+            for &j in self.row(i) {
+                m[i * self.f + j as usize] = 1.0;
+            }
+        }
+        m
+    }
+}
+
+/// What a rule sees of the batch.
+#[derive(Debug, Clone, Copy)]
+pub struct AllocInput<'a> {
+    /// Non-negative pre-activations, B×F row-major.
+    pub a: &'a [f32],
+    pub b: usize,
+    pub f: usize,
+    /// Running firing density per feature (used by Zipf capacities); length F.
+    pub density: &'a [f32],
+}
+
+/// An allocation rule.
+pub trait Allocation: Send + Sync {
+    /// The rule's name as written in configs (e.g. "topk").
+    fn name(&self) -> &'static str;
+    /// Whether a token's selection depends on the rest of the batch (then inference needs
+    /// thresholds: see [`JumpRelu`]).
+    fn batch_dependent(&self) -> bool;
+    /// Write the matching of `input` into `out`.
+    fn select(&self, input: &AllocInput, out: &mut Matching);
+}
+
+/// The registry: the rule a configuration names. `thresholds` is required for JumpReLU.
+pub fn build(cfg: &SaeConfig, thresholds: Option<&[f32]>) -> Result<Box<dyn Allocation>, SaeError> {
+    cfg.validate()?;
+    Ok(match cfg.architecture {
+        Architecture::TopK => Box::new(TopK { k: cfg.k }),
+        Architecture::MutualChoice => Box::new(MutualChoice { k: cfg.k }),
+        Architecture::FeatureChoice => Box::new(FeatureChoice {
+            k: cfg.k,
+            capacity: cfg.capacity.clone(),
+        }),
+        Architecture::JumpRelu => {
+            let t = thresholds.ok_or_else(|| {
+                SaeError::Config("architecture `jumprelu` needs per-feature thresholds".into())
+            })?;
+            if t.len() != cfg.d_sae {
+                return Err(SaeError::Config(format!(
+                    "jumprelu thresholds have length {}, expected d_sae = {}",
+                    t.len(),
+                    cfg.d_sae
+                )));
+            }
+            Box::new(JumpRelu {
+                thresholds: t.to_vec(),
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_pairs_is_csr_sorted() {
+        let mut m = Matching::default();
+        m.from_pairs(3, 5, &[(2, 4), (0, 3), (2, 1), (0, 0)]);
+        assert_eq!(m.row(0), &[0, 3]);
+        assert_eq!(m.row(1), &[] as &[u32]);
+        assert_eq!(m.row(2), &[1, 4]);
+        assert_eq!(m.l0_per_row(), vec![2, 0, 2]);
+        assert_eq!(m.per_feature_counts(), vec![1, 1, 0, 1, 1]);
+    }
+}

@@ -1,0 +1,556 @@
+//! Run configuration: `[sae]`, `[aux]`, `[train]`, `[data]` tables of a TOML file, with
+//! `key=value` overrides (`train.lr=1e-3`). Unknown keys are errors, naming the key.
+//! Defaults follow `shared/spec/sae.md`; values marked "project choice" there are documented
+//! as such on their fields.
+
+use super::allocation::Capacity;
+use super::SaeError;
+use crate::data::synthetic::SyntheticConfig;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The allocation rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// Each token keeps its k largest pre-activations.
+    #[serde(rename = "topk")]
+    TopK,
+    /// The kB largest entries of the batch (alias `batch_topk`).
+    #[serde(alias = "batch_topk")]
+    MutualChoice,
+    /// Each feature keeps its m_j largest tokens, Σ m_j ≤ kB.
+    FeatureChoice,
+    /// Inference form: z = a if a > θ_j (thresholds come with the weights).
+    #[serde(rename = "jumprelu")]
+    JumpRelu,
+}
+
+impl Architecture {
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::TopK => "topk",
+            Architecture::MutualChoice => "mutual_choice",
+            Architecture::FeatureChoice => "feature_choice",
+            Architecture::JumpRelu => "jumprelu",
+        }
+    }
+    /// Whether training needs learned thresholds for an inference form.
+    pub fn batch_dependent(self) -> bool {
+        matches!(
+            self,
+            Architecture::MutualChoice | Architecture::FeatureChoice
+        )
+    }
+}
+
+/// Which learned threshold the JumpReLU inference form uses (project choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdMode {
+    /// θ_j per feature.
+    #[default]
+    Feature,
+    /// One θ shared by all features.
+    Global,
+}
+
+/// `[sae]`: the autoencoder and its allocation rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaeConfig {
+    pub architecture: Architecture,
+    /// Input width d; 0 = take it from the data.
+    #[serde(default)]
+    pub d_in: usize,
+    /// Number of latents F.
+    pub d_sae: usize,
+    /// Mean number of active features per token (TopK: exact per token; Mutual/Feature
+    /// Choice: the budget is k·B per batch).
+    pub k: usize,
+    /// Feature Choice capacities (project choice).
+    #[serde(default)]
+    pub capacity: Capacity,
+    /// Inference thresholds written on export (project choice).
+    #[serde(default)]
+    pub threshold_mode: ThresholdMode,
+    /// EMA decay of the learned thresholds per batch (project choice).
+    #[serde(default = "default_threshold_ema")]
+    pub threshold_ema: f64,
+}
+
+fn default_threshold_ema() -> f64 {
+    0.99
+}
+
+impl SaeConfig {
+    pub fn validate(&self) -> Result<(), SaeError> {
+        let bad = |m: String| Err(SaeError::Config(m));
+        if self.d_sae == 0 {
+            return bad("sae.d_sae must be at least 1".into());
+        }
+        if self.k == 0 {
+            return bad("sae.k must be at least 1 (k = 0 selects nothing)".into());
+        }
+        if self.k > self.d_sae {
+            return bad(format!(
+                "sae.k = {} exceeds sae.d_sae = {}: a token cannot use more features than exist",
+                self.k, self.d_sae
+            ));
+        }
+        if !(0.0..1.0).contains(&self.threshold_ema) {
+            return bad(format!(
+                "sae.threshold_ema = {} must be in [0, 1)",
+                self.threshold_ema
+            ));
+        }
+        if let Capacity::Zipf { alpha, beta } = self.capacity {
+            if !(alpha.is_finite() && alpha >= 0.0 && beta.is_finite() && beta > -1.0) {
+                return bad(format!(
+                    "sae.capacity zipf needs alpha ≥ 0 and beta > -1, got alpha = {alpha}, beta = {beta}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The auxiliary loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuxKind {
+    #[default]
+    None,
+    AuxK,
+    AuxZipf,
+}
+
+/// Normalisation of the auxiliary reconstruction loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuxNorm {
+    /// Σ‖e − ê‖² / Σ‖e − ē‖².
+    #[default]
+    Nmse,
+    /// Σ‖e − ê‖² / (B·d).
+    Mse,
+}
+
+/// A Zipf parameter: a number, or `"fit"` from the running densities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ZipfParam {
+    Fit,
+    Value(f64),
+}
+
+impl Serialize for ZipfParam {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ZipfParam::Fit => s.serialize_str("fit"),
+            ZipfParam::Value(v) => s.serialize_f64(*v),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ZipfParam {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(f64),
+            Int(i64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(v) => Ok(ZipfParam::Value(v)),
+            Raw::Int(v) => Ok(ZipfParam::Value(v as f64)),
+            Raw::Str(s) if s == "fit" => Ok(ZipfParam::Fit),
+            Raw::Str(s) => Err(serde::de::Error::custom(format!(
+                "expected a number or \"fit\", got \"{s}\""
+            ))),
+        }
+    }
+}
+
+/// `[aux]`: the auxiliary loss that revives dead and under-used features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuxConfig {
+    #[serde(default)]
+    pub kind: AuxKind,
+    /// Weight α of the auxiliary loss (default 1/32).
+    #[serde(default = "default_aux_coeff")]
+    pub coeff: f64,
+    /// Features decoded per token by the auxiliary loss; default d/2.
+    #[serde(default)]
+    pub k_aux: Option<usize>,
+    /// A feature is dead when not selected in this many tokens (default 10,000,000).
+    #[serde(default = "default_dead_tokens")]
+    pub dead_tokens: u64,
+    #[serde(default)]
+    pub normalization: AuxNorm,
+    /// aux_zipf exponent α of the target τ_r ∝ (r + β)^−α, or "fit".
+    #[serde(default = "default_fit")]
+    pub zipf_alpha: ZipfParam,
+    /// aux_zipf offset β, or "fit".
+    #[serde(default = "default_fit")]
+    pub zipf_beta: ZipfParam,
+    /// Share of the positive-density head of the rank curve used by the fit (project choice).
+    #[serde(default = "default_fit_head")]
+    pub zipf_fit_head: f64,
+    /// Running firing densities are EMAs over about this many tokens (project choice).
+    #[serde(default = "default_density_window")]
+    pub density_window_tokens: u64,
+}
+
+fn default_aux_coeff() -> f64 {
+    1.0 / 32.0
+}
+fn default_dead_tokens() -> u64 {
+    10_000_000
+}
+fn default_fit() -> ZipfParam {
+    ZipfParam::Fit
+}
+fn default_fit_head() -> f64 {
+    0.5
+}
+fn default_density_window() -> u64 {
+    1_000_000
+}
+
+impl Default for AuxConfig {
+    fn default() -> Self {
+        AuxConfig {
+            kind: AuxKind::None,
+            coeff: default_aux_coeff(),
+            k_aux: None,
+            dead_tokens: default_dead_tokens(),
+            normalization: AuxNorm::Nmse,
+            zipf_alpha: ZipfParam::Fit,
+            zipf_beta: ZipfParam::Fit,
+            zipf_fit_head: default_fit_head(),
+            density_window_tokens: default_density_window(),
+        }
+    }
+}
+
+impl AuxConfig {
+    pub fn validate(&self) -> Result<(), SaeError> {
+        let bad = |m: String| Err(SaeError::Config(m));
+        if !(self.coeff.is_finite() && self.coeff >= 0.0) {
+            return bad(format!(
+                "aux.coeff = {} must be a finite number ≥ 0",
+                self.coeff
+            ));
+        }
+        if self.k_aux == Some(0) {
+            return bad("aux.k_aux must be at least 1".into());
+        }
+        if self.dead_tokens == 0 {
+            return bad("aux.dead_tokens must be at least 1".into());
+        }
+        if self.density_window_tokens == 0 {
+            return bad("aux.density_window_tokens must be at least 1".into());
+        }
+        if !(self.zipf_fit_head > 0.0 && self.zipf_fit_head <= 1.0) {
+            return bad(format!(
+                "aux.zipf_fit_head = {} must be in (0, 1]",
+                self.zipf_fit_head
+            ));
+        }
+        if let ZipfParam::Value(a) = self.zipf_alpha {
+            if !(a.is_finite() && a >= 0.0) {
+                return bad(format!("aux.zipf_alpha = {a} must be ≥ 0 or \"fit\""));
+            }
+        }
+        if let ZipfParam::Value(b) = self.zipf_beta {
+            if !(b.is_finite() && b > -1.0) {
+                return bad(format!("aux.zipf_beta = {b} must be > -1 or \"fit\""));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[train]`: optimisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Tokens per batch B.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Optimiser steps (tokens trained = steps · batch_size).
+    pub steps: u64,
+    /// Learning rate; default 2e-4 / √(F / 2^14).
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// Linear warm-up steps.
+    #[serde(default = "default_warmup")]
+    pub warmup_steps: u64,
+    /// Share of the steps at the end over which the lr decays linearly to 0.
+    #[serde(default = "default_decay")]
+    pub decay_fraction: f64,
+    /// Global gradient-norm clip; 0 = off.
+    #[serde(default)]
+    pub grad_clip: f64,
+    #[serde(default = "default_beta1")]
+    pub adam_beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub adam_beta2: f64,
+    #[serde(default = "default_eps")]
+    pub adam_eps: f64,
+    /// Seed of initialisation and data order.
+    #[serde(default)]
+    pub seed: u64,
+    /// Rows of data used for input scaling and the geometric-median b_dec.
+    #[serde(default = "default_init_sample")]
+    pub init_sample: usize,
+    /// Weiszfeld iterations of the geometric median.
+    #[serde(default = "default_gm_iters")]
+    pub geometric_median_iters: usize,
+    /// Log metrics every this many steps.
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    /// Save a checkpoint every this many steps (0 = only at the end and on interrupt).
+    #[serde(default)]
+    pub checkpoint_every: u64,
+}
+
+fn default_batch() -> usize {
+    4096
+}
+fn default_warmup() -> u64 {
+    1000
+}
+fn default_decay() -> f64 {
+    0.2
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    6.25e-10
+}
+fn default_init_sample() -> usize {
+    8192
+}
+fn default_gm_iters() -> usize {
+    100
+}
+fn default_log_every() -> u64 {
+    50
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<(), SaeError> {
+        let bad = |m: String| Err(SaeError::Config(m));
+        if self.batch_size == 0 {
+            return bad("train.batch_size must be at least 1".into());
+        }
+        if self.steps == 0 {
+            return bad("train.steps must be at least 1".into());
+        }
+        if let Some(lr) = self.lr {
+            if !(lr.is_finite() && lr > 0.0) {
+                return bad(format!("train.lr = {lr} must be a finite number > 0"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.decay_fraction) {
+            return bad(format!(
+                "train.decay_fraction = {} must be in [0, 1]",
+                self.decay_fraction
+            ));
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return bad(format!("train.grad_clip = {} must be ≥ 0", self.grad_clip));
+        }
+        for (name, b) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(format!("train.{name} = {b} must be in [0, 1)"));
+            }
+        }
+        if !(self.adam_eps.is_finite() && self.adam_eps > 0.0) {
+            return bad(format!("train.adam_eps = {} must be > 0", self.adam_eps));
+        }
+        if self.init_sample == 0 {
+            return bad("train.init_sample must be at least 1".into());
+        }
+        if self.log_every == 0 {
+            return bad("train.log_every must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[data]`: where activations come from: a file or store (`path`), or a synthetic generator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A .safetensors file, a .npy file, or an activation store directory.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Tensor name inside a single safetensors file.
+    #[serde(default)]
+    pub tensor: Option<String>,
+    /// Rows held by the shuffle buffer.
+    #[serde(default = "default_shuffle")]
+    pub shuffle_buffer: usize,
+    /// Rows at the end of the data kept out of training for evaluation.
+    #[serde(default)]
+    pub holdout_tokens: u64,
+    /// Synthetic ground-truth data instead of a file.
+    #[serde(default)]
+    pub synthetic: Option<SyntheticConfig>,
+}
+
+fn default_shuffle() -> usize {
+    1 << 18
+}
+
+/// A whole run: the four tables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub sae: SaeConfig,
+    #[serde(default)]
+    pub aux: AuxConfig,
+    pub train: TrainConfig,
+    pub data: DataConfig,
+}
+
+impl RunConfig {
+    /// Parse TOML text, apply `key=value` overrides (dotted keys, TOML values; a bare word is a
+    /// string), and validate. `origin` names the source in errors.
+    pub fn from_toml(text: &str, overrides: &[String], origin: &str) -> Result<Self, SaeError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| SaeError::Config(format!("{origin}: {e}")))?;
+        for ov in overrides {
+            apply_override(&mut table, ov)?;
+        }
+        let cfg: RunConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| SaeError::Config(format!("{origin}: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn validate(&self) -> Result<(), SaeError> {
+        self.sae.validate()?;
+        self.aux.validate()?;
+        self.train.validate()?;
+        if self.sae.architecture == Architecture::JumpRelu {
+            return Err(SaeError::Config(
+                "sae.architecture = \"jumprelu\" is an inference form, not trainable: train \
+                 mutual_choice or feature_choice and export it"
+                    .into(),
+            ));
+        }
+        match (&self.data.path, &self.data.synthetic) {
+            (None, None) => Err(SaeError::Config(
+                "[data] needs either `path` (activations file or store) or a `[data.synthetic]` table".into(),
+            )),
+            (Some(_), Some(_)) => Err(SaeError::Config(
+                "[data] has both `path` and `[data.synthetic]`: choose one".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The learning rate in effect: `train.lr` or 2e-4 / √(F / 2^14).
+    pub fn lr(&self) -> f64 {
+        self.train
+            .lr
+            .unwrap_or_else(|| 2e-4 / (self.sae.d_sae as f64 / 16384.0).sqrt())
+    }
+}
+
+/// Apply one `a.b.c=value` override to a TOML table.
+pub fn apply_override(table: &mut toml::Table, ov: &str) -> Result<(), SaeError> {
+    let (key, raw) = ov.split_once('=').ok_or_else(|| {
+        SaeError::Config(format!(
+            "override `{ov}` is not of the form key=value (e.g. train.lr=1e-3)"
+        ))
+    })?;
+    let key = key.trim();
+    let raw = raw.trim();
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or(toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(SaeError::Config(format!(
+            "override key `{key}` is malformed"
+        )));
+    }
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| SaeError::Config(format!("override `{key}`: `{p}` is not a table")))?;
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[sae]
+architecture = "batch_topk"
+d_sae = 64
+k = 4
+[train]
+steps = 10
+[data]
+path = "x.npy"
+"#;
+
+    #[test]
+    fn parses_alias_and_overrides() {
+        let c =
+            RunConfig::from_toml(BASE, &["train.lr=0.01".into(), "sae.k=8".into()], "t").unwrap();
+        assert_eq!(c.sae.architecture, Architecture::MutualChoice);
+        assert_eq!(c.train.lr, Some(0.01));
+        assert_eq!(c.sae.k, 8);
+        assert_eq!(c.aux.zipf_alpha, ZipfParam::Fit);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = RunConfig::from_toml(BASE, &["train.lrr=1".into()], "cfg.toml").unwrap_err();
+        assert!(e.to_string().contains("lrr"), "{e}");
+    }
+
+    #[test]
+    fn impossible_k_is_rejected() {
+        let e = RunConfig::from_toml(BASE, &["sae.k=65".into()], "t").unwrap_err();
+        assert!(e.to_string().contains("exceeds"), "{e}");
+        let e = RunConfig::from_toml(BASE, &["sae.k=0".into()], "t").unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn unknown_architecture_is_named() {
+        let e = RunConfig::from_toml(BASE, &["sae.architecture=gated".into()], "t").unwrap_err();
+        assert!(e.to_string().contains("gated"), "{e}");
+    }
+}

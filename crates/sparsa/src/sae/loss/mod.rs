@@ -1,0 +1,117 @@
+//! Auxiliary losses that revive dead and under-used features. One file per loss behind
+//! [`AuxLoss`]; the registry is [`build`].
+//!
+//! Both losses share one mechanism: a per-feature eligibility u_j ∈ [0, 1]; per token, select the
+//! `k_aux` features with the largest u_j·a_ij among u_j > 0 (and a_ij > 0), decode their a_ij
+//! (without b_dec) to ê, and compare with the detached residual e = x − x̂:
+//! L_aux = NMSE(e, ê) (or MSE, `aux.normalization`). aux_k is u_j = 1 for dead features, else 0.
+
+mod aux_k;
+mod aux_zipf;
+
+pub use aux_k::AuxK;
+pub use aux_zipf::AuxZipf;
+
+use super::allocation::Matching;
+use super::config::{AuxConfig, AuxKind};
+use super::select::top_k_positive;
+use rayon::prelude::*;
+
+/// What an auxiliary loss knows of the features.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureStats<'a> {
+    /// Running firing density ρ_j (fraction of tokens matched), bias-corrected.
+    pub density: &'a [f32],
+    /// Dead: not selected in the last `aux.dead_tokens` tokens.
+    pub dead: &'a [bool],
+}
+
+/// The eligibility of each feature, and the Zipf law used (aux_zipf only).
+#[derive(Debug, Clone, Default)]
+pub struct AuxWeights {
+    pub u: Vec<f32>,
+    pub zipf_alpha: Option<f64>,
+    pub zipf_beta: Option<f64>,
+    pub zipf_r2: Option<f64>,
+}
+
+/// An auxiliary loss: decides each feature's eligibility u_j.
+pub trait AuxLoss: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn weights(&self, stats: &FeatureStats) -> AuxWeights;
+}
+
+/// The registry: the auxiliary loss a configuration names (`None` for `kind = "none"`).
+pub fn build(cfg: &AuxConfig) -> Option<Box<dyn AuxLoss>> {
+    match cfg.kind {
+        AuxKind::None => None,
+        AuxKind::AuxK => Some(Box::new(AuxK)),
+        AuxKind::AuxZipf => Some(Box::new(AuxZipf::from_config(cfg))),
+    }
+}
+
+/// Per token, the `k_aux` features with the largest u_j·a_ij among u_j > 0 and a_ij > 0.
+pub fn aux_select(a: &[f32], b: usize, f: usize, u: &[f32], k_aux: usize, out: &mut Matching) {
+    let rows: Vec<Vec<u32>> = a
+        .par_chunks(f)
+        .map_init(
+            || (Vec::new(), vec![0f32; f]),
+            |(scratch, prod), row| {
+                for ((p, &x), &w) in prod.iter_mut().zip(row).zip(u) {
+                    *p = if w > 0.0 { x * w } else { 0.0 };
+                }
+                let mut sel = Vec::with_capacity(k_aux);
+                top_k_positive(prod, k_aux, scratch, &mut sel);
+                sel
+            },
+        )
+        .collect();
+    out.reset(b, f);
+    for r in rows {
+        out.cols.extend_from_slice(&r);
+        out.end_row();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sae::config::{AuxConfig, ZipfParam};
+
+    fn stats_case() -> (Vec<f32>, Vec<bool>) {
+        // 8 features: 0..3 healthy with a Zipf-like density, 4 under-used, 5..7 dead.
+        let density = vec![0.5, 0.3, 0.2, 0.15, 0.001, 0.0, 0.0, 0.0];
+        let dead = vec![false, false, false, false, false, true, true, true];
+        (density, dead)
+    }
+
+    #[test]
+    fn property_2_dead_features_have_u_one() {
+        let (density, dead) = stats_case();
+        let cfg = AuxConfig {
+            zipf_alpha: ZipfParam::Value(1.0),
+            zipf_beta: ZipfParam::Value(1.0),
+            ..Default::default()
+        };
+        let w = AuxZipf::from_config(&cfg).weights(&FeatureStats {
+            density: &density,
+            dead: &dead,
+        });
+        for j in 5..8 {
+            assert_eq!(w.u[j], 1.0);
+        }
+        // The under-used live feature is eligible but below 1; healthy head features are not.
+        assert!(w.u[4] > 0.5 && w.u[4] < 1.0, "{:?}", w.u);
+        assert_eq!(w.u[0], 0.0);
+    }
+
+    #[test]
+    fn aux_select_respects_eligibility() {
+        let a = vec![5.0, 4.0, 3.0, 2.0, 1.0, 0.0];
+        let u = vec![0.0, 1.0, 0.5, 1.0, 1.0, 1.0];
+        let mut m = Matching::default();
+        aux_select(&a, 1, 6, &u, 2, &mut m);
+        // products: 0, 4, 1.5, 2, 1, 0 → features 1 and 3.
+        assert_eq!(m.row(0), &[1, 3]);
+    }
+}

@@ -1,0 +1,206 @@
+//! Evaluation of a trained SAE on held-out rows: every reconstruction metric of the spec, in
+//! the SAE's training form (its batch rule) or its inference form (TopK per token, or JumpReLU
+//! with the learned thresholds).
+
+use super::allocation::{self, AllocInput, Allocation, JumpRelu, Matching, TopK};
+use super::config::Architecture;
+use super::io::SaeModel;
+use super::zipf;
+use super::SaeError;
+use crate::data::activations::BatchSource;
+use crate::util::progress::Progress;
+use serde::Serialize;
+
+/// Which form of the SAE to evaluate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Form {
+    /// The rule it was trained with (batch-dependent for Mutual/Feature Choice).
+    Training,
+    /// Per-token: TopK, or JumpReLU with learned thresholds.
+    Inference,
+}
+
+/// Evaluation results.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub form: Form,
+    /// The allocation rule actually applied.
+    pub rule: String,
+    pub tokens: u64,
+    /// Σ‖x − x̂‖² / Σ‖x − x̄‖² over all evaluated tokens.
+    pub fvu: f64,
+    pub mse: f64,
+    /// Mean cosine similarity of x and x̂.
+    pub cosine: f64,
+    pub l0_mean: f64,
+    pub l0_std: f64,
+    pub l0_max: usize,
+    /// Share of tokens with no active feature.
+    pub l0_zero_frac: f64,
+    /// Share of features that never fired on these tokens.
+    pub dead_frac: f64,
+    /// Share of features active on more than 10 % of tokens.
+    pub dense_frac: f64,
+    /// γ = E‖x̂‖² / E[x̂·x] (Rajamanoharan et al.): < 1 means shrinkage.
+    pub rel_bias: f64,
+    /// Histogram of log10 feature density: (lower edge, count); features that never fired are
+    /// counted under edge −∞ (serialised as null).
+    pub log10_density_hist: Vec<(Option<f64>, usize)>,
+    pub zipf_alpha: Option<f64>,
+    pub zipf_beta: Option<f64>,
+    pub zipf_r2: Option<f64>,
+    /// Firing density per feature on these tokens.
+    #[serde(skip)]
+    pub density: Vec<f32>,
+}
+
+/// The allocation rule of a form.
+pub fn rule_for(model: &SaeModel, form: Form) -> Result<Box<dyn Allocation>, SaeError> {
+    let meta = &model.meta;
+    match (form, &model.thresholds) {
+        (Form::Inference, Some(t)) => Ok(Box::new(JumpRelu {
+            thresholds: t.clone(),
+        })),
+        (Form::Inference, None) => Ok(Box::new(TopK { k: meta.k })),
+        (Form::Training, _) => {
+            let cfg = super::config::SaeConfig {
+                architecture: meta.trained_architecture,
+                d_in: model.params.d,
+                d_sae: model.params.f,
+                k: meta.k,
+                capacity: meta.capacity.clone(),
+                threshold_mode: meta.threshold_mode,
+                threshold_ema: 0.99,
+            };
+            if cfg.architecture == Architecture::JumpRelu {
+                return allocation::build(&cfg, model.thresholds.as_deref());
+            }
+            allocation::build(&cfg, None)
+        }
+    }
+}
+
+/// Evaluate `model` in `form` over up to `max_tokens` rows of `source`, in batches of `batch`
+/// (the batch size matters for the batch-dependent training forms).
+pub fn evaluate(
+    model: &SaeModel,
+    form: Form,
+    source: &mut dyn BatchSource,
+    batch: usize,
+    max_tokens: u64,
+    progress: &dyn Progress,
+) -> Result<EvalReport, SaeError> {
+    let p = &model.params;
+    let (d, f) = (p.d, p.f);
+    if source.d() != d {
+        return Err(SaeError::Width {
+            data: source.d(),
+            sae: d,
+        });
+    }
+    let rule = rule_for(model, form)?;
+    let mut x = vec![0f32; batch.max(1) * d];
+    let mut xhat = vec![0f32; x.len()];
+    let mut m = Matching::default();
+    let (mut n, mut sse, mut sum_sq, mut cos, mut xh_x, mut xh_xh) =
+        (0u64, 0f64, 0f64, 0f64, 0f64, 0f64);
+    let mut sum_x = vec![0f64; d];
+    let (mut l0_sum, mut l0_sq, mut l0_max, mut l0_zero) = (0f64, 0f64, 0usize, 0u64);
+    let mut counts = vec![0u64; f];
+    progress.set_total(max_tokens);
+    while n < max_tokens {
+        let want = ((max_tokens - n) as usize).min(batch.max(1));
+        let got = source.next_batch(&mut x[..want * d])?;
+        if got == 0 {
+            break;
+        }
+        super::train::check_finite(&x[..got * d], d, n)?;
+        let a = p.encode_pre(&x[..got * d], got)?;
+        rule.select(
+            &AllocInput {
+                a: &a,
+                b: got,
+                f,
+                density: &model.density,
+            },
+            &mut m,
+        );
+        p.decode_sparse(&a, &m, &mut xhat[..got * d]);
+        for i in 0..got {
+            let xi = &x[i * d..(i + 1) * d];
+            let hi = &xhat[i * d..(i + 1) * d];
+            let (mut e, mut xx, mut hh, mut hx) = (0f64, 0f64, 0f64, 0f64);
+            for k in 0..d {
+                let (a, b) = (xi[k] as f64, hi[k] as f64);
+                e += (a - b).powi(2);
+                xx += a * a;
+                hh += b * b;
+                hx += a * b;
+                sum_x[k] += a;
+            }
+            sse += e;
+            sum_sq += xx;
+            xh_x += hx;
+            xh_xh += hh;
+            cos += if xx > 0.0 && hh > 0.0 {
+                hx / (xx.sqrt() * hh.sqrt())
+            } else {
+                0.0
+            };
+            let l0 = m.row(i).len();
+            l0_sum += l0 as f64;
+            l0_sq += (l0 * l0) as f64;
+            l0_max = l0_max.max(l0);
+            l0_zero += u64::from(l0 == 0);
+            for &j in m.row(i) {
+                counts[j as usize] += 1;
+            }
+        }
+        n += got as u64;
+        progress.inc(got as u64);
+    }
+    if n == 0 {
+        return Err(SaeError::Config(
+            "no evaluation rows: the held-out range is empty".into(),
+        ));
+    }
+    let nf = n as f64;
+    let mean_sq: f64 = sum_x.iter().map(|s| s * s).sum::<f64>() / nf;
+    let total_var = (sum_sq - mean_sq).max(f64::MIN_POSITIVE);
+    let density: Vec<f32> = counts.iter().map(|&c| (c as f64 / nf) as f32).collect();
+    let l0_mean = l0_sum / nf;
+    let mut hist: Vec<(Option<f64>, usize)> = vec![(None, 0)];
+    for e in 0..16 {
+        hist.push((Some(-8.0 + 0.5 * e as f64), 0));
+    }
+    for &r in &density {
+        if r <= 0.0 {
+            hist[0].1 += 1;
+        } else {
+            let bin = (((r as f64).log10() + 8.0) / 0.5).floor().clamp(0.0, 15.0) as usize;
+            hist[bin + 1].1 += 1;
+        }
+    }
+    let fit = zipf::fit(&density, 0.5, &zipf::BETA_GRID);
+    Ok(EvalReport {
+        form,
+        rule: rule.name().to_string(),
+        tokens: n,
+        fvu: sse / total_var,
+        mse: sse / (nf * d as f64),
+        cosine: cos / nf,
+        l0_mean,
+        l0_std: (l0_sq / nf - l0_mean * l0_mean).max(0.0).sqrt(),
+        l0_max,
+        l0_zero_frac: l0_zero as f64 / nf,
+        dead_frac: counts.iter().filter(|&&c| c == 0).count() as f64 / f as f64,
+        dense_frac: density.iter().filter(|&&r| r > 0.1).count() as f64 / f as f64,
+        rel_bias: if xh_x != 0.0 { xh_xh / xh_x } else { f64::NAN },
+        log10_density_hist: hist,
+        zipf_alpha: fit.map(|z| z.alpha),
+        zipf_beta: fit.map(|z| z.beta),
+        zipf_r2: fit.map(|z| z.r2),
+        density,
+    })
+}

@@ -1,0 +1,700 @@
+//! The trainer: initialisation from a data sample, the training step (selection, losses,
+//! counters, thresholds, Adam), the run loop with logging, checkpoints and cancellation.
+
+use super::allocation::{self, AllocInput, Allocation, Matching};
+use super::config::{RunConfig, ThresholdMode};
+use super::io::{self, SaeMeta, SaeModel};
+use super::loss::{self, aux_select, AuxLoss, FeatureStats};
+use super::optim::{Adam, AdamStep};
+use super::params::SaeParams;
+use super::reference::{self, AuxTerm, Selections};
+use super::SaeError;
+use crate::data::activations::{ActivationSource, BatchSource, DataError, SourceOptions};
+use crate::data::synthetic::SyntheticSource;
+use crate::util::progress::{Cancel, Progress};
+use candle_core::DType;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::path::Path;
+
+/// Mutable training state beyond the weights; everything needed for an exact resume.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainState {
+    pub step: u64,
+    /// Tokens trained on (= rows read from the training source).
+    pub tokens: u64,
+    pub adam: Adam,
+    /// Tokens since each feature was last selected (dead when ≥ `aux.dead_tokens`).
+    pub since_fired: Vec<u64>,
+    /// EMA of the per-batch firing fraction (not bias-corrected).
+    pub density_ema: Vec<f32>,
+    /// Number of EMA updates so far (for bias correction).
+    pub density_updates: u64,
+    /// Learned per-feature JumpReLU thresholds θ_j (+∞: never selected).
+    pub thresholds: Vec<f32>,
+    /// Learned global threshold θ.
+    pub global_threshold: f32,
+}
+
+/// Metrics of one step (one JSONL line).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub tokens: u64,
+    pub lr: f64,
+    pub loss: f64,
+    pub fvu: f64,
+    pub mse: f64,
+    pub aux_loss: f64,
+    pub l0_mean: f64,
+    pub l0_std: f64,
+    pub l0_max: usize,
+    pub l0_zero_frac: f64,
+    pub dead_frac: f64,
+    pub dense_frac: f64,
+    /// Features the auxiliary loss could use this step.
+    pub aux_eligible: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zipf_alpha: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zipf_beta: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zipf_r2: Option<f64>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    Finished,
+    /// Cancelled (Ctrl-C) or stopped at `stop_at_step`; a checkpoint was saved if an output
+    /// directory was given.
+    Stopped,
+}
+
+/// The trainer.
+pub struct Trainer {
+    pub cfg: RunConfig,
+    /// Weights in the scaled input space (x·scale).
+    pub params: SaeParams,
+    /// Input scaling s: the SAE sees s·x, with E‖s·x‖² = d on the init sample.
+    pub scale: f32,
+    pub state: TrainState,
+    alloc: Box<dyn Allocation>,
+    aux: Option<Box<dyn AuxLoss>>,
+    batch: Vec<f32>,
+}
+
+/// Geometric median of the rows of `x` (B×d) by Weiszfeld iterations, starting at the mean.
+pub fn geometric_median(x: &[f32], d: usize, iters: usize) -> Vec<f32> {
+    let n = x.len() / d;
+    let mut y = vec![0f64; d];
+    for row in x.chunks(d) {
+        y.iter_mut()
+            .zip(row)
+            .for_each(|(y, &v)| *y += v as f64 / n as f64);
+    }
+    for _ in 0..iters {
+        let mut num = vec![0f64; d];
+        let mut den = 0f64;
+        for row in x.chunks(d) {
+            let dist = row
+                .iter()
+                .zip(&y)
+                .map(|(&v, m)| (v as f64 - m).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let w = 1.0 / dist.max(1e-8);
+            num.iter_mut()
+                .zip(row)
+                .for_each(|(s, &v)| *s += w * v as f64);
+            den += w;
+        }
+        let next: Vec<f64> = num.iter().map(|s| s / den).collect();
+        let shift: f64 = next
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        y = next;
+        if shift < 1e-7 {
+            break;
+        }
+    }
+    y.into_iter().map(|v| v as f32).collect()
+}
+
+/// Check a batch for NaN/Inf; `first_token` is the global index of its first row.
+pub fn check_finite(x: &[f32], d: usize, first_token: u64) -> Result<(), SaeError> {
+    for (row, r) in x.chunks(d).enumerate() {
+        if let Some(v) = r.iter().find(|v| !v.is_finite()) {
+            return Err(SaeError::NonFinite {
+                token: first_token + row as u64,
+                row,
+                what: if v.is_nan() { "NaN" } else { "an infinity" },
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Trainer {
+    /// A fresh trainer for data of width `d`, initialised from `sample` (rows of width d).
+    pub fn new(mut cfg: RunConfig, d: usize, sample: &[f32]) -> Result<Self, SaeError> {
+        if cfg.sae.d_in != 0 && cfg.sae.d_in != d {
+            return Err(SaeError::Width {
+                data: d,
+                sae: cfg.sae.d_in,
+            });
+        }
+        cfg.sae.d_in = d;
+        cfg.validate()?;
+        if sample.is_empty() || !sample.len().is_multiple_of(d) {
+            return Err(SaeError::Config("the init sample is empty".into()));
+        }
+        check_finite(sample, d, 0)?;
+        let n = sample.len() / d;
+        let mean_sq = sample.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / n as f64;
+        if !(mean_sq > 0.0 && mean_sq.is_finite()) {
+            return Err(SaeError::Config(
+                "the data sample is all zeros: input scaling E‖x‖² = d is undefined".into(),
+            ));
+        }
+        let scale = (d as f64 / mean_sq).sqrt() as f32;
+        let scaled: Vec<f32> = sample.iter().map(|&v| v * scale).collect();
+        let b_dec = geometric_median(&scaled, d, cfg.train.geometric_median_iters);
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
+        let params = SaeParams::init_tied(d, cfg.sae.d_sae, b_dec, &mut rng);
+        let f = cfg.sae.d_sae;
+        let state = TrainState {
+            step: 0,
+            tokens: 0,
+            adam: Adam::new(&params),
+            since_fired: vec![0; f],
+            density_ema: vec![0.0; f],
+            density_updates: 0,
+            thresholds: vec![f32::INFINITY; f],
+            global_threshold: f32::INFINITY,
+        };
+        Self::from_parts(cfg, params, scale, state)
+    }
+
+    /// Assemble a trainer from saved parts (used by resume).
+    pub fn from_parts(
+        cfg: RunConfig,
+        params: SaeParams,
+        scale: f32,
+        state: TrainState,
+    ) -> Result<Self, SaeError> {
+        cfg.validate()?;
+        let alloc = allocation::build(&cfg.sae, None)?;
+        let aux = loss::build(&cfg.aux);
+        Ok(Trainer {
+            cfg,
+            params,
+            scale,
+            state,
+            alloc,
+            aux,
+            batch: Vec::new(),
+        })
+    }
+
+    /// Resume from a checkpoint directory written by [`Trainer::save_checkpoint`].
+    pub fn resume(dir: &Path) -> Result<Self, SaeError> {
+        let (cfg, params, scale, state) = io::load_trainer_state(dir)?;
+        Self::from_parts(cfg, params, scale, state)
+    }
+
+    pub fn d(&self) -> usize {
+        self.params.d
+    }
+
+    /// Learning rate at step index `t` (0-based): linear warm-up, then constant, then linear
+    /// decay to 0 over the last `decay_fraction` of the steps.
+    pub fn lr_at(&self, t: u64) -> f64 {
+        let base = self.cfg.lr();
+        let tc = &self.cfg.train;
+        let warm = if tc.warmup_steps > 0 {
+            ((t + 1) as f64 / tc.warmup_steps as f64).min(1.0)
+        } else {
+            1.0
+        };
+        let total = tc.steps;
+        let decay_start = ((total as f64) * (1.0 - tc.decay_fraction)).floor() as u64;
+        let decay = if tc.decay_fraction > 0.0 && t >= decay_start && total > decay_start {
+            (total - t) as f64 / (total - decay_start) as f64
+        } else {
+            1.0
+        };
+        base * warm * decay
+    }
+
+    /// Running firing densities, bias-corrected.
+    pub fn density(&self) -> Vec<f32> {
+        let gamma = self.density_decay();
+        let corr = 1.0 - gamma.powf(self.state.density_updates as f64);
+        if corr <= 0.0 {
+            return vec![0.0; self.params.f];
+        }
+        self.state
+            .density_ema
+            .iter()
+            .map(|&e| (e as f64 / corr) as f32)
+            .collect()
+    }
+
+    fn density_decay(&self) -> f64 {
+        (-(self.cfg.train.batch_size as f64) / self.cfg.aux.density_window_tokens as f64).exp()
+    }
+
+    /// Dead flags: not selected in the last `aux.dead_tokens` tokens.
+    pub fn dead(&self) -> Vec<bool> {
+        self.state
+            .since_fired
+            .iter()
+            .map(|&s| s >= self.cfg.aux.dead_tokens)
+            .collect()
+    }
+
+    /// One training step on a batch of raw (unscaled) rows; `x` is scaled in place.
+    pub fn step(&mut self, x: &mut [f32]) -> Result<StepMetrics, SaeError> {
+        let (d, f) = (self.params.d, self.params.f);
+        if x.is_empty() || !x.len().is_multiple_of(d) {
+            return Err(SaeError::Width {
+                data: x.len(),
+                sae: d,
+            });
+        }
+        let b = x.len() / d;
+        check_finite(x, d, self.state.tokens)?;
+        x.iter_mut().for_each(|v| *v *= self.scale);
+
+        let density = self.density();
+        let dead = self.dead();
+        let weights = self.aux.as_ref().map(|a| {
+            a.weights(&FeatureStats {
+                density: &density,
+                dead: &dead,
+            })
+        });
+        let aux_eligible = weights
+            .as_ref()
+            .map_or(0, |w| w.u.iter().filter(|&&u| u > 0.0).count());
+        let k_aux = self.cfg.aux.k_aux.unwrap_or(d / 2).max(1);
+        let alloc = &self.alloc;
+        let select = |a: &[f32]| {
+            let mut main = Matching::default();
+            alloc.select(
+                &AllocInput {
+                    a,
+                    b,
+                    f,
+                    density: &density,
+                },
+                &mut main,
+            );
+            let aux = weights.as_ref().filter(|_| aux_eligible > 0).map(|w| {
+                let mut m = Matching::default();
+                aux_select(a, b, f, &w.u, k_aux, &mut m);
+                m
+            });
+            Selections { main, aux }
+        };
+        let term = AuxTerm {
+            coeff: self.cfg.aux.coeff,
+            norm: self.cfg.aux.normalization,
+            residual: None,
+        };
+        let (losses, grads, sel, a) =
+            reference::forward_backward(&self.params, x, b, DType::F32, Some(term), true, select)?;
+        let grads = grads.ok_or(SaeError::Diverged {
+            step: self.state.step,
+            what: "gradient",
+        })?;
+        if !losses.total.is_finite() {
+            return Err(SaeError::Diverged {
+                step: self.state.step,
+                what: "the loss",
+            });
+        }
+
+        self.update_feature_state(&sel.main, &a, b);
+        let lr = self.lr_at(self.state.step);
+        let tc = &self.cfg.train;
+        let h = AdamStep {
+            lr,
+            beta1: tc.adam_beta1,
+            beta2: tc.adam_beta2,
+            eps: tc.adam_eps,
+            clip: tc.grad_clip,
+        };
+        self.state.adam.step(&mut self.params, grads, h);
+        if let Some(what) = self.params.non_finite() {
+            return Err(SaeError::Diverged {
+                step: self.state.step,
+                what,
+            });
+        }
+        self.state.step += 1;
+        self.state.tokens += b as u64;
+
+        let l0 = sel.main.l0_per_row();
+        let mean = l0.iter().sum::<usize>() as f64 / b as f64;
+        let var = l0.iter().map(|&c| (c as f64 - mean).powi(2)).sum::<f64>() / b as f64;
+        let dead_now = self.dead();
+        let density_now = self.density();
+        Ok(StepMetrics {
+            step: self.state.step,
+            tokens: self.state.tokens,
+            lr,
+            loss: losses.total,
+            fvu: losses.rec,
+            mse: losses.mse,
+            aux_loss: losses.aux,
+            l0_mean: mean,
+            l0_std: var.sqrt(),
+            l0_max: l0.iter().copied().max().unwrap_or(0),
+            l0_zero_frac: l0.iter().filter(|&&c| c == 0).count() as f64 / b as f64,
+            dead_frac: dead_now.iter().filter(|&&x| x).count() as f64 / f as f64,
+            dense_frac: density_now.iter().filter(|&&x| x > 0.1).count() as f64 / f as f64,
+            aux_eligible,
+            zipf_alpha: weights.as_ref().and_then(|w| w.zipf_alpha),
+            zipf_beta: weights.as_ref().and_then(|w| w.zipf_beta),
+            zipf_r2: weights
+                .as_ref()
+                .and_then(|w| w.zipf_r2)
+                .filter(|r| r.is_finite()),
+        })
+    }
+
+    /// Counters in tokens, running densities, and learned thresholds from this batch's matching.
+    fn update_feature_state(&mut self, m: &Matching, a: &[f32], b: usize) {
+        let f = self.params.f;
+        let mut count = vec![0u32; f];
+        let mut min_sel = vec![f32::INFINITY; f];
+        let mut global_min = f32::INFINITY;
+        for i in 0..b {
+            for &j in m.row(i) {
+                let j = j as usize;
+                let v = a[i * f + j];
+                count[j] += 1;
+                min_sel[j] = min_sel[j].min(v);
+                global_min = global_min.min(v);
+            }
+        }
+        let gamma = self.density_decay() as f32;
+        let ema = self.cfg.sae.threshold_ema as f32;
+        // Thresholds sit one ulp below the smallest selected activation, so that the strict
+        // JumpReLU rule (a > θ) keeps it (project choice).
+        let update = |theta: &mut f32, obs: f32| {
+            let obs = obs.next_down();
+            *theta = if theta.is_finite() {
+                ema * *theta + (1.0 - ema) * obs
+            } else {
+                obs
+            };
+        };
+        for j in 0..f {
+            if count[j] > 0 {
+                self.state.since_fired[j] = 0;
+                update(&mut self.state.thresholds[j], min_sel[j]);
+            } else {
+                self.state.since_fired[j] = self.state.since_fired[j].saturating_add(b as u64);
+            }
+            let frac = count[j] as f32 / b as f32;
+            self.state.density_ema[j] = gamma * self.state.density_ema[j] + (1.0 - gamma) * frac;
+        }
+        if global_min.is_finite() {
+            update(&mut self.state.global_threshold, global_min);
+        }
+        self.state.density_updates += 1;
+    }
+
+    /// The inference thresholds for export, per the configured mode.
+    pub fn export_thresholds(&self) -> Vec<f32> {
+        match self.cfg.sae.threshold_mode {
+            ThresholdMode::Feature => self.state.thresholds.clone(),
+            ThresholdMode::Global => vec![self.state.global_threshold; self.params.f],
+        }
+    }
+
+    /// The trained SAE in the raw input space (input scaling folded in).
+    pub fn model(&self) -> SaeModel {
+        let s = self.scale;
+        let p = &self.params;
+        let folded = SaeParams {
+            d: p.d,
+            f: p.f,
+            w_enc: p.w_enc.iter().map(|&w| w * s).collect(),
+            b_enc: p.b_enc.clone(),
+            w_dec: p.w_dec.iter().map(|&w| w / s).collect(),
+            b_dec: p.b_dec.iter().map(|&w| w / s).collect(),
+        };
+        let arch = self.cfg.sae.architecture;
+        SaeModel {
+            params: folded,
+            thresholds: arch.batch_dependent().then(|| self.export_thresholds()),
+            meta: SaeMeta {
+                trained_architecture: arch,
+                k: self.cfg.sae.k,
+                capacity: self.cfg.sae.capacity.clone(),
+                threshold_mode: self.cfg.sae.threshold_mode,
+                input_scale: self.scale,
+                aux: self.cfg.aux.kind,
+                steps: self.state.step,
+                tokens_seen: self.state.tokens,
+                dataset: self
+                    .cfg
+                    .data
+                    .path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "synthetic".into()),
+                ..Default::default()
+            },
+            density: self.density(),
+        }
+    }
+
+    /// Save the SAE (SAELens layout) and the trainer state into `dir`, atomically per file.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<(), SaeError> {
+        io::save_sae(dir, &self.model())?;
+        io::save_trainer_state(dir, &self.cfg, &self.params, self.scale, &self.state)
+    }
+
+    /// Train until `train.steps` (or `stop_at_step`), reading batches from `source` (which must
+    /// already be positioned at `state.tokens` rows). Checkpoints go to `out` every
+    /// `train.checkpoint_every` steps, at the end, and when stopped.
+    pub fn run(
+        &mut self,
+        source: &mut dyn BatchSource,
+        out: Option<&Path>,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+        stop_at_step: Option<u64>,
+        on_log: &mut dyn FnMut(&StepMetrics) -> Result<(), SaeError>,
+    ) -> Result<RunEnd, SaeError> {
+        let (d, bsz) = (self.d(), self.cfg.train.batch_size);
+        if source.d() != d {
+            return Err(SaeError::Width {
+                data: source.d(),
+                sae: d,
+            });
+        }
+        let total = self.cfg.train.steps;
+        progress.set_total(total * bsz as u64);
+        progress.set_position(self.state.tokens);
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.resize(bsz * d, 0.0);
+        let result = (|| {
+            while self.state.step < total {
+                if cancel.is_cancelled() || stop_at_step.is_some_and(|s| self.state.step >= s) {
+                    if let Some(dir) = out {
+                        self.save_checkpoint(dir)?;
+                    }
+                    return Ok(RunEnd::Stopped);
+                }
+                let got = source.next_batch(&mut batch)?;
+                if got != bsz {
+                    return Err(SaeError::Data(DataError::Invalid(format!(
+                        "the training source returned {got} rows where {bsz} were expected"
+                    ))));
+                }
+                let m = self.step(&mut batch)?;
+                progress.inc(bsz as u64);
+                if m.step % self.cfg.train.log_every == 0 || m.step == total {
+                    progress.message(&format!(
+                        "fvu {:.4} L0 {:.1} dead {:.1}%",
+                        m.fvu,
+                        m.l0_mean,
+                        100.0 * m.dead_frac
+                    ));
+                    on_log(&m)?;
+                }
+                let every = self.cfg.train.checkpoint_every;
+                if let Some(dir) = out {
+                    if every > 0 && m.step % every == 0 && m.step < total {
+                        self.save_checkpoint(dir)?;
+                    }
+                }
+            }
+            if let Some(dir) = out {
+                self.save_checkpoint(dir)?;
+            }
+            progress.finish();
+            Ok(RunEnd::Finished)
+        })();
+        self.batch = batch;
+        result
+    }
+}
+
+/// Rows of the data kept for evaluation when the config names none: this many.
+pub const DEFAULT_EVAL_TOKENS: u64 = 16_384;
+/// Row offset of the synthetic evaluation stream (disjoint from training rows).
+const SYNTHETIC_EVAL_OFFSET: u64 = 1 << 62;
+
+/// The data named by a run's `[data]` table.
+pub enum DataSpec {
+    File {
+        path: std::path::PathBuf,
+        tensor: Option<String>,
+        n_rows: u64,
+        d: usize,
+    },
+    Synthetic(SyntheticSource),
+}
+
+impl DataSpec {
+    pub fn open(cfg: &RunConfig) -> Result<Self, SaeError> {
+        if let Some(syn) = &cfg.data.synthetic {
+            return Ok(DataSpec::Synthetic(SyntheticSource::new(syn.clone())?));
+        }
+        let path = cfg
+            .data
+            .path
+            .clone()
+            .ok_or_else(|| SaeError::Config("[data] has no path".into()))?;
+        let info = crate::data::activations::inspect(&path)?;
+        if info.n_rows <= cfg.data.holdout_tokens {
+            return Err(SaeError::Config(format!(
+                "data.holdout_tokens = {} leaves no training rows of the {} in {}",
+                cfg.data.holdout_tokens,
+                info.n_rows,
+                path.display()
+            )));
+        }
+        Ok(DataSpec::File {
+            path,
+            tensor: cfg.data.tensor.clone(),
+            n_rows: info.n_rows,
+            d: info.d,
+        })
+    }
+
+    pub fn d(&self) -> usize {
+        match self {
+            DataSpec::File { d, .. } => *d,
+            DataSpec::Synthetic(s) => s.config().d,
+        }
+    }
+
+    fn opts(&self, cfg: &RunConfig, rows: (u64, u64), cycle: bool, shuffle: bool) -> SourceOptions {
+        let tensor = match self {
+            DataSpec::File { tensor, .. } => tensor.clone(),
+            DataSpec::Synthetic(_) => None,
+        };
+        SourceOptions {
+            tensor,
+            shuffle_buffer: if shuffle { cfg.data.shuffle_buffer } else { 0 },
+            seed: cfg.train.seed,
+            rows: Some(rows),
+            cycle,
+        }
+    }
+
+    fn train_rows(&self, cfg: &RunConfig) -> (u64, u64) {
+        match self {
+            DataSpec::File { n_rows, .. } => (0, n_rows - cfg.data.holdout_tokens),
+            DataSpec::Synthetic(_) => (0, u64::MAX),
+        }
+    }
+
+    /// The first `n` training rows, unshuffled (init statistics).
+    pub fn init_sample(&self, cfg: &RunConfig) -> Result<Vec<f32>, SaeError> {
+        let n = cfg.train.init_sample;
+        match self {
+            DataSpec::File { path, .. } => {
+                let rows = self.train_rows(cfg);
+                let n = n.min((rows.1 - rows.0) as usize);
+                Ok(crate::data::activations::read_sample(
+                    path,
+                    &self.opts(cfg, rows, false, false),
+                    n,
+                )?)
+            }
+            DataSpec::Synthetic(s) => {
+                let mut s = s.clone();
+                let mut out = vec![0f32; n * s.config().d];
+                s.next_batch(&mut out)?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// The endless, shuffled training stream, fast-forwarded past `skip` rows.
+    pub fn training_source(
+        &self,
+        cfg: &RunConfig,
+        skip: u64,
+    ) -> Result<Box<dyn BatchSource>, SaeError> {
+        match self {
+            DataSpec::File { path, .. } => {
+                let mut s =
+                    ActivationSource::open(path, self.opts(cfg, self.train_rows(cfg), true, true))?;
+                s.skip_rows(skip)?;
+                Ok(Box::new(s))
+            }
+            DataSpec::Synthetic(s) => {
+                let mut s = s.clone();
+                s.skip_rows(skip);
+                Ok(Box::new(s))
+            }
+        }
+    }
+
+    /// The held-out evaluation rows (finite): `data.holdout_tokens` rows at the end of a file,
+    /// or (synthetic, or a file without holdout) up to `max_rows` rows from a disjoint stream /
+    /// the start of the data.
+    pub fn eval_source(
+        &self,
+        cfg: &RunConfig,
+        max_rows: u64,
+    ) -> Result<Box<dyn BatchSource>, SaeError> {
+        match self {
+            DataSpec::File { path, n_rows, .. } => {
+                let rows = if cfg.data.holdout_tokens > 0 {
+                    (n_rows - cfg.data.holdout_tokens, *n_rows)
+                } else {
+                    (0, max_rows.min(*n_rows))
+                };
+                Ok(Box::new(ActivationSource::open(
+                    path,
+                    self.opts(cfg, rows, false, false),
+                )?))
+            }
+            DataSpec::Synthetic(s) => {
+                let mut s = s.clone();
+                s.skip_rows(SYNTHETIC_EVAL_OFFSET);
+                Ok(Box::new(Take {
+                    inner: s,
+                    left: max_rows,
+                }))
+            }
+        }
+    }
+}
+
+/// At most `left` rows of an endless source.
+pub struct Take<S> {
+    pub inner: S,
+    pub left: u64,
+}
+
+impl<S: BatchSource> BatchSource for Take<S> {
+    fn d(&self) -> usize {
+        self.inner.d()
+    }
+    fn next_batch(&mut self, out: &mut [f32]) -> Result<usize, DataError> {
+        let d = self.inner.d();
+        let rows = ((out.len() / d) as u64).min(self.left) as usize;
+        if rows == 0 {
+            return Ok(0);
+        }
+        let got = self.inner.next_batch(&mut out[..rows * d])?;
+        self.left -= got as u64;
+        Ok(got)
+    }
+}
