@@ -84,6 +84,12 @@ fn several_reconstructions_at_once_zero_noise_identity() {
     );
     assert!(r[1].loss_recovered_zero > 0.0 && r[1].loss_recovered_zero < 1.0);
     assert!(r[1].kl_clean_spliced > 0.0);
+    // A row-slice closure (the SAE side's shape) behaves like the tensor one.
+    let rows = sparsa::lm::from_rows(576, |x: &[f32], _n: usize| -> Result<Vec<f32>, String> {
+        Ok(x.iter().map(|v| v * 0.9).collect())
+    });
+    let via_rows = downstream_eval(m, &s, &c, &rows, &NoProgress, &Cancel::new()).unwrap();
+    assert!((via_rows.ce_spliced - r[1].ce_spliced).abs() < 1e-6);
     // Identity, and the shared passes agree with a single-reconstruction run.
     assert_eq!(r[2].ce_spliced, r[2].ce_clean);
     assert_eq!(r[2].kl_clean_spliced, 0.0);

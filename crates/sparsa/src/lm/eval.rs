@@ -141,6 +141,32 @@ fn splice_rows(act: &Tensor, pos: &Positions, rows: &Tensor) -> Result<Tensor> {
 /// A reconstruction function: evaluated rows `[n, d]` → x̂ `[n, d]`.
 pub type Reconstruct<'a> = &'a dyn Fn(&Tensor) -> candle_core::Result<Tensor>;
 
+/// Adapt a row-slice reconstruction (`rows × d` row-major f32 in, same out; what the SAE code
+/// works on) to a [`Reconstruct`] closure over tensors. For a batch-dependent allocation rule
+/// (Mutual / Feature Choice in training form) the rows of one evaluation batch (up to
+/// `batch_size` sequences' evaluated positions) form one SAE batch.
+pub fn from_rows<F, E>(d: usize, f: F) -> impl Fn(&Tensor) -> candle_core::Result<Tensor>
+where
+    F: Fn(&[f32], usize) -> std::result::Result<Vec<f32>, E>,
+    E: std::fmt::Display + Send + Sync + 'static,
+{
+    move |x: &Tensor| {
+        let (n, dx) = x.dims2()?;
+        if dx != d {
+            candle_core::bail!("reconstruction expects rows of width {d}, got {dx}");
+        }
+        let v: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let out = f(&v, n).map_err(candle_core::Error::wrap)?;
+        if out.len() != n * d {
+            candle_core::bail!(
+                "reconstruction returned {} values for {n} rows of width {d}",
+                out.len()
+            );
+        }
+        Tensor::from_vec(out, (n, d), x.device())
+    }
+}
+
 /// Run the four passes over `seqs` and report CE clean / spliced / zero- / mean-ablated, loss
 /// recovered and KL(clean ‖ spliced). `reconstruct` maps the evaluated rows `[n, d]` of each batch
 /// to x̂ `[n, d]` (e.g. an SAE's encode→decode, including any input scaling).

@@ -18,7 +18,8 @@ pub mod tokenizer;
 
 pub use batch::Batch;
 pub use eval::{
-    downstream_eval, downstream_eval_many, DownstreamConfig, DownstreamReport, Reconstruct,
+    downstream_eval, downstream_eval_many, from_rows, DownstreamConfig, DownstreamReport,
+    Reconstruct,
 };
 pub use gguf::GgufModel;
 pub use llama::{Hook, HookPoint, Llama, LlamaConfig};
