@@ -3,3 +3,4 @@ pub mod activations;
 pub mod fetch;
 pub mod lm;
 pub mod sae;
+pub mod sae_lm;

@@ -27,6 +27,10 @@ pub enum SaeCommand {
     /// Train TopK, Mutual Choice and Feature Choice (with aux_k and aux_zipf) at equal k on the
     /// same data and print one comparison table. Default: synthetic ground truth.
     Compare(CompareArgs),
+    /// The real-data pipeline: fetch SmolLM2-135M and a corpus, extract a middle layer's
+    /// residual stream, train TopK, Mutual Choice and Feature Choice SAEs at equal k, and
+    /// evaluate reconstruction and the model's own next-token loss. Resumable.
+    LmCompare(super::sae_lm::LmCompareArgs),
 }
 
 #[derive(Args, Debug)]
@@ -80,6 +84,15 @@ pub struct EvalArgs {
     /// Also write the reports as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Held-out contexts for the downstream evaluation (the model's next-token loss with the SAE
+    /// spliced in); used when --data is a store made by `sparsa activations extract`. 0 = off.
+    #[arg(long, default_value_t = 16)]
+    lm_sequences: usize,
+    /// Corpus of the held-out contexts (default: the store's).
+    #[arg(long)]
+    corpus: Option<String>,
+    #[command(flatten)]
+    model: super::lm::ModelArg,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -127,6 +140,7 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
         SaeCommand::Eval(a) => eval(a),
         SaeCommand::Export(a) => export(a),
         SaeCommand::Compare(a) => compare(a),
+        SaeCommand::LmCompare(a) => super::sae_lm::lm_compare(a),
     }
 }
 
@@ -344,7 +358,26 @@ fn eval(a: EvalArgs) -> Result<()> {
         model.params.d,
         model.params.f
     );
-    println!("{}", eval_table(&reports));
+    let manifest = super::sae_lm::store_manifest(&a.data).filter(|m| m.hook.is_some() && m.extra.contains_key("contexts_used"));
+    match (a.lm_sequences, manifest) {
+        (0, _) => println!("{}", eval_table(&reports)),
+        (_, None) => {
+            println!("{}", eval_table(&reports));
+            println!("(no downstream evaluation: --data is not a store made by `sparsa activations extract`)");
+        }
+        (n, Some(manifest)) => {
+            let ds = super::sae_lm::prepare(&manifest, &a.model, a.corpus.as_deref(), n, 8)?;
+            let saes: Vec<_> = reports.iter().map(|r| (&model, r.form)).collect();
+            let down = super::sae_lm::evaluate_downstream(&ds, &saes, &ui::ctrl_c_cancel())?;
+            let rows: Vec<_> = reports.iter().zip(&down).map(|(r, d)| (a.sae.display().to_string(), r, Some(d))).collect();
+            println!("{}", super::sae_lm::combined_table(&rows));
+            println!("{} held-out contexts, {} predictions; {}", down[0].n_sequences, down[0].n_predictions, down[0].bos_rule);
+            if let Some(p) = &a.json {
+                write_json(p, &serde_json::json!({ "reconstruction": reports, "downstream": down }))?;
+            }
+            return Ok(());
+        }
+    }
     if let Some(p) = a.json {
         write_json(&p, &reports)?;
     }
@@ -377,7 +410,7 @@ fn export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-fn parse_variant(s: &str) -> Result<Variant> {
+pub fn parse_variant(s: &str) -> Result<Variant> {
     let (arch, aux) = s.split_once('+').unwrap_or((s, "none"));
     let architecture = match arch.trim() {
         "topk" => Architecture::TopK,
