@@ -358,7 +358,8 @@ fn eval(a: EvalArgs) -> Result<()> {
         model.params.d,
         model.params.f
     );
-    let manifest = super::sae_lm::store_manifest(&a.data).filter(|m| m.hook.is_some() && m.extra.contains_key("contexts_used"));
+    let manifest = super::sae_lm::store_manifest(&a.data)
+        .filter(|m| m.hook.is_some() && m.extra.contains_key("contexts_used"));
     match (a.lm_sequences, manifest) {
         (0, _) => println!("{}", eval_table(&reports)),
         (_, None) => {
@@ -369,11 +370,21 @@ fn eval(a: EvalArgs) -> Result<()> {
             let ds = super::sae_lm::prepare(&manifest, &a.model, a.corpus.as_deref(), n, 8)?;
             let saes: Vec<_> = reports.iter().map(|r| (&model, r.form)).collect();
             let down = super::sae_lm::evaluate_downstream(&ds, &saes, &ui::ctrl_c_cancel())?;
-            let rows: Vec<_> = reports.iter().zip(&down).map(|(r, d)| (a.sae.display().to_string(), r, Some(d))).collect();
+            let rows: Vec<_> = reports
+                .iter()
+                .zip(&down)
+                .map(|(r, d)| (a.sae.display().to_string(), r, Some(d)))
+                .collect();
             println!("{}", super::sae_lm::combined_table(&rows));
-            println!("{} held-out contexts, {} predictions; {}", down[0].n_sequences, down[0].n_predictions, down[0].bos_rule);
+            println!(
+                "{} held-out contexts, {} predictions; {}",
+                down[0].n_sequences, down[0].n_predictions, down[0].bos_rule
+            );
             if let Some(p) = &a.json {
-                write_json(p, &serde_json::json!({ "reconstruction": reports, "downstream": down }))?;
+                write_json(
+                    p,
+                    &serde_json::json!({ "reconstruction": reports, "downstream": down }),
+                )?;
             }
             return Ok(());
         }

@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use sparsa::data::extract::{extract, ExtractConfig};
 use sparsa::data::store::{Manifest, MANIFEST_FILE};
-use sparsa::lm::{downstream_eval_many, from_rows, DownstreamConfig, DownstreamReport, Hook, HookPoint, Llama};
+use sparsa::lm::{
+    downstream_eval_many, from_rows, DownstreamConfig, DownstreamReport, Hook, HookPoint, Llama,
+};
 use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant};
 use sparsa::sae::config::RunConfig;
 use sparsa::sae::io::{load_sae, SaeModel};
@@ -29,13 +31,23 @@ pub struct Downstream {
 
 /// Read a store's manifest, if `path` is a store.
 pub fn store_manifest(path: &Path) -> Option<Manifest> {
-    let mp = if path.is_dir() { path.join(MANIFEST_FILE) } else { path.to_path_buf() };
+    let mp = if path.is_dir() {
+        path.join(MANIFEST_FILE)
+    } else {
+        path.to_path_buf()
+    };
     let text = std::fs::read_to_string(mp).ok()?;
     serde_json::from_str(&text).ok()
 }
 
 /// Load the model and the `sequences` held-out contexts that follow what the store used.
-pub fn prepare(manifest: &Manifest, model: &ModelArg, corpus: Option<&str>, sequences: usize, batch: usize) -> Result<Downstream> {
+pub fn prepare(
+    manifest: &Manifest,
+    model: &ModelArg,
+    corpus: Option<&str>,
+    sequences: usize,
+    batch: usize,
+) -> Result<Downstream> {
     let corpus = match corpus {
         Some(c) => c.to_string(),
         None => manifest
@@ -48,28 +60,48 @@ pub fn prepare(manifest: &Manifest, model: &ModelArg, corpus: Option<&str>, sequ
     let (m, tok, _) = load_model(model)?;
     let (_, docs) = load_corpus(&corpus)?;
     let held = sparsa::data::extract::held_out(&docs, &tok, manifest, sequences)?;
-    let cfg = DownstreamConfig { hook: held.hook, batch_size: batch, pad_id: tok.eos_id().unwrap_or(0), bos_id: held.bos_id };
-    Ok(Downstream { model: m, seqs: held.seqs, cfg })
+    let cfg = DownstreamConfig {
+        hook: held.hook,
+        batch_size: batch,
+        pad_id: tok.eos_id().unwrap_or(0),
+        bos_id: held.bos_id,
+    };
+    Ok(Downstream {
+        model: m,
+        seqs: held.seqs,
+        cfg,
+    })
 }
 
 /// CE clean / spliced / ablated, loss recovered and KL for each (SAE, form), sharing the clean
 /// and ablated passes.
-pub fn evaluate_downstream(ds: &Downstream, saes: &[(&SaeModel, Form)], cancel: &Cancel) -> Result<Vec<DownstreamReport>> {
+pub fn evaluate_downstream(
+    ds: &Downstream,
+    saes: &[(&SaeModel, Form)],
+    cancel: &Cancel,
+) -> Result<Vec<DownstreamReport>> {
     let d = ds.model.d_model();
     for (m, _) in saes {
         if m.params.d != d {
-            bail!("the SAE has d_in {} but the model's hook has width {d}", m.params.d);
+            bail!(
+                "the SAE has d_in {} but the model's hook has width {d}",
+                m.params.d
+            );
         }
     }
     let fns: Vec<_> = saes
         .iter()
         .map(|(m, form)| reconstructor(m, *form).map(|f| from_rows(d, f)))
         .collect::<Result<_, _>>()?;
-    let refs: Vec<&dyn Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>> =
-        fns.iter().map(|f| f as &dyn Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>).collect();
+    let refs: Vec<&dyn Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>> = fns
+        .iter()
+        .map(|f| f as &dyn Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>)
+        .collect();
     let total: u64 = ds.seqs.iter().map(|s| s.len() as u64).sum();
     let bar = Bar::new(2 * total, "downstream", "tok");
-    Ok(downstream_eval_many(&ds.model, &ds.seqs, &ds.cfg, &refs, &bar, cancel)?)
+    Ok(downstream_eval_many(
+        &ds.model, &ds.seqs, &ds.cfg, &refs, &bar, cancel,
+    )?)
 }
 
 /// One table row per (label, form): reconstruction and downstream metrics side by side.
@@ -93,7 +125,13 @@ pub fn combined_table(rows_in: &[(String, &EvalReport, Option<&DownstreamReport>
         let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
         rows.push(vec![
             label.clone(),
-            format!("{}", match e.form { Form::Training => "training", Form::Inference => "inference" }),
+            format!(
+                "{}",
+                match e.form {
+                    Form::Training => "training",
+                    Form::Inference => "inference",
+                }
+            ),
             format!("{:.4}", e.fvu),
             format!("{:.2}", e.l0_mean),
             format!("{:.2}", e.l0_std),
@@ -136,7 +174,11 @@ pub struct LmCompareArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Variants as ARCH+AUX, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "topk+aux_k,mutual_choice+aux_k,mutual_choice+aux_zipf,feature_choice+aux_k")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "topk+aux_k,mutual_choice+aux_k,mutual_choice+aux_zipf,feature_choice+aux_k"
+    )]
     variants: Vec<String>,
     /// Held-out contexts for the downstream (next-token loss) evaluation.
     #[arg(long, default_value_t = 16)]
@@ -149,9 +191,14 @@ pub struct LmCompareArgs {
 pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     let t_all = Instant::now();
     let cancel = ui::ctrl_c_cancel();
-    let variants: Vec<Variant> = a.variants.iter().map(|s| super::sae::parse_variant(s)).collect::<Result<_>>()?;
+    let variants: Vec<Variant> = a
+        .variants
+        .iter()
+        .map(|s| super::sae::parse_variant(s))
+        .collect::<Result<_>>()?;
     let base_text = match &a.config {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?,
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read config {}", p.display()))?,
         None => SMOLLM2_TOML.to_string(),
     };
     // Validate the SAE config before the long extraction.
@@ -163,7 +210,10 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     // 1. Fetch and extract (resumable; a complete store is reused).
     let (model, tok, _) = load_model(&a.model)?;
     let (label, docs) = load_corpus(&a.corpus)?;
-    let hook = Hook { layer: a.layer, point: HookPoint::ResidPost };
+    let hook = Hook {
+        layer: a.layer,
+        point: HookPoint::ResidPost,
+    };
     model.check_hook(hook)?;
     let ecfg = ExtractConfig {
         hook,
@@ -189,18 +239,31 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     let bar = Bar::new(a.tokens, "extract", "tok");
     let s = extract(&model, &tok, &docs, &ecfg, &store, &bar, &cancel)?;
     if !s.complete {
-        bail!("extraction interrupted at {} rows; rerun the same command to resume", s.n_tokens);
+        bail!(
+            "extraction interrupted at {} rows; rerun the same command to resume",
+            s.n_tokens
+        );
     }
     let ext_secs = t.elapsed().as_secs_f64();
     let ext_rate = s.tokens_forwarded as f64 / ext_secs.max(1e-9);
-    eprintln!("      {} rows ({} new) in {ext_secs:.1} s, {ext_rate:.0} model tokens/s", s.n_tokens, s.n_tokens - s.resumed_from);
+    eprintln!(
+        "      {} rows ({} new) in {ext_secs:.1} s, {ext_rate:.0} model tokens/s",
+        s.n_tokens,
+        s.n_tokens - s.resumed_from
+    );
     drop(model);
 
     // 2. Train each variant at equal k.
     let train_rows = s.n_tokens.saturating_sub(probe.data.holdout_tokens);
     let mut base = probe;
-    if !a.set.iter().any(|s| s.trim_start().starts_with("train.steps")) {
-        base.train.steps = ((a.epochs * train_rows as f64) / base.train.batch_size as f64).ceil().max(1.0) as u64;
+    if !a
+        .set
+        .iter()
+        .any(|s| s.trim_start().starts_with("train.steps"))
+    {
+        base.train.steps = ((a.epochs * train_rows as f64) / base.train.batch_size as f64)
+            .ceil()
+            .max(1.0) as u64;
     }
     eprintln!(
         "[2/3] training {} SAEs: d_in {}, d_sae {}, k {}, {} steps × {} tokens ({:.1} epochs of {} rows)",
@@ -217,16 +280,30 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     for v in &variants {
         let cfg = variant_config(&base, *v);
         let dir = a.out.join(v.label().replace(" + ", "+"));
-        let bar = Bar::new(cfg.train.steps * cfg.train.batch_size as u64, &v.label(), "tok");
+        let bar = Bar::new(
+            cfg.train.steps * cfg.train.batch_size as u64,
+            &v.label(),
+            "tok",
+        );
         let r = train_and_evaluate(&cfg, Some(&dir), base.data.holdout_tokens, &bar, &cancel, &mut |_| Ok(()))?
             .context("interrupted; the checkpoint of the current SAE is saved (sparsa sae train --out DIR --resume)")?;
-        eprintln!("      {}: FVU {:.4}, L0 {:.2}, {:.1} s ({:.0} tokens/s)", v.label(), r.eval.fvu, r.eval.l0_mean, r.seconds, r.tokens_per_second);
+        eprintln!(
+            "      {}: FVU {:.4}, L0 {:.2}, {:.1} s ({:.0} tokens/s)",
+            v.label(),
+            r.eval.fvu,
+            r.eval.l0_mean,
+            r.seconds,
+            r.tokens_per_second
+        );
         trained.push((v.label(), load_sae(&dir)?, r));
     }
 
     // 3. Downstream: the model's next-token loss with each SAE spliced in, both forms.
     let manifest = store_manifest(&store).context("the store has no readable manifest")?;
-    eprintln!("[3/3] downstream evaluation on {} held-out contexts", a.lm_sequences);
+    eprintln!(
+        "[3/3] downstream evaluation on {} held-out contexts",
+        a.lm_sequences
+    );
     let ds = prepare(&manifest, &a.model, Some(&a.corpus), a.lm_sequences, 8)?;
     let mut pairs: Vec<(&SaeModel, Form, &EvalReport, String)> = Vec::new();
     for (label, m, r) in &trained {
@@ -237,8 +314,11 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     }
     let saes: Vec<(&SaeModel, Form)> = pairs.iter().map(|(m, f, _, _)| (*m, *f)).collect();
     let reports = evaluate_downstream(&ds, &saes, &cancel)?;
-    let rows: Vec<(String, &EvalReport, Option<&DownstreamReport>)> =
-        pairs.iter().zip(&reports).map(|((_, _, e, l), d)| (l.clone(), *e, Some(d))).collect();
+    let rows: Vec<(String, &EvalReport, Option<&DownstreamReport>)> = pairs
+        .iter()
+        .zip(&reports)
+        .map(|((_, _, e, l), d)| (l.clone(), *e, Some(d)))
+        .collect();
     println!("{}", combined_table(&rows));
     let r0 = &reports[0];
     println!(
@@ -246,7 +326,8 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
          training form = the batch rule over batches of {}, inference form = JumpReLU with learned thresholds; {}.",
         r0.hook, s.n_tokens, a.corpus, base.data.holdout_tokens, r0.n_sequences, r0.n_predictions, base.train.batch_size, r0.bos_rule
     );
-    let mean_tps = trained.iter().map(|t| t.2.tokens_per_second).sum::<f64>() / trained.len().max(1) as f64;
+    let mean_tps =
+        trained.iter().map(|t| t.2.tokens_per_second).sum::<f64>() / trained.len().max(1) as f64;
     println!(
         "extraction {ext_rate:.0} model tokens/s; SAE training {mean_tps:.0} tokens/s (mean over variants); total {:.0} s.",
         t_all.elapsed().as_secs_f64()

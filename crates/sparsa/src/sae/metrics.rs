@@ -216,7 +216,15 @@ pub fn reconstructor(
         let p = &model.params;
         let a = p.encode_pre(x, n)?;
         let mut m = Matching::default();
-        rule.select(&AllocInput { a: &a, b: n, f: p.f, density: &model.density }, &mut m);
+        rule.select(
+            &AllocInput {
+                a: &a,
+                b: n,
+                f: p.f,
+                density: &model.density,
+            },
+            &mut m,
+        );
         let mut out = vec![0f32; n * p.d];
         p.decode_sparse(&a, &m, &mut out);
         Ok(out)
