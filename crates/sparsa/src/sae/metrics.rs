@@ -205,12 +205,15 @@ pub fn evaluate(
     })
 }
 
+/// Result of reconstructing rows.
+pub type RowsResult = Result<Vec<f32>, SaeError>;
+
 /// The SAE as a row function for splicing into a model: `rows × d` activations in, x̂ out, in
 /// the given form (for a batch-dependent training form the rows passed in form one batch).
 pub fn reconstructor(
     model: &SaeModel,
     form: Form,
-) -> Result<impl Fn(&[f32], usize) -> Result<Vec<f32>, SaeError> + '_, SaeError> {
+) -> Result<impl Fn(&[f32], usize) -> RowsResult + '_, SaeError> {
     let rule = rule_for(model, form)?;
     Ok(move |x: &[f32], n: usize| {
         let p = &model.params;
