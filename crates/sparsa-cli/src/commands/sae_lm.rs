@@ -93,10 +93,7 @@ pub fn evaluate_downstream(
         .iter()
         .map(|(m, form)| reconstructor(m, *form).map(|f| from_rows(d, f)))
         .collect::<Result<_, _>>()?;
-    let refs: Vec<&dyn Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>> = fns
-        .iter()
-        .map(|f| f as &dyn Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>)
-        .collect();
+    let refs: Vec<Reconstruct<'_>> = fns.iter().map(|f| f as Reconstruct<'_>).collect();
     let total: u64 = ds.seqs.iter().map(|s| s.len() as u64).sum();
     let bar = Bar::new(2 * total, "downstream", "tok");
     Ok(downstream_eval_many(
