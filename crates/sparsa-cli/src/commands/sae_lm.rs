@@ -10,6 +10,7 @@ use sparsa::data::extract::{extract, ExtractConfig};
 use sparsa::data::store::{Manifest, MANIFEST_FILE};
 use sparsa::lm::{
     downstream_eval_many, from_rows, DownstreamConfig, DownstreamReport, Hook, HookPoint, Llama,
+    Reconstruct,
 };
 use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant};
 use sparsa::sae::config::RunConfig;
