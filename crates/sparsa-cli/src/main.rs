@@ -23,6 +23,14 @@ enum Command {
     /// Sparse autoencoders: train, evaluate, export, compare.
     #[command(subcommand)]
     Sae(commands::sae::SaeCommand),
+    /// Fetch the pinned models and data sets into the cache (idempotent).
+    Fetch(commands::fetch::FetchArgs),
+    /// Activation stores: extract a language model's activations over a corpus.
+    #[command(subcommand)]
+    Activations(commands::activations::ActivationsCommand),
+    /// The language model on its own: info, tokenize, next-token top-k, speed.
+    #[command(subcommand)]
+    Lm(commands::lm::LmCommand),
     /// Pruning with dead-neuron tracking and Activate-while-Pruning: run, report, bench.
     #[command(subcommand)]
     Prune(commands::prune::PruneCommand),
@@ -33,6 +41,9 @@ fn main() {
     ui::init_logging(cli.verbose);
     let result = match cli.command {
         Command::Sae(cmd) => commands::sae::run(cmd),
+        Command::Fetch(args) => commands::fetch::run(args),
+        Command::Activations(cmd) => commands::activations::run(cmd),
+        Command::Lm(cmd) => commands::lm::run(cmd),
         Command::Prune(cmd) => commands::prune::run(cmd),
     };
     if let Err(err) = result {

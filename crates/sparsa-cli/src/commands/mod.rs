@@ -1,3 +1,7 @@
 //! One file per top-level subcommand.
+pub mod activations;
+pub mod fetch;
+pub mod lm;
 pub mod prune;
 pub mod sae;
+pub mod sae_lm;

@@ -1,9 +1,558 @@
-//! `sparsa sae …`
-use clap::Subcommand;
+//! `sparsa sae …`: train, evaluate, export, compare.
+
+use crate::ui::{self, Bar};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use sparsa::data::activations::{ActivationSource, SourceOptions};
+use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant, VariantResult};
+use sparsa::sae::config::{Architecture, AuxKind, RunConfig, ThresholdMode};
+use sparsa::sae::io::{load_sae, save_sae};
+use sparsa::sae::metrics::{evaluate, EvalReport, Form};
+use sparsa::sae::train::{DataSpec, RunEnd, StepMetrics, Trainer, DEFAULT_EVAL_TOKENS};
+use sparsa::sae::SaeError;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The built-in synthetic comparison config (also at configs/sae/synthetic.toml).
+const SYNTHETIC_TOML: &str = include_str!("../../../../configs/sae/synthetic.toml");
 
 #[derive(Subcommand, Debug)]
-pub enum SaeCommand {}
+pub enum SaeCommand {
+    /// Train an SAE from a TOML config; writes an SAELens directory plus trainer state.
+    Train(TrainArgs),
+    /// Evaluate a saved SAE on activations (reconstruction metrics, both forms).
+    Eval(EvalArgs),
+    /// Re-export a checkpoint's SAE (e.g. with global instead of per-feature thresholds).
+    Export(ExportArgs),
+    /// Train TopK, Mutual Choice and Feature Choice (with aux_k and aux_zipf) at equal k on the
+    /// same data and print one comparison table. Default: synthetic ground truth.
+    Compare(CompareArgs),
+    /// The real-data pipeline: fetch SmolLM2-135M and a corpus, extract a middle layer's
+    /// residual stream, train TopK, Mutual Choice and Feature Choice SAEs at equal k, and
+    /// evaluate reconstruction and the model's own next-token loss. Resumable.
+    LmCompare(super::sae_lm::LmCompareArgs),
+}
 
-pub fn run(cmd: SaeCommand) -> anyhow::Result<()> {
-    match cmd {}
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Run config (TOML with [sae], [aux], [train], [data] tables).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override a config value, e.g. --set train.lr=1e-3 --set sae.k=32 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Output directory (SAELens files, trainer state, metrics.jsonl, eval.json).
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Continue the run saved in --out exactly where it stopped.
+    #[arg(long)]
+    resume: bool,
+    /// Held-out tokens for the final evaluation (files: data.holdout_tokens when set).
+    #[arg(long, default_value_t = DEFAULT_EVAL_TOKENS)]
+    eval_tokens: u64,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormArg {
+    Training,
+    Inference,
+    Both,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// SAE directory (cfg.json + sae_weights.safetensors).
+    #[arg(long)]
+    sae: PathBuf,
+    /// Activations: .safetensors, .npy, or a store directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// Tensor name inside a safetensors file.
+    #[arg(long)]
+    tensor: Option<String>,
+    /// Evaluate rows START..END of the data (e.g. the held-out tail).
+    #[arg(long, value_name = "START:END")]
+    rows: Option<String>,
+    /// Maximum tokens to evaluate.
+    #[arg(long, default_value_t = 65536)]
+    tokens: u64,
+    /// Batch size (matters for the batch-dependent training forms).
+    #[arg(long, default_value_t = 4096)]
+    batch: usize,
+    #[arg(long, value_enum, default_value_t = FormArg::Both)]
+    form: FormArg,
+    /// Also write the reports as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Held-out contexts for the downstream evaluation (the model's next-token loss with the SAE
+    /// spliced in); used when --data is a store made by `sparsa activations extract`. 0 = off.
+    #[arg(long, default_value_t = 16)]
+    lm_sequences: usize,
+    /// Corpus of the held-out contexts (default: the store's).
+    #[arg(long)]
+    corpus: Option<String>,
+    #[command(flatten)]
+    model: super::lm::ModelArg,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ThresholdArg {
+    Feature,
+    Global,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// A training output directory (holds trainer_state.*).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Where to write the SAELens directory.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Thresholds of the JumpReLU inference form (Mutual/Feature Choice only).
+    #[arg(long, value_enum)]
+    threshold_mode: Option<ThresholdArg>,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Base config; default: the built-in synthetic comparison (configs/sae/synthetic.toml).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override a base-config value (repeatable), e.g. --set train.steps=300.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Variants as ARCH+AUX, comma separated (ARCH: topk, mutual_choice, feature_choice;
+    /// AUX: none, aux_k, aux_zipf). Default: all six combinations with aux_k and aux_zipf.
+    #[arg(long, value_delimiter = ',')]
+    variants: Vec<String>,
+    /// Save each trained SAE under this directory (one sub-directory per variant).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Held-out tokens per evaluation.
+    #[arg(long, default_value_t = DEFAULT_EVAL_TOKENS)]
+    eval_tokens: u64,
+}
+
+pub fn run(cmd: SaeCommand) -> Result<()> {
+    match cmd {
+        SaeCommand::Train(a) => train(a),
+        SaeCommand::Eval(a) => eval(a),
+        SaeCommand::Export(a) => export(a),
+        SaeCommand::Compare(a) => compare(a),
+        SaeCommand::LmCompare(a) => super::sae_lm::lm_compare(a),
+    }
+}
+
+fn load_config(path: Option<&Path>, set: &[String], default: Option<&str>) -> Result<RunConfig> {
+    match (path, default) {
+        (Some(p), _) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config {}", p.display()))?;
+            Ok(RunConfig::from_toml(&text, set, &p.display().to_string())?)
+        }
+        (None, Some(text)) => Ok(RunConfig::from_toml(text, set, "built-in config")?),
+        (None, None) => {
+            bail!("--config is required (a TOML file with [sae], [train], [data] tables)")
+        }
+    }
+}
+
+/// Append metric lines to a JSONL file.
+struct JsonlLog(std::fs::File);
+
+impl JsonlLog {
+    fn open(path: &Path) -> Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(JsonlLog(f))
+    }
+    fn write(&mut self, m: &StepMetrics) -> Result<(), SaeError> {
+        let line = serde_json::to_string(m).unwrap_or_default();
+        writeln!(self.0, "{line}").map_err(|source| SaeError::Io {
+            path: "metrics.jsonl".into(),
+            source,
+        })
+    }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let mut trainer = if a.resume {
+        if a.config.is_some() || !a.set.is_empty() {
+            eprintln!(
+                "note: --resume continues with the config saved in {}; --config/--set are ignored",
+                a.out.display()
+            );
+        }
+        let t = Trainer::resume(&a.out)
+            .with_context(|| format!("cannot resume from {}", a.out.display()))?;
+        eprintln!(
+            "resuming at step {} ({} tokens)",
+            t.state.step, t.state.tokens
+        );
+        t
+    } else {
+        let cfg = load_config(a.config.as_deref(), &a.set, None)?;
+        let data = DataSpec::open(&cfg)?;
+        let sample = data.init_sample(&cfg)?;
+        Trainer::new(cfg, data.d(), &sample)?
+    };
+    let cfg = trainer.cfg.clone();
+    let data = DataSpec::open(&cfg)?;
+    let mut source = data.training_source(&cfg, trainer.state.tokens)?;
+    let mut log = JsonlLog::open(&a.out.join("metrics.jsonl"))?;
+    let bar = Bar::new(
+        cfg.train.steps * cfg.train.batch_size as u64,
+        "train",
+        "tok",
+    );
+    let cancel = ui::ctrl_c_cancel();
+    eprintln!(
+        "training {} (d_in {}, d_sae {}, k {}, aux {:?}) for {} steps × {} tokens",
+        cfg.sae.architecture.name(),
+        cfg.sae.d_in,
+        cfg.sae.d_sae,
+        cfg.sae.k,
+        cfg.aux.kind,
+        cfg.train.steps,
+        cfg.train.batch_size
+    );
+    let t0 = std::time::Instant::now();
+    let start_tokens = trainer.state.tokens;
+    let end = trainer.run(
+        source.as_mut(),
+        Some(&a.out),
+        &bar,
+        &cancel,
+        None,
+        &mut |m| log.write(m),
+    )?;
+    if end == RunEnd::Stopped {
+        eprintln!(
+            "stopped at step {}; checkpoint saved in {} (continue with --resume)",
+            trainer.state.step,
+            a.out.display()
+        );
+        return Ok(());
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let tps = (trainer.state.tokens - start_tokens) as f64 / secs.max(1e-9);
+    let model = trainer.model();
+    let mut reports = Vec::new();
+    let forms: &[Form] = if cfg.sae.architecture.batch_dependent() {
+        &[Form::Training, Form::Inference]
+    } else {
+        &[Form::Training]
+    };
+    for &form in forms {
+        let mut ev = data.eval_source(&cfg, a.eval_tokens)?;
+        reports.push(evaluate(
+            &model,
+            form,
+            ev.as_mut(),
+            cfg.train.batch_size,
+            a.eval_tokens,
+            &sparsa::util::progress::NoProgress,
+        )?);
+    }
+    write_json(&a.out.join("eval.json"), &reports)?;
+    println!("{}", eval_table(&reports));
+    println!(
+        "trained {} tokens in {secs:.1} s ({tps:.0} tokens/s); SAE saved in {}",
+        trainer.state.tokens - start_tokens,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
+    sparsa::util::fs::atomic_write(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn eval_table(reports: &[EvalReport]) -> String {
+    let mut rows = vec![vec![
+        "form".to_string(),
+        "rule".into(),
+        "tokens".into(),
+        "FVU".into(),
+        "MSE".into(),
+        "cos".into(),
+        "L0 mean".into(),
+        "L0 std".into(),
+        "L0 max".into(),
+        "L0=0 %".into(),
+        "dead %".into(),
+        "dense %".into(),
+        "rel. bias".into(),
+        "zipf α".into(),
+    ]];
+    for r in reports {
+        rows.push(vec![
+            format!("{:?}", r.form).to_lowercase(),
+            r.rule.clone(),
+            r.tokens.to_string(),
+            format!("{:.4}", r.fvu),
+            format!("{:.4e}", r.mse),
+            format!("{:.4}", r.cosine),
+            format!("{:.2}", r.l0_mean),
+            format!("{:.2}", r.l0_std),
+            r.l0_max.to_string(),
+            format!("{:.2}", 100.0 * r.l0_zero_frac),
+            format!("{:.1}", 100.0 * r.dead_frac),
+            format!("{:.1}", 100.0 * r.dense_frac),
+            format!("{:.3}", r.rel_bias),
+            r.zipf_alpha.map_or("-".into(), |a| format!("{a:.2}")),
+        ]);
+    }
+    ui::table(&rows)
+}
+
+fn parse_rows(s: &str) -> Result<(u64, u64)> {
+    let (a, b) = s
+        .split_once(':')
+        .context("--rows takes START:END, e.g. 90000:100000")?;
+    let a: u64 = a.trim().parse().context("--rows START is not a number")?;
+    let b: u64 = b.trim().parse().context("--rows END is not a number")?;
+    if b <= a {
+        bail!("--rows {a}:{b} is empty");
+    }
+    Ok((a, b))
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let model = load_sae(&a.sae)?;
+    let forms: Vec<Form> = match a.form {
+        FormArg::Training => vec![Form::Training],
+        FormArg::Inference => vec![Form::Inference],
+        FormArg::Both => vec![Form::Training, Form::Inference],
+    };
+    let rows = a.rows.as_deref().map(parse_rows).transpose()?;
+    let mut reports = Vec::new();
+    for form in forms {
+        let opts = SourceOptions {
+            tensor: a.tensor.clone(),
+            shuffle_buffer: 0,
+            seed: 0,
+            rows,
+            cycle: false,
+        };
+        let mut src = ActivationSource::open(&a.data, opts)?;
+        let bar = Bar::new(a.tokens.min(src.n_rows()), "eval", "tok");
+        reports.push(evaluate(&model, form, &mut src, a.batch, a.tokens, &bar)?);
+    }
+    println!(
+        "SAE {} (trained as {}, exported as {}, d_in {}, d_sae {})",
+        a.sae.display(),
+        model.meta.trained_architecture.name(),
+        model.export_architecture(),
+        model.params.d,
+        model.params.f
+    );
+    let manifest = super::sae_lm::store_manifest(&a.data)
+        .filter(|m| m.hook.is_some() && m.extra.contains_key("contexts_used"));
+    match (a.lm_sequences, manifest) {
+        (0, _) => println!("{}", eval_table(&reports)),
+        (_, None) => {
+            println!("{}", eval_table(&reports));
+            println!("(no downstream evaluation: --data is not a store made by `sparsa activations extract`)");
+        }
+        (n, Some(manifest)) => {
+            let ds = super::sae_lm::prepare(&manifest, &a.model, a.corpus.as_deref(), n, 8)?;
+            let saes: Vec<_> = reports.iter().map(|r| (&model, r.form)).collect();
+            let down = super::sae_lm::evaluate_downstream(&ds, &saes, &ui::ctrl_c_cancel())?;
+            let rows: Vec<_> = reports
+                .iter()
+                .zip(&down)
+                .map(|(r, d)| (a.sae.display().to_string(), r, Some(d)))
+                .collect();
+            println!("{}", super::sae_lm::combined_table(&rows));
+            println!(
+                "{} held-out contexts, {} predictions; {}",
+                down[0].n_sequences, down[0].n_predictions, down[0].bos_rule
+            );
+            if let Some(p) = &a.json {
+                write_json(
+                    p,
+                    &serde_json::json!({ "reconstruction": reports, "downstream": down }),
+                )?;
+            }
+            return Ok(());
+        }
+    }
+    if let Some(p) = a.json {
+        write_json(&p, &reports)?;
+    }
+    Ok(())
+}
+
+fn export(a: ExportArgs) -> Result<()> {
+    let mut t = Trainer::resume(&a.checkpoint)
+        .with_context(|| format!("{} is not a training checkpoint", a.checkpoint.display()))?;
+    if let Some(m) = a.threshold_mode {
+        if !t.cfg.sae.architecture.batch_dependent() {
+            bail!(
+                "--threshold-mode applies to mutual_choice and feature_choice SAEs; this one is {}",
+                t.cfg.sae.architecture.name()
+            );
+        }
+        t.cfg.sae.threshold_mode = match m {
+            ThresholdArg::Feature => ThresholdMode::Feature,
+            ThresholdArg::Global => ThresholdMode::Global,
+        };
+    }
+    let model = t.model();
+    save_sae(&a.out, &model)?;
+    println!(
+        "exported {} SAE ({} tokens trained) to {}",
+        model.export_architecture(),
+        t.state.tokens,
+        a.out.display()
+    );
+    Ok(())
+}
+
+pub fn parse_variant(s: &str) -> Result<Variant> {
+    let (arch, aux) = s.split_once('+').unwrap_or((s, "none"));
+    let architecture = match arch.trim() {
+        "topk" => Architecture::TopK,
+        "mutual_choice" | "batch_topk" => Architecture::MutualChoice,
+        "feature_choice" => Architecture::FeatureChoice,
+        other => bail!(
+            "unknown architecture `{other}` in --variants (topk, mutual_choice, feature_choice)"
+        ),
+    };
+    let aux = match aux.trim() {
+        "none" => AuxKind::None,
+        "aux_k" => AuxKind::AuxK,
+        "aux_zipf" => AuxKind::AuxZipf,
+        other => bail!("unknown auxiliary loss `{other}` in --variants (none, aux_k, aux_zipf)"),
+    };
+    Ok(Variant { architecture, aux })
+}
+
+fn compare(a: CompareArgs) -> Result<()> {
+    let base = load_config(a.config.as_deref(), &a.set, Some(SYNTHETIC_TOML))?;
+    let variants: Vec<Variant> = if a.variants.is_empty() {
+        Variant::standard()
+    } else {
+        a.variants
+            .iter()
+            .map(|s| parse_variant(s))
+            .collect::<Result<_>>()?
+    };
+    let data = DataSpec::open(&base)?;
+    let sample = data.init_sample(&base)?;
+    let d = data.d();
+    let n = sample.len() / d;
+    let mut l0s: Vec<f64> = Vec::new();
+    if let DataSpec::Synthetic(s) = &data {
+        let mut row = vec![0f32; d];
+        l0s = (0..n as u64)
+            .map(|r| s.sample_row(r, &mut row) as f64)
+            .collect();
+    }
+    eprintln!(
+        "comparing {} variants: d_in {d}, d_sae {}, k {}, {} steps × {} tokens",
+        variants.len(),
+        base.sae.d_sae,
+        base.sae.k,
+        base.train.steps,
+        base.train.batch_size
+    );
+    if !l0s.is_empty() {
+        let m = l0s.iter().sum::<f64>() / l0s.len() as f64;
+        let sd = (l0s.iter().map(|x| (x - m).powi(2)).sum::<f64>() / l0s.len() as f64).sqrt();
+        eprintln!(
+            "ground truth: {:.2} ± {:.2} active features per sample (of {})",
+            m,
+            sd,
+            base.data.synthetic.as_ref().map_or(0, |s| s.n_features)
+        );
+    }
+    let cancel = ui::ctrl_c_cancel();
+    let t0 = std::time::Instant::now();
+    let mut results: Vec<VariantResult> = Vec::new();
+    for v in variants {
+        let cfg = variant_config(&base, v);
+        let out = a
+            .out
+            .as_ref()
+            .map(|o| o.join(v.label().replace(" + ", "+")));
+        let bar = Bar::new(
+            cfg.train.steps * cfg.train.batch_size as u64,
+            &v.label(),
+            "tok",
+        );
+        match train_and_evaluate(
+            &cfg,
+            out.as_deref(),
+            a.eval_tokens,
+            &bar,
+            &cancel,
+            &mut |_| Ok(()),
+        )? {
+            Some(r) => {
+                eprintln!(
+                    "{}: FVU {:.4}, L0 {:.2}, {:.1} s ({:.0} tokens/s)",
+                    v.label(),
+                    r.eval.fvu,
+                    r.eval.l0_mean,
+                    r.seconds,
+                    r.tokens_per_second
+                );
+                results.push(r)
+            }
+            None => {
+                eprintln!("interrupted");
+                break;
+            }
+        }
+    }
+    let mut rows = vec![vec![
+        "variant".to_string(),
+        "FVU".into(),
+        "dead %".into(),
+        "L0 mean".into(),
+        "L0 std".into(),
+        "L0=0 %".into(),
+        "MMCS".into(),
+        "recovered %".into(),
+        "inf. FVU".into(),
+        "inf. L0".into(),
+        "tok/s".into(),
+    ]];
+    for r in &results {
+        rows.push(vec![
+            r.variant.label(),
+            format!("{:.4}", r.eval.fvu),
+            format!("{:.1}", 100.0 * r.eval.dead_frac),
+            format!("{:.2}", r.eval.l0_mean),
+            format!("{:.2}", r.eval.l0_std),
+            format!("{:.1}", 100.0 * r.eval.l0_zero_frac),
+            r.recovery.map_or("-".into(), |x| format!("{:.3}", x.0)),
+            r.recovery
+                .map_or("-".into(), |x| format!("{:.1}", 100.0 * x.1)),
+            format!("{:.4}", r.eval_inference.fvu),
+            format!("{:.2}", r.eval_inference.l0_mean),
+            format!("{:.0}", r.tokens_per_second),
+        ]);
+    }
+    println!("{}", ui::table(&rows));
+    println!(
+        "held-out {} tokens per evaluation; FVU/dead/L0 in the training form (batch rule), inf. = inference form \
+         (TopK per token; JumpReLU with learned thresholds); dead = never active on the held-out tokens. Total {:.0} s.",
+        a.eval_tokens,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! Data in: activation stores, synthetic ground truth, image datasets, text corpora.
 pub mod activations;
 pub mod cifar;
+pub mod corpus;
+pub mod extract;
 pub mod fetch;
 pub mod idx;
 pub mod npy;

@@ -89,7 +89,7 @@ impl SyntheticConfig {
                 self.mean_active
             ));
         }
-        if !(self.complexity_spread >= 1.0) {
+        if self.complexity_spread.is_nan() || self.complexity_spread < 1.0 {
             return bad(format!(
                 "complexity_spread = {} must be ≥ 1",
                 self.complexity_spread

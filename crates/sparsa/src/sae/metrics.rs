@@ -204,3 +204,32 @@ pub fn evaluate(
         density,
     })
 }
+
+/// Result of reconstructing rows.
+pub type RowsResult = Result<Vec<f32>, SaeError>;
+
+/// The SAE as a row function for splicing into a model: `rows × d` activations in, x̂ out, in
+/// the given form (for a batch-dependent training form the rows passed in form one batch).
+pub fn reconstructor(
+    model: &SaeModel,
+    form: Form,
+) -> Result<impl Fn(&[f32], usize) -> RowsResult + '_, SaeError> {
+    let rule = rule_for(model, form)?;
+    Ok(move |x: &[f32], n: usize| {
+        let p = &model.params;
+        let a = p.encode_pre(x, n)?;
+        let mut m = Matching::default();
+        rule.select(
+            &AllocInput {
+                a: &a,
+                b: n,
+                f: p.f,
+                density: &model.density,
+            },
+            &mut m,
+        );
+        let mut out = vec![0f32; n * p.d];
+        p.decode_sparse(&a, &m, &mut out);
+        Ok(out)
+    })
+}

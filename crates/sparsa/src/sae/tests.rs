@@ -246,7 +246,7 @@ fn fd_check(rule: &dyn Allocation, aux_u: Option<Vec<f32>>, norm: AuxNorm) {
         let n = field(&mut p.clone()).len();
         let mut max_err = 0f64;
         let mut max_g = 0f64;
-        for i in 0..n {
+        for (i, &gi) in g.iter().enumerate().take(n) {
             let mut qp = p.clone();
             let mut qm = p.clone();
             let eps = 1e-3f32;
@@ -254,8 +254,8 @@ fn fd_check(rule: &dyn Allocation, aux_u: Option<Vec<f32>>, norm: AuxNorm) {
             field(&mut qm)[i] -= eps;
             let h = (field(&mut qp)[i] as f64) - (field(&mut qm)[i] as f64);
             let fd = (loss_at(&qp) - loss_at(&qm)) / h;
-            max_err = max_err.max((fd - g[i] as f64).abs());
-            max_g = max_g.max((g[i] as f64).abs());
+            max_err = max_err.max((fd - gi as f64).abs());
+            max_g = max_g.max((gi as f64).abs());
         }
         assert!(
             max_g > 1e-4,

@@ -150,7 +150,7 @@ impl Trainer {
         }
         cfg.sae.d_in = d;
         cfg.validate()?;
-        if sample.is_empty() || sample.len() % d != 0 {
+        if sample.is_empty() || !sample.len().is_multiple_of(d) {
             return Err(SaeError::Config("the init sample is empty".into()));
         }
         check_finite(sample, d, 0)?;
@@ -261,7 +261,7 @@ impl Trainer {
     /// One training step on a batch of raw (unscaled) rows; `x` is scaled in place.
     pub fn step(&mut self, x: &mut [f32]) -> Result<StepMetrics, SaeError> {
         let (d, f) = (self.params.d, self.params.f);
-        if x.is_empty() || x.len() % d != 0 {
+        if x.is_empty() || !x.len().is_multiple_of(d) {
             return Err(SaeError::Width {
                 data: x.len(),
                 sae: d,

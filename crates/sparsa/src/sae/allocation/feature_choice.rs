@@ -7,21 +7,16 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// How the budget kB is split into per-feature capacities (project choice, configurable).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Capacity {
     /// m_j = ⌊kB/F⌋, the remainder spread one each over the first features so Σ m_j = kB.
+    #[default]
     Uniform,
     /// m_j ∝ (r_j + β)^−α with r_j ∈ 1..F the feature's rank by running firing density
     /// (descending, ties to the lower index), floored, the remainder given by largest fractional
     /// part, each m_j capped at B (the excess re-spread over the others), so Σ m_j = min(kB, F·B).
     Zipf { alpha: f64, beta: f64 },
-}
-
-impl Default for Capacity {
-    fn default() -> Self {
-        Capacity::Uniform
-    }
 }
 
 /// Per-feature capacities for a batch of `b` tokens with budget `k·b` over `f` features.

@@ -1,0 +1,334 @@
+//! The SAE commands that involve the language model: downstream evaluation (the model's own
+//! next-token loss with the SAE spliced in) and `sparsa sae lm-compare`, the real-data pipeline
+//! fetch → extract → train → evaluate → one table.
+
+use super::lm::{load_corpus, load_model, ModelArg};
+use crate::ui::{self, Bar};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use sparsa::data::extract::{extract, ExtractConfig};
+use sparsa::data::store::{Manifest, MANIFEST_FILE};
+use sparsa::lm::{
+    downstream_eval_many, from_rows, DownstreamConfig, DownstreamReport, Hook, HookPoint, Llama,
+    Reconstruct,
+};
+use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant};
+use sparsa::sae::config::RunConfig;
+use sparsa::sae::io::{load_sae, SaeModel};
+use sparsa::sae::metrics::{reconstructor, EvalReport, Form};
+use sparsa::util::progress::Cancel;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The built-in base config of the real-data comparison (also at configs/sae/smollm2.toml).
+pub const SMOLLM2_TOML: &str = include_str!("../../../../configs/sae/smollm2.toml");
+
+/// Held-out text and the model, ready for splicing.
+pub struct Downstream {
+    pub model: Llama,
+    pub seqs: Vec<Vec<u32>>,
+    pub cfg: DownstreamConfig,
+}
+
+/// Read a store's manifest, if `path` is a store.
+pub fn store_manifest(path: &Path) -> Option<Manifest> {
+    let mp = if path.is_dir() {
+        path.join(MANIFEST_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(mp).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Load the model and the `sequences` held-out contexts that follow what the store used.
+pub fn prepare(
+    manifest: &Manifest,
+    model: &ModelArg,
+    corpus: Option<&str>,
+    sequences: usize,
+    batch: usize,
+) -> Result<Downstream> {
+    let corpus = match corpus {
+        Some(c) => c.to_string(),
+        None => manifest
+            .extra
+            .get("corpus")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .context("the store's manifest names no corpus; pass --corpus")?,
+    };
+    let (m, tok, _) = load_model(model)?;
+    let (_, docs) = load_corpus(&corpus)?;
+    let held = sparsa::data::extract::held_out(&docs, &tok, manifest, sequences)?;
+    let cfg = DownstreamConfig {
+        hook: held.hook,
+        batch_size: batch,
+        pad_id: tok.eos_id().unwrap_or(0),
+        bos_id: held.bos_id,
+    };
+    Ok(Downstream {
+        model: m,
+        seqs: held.seqs,
+        cfg,
+    })
+}
+
+/// CE clean / spliced / ablated, loss recovered and KL for each (SAE, form), sharing the clean
+/// and ablated passes.
+pub fn evaluate_downstream(
+    ds: &Downstream,
+    saes: &[(&SaeModel, Form)],
+    cancel: &Cancel,
+) -> Result<Vec<DownstreamReport>> {
+    let d = ds.model.d_model();
+    for (m, _) in saes {
+        if m.params.d != d {
+            bail!(
+                "the SAE has d_in {} but the model's hook has width {d}",
+                m.params.d
+            );
+        }
+    }
+    let fns: Vec<_> = saes
+        .iter()
+        .map(|(m, form)| reconstructor(m, *form).map(|f| from_rows(d, f)))
+        .collect::<Result<_, _>>()?;
+    let refs: Vec<Reconstruct<'_>> = fns.iter().map(|f| f as Reconstruct<'_>).collect();
+    let total: u64 = ds.seqs.iter().map(|s| s.len() as u64).sum();
+    let bar = Bar::new(2 * total, "downstream", "tok");
+    Ok(downstream_eval_many(
+        &ds.model, &ds.seqs, &ds.cfg, &refs, &bar, cancel,
+    )?)
+}
+
+/// One table row per (label, form): reconstruction and downstream metrics side by side.
+pub fn combined_table(rows_in: &[(String, &EvalReport, Option<&DownstreamReport>)]) -> String {
+    let mut rows = vec![vec![
+        "SAE".to_string(),
+        "form".into(),
+        "FVU".into(),
+        "L0 mean".into(),
+        "L0 std".into(),
+        "dead %".into(),
+        "CE clean".into(),
+        "CE spliced".into(),
+        "CE zero-abl.".into(),
+        "CE mean-abl.".into(),
+        "recovered (zero)".into(),
+        "recovered (mean)".into(),
+        "KL".into(),
+    ]];
+    for (label, e, d) in rows_in {
+        let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
+        rows.push(vec![
+            label.clone(),
+            format!(
+                "{}",
+                match e.form {
+                    Form::Training => "training",
+                    Form::Inference => "inference",
+                }
+            ),
+            format!("{:.4}", e.fvu),
+            format!("{:.2}", e.l0_mean),
+            format!("{:.2}", e.l0_std),
+            format!("{:.1}", 100.0 * e.dead_frac),
+            f(d.map(|d| d.ce_clean), 4),
+            f(d.map(|d| d.ce_spliced), 4),
+            f(d.map(|d| d.ce_zero_ablated), 4),
+            f(d.map(|d| d.ce_mean_ablated), 4),
+            f(d.map(|d| d.loss_recovered_zero), 4),
+            f(d.map(|d| d.loss_recovered_mean), 4),
+            f(d.map(|d| d.kl_clean_spliced), 4),
+        ]);
+    }
+    ui::table(&rows)
+}
+
+#[derive(Args, Debug)]
+pub struct LmCompareArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Corpus: `sotu`, `wiki` (both fetched) or a path.
+    #[arg(long, default_value = "sotu")]
+    corpus: String,
+    /// Block whose residual stream (after the block) is read; SmolLM2 has 30, 15 is the middle.
+    #[arg(long, default_value_t = 15)]
+    layer: usize,
+    /// Activation rows to extract (training + held-out rows).
+    #[arg(long, default_value_t = 131_072)]
+    tokens: u64,
+    /// Tokens per context (prefix included).
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Passes over the training rows (sets train.steps unless --set gives it).
+    #[arg(long, default_value_t = 2.0)]
+    epochs: f64,
+    /// Base SAE config; default: the built-in configs/sae/smollm2.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override a base-config value (repeatable), e.g. --set sae.k=16.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Variants as ARCH+AUX, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "topk+aux_k,mutual_choice+aux_k,mutual_choice+aux_zipf,feature_choice+aux_k"
+    )]
+    variants: Vec<String>,
+    /// Held-out contexts for the downstream (next-token loss) evaluation.
+    #[arg(long, default_value_t = 16)]
+    lm_sequences: usize,
+    /// Working directory: the activation store and one SAE directory per variant.
+    #[arg(long, short, default_value = "runs/smollm2")]
+    out: PathBuf,
+}
+
+pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
+    let t_all = Instant::now();
+    let cancel = ui::ctrl_c_cancel();
+    let variants: Vec<Variant> = a
+        .variants
+        .iter()
+        .map(|s| super::sae::parse_variant(s))
+        .collect::<Result<_>>()?;
+    let base_text = match &a.config {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read config {}", p.display()))?,
+        None => SMOLLM2_TOML.to_string(),
+    };
+    // Validate the SAE config before the long extraction.
+    let store = a.out.join("activations");
+    let mut set = vec![format!("data.path={:?}", store.display().to_string())];
+    set.extend(a.set.iter().cloned());
+    let probe = RunConfig::from_toml(&base_text, &set, "base config")?;
+
+    // 1. Fetch and extract (resumable; a complete store is reused).
+    let (model, tok, _) = load_model(&a.model)?;
+    let (label, docs) = load_corpus(&a.corpus)?;
+    let hook = Hook {
+        layer: a.layer,
+        point: HookPoint::ResidPost,
+    };
+    model.check_hook(hook)?;
+    let ecfg = ExtractConfig {
+        hook,
+        seq_len: a.seq_len,
+        n_tokens: a.tokens,
+        batch_size: 8,
+        shard_tokens: 65_536,
+        dtype: sparsa::data::activations::Elem::F32,
+        include_bos: false,
+        prefix_token: tok.document_start_id().or(tok.bos_id()),
+        corpus: label,
+    };
+    eprintln!(
+        "[1/3] extracting {} of {} over `{}`: {} rows, contexts of {} → {}",
+        hook,
+        model.name(),
+        ecfg.corpus,
+        a.tokens,
+        a.seq_len,
+        store.display()
+    );
+    let t = Instant::now();
+    let bar = Bar::new(a.tokens, "extract", "tok");
+    let s = extract(&model, &tok, &docs, &ecfg, &store, &bar, &cancel)?;
+    if !s.complete {
+        bail!(
+            "extraction interrupted at {} rows; rerun the same command to resume",
+            s.n_tokens
+        );
+    }
+    let ext_secs = t.elapsed().as_secs_f64();
+    let ext_rate = s.tokens_forwarded as f64 / ext_secs.max(1e-9);
+    eprintln!(
+        "      {} rows ({} new) in {ext_secs:.1} s, {ext_rate:.0} model tokens/s",
+        s.n_tokens,
+        s.n_tokens - s.resumed_from
+    );
+    drop(model);
+
+    // 2. Train each variant at equal k.
+    let train_rows = s.n_tokens.saturating_sub(probe.data.holdout_tokens);
+    let mut base = probe;
+    if !a
+        .set
+        .iter()
+        .any(|s| s.trim_start().starts_with("train.steps"))
+    {
+        base.train.steps = ((a.epochs * train_rows as f64) / base.train.batch_size as f64)
+            .ceil()
+            .max(1.0) as u64;
+    }
+    eprintln!(
+        "[2/3] training {} SAEs: d_in {}, d_sae {}, k {}, {} steps × {} tokens ({:.1} epochs of {} rows)",
+        variants.len(),
+        576,
+        base.sae.d_sae,
+        base.sae.k,
+        base.train.steps,
+        base.train.batch_size,
+        base.train.steps as f64 * base.train.batch_size as f64 / train_rows.max(1) as f64,
+        train_rows
+    );
+    let mut trained = Vec::new();
+    for v in &variants {
+        let cfg = variant_config(&base, *v);
+        let dir = a.out.join(v.label().replace(" + ", "+"));
+        let bar = Bar::new(
+            cfg.train.steps * cfg.train.batch_size as u64,
+            &v.label(),
+            "tok",
+        );
+        let r = train_and_evaluate(&cfg, Some(&dir), base.data.holdout_tokens, &bar, &cancel, &mut |_| Ok(()))?
+            .context("interrupted; the checkpoint of the current SAE is saved (sparsa sae train --out DIR --resume)")?;
+        eprintln!(
+            "      {}: FVU {:.4}, L0 {:.2}, {:.1} s ({:.0} tokens/s)",
+            v.label(),
+            r.eval.fvu,
+            r.eval.l0_mean,
+            r.seconds,
+            r.tokens_per_second
+        );
+        trained.push((v.label(), load_sae(&dir)?, r));
+    }
+
+    // 3. Downstream: the model's next-token loss with each SAE spliced in, both forms.
+    let manifest = store_manifest(&store).context("the store has no readable manifest")?;
+    eprintln!(
+        "[3/3] downstream evaluation on {} held-out contexts",
+        a.lm_sequences
+    );
+    let ds = prepare(&manifest, &a.model, Some(&a.corpus), a.lm_sequences, 8)?;
+    let mut pairs: Vec<(&SaeModel, Form, &EvalReport, String)> = Vec::new();
+    for (label, m, r) in &trained {
+        pairs.push((m, Form::Training, &r.eval, label.clone()));
+        if m.thresholds.is_some() {
+            pairs.push((m, Form::Inference, &r.eval_inference, label.clone()));
+        }
+    }
+    let saes: Vec<(&SaeModel, Form)> = pairs.iter().map(|(m, f, _, _)| (*m, *f)).collect();
+    let reports = evaluate_downstream(&ds, &saes, &cancel)?;
+    let rows: Vec<(String, &EvalReport, Option<&DownstreamReport>)> = pairs
+        .iter()
+        .zip(&reports)
+        .map(|((_, _, e, l), d)| (l.clone(), *e, Some(d)))
+        .collect();
+    println!("{}", combined_table(&rows));
+    let r0 = &reports[0];
+    println!(
+        "SmolLM2-135M {}, {} rows from `{}` ({} held out for FVU/L0), {} held-out contexts ({} predictions) for CE; \
+         training form = the batch rule over batches of {}, inference form = JumpReLU with learned thresholds; {}.",
+        r0.hook, s.n_tokens, a.corpus, base.data.holdout_tokens, r0.n_sequences, r0.n_predictions, base.train.batch_size, r0.bos_rule
+    );
+    let mean_tps =
+        trained.iter().map(|t| t.2.tokens_per_second).sum::<f64>() / trained.len().max(1) as f64;
+    println!(
+        "extraction {ext_rate:.0} model tokens/s; SAE training {mean_tps:.0} tokens/s (mean over variants); total {:.0} s.",
+        t_all.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! End-to-end: the `sparsa sae` commands as a user runs them.
+
+use std::process::Command;
+
+fn sparsa(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sparsa"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const TINY: &[&str] = &[
+    "--set",
+    "train.steps=30",
+    "--set",
+    "train.batch_size=128",
+    "--set",
+    "sae.d_sae=32",
+    "--set",
+    "sae.k=3",
+    "--set",
+    "data.synthetic.d=12",
+    "--set",
+    "data.synthetic.n_features=24",
+    "--set",
+    "train.init_sample=256",
+];
+
+#[test]
+fn compare_prints_the_table() {
+    let mut args = vec![
+        "sae",
+        "compare",
+        "--eval-tokens",
+        "512",
+        "--variants",
+        "topk+aux_k,mutual_choice+aux_zipf,feature_choice+aux_k",
+    ];
+    args.extend_from_slice(TINY);
+    let (ok, out, err) = sparsa(&args);
+    assert!(ok, "{err}");
+    for needle in [
+        "variant",
+        "FVU",
+        "dead %",
+        "MMCS",
+        "topk + aux_k",
+        "mutual_choice + aux_zipf",
+        "feature_choice + aux_k",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+}
+
+#[test]
+fn train_resume_eval_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(&cfg, include_str!("../../../configs/sae/synthetic.toml")).unwrap();
+    let out = dir.path().join("run");
+    let (o, c) = (out.to_str().unwrap(), cfg.to_str().unwrap());
+    let mut args = vec![
+        "sae",
+        "train",
+        "--config",
+        c,
+        "--out",
+        o,
+        "--eval-tokens",
+        "512",
+        "--set",
+        "sae.architecture=feature_choice",
+    ];
+    args.extend_from_slice(TINY);
+    let (ok, stdout, err) = sparsa(&args);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("inference") && stdout.contains("jumprelu"),
+        "{stdout}"
+    );
+    for f in [
+        "cfg.json",
+        "sae_weights.safetensors",
+        "sparsity.safetensors",
+        "trainer_state.json",
+        "metrics.jsonl",
+        "eval.json",
+    ] {
+        assert!(out.join(f).exists(), "missing {f}");
+    }
+    let cfg_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("cfg.json")).unwrap()).unwrap();
+    assert_eq!(cfg_json["architecture"], "jumprelu");
+    assert_eq!(cfg_json["d_in"], 12);
+    assert_eq!(cfg_json["d_sae"], 32);
+
+    // Resume of a finished run has nothing left to do but succeeds.
+    let (ok, _, err) = sparsa(&[
+        "sae",
+        "train",
+        "--out",
+        o,
+        "--resume",
+        "--eval-tokens",
+        "256",
+    ]);
+    assert!(ok, "{err}");
+
+    let exp = dir.path().join("exp");
+    let (ok, stdout, err) = sparsa(&[
+        "sae",
+        "export",
+        "--checkpoint",
+        o,
+        "--out",
+        exp.to_str().unwrap(),
+        "--threshold-mode",
+        "global",
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("jumprelu"), "{stdout}");
+
+    // Evaluate the exported SAE on a .npy file of the right width.
+    let npy = dir.path().join("x.npy");
+    let rows = 300;
+    let data: Vec<f32> = (0..rows * 12)
+        .map(|i| ((i * 13 % 17) as f32) / 8.0 - 1.0)
+        .collect();
+    sparsa::data::npy::write_npy_f32(&npy, rows, 12, &data).unwrap();
+    let (ok, stdout, err) = sparsa(&[
+        "sae",
+        "eval",
+        "--sae",
+        exp.to_str().unwrap(),
+        "--data",
+        npy.to_str().unwrap(),
+        "--batch",
+        "100",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("training") && stdout.contains("inference"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_input_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, _, err) = sparsa(&[
+        "sae",
+        "train",
+        "--config",
+        "/nonexistent.toml",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("/nonexistent.toml") && !err.contains("panicked"),
+        "{err}"
+    );
+    let (ok, _, err) = sparsa(&["sae", "compare", "--set", "sae.k=0"]);
+    assert!(!ok);
+    assert!(
+        err.contains("sae.k must be at least 1") && !err.contains("panicked"),
+        "{err}"
+    );
+    let (ok, _, err) = sparsa(&["sae", "compare", "--set", "sae.k=100000"]);
+    assert!(!ok);
+    assert!(
+        err.contains("exceeds") && !err.contains("panicked"),
+        "{err}"
+    );
+    let (ok, _, err) = sparsa(&[
+        "sae",
+        "eval",
+        "--sae",
+        dir.path().to_str().unwrap(),
+        "--data",
+        "x.npy",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("cfg.json") && !err.contains("panicked"),
+        "{err}"
+    );
+    let (ok, _, err) = sparsa(&["sae", "train", "--out", out.to_str().unwrap(), "--resume"]);
+    assert!(!ok);
+    assert!(
+        err.contains("nothing to resume") && !err.contains("panicked"),
+        "{err}"
+    );
+}
