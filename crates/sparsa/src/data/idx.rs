@@ -14,7 +14,7 @@ use rand::Rng;
 /// Errors reading image datasets.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageDataError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

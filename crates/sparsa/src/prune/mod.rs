@@ -33,7 +33,7 @@ pub enum PruneError {
     Data(#[from] crate::data::idx::ImageDataError),
     #[error("invalid configuration `{field}`: {msg}")]
     Config { field: String, msg: String },
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
