@@ -328,3 +328,66 @@ fn shipped_configs_parse_and_validate() {
     }
     assert!(n >= 3);
 }
+
+#[test]
+fn late_rewinding_resumes_the_schedule_at_step_t() {
+    let data = tempfile::tempdir().unwrap();
+    write_dataset(data.path(), 256, 64);
+    let cfg = config(
+        r#"schedule = "iterative"
+methods = ["magnitude"]
+rounds = 2
+rewind_step = 4
+ap = ["off"]
+seeds = [0]"#,
+    );
+    let (tr, te) = load_dataset(&cfg.data, data.path()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let run_dir = prepare_run_dir(&cfg, out.path()).unwrap();
+    let counter = CancelAfter {
+        n: AtomicU64::new(0),
+        limit: u64::MAX,
+        cancel: Cancel::new(),
+    };
+    let ctx = RunContext {
+        train: &tr,
+        test: &te,
+        progress: &counter,
+        cancel: &Cancel::new(),
+    };
+    run_experiment(&cfg, &run_dir, &ctx).unwrap();
+    // Round 0 trains 16 steps; rounds 1 and 2 resume at step 4: 12 steps each.
+    assert_eq!(counter.n.load(Ordering::SeqCst), 16 + 12 + 12);
+    let recs = load_records(&run_dir).unwrap();
+    for r in &recs {
+        let steps: Vec<usize> = r.epochs.iter().map(|e| e.step).collect();
+        assert_eq!(steps, vec![8, 16], "round {}", r.round);
+    }
+    // The rewind point is the state after 4 steps, not the initialisation.
+    let rewind = candle_core::safetensors::load(
+        run_dir.join("cells/magnitude-global-ap_off-seed0/rewind.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let init = sparsa::nn::models::Net::new(
+        sparsa::nn::models::Arch::Lenet300100,
+        sparsa::nn::models::InputSpec {
+            channels: 1,
+            height: 8,
+            width: 8,
+            classes: 10,
+        },
+        0,
+        candle_core::DType::F32,
+    )
+    .unwrap()
+    .state()
+    .unwrap();
+    let d = (&rewind["fc1.weight"] - &init["fc1.weight"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(d.to_scalar::<f32>().unwrap() > 0.0);
+}
