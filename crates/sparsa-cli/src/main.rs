@@ -23,6 +23,9 @@ enum Command {
     /// Sparse autoencoders: train, evaluate, export, compare.
     #[command(subcommand)]
     Sae(commands::sae::SaeCommand),
+    /// Performance figures (JSON lines): `sparsa bench sae`.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
 }
 
 fn main() {
@@ -30,6 +33,7 @@ fn main() {
     ui::init_logging(cli.verbose);
     let result = match cli.command {
         Command::Sae(cmd) => commands::sae::run(cmd),
+        Command::Bench(cmd) => commands::bench::run(cmd),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -1,2 +1,3 @@
 //! One file per top-level subcommand.
+pub mod bench;
 pub mod sae;

@@ -53,6 +53,23 @@ const ADAM_ROWS: usize = 32;
 /// Touched features per partial sum of the b_dec encoder term.
 const FEAT_CHUNK: usize = 256;
 
+/// Wall time of each phase of the last step, in seconds (for the benchmark).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Phases {
+    /// X − b_dec, the encoder product, + b_enc, ReLU.
+    pub encode: f64,
+    /// Of which the dense product alone.
+    pub matmul: f64,
+    /// Main and auxiliary selections.
+    pub select: f64,
+    /// Sparse decode, losses, per-token gradients and ∂L/∂pre.
+    pub decode: f64,
+    /// Per-feature gradients and ∂b_dec.
+    pub backward: f64,
+    /// Clipping, Adam on every parameter, decoder renormalisation.
+    pub adam: f64,
+}
+
 /// One matched pair in the per-feature (CSC) view.
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {
@@ -98,6 +115,8 @@ pub struct FastStep {
     zero_row: Vec<f32>,
     /// Whether the gradients in the buffers are ready for [`FastStep::apply_adam`].
     ready: bool,
+    /// Phase timings of the last step.
+    pub phases: Phases,
 }
 
 fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
@@ -153,15 +172,28 @@ impl FastStep {
         resize(&mut self.row_sse_aux, b);
         resize(&mut self.zero_row, d);
 
+        let clock = std::time::Instant::now();
+        let mut lap = {
+            let mut last = clock;
+            move || {
+                let now = std::time::Instant::now();
+                let dt = (now - last).as_secs_f64();
+                last = now;
+                dt
+            }
+        };
         // 1. Encoder.
         self.xc.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, xr)| {
             o.iter_mut().zip(xr).zip(&p.b_dec).for_each(|((o, &x), &bd)| *o = x - bd);
         });
+        let t_mm = std::time::Instant::now();
         matmul::matmul_abt(&self.xc, &p.w_enc, &mut self.a, b, f, d);
+        self.phases.matmul = t_mm.elapsed().as_secs_f64();
         self.a.par_chunks_mut(f).for_each(|row| {
             row.iter_mut().zip(&p.b_enc).for_each(|(v, &be)| *v = (*v + be).max(0.0));
         });
 
+        self.phases.encode = lap();
         // 2. Selections.
         alloc.select(&AllocInput { a: &self.a, b, f, density }, &mut self.main);
         self.aux.reset(b, f);
@@ -171,6 +203,7 @@ impl FastStep {
         self.aux_on = aux.is_some() && self.aux.nnz() > 0;
         let aux_on = self.aux_on;
 
+        self.phases.select = lap();
         // 3. Sparse decode and the reconstruction loss.
         let (a, main, auxm) = (&self.a, &self.main, &self.aux);
         let w_dec = &p.w_dec;
@@ -263,6 +296,7 @@ impl FastStep {
         }
         let aux_loss = if aux_on { self.row_sse_aux.iter().sum::<f64>() / denom } else { 0.0 };
 
+        self.phases.decode = lap();
         // 5. Per-feature view (counting sort by feature; within a feature, by token).
         resize(&mut self.col_ptr, f + 1);
         self.col_ptr.fill(0);
@@ -362,6 +396,7 @@ impl FastStep {
         resize(&mut self.g_bdec, d);
         self.g_bdec.iter_mut().zip(dec.iter().zip(&enc)).for_each(|(g, (a, b))| *g = (a - b) as f32);
 
+        self.phases.backward = lap();
         self.ready = true;
         let total = rec + coeff * aux_loss;
         Ok(Losses { rec, mse: sse / (b * d) as f64, aux: aux_loss, total })
@@ -395,6 +430,7 @@ impl FastStep {
             return None;
         }
         self.ready = false;
+        let clock = std::time::Instant::now();
         let d = p.d;
         if h.clip > 0.0 {
             let sq = |v: &[f32]| -> f64 {
@@ -420,6 +456,7 @@ impl FastStep {
         let bad_be = adam_dense(&mut p.b_enc, m1, v1, &self.g_benc, c);
         let bad_dec = adam_rows(&mut p.w_dec, m2, v2, d, &self.slot, &self.g_wdec, &self.zero_row, c, true);
         let bad_bd = adam_dense(&mut p.b_dec, m3, v3, &self.g_bdec, c);
+        self.phases.adam = clock.elapsed().as_secs_f64();
         [(bad_enc, "W_enc"), (bad_be, "b_enc"), (bad_dec, "W_dec"), (bad_bd, "b_dec")]
             .into_iter()
             .find(|(bad, _)| *bad)

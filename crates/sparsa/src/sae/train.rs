@@ -189,6 +189,16 @@ impl Trainer {
         self.params.d
     }
 
+    /// Matched pairs (main, auxiliary) of the last fast step.
+    pub fn fast_matches(&self) -> (usize, usize) {
+        (self.fast.main.nnz(), if self.fast.aux_active() { self.fast.aux.nnz() } else { 0 })
+    }
+
+    /// Phase timings of the last fast step (zero on the reference path).
+    pub fn fast_phases(&self) -> super::fast::Phases {
+        self.fast.phases
+    }
+
     /// Learning rate at step index `t` (0-based): linear warm-up, then constant, then linear
     /// decay to 0 over the last `decay_fraction` of the steps.
     pub fn lr_at(&self, t: u64) -> f64 {
