@@ -82,14 +82,21 @@ fn batch(src: &mut SyntheticSource, p: &SaeParams, scale: f32) -> Vec<f32> {
     src.next_batch(&mut x).unwrap();
     for (i, row) in x.chunks_mut(D).enumerate() {
         if i % 5 == 0 {
-            row.iter_mut().zip(&p.b_dec).for_each(|(v, &b)| *v = b / scale);
+            row.iter_mut()
+                .zip(&p.b_dec)
+                .for_each(|(v, &b)| *v = b / scale);
         }
     }
     x
 }
 
 fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>().sqrt();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
     num / den.max(1e-30)
 }
@@ -138,9 +145,24 @@ fn ten_fast_steps_match_ten_reference_steps() {
                 let mf = fast.step(&mut x.clone()).unwrap();
                 let ms = slow.step(&mut x.clone()).unwrap();
                 let at = format!("{what} step {step}");
-                assert!(rel_scalar(mf.loss, ms.loss) <= 1e-5, "{at}: loss {} vs {}", mf.loss, ms.loss);
-                assert!(rel_scalar(mf.fvu, ms.fvu) <= 1e-5, "{at}: fvu {} vs {}", mf.fvu, ms.fvu);
-                assert!(rel_scalar(mf.mse, ms.mse) <= 1e-5, "{at}: mse {} vs {}", mf.mse, ms.mse);
+                assert!(
+                    rel_scalar(mf.loss, ms.loss) <= 1e-5,
+                    "{at}: loss {} vs {}",
+                    mf.loss,
+                    ms.loss
+                );
+                assert!(
+                    rel_scalar(mf.fvu, ms.fvu) <= 1e-5,
+                    "{at}: fvu {} vs {}",
+                    mf.fvu,
+                    ms.fvu
+                );
+                assert!(
+                    rel_scalar(mf.mse, ms.mse) <= 1e-5,
+                    "{at}: mse {} vs {}",
+                    mf.mse,
+                    ms.mse
+                );
                 if ms.aux_loss != 0.0 || mf.aux_loss != 0.0 {
                     aux_steps += 1;
                     assert!(
@@ -150,14 +172,20 @@ fn ten_fast_steps_match_ten_reference_steps() {
                         ms.aux_loss
                     );
                 }
-                assert_eq!(mf.l0_mean, ms.l0_mean, "{at}: the two paths selected differently");
+                assert_eq!(
+                    mf.l0_mean, ms.l0_mean,
+                    "{at}: the two paths selected differently"
+                );
                 assert_eq!(mf.l0_max, ms.l0_max, "{at}");
                 short_rows |= arch == "topk" && ms.l0_mean < K as f64;
                 assert_params_close(&fast.params, &slow.params, 1e-4, &at);
                 assert_eq!(fast.state.since_fired, slow.state.since_fired, "{at}");
             }
             if aux != "none" {
-                assert!(aux_steps >= 5, "{what}: the auxiliary loss ran on only {aux_steps} steps");
+                assert!(
+                    aux_steps >= 5,
+                    "{what}: the auxiliary loss ran on only {aux_steps} steps"
+                );
             }
             if arch == "topk" {
                 assert!(short_rows, "{what}: no token had fewer than k positives");
@@ -166,8 +194,16 @@ fn ten_fast_steps_match_ten_reference_steps() {
             let sa = &slow.state.adam;
             assert_eq!(ma.t, sa.t);
             for i in 0..4 {
-                assert!(rel(&ma.m[i], &sa.m[i]) <= 1e-4, "{what}: Adam m[{i}] {:e}", rel(&ma.m[i], &sa.m[i]));
-                assert!(rel(&ma.v[i], &sa.v[i]) <= 1e-4, "{what}: Adam v[{i}] {:e}", rel(&ma.v[i], &sa.v[i]));
+                assert!(
+                    rel(&ma.m[i], &sa.m[i]) <= 1e-4,
+                    "{what}: Adam m[{i}] {:e}",
+                    rel(&ma.m[i], &sa.m[i])
+                );
+                assert!(
+                    rel(&ma.v[i], &sa.v[i]) <= 1e-4,
+                    "{what}: Adam v[{i}] {:e}",
+                    rel(&ma.v[i], &sa.v[i])
+                );
             }
         }
     }
@@ -178,7 +214,11 @@ fn ten_fast_steps_match_ten_reference_steps() {
 #[test]
 fn gradients_match_reference_on_short_rows_and_columns() {
     for arch in ARCHS {
-        for (aux, norm) in [(None, AuxNorm::Nmse), (Some(0.5f32), AuxNorm::Nmse), (Some(1.0), AuxNorm::Mse)] {
+        for (aux, norm) in [
+            (None, AuxNorm::Nmse),
+            (Some(0.5f32), AuxNorm::Nmse),
+            (Some(1.0), AuxNorm::Mse),
+        ] {
             let what = format!("{arch} aux {aux:?} {norm:?}");
             let c = cfg(arch, "none", false);
             let (fast_t, _) = trainers(arch, "none");
@@ -198,13 +238,28 @@ fn gradients_match_reference_on_short_rows_and_columns() {
                 .collect();
             let k_aux = 4;
             let mut fs = FastStep::new();
-            let spec = aux.map(|_| AuxSpec { u: &u, k_aux, coeff: 1.0 / 32.0, norm });
-            let lf = fs.forward_backward(&p, &x, B, alloc.as_ref(), &density, spec).unwrap();
+            let spec = aux.map(|_| AuxSpec {
+                u: &u,
+                k_aux,
+                coeff: 1.0 / 32.0,
+                norm,
+            });
+            let lf = fs
+                .forward_backward(&p, &x, B, alloc.as_ref(), &density, spec)
+                .unwrap();
             let gf = fs.dense_grads();
 
             let select = |a: &[f32]| {
                 let mut main = Matching::default();
-                alloc.select(&AllocInput { a, b: B, f: F, density: &density }, &mut main);
+                alloc.select(
+                    &AllocInput {
+                        a,
+                        b: B,
+                        f: F,
+                        density: &density,
+                    },
+                    &mut main,
+                );
                 let auxm = aux.map(|_| {
                     let mut m = Matching::default();
                     aux_select(a, B, F, &u, k_aux, &mut m);
@@ -212,9 +267,21 @@ fn gradients_match_reference_on_short_rows_and_columns() {
                 });
                 Selections { main, aux: auxm }
             };
-            let term = AuxTerm { coeff: 1.0 / 32.0, norm, residual: None };
-            let (lr, gr, sel, _) =
-                reference::forward_backward(&p, &x, B, candle_core::DType::F32, Some(term), true, select).unwrap();
+            let term = AuxTerm {
+                coeff: 1.0 / 32.0,
+                norm,
+                residual: None,
+            };
+            let (lr, gr, sel, _) = reference::forward_backward(
+                &p,
+                &x,
+                B,
+                candle_core::DType::F32,
+                Some(term),
+                true,
+                select,
+            )
+            .unwrap();
             let mut gr = gr.unwrap();
             sparsa::sae::optim::project_decoder_grad(&p.w_dec, &mut gr.w_dec, D);
 
@@ -223,12 +290,19 @@ fn gradients_match_reference_on_short_rows_and_columns() {
             let l0 = fs.main.l0_per_row();
             assert!(l0.iter().any(|&n| n < K), "{what}: no short row {l0:?}");
             let counts = fs.main.per_feature_counts();
-            assert!((0..F).filter(|j| j % 7 == 0).all(|j| counts[j] == 0), "{what}");
+            assert!(
+                (0..F).filter(|j| j % 7 == 0).all(|j| counts[j] == 0),
+                "{what}"
+            );
             if aux.is_some() {
                 assert!(fs.aux_active(), "{what}: auxiliary selection empty");
                 assert!(lr.aux > 0.0);
             }
-            for (name, a, b) in [("rec", lf.rec, lr.rec), ("aux", lf.aux, lr.aux), ("total", lf.total, lr.total)] {
+            for (name, a, b) in [
+                ("rec", lf.rec, lr.rec),
+                ("aux", lf.aux, lr.aux),
+                ("total", lf.total, lr.total),
+            ] {
                 assert!(rel_scalar(a, b) <= 1e-5, "{what}: {name} {a} vs {b}");
             }
             for (name, a, b) in [
@@ -243,7 +317,10 @@ fn gradients_match_reference_on_short_rows_and_columns() {
                 if name.starts_with('W') {
                     for (row_f, row_r) in a.chunks(D).zip(b.chunks(D)) {
                         if row_r.iter().all(|&v| v == 0.0) {
-                            assert!(row_f.iter().all(|&v| v == 0.0), "{what}: {name} row should be zero");
+                            assert!(
+                                row_f.iter().all(|&v| v == 0.0),
+                                "{what}: {name} row should be zero"
+                            );
                         }
                     }
                 }
@@ -268,8 +345,15 @@ fn run_fast(arch: &str, aux: &str) -> Trainer {
 /// step has a fixed order whatever the thread count).
 #[test]
 fn fast_path_on_one_thread_is_bit_identical_across_runs() {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    for (arch, aux) in [("topk", "aux_k"), ("mutual_choice", "aux_zipf"), ("feature_choice", "aux_zipf")] {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for (arch, aux) in [
+        ("topk", "aux_k"),
+        ("mutual_choice", "aux_zipf"),
+        ("feature_choice", "aux_zipf"),
+    ] {
         let a = pool.install(|| run_fast(arch, aux));
         let b = pool.install(|| run_fast(arch, aux));
         assert_eq!(a.params, b.params, "{arch}+{aux}");

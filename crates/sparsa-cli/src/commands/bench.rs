@@ -100,8 +100,14 @@ fn parse_size(s: &str) -> Result<(usize, usize)> {
     let (d, f) = s
         .split_once('x')
         .with_context(|| format!("--sizes entry `{s}`: expected D_INxD_SAE, e.g. 768x24576"))?;
-    let d: usize = d.trim().parse().with_context(|| format!("--sizes entry `{s}`: bad d_in"))?;
-    let f: usize = f.trim().parse().with_context(|| format!("--sizes entry `{s}`: bad d_sae"))?;
+    let d: usize = d
+        .trim()
+        .parse()
+        .with_context(|| format!("--sizes entry `{s}`: bad d_in"))?;
+    let f: usize = f
+        .trim()
+        .parse()
+        .with_context(|| format!("--sizes entry `{s}`: bad d_sae"))?;
     if d == 0 || f == 0 {
         bail!("--sizes entry `{s}`: sizes must be positive");
     }
@@ -139,7 +145,14 @@ fn time<F: FnMut() -> Result<()>>(reps: usize, mut f: F) -> Result<f64> {
     Ok(median(ts))
 }
 
-fn run_config(d: usize, f: usize, a: &SaeBenchArgs, arch: &str, aux: &str, reference: bool) -> Result<RunConfig> {
+fn run_config(
+    d: usize,
+    f: usize,
+    a: &SaeBenchArgs,
+    arch: &str,
+    aux: &str,
+    reference: bool,
+) -> Result<RunConfig> {
     let b = a.batch;
     let text = format!(
         r#"
@@ -171,7 +184,11 @@ seed = 1
 }
 
 fn sae(a: SaeBenchArgs) -> Result<()> {
-    let sizes: Vec<(usize, usize)> = a.sizes.iter().map(|s| parse_size(s)).collect::<Result<_>>()?;
+    let sizes: Vec<(usize, usize)> = a
+        .sizes
+        .iter()
+        .map(|s| parse_size(s))
+        .collect::<Result<_>>()?;
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -190,7 +207,9 @@ fn sae(a: SaeBenchArgs) -> Result<()> {
         // Encoder product alone.
         let flops = 2.0 * b as f64 * d as f64 * f as f64;
         let (mm_gemm, mm_candle) = {
-            let w: Vec<f32> = (0..f * d).map(|i| ((i as f32) * 0.618).fract() - 0.5).collect();
+            let w: Vec<f32> = (0..f * d)
+                .map(|i| ((i as f32) * 0.618).fract() - 0.5)
+                .collect();
             let mut c = vec![0f32; b * f];
             matmul::matmul_abt(&data, &w, &mut c, b, f, d);
             eprintln!("{d}x{f}: timing the encoder product ({b}×{d} · {d}×{f})…");
@@ -234,7 +253,9 @@ fn sae(a: SaeBenchArgs) -> Result<()> {
         let rss_fast = peak_rss_mb();
         // candle's product (allocates its own output each call).
         let mut c = vec![0f32; b * f];
-        let mm_candle = time(a.matmul_reps, || Ok(matmul::matmul_abt_candle(&data, &w, &mut c, b, f, d)?))?;
+        let mm_candle = time(a.matmul_reps, || {
+            Ok(matmul::matmul_abt_candle(&data, &w, &mut c, b, f, d)?)
+        })?;
         drop(c);
         drop(w);
         // Reference step per architecture (aux none).
@@ -280,7 +301,11 @@ fn sae(a: SaeBenchArgs) -> Result<()> {
                 matches_aux: matches.1,
                 phases: ph,
                 reference_step_s: if aux == "none" { reference } else { None },
-                reference_over_fast: if aux == "none" { reference.map(|r| r / fast_none) } else { None },
+                reference_over_fast: if aux == "none" {
+                    reference.map(|r| r / fast_none)
+                } else {
+                    None
+                },
                 peak_rss_mb: rss_fast,
                 peak_rss_with_reference_mb: rss_all,
             };

@@ -22,7 +22,10 @@ pub enum MatmulImpl {
 /// If a slice length does not match its shape (an internal invariant; the raw product below
 /// must never read or write out of bounds).
 pub fn matmul_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
-    assert!(a.len() == m * k && b.len() == n * k && c.len() == m * n, "matmul_abt: shape mismatch");
+    assert!(
+        a.len() == m * k && b.len() == n * k && c.len() == m * n,
+        "matmul_abt: shape mismatch"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -31,7 +34,11 @@ pub fn matmul_abt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: us
         return;
     }
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
     // SAFETY: the asserted lengths bound every access: A is read at rows < m (stride k) and
     // columns < k, Bᵀ as the k×n view of `b` (row stride 1, column stride k), C written at
     // rows < m (stride n), columns < n.
@@ -105,7 +112,12 @@ mod tests {
     #[test]
     fn gemm_is_bit_identical_to_candle_and_close_to_naive() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        for &(m, n, k) in &[(7usize, 13usize, 5usize), (64, 200, 48), (1, 3, 1), (33, 1, 17)] {
+        for &(m, n, k) in &[
+            (7usize, 13usize, 5usize),
+            (64, 200, 48),
+            (1, 3, 1),
+            (33, 1, 17),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let b: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let mut c1 = vec![f32::NAN; m * n];
@@ -115,8 +127,13 @@ mod tests {
             assert_eq!(c1, c2, "{m}x{n}x{k}");
             for i in 0..m {
                 for j in 0..n {
-                    let want: f64 = (0..k).map(|t| a[i * k + t] as f64 * b[j * k + t] as f64).sum();
-                    assert!((c1[i * n + j] as f64 - want).abs() < 1e-4, "{m}x{n}x{k} at {i},{j}");
+                    let want: f64 = (0..k)
+                        .map(|t| a[i * k + t] as f64 * b[j * k + t] as f64)
+                        .sum();
+                    assert!(
+                        (c1[i * n + j] as f64 - want).abs() < 1e-4,
+                        "{m}x{n}x{k} at {i},{j}"
+                    );
                 }
             }
         }

@@ -98,7 +98,8 @@ pub fn best_isa() -> FmaIsa {
         if std::arch::is_x86_feature_detected!("avx512f") {
             return FmaIsa::Avx512;
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             return FmaIsa::Avx2;
         }
     }
@@ -130,7 +131,11 @@ pub fn measure(iters: u64, reps: usize) -> FmaPeak {
         let flops = (threads as u64 * iters * ACC as u64 * isa.lanes() as u64 * 2) as f64;
         best = best.max(flops / secs / 1e9);
     }
-    FmaPeak { isa, threads, gflops: best }
+    FmaPeak {
+        isa,
+        threads,
+        gflops: best,
+    }
 }
 
 #[cfg(test)]

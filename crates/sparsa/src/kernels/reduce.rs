@@ -42,7 +42,12 @@ pub fn total_variance(v: &[f32], d: usize) -> f64 {
         .par_chunks(ROWS * d)
         .map(|c| {
             c.chunks_exact(d)
-                .map(|row| row.iter().zip(&mean).map(|(&x, m)| (x as f64 - m).powi(2)).sum::<f64>())
+                .map(|row| {
+                    row.iter()
+                        .zip(&mean)
+                        .map(|(&x, m)| (x as f64 - m).powi(2))
+                        .sum::<f64>()
+                })
                 .sum::<f64>()
         })
         .collect();
@@ -56,7 +61,9 @@ mod tests {
     #[test]
     fn total_variance_matches_reference() {
         let d = 7;
-        let v: Vec<f32> = (0..d * 300).map(|i| ((i * 37 % 101) as f32).sin() * 3.0 + 1.0).collect();
+        let v: Vec<f32> = (0..d * 300)
+            .map(|i| ((i * 37 % 101) as f32).sin() * 3.0 + 1.0)
+            .collect();
         let want = crate::sae::reference::total_variance(&v, d);
         let got = total_variance(&v, d);
         assert!((got - want).abs() <= 1e-9 * want, "{got} vs {want}");

@@ -91,8 +91,15 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
             let naive: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
             let got = dot(&a, &b);
-            assert!((got as f64 - naive).abs() < 1e-4 * (1.0 + naive.abs()), "{n}");
-            assert_eq!(got.to_bits(), dot_body(&a, &b).to_bits(), "ISA-independent, n = {n}");
+            assert!(
+                (got as f64 - naive).abs() < 1e-4 * (1.0 + naive.abs()),
+                "{n}"
+            );
+            assert_eq!(
+                got.to_bits(),
+                dot_body(&a, &b).to_bits(),
+                "ISA-independent, n = {n}"
+            );
             let mut y = b.clone();
             axpy(0.5, &a, &mut y);
             for i in 0..n {

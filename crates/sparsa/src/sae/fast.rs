@@ -119,10 +119,13 @@ pub struct FastStep {
     pub phases: Phases,
 }
 
+/// Set the length to `n`, keeping the capacity and not re-zeroing what is kept: every buffer
+/// of the step is fully overwritten before it is read.
 fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
-    if v.len() != n {
-        v.clear();
+    if v.len() < n {
         v.resize(n, T::default());
+    } else {
+        v.truncate(n);
     }
 }
 
@@ -159,7 +162,10 @@ impl FastStep {
     ) -> Result<Losses, SaeError> {
         let (d, f) = (p.d, p.f);
         if x.len() != b * d || b == 0 {
-            return Err(SaeError::Width { data: x.len(), sae: d });
+            return Err(SaeError::Width {
+                data: x.len(),
+                sae: d,
+            });
         }
         self.ready = false;
         self.dims = (b, d, f);
@@ -183,19 +189,35 @@ impl FastStep {
             }
         };
         // 1. Encoder.
-        self.xc.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, xr)| {
-            o.iter_mut().zip(xr).zip(&p.b_dec).for_each(|((o, &x), &bd)| *o = x - bd);
-        });
+        self.xc
+            .par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(o, xr)| {
+                o.iter_mut()
+                    .zip(xr)
+                    .zip(&p.b_dec)
+                    .for_each(|((o, &x), &bd)| *o = x - bd);
+            });
         let t_mm = std::time::Instant::now();
         matmul::matmul_abt(&self.xc, &p.w_enc, &mut self.a, b, f, d);
         self.phases.matmul = t_mm.elapsed().as_secs_f64();
         self.a.par_chunks_mut(f).for_each(|row| {
-            row.iter_mut().zip(&p.b_enc).for_each(|(v, &be)| *v = (*v + be).max(0.0));
+            row.iter_mut()
+                .zip(&p.b_enc)
+                .for_each(|(v, &be)| *v = (*v + be).max(0.0));
         });
 
         self.phases.encode = lap();
         // 2. Selections.
-        alloc.select(&AllocInput { a: &self.a, b, f, density }, &mut self.main);
+        alloc.select(
+            &AllocInput {
+                a: &self.a,
+                b,
+                f,
+                density,
+            },
+            &mut self.main,
+        );
         self.aux.reset(b, f);
         if let Some(s) = &aux {
             aux_select(&self.a, b, f, s.u, s.k_aux, &mut self.aux);
@@ -247,7 +269,11 @@ impl FastStep {
         let s_aux = (2.0 * coeff / denom) as f32;
         {
             let c_main = split_rows(&mut self.c_main, &main.row_ptr, b);
-            let c_aux = if aux_on { split_rows(&mut self.c_aux, &auxm.row_ptr, b) } else { Vec::new() };
+            let c_aux = if aux_on {
+                split_rows(&mut self.c_aux, &auxm.row_ptr, b)
+            } else {
+                Vec::new()
+            };
             let mut c_aux = c_aux.into_iter();
             let chunks: Vec<_> = self
                 .e
@@ -258,43 +284,50 @@ impl FastStep {
                 .zip(c_main)
                 .map(|(t, cm)| (t, cm, c_aux.next()))
                 .collect();
-            chunks.into_par_iter().enumerate().for_each(|(ci, ((((e, g), h), sa), cm, mut ca))| {
-                let mut cm_at = 0;
-                let mut ca_at = 0;
-                for r in 0..sa.len() {
-                    let i = ci * ROW_CHUNK + r;
-                    let (e, g) = (&e[r * d..(r + 1) * d], &mut g[r * d..(r + 1) * d]);
-                    g.iter_mut().zip(e).for_each(|(g, &e)| *g = -s_rec * e);
-                    for &j in main.row(i) {
-                        let j = j as usize;
-                        cm[cm_at] = vector::dot(&w_dec[j * d..(j + 1) * d], g);
-                        cm_at += 1;
-                    }
-                    let h = &mut h[r * d..(r + 1) * d];
-                    sa[r] = 0.0;
-                    if let Some(ca) = ca.as_deref_mut() {
-                        h.fill(0.0);
-                        for &j in auxm.row(i) {
+            chunks
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(ci, ((((e, g), h), sa), cm, mut ca))| {
+                    let mut cm_at = 0;
+                    let mut ca_at = 0;
+                    for r in 0..sa.len() {
+                        let i = ci * ROW_CHUNK + r;
+                        let (e, g) = (&e[r * d..(r + 1) * d], &mut g[r * d..(r + 1) * d]);
+                        g.iter_mut().zip(e).for_each(|(g, &e)| *g = -s_rec * e);
+                        for &j in main.row(i) {
                             let j = j as usize;
-                            vector::axpy(a[i * f + j], &w_dec[j * d..(j + 1) * d], h);
+                            cm[cm_at] = vector::dot(&w_dec[j * d..(j + 1) * d], g);
+                            cm_at += 1;
                         }
-                        let mut s = 0f64;
-                        for (h, &e) in h.iter_mut().zip(e) {
-                            let res = e - *h;
-                            s += (res as f64) * (res as f64);
-                            *h = -s_aux * res;
-                        }
-                        sa[r] = s;
-                        for &j in auxm.row(i) {
-                            let j = j as usize;
-                            ca[ca_at] = vector::dot(&w_dec[j * d..(j + 1) * d], h);
-                            ca_at += 1;
+                        let h = &mut h[r * d..(r + 1) * d];
+                        sa[r] = 0.0;
+                        if let Some(ca) = ca.as_deref_mut() {
+                            h.fill(0.0);
+                            for &j in auxm.row(i) {
+                                let j = j as usize;
+                                vector::axpy(a[i * f + j], &w_dec[j * d..(j + 1) * d], h);
+                            }
+                            let mut s = 0f64;
+                            for (h, &e) in h.iter_mut().zip(e) {
+                                let res = e - *h;
+                                s += (res as f64) * (res as f64);
+                                *h = -s_aux * res;
+                            }
+                            sa[r] = s;
+                            for &j in auxm.row(i) {
+                                let j = j as usize;
+                                ca[ca_at] = vector::dot(&w_dec[j * d..(j + 1) * d], h);
+                                ca_at += 1;
+                            }
                         }
                     }
-                }
-            });
+                });
         }
-        let aux_loss = if aux_on { self.row_sse_aux.iter().sum::<f64>() / denom } else { 0.0 };
+        let aux_loss = if aux_on {
+            self.row_sse_aux.iter().sum::<f64>() / denom
+        } else {
+            0.0
+        };
 
         self.phases.decode = lap();
         // 5. Per-feature view (counting sort by feature; within a feature, by token).
@@ -326,14 +359,24 @@ impl FastStep {
             let (r0, r1) = (main.row_ptr[i], main.row_ptr[i + 1]);
             for (t, &j) in main.cols[r0..r1].iter().enumerate() {
                 let j = j as usize;
-                self.entries[self.fill[j]] = Entry { row: i as u32, aux: 0, a: a[i * f + j], c: self.c_main[r0 + t] };
+                self.entries[self.fill[j]] = Entry {
+                    row: i as u32,
+                    aux: 0,
+                    a: a[i * f + j],
+                    c: self.c_main[r0 + t],
+                };
                 self.fill[j] += 1;
             }
             if aux_on {
                 let (r0, r1) = (auxm.row_ptr[i], auxm.row_ptr[i + 1]);
                 for (t, &j) in auxm.cols[r0..r1].iter().enumerate() {
                     let j = j as usize;
-                    self.entries[self.fill[j]] = Entry { row: i as u32, aux: 1, a: a[i * f + j], c: self.c_aux[r0 + t] };
+                    self.entries[self.fill[j]] = Entry {
+                        row: i as u32,
+                        aux: 1,
+                        a: a[i * f + j],
+                        c: self.c_aux[r0 + t],
+                    };
                     self.fill[j] += 1;
                 }
             }
@@ -344,7 +387,13 @@ impl FastStep {
         resize(&mut self.g_wenc, nt * d);
         resize(&mut self.g_wdec, nt * d);
         resize(&mut self.g_benc_t, nt);
-        let (entries, col_ptr, xc, g_rec, g_aux) = (&self.entries, &self.col_ptr, &self.xc, &self.g_rec, &self.g_aux);
+        let (entries, col_ptr, xc, g_rec, g_aux) = (
+            &self.entries,
+            &self.col_ptr,
+            &self.xc,
+            &self.g_rec,
+            &self.g_aux,
+        );
         self.g_wenc
             .par_chunks_mut(d)
             .zip(self.g_wdec.par_chunks_mut(d))
@@ -384,7 +433,9 @@ impl FastStep {
                 let mut s = vec![0f64; d];
                 for (&j, &g) in js.iter().zip(gs) {
                     let w = &w_enc[j as usize * d..(j as usize + 1) * d];
-                    s.iter_mut().zip(w).for_each(|(s, &w)| *s += g as f64 * w as f64);
+                    s.iter_mut()
+                        .zip(w)
+                        .for_each(|(s, &w)| *s += g as f64 * w as f64);
                 }
                 s
             })
@@ -394,12 +445,20 @@ impl FastStep {
             enc.iter_mut().zip(part).for_each(|(e, p)| *e += p);
         }
         resize(&mut self.g_bdec, d);
-        self.g_bdec.iter_mut().zip(dec.iter().zip(&enc)).for_each(|(g, (a, b))| *g = (a - b) as f32);
+        self.g_bdec
+            .iter_mut()
+            .zip(dec.iter().zip(&enc))
+            .for_each(|(g, (a, b))| *g = (a - b) as f32);
 
         self.phases.backward = lap();
         self.ready = true;
         let total = rec + coeff * aux_loss;
-        Ok(Losses { rec, mse: sse / (b * d) as f64, aux: aux_loss, total })
+        Ok(Losses {
+            rec,
+            mse: sse / (b * d) as f64,
+            aux: aux_loss,
+            total,
+        })
     }
 
     /// Whether the last step ran the auxiliary loss.
@@ -418,14 +477,24 @@ impl FastStep {
             w_enc[j * d..(j + 1) * d].copy_from_slice(&self.g_wenc[t * d..(t + 1) * d]);
             w_dec[j * d..(j + 1) * d].copy_from_slice(&self.g_wdec[t * d..(t + 1) * d]);
         }
-        Grads { w_enc, b_enc: self.g_benc.clone(), w_dec, b_dec: self.g_bdec.clone() }
+        Grads {
+            w_enc,
+            b_enc: self.g_benc.clone(),
+            w_dec,
+            b_dec: self.g_bdec.clone(),
+        }
     }
 
     /// Adam on every parameter with the gradients of the last [`FastStep::forward_backward`]
     /// (already projected off the decoder rows), optional global-norm clipping, and the decoder
     /// renormalisation fused into the same pass. Returns the name of a parameter that became
     /// non-finite, if any.
-    pub fn apply_adam(&mut self, p: &mut SaeParams, adam: &mut Adam, h: AdamStep) -> Option<&'static str> {
+    pub fn apply_adam(
+        &mut self,
+        p: &mut SaeParams,
+        adam: &mut Adam,
+        h: AdamStep,
+    ) -> Option<&'static str> {
         if !self.ready {
             return None;
         }
@@ -440,10 +509,16 @@ impl FastStep {
                     .iter()
                     .sum()
             };
-            let n = (sq(&self.g_wenc) + sq(&self.g_benc) + sq(&self.g_wdec) + sq(&self.g_bdec)).sqrt();
+            let n =
+                (sq(&self.g_wenc) + sq(&self.g_benc) + sq(&self.g_wdec) + sq(&self.g_bdec)).sqrt();
             if n > h.clip {
                 let s = (h.clip / n) as f32;
-                for v in [&mut self.g_wenc, &mut self.g_benc, &mut self.g_wdec, &mut self.g_bdec] {
+                for v in [
+                    &mut self.g_wenc,
+                    &mut self.g_benc,
+                    &mut self.g_wdec,
+                    &mut self.g_bdec,
+                ] {
                     v.par_iter_mut().for_each(|x| *x *= s);
                 }
             }
@@ -452,15 +527,40 @@ impl FastStep {
         let c = AdamConsts::new(h, adam.t);
         let [m0, m1, m2, m3] = &mut adam.m;
         let [v0, v1, v2, v3] = &mut adam.v;
-        let bad_enc = adam_rows(&mut p.w_enc, m0, v0, d, &self.slot, &self.g_wenc, &self.zero_row, c, false);
+        let bad_enc = adam_rows(
+            &mut p.w_enc,
+            m0,
+            v0,
+            d,
+            &self.slot,
+            &self.g_wenc,
+            &self.zero_row,
+            c,
+            false,
+        );
         let bad_be = adam_dense(&mut p.b_enc, m1, v1, &self.g_benc, c);
-        let bad_dec = adam_rows(&mut p.w_dec, m2, v2, d, &self.slot, &self.g_wdec, &self.zero_row, c, true);
+        let bad_dec = adam_rows(
+            &mut p.w_dec,
+            m2,
+            v2,
+            d,
+            &self.slot,
+            &self.g_wdec,
+            &self.zero_row,
+            c,
+            true,
+        );
         let bad_bd = adam_dense(&mut p.b_dec, m3, v3, &self.g_bdec, c);
         self.phases.adam = clock.elapsed().as_secs_f64();
-        [(bad_enc, "W_enc"), (bad_be, "b_enc"), (bad_dec, "W_dec"), (bad_bd, "b_dec")]
-            .into_iter()
-            .find(|(bad, _)| *bad)
-            .map(|(_, n)| n)
+        [
+            (bad_enc, "W_enc"),
+            (bad_be, "b_enc"),
+            (bad_dec, "W_dec"),
+            (bad_bd, "b_dec"),
+        ]
+        .into_iter()
+        .find(|(bad, _)| *bad)
+        .map(|(_, n)| n)
     }
 }
 
@@ -506,7 +606,13 @@ fn adam_body(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: AdamCons
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn adam_avx512(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: AdamConsts) -> bool {
+unsafe fn adam_avx512(
+    w: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    c: AdamConsts,
+) -> bool {
     adam_body(w, m, v, g, c)
 }
 
@@ -542,7 +648,12 @@ fn adam_rows(
         .enumerate()
         .map(|(ci, ((w, m), v))| {
             let mut bad = false;
-            for (r, ((w, m), v)) in w.chunks_mut(d).zip(m.chunks_mut(d)).zip(v.chunks_mut(d)).enumerate() {
+            for (r, ((w, m), v)) in w
+                .chunks_mut(d)
+                .zip(m.chunks_mut(d))
+                .zip(v.chunks_mut(d))
+                .enumerate()
+            {
                 let j = ci * ADAM_ROWS + r;
                 let gr = match slot[j] {
                     NONE => &zero[..d],
