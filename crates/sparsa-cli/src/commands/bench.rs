@@ -80,6 +80,10 @@ struct Line {
     matches_aux: usize,
     /// Phase times of the last timed step.
     phases: Phases,
+    /// (Sum of the phases) / (the encoder product inside that same step): the step/matmul
+    /// ratio with both measured back to back, less exposed to load from other processes than
+    /// step_over_matmul (whose two figures are seconds apart).
+    step_over_matmul_same_step: f64,
     /// Reference step (dense autograd) of this architecture, aux none; null if not measured.
     reference_step_s: Option<f64>,
     reference_over_fast: Option<f64>,
@@ -300,6 +304,7 @@ fn sae(a: SaeBenchArgs) -> Result<()> {
                 matches_main: matches.0,
                 matches_aux: matches.1,
                 phases: ph,
+                step_over_matmul_same_step: (ph.encode + ph.select + ph.decode + ph.backward + ph.adam) / ph.matmul,
                 reference_step_s: if aux == "none" { reference } else { None },
                 reference_over_fast: if aux == "none" {
                     reference.map(|r| r / fast_none)
