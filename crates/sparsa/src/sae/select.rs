@@ -10,6 +10,21 @@ fn better(a: (f32, u32), b: (f32, u32)) -> Ordering {
     b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
 }
 
+/// Whether any entry of a block (at most 16) is above `t`: a fixed-width, branch-free test on
+/// full blocks so that it compiles to a few vector compares.
+#[inline(always)]
+pub fn any_above(block: &[f32], t: f32) -> bool {
+    if let Ok(b) = <&[f32; 16]>::try_from(block) {
+        let mut any = false;
+        for &v in b {
+            any |= v > t;
+        }
+        any
+    } else {
+        block.iter().any(|&v| v > t)
+    }
+}
+
 /// Indices (ascending) of the `k` largest positive entries of `values`, appended to `out`.
 /// `scratch` is reused between calls to avoid allocation.
 ///
@@ -27,7 +42,7 @@ pub fn top_k_positive(values: &[f32], k: usize, scratch: &mut Vec<u32>, out: &mu
     let cmp = |i: &u32, j: &u32| better((values[*i as usize], *i), (values[*j as usize], *j));
     let mut thr = 0f32;
     for (c, chunk) in values.chunks(16).enumerate() {
-        if !chunk.iter().fold(false, |acc, &v| acc | (v > thr)) {
+        if !any_above(chunk, thr) {
             continue;
         }
         for (o, &v) in chunk.iter().enumerate() {
