@@ -304,7 +304,12 @@ fn sae(a: SaeBenchArgs) -> Result<()> {
                 matches_main: matches.0,
                 matches_aux: matches.1,
                 phases: ph,
-                step_over_matmul_same_step: (ph.encode + ph.select + ph.decode + ph.backward + ph.adam) / ph.matmul,
+                step_over_matmul_same_step: (ph.encode
+                    + ph.select
+                    + ph.decode
+                    + ph.backward
+                    + ph.adam)
+                    / ph.matmul,
                 reference_step_s: if aux == "none" { reference } else { None },
                 reference_over_fast: if aux == "none" {
                     reference.map(|r| r / fast_none)

@@ -238,65 +238,79 @@ impl FastStep {
         resize(&mut self.c_aux, if aux_on { auxm.nnz() } else { 0 });
         {
             let c_main = split_rows(&mut self.c_main, &main.row_ptr, b);
-            let c_aux = if aux_on { split_rows(&mut self.c_aux, &auxm.row_ptr, b) } else { Vec::new() };
+            let c_aux = if aux_on {
+                split_rows(&mut self.c_aux, &auxm.row_ptr, b)
+            } else {
+                Vec::new()
+            };
             let mut c_aux = c_aux.into_iter();
             let chunks: Vec<_> = self
                 .e
                 .chunks_mut(ROW_CHUNK * d)
                 .zip(self.g_rec.chunks_mut(ROW_CHUNK * d))
                 .zip(self.g_aux.chunks_mut(ROW_CHUNK * d))
-                .zip(self.row_sse.chunks_mut(ROW_CHUNK).zip(self.row_sse_aux.chunks_mut(ROW_CHUNK)))
+                .zip(
+                    self.row_sse
+                        .chunks_mut(ROW_CHUNK)
+                        .zip(self.row_sse_aux.chunks_mut(ROW_CHUNK)),
+                )
                 .zip(c_main)
                 .map(|(t, cm)| (t, cm, c_aux.next()))
                 .collect();
-            chunks.into_par_iter().enumerate().for_each(|(ci, ((((e, g), h), (se, sa)), cm, mut ca))| {
-                let mut cm_at = 0;
-                let mut ca_at = 0;
-                for r in 0..se.len() {
-                    let i = ci * ROW_CHUNK + r;
-                    let e = &mut e[r * d..(r + 1) * d];
-                    e.fill(0.0);
-                    for &j in main.row(i) {
-                        let j = j as usize;
-                        vector::axpy(a[i * f + j], &w_dec[j * d..(j + 1) * d], e);
-                    }
-                    let mut s = 0f64;
-                    for ((e, &xv), &bd) in e.iter_mut().zip(&x[i * d..(i + 1) * d]).zip(&p.b_dec) {
-                        let res = xv - (*e + bd);
-                        *e = res;
-                        s += (res as f64) * (res as f64);
-                    }
-                    se[r] = s;
-                    let g = &mut g[r * d..(r + 1) * d];
-                    g.iter_mut().zip(e.iter()).for_each(|(g, &e)| *g = -s_rec * e);
-                    for &j in main.row(i) {
-                        let j = j as usize;
-                        cm[cm_at] = vector::dot(&w_dec[j * d..(j + 1) * d], g);
-                        cm_at += 1;
-                    }
-                    sa[r] = 0.0;
-                    if let Some(ca) = ca.as_deref_mut() {
-                        let h = &mut h[r * d..(r + 1) * d];
-                        h.fill(0.0);
-                        for &j in auxm.row(i) {
+            chunks.into_par_iter().enumerate().for_each(
+                |(ci, ((((e, g), h), (se, sa)), cm, mut ca))| {
+                    let mut cm_at = 0;
+                    let mut ca_at = 0;
+                    for r in 0..se.len() {
+                        let i = ci * ROW_CHUNK + r;
+                        let e = &mut e[r * d..(r + 1) * d];
+                        e.fill(0.0);
+                        for &j in main.row(i) {
                             let j = j as usize;
-                            vector::axpy(a[i * f + j], &w_dec[j * d..(j + 1) * d], h);
+                            vector::axpy(a[i * f + j], &w_dec[j * d..(j + 1) * d], e);
                         }
                         let mut s = 0f64;
-                        for (h, &e) in h.iter_mut().zip(e.iter()) {
-                            let res = e - *h;
+                        for ((e, &xv), &bd) in
+                            e.iter_mut().zip(&x[i * d..(i + 1) * d]).zip(&p.b_dec)
+                        {
+                            let res = xv - (*e + bd);
+                            *e = res;
                             s += (res as f64) * (res as f64);
-                            *h = res;
                         }
-                        sa[r] = s;
-                        for &j in auxm.row(i) {
+                        se[r] = s;
+                        let g = &mut g[r * d..(r + 1) * d];
+                        g.iter_mut()
+                            .zip(e.iter())
+                            .for_each(|(g, &e)| *g = -s_rec * e);
+                        for &j in main.row(i) {
                             let j = j as usize;
-                            ca[ca_at] = vector::dot(&w_dec[j * d..(j + 1) * d], h);
-                            ca_at += 1;
+                            cm[cm_at] = vector::dot(&w_dec[j * d..(j + 1) * d], g);
+                            cm_at += 1;
+                        }
+                        sa[r] = 0.0;
+                        if let Some(ca) = ca.as_deref_mut() {
+                            let h = &mut h[r * d..(r + 1) * d];
+                            h.fill(0.0);
+                            for &j in auxm.row(i) {
+                                let j = j as usize;
+                                vector::axpy(a[i * f + j], &w_dec[j * d..(j + 1) * d], h);
+                            }
+                            let mut s = 0f64;
+                            for (h, &e) in h.iter_mut().zip(e.iter()) {
+                                let res = e - *h;
+                                s += (res as f64) * (res as f64);
+                                *h = res;
+                            }
+                            sa[r] = s;
+                            for &j in auxm.row(i) {
+                                let j = j as usize;
+                                ca[ca_at] = vector::dot(&w_dec[j * d..(j + 1) * d], h);
+                                ca_at += 1;
+                            }
                         }
                     }
-                }
-            });
+                },
+            );
         }
         let sse: f64 = self.row_sse.iter().sum();
         let rec = sse / var;
@@ -314,8 +328,12 @@ impl FastStep {
         if aux_on {
             // h_i = ∂L/∂ê_i = −2α·r_i/denom, and ∂L/∂pre_ij = W_dec[j]·h_i.
             let s_aux = -((2.0 * coeff / denom) as f32);
-            self.c_aux.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v *= s_aux));
-            self.g_aux.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v *= s_aux));
+            self.c_aux
+                .par_chunks_mut(4096)
+                .for_each(|c| c.iter_mut().for_each(|v| *v *= s_aux));
+            self.g_aux
+                .par_chunks_mut(4096)
+                .for_each(|c| c.iter_mut().for_each(|v| *v *= s_aux));
         }
         let aux_loss = if aux_on {
             self.row_sse_aux.iter().sum::<f64>() / denom

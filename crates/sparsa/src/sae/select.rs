@@ -85,6 +85,17 @@ pub fn top_k_positive_columns(
     let at = |c: usize, i: u32| values[i as usize * stride + col0 + c];
     for i in 0..n {
         let row = &values[i * stride + col0..i * stride + col0 + nc];
+        // A full block of 16 whose entries are all at or below their column's threshold is
+        // skipped with one fixed-width vector test.
+        if let (Ok(r), Ok(t)) = (<&[f32; 16]>::try_from(row), <&[f32; 16]>::try_from(&thr[..])) {
+            let mut any = false;
+            for l in 0..16 {
+                any |= r[l] > t[l];
+            }
+            if !any {
+                continue;
+            }
+        }
         for (c, &v) in row.iter().enumerate() {
             if v > thr[c] {
                 let buf = &mut outs[c];
