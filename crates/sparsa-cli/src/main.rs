@@ -34,6 +34,9 @@ enum Command {
     /// Pruning with dead-neuron tracking and Activate-while-Pruning: run, report, bench.
     #[command(subcommand)]
     Prune(commands::prune::PruneCommand),
+    /// Performance figures (JSON lines): `sparsa bench sae`.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
 }
 
 fn main() {
@@ -45,6 +48,7 @@ fn main() {
         Command::Activations(cmd) => commands::activations::run(cmd),
         Command::Lm(cmd) => commands::lm::run(cmd),
         Command::Prune(cmd) => commands::prune::run(cmd),
+        Command::Bench(cmd) => commands::bench::run(cmd),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -1,5 +1,6 @@
 //! One file per top-level subcommand.
 pub mod activations;
+pub mod bench;
 pub mod fetch;
 pub mod lm;
 pub mod prune;

@@ -50,6 +50,10 @@ pub struct TrainArgs {
     /// Held-out tokens for the final evaluation (files: data.holdout_tokens when set).
     #[arg(long, default_value_t = DEFAULT_EVAL_TOKENS)]
     eval_tokens: u64,
+    /// Train with the simple dense-autograd reference step instead of the fused sparse fast
+    /// step (same results, several times slower; sets train.reference = true).
+    #[arg(long)]
+    reference: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -202,6 +206,9 @@ fn train(a: TrainArgs) -> Result<()> {
         let sample = data.init_sample(&cfg)?;
         Trainer::new(cfg, data.d(), &sample)?
     };
+    if a.reference {
+        trainer.cfg.train.reference = true;
+    }
     let cfg = trainer.cfg.clone();
     let data = DataSpec::open(&cfg)?;
     let mut source = data.training_source(&cfg, trainer.state.tokens)?;

@@ -315,6 +315,11 @@ pub struct TrainConfig {
     /// Save a checkpoint every this many steps (0 = only at the end and on interrupt).
     #[serde(default)]
     pub checkpoint_every: u64,
+    /// Use the simple dense-autograd reference step (the oracle) instead of the fused sparse
+    /// fast step (`sae::fast`). Both compute the same losses and updates; the reference is
+    /// several times slower and builds dense B×F gradients.
+    #[serde(default)]
+    pub reference: bool,
 }
 
 fn default_batch() -> usize {

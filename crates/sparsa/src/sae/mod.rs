@@ -9,6 +9,7 @@
 pub mod allocation;
 pub mod compare;
 pub mod config;
+pub mod fast;
 pub mod io;
 pub mod loss;
 pub mod metrics;

@@ -10,28 +10,121 @@ fn better(a: (f32, u32), b: (f32, u32)) -> Ordering {
     b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
 }
 
+/// Whether any entry of a block (at most 16) is above `t`: a fixed-width, branch-free test on
+/// full blocks so that it compiles to a few vector compares.
+#[inline(always)]
+pub fn any_above(block: &[f32], t: f32) -> bool {
+    if let Ok(b) = <&[f32; 16]>::try_from(block) {
+        let mut any = false;
+        for &v in b {
+            any |= v > t;
+        }
+        any
+    } else {
+        block.iter().any(|&v| v > t)
+    }
+}
+
 /// Indices (ascending) of the `k` largest positive entries of `values`, appended to `out`.
 /// `scratch` is reused between calls to avoid allocation.
+///
+/// One pass with a rising threshold: candidates above the threshold are buffered; when the
+/// buffer holds 2k + 32 of them it is cut to its best k (a select, not a sort) and the
+/// threshold becomes the k-th best value. Entries are visited in index order, so a later entry
+/// equal to the threshold loses its tie and can be skipped. Blocks of 16 entries none of which
+/// beats the threshold are skipped with one vectorisable test. O(n) overall.
 pub fn top_k_positive(values: &[f32], k: usize, scratch: &mut Vec<u32>, out: &mut Vec<u32>) {
     scratch.clear();
-    scratch.extend(
-        values
-            .iter()
-            .enumerate()
-            .filter(|(_, &v)| v > 0.0)
-            .map(|(i, _)| i as u32),
-    );
     if k == 0 {
         return;
     }
+    let cap = 2 * k + 32;
+    let cmp = |i: &u32, j: &u32| better((values[*i as usize], *i), (values[*j as usize], *j));
+    let mut thr = 0f32;
+    for (c, chunk) in values.chunks(16).enumerate() {
+        if !any_above(chunk, thr) {
+            continue;
+        }
+        for (o, &v) in chunk.iter().enumerate() {
+            if v > thr {
+                scratch.push((c * 16 + o) as u32);
+                if scratch.len() >= cap {
+                    scratch.select_nth_unstable_by(k - 1, cmp);
+                    scratch.truncate(k);
+                    thr = values[scratch[k - 1] as usize];
+                }
+            }
+        }
+    }
     if scratch.len() > k {
-        scratch.select_nth_unstable_by(k - 1, |&i, &j| {
-            better((values[i as usize], i), (values[j as usize], j))
-        });
+        scratch.select_nth_unstable_by(k - 1, cmp);
         scratch.truncate(k);
     }
     scratch.sort_unstable();
     out.extend_from_slice(scratch);
+}
+
+/// Per column of a block: for columns `col0 .. col0 + caps.len()` of the row-major n×stride
+/// matrix `values`, the `caps[c]` largest positive entries' row indices (ascending) in
+/// `outs[c]` (cleared first). Rows are read one cache line of the block at a time, so a block
+/// of 16 columns reads each of its lines of `values` once (the column-at-a-time version reads a
+/// line per entry). Same rising-threshold scheme and tie rule as [`top_k_positive`].
+pub fn top_k_positive_columns(
+    values: &[f32],
+    n: usize,
+    stride: usize,
+    col0: usize,
+    caps: &[usize],
+    thr: &mut Vec<f32>,
+    outs: &mut [Vec<u32>],
+) {
+    let nc = caps.len().min(outs.len());
+    thr.clear();
+    thr.extend(
+        caps.iter()
+            .map(|&m| if m == 0 { f32::INFINITY } else { 0.0 }),
+    );
+    outs.iter_mut().for_each(|o| o.clear());
+    let at = |c: usize, i: u32| values[i as usize * stride + col0 + c];
+    for i in 0..n {
+        let row = &values[i * stride + col0..i * stride + col0 + nc];
+        // A full block of 16 whose entries are all at or below their column's threshold is
+        // skipped with one fixed-width vector test.
+        if let (Ok(r), Ok(t)) = (
+            <&[f32; 16]>::try_from(row),
+            <&[f32; 16]>::try_from(&thr[..]),
+        ) {
+            let mut any = false;
+            for l in 0..16 {
+                any |= r[l] > t[l];
+            }
+            if !any {
+                continue;
+            }
+        }
+        for (c, &v) in row.iter().enumerate() {
+            if v > thr[c] {
+                let buf = &mut outs[c];
+                buf.push(i as u32);
+                let k = caps[c];
+                if buf.len() >= 2 * k + 32 {
+                    buf.select_nth_unstable_by(k - 1, |&x, &y| {
+                        better((at(c, x), x), (at(c, y), y))
+                    });
+                    buf.truncate(k);
+                    thr[c] = at(c, buf[k - 1]);
+                }
+            }
+        }
+    }
+    for (c, buf) in outs.iter_mut().enumerate().take(nc) {
+        let k = caps[c];
+        if buf.len() > k {
+            buf.select_nth_unstable_by(k - 1, |&x, &y| better((at(c, x), x), (at(c, y), y)));
+            buf.truncate(k);
+        }
+        buf.sort_unstable();
+    }
 }
 
 /// Indices of the `k` largest positive entries of a strided column: candidates are
@@ -45,22 +138,12 @@ pub fn top_k_positive_strided(
     scratch: &mut Vec<u32>,
     out: &mut Vec<u32>,
 ) {
-    scratch.clear();
-    scratch.extend(
-        (0..n)
-            .filter(|&i| values[i * stride + col] > 0.0)
-            .map(|i| i as u32),
-    );
-    if k == 0 {
-        return;
-    }
-    let at = |i: u32| values[i as usize * stride + col];
-    if scratch.len() > k {
-        scratch.select_nth_unstable_by(k - 1, |&i, &j| better((at(i), i), (at(j), j)));
-        scratch.truncate(k);
-    }
-    scratch.sort_unstable();
-    out.extend_from_slice(scratch);
+    let mut thr = Vec::new();
+    let mut bufs = [std::mem::take(scratch)];
+    top_k_positive_columns(values, n, stride, col, &[k], &mut thr, &mut bufs);
+    let [buf] = bufs;
+    out.extend_from_slice(&buf);
+    *scratch = buf;
 }
 
 /// The threshold of a global top-`k` over the positive entries of `values`: returns
@@ -73,17 +156,20 @@ pub fn top_k_positive_strided(
 pub fn global_kth_positive(values: &[f32], k: usize) -> Option<(f32, usize, usize)> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 16;
+    // One histogram per rayon split (fold), not per chunk.
     let hist_hi = values
         .par_chunks(CHUNK)
-        .map(|c| {
-            let mut h = vec![0u64; 1 << 16];
-            for &v in c {
-                if v > 0.0 {
-                    h[(v.to_bits() >> 16) as usize] += 1;
+        .fold(
+            || vec![0u64; 1 << 16],
+            |mut h, c| {
+                for &v in c {
+                    if v > 0.0 {
+                        h[(v.to_bits() >> 16) as usize] += 1;
+                    }
                 }
-            }
-            h
-        })
+                h
+            },
+        )
         .reduce(
             || vec![0u64; 1 << 16],
             |mut a, b| {
@@ -107,15 +193,17 @@ pub fn global_kth_positive(values: &[f32], k: usize) -> Option<(f32, usize, usiz
     }
     let hist_lo = values
         .par_chunks(CHUNK)
-        .map(|c| {
-            let mut h = vec![0u64; 1 << 16];
-            for &v in c {
-                if v > 0.0 && (v.to_bits() >> 16) as usize == bin {
-                    h[(v.to_bits() & 0xffff) as usize] += 1;
+        .fold(
+            || vec![0u64; 1 << 16],
+            |mut h, c| {
+                for &v in c {
+                    if v > 0.0 && (v.to_bits() >> 16) as usize == bin {
+                        h[(v.to_bits() & 0xffff) as usize] += 1;
+                    }
                 }
-            }
-            h
-        })
+                h
+            },
+        )
         .reduce(
             || vec![0u64; 1 << 16],
             |mut a, b| {
@@ -154,13 +242,31 @@ mod tests {
     proptest! {
         #[test]
         fn top_k_matches_brute_force(
-            values in prop::collection::vec(prop_oneof![Just(0.0f32), Just(1.0f32), -2.0f32..2.0], 0..200),
+            values in prop::collection::vec(prop_oneof![Just(0.0f32), Just(1.0f32), -2.0f32..2.0], 0..600),
             k in 0usize..50,
         ) {
             let mut s = Vec::new();
             let mut out = Vec::new();
             top_k_positive(&values, k, &mut s, &mut out);
             prop_assert_eq!(out, brute_top_k(&values, k));
+        }
+
+        #[test]
+        fn column_block_top_k_matches_brute_force(
+            values in prop::collection::vec(prop_oneof![Just(0.0f32), Just(1.0f32), -2.0f32..2.0], 1..240),
+            ncols in 1usize..6,
+            caps in prop::collection::vec(0usize..40, 6),
+        ) {
+            let stride = ncols + 1;
+            let n = values.len() / stride;
+            let values = &values[..n * stride];
+            let mut thr = Vec::new();
+            let mut outs = vec![Vec::new(); ncols];
+            top_k_positive_columns(values, n, stride, 1, &caps[..ncols], &mut thr, &mut outs);
+            for c in 0..ncols {
+                let col: Vec<f32> = (0..n).map(|i| values[i * stride + 1 + c]).collect();
+                prop_assert_eq!(&outs[c], &brute_top_k(&col, caps[c]));
+            }
         }
 
         #[test]

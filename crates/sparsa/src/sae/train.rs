@@ -3,6 +3,7 @@
 
 use super::allocation::{self, AllocInput, Allocation, Matching};
 use super::config::{RunConfig, ThresholdMode};
+use super::fast::{AuxSpec, FastStep};
 use super::io::{self, SaeMeta, SaeModel};
 use super::loss::{self, aux_select, AuxLoss, FeatureStats};
 use super::optim::{Adam, AdamStep};
@@ -83,6 +84,8 @@ pub struct Trainer {
     alloc: Box<dyn Allocation>,
     aux: Option<Box<dyn AuxLoss>>,
     batch: Vec<f32>,
+    /// Reused buffers of the fast step.
+    fast: FastStep,
 }
 
 /// Geometric median of the rows of `x` (B×d) by Weiszfeld iterations, starting at the mean.
@@ -198,6 +201,7 @@ impl Trainer {
             alloc,
             aux,
             batch: Vec::new(),
+            fast: FastStep::new(),
         })
     }
 
@@ -209,6 +213,23 @@ impl Trainer {
 
     pub fn d(&self) -> usize {
         self.params.d
+    }
+
+    /// Matched pairs (main, auxiliary) of the last fast step.
+    pub fn fast_matches(&self) -> (usize, usize) {
+        (
+            self.fast.main.nnz(),
+            if self.fast.aux_active() {
+                self.fast.aux.nnz()
+            } else {
+                0
+            },
+        )
+    }
+
+    /// Phase timings of the last fast step (zero on the reference path).
+    pub fn fast_phases(&self) -> super::fast::Phases {
+        self.fast.phases
     }
 
     /// Learning rate at step index `t` (0-based): linear warm-up, then constant, then linear
@@ -283,46 +304,8 @@ impl Trainer {
             .as_ref()
             .map_or(0, |w| w.u.iter().filter(|&&u| u > 0.0).count());
         let k_aux = self.cfg.aux.k_aux.unwrap_or(d / 2).max(1);
-        let alloc = &self.alloc;
-        let select = |a: &[f32]| {
-            let mut main = Matching::default();
-            alloc.select(
-                &AllocInput {
-                    a,
-                    b,
-                    f,
-                    density: &density,
-                },
-                &mut main,
-            );
-            let aux = weights.as_ref().filter(|_| aux_eligible > 0).map(|w| {
-                let mut m = Matching::default();
-                aux_select(a, b, f, &w.u, k_aux, &mut m);
-                m
-            });
-            Selections { main, aux }
-        };
-        let term = AuxTerm {
-            coeff: self.cfg.aux.coeff,
-            norm: self.cfg.aux.normalization,
-            residual: None,
-        };
-        let (losses, grads, sel, a) =
-            reference::forward_backward(&self.params, x, b, DType::F32, Some(term), true, select)?;
-        let grads = grads.ok_or(SaeError::Diverged {
-            step: self.state.step,
-            what: "gradient",
-        })?;
-        if !losses.total.is_finite() {
-            return Err(SaeError::Diverged {
-                step: self.state.step,
-                what: "the loss",
-            });
-        }
-
-        self.update_feature_state(&sel.main, &a, b);
-        let lr = self.lr_at(self.state.step);
         let tc = &self.cfg.train;
+        let lr = self.lr_at(self.state.step);
         let h = AdamStep {
             lr,
             beta1: tc.adam_beta1,
@@ -330,17 +313,100 @@ impl Trainer {
             eps: tc.adam_eps,
             clip: tc.grad_clip,
         };
-        self.state.adam.step(&mut self.params, grads, h);
-        if let Some(what) = self.params.non_finite() {
-            return Err(SaeError::Diverged {
+        let (losses, main) = if self.cfg.train.reference {
+            let alloc = &self.alloc;
+            let select = |a: &[f32]| {
+                let mut main = Matching::default();
+                alloc.select(
+                    &AllocInput {
+                        a,
+                        b,
+                        f,
+                        density: &density,
+                    },
+                    &mut main,
+                );
+                let aux = weights.as_ref().filter(|_| aux_eligible > 0).map(|w| {
+                    let mut m = Matching::default();
+                    aux_select(a, b, f, &w.u, k_aux, &mut m);
+                    m
+                });
+                Selections { main, aux }
+            };
+            let term = AuxTerm {
+                coeff: self.cfg.aux.coeff,
+                norm: self.cfg.aux.normalization,
+                residual: None,
+            };
+            let (losses, grads, sel, a) = reference::forward_backward(
+                &self.params,
+                x,
+                b,
+                DType::F32,
+                Some(term),
+                true,
+                select,
+            )?;
+            let grads = grads.ok_or(SaeError::Diverged {
                 step: self.state.step,
-                what,
+                what: "gradient",
+            })?;
+            if !losses.total.is_finite() {
+                return Err(SaeError::Diverged {
+                    step: self.state.step,
+                    what: "the loss",
+                });
+            }
+            self.update_feature_state(&sel.main, &a, b);
+            self.state.adam.step(&mut self.params, grads, h);
+            if let Some(what) = self.params.non_finite() {
+                return Err(SaeError::Diverged {
+                    step: self.state.step,
+                    what,
+                });
+            }
+            (losses, sel.main)
+        } else {
+            let mut fast = std::mem::take(&mut self.fast);
+            let spec = weights
+                .as_ref()
+                .filter(|_| aux_eligible > 0)
+                .map(|w| AuxSpec {
+                    u: &w.u,
+                    k_aux,
+                    coeff: self.cfg.aux.coeff,
+                    norm: self.cfg.aux.normalization,
+                });
+            let res =
+                fast.forward_backward(&self.params, x, b, self.alloc.as_ref(), &density, spec);
+            let res = res.and_then(|losses| {
+                if !losses.total.is_finite() {
+                    return Err(SaeError::Diverged {
+                        step: self.state.step,
+                        what: "the loss",
+                    });
+                }
+                self.update_feature_state(&fast.main, &fast.a, b);
+                match fast.apply_adam(&mut self.params, &mut self.state.adam, h) {
+                    Some(what) => Err(SaeError::Diverged {
+                        step: self.state.step,
+                        what,
+                    }),
+                    None => Ok(losses),
+                }
             });
-        }
+            let main = std::mem::take(&mut fast.main);
+            self.fast = fast;
+            let losses = res?;
+            (losses, main)
+        };
         self.state.step += 1;
         self.state.tokens += b as u64;
 
-        let l0 = sel.main.l0_per_row();
+        let l0 = main.l0_per_row();
+        if !self.cfg.train.reference {
+            self.fast.main = main;
+        }
         let mean = l0.iter().sum::<usize>() as f64 / b as f64;
         let var = l0.iter().map(|&c| (c as f64 - mean).powi(2)).sum::<f64>() / b as f64;
         let dead_now = self.dead();

@@ -1,0 +1,15 @@
+//! Fast CPU kernels, each beside the reference it must match.
+//!
+//! - [`matmul`]: the encoder's dense product C = A·Bᵀ (the one dense product of an SAE step),
+//!   on the `gemm` crate with the exact call candle makes (bit-identical to candle's matmul,
+//!   which is the reference), without candle's per-call output allocation.
+//! - [`vector`]: dot / axpy / scaled-add kernels for the sparse decode and backward; lane-wise
+//!   arithmetic in a fixed order, so results do not depend on the instruction set or the thread
+//!   count.
+//! - [`reduce`]: deterministic parallel reductions (fixed chunking, fixed combine order).
+//! - [`peak`]: a fused-multiply-add throughput microbenchmark (the machine's measured peak).
+
+pub mod matmul;
+pub mod peak;
+pub mod reduce;
+pub mod vector;

@@ -1,0 +1,151 @@
+//! The machine's fused-multiply-add peak, measured: every thread of the current rayon pool
+//! runs a register-only loop of independent FMAs (16 accumulators, enough to cover the FMA
+//! latency on two ports), and the figure is total FLOPs (2 per lane per FMA) / wall time.
+
+use std::time::Instant;
+
+/// Which vector width the measurement used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FmaIsa {
+    Avx512,
+    Avx2,
+    Scalar,
+}
+
+impl FmaIsa {
+    pub fn name(self) -> &'static str {
+        match self {
+            FmaIsa::Avx512 => "avx512f",
+            FmaIsa::Avx2 => "avx2+fma",
+            FmaIsa::Scalar => "scalar",
+        }
+    }
+    /// f32 lanes per FMA instruction.
+    pub fn lanes(self) -> usize {
+        match self {
+            FmaIsa::Avx512 => 16,
+            FmaIsa::Avx2 => 8,
+            FmaIsa::Scalar => 1,
+        }
+    }
+}
+
+/// A measured peak.
+#[derive(Debug, Clone, Copy)]
+pub struct FmaPeak {
+    pub isa: FmaIsa,
+    pub threads: usize,
+    /// GFLOP/s over all threads (an FMA counts 2 FLOPs per lane).
+    pub gflops: f64,
+}
+
+const ACC: usize = 16;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn loop_avx512(iters: u64, seed: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_set1_ps(seed); ACC];
+    let a = _mm512_set1_ps(0.999_999);
+    let b = _mm512_set1_ps(1e-7);
+    for _ in 0..iters {
+        for r in acc.iter_mut() {
+            *r = _mm512_fmadd_ps(*r, a, b);
+        }
+    }
+    let mut s = _mm512_setzero_ps();
+    for r in acc {
+        s = _mm512_add_ps(s, r);
+    }
+    _mm512_reduce_add_ps(s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn loop_avx2(iters: u64, seed: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_set1_ps(seed); ACC];
+    let a = _mm256_set1_ps(0.999_999);
+    let b = _mm256_set1_ps(1e-7);
+    for _ in 0..iters {
+        for r in acc.iter_mut() {
+            *r = _mm256_fmadd_ps(*r, a, b);
+        }
+    }
+    let mut out = [0f32; 8];
+    let mut s = _mm256_setzero_ps();
+    for r in acc {
+        s = _mm256_add_ps(s, r);
+    }
+    _mm256_storeu_ps(out.as_mut_ptr(), s);
+    out.iter().sum()
+}
+
+fn loop_scalar(iters: u64, seed: f32) -> f32 {
+    let mut acc = [seed; ACC];
+    for _ in 0..iters {
+        for r in acc.iter_mut() {
+            *r = r.mul_add(0.999_999, 1e-7);
+        }
+    }
+    acc.iter().sum()
+}
+
+/// The widest FMA instruction set this CPU has.
+pub fn best_isa() -> FmaIsa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return FmaIsa::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return FmaIsa::Avx2;
+        }
+    }
+    FmaIsa::Scalar
+}
+
+fn run(isa: FmaIsa, iters: u64, seed: f32) -> f32 {
+    match isa {
+        // SAFETY: `best_isa` only returns an ISA the CPU supports.
+        #[cfg(target_arch = "x86_64")]
+        FmaIsa::Avx512 => unsafe { loop_avx512(iters, seed) },
+        #[cfg(target_arch = "x86_64")]
+        FmaIsa::Avx2 => unsafe { loop_avx2(iters, seed) },
+        _ => loop_scalar(iters, seed),
+    }
+}
+
+/// Measure the FMA peak on all threads of the current rayon pool: `iters` loop iterations per
+/// thread (each 16 FMAs), best of `reps` runs.
+pub fn measure(iters: u64, reps: usize) -> FmaPeak {
+    let isa = best_isa();
+    let threads = rayon::current_num_threads();
+    let mut best = 0f64;
+    for rep in 0..reps.max(1) {
+        let t0 = Instant::now();
+        let sums = rayon::broadcast(|ctx| run(isa, iters, 1.0 + ctx.index() as f32 + rep as f32));
+        let secs = t0.elapsed().as_secs_f64();
+        std::hint::black_box(sums);
+        let flops = (threads as u64 * iters * ACC as u64 * isa.lanes() as u64 * 2) as f64;
+        best = best.max(flops / secs / 1e9);
+    }
+    FmaPeak {
+        isa,
+        threads,
+        gflops: best,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_is_positive_and_finite() {
+        let p = measure(1000, 1);
+        assert!(p.gflops.is_finite() && p.gflops > 0.0);
+        assert!(p.threads >= 1);
+    }
+}

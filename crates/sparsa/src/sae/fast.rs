@@ -1,0 +1,689 @@
+//! The fused fast training step: the same losses, gradients and Adam update as
+//! [`super::reference::forward_backward`] + [`super::optim::Adam::step`], without any dense B×F
+//! gradient and without per-step allocation of the large buffers (they live in [`FastStep`],
+//! owned by the trainer and reused).
+//!
+//! With X′ = X − b_dec, A = ReLU(X′·W_encᵀ + b_enc), matchings M (main) and M_aux, Z = A ⊙ M:
+//!
+//! 1. encoder: the one dense product X′·W_encᵀ ([`crate::kernels::matmul`], bit-identical to
+//!    the reference's candle matmul, so both paths select the same entries), then + b_enc, ReLU;
+//! 2. allocation on A (the configured rule) and, when active, the auxiliary selection;
+//! 3. sparse decode per token: x̂_i = Σ_{j∈M_i} a_ij·W_dec[j] + b_dec, e_i = x_i − x̂_i;
+//!    L_rec = Σ‖e‖² / Σ‖x − x̄‖²; ê_i = Σ_{j∈M_aux,i} a_ij·W_dec[j] (no b_dec),
+//!    L_aux = Σ‖e − ê‖² / (Σ‖e − ē‖² or B·d), e detached; L = L_rec + α·L_aux;
+//! 4. per token: g_i = ∂L/∂x̂_i = −2·e_i / var, h_i = ∂L/∂ê_i = −2α·(e_i − ê_i) / denom, and per
+//!    matched pair ∂L/∂pre_ij = W_dec[j]·g_i (main) or W_dec[j]·h_i (aux) (a_ij > 0 for every
+//!    selected entry, so the ReLU passes the gradient);
+//! 5. per touched feature j (a CSC view of both matchings, fixed order):
+//!    ∂W_dec[j] = Σ a_ij·g_i + Σ_aux a_ij·h_i (then its component along W_dec[j] removed),
+//!    ∂b_enc[j] = Σ ∂pre_ij, ∂W_enc[j] = Σ ∂pre_ij·x′_i; untouched features have zero gradient;
+//! 6. ∂b_dec = Σ_i g_i − Σ_j ∂b_enc[j]·W_enc[j] (the decoder bias, plus the encoder input X − b_dec);
+//! 7. Adam on every parameter (moments of untouched rows decay exactly as in the dense
+//!    optimiser: m ← β1·m, v ← β2·v, and the row still moves), fused per row with the decoder
+//!    renormalisation, in parallel.
+//!
+//! Determinism: every reduction has a fixed order independent of the thread count; the encoder
+//! product's order depends only on `gemm`'s blocking. On a fixed thread count the step is
+//! bit-reproducible (tested on one thread).
+
+use super::allocation::{AllocInput, Allocation, Matching};
+use super::config::AuxNorm;
+use super::loss::aux_select;
+use super::optim::{Adam, AdamStep, Grads};
+use super::params::SaeParams;
+use super::reference::Losses;
+use super::SaeError;
+use crate::kernels::{matmul, reduce, vector};
+use rayon::prelude::*;
+
+/// The auxiliary loss of a step: eligibilities u (length F), k_aux, weight α, normalisation.
+#[derive(Debug, Clone, Copy)]
+pub struct AuxSpec<'a> {
+    pub u: &'a [f32],
+    pub k_aux: usize,
+    pub coeff: f64,
+    pub norm: AuxNorm,
+}
+
+const NONE: u32 = u32::MAX;
+/// Tokens per parallel task of the per-token passes.
+const ROW_CHUNK: usize = 16;
+/// Rows per parallel task of the Adam pass.
+const ADAM_ROWS: usize = 32;
+/// Touched features per partial sum of the b_dec encoder term.
+const FEAT_CHUNK: usize = 256;
+
+/// Wall time of each phase of the last step, in seconds (for the benchmark).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Phases {
+    /// X − b_dec, the encoder product, + b_enc, ReLU.
+    pub encode: f64,
+    /// Of which the dense product alone.
+    pub matmul: f64,
+    /// Main and auxiliary selections.
+    pub select: f64,
+    /// Sparse decode, losses, per-token gradients and ∂L/∂pre.
+    pub decode: f64,
+    /// Per-feature gradients and ∂b_dec.
+    pub backward: f64,
+    /// Clipping, Adam on every parameter, decoder renormalisation.
+    pub adam: f64,
+}
+
+/// One matched pair in the per-feature (CSC) view.
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    row: u32,
+    /// 0: main matching (decoder gradient uses g_i), 1: auxiliary (uses h_i).
+    aux: u32,
+    /// a_ij.
+    a: f32,
+    /// ∂L/∂pre_ij.
+    c: f32,
+}
+
+/// The fast step's reusable buffers, and the outputs the trainer reads after a step
+/// (`a`, `main`, `aux`).
+#[derive(Debug, Default)]
+pub struct FastStep {
+    /// Pre-activations A (B×F) of the last step.
+    pub a: Vec<f32>,
+    /// Main matching of the last step.
+    pub main: Matching,
+    /// Auxiliary matching of the last step (empty when the auxiliary loss did not run).
+    pub aux: Matching,
+    aux_on: bool,
+    dims: (usize, usize, usize),
+    xc: Vec<f32>,
+    e: Vec<f32>,
+    g_rec: Vec<f32>,
+    g_aux: Vec<f32>,
+    c_main: Vec<f32>,
+    c_aux: Vec<f32>,
+    row_sse: Vec<f64>,
+    row_sse_aux: Vec<f64>,
+    col_ptr: Vec<usize>,
+    fill: Vec<usize>,
+    entries: Vec<Entry>,
+    touched: Vec<u32>,
+    slot: Vec<u32>,
+    g_wenc: Vec<f32>,
+    g_wdec: Vec<f32>,
+    g_benc_t: Vec<f32>,
+    g_benc: Vec<f32>,
+    g_bdec: Vec<f32>,
+    zero_row: Vec<f32>,
+    /// Whether the gradients in the buffers are ready for [`FastStep::apply_adam`].
+    ready: bool,
+    /// Phase timings of the last step.
+    pub phases: Phases,
+}
+
+/// Set the length to `n`, keeping the capacity and not re-zeroing what is kept: every buffer
+/// of the step is fully overwritten before it is read.
+fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    } else {
+        v.truncate(n);
+    }
+}
+
+/// Cut a CSR-aligned buffer into the segments of consecutive `ROW_CHUNK`-row groups.
+fn split_rows<'a, T>(mut buf: &'a mut [T], row_ptr: &[usize], b: usize) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(b.div_ceil(ROW_CHUNK));
+    let mut r0 = 0;
+    while r0 < b {
+        let r1 = (r0 + ROW_CHUNK).min(b);
+        let (head, tail) = buf.split_at_mut(row_ptr[r1] - row_ptr[r0]);
+        out.push(head);
+        buf = tail;
+        r0 = r1;
+    }
+    out
+}
+
+impl FastStep {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forward and backward of one batch `x` (B×d, already scaled): fills the matchings, A and
+    /// the sparse gradients; returns the losses. Parameters are not changed (see
+    /// [`FastStep::apply_adam`]).
+    pub fn forward_backward(
+        &mut self,
+        p: &SaeParams,
+        x: &[f32],
+        b: usize,
+        alloc: &dyn Allocation,
+        density: &[f32],
+        aux: Option<AuxSpec<'_>>,
+    ) -> Result<Losses, SaeError> {
+        let (d, f) = (p.d, p.f);
+        if x.len() != b * d || b == 0 {
+            return Err(SaeError::Width {
+                data: x.len(),
+                sae: d,
+            });
+        }
+        self.ready = false;
+        self.dims = (b, d, f);
+        resize(&mut self.xc, b * d);
+        resize(&mut self.a, b * f);
+        resize(&mut self.e, b * d);
+        resize(&mut self.g_rec, b * d);
+        resize(&mut self.g_aux, b * d);
+        resize(&mut self.row_sse, b);
+        resize(&mut self.row_sse_aux, b);
+        resize(&mut self.zero_row, d);
+
+        let clock = std::time::Instant::now();
+        let mut lap = {
+            let mut last = clock;
+            move || {
+                let now = std::time::Instant::now();
+                let dt = (now - last).as_secs_f64();
+                last = now;
+                dt
+            }
+        };
+        // 1. Encoder.
+        self.xc
+            .par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(o, xr)| {
+                o.iter_mut()
+                    .zip(xr)
+                    .zip(&p.b_dec)
+                    .for_each(|((o, &x), &bd)| *o = x - bd);
+            });
+        let t_mm = std::time::Instant::now();
+        matmul::matmul_abt(&self.xc, &p.w_enc, &mut self.a, b, f, d);
+        self.phases.matmul = t_mm.elapsed().as_secs_f64();
+        self.a.par_chunks_mut(f).for_each(|row| {
+            row.iter_mut()
+                .zip(&p.b_enc)
+                .for_each(|(v, &be)| *v = (*v + be).max(0.0));
+        });
+
+        self.phases.encode = lap();
+        // 2. Selections.
+        alloc.select(
+            &AllocInput {
+                a: &self.a,
+                b,
+                f,
+                density,
+            },
+            &mut self.main,
+        );
+        self.aux.reset(b, f);
+        if let Some(s) = &aux {
+            aux_select(&self.a, b, f, s.u, s.k_aux, &mut self.aux);
+        }
+        self.aux_on = aux.is_some() && self.aux.nnz() > 0;
+        let aux_on = self.aux_on;
+
+        self.phases.select = lap();
+        // 3–4. One pass per token over its matched decoder rows (read once, while they are in
+        // cache): x̂_i and e_i, g_i = −2·e_i/var, ∂L/∂pre for the main entries; with the
+        // auxiliary loss also ê_i, r_i = e_i − ê_i and the unscaled W_dec[j]·r_i, scaled by
+        // −2α/denom afterwards (denom needs every e_i).
+        let (a, main, auxm) = (&self.a, &self.main, &self.aux);
+        let w_dec = &p.w_dec;
+        let var = reduce::total_variance(x, d).max(f64::MIN_POSITIVE);
+        let s_rec = (2.0 / var) as f32;
+        resize(&mut self.c_main, main.nnz());
+        resize(&mut self.c_aux, if aux_on { auxm.nnz() } else { 0 });
+        {
+            let c_main = split_rows(&mut self.c_main, &main.row_ptr, b);
+            let c_aux = if aux_on {
+                split_rows(&mut self.c_aux, &auxm.row_ptr, b)
+            } else {
+                Vec::new()
+            };
+            let mut c_aux = c_aux.into_iter();
+            let chunks: Vec<_> = self
+                .e
+                .chunks_mut(ROW_CHUNK * d)
+                .zip(self.g_rec.chunks_mut(ROW_CHUNK * d))
+                .zip(self.g_aux.chunks_mut(ROW_CHUNK * d))
+                .zip(
+                    self.row_sse
+                        .chunks_mut(ROW_CHUNK)
+                        .zip(self.row_sse_aux.chunks_mut(ROW_CHUNK)),
+                )
+                .zip(c_main)
+                .map(|(t, cm)| (t, cm, c_aux.next()))
+                .collect();
+            chunks.into_par_iter().enumerate().for_each(
+                |(ci, ((((e, g), h), (se, sa)), cm, mut ca))| {
+                    let mut cm_at = 0;
+                    let mut ca_at = 0;
+                    for r in 0..se.len() {
+                        let i = ci * ROW_CHUNK + r;
+                        let e = &mut e[r * d..(r + 1) * d];
+                        e.fill(0.0);
+                        for &j in main.row(i) {
+                            let j = j as usize;
+                            vector::axpy(a[i * f + j], &w_dec[j * d..(j + 1) * d], e);
+                        }
+                        let mut s = 0f64;
+                        for ((e, &xv), &bd) in
+                            e.iter_mut().zip(&x[i * d..(i + 1) * d]).zip(&p.b_dec)
+                        {
+                            let res = xv - (*e + bd);
+                            *e = res;
+                            s += (res as f64) * (res as f64);
+                        }
+                        se[r] = s;
+                        let g = &mut g[r * d..(r + 1) * d];
+                        g.iter_mut()
+                            .zip(e.iter())
+                            .for_each(|(g, &e)| *g = -s_rec * e);
+                        for &j in main.row(i) {
+                            let j = j as usize;
+                            cm[cm_at] = vector::dot(&w_dec[j * d..(j + 1) * d], g);
+                            cm_at += 1;
+                        }
+                        sa[r] = 0.0;
+                        if let Some(ca) = ca.as_deref_mut() {
+                            let h = &mut h[r * d..(r + 1) * d];
+                            h.fill(0.0);
+                            for &j in auxm.row(i) {
+                                let j = j as usize;
+                                vector::axpy(a[i * f + j], &w_dec[j * d..(j + 1) * d], h);
+                            }
+                            let mut s = 0f64;
+                            for (h, &e) in h.iter_mut().zip(e.iter()) {
+                                let res = e - *h;
+                                s += (res as f64) * (res as f64);
+                                *h = res;
+                            }
+                            sa[r] = s;
+                            for &j in auxm.row(i) {
+                                let j = j as usize;
+                                ca[ca_at] = vector::dot(&w_dec[j * d..(j + 1) * d], h);
+                                ca_at += 1;
+                            }
+                        }
+                    }
+                },
+            );
+        }
+        let sse: f64 = self.row_sse.iter().sum();
+        let rec = sse / var;
+        let (coeff, denom) = match (&aux, aux_on) {
+            (Some(s), true) => (
+                s.coeff,
+                match s.norm {
+                    AuxNorm::Nmse => reduce::total_variance(&self.e, d),
+                    AuxNorm::Mse => (b * d) as f64,
+                }
+                .max(f64::MIN_POSITIVE),
+            ),
+            _ => (0.0, 1.0),
+        };
+        if aux_on {
+            // h_i = ∂L/∂ê_i = −2α·r_i/denom, and ∂L/∂pre_ij = W_dec[j]·h_i.
+            let s_aux = -((2.0 * coeff / denom) as f32);
+            self.c_aux
+                .par_chunks_mut(4096)
+                .for_each(|c| c.iter_mut().for_each(|v| *v *= s_aux));
+            self.g_aux
+                .par_chunks_mut(4096)
+                .for_each(|c| c.iter_mut().for_each(|v| *v *= s_aux));
+        }
+        let aux_loss = if aux_on {
+            self.row_sse_aux.iter().sum::<f64>() / denom
+        } else {
+            0.0
+        };
+
+        self.phases.decode = lap();
+        // 5. Per-feature view (counting sort by feature; within a feature, by token).
+        resize(&mut self.col_ptr, f + 1);
+        self.col_ptr.fill(0);
+        for &j in &main.cols {
+            self.col_ptr[j as usize + 1] += 1;
+        }
+        if aux_on {
+            for &j in &auxm.cols {
+                self.col_ptr[j as usize + 1] += 1;
+            }
+        }
+        resize(&mut self.slot, f);
+        self.touched.clear();
+        for j in 0..f {
+            if self.col_ptr[j + 1] > 0 {
+                self.slot[j] = self.touched.len() as u32;
+                self.touched.push(j as u32);
+            } else {
+                self.slot[j] = NONE;
+            }
+            self.col_ptr[j + 1] += self.col_ptr[j];
+        }
+        resize(&mut self.entries, self.col_ptr[f]);
+        self.fill.clear();
+        self.fill.extend_from_slice(&self.col_ptr[..f]);
+        for i in 0..b {
+            let (r0, r1) = (main.row_ptr[i], main.row_ptr[i + 1]);
+            for (t, &j) in main.cols[r0..r1].iter().enumerate() {
+                let j = j as usize;
+                self.entries[self.fill[j]] = Entry {
+                    row: i as u32,
+                    aux: 0,
+                    a: a[i * f + j],
+                    c: self.c_main[r0 + t],
+                };
+                self.fill[j] += 1;
+            }
+            if aux_on {
+                let (r0, r1) = (auxm.row_ptr[i], auxm.row_ptr[i + 1]);
+                for (t, &j) in auxm.cols[r0..r1].iter().enumerate() {
+                    let j = j as usize;
+                    self.entries[self.fill[j]] = Entry {
+                        row: i as u32,
+                        aux: 1,
+                        a: a[i * f + j],
+                        c: self.c_aux[r0 + t],
+                    };
+                    self.fill[j] += 1;
+                }
+            }
+        }
+
+        // 5b. Gradients of the touched features.
+        let nt = self.touched.len();
+        resize(&mut self.g_wenc, nt * d);
+        resize(&mut self.g_wdec, nt * d);
+        resize(&mut self.g_benc_t, nt);
+        let (entries, col_ptr, xc, g_rec, g_aux) = (
+            &self.entries,
+            &self.col_ptr,
+            &self.xc,
+            &self.g_rec,
+            &self.g_aux,
+        );
+        self.g_wenc
+            .par_chunks_mut(d)
+            .zip(self.g_wdec.par_chunks_mut(d))
+            .zip(self.g_benc_t.par_iter_mut())
+            .zip(self.touched.par_iter())
+            .for_each(|(((ge, gd), gb), &j)| {
+                let j = j as usize;
+                ge.fill(0.0);
+                gd.fill(0.0);
+                let mut sb = 0f32;
+                for en in &entries[col_ptr[j]..col_ptr[j + 1]] {
+                    let i = en.row as usize;
+                    sb += en.c;
+                    vector::axpy(en.c, &xc[i * d..(i + 1) * d], ge);
+                    let src = if en.aux == 0 { g_rec } else { g_aux };
+                    vector::axpy(en.a, &src[i * d..(i + 1) * d], gd);
+                }
+                *gb = sb;
+                let w = &w_dec[j * d..(j + 1) * d];
+                let dot = vector::dot(gd, w);
+                vector::axpy(-dot, w, gd);
+            });
+        resize(&mut self.g_benc, f);
+        self.g_benc.fill(0.0);
+        for (&j, &g) in self.touched.iter().zip(&self.g_benc_t) {
+            self.g_benc[j as usize] = g;
+        }
+
+        // 6. b_dec: decoder bias minus the encoder-input term.
+        let dec = reduce::column_sums_f64(&self.g_rec, d);
+        let w_enc = &p.w_enc;
+        let parts: Vec<Vec<f64>> = self
+            .touched
+            .par_chunks(FEAT_CHUNK)
+            .zip(self.g_benc_t.par_chunks(FEAT_CHUNK))
+            .map(|(js, gs)| {
+                let mut s = vec![0f64; d];
+                for (&j, &g) in js.iter().zip(gs) {
+                    let w = &w_enc[j as usize * d..(j as usize + 1) * d];
+                    s.iter_mut()
+                        .zip(w)
+                        .for_each(|(s, &w)| *s += g as f64 * w as f64);
+                }
+                s
+            })
+            .collect();
+        let mut enc = vec![0f64; d];
+        for part in parts {
+            enc.iter_mut().zip(part).for_each(|(e, p)| *e += p);
+        }
+        resize(&mut self.g_bdec, d);
+        self.g_bdec
+            .iter_mut()
+            .zip(dec.iter().zip(&enc))
+            .for_each(|(g, (a, b))| *g = (a - b) as f32);
+
+        self.phases.backward = lap();
+        self.ready = true;
+        let total = rec + coeff * aux_loss;
+        Ok(Losses {
+            rec,
+            mse: sse / (b * d) as f64,
+            aux: aux_loss,
+            total,
+        })
+    }
+
+    /// Whether the last step ran the auxiliary loss.
+    pub fn aux_active(&self) -> bool {
+        self.aux_on
+    }
+
+    /// The last step's gradients as dense arrays (for tests against the reference path; the
+    /// step itself never builds them).
+    pub fn dense_grads(&self) -> Grads {
+        let (_, d, f) = self.dims;
+        let mut w_enc = vec![0f32; f * d];
+        let mut w_dec = vec![0f32; f * d];
+        for (t, &j) in self.touched.iter().enumerate() {
+            let j = j as usize;
+            w_enc[j * d..(j + 1) * d].copy_from_slice(&self.g_wenc[t * d..(t + 1) * d]);
+            w_dec[j * d..(j + 1) * d].copy_from_slice(&self.g_wdec[t * d..(t + 1) * d]);
+        }
+        Grads {
+            w_enc,
+            b_enc: self.g_benc.clone(),
+            w_dec,
+            b_dec: self.g_bdec.clone(),
+        }
+    }
+
+    /// Adam on every parameter with the gradients of the last [`FastStep::forward_backward`]
+    /// (already projected off the decoder rows), optional global-norm clipping, and the decoder
+    /// renormalisation fused into the same pass. Returns the name of a parameter that became
+    /// non-finite, if any.
+    pub fn apply_adam(
+        &mut self,
+        p: &mut SaeParams,
+        adam: &mut Adam,
+        h: AdamStep,
+    ) -> Option<&'static str> {
+        if !self.ready {
+            return None;
+        }
+        self.ready = false;
+        let clock = std::time::Instant::now();
+        let d = p.d;
+        if h.clip > 0.0 {
+            let sq = |v: &[f32]| -> f64 {
+                v.par_chunks(4096)
+                    .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+                    .collect::<Vec<f64>>()
+                    .iter()
+                    .sum()
+            };
+            let n =
+                (sq(&self.g_wenc) + sq(&self.g_benc) + sq(&self.g_wdec) + sq(&self.g_bdec)).sqrt();
+            if n > h.clip {
+                let s = (h.clip / n) as f32;
+                for v in [
+                    &mut self.g_wenc,
+                    &mut self.g_benc,
+                    &mut self.g_wdec,
+                    &mut self.g_bdec,
+                ] {
+                    v.par_iter_mut().for_each(|x| *x *= s);
+                }
+            }
+        }
+        adam.t += 1;
+        let c = AdamConsts::new(h, adam.t);
+        let [m0, m1, m2, m3] = &mut adam.m;
+        let [v0, v1, v2, v3] = &mut adam.v;
+        let bad_enc = adam_rows(
+            &mut p.w_enc,
+            m0,
+            v0,
+            d,
+            &self.slot,
+            &self.g_wenc,
+            &self.zero_row,
+            c,
+            false,
+        );
+        let bad_be = adam_dense(&mut p.b_enc, m1, v1, &self.g_benc, c);
+        let bad_dec = adam_rows(
+            &mut p.w_dec,
+            m2,
+            v2,
+            d,
+            &self.slot,
+            &self.g_wdec,
+            &self.zero_row,
+            c,
+            true,
+        );
+        let bad_bd = adam_dense(&mut p.b_dec, m3, v3, &self.g_bdec, c);
+        self.phases.adam = clock.elapsed().as_secs_f64();
+        [
+            (bad_enc, "W_enc"),
+            (bad_be, "b_enc"),
+            (bad_dec, "W_dec"),
+            (bad_bd, "b_dec"),
+        ]
+        .into_iter()
+        .find(|(bad, _)| *bad)
+        .map(|(_, n)| n)
+    }
+}
+
+/// Adam constants of step t, computed exactly as in [`Adam::step`].
+#[derive(Debug, Clone, Copy)]
+struct AdamConsts {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+}
+
+impl AdamConsts {
+    fn new(h: AdamStep, t: u64) -> Self {
+        let bc1 = 1.0 - h.beta1.powi(t as i32);
+        let bc2 = 1.0 - h.beta2.powi(t as i32);
+        AdamConsts {
+            b1: h.beta1 as f32,
+            b2: h.beta2 as f32,
+            eps: h.eps as f32,
+            step_size: (h.lr / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+        }
+    }
+}
+
+/// The element update of [`Adam::step`], same operations in the same order.
+#[inline(always)]
+fn adam_body(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: AdamConsts) -> bool {
+    let (b1, b2, eps, step_size, bc2_sqrt) = (c.b1, c.b2, c.eps, c.step_size, c.bc2_sqrt);
+    let n = w.len().min(m.len()).min(v.len()).min(g.len());
+    let (w, m, v, g) = (&mut w[..n], &mut m[..n], &mut v[..n], &g[..n]);
+    let mut bad = false;
+    for i in 0..n {
+        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+        w[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
+        bad |= !w[i].is_finite();
+    }
+    bad
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn adam_avx512(
+    w: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    c: AdamConsts,
+) -> bool {
+    adam_body(w, m, v, g, c)
+}
+
+fn adam_update(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: AdamConsts) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked above).
+        return unsafe { adam_avx512(w, m, v, g, c) };
+    }
+    adam_body(w, m, v, g, c)
+}
+
+/// Adam over the rows (width d) of a matrix whose gradient is stored only for touched rows
+/// (`slot[j]` = row of `g`, or NONE: zero gradient). Optionally renormalise each row.
+#[allow(clippy::too_many_arguments)]
+fn adam_rows(
+    w: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    d: usize,
+    slot: &[u32],
+    g: &[f32],
+    zero: &[f32],
+    c: AdamConsts,
+    renorm: bool,
+) -> bool {
+    if d == 0 {
+        return false;
+    }
+    w.par_chunks_mut(ADAM_ROWS * d)
+        .zip(m.par_chunks_mut(ADAM_ROWS * d))
+        .zip(v.par_chunks_mut(ADAM_ROWS * d))
+        .enumerate()
+        .map(|(ci, ((w, m), v))| {
+            let mut bad = false;
+            for (r, ((w, m), v)) in w
+                .chunks_mut(d)
+                .zip(m.chunks_mut(d))
+                .zip(v.chunks_mut(d))
+                .enumerate()
+            {
+                let j = ci * ADAM_ROWS + r;
+                let gr = match slot[j] {
+                    NONE => &zero[..d],
+                    s => &g[s as usize * d..(s as usize + 1) * d],
+                };
+                bad |= adam_update(w, m, v, gr, c);
+                if renorm {
+                    let n = vector::dot(w, w).sqrt();
+                    if n > 0.0 {
+                        w.iter_mut().for_each(|x| *x /= n);
+                    }
+                }
+            }
+            bad
+        })
+        .reduce(|| false, |a, b| a | b)
+}
+
+fn adam_dense(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: AdamConsts) -> bool {
+    adam_update(w, m, v, g, c)
+}

@@ -1,0 +1,362 @@
+//! The fused fast step (`sae::fast`) against the reference step (dense candle autograd + Adam):
+//! same losses, gradients and parameters for every architecture × auxiliary loss, including
+//! batches where some tokens have fewer positive pre-activations than k and some features fewer
+//! than their capacity m_j; and bit-identical repeated runs on one thread.
+//!
+//! Tolerances: losses within 1e-5 relative; each parameter tensor within 1e-4 relative in
+//! Frobenius norm (‖p_fast − p_ref‖ / ‖p_ref‖). Element-wise relative error is not meaningful
+//! after Adam: its first update is ±lr·sign(g) for any non-zero g, so a gradient entry that is
+//! zero up to rounding can move by 2·lr in one path and not the other.
+
+use sparsa::data::activations::BatchSource;
+use sparsa::data::synthetic::{SyntheticConfig, SyntheticSource};
+use sparsa::sae::allocation::{self, AllocInput, Matching};
+use sparsa::sae::config::{AuxNorm, RunConfig};
+use sparsa::sae::fast::{AuxSpec, FastStep};
+use sparsa::sae::loss::aux_select;
+use sparsa::sae::params::SaeParams;
+use sparsa::sae::reference::{self, AuxTerm, Selections};
+use sparsa::sae::train::Trainer;
+
+const D: usize = 16;
+const F: usize = 128;
+const B: usize = 48;
+/// k·B = 96 < F: under Feature Choice's uniform capacities features 96.. get m_j = 0, so they
+/// die and the auxiliary losses have work.
+const K: usize = 2;
+
+const ARCHS: [&str; 3] = ["topk", "mutual_choice", "feature_choice"];
+const AUXES: [&str; 3] = ["none", "aux_k", "aux_zipf"];
+
+fn cfg(arch: &str, aux: &str, reference: bool) -> RunConfig {
+    let text = format!(
+        r#"
+[sae]
+architecture = "{arch}"
+d_sae = {F}
+k = {K}
+[aux]
+kind = "{aux}"
+dead_tokens = {B}
+density_window_tokens = 480
+[train]
+batch_size = {B}
+steps = 10
+lr = 2e-3
+warmup_steps = 2
+seed = 5
+init_sample = 256
+reference = {reference}
+[data.synthetic]
+d = {D}
+n_features = 40
+seed = 9
+"#
+    );
+    RunConfig::from_toml(&text, &[], "test").unwrap()
+}
+
+fn source() -> SyntheticSource {
+    SyntheticSource::new(SyntheticConfig::new(D, 40, 9)).unwrap()
+}
+
+/// Bias the encoder so that feature j % 7 == 0 can never fire (fewer positives than its
+/// capacity), feature 1 fires on the "empty" tokens, and every other feature needs
+/// signal to fire.
+fn shape_biases(p: &mut SaeParams) {
+    for (j, b) in p.b_enc.iter_mut().enumerate() {
+        *b = if j % 7 == 0 {
+            -1e3
+        } else if j == 1 {
+            0.3
+        } else {
+            -0.3
+        };
+    }
+}
+
+/// A batch whose rows 0, 5, 10, … are "empty" tokens: x = b_dec / scale, so that X − b_dec ≈ 0
+/// and only feature 1 (1 < k) is positive on them.
+fn batch(src: &mut SyntheticSource, p: &SaeParams, scale: f32) -> Vec<f32> {
+    let mut x = vec![0f32; B * D];
+    src.next_batch(&mut x).unwrap();
+    for (i, row) in x.chunks_mut(D).enumerate() {
+        if i % 5 == 0 {
+            row.iter_mut()
+                .zip(&p.b_dec)
+                .for_each(|(v, &b)| *v = b / scale);
+        }
+    }
+    x
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+    num / den.max(1e-30)
+}
+
+fn rel_scalar(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-12)
+}
+
+fn assert_params_close(fast: &SaeParams, slow: &SaeParams, tol: f64, what: &str) {
+    for (name, a, b) in [
+        ("W_enc", &fast.w_enc, &slow.w_enc),
+        ("b_enc", &fast.b_enc, &slow.b_enc),
+        ("W_dec", &fast.w_dec, &slow.w_dec),
+        ("b_dec", &fast.b_dec, &slow.b_dec),
+    ] {
+        let r = rel(a, b);
+        assert!(r <= tol, "{what}: {name} differs by {r:e} relative");
+    }
+}
+
+fn trainers(arch: &str, aux: &str) -> (Trainer, Trainer) {
+    let c_fast = cfg(arch, aux, false);
+    let c_ref = cfg(arch, aux, true);
+    let mut s = source();
+    let mut sample = vec![0f32; 256 * D];
+    s.next_batch(&mut sample).unwrap();
+    let mut fast = Trainer::new(c_fast, D, &sample).unwrap();
+    let mut slow = Trainer::new(c_ref, D, &sample).unwrap();
+    shape_biases(&mut fast.params);
+    shape_biases(&mut slow.params);
+    assert_eq!(fast.params, slow.params);
+    (fast, slow)
+}
+
+#[test]
+fn ten_fast_steps_match_ten_reference_steps() {
+    for arch in ARCHS {
+        for aux in AUXES {
+            let what = format!("{arch}+{aux}");
+            let (mut fast, mut slow) = trainers(arch, aux);
+            let mut src = source();
+            let mut aux_steps = 0;
+            let mut short_rows = false;
+            for step in 0..10 {
+                let x = batch(&mut src, &slow.params, slow.scale);
+                let mf = fast.step(&mut x.clone()).unwrap();
+                let ms = slow.step(&mut x.clone()).unwrap();
+                let at = format!("{what} step {step}");
+                assert!(
+                    rel_scalar(mf.loss, ms.loss) <= 1e-5,
+                    "{at}: loss {} vs {}",
+                    mf.loss,
+                    ms.loss
+                );
+                assert!(
+                    rel_scalar(mf.fvu, ms.fvu) <= 1e-5,
+                    "{at}: fvu {} vs {}",
+                    mf.fvu,
+                    ms.fvu
+                );
+                assert!(
+                    rel_scalar(mf.mse, ms.mse) <= 1e-5,
+                    "{at}: mse {} vs {}",
+                    mf.mse,
+                    ms.mse
+                );
+                if ms.aux_loss != 0.0 || mf.aux_loss != 0.0 {
+                    aux_steps += 1;
+                    assert!(
+                        rel_scalar(mf.aux_loss, ms.aux_loss) <= 1e-5,
+                        "{at}: aux {} vs {}",
+                        mf.aux_loss,
+                        ms.aux_loss
+                    );
+                }
+                assert_eq!(
+                    mf.l0_mean, ms.l0_mean,
+                    "{at}: the two paths selected differently"
+                );
+                assert_eq!(mf.l0_max, ms.l0_max, "{at}");
+                short_rows |= arch == "topk" && ms.l0_mean < K as f64;
+                assert_params_close(&fast.params, &slow.params, 1e-4, &at);
+                assert_eq!(fast.state.since_fired, slow.state.since_fired, "{at}");
+            }
+            if aux != "none" {
+                assert!(
+                    aux_steps >= 5,
+                    "{what}: the auxiliary loss ran on only {aux_steps} steps"
+                );
+            }
+            if arch == "topk" {
+                assert!(short_rows, "{what}: no token had fewer than k positives");
+            }
+            let ma = &fast.state.adam;
+            let sa = &slow.state.adam;
+            assert_eq!(ma.t, sa.t);
+            for i in 0..4 {
+                assert!(
+                    rel(&ma.m[i], &sa.m[i]) <= 1e-4,
+                    "{what}: Adam m[{i}] {:e}",
+                    rel(&ma.m[i], &sa.m[i])
+                );
+                assert!(
+                    rel(&ma.v[i], &sa.v[i]) <= 1e-4,
+                    "{what}: Adam v[{i}] {:e}",
+                    rel(&ma.v[i], &sa.v[i])
+                );
+            }
+        }
+    }
+}
+
+/// One step's gradients, fast vs reference, on the same matchings; the batch has tokens with
+/// fewer positives than k and features with fewer positives than their capacity.
+#[test]
+fn gradients_match_reference_on_short_rows_and_columns() {
+    for arch in ARCHS {
+        for (aux, norm) in [
+            (None, AuxNorm::Nmse),
+            (Some(0.5f32), AuxNorm::Nmse),
+            (Some(1.0), AuxNorm::Mse),
+        ] {
+            let what = format!("{arch} aux {aux:?} {norm:?}");
+            let c = cfg(arch, "none", false);
+            let (fast_t, _) = trainers(arch, "none");
+            let p = fast_t.params.clone();
+            let mut src = source();
+            let mut x = batch(&mut src, &p, fast_t.scale);
+            x.iter_mut().for_each(|v| *v *= fast_t.scale);
+            let alloc = allocation::build(&c.sae, None).unwrap();
+            let density: Vec<f32> = (0..F).map(|j| 1.0 / (1.0 + j as f32)).collect();
+            // aux_k-like eligibility (0/1) or aux_zipf-like graded eligibility.
+            let u: Vec<f32> = (0..F)
+                .map(|j| match aux {
+                    Some(v) if v >= 1.0 => f32::from(j % 3 == 0),
+                    Some(v) => v * ((j % 4) as f32) / 3.0,
+                    None => 0.0,
+                })
+                .collect();
+            let k_aux = 4;
+            let mut fs = FastStep::new();
+            let spec = aux.map(|_| AuxSpec {
+                u: &u,
+                k_aux,
+                coeff: 1.0 / 32.0,
+                norm,
+            });
+            let lf = fs
+                .forward_backward(&p, &x, B, alloc.as_ref(), &density, spec)
+                .unwrap();
+            let gf = fs.dense_grads();
+
+            let select = |a: &[f32]| {
+                let mut main = Matching::default();
+                alloc.select(
+                    &AllocInput {
+                        a,
+                        b: B,
+                        f: F,
+                        density: &density,
+                    },
+                    &mut main,
+                );
+                let auxm = aux.map(|_| {
+                    let mut m = Matching::default();
+                    aux_select(a, B, F, &u, k_aux, &mut m);
+                    m
+                });
+                Selections { main, aux: auxm }
+            };
+            let term = AuxTerm {
+                coeff: 1.0 / 32.0,
+                norm,
+                residual: None,
+            };
+            let (lr, gr, sel, _) = reference::forward_backward(
+                &p,
+                &x,
+                B,
+                candle_core::DType::F32,
+                Some(term),
+                true,
+                select,
+            )
+            .unwrap();
+            let mut gr = gr.unwrap();
+            sparsa::sae::optim::project_decoder_grad(&p.w_dec, &mut gr.w_dec, D);
+
+            assert_eq!(sel.main, fs.main, "{what}");
+            // The construction gives short rows and short columns.
+            let l0 = fs.main.l0_per_row();
+            assert!(l0.iter().any(|&n| n < K), "{what}: no short row {l0:?}");
+            let counts = fs.main.per_feature_counts();
+            assert!(
+                (0..F).filter(|j| j % 7 == 0).all(|j| counts[j] == 0),
+                "{what}"
+            );
+            if aux.is_some() {
+                assert!(fs.aux_active(), "{what}: auxiliary selection empty");
+                assert!(lr.aux > 0.0);
+            }
+            for (name, a, b) in [
+                ("rec", lf.rec, lr.rec),
+                ("aux", lf.aux, lr.aux),
+                ("total", lf.total, lr.total),
+            ] {
+                assert!(rel_scalar(a, b) <= 1e-5, "{what}: {name} {a} vs {b}");
+            }
+            for (name, a, b) in [
+                ("W_enc", &gf.w_enc, &gr.w_enc),
+                ("b_enc", &gf.b_enc, &gr.b_enc),
+                ("W_dec", &gf.w_dec, &gr.w_dec),
+                ("b_dec", &gf.b_dec, &gr.b_dec),
+            ] {
+                let r = rel(a, b);
+                assert!(r <= 1e-5, "{what}: grad {name} differs by {r:e}");
+                // Zero exactly where the reference is exactly zero (untouched features).
+                if name.starts_with('W') {
+                    for (row_f, row_r) in a.chunks(D).zip(b.chunks(D)) {
+                        if row_r.iter().all(|&v| v == 0.0) {
+                            assert!(
+                                row_f.iter().all(|&v| v == 0.0),
+                                "{what}: {name} row should be zero"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn run_fast(arch: &str, aux: &str) -> Trainer {
+    let (mut t, _) = trainers(arch, aux);
+    let mut src = source();
+    for _ in 0..10 {
+        let p = t.params.clone();
+        let mut x = batch(&mut src, &p, t.scale);
+        t.step(&mut x).unwrap();
+    }
+    t
+}
+
+/// On one thread the fast path is bit-reproducible (the encoder product's summation order
+/// depends on `gemm`'s blocking for a given thread count; every other reduction of the fast
+/// step has a fixed order whatever the thread count).
+#[test]
+fn fast_path_on_one_thread_is_bit_identical_across_runs() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for (arch, aux) in [
+        ("topk", "aux_k"),
+        ("mutual_choice", "aux_zipf"),
+        ("feature_choice", "aux_zipf"),
+    ] {
+        let a = pool.install(|| run_fast(arch, aux));
+        let b = pool.install(|| run_fast(arch, aux));
+        assert_eq!(a.params, b.params, "{arch}+{aux}");
+        assert_eq!(a.state, b.state, "{arch}+{aux}");
+    }
+}
