@@ -157,13 +157,13 @@ pub struct LmCompareArgs {
     #[arg(long, default_value_t = 15)]
     layer: usize,
     /// Activation rows to extract (training + held-out rows).
-    #[arg(long, default_value_t = 131_072)]
+    #[arg(long, default_value_t = 196_608)]
     tokens: u64,
     /// Tokens per context (prefix included).
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
     /// Passes over the training rows (sets train.steps unless --set gives it).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 3.0)]
     epochs: f64,
     /// Base SAE config; default: the built-in configs/sae/smollm2.toml.
     #[arg(long, short)]
