@@ -43,6 +43,15 @@ impl Matching {
         self.row_ptr.push(self.cols.len());
     }
 
+    /// Build from per-token column lists (each ascending), in token order.
+    pub fn from_rows(&mut self, f: usize, rows: &[Vec<u32>]) {
+        self.reset(rows.len(), f);
+        for r in rows {
+            self.cols.extend_from_slice(r);
+            self.end_row();
+        }
+    }
+
     /// Build from (row, col) pairs in any order (counting sort by row; cols ascending per row).
     pub fn from_pairs(&mut self, b: usize, f: usize, pairs: &[(u32, u32)]) {
         self.b = b;

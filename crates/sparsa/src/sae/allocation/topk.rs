@@ -28,10 +28,7 @@ impl Allocation for TopK {
                 sel
             })
             .collect();
-        out.reset(b, f);
-        for r in rows {
-            out.cols.extend_from_slice(&r);
-            out.end_row();
-        }
+        debug_assert_eq!(rows.len(), b);
+        out.from_rows(f, &rows);
     }
 }

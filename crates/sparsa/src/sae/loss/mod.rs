@@ -66,11 +66,8 @@ pub fn aux_select(a: &[f32], b: usize, f: usize, u: &[f32], k_aux: usize, out: &
             },
         )
         .collect();
-    out.reset(b, f);
-    for r in rows {
-        out.cols.extend_from_slice(&r);
-        out.end_row();
-    }
+    debug_assert_eq!(rows.len(), b);
+    out.from_rows(f, &rows);
 }
 
 #[cfg(test)]
