@@ -20,7 +20,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Sparse autoencoders: train, evaluate, export, compare.
+    /// Sparse autoencoders: train, evaluate, export, compare (synthetic and on SmolLM2).
     #[command(subcommand)]
     Sae(commands::sae::SaeCommand),
     /// Fetch the pinned models and data sets into the cache (idempotent).
