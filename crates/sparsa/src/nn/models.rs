@@ -178,6 +178,30 @@ struct Builder {
 }
 
 impl Builder {
+    fn new(seed: u64, dtype: DType) -> Self {
+        Builder {
+            params: Vec::new(),
+            bns: Vec::new(),
+            relus: Vec::new(),
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            dtype,
+        }
+    }
+
+    /// The finished network; batch-norm momentum 0.1 and ε 1e-5 (PyTorch's defaults).
+    fn finish(self, arch: Arch, input: InputSpec, ops: Vec<Op>) -> Net {
+        Net {
+            arch,
+            input,
+            params: self.params,
+            bns: self.bns,
+            ops,
+            relu_names: self.relus,
+            bn_momentum: 0.1,
+            bn_eps: 1e-5,
+        }
+    }
+
     fn kaiming(&mut self, shape: &[usize], fan_in: usize) -> Result<Tensor> {
         let std = (2.0 / fan_in as f64).sqrt();
         let normal = Normal::new(0.0, std).map_err(|e| NnError::Config {
@@ -276,13 +300,7 @@ impl Net {
     /// Build `arch` for `input`, initialised from `seed`, in `dtype` (f32 for training; f64 for
     /// gradient checks and SynFlow).
     pub fn new(arch: Arch, input: InputSpec, seed: u64, dtype: DType) -> Result<Net> {
-        let mut b = Builder {
-            params: Vec::new(),
-            bns: Vec::new(),
-            relus: Vec::new(),
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
-            dtype,
-        };
+        let mut b = Builder::new(seed, dtype);
         let InputSpec {
             channels: c,
             height: h,
@@ -382,44 +400,20 @@ impl Net {
                 ops.push(b.linear("fc", 512, classes)?);
             }
         }
-        Ok(Net {
-            arch,
-            input,
-            params: b.params,
-            bns: b.bns,
-            ops,
-            relu_names: b.relus,
-            bn_momentum: 0.1,
-            bn_eps: 1e-5,
-        })
+        Ok(b.finish(arch, input, ops))
     }
 
     /// A LeNet-style MLP with custom hidden widths (LeNet-300-100 is `hidden = [300, 100]`); its
     /// `arch` reads `lenet-300-100` as the family name. Used for small hand-checked tests.
     pub fn mlp(input: InputSpec, hidden: &[usize], seed: u64, dtype: DType) -> Result<Net> {
-        let mut b = Builder {
-            params: Vec::new(),
-            bns: Vec::new(),
-            relus: Vec::new(),
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
-            dtype,
-        };
+        let mut b = Builder::new(seed, dtype);
         let ops = mlp_ops(
             &mut b,
             input.channels * input.height * input.width,
             hidden,
             input.classes,
         )?;
-        Ok(Net {
-            arch: Arch::Lenet300100,
-            input,
-            params: b.params,
-            bns: b.bns,
-            ops,
-            relu_names: b.relus,
-            bn_momentum: 0.1,
-            bn_eps: 1e-5,
-        })
+        Ok(b.finish(Arch::Lenet300100, input, ops))
     }
 
     /// Names of the ReLU layers, in forward order (the indices a [`ReluProbe`] sees).

@@ -311,35 +311,14 @@ pub fn write_csvs(records: &[RoundRecord], out: &Path) -> Result<Vec<PathBuf>> {
     for r in records {
         let k = key(r);
         for e in &r.epochs {
-            for l in &e.train_dnr.layers {
-                let _ = writeln!(
-                    s,
-                    "{},{},{},{},{},{},{:.6},{:.6},{},{:.6}",
-                    k.0,
-                    k.1,
-                    k.2,
-                    r.cell.seed,
-                    r.round,
-                    e.epoch,
-                    e.test_acc,
-                    e.train_loss,
-                    l.name,
-                    l.dynamic
-                );
-            }
-            let _ = writeln!(
-                s,
-                "{},{},{},{},{},{},{:.6},{:.6},global,{:.6}",
-                k.0,
-                k.1,
-                k.2,
-                r.cell.seed,
-                r.round,
-                e.epoch,
-                e.test_acc,
-                e.train_loss,
-                e.train_dnr.global_dynamic
+            let prefix = format!(
+                "{},{},{},{},{},{},{:.6},{:.6}",
+                k.0, k.1, k.2, r.cell.seed, r.round, e.epoch, e.test_acc, e.train_loss
             );
+            for l in &e.train_dnr.layers {
+                let _ = writeln!(s, "{prefix},{},{:.6}", l.name, l.dynamic);
+            }
+            let _ = writeln!(s, "{prefix},global,{:.6}", e.train_dnr.global_dynamic);
         }
     }
     files.push(write(out, "dnr_per_epoch.csv", &s)?);
