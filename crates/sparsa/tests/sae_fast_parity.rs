@@ -245,7 +245,7 @@ fn gradients_match_reference_on_short_rows_and_columns() {
                 norm,
             });
             let lf = fs
-                .forward_backward(&p, &x, B, alloc.as_ref(), &density, spec)
+                .forward_backward(&p, &x, B, alloc.as_ref(), &density, 0, spec)
                 .unwrap();
             let gf = fs.dense_grads();
 
@@ -257,6 +257,7 @@ fn gradients_match_reference_on_short_rows_and_columns() {
                         b: B,
                         f: F,
                         density: &density,
+                        step: 0,
                     },
                     &mut main,
                 );

@@ -4,8 +4,9 @@ use crate::ui::{self, Bar};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use sparsa::data::activations::{ActivationSource, SourceOptions};
+use sparsa::sae::calibrate::deployable_model;
 use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant, VariantResult};
-use sparsa::sae::config::{Architecture, AuxKind, RunConfig, ThresholdMode};
+use sparsa::sae::config::{Architecture, AuxKind, RunConfig, ThresholdMode, ThresholdSource};
 use sparsa::sae::io::{load_sae, save_sae};
 use sparsa::sae::metrics::{evaluate, EvalReport, Form};
 use sparsa::sae::train::{DataSpec, RunEnd, StepMetrics, Trainer, DEFAULT_EVAL_TOKENS};
@@ -116,6 +117,17 @@ pub struct ExportArgs {
     /// Thresholds of the JumpReLU inference form (Mutual/Feature Choice only).
     #[arg(long, value_enum)]
     threshold_mode: Option<ThresholdArg>,
+    /// Where the thresholds come from: `calibrated` (a pass over sae.calibration_tokens
+    /// training rows; needs the training data) or `ema` (the running estimate from training).
+    /// Default: the run's sae.threshold_source.
+    #[arg(long, value_enum)]
+    threshold_source: Option<ThresholdSourceArg>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ThresholdSourceArg {
+    Calibrated,
+    Ema,
 }
 
 #[derive(Args, Debug)]
@@ -249,7 +261,14 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     let secs = t0.elapsed().as_secs_f64();
     let tps = (trainer.state.tokens - start_tokens) as f64 / secs.max(1e-9);
-    let model = trainer.model();
+    let (model, calibration) = deployable_model(&trainer, &data, &Bar::new(0, "calibrate", "tok"))?;
+    if let Some(c) = &calibration {
+        save_sae(&a.out, &model)?;
+        eprintln!(
+            "inference thresholds calibrated on {} training rows (training-form L0 there {:.2})",
+            c.tokens, c.target_l0
+        );
+    }
     let mut reports = Vec::new();
     let forms: &[Form] = if cfg.sae.architecture.batch_dependent() {
         &[Form::Training, Form::Inference]
@@ -417,7 +436,23 @@ fn export(a: ExportArgs) -> Result<()> {
             ThresholdArg::Global => ThresholdMode::Global,
         };
     }
-    let model = t.model();
+    if let Some(src) = a.threshold_source {
+        t.cfg.sae.threshold_source = match src {
+            ThresholdSourceArg::Calibrated => ThresholdSource::Calibrated,
+            ThresholdSourceArg::Ema => ThresholdSource::Ema,
+        };
+    }
+    let model = if t.cfg.sae.architecture.batch_dependent()
+        && t.cfg.sae.threshold_source == ThresholdSource::Calibrated
+    {
+        let data = DataSpec::open(&t.cfg).with_context(|| {
+            "calibrating the thresholds needs the training data named in the run's config \
+             (or pass --threshold-source ema)"
+        })?;
+        deployable_model(&t, &data, &Bar::new(0, "calibrate", "tok"))?.0
+    } else {
+        t.model()
+    };
     save_sae(&a.out, &model)?;
     println!(
         "exported {} SAE ({} tokens trained) to {}",

@@ -1,6 +1,7 @@
 //! Train several variants of one base configuration and evaluate each on held-out data:
 //! the synthetic comparison of TopK, Mutual Choice and Feature Choice (with aux_k and aux_zipf).
 
+use super::calibrate::{deployable_model, Calibration};
 use super::config::{Architecture, AuxKind, RunConfig};
 use super::metrics::{evaluate, EvalReport, Form};
 use super::train::{DataSpec, RunEnd, StepMetrics, Trainer};
@@ -68,6 +69,8 @@ pub struct VariantResult {
     pub eval_inference: EvalReport,
     /// Dead share from the trainer's token counters at the end.
     pub train_dead_frac: f64,
+    /// The threshold calibration the inference form uses, if calibrated.
+    pub calibration: Option<Calibration>,
     /// (MMCS, share of ground-truth features recovered at cosine > 0.9), synthetic data only.
     pub recovery: Option<(f64, f64)>,
     pub seconds: f64,
@@ -94,7 +97,10 @@ pub fn train_and_evaluate(
     if end == RunEnd::Stopped {
         return Ok(None);
     }
-    let model = trainer.model();
+    let (model, calibration) = deployable_model(&trainer, &data, &NoProgress)?;
+    if let (Some(dir), Some(_)) = (out, &calibration) {
+        super::io::save_sae(dir, &model)?;
+    }
     let batch = cfg.train.batch_size;
     let mut ev = data.eval_source(&trainer.cfg, eval_tokens)?;
     let eval = evaluate(
@@ -131,6 +137,7 @@ pub fn train_and_evaluate(
         },
         eval,
         eval_inference,
+        calibration,
         train_dead_frac: dead.iter().filter(|&&x| x).count() as f64 / dead.len() as f64,
         recovery,
         seconds,

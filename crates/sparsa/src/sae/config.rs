@@ -55,6 +55,21 @@ pub enum ThresholdMode {
     Global,
 }
 
+/// Where the JumpReLU inference thresholds come from (project choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdSource {
+    /// A calibration pass after training over a seeded sample of training rows, in batches of
+    /// the training size: θ_j is set so that feature j fires on exactly as many of those rows
+    /// as the training form selects it (per feature), or θ so that the total L0 matches
+    /// (global). See `sae::calibrate`.
+    #[default]
+    Calibrated,
+    /// The running estimate kept during training: an EMA of each feature's smallest selected
+    /// activation per batch (stale for features that fire rarely).
+    Ema,
+}
+
 /// `[sae]`: the autoencoder and its allocation rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,16 +86,35 @@ pub struct SaeConfig {
     /// Feature Choice capacities (project choice).
     #[serde(default)]
     pub capacity: Capacity,
+    /// Feature Choice capacity factor c ≥ 1 (project choice): each feature may take up to
+    /// c·m_j tokens, and the kB largest of those selections are kept. 1 = plain Feature Choice;
+    /// c → ∞ approaches Mutual Choice.
+    #[serde(default = "default_capacity_factor")]
+    pub capacity_factor: f64,
     /// Inference thresholds written on export (project choice).
     #[serde(default)]
     pub threshold_mode: ThresholdMode,
     /// EMA decay of the learned thresholds per batch (project choice).
     #[serde(default = "default_threshold_ema")]
     pub threshold_ema: f64,
+    /// Where exported inference thresholds come from (project choice; default calibrated).
+    #[serde(default)]
+    pub threshold_source: ThresholdSource,
+    /// Training rows read by the threshold calibration pass.
+    #[serde(default = "default_calibration_tokens")]
+    pub calibration_tokens: u64,
+}
+
+fn default_capacity_factor() -> f64 {
+    1.0
 }
 
 fn default_threshold_ema() -> f64 {
     0.99
+}
+
+fn default_calibration_tokens() -> u64 {
+    65_536
 }
 
 impl SaeConfig {
@@ -103,6 +137,19 @@ impl SaeConfig {
                 "sae.threshold_ema = {} must be in [0, 1)",
                 self.threshold_ema
             ));
+        }
+        if !(self.capacity_factor.is_finite() && self.capacity_factor >= 1.0) {
+            return bad(format!(
+                "sae.capacity_factor = {} must be a number ≥ 1 (1 = plain Feature Choice)",
+                self.capacity_factor
+            ));
+        }
+        if self.threshold_source == ThresholdSource::Calibrated && self.calibration_tokens == 0 {
+            return bad(
+                "sae.calibration_tokens must be at least 1 with threshold_source = \"calibrated\" \
+                 (or set sae.threshold_source = \"ema\")"
+                    .into(),
+            );
         }
         if let Capacity::Zipf { alpha, beta } = self.capacity {
             if !(alpha.is_finite() && alpha >= 0.0 && beta.is_finite() && beta > -1.0) {

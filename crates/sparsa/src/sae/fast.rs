@@ -158,6 +158,7 @@ impl FastStep {
         b: usize,
         alloc: &dyn Allocation,
         density: &[f32],
+        step: u64,
         aux: Option<AuxSpec<'_>>,
     ) -> Result<Losses, SaeError> {
         let (d, f) = (p.d, p.f);
@@ -215,6 +216,7 @@ impl FastStep {
                 b,
                 f,
                 density,
+                step,
             },
             &mut self.main,
         );

@@ -38,8 +38,15 @@ pub struct SaeMeta {
     pub k: usize,
     #[serde(default)]
     pub capacity: Capacity,
+    /// Feature Choice capacity factor c (1 = plain Feature Choice).
+    #[serde(default = "one")]
+    pub capacity_factor: f64,
     #[serde(default)]
     pub threshold_mode: ThresholdMode,
+    /// Rows the inference thresholds were calibrated on; `None`: the running (EMA) thresholds
+    /// from training.
+    #[serde(default)]
+    pub threshold_calibration_tokens: Option<u64>,
     /// The input scaling that was folded into the weights.
     pub input_scale: f32,
     #[serde(default)]
@@ -60,13 +67,19 @@ pub struct SaeMeta {
     pub context_size: Option<usize>,
 }
 
+fn one() -> f64 {
+    1.0
+}
+
 impl Default for SaeMeta {
     fn default() -> Self {
         SaeMeta {
             trained_architecture: Architecture::TopK,
             k: 1,
             capacity: Capacity::Uniform,
+            capacity_factor: 1.0,
             threshold_mode: ThresholdMode::Feature,
+            threshold_calibration_tokens: None,
             input_scale: 1.0,
             aux: AuxKind::None,
             steps: 0,

@@ -70,8 +70,11 @@ pub fn rule_for(model: &SaeModel, form: Form) -> Result<Box<dyn Allocation>, Sae
                 d_sae: model.params.f,
                 k: meta.k,
                 capacity: meta.capacity.clone(),
+                capacity_factor: meta.capacity_factor,
                 threshold_mode: meta.threshold_mode,
                 threshold_ema: 0.99,
+                threshold_source: Default::default(),
+                calibration_tokens: 65_536,
             };
             if cfg.architecture == Architecture::JumpRelu {
                 return allocation::build(&cfg, model.thresholds.as_deref());
@@ -109,6 +112,7 @@ pub fn evaluate(
     let (mut l0_sum, mut l0_sq, mut l0_max, mut l0_zero) = (0f64, 0f64, 0usize, 0u64);
     let mut counts = vec![0u64; f];
     progress.set_total(max_tokens);
+    let mut batch_index = 0u64;
     while n < max_tokens {
         let want = ((max_tokens - n) as usize).min(batch.max(1));
         let got = source.next_batch(&mut x[..want * d])?;
@@ -123,9 +127,11 @@ pub fn evaluate(
                 b: got,
                 f,
                 density: &model.density,
+                step: batch_index,
             },
             &mut m,
         );
+        batch_index += 1;
         p.decode_sparse(&a, &m, &mut xhat[..got * d]);
         for i in 0..got {
             let xi = &x[i * d..(i + 1) * d];
@@ -225,6 +231,7 @@ pub fn reconstructor(
                 b: n,
                 f: p.f,
                 density: &model.density,
+                step: 0,
             },
             &mut m,
         );

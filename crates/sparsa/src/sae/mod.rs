@@ -4,9 +4,11 @@
 //! - [`loss`]: aux_k and aux_zipf behind one interface; registry `build`.
 //! - [`params`]: the weights; [`reference`]: the simple autograd training step (the oracle);
 //!   [`optim`]: Adam with decoder-norm handling; [`train`]: the trainer (state, counters,
-//!   thresholds, checkpoints); [`metrics`]: evaluation; [`io`]: SAELens files.
+//!   thresholds, checkpoints); [`calibrate`]: inference thresholds that reproduce the training
+//!   form; [`metrics`]: evaluation; [`io`]: SAELens files.
 
 pub mod allocation;
+pub mod calibrate;
 pub mod compare;
 pub mod config;
 pub mod fast;

@@ -2,8 +2,8 @@
 //! gradient checks of every loss, and the aux_zipf properties.
 
 use super::allocation::{
-    self, capacities, AllocInput, Allocation, Capacity, FeatureChoice, JumpRelu, Matching,
-    MutualChoice, TopK,
+    self, capacities, capacities_for_budget, AllocInput, Allocation, Capacity, FeatureChoice,
+    JumpRelu, Matching, MutualChoice, TopK,
 };
 use super::config::AuxNorm;
 use super::loss::{aux_select, AuxK, AuxLoss, AuxZipf, FeatureStats};
@@ -31,6 +31,7 @@ fn run(rule: &dyn Allocation, a: &[f32], b: usize, f: usize) -> Matching {
             b,
             f,
             density: &density,
+            step: 0,
         },
         &mut m,
     );
@@ -79,14 +80,15 @@ proptest! {
     }
 
     #[test]
-    fn feature_choice_respects_capacities((b, f, a) in act_matrix(), k in 1usize..6, zipf in any::<bool>()) {
+    fn feature_choice_respects_capacities((b, f, a) in act_matrix(), k in 1usize..6, zipf in any::<bool>(), step in 0u64..1000) {
         let cap = if zipf { Capacity::Zipf { alpha: 1.0, beta: 1.0 } } else { Capacity::Uniform };
         let density: Vec<f32> = (0..f).map(|j| ((j * 7) % 5) as f32 / 10.0).collect();
-        let caps = capacities(&cap, k, b, f, &density);
-        prop_assert!(caps.iter().sum::<usize>() <= k * b);
-        let rule = FeatureChoice { k, capacity: cap };
+        let caps = capacities(&cap, k, b, f, &density, step);
+        prop_assert_eq!(caps.iter().sum::<usize>(), (k * b).min(f * b));
+        prop_assert!(caps.iter().all(|&m| m <= b));
+        let rule = FeatureChoice { k, capacity: cap, capacity_factor: 1.0 };
         let mut m = Matching::default();
-        rule.select(&AllocInput { a: &a, b, f, density: &density }, &mut m);
+        rule.select(&AllocInput { a: &a, b, f, density: &density, step }, &mut m);
         let counts = m.per_feature_counts();
         for j in 0..f {
             let pos = (0..b).filter(|&i| a[i * f + j] > 0.0).count();
@@ -96,9 +98,37 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Capacity factor c: the kB largest (value, then lower flat index) of the per-column top
+    /// c·m_j selections, against brute force.
+    #[test]
+    fn feature_choice_with_a_capacity_factor_keeps_the_largest_widened_selections(
+        (b, f, a) in act_matrix(), k in 1usize..4, step in 0u64..50, c in prop_oneof![Just(1.0f64), Just(2.0), Just(3.5)]
+    ) {
+        let density = vec![0f32; f];
+        let rule = FeatureChoice { k, capacity: Capacity::Uniform, capacity_factor: c };
+        let mut m = Matching::default();
+        rule.select(&AllocInput { a: &a, b, f, density: &density, step }, &mut m);
+        let widened = ((k * b) as f64 * c).round() as usize;
+        let caps = capacities_for_budget(&Capacity::Uniform, widened, b, f, &density, step);
+        let mut cand = Vec::new();
+        for (j, &cap) in caps.iter().enumerate() {
+            let mut rows: Vec<usize> = (0..b).filter(|&i| a[i * f + j] > 0.0).collect();
+            rows.sort_by(|&x, &y| a[y * f + j].total_cmp(&a[x * f + j]).then(x.cmp(&y)));
+            rows.truncate(cap);
+            cand.extend(rows.into_iter().map(|i| (i, j)));
+        }
+        cand.sort_by(|&(i, j), &(p, q)| a[p * f + q].total_cmp(&a[i * f + j]).then((i * f + j).cmp(&(p * f + q))));
+        cand.truncate(k * b);
+        cand.sort();
+        prop_assert!(m.nnz() <= k * b);
+        prop_assert_eq!(selected_set(&m), cand);
+    }
+}
+
 #[test]
 fn uniform_capacities_spend_the_whole_budget() {
-    let c = capacities(&Capacity::Uniform, 3, 10, 7, &[0.0; 7]);
+    let c = capacities(&Capacity::Uniform, 3, 10, 7, &[0.0; 7], 0);
     assert_eq!(c.iter().sum::<usize>(), 30);
     assert!(c.iter().all(|&m| m == 4 || m == 5));
     let z = capacities(
@@ -110,9 +140,93 @@ fn uniform_capacities_spend_the_whole_budget() {
         16,
         8,
         &[0.1, 0.9, 0.0, 0.2, 0.3, 0.0, 0.05, 0.5],
+        0,
     );
     assert_eq!(z.iter().sum::<usize>(), 64);
     assert!(z[1] >= z[7] && z[7] >= z[4], "{z:?}");
+}
+
+/// With F > kB, uniform capacities of ⌊kB/F⌋ = 0 would lock out every feature that never gets
+/// the remainder. The remainder rotates: through the rule itself (all pre-activations positive),
+/// every feature is selected at least once within F/(kB) + 1 batches.
+#[test]
+fn feature_choice_selects_every_feature_over_a_window_when_f_exceeds_kb() {
+    for (k, b, f) in [
+        (2usize, 8usize, 100usize),
+        (1, 16, 37),
+        (3, 5, 64),
+        (1, 1, 9),
+    ] {
+        assert!(f > k * b);
+        let rule = FeatureChoice {
+            k,
+            capacity: Capacity::Uniform,
+            capacity_factor: 1.0,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(f as u64);
+        let density = vec![0f32; f];
+        let window = f / (k * b) + 1;
+        for first in [0u64, 7, 1_000_003] {
+            let mut seen = vec![false; f];
+            for step in first..first + window as u64 {
+                let a: Vec<f32> = (0..b * f)
+                    .map(|_| rand::Rng::random_range(&mut rng, 0.01f32..1.0))
+                    .collect();
+                let mut m = Matching::default();
+                let input = AllocInput {
+                    a: &a,
+                    b,
+                    f,
+                    density: &density,
+                    step,
+                };
+                rule.select(&input, &mut m);
+                assert_eq!(m.nnz(), k * b, "the whole budget is spent");
+                for &j in &m.cols {
+                    seen[j as usize] = true;
+                }
+            }
+            let missing: Vec<usize> = (0..f).filter(|&j| !seen[j]).collect();
+            assert!(
+                missing.is_empty(),
+                "k {k} B {b} F {f}: features never selected in {window} batches from {first}: {missing:?}"
+            );
+        }
+    }
+}
+
+/// Zipf capacities: every batch spends exactly the budget, and over many batches each feature's
+/// mean capacity approaches its exact (fractional) share, so tail features whose floor is 0 are
+/// still selectable.
+#[test]
+fn zipf_capacities_rotate_fractional_shares() {
+    let (k, b, f) = (2usize, 8usize, 64usize);
+    let density: Vec<f32> = (0..f).map(|j| 1.0 / (1.0 + j as f32)).collect();
+    let cap = Capacity::Zipf {
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let steps = 4000u64;
+    let mut mean = vec![0f64; f];
+    for step in 0..steps {
+        let m = capacities(&cap, k, b, f, &density, step);
+        assert_eq!(m.iter().sum::<usize>(), k * b);
+        for j in 0..f {
+            mean[j] += m[j] as f64 / steps as f64;
+        }
+    }
+    // Exact shares: (r)^-1 normalised to kB over ranks 1..F (no feature reaches the cap B = 8
+    // except rank 1: 16 / H_64 ≈ 3.38, so none is capped).
+    let h: f64 = (1..=f).map(|r| 1.0 / r as f64).sum();
+    for j in 0..f {
+        let exact = (k * b) as f64 / ((j + 1) as f64 * h);
+        assert!(
+            (mean[j] - exact).abs() < 0.02,
+            "feature {j}: mean capacity {} vs exact share {exact}",
+            mean[j]
+        );
+        assert!(mean[j] > 0.0, "feature {j} was never given a capacity");
+    }
 }
 
 /// Thresholds learned on one batch (one ulp below each feature's smallest selected activation,
@@ -134,6 +248,7 @@ fn jumprelu_with_learned_thresholds_reproduces_batch_rules() {
         Box::new(FeatureChoice {
             k: 3,
             capacity: Capacity::Uniform,
+            capacity_factor: 1.0,
         }),
         Box::new(FeatureChoice {
             k: 3,
@@ -141,6 +256,12 @@ fn jumprelu_with_learned_thresholds_reproduces_batch_rules() {
                 alpha: 0.8,
                 beta: 2.0,
             },
+            capacity_factor: 1.0,
+        }),
+        Box::new(FeatureChoice {
+            k: 3,
+            capacity: Capacity::Uniform,
+            capacity_factor: 2.5,
         }),
     ];
     for rule in rules {
@@ -196,6 +317,7 @@ fn fd_check(rule: &dyn Allocation, aux_u: Option<Vec<f32>>, norm: AuxNorm) {
                 b,
                 f,
                 density: &density,
+                step: 0,
             },
             &mut main,
         );
@@ -288,6 +410,7 @@ fn gradients_match_finite_differences_feature_choice_aux_zipf() {
         &FeatureChoice {
             k: 2,
             capacity: Capacity::Uniform,
+            capacity_factor: 1.0,
         },
         Some(u),
         AuxNorm::Mse,
@@ -349,6 +472,7 @@ fn aux_zipf_equals_aux_k_for_binary_underuse() {
                     b,
                     f,
                     density: &density,
+                    step: 0,
                 },
                 &mut main,
             );
@@ -434,8 +558,11 @@ fn registry_builds_every_rule() {
             d_sae: 8,
             k: 2,
             capacity: Capacity::Uniform,
+            capacity_factor: 1.0,
             threshold_mode: ThresholdMode::Feature,
             threshold_ema: 0.9,
+            threshold_source: Default::default(),
+            calibration_tokens: 65_536,
         };
         let r = allocation::build(&cfg, Some(&[0.1; 8])).unwrap();
         assert_eq!(r.name(), arch.name());

@@ -294,6 +294,7 @@ impl Trainer {
 
         let density = self.density();
         let dead = self.dead();
+        let step = self.state.step;
         let weights = self.aux.as_ref().map(|a| {
             a.weights(&FeatureStats {
                 density: &density,
@@ -323,6 +324,7 @@ impl Trainer {
                         b,
                         f,
                         density: &density,
+                        step,
                     },
                     &mut main,
                 );
@@ -377,8 +379,15 @@ impl Trainer {
                     coeff: self.cfg.aux.coeff,
                     norm: self.cfg.aux.normalization,
                 });
-            let res =
-                fast.forward_backward(&self.params, x, b, self.alloc.as_ref(), &density, spec);
+            let res = fast.forward_backward(
+                &self.params,
+                x,
+                b,
+                self.alloc.as_ref(),
+                &density,
+                step,
+                spec,
+            );
             let res = res.and_then(|losses| {
                 if !losses.total.is_finite() {
                     return Err(SaeError::Diverged {
@@ -506,6 +515,7 @@ impl Trainer {
                 trained_architecture: arch,
                 k: self.cfg.sae.k,
                 capacity: self.cfg.sae.capacity.clone(),
+                capacity_factor: self.cfg.sae.capacity_factor,
                 threshold_mode: self.cfg.sae.threshold_mode,
                 input_scale: self.scale,
                 aux: self.cfg.aux.kind,
@@ -601,6 +611,10 @@ impl Trainer {
 pub const DEFAULT_EVAL_TOKENS: u64 = 16_384;
 /// Row offset of the synthetic evaluation stream (disjoint from training rows).
 const SYNTHETIC_EVAL_OFFSET: u64 = 1 << 62;
+/// Row offset of the synthetic calibration stream (disjoint from training and evaluation).
+const SYNTHETIC_CALIBRATION_OFFSET: u64 = 1 << 61;
+/// Mixed into `train.seed` for the calibration sample's shuffle.
+const CALIBRATION_SEED: u64 = 0x5EED_CA1B_2A7E_0001;
 
 /// The data named by a run's `[data]` table.
 pub enum DataSpec {
@@ -686,6 +700,31 @@ impl DataSpec {
                 let mut out = vec![0f32; n * s.config().d];
                 s.next_batch(&mut out)?;
                 Ok(out)
+            }
+        }
+    }
+
+    /// `n` training rows for threshold calibration: a seeded sample (the training rows shuffled
+    /// with a seed derived from `train.seed`, or a disjoint synthetic stream). Every call
+    /// returns the same rows.
+    pub fn calibration_source(
+        &self,
+        cfg: &RunConfig,
+        n: u64,
+    ) -> Result<Box<dyn BatchSource>, SaeError> {
+        match self {
+            DataSpec::File { path, .. } => {
+                let mut opts = self.opts(cfg, self.train_rows(cfg), true, true);
+                opts.seed = cfg.train.seed ^ CALIBRATION_SEED;
+                Ok(Box::new(Take {
+                    inner: ActivationSource::open(path, opts)?,
+                    left: n,
+                }))
+            }
+            DataSpec::Synthetic(s) => {
+                let mut s = s.clone();
+                s.skip_rows(SYNTHETIC_CALIBRATION_OFFSET);
+                Ok(Box::new(Take { inner: s, left: n }))
             }
         }
     }

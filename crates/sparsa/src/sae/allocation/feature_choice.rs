@@ -1,5 +1,11 @@
 //! Feature Choice (Ayonrinde 2024): each feature j picks its m_j largest tokens, Σ m_j ≤ kB.
 //! Capacities m_j are a project choice: `uniform` (default) or `zipf` by running density rank.
+//!
+//! The budget rarely splits into whole capacities. The units left over after flooring go to a
+//! set of features that moves with the batch index (`AllocInput::step`), so that no feature is
+//! locked out for good: with uniform capacities and F > kB every feature gets a capacity of 1
+//! once in every ⌈F/(kB)⌉ batches; with Zipf capacities each feature gets its fractional share
+//! over time (systematic rounding with a rotating offset).
 
 use super::{AllocInput, Allocation, Matching};
 use crate::sae::select::top_k_positive_columns;
@@ -10,24 +16,47 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Capacity {
-    /// m_j = ⌊kB/F⌋, the remainder spread one each over the first features so Σ m_j = kB.
+    /// m_j = ⌊kB/F⌋, the remainder spread one each over a contiguous (cyclic) run of features
+    /// that starts where the previous batch's run ended, so Σ m_j = kB.
     #[default]
     Uniform,
     /// m_j ∝ (r_j + β)^−α with r_j ∈ 1..F the feature's rank by running firing density
-    /// (descending, ties to the lower index), floored, the remainder given by largest fractional
-    /// part, each m_j capped at B (the excess re-spread over the others), so Σ m_j = min(kB, F·B).
+    /// (descending, ties to the lower index), each m_j capped at B (the excess re-spread over
+    /// the others), then rounded by systematic sampling with an offset that rotates with the
+    /// batch index, so Σ m_j = min(kB, F·B) and E[m_j] is the exact share.
     Zipf { alpha: f64, beta: f64 },
 }
 
-/// Per-feature capacities for a batch of `b` tokens with budget `k·b` over `f` features.
-pub fn capacities(cap: &Capacity, k: usize, b: usize, f: usize, density: &[f32]) -> Vec<usize> {
-    let budget = k * b;
+/// Per-feature capacities for batch number `step` of `b` tokens with budget `k·b` over `f`
+/// features.
+pub fn capacities(
+    cap: &Capacity,
+    k: usize,
+    b: usize,
+    f: usize,
+    density: &[f32],
+    step: u64,
+) -> Vec<usize> {
+    capacities_for_budget(cap, k * b, b, f, density, step)
+}
+
+/// Per-feature capacities summing to min(`budget`, F·B) (see [`capacities`]).
+pub fn capacities_for_budget(
+    cap: &Capacity,
+    budget: usize,
+    b: usize,
+    f: usize,
+    density: &[f32],
+    step: u64,
+) -> Vec<usize> {
     match cap {
         Capacity::Uniform => {
             let base = budget / f;
             let rem = budget % f;
+            // The run of `rem` features that get one more starts where the last one ended.
+            let start = ((step as u128 * rem as u128) % f as u128) as usize;
             (0..f)
-                .map(|j| (base + usize::from(j < rem)).min(b))
+                .map(|j| (base + usize::from((j + f - start) % f < rem)).min(b))
                 .collect()
         }
         Capacity::Zipf { alpha, beta } => {
@@ -68,32 +97,54 @@ pub fn capacities(cap: &Capacity, k: usize, b: usize, f: usize, density: &[f32])
                 }
             }
             let mut m: Vec<usize> = exact.iter().map(|&e| (e.floor() as usize).min(b)).collect();
-            let mut left = budget.saturating_sub(m.iter().sum());
-            let mut frac: Vec<usize> = (0..f).collect();
-            frac.sort_by(|&i, &j| {
-                (exact[j] - exact[j].floor())
-                    .total_cmp(&(exact[i] - exact[i].floor()))
-                    .then(i.cmp(&j))
-            });
-            for j in frac {
-                if left == 0 {
-                    break;
+            let target = budget.min(f * b);
+            // Systematic rounding of the fractional parts: one uniform offset u per batch (a
+            // golden-ratio sequence in the step), feature j gets one more when the running sum
+            // of fractional parts crosses an integer + u. Each feature gets its fractional share
+            // on average, and every feature with a positive share is selectable over time.
+            let u = (step as f64 * 0.618_033_988_749_894_9).fract();
+            let mut cum = 0f64;
+            for j in 0..f {
+                if m[j] >= b {
+                    continue;
                 }
-                if m[j] < b {
+                let before = (cum + u).floor();
+                cum += exact[j] - exact[j].floor();
+                if (cum + u).floor() > before {
                     m[j] += 1;
-                    left -= 1;
                 }
+            }
+            // Floating-point slack: trim or top up (cyclically from the rotating start) so
+            // Σ m_j = min(kB, F·B) exactly.
+            let mut total: usize = m.iter().sum();
+            let start = ((step as u128 * 2_654_435_761u128) % f as u128) as usize;
+            let mut j = start;
+            let mut guard = 0;
+            while total != target && guard < 2 * f {
+                if total > target && m[j] > exact[j].floor() as usize {
+                    m[j] -= 1;
+                    total -= 1;
+                } else if total < target && m[j] < b {
+                    m[j] += 1;
+                    total += 1;
+                }
+                j = (j + 1) % f;
+                guard += 1;
             }
             m
         }
     }
 }
 
-/// Per column j: the m_j largest positive entries.
+/// Per column j: the m_j largest positive entries. With a capacity factor c > 1 (project
+/// choice), column j may take up to c·m_j entries and the kB largest of all those are kept
+/// (ties: lower flat index), so a feature can take more than its share when the batch needs it.
 #[derive(Debug, Clone)]
 pub struct FeatureChoice {
     pub k: usize,
     pub capacity: Capacity,
+    /// c ≥ 1; 1 = plain Feature Choice.
+    pub capacity_factor: f64,
 }
 
 impl Allocation for FeatureChoice {
@@ -105,7 +156,9 @@ impl Allocation for FeatureChoice {
     }
     fn select(&self, input: &AllocInput, out: &mut Matching) {
         let (b, f) = (input.b, input.f);
-        let m = capacities(&self.capacity, self.k, b, f, input.density);
+        let budget = self.k * b;
+        let widened = (budget as f64 * self.capacity_factor.max(1.0)).round() as usize;
+        let m = capacities_for_budget(&self.capacity, widened, b, f, input.density, input.step);
         // Blocks of 16 columns (one cache line of each row), in parallel.
         const BLOCK: usize = 16;
         let cols: Vec<Vec<Vec<u32>>> = m
@@ -117,12 +170,27 @@ impl Allocation for FeatureChoice {
                 outs
             })
             .collect();
-        let pairs: Vec<(u32, u32)> = cols
+        let mut pairs: Vec<(u32, u32)> = cols
             .iter()
             .flatten()
             .enumerate()
             .flat_map(|(j, rows)| rows.iter().map(move |&r| (r, j as u32)))
             .collect();
+        if pairs.len() > budget {
+            // Keep the kB largest selections (value descending, then lower flat index).
+            let key = |&(r, c): &(u32, u32)| {
+                (
+                    input.a[r as usize * f + c as usize],
+                    r as usize * f + c as usize,
+                )
+            };
+            pairs.select_nth_unstable_by(budget - 1, |p, q| {
+                let (vp, ip) = key(p);
+                let (vq, iq) = key(q);
+                vq.total_cmp(&vp).then(ip.cmp(&iq))
+            });
+            pairs.truncate(budget);
+        }
         out.from_pairs(b, f, &pairs);
     }
 }

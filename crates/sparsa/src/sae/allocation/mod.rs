@@ -10,7 +10,7 @@ mod jumprelu;
 mod mutual_choice;
 mod topk;
 
-pub use feature_choice::{capacities, Capacity, FeatureChoice};
+pub use feature_choice::{capacities, capacities_for_budget, Capacity, FeatureChoice};
 pub use jumprelu::JumpRelu;
 pub use mutual_choice::MutualChoice;
 pub use topk::TopK;
@@ -123,6 +123,10 @@ pub struct AllocInput<'a> {
     pub f: usize,
     /// Running firing density per feature (used by Zipf capacities); length F.
     pub density: &'a [f32],
+    /// Index of this batch (the training step, or the batch number in an evaluation). Feature
+    /// Choice rotates the share of its budget that cannot be split evenly with it, so that no
+    /// feature is locked out for good.
+    pub step: u64,
 }
 
 /// An allocation rule.
@@ -145,6 +149,7 @@ pub fn build(cfg: &SaeConfig, thresholds: Option<&[f32]>) -> Result<Box<dyn Allo
         Architecture::FeatureChoice => Box::new(FeatureChoice {
             k: cfg.k,
             capacity: cfg.capacity.clone(),
+            capacity_factor: cfg.capacity_factor,
         }),
         Architecture::JumpRelu => {
             let t = thresholds.ok_or_else(|| {

@@ -193,6 +193,7 @@ mod tests {
                 b,
                 f,
                 density: &[],
+                step: 0,
             };
             let mut want = Matching::default();
             want.reset(b, f);
