@@ -248,6 +248,12 @@ pub struct AuxConfig {
     /// Running firing densities are EMAs over about this many tokens (project choice).
     #[serde(default = "default_density_window")]
     pub density_window_tokens: u64,
+    /// aux_zipf serves dead features first (project choice): per token, the dead features with
+    /// the largest pre-activations take the k_aux slots as in aux_k, and only the slots they
+    /// leave go to under-used live features by u_j·a_ij. Off: one ranking by u_j·a_ij, where
+    /// dead features (u = 1, but small a) compete with under-used live ones.
+    #[serde(default)]
+    pub zipf_dead_first: bool,
 }
 
 fn default_aux_coeff() -> f64 {
@@ -278,6 +284,7 @@ impl Default for AuxConfig {
             zipf_beta: ZipfParam::Fit,
             zipf_fit_head: default_fit_head(),
             density_window_tokens: default_density_window(),
+            zipf_dead_first: false,
         }
     }
 }

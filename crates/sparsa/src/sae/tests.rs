@@ -449,6 +449,7 @@ fn aux_zipf_equals_aux_k_for_binary_underuse() {
         alpha: super::config::ZipfParam::Value(0.0),
         beta: super::config::ZipfParam::Value(0.0),
         fit_head: 0.5,
+        dead_first: false,
     };
     let u_z = zipf
         .weights(&FeatureStats {
@@ -503,6 +504,7 @@ fn features_at_target_get_no_aux_gradient() {
         alpha: super::config::ZipfParam::Value(1.0),
         beta: super::config::ZipfParam::Value(1.0),
         fit_head: 0.5,
+        dead_first: false,
     };
     let u = zipf
         .weights(&FeatureStats {

@@ -7,7 +7,7 @@
 //! u_j = 1 for dead features. α and β are configured or fitted ([`crate::sae::zipf::fit`]); if a
 //! fit is impossible (fewer than 3 live features) the fallback is α = 1, β = 0 (project choice).
 
-use super::{AuxLoss, AuxWeights, FeatureStats};
+use super::{AuxLoss, AuxWeights, FeatureStats, DEAD_FIRST};
 use crate::sae::config::{AuxConfig, ZipfParam};
 use crate::sae::zipf;
 
@@ -16,6 +16,8 @@ pub struct AuxZipf {
     pub alpha: ZipfParam,
     pub beta: ZipfParam,
     pub fit_head: f64,
+    /// Mark dead features [`DEAD_FIRST`] so the selection serves them before under-used ones.
+    pub dead_first: bool,
 }
 
 impl AuxZipf {
@@ -24,6 +26,7 @@ impl AuxZipf {
             alpha: cfg.zipf_alpha,
             beta: cfg.zipf_beta,
             fit_head: cfg.zipf_fit_head,
+            dead_first: cfg.zipf_dead_first,
         }
     }
 
@@ -74,7 +77,11 @@ impl AuxLoss for AuxZipf {
         let mut u = vec![0f32; f];
         for (rank0, &j) in order.iter().enumerate() {
             u[j] = if stats.dead[j] {
-                1.0
+                if self.dead_first {
+                    DEAD_FIRST
+                } else {
+                    1.0
+                }
             } else if tau[rank0] > 0.0 {
                 (1.0 - stats.density[j] as f64 / tau[rank0]).clamp(0.0, 1.0) as f32
             } else {

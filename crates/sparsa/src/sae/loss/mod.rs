@@ -50,15 +50,34 @@ pub fn build(cfg: &AuxConfig) -> Option<Box<dyn AuxLoss>> {
     }
 }
 
-/// Per token, the `k_aux` features with the largest u_j·a_ij among u_j > 0 and a_ij > 0.
+/// An eligibility above 1: a dead feature served before every feature with u_j ≤ 1 (aux_zipf
+/// with `aux.zipf_dead_first`); among themselves such features rank by a_ij.
+pub const DEAD_FIRST: f32 = 2.0;
+
+/// Per token, the `k_aux` features with the largest u_j·a_ij among u_j > 0 and a_ij > 0;
+/// features with u_j > 1 ([`DEAD_FIRST`]) come first, ranked by a_ij.
 pub fn aux_select(a: &[f32], b: usize, f: usize, u: &[f32], k_aux: usize, out: &mut Matching) {
+    let tiered = u.iter().any(|&w| w > 1.0);
     let rows: Vec<Vec<u32>> = a
         .par_chunks(f)
         .map_init(
             || (Vec::new(), vec![0f32; f]),
             |(scratch, prod), row| {
+                // Tiered: a_ij + max_j a_ij exceeds every u·a with u ≤ 1, so the first tier is
+                // served first and keeps its order by a_ij.
+                let lift = if tiered {
+                    row.iter().copied().fold(0f32, f32::max)
+                } else {
+                    0.0
+                };
                 for ((p, &x), &w) in prod.iter_mut().zip(row).zip(u) {
-                    *p = if w > 0.0 { x * w } else { 0.0 };
+                    *p = if w > 1.0 && x > 0.0 {
+                        x + lift
+                    } else if w > 0.0 {
+                        x * w
+                    } else {
+                        0.0
+                    };
                 }
                 let mut sel = Vec::with_capacity(k_aux);
                 top_k_positive(prod, k_aux, scratch, &mut sel);
@@ -110,5 +129,17 @@ mod tests {
         aux_select(&a, 1, 6, &u, 2, &mut m);
         // products: 0, 4, 1.5, 2, 1, 0 → features 1 and 3.
         assert_eq!(m.row(0), &[1, 3]);
+    }
+
+    #[test]
+    fn dead_first_features_are_served_before_under_used_ones() {
+        let a = vec![5.0, 4.0, 0.5, 0.25, 1.0, 0.0];
+        let u = vec![1.0, 0.9, DEAD_FIRST, DEAD_FIRST, 1.0, DEAD_FIRST];
+        let mut m = Matching::default();
+        aux_select(&a, 1, 6, &u, 3, &mut m);
+        // Tier 1 (positive a only): features 2 and 3; then the best of u·a: feature 0.
+        assert_eq!(m.row(0), &[0, 2, 3]);
+        aux_select(&a, 1, 6, &u, 1, &mut m);
+        assert_eq!(m.row(0), &[2]);
     }
 }
