@@ -592,8 +592,9 @@ fn compare(a: CompareArgs) -> Result<()> {
     println!("{}", ui::table(&rows));
     println!(
         "held-out {} tokens per evaluation; FVU/dead/L0 in the training form (batch rule), inf. = inference form \
-         (TopK per token; JumpReLU with learned thresholds); dead = never active on the held-out tokens. Total {:.0} s.",
+         (TopK per token; JumpReLU with {}); dead = never active on the held-out tokens. Total {:.0} s.",
         a.eval_tokens,
+        super::sae_lm::threshold_note(&base),
         t0.elapsed().as_secs_f64()
     );
     Ok(())
