@@ -6,7 +6,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use sparsa::data::activations::{ActivationSource, SourceOptions};
 use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant, VariantResult};
 use sparsa::sae::config::{Architecture, AuxKind, RunConfig, ThresholdMode};
-use sparsa::sae::io::{load_sae, save_sae};
+use sparsa::sae::io::{load_meta, load_sae, save_sae, SourceOverrides};
 use sparsa::sae::metrics::{evaluate, EvalReport, Form};
 use sparsa::sae::train::{DataSpec, RunEnd, StepMetrics, Trainer, DEFAULT_EVAL_TOKENS};
 use sparsa::sae::SaeError;
@@ -116,6 +116,22 @@ pub struct ExportArgs {
     /// Thresholds of the JumpReLU inference form (Mutual/Feature Choice only).
     #[arg(long, value_enum)]
     threshold_mode: Option<ThresholdArg>,
+    /// cfg.json `metadata.model_name` (default: the training store's model).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// cfg.json `metadata.hook_name`, e.g. blocks.15.hook_resid_post (default: the store's hook;
+    /// a `blocks.N.…` name also sets the hook layer).
+    #[arg(long)]
+    hook_name: Option<String>,
+    /// cfg.json `metadata.hook_layer` (default: the store's layer).
+    #[arg(long)]
+    hook_layer: Option<usize>,
+    /// cfg.json `metadata.context_size`: tokens per context, BOS included (default: the store's).
+    #[arg(long)]
+    context_size: Option<usize>,
+    /// cfg.json `metadata.prepend_bos` (default: whether the store prepends a BOS token).
+    #[arg(long, value_name = "true|false")]
+    prepend_bos: Option<bool>,
 }
 
 #[derive(Args, Debug)]
@@ -417,7 +433,20 @@ fn export(a: ExportArgs) -> Result<()> {
             ThresholdArg::Global => ThresholdMode::Global,
         };
     }
-    let model = t.model();
+    let mut model = t.model();
+    if model.meta.source.is_unknown() {
+        // The training store is gone (or was no store): keep what the checkpoint's cfg.json says.
+        if let Ok(m) = load_meta(&a.checkpoint) {
+            model.meta.source = m.source;
+        }
+    }
+    model.meta.source.apply(&SourceOverrides {
+        model_name: a.model_name,
+        hook_name: a.hook_name,
+        hook_layer: a.hook_layer,
+        context_size: a.context_size,
+        prepend_bos: a.prepend_bos,
+    })?;
     save_sae(&a.out, &model)?;
     println!(
         "exported {} SAE ({} tokens trained) to {}",
