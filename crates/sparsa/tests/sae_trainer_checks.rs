@@ -178,17 +178,12 @@ fn learned_thresholds_follow_the_ema_of_each_steps_matching() {
                         theta[j]
                     );
                     if got.is_finite() {
-                        assert!(
-                            rel(got as f64, theta[j] as f64) < 1e-5,
-                            "{what} step {step} feature {j}: {got} vs {}",
-                            theta[j]
-                        );
+                        assert_eq!(got, theta[j], "{what} step {step} feature {j}");
                     }
                 }
-                assert!(
-                    rel(t.state.global_threshold as f64, global as f64) < 1e-5,
-                    "{what} step {step}: global {} vs {global}",
-                    t.state.global_threshold
+                assert_eq!(
+                    t.state.global_threshold, global,
+                    "{what} step {step}: global"
                 );
             }
             // The export uses them as the configured mode says.
