@@ -1,8 +1,10 @@
 //! Files. An SAE directory in SAELens's layout, readable by `SAE.load_from_disk`:
 //! - `cfg.json`: SAELens 6 fields (`architecture` = `topk` | `jumprelu`, `d_in`, `d_sae`, `k`,
 //!   `dtype`, `device`, `apply_b_dec_to_input`, `normalize_activations`, `metadata` {model_name,
-//!   hook_name, hook_layer, dataset_path, sae_lens_version…}) plus a `sparsa` block (how it was
-//!   trained) that SAELens ignores;
+//!   hook_name, hook_layer, context_size, prepend_bos, exclude_special_tokens, dataset_path,
+//!   sae_lens_version…}) plus a `sparsa` block (how it was trained) that SAELens ignores. The
+//!   metadata comes from the training store's manifest ([`SourceMeta::from_manifest`]) and is
+//!   null where the data says nothing;
 //! - `sae_weights.safetensors`: `W_enc` [d_in, d_sae], `W_dec` [d_sae, d_in], `b_enc` [d_sae],
 //!   `b_dec` [d_in], and `threshold` [d_sae] for JumpReLU; f32; input scaling folded in;
 //! - `sparsity.safetensors`: `sparsity` [d_sae], log10 of the running firing density.
@@ -333,8 +335,9 @@ pub fn save_sae(dir: &Path, m: &SaeModel) -> Result<(), SaeError> {
     atomic_write(&dir.join(CFG_FILE), text.as_bytes()).map_err(SaeError::io(&dir.join(CFG_FILE)))
 }
 
-/// Fill unknown source fields from SAELens's `metadata` block (SAELens 6), else from the top
-/// level of cfg.json (older SAELens layouts).
+/// The source fields SAELens reads, from its `metadata` block (SAELens 6), else from the top
+/// level of cfg.json (older SAELens layouts); these win over the `sparsa` block (a hand-edited
+/// cfg.json edits them), which fills only what they leave null.
 fn fill_source(src: &mut SourceMeta, cfg: &serde_json::Value) {
     let md = cfg.get("metadata").filter(|v| v.is_object());
     let get = |k: &str| {
@@ -344,13 +347,13 @@ fn fill_source(src: &mut SourceMeta, cfg: &serde_json::Value) {
     };
     let string = |k: &str| get(k).and_then(|v| v.as_str()).map(String::from);
     let int = |k: &str| get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
-    src.model_name = src.model_name.take().or_else(|| string("model_name"));
-    src.hook_name = src.hook_name.take().or_else(|| string("hook_name"));
-    src.hook_layer = src.hook_layer.or_else(|| int("hook_layer"));
-    src.context_size = src.context_size.or_else(|| int("context_size"));
-    src.prepend_bos = src
-        .prepend_bos
-        .or_else(|| get("prepend_bos").and_then(|v| v.as_bool()));
+    src.model_name = string("model_name").or(src.model_name.take());
+    src.hook_name = string("hook_name").or(src.hook_name.take());
+    src.hook_layer = int("hook_layer").or(src.hook_layer);
+    src.context_size = int("context_size").or(src.context_size);
+    src.prepend_bos = get("prepend_bos")
+        .and_then(|v| v.as_bool())
+        .or(src.prepend_bos);
 }
 
 /// Read a safetensors file fully into memory.
