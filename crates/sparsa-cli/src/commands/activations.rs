@@ -96,10 +96,9 @@ fn run_extract(a: ExtractArgs) -> Result<()> {
     let prefix_token = if a.no_bos {
         None
     } else {
-        Some(
-            tok.bos_id()
-                .ok_or_else(|| anyhow!("the model's tokenizer has no BOS id; pass --no-bos"))?,
-        )
+        Some(a.prefix_token.or(tok.document_start_id()).ok_or_else(|| {
+            anyhow!("the model's tokenizer has no BOS id; pass --prefix-token ID or --no-bos")
+        })?)
     };
     let cfg = ExtractConfig {
         hook,

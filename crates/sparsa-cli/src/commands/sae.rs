@@ -7,7 +7,7 @@ use sparsa::data::activations::{ActivationSource, SourceOptions};
 use sparsa::sae::calibrate::deployable_model;
 use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant, VariantResult};
 use sparsa::sae::config::{Architecture, AuxKind, RunConfig, ThresholdMode, ThresholdSource};
-use sparsa::sae::io::{load_sae, save_sae};
+use sparsa::sae::io::{load_meta, load_sae, save_sae, SourceOverrides};
 use sparsa::sae::metrics::{evaluate, EvalReport, Form};
 use sparsa::sae::train::{DataSpec, RunEnd, StepMetrics, Trainer, DEFAULT_EVAL_TOKENS};
 use sparsa::sae::SaeError;
@@ -122,6 +122,22 @@ pub struct ExportArgs {
     /// Default: the run's sae.threshold_source.
     #[arg(long, value_enum)]
     threshold_source: Option<ThresholdSourceArg>,
+    /// cfg.json `metadata.model_name` (default: the training store's model).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// cfg.json `metadata.hook_name`, e.g. blocks.15.hook_resid_post (default: the store's hook;
+    /// a `blocks.N.…` name also sets the hook layer).
+    #[arg(long)]
+    hook_name: Option<String>,
+    /// cfg.json `metadata.hook_layer` (default: the store's layer).
+    #[arg(long)]
+    hook_layer: Option<usize>,
+    /// cfg.json `metadata.context_size`: tokens per context, BOS included (default: the store's).
+    #[arg(long)]
+    context_size: Option<usize>,
+    /// cfg.json `metadata.prepend_bos` (default: whether the store prepends a BOS token).
+    #[arg(long, value_name = "true|false")]
+    prepend_bos: Option<bool>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -442,7 +458,7 @@ fn export(a: ExportArgs) -> Result<()> {
             ThresholdSourceArg::Ema => ThresholdSource::Ema,
         };
     }
-    let model = if t.cfg.sae.architecture.batch_dependent()
+    let mut model = if t.cfg.sae.architecture.batch_dependent()
         && t.cfg.sae.threshold_source == ThresholdSource::Calibrated
     {
         let data = DataSpec::open(&t.cfg).with_context(|| {
@@ -453,6 +469,19 @@ fn export(a: ExportArgs) -> Result<()> {
     } else {
         t.model()
     };
+    if model.meta.source.is_unknown() {
+        // The training store is gone (or was no store): keep what the checkpoint's cfg.json says.
+        if let Ok(m) = load_meta(&a.checkpoint) {
+            model.meta.source = m.source;
+        }
+    }
+    model.meta.source.apply(&SourceOverrides {
+        model_name: a.model_name,
+        hook_name: a.hook_name,
+        hook_layer: a.hook_layer,
+        context_size: a.context_size,
+        prepend_bos: a.prepend_bos,
+    })?;
     save_sae(&a.out, &model)?;
     println!(
         "exported {} SAE ({} tokens trained) to {}",

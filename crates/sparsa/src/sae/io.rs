@@ -1,8 +1,10 @@
 //! Files. An SAE directory in SAELens's layout, readable by `SAE.load_from_disk`:
 //! - `cfg.json`: SAELens 6 fields (`architecture` = `topk` | `jumprelu`, `d_in`, `d_sae`, `k`,
 //!   `dtype`, `device`, `apply_b_dec_to_input`, `normalize_activations`, `metadata` {model_name,
-//!   hook_name, hook_layer, dataset_path, sae_lens_version…}) plus a `sparsa` block (how it was
-//!   trained) that SAELens ignores;
+//!   hook_name, hook_layer, context_size, prepend_bos, exclude_special_tokens, dataset_path,
+//!   sae_lens_version…}) plus a `sparsa` block (how it was trained) that SAELens ignores. The
+//!   metadata comes from the training store's manifest ([`SourceMeta::from_manifest`]) and is
+//!   null where the data says nothing;
 //! - `sae_weights.safetensors`: `W_enc` [d_in, d_sae], `W_dec` [d_sae, d_in], `b_enc` [d_sae],
 //!   `b_dec` [d_in], and `threshold` [d_sae] for JumpReLU; f32; input scaling folded in;
 //! - `sparsity.safetensors`: `sparsity` [d_sae], log10 of the running firing density.
@@ -18,6 +20,7 @@ use super::params::SaeParams;
 use super::train::TrainState;
 use super::SaeError;
 use crate::data::activations::{write_safetensors, RawTensor};
+use crate::data::store::Manifest;
 use crate::util::fs::atomic_write;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -57,14 +60,127 @@ pub struct SaeMeta {
     pub tokens_seen: u64,
     #[serde(default)]
     pub dataset: String,
+    /// Where the activations came from (model, hook, contexts); unknown fields are `None`.
+    #[serde(flatten)]
+    pub source: SourceMeta,
+}
+
+/// Where an SAE's training activations came from: SAELens's `metadata` fields (`model_name`,
+/// `hook_name`, `hook_layer`, `context_size`, `prepend_bos`) plus the exact prefix token and
+/// whether its position was trained on. `None` means unknown (written as null).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceMeta {
     #[serde(default)]
     pub model_name: Option<String>,
     #[serde(default)]
     pub hook_name: Option<String>,
     #[serde(default)]
     pub hook_layer: Option<usize>,
+    /// Tokens per context, prefix included.
     #[serde(default)]
     pub context_size: Option<usize>,
+    /// Whether every context starts with a prefix (BOS) token.
+    #[serde(default)]
+    pub prepend_bos: Option<bool>,
+    /// The prefix token id (it may differ from the tokenizer's BOS: sparsa's SmolLM2 stores use
+    /// `<|endoftext|>`, id 0).
+    #[serde(default)]
+    pub prefix_token: Option<u32>,
+    /// Whether the prefix position's activations were in the training data.
+    #[serde(default)]
+    pub include_bos: Option<bool>,
+}
+
+impl SourceMeta {
+    /// The metadata an activation store's manifest gives (`data::store::Manifest`): model, hook
+    /// and layer; context size (`seq_len`); `prepend_bos` = the store prepends a prefix token.
+    pub fn from_manifest(m: &Manifest) -> Self {
+        let prefix = m.prefix_token();
+        SourceMeta {
+            model_name: m.model.clone(),
+            hook_name: m.hook.clone(),
+            hook_layer: m.layer,
+            context_size: m.context_size(),
+            prepend_bos: prefix.map(|p| p.is_some()),
+            prefix_token: prefix.flatten(),
+            include_bos: m.include_bos(),
+        }
+    }
+
+    /// The metadata of the training data at `path`: from its manifest when it is an activation
+    /// store, else all unknown (a plain `.safetensors`/`.npy` file, synthetic data, or a store
+    /// that is no longer there, e.g. when a checkpoint is exported elsewhere).
+    pub fn of_data(path: Option<&Path>) -> Result<Self, SaeError> {
+        match path {
+            Some(p) if Manifest::is_store(p) => Manifest::read(p)
+                .map(|m| Self::from_manifest(&m))
+                .map_err(|e| SaeError::file(&e.path, e.reason)),
+            _ => Ok(Self::default()),
+        }
+    }
+
+    /// Nothing is known.
+    pub fn is_unknown(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Set the fields given in `o`. A new hook name without a layer sets the layer from the name
+    /// (`blocks.N.…`) or to unknown; a layer that contradicts the name is an error.
+    pub fn apply(&mut self, o: &SourceOverrides) -> Result<(), SaeError> {
+        let layer_of = |name: &str| {
+            name.strip_prefix("blocks.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|n| n.parse::<usize>().ok())
+        };
+        if let Some(name) = &o.hook_name {
+            if let (Some(l), Some(n)) = (o.hook_layer, layer_of(name)) {
+                if l != n {
+                    return Err(SaeError::Config(format!(
+                        "hook layer {l} contradicts hook name `{name}` (layer {n}); give one of them"
+                    )));
+                }
+            }
+            self.hook_name = Some(name.clone());
+            self.hook_layer = o.hook_layer.or_else(|| layer_of(name));
+        } else if let Some(l) = o.hook_layer {
+            if let Some(n) = self.hook_name.as_deref().and_then(layer_of) {
+                if n != l {
+                    return Err(SaeError::Config(format!(
+                        "hook layer {l} contradicts the hook name `{}` (layer {n}); set the hook name too",
+                        self.hook_name.as_deref().unwrap_or_default()
+                    )));
+                }
+            }
+            self.hook_layer = Some(l);
+        }
+        if let Some(m) = &o.model_name {
+            self.model_name = Some(m.clone());
+        }
+        if let Some(c) = o.context_size {
+            if c == 0 {
+                return Err(SaeError::Config("context size must be at least 1".into()));
+            }
+            self.context_size = Some(c);
+        }
+        if let Some(b) = o.prepend_bos {
+            self.prepend_bos = Some(b);
+            if !b {
+                self.prefix_token = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Metadata set by hand (`sparsa sae export --model-name … --hook-name … --hook-layer …
+/// --context-size … --prepend-bos …`); `None` keeps the current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceOverrides {
+    pub model_name: Option<String>,
+    pub hook_name: Option<String>,
+    pub hook_layer: Option<usize>,
+    pub context_size: Option<usize>,
+    pub prepend_bos: Option<bool>,
 }
 
 fn one() -> f64 {
@@ -85,10 +201,7 @@ impl Default for SaeMeta {
             steps: 0,
             tokens_seen: 0,
             dataset: String::new(),
-            model_name: None,
-            hook_name: None,
-            hook_layer: None,
-            context_size: None,
+            source: SourceMeta::default(),
         }
     }
 }
@@ -127,6 +240,19 @@ fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// SAELens's `exclude_special_tokens`: the prefix token when its position was left out of the
+/// training data, `false` when every position was used, null when unknown.
+fn exclude_special_tokens(src: &SourceMeta) -> serde_json::Value {
+    match (src.prepend_bos, src.include_bos) {
+        (Some(true), Some(false)) => match src.prefix_token {
+            Some(p) => serde_json::json!([p]),
+            None => serde_json::Value::Null,
+        },
+        (Some(false), _) | (_, Some(true)) => serde_json::Value::Bool(false),
+        _ => serde_json::Value::Null,
+    }
 }
 
 /// Write an SAE directory (cfg.json, weights, sparsity).
@@ -191,6 +317,7 @@ pub fn save_sae(dir: &Path, m: &SaeModel) -> Result<(), SaeError> {
         }],
     )?;
     let meta = &m.meta;
+    let src = &meta.source;
     let mut cfg = serde_json::json!({
         "architecture": m.export_architecture(),
         "d_in": p.d,
@@ -201,12 +328,13 @@ pub fn save_sae(dir: &Path, m: &SaeModel) -> Result<(), SaeError> {
         "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": {
-            "model_name": meta.model_name,
-            "hook_name": meta.hook_name,
-            "hook_layer": meta.hook_layer,
-            "context_size": meta.context_size,
+            "model_name": src.model_name,
+            "hook_name": src.hook_name,
+            "hook_layer": src.hook_layer,
+            "context_size": src.context_size,
+            "prepend_bos": src.prepend_bos,
+            "exclude_special_tokens": exclude_special_tokens(src),
             "dataset_path": meta.dataset,
-            "prepend_bos": true,
             "sae_lens_version": SAELENS_LAYOUT_VERSION,
             "sae_lens_training_version": SAELENS_LAYOUT_VERSION,
         },
@@ -220,6 +348,27 @@ pub fn save_sae(dir: &Path, m: &SaeModel) -> Result<(), SaeError> {
     atomic_write(&dir.join(CFG_FILE), text.as_bytes()).map_err(SaeError::io(&dir.join(CFG_FILE)))
 }
 
+/// The source fields SAELens reads, from its `metadata` block (SAELens 6), else from the top
+/// level of cfg.json (older SAELens layouts); these win over the `sparsa` block (a hand-edited
+/// cfg.json edits them), which fills only what they leave null.
+fn fill_source(src: &mut SourceMeta, cfg: &serde_json::Value) {
+    let md = cfg.get("metadata").filter(|v| v.is_object());
+    let get = |k: &str| {
+        md.and_then(|m| m.get(k))
+            .filter(|v| !v.is_null())
+            .or_else(|| cfg.get(k).filter(|v| !v.is_null()))
+    };
+    let string = |k: &str| get(k).and_then(|v| v.as_str()).map(String::from);
+    let int = |k: &str| get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+    src.model_name = string("model_name").or(src.model_name.take());
+    src.hook_name = string("hook_name").or(src.hook_name.take());
+    src.hook_layer = int("hook_layer").or(src.hook_layer);
+    src.context_size = int("context_size").or(src.context_size);
+    src.prepend_bos = get("prepend_bos")
+        .and_then(|v| v.as_bool())
+        .or(src.prepend_bos);
+}
+
 /// Read a safetensors file fully into memory.
 fn read_file(path: &Path) -> Result<Vec<u8>, SaeError> {
     if !path.exists() {
@@ -231,7 +380,36 @@ fn read_file(path: &Path) -> Result<Vec<u8>, SaeError> {
     std::fs::read(path).map_err(SaeError::io(path))
 }
 
-/// One f32 tensor of the expected shape.
+/// The element type of an SAE's weights (cfg.json `dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WeightDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl WeightDtype {
+    /// SAELens writes `float32`, `float16`, `bfloat16`, sometimes with a `torch.` prefix.
+    fn parse(s: &str) -> Option<Self> {
+        match s.strip_prefix("torch.").unwrap_or(s) {
+            "float32" | "float" => Some(Self::F32),
+            "float16" | "half" => Some(Self::F16),
+            "bfloat16" => Some(Self::BF16),
+            _ => None,
+        }
+    }
+
+    /// `v` as this dtype holds it (exact in f32).
+    fn round(self, v: f32) -> f32 {
+        match self {
+            Self::F32 => v,
+            Self::F16 => half::f16::from_f32(v).to_f32(),
+            Self::BF16 => half::bf16::from_f32(v).to_f32(),
+        }
+    }
+}
+
+/// One tensor of the expected shape, stored as F32, F16 or BF16, as f32.
 fn get_f32(
     st: &SafeTensors,
     path: &Path,
@@ -241,12 +419,6 @@ fn get_f32(
     let t = st
         .tensor(name)
         .map_err(|_| SaeError::file(path, format!("no tensor `{name}`")))?;
-    if t.dtype() != Dtype::F32 {
-        return Err(SaeError::file(
-            path,
-            format!("tensor `{name}` has dtype {:?}; expected F32", t.dtype()),
-        ));
-    }
     if t.shape() != shape {
         return Err(SaeError::file(
             path,
@@ -256,10 +428,29 @@ fn get_f32(
             ),
         ));
     }
-    Ok(t.data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+    let data = t.data();
+    Ok(match t.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(SaeError::file(
+                path,
+                format!(
+                    "tensor `{name}` has dtype {other:?}; sparsa reads F32, F16 and BF16 weights"
+                ),
+            ))
+        }
+    })
 }
 
 fn parse_st<'a>(bytes: &'a [u8], path: &Path) -> Result<SafeTensors<'a>, SaeError> {
@@ -271,8 +462,18 @@ fn parse_st<'a>(bytes: &'a [u8], path: &Path) -> Result<SafeTensors<'a>, SaeErro
     })
 }
 
-/// Load an SAE directory written by [`save_sae`] (or an SAELens `topk`/`jumprelu` SAE).
-pub fn load_sae(dir: &Path) -> Result<SaeModel, SaeError> {
+/// What cfg.json says, checked.
+struct SaeCfg {
+    d: usize,
+    f: usize,
+    jumprelu: bool,
+    meta: SaeMeta,
+    dtype: WeightDtype,
+    apply_b_dec_to_input: bool,
+    rescale_acts_by_decoder_norm: bool,
+}
+
+fn read_cfg(dir: &Path) -> Result<SaeCfg, SaeError> {
     let cfg_path = dir.join(CFG_FILE);
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -286,39 +487,62 @@ pub fn load_sae(dir: &Path) -> Result<SaeModel, SaeError> {
     })?;
     let cfg: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| SaeError::file(&cfg_path, format!("not valid JSON: {e}")))?;
+    let bad = |what: String| SaeError::file(&cfg_path, what);
     let get_usize = |k: &str| -> Result<usize, SaeError> {
         cfg.get(k)
             .and_then(|v| v.as_u64())
             .map(|v| v as usize)
-            .ok_or_else(|| SaeError::file(&cfg_path, format!("missing or non-integer field `{k}`")))
+            .ok_or_else(|| bad(format!("missing or non-integer field `{k}`")))
+    };
+    let get_bool = |k: &str, default: bool| -> Result<bool, SaeError> {
+        match cfg.get(k) {
+            None | Some(serde_json::Value::Null) => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| bad(format!("field `{k}` = {v} must be true or false"))),
+        }
     };
     let (d, f) = (get_usize("d_in")?, get_usize("d_sae")?);
     if d == 0 || f == 0 {
-        return Err(SaeError::file(&cfg_path, "d_in and d_sae must be positive"));
+        return Err(bad("d_in and d_sae must be positive".into()));
     }
     let arch = cfg
         .get("architecture")
         .and_then(|v| v.as_str())
         .unwrap_or("standard");
     if arch != "topk" && arch != "jumprelu" {
-        return Err(SaeError::file(
-            &cfg_path,
-            format!("unsupported architecture `{arch}`; sparsa reads `topk` and `jumprelu` SAEs"),
-        ));
+        return Err(bad(format!(
+            "unsupported architecture `{arch}`; sparsa reads `topk` and `jumprelu` SAEs"
+        )));
     }
     if cfg
         .get("normalize_activations")
         .and_then(|v| v.as_str())
         .is_some_and(|s| s != "none")
     {
-        return Err(SaeError::file(
-            &cfg_path,
-            "normalize_activations other than \"none\" is not supported",
+        return Err(bad(
+            "normalize_activations other than \"none\" is not supported".into(),
         ));
+    }
+    let dtype = match cfg.get("dtype") {
+        None | Some(serde_json::Value::Null) => WeightDtype::F32,
+        Some(v) => v.as_str().and_then(WeightDtype::parse).ok_or_else(|| {
+            bad(format!(
+                "field `dtype` = {v} is not supported; sparsa loads \"float32\", \"float16\" and \"bfloat16\" SAEs"
+            ))
+        })?,
+    };
+    let apply_b_dec_to_input = get_bool("apply_b_dec_to_input", true)?;
+    let rescale_acts_by_decoder_norm = get_bool("rescale_acts_by_decoder_norm", false)?;
+    if rescale_acts_by_decoder_norm && arch != "topk" {
+        return Err(bad(format!(
+            "field `rescale_acts_by_decoder_norm` = true is defined for `topk` SAEs only (SAELens's \
+             `{arch}` ignores it); fold the decoder norms into the weights and set it to false"
+        )));
     }
     let mut meta: SaeMeta = match cfg.get("sparsa") {
         Some(v) => serde_json::from_value(v.clone())
-            .map_err(|e| SaeError::file(&cfg_path, format!("bad `sparsa` block: {e}")))?,
+            .map_err(|e| bad(format!("bad `sparsa` block: {e}")))?,
         None => SaeMeta {
             trained_architecture: if arch == "topk" {
                 Architecture::TopK
@@ -329,37 +553,68 @@ pub fn load_sae(dir: &Path) -> Result<SaeModel, SaeError> {
             ..Default::default()
         },
     };
-    if let Some(md) = cfg.get("metadata") {
-        meta.model_name = meta.model_name.or(md
-            .get("model_name")
-            .and_then(|v| v.as_str())
-            .map(String::from));
-        meta.hook_name = meta.hook_name.or(md
-            .get("hook_name")
-            .and_then(|v| v.as_str())
-            .map(String::from));
-    }
+    fill_source(&mut meta.source, &cfg);
     if arch == "topk" {
         meta.k = get_usize("k")?;
         if meta.k == 0 || meta.k > f {
-            return Err(SaeError::file(
-                &cfg_path,
-                format!("k = {} must be in 1..=d_sae ({f})", meta.k),
-            ));
+            return Err(bad(format!("k = {} must be in 1..=d_sae ({f})", meta.k)));
         }
     }
+    Ok(SaeCfg {
+        d,
+        f,
+        jumprelu: arch == "jumprelu",
+        meta,
+        dtype,
+        apply_b_dec_to_input,
+        rescale_acts_by_decoder_norm,
+    })
+}
 
+/// The metadata of an SAE directory (its cfg.json only; the weights are not read).
+pub fn load_meta(dir: &Path) -> Result<SaeMeta, SaeError> {
+    Ok(read_cfg(dir)?.meta)
+}
+
+/// Load an SAE directory written by [`save_sae`] or by SAELens (`topk` or `jumprelu`).
+///
+/// SAELens settings are honoured by folding them into sparsa's one encoding
+/// A = ReLU((x − b_dec)·W_encᵀ + b_enc), x̂ = Z·W_dec + b_dec, which gives the same codes and
+/// reconstruction:
+/// - `apply_b_dec_to_input = false` (encode x, not x − b_dec): b_enc ← b_enc + W_enc·b_dec;
+/// - `rescale_acts_by_decoder_norm = true` (TopK only; pre-activations times ‖W_dec_j‖, codes
+///   divided by it before decoding): W_enc_j, b_enc_j ← ·‖W_dec_j‖, W_dec_j ← W_dec_j/‖W_dec_j‖;
+/// - `dtype` `float16`/`bfloat16`: weights are stored in any of F32/F16/BF16 and rounded to the
+///   declared dtype, as SAELens holds them; arithmetic is f32.
+///
+/// Anything else (other architectures, `normalize_activations`, other dtypes, a zero decoder row
+/// under rescaling) is an error naming the field.
+pub fn load_sae(dir: &Path) -> Result<SaeModel, SaeError> {
+    let SaeCfg {
+        d,
+        f,
+        jumprelu,
+        meta,
+        dtype,
+        apply_b_dec_to_input,
+        rescale_acts_by_decoder_norm,
+    } = read_cfg(dir)?;
     let wpath = dir.join(WEIGHTS_FILE);
     let bytes = read_file(&wpath)?;
     let st = parse_st(&bytes, &wpath)?;
-    let w_enc_t = get_f32(&st, &wpath, "W_enc", &[d, f])?;
-    let params = SaeParams {
+    let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>, SaeError> {
+        let mut v = get_f32(&st, &wpath, name, shape)?;
+        v.iter_mut().for_each(|x| *x = dtype.round(*x));
+        Ok(v)
+    };
+    let w_enc_t = get("W_enc", &[d, f])?;
+    let mut params = SaeParams {
         d,
         f,
         w_enc: transpose(&w_enc_t, d, f),
-        b_enc: get_f32(&st, &wpath, "b_enc", &[f])?,
-        w_dec: get_f32(&st, &wpath, "W_dec", &[f, d])?,
-        b_dec: get_f32(&st, &wpath, "b_dec", &[d])?,
+        b_enc: get("b_enc", &[f])?,
+        w_dec: get("W_dec", &[f, d])?,
+        b_dec: get("b_dec", &[d])?,
     };
     if let Some(what) = params.non_finite() {
         return Err(SaeError::file(
@@ -367,8 +622,38 @@ pub fn load_sae(dir: &Path) -> Result<SaeModel, SaeError> {
             format!("tensor `{what}` holds NaN or infinity"),
         ));
     }
-    let thresholds = if arch == "jumprelu" {
-        let t = get_f32(&st, &wpath, "threshold", &[f])?;
+    if !apply_b_dec_to_input {
+        for (j, b) in params.b_enc.iter_mut().enumerate() {
+            let w = &params.w_enc[j * d..(j + 1) * d];
+            let dot: f64 = w
+                .iter()
+                .zip(&params.b_dec)
+                .map(|(&w, &c)| w as f64 * c as f64)
+                .sum();
+            *b = (*b as f64 + dot) as f32;
+        }
+    }
+    if rescale_acts_by_decoder_norm {
+        for j in 0..f {
+            let row = &mut params.w_dec[j * d..(j + 1) * d];
+            let n = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+            if !(n > 0.0 && n.is_finite()) {
+                return Err(SaeError::file(
+                    &wpath,
+                    format!(
+                        "W_dec row {j} has norm {n}: rescale_acts_by_decoder_norm = true divides by it"
+                    ),
+                ));
+            }
+            row.iter_mut().for_each(|v| *v = (*v as f64 / n) as f32);
+            params.w_enc[j * d..(j + 1) * d]
+                .iter_mut()
+                .for_each(|v| *v = (*v as f64 * n) as f32);
+            params.b_enc[j] = (params.b_enc[j] as f64 * n) as f32;
+        }
+    }
+    let thresholds = if jumprelu {
+        let t = get("threshold", &[f])?;
         if t.iter().any(|x| x.is_nan()) {
             return Err(SaeError::file(&wpath, "tensor `threshold` holds NaN"));
         }

@@ -4,7 +4,7 @@
 use super::allocation::{self, AllocInput, Allocation, Matching};
 use super::config::{RunConfig, ThresholdMode};
 use super::fast::{AuxSpec, FastStep};
-use super::io::{self, SaeMeta, SaeModel};
+use super::io::{self, SaeMeta, SaeModel, SourceMeta};
 use super::loss::{self, aux_select, AuxLoss, FeatureStats};
 use super::optim::{Adam, AdamStep};
 use super::params::SaeParams;
@@ -528,6 +528,8 @@ impl Trainer {
                     .as_ref()
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| "synthetic".into()),
+                // Unknown when the data is no store or is gone (an export elsewhere).
+                source: SourceMeta::of_data(self.cfg.data.path.as_deref()).unwrap_or_default(),
                 ..Default::default()
             },
             density: self.density(),

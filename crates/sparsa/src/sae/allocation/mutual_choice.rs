@@ -167,6 +167,57 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
+    /// At a training-sized batch (B = 2048, F = 384, k = 16: the trainer's route) the sampled
+    /// route decides, and its selection is the brute-force one: sort all B·F entries by value
+    /// (descending, ties by flat index) and keep the first k·B positive ones. Rows differ in scale
+    /// (tokens needing many or few features) and values are coarse (ties across the cut).
+    #[test]
+    fn sampled_route_at_training_size_equals_brute_force() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(29);
+        let (b, f, k) = (2048, 384, 16);
+        for coarse in [false, true] {
+            let a: Vec<f32> = (0..b * f)
+                .map(|i| {
+                    let scale = 0.25 + (i / f % 13) as f32 * 0.5;
+                    let v: f32 = rng.random_range(-1.0f32..1.0).max(0.0) * scale;
+                    if coarse {
+                        (v * 16.0).round() / 16.0
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let input = AllocInput {
+                a: &a,
+                b,
+                f,
+                density: &[],
+            };
+            let mut order: Vec<usize> = (0..b * f).filter(|&i| a[i] > 0.0).collect();
+            order.sort_by(|&x, &y| a[y].total_cmp(&a[x]).then(x.cmp(&y)));
+            order.truncate(k * b);
+            order.sort_unstable();
+            let mut want = Matching::default();
+            let mut pairs: Vec<(u32, u32)> = order
+                .iter()
+                .map(|&i| ((i / f) as u32, (i % f) as u32))
+                .collect();
+            pairs.sort_unstable();
+            want.from_pairs(b, f, &pairs);
+            let mut got = Matching::default();
+            got.reset(b, f);
+            assert!(
+                select_by_sample(&input, k * b, &mut got),
+                "coarse {coarse}: the sampled route did not decide"
+            );
+            assert_eq!(got, want, "coarse {coarse}");
+            assert_eq!(got.nnz(), k * b);
+            let mut via_trait = Matching::default();
+            MutualChoice { k }.select(&input, &mut via_trait);
+            assert_eq!(via_trait, want, "coarse {coarse}");
+        }
+    }
+
     /// The sampled route agrees with the exact route whenever it decides, including ties and
     /// rows of very different scales (tokens that need many or few features).
     #[test]

@@ -1,0 +1,385 @@
+//! The trainer's numbers against values computed by hand or recomputed independently:
+//! the learning-rate schedule, the learned JumpReLU thresholds (per-feature EMA and global),
+//! the input-scaling fold of the export, the evaluation metrics on a tiny fixed example, and
+//! aux_zipf = aux_k through a whole training step when the Zipf target is flat.
+
+use sparsa::data::activations::{BatchSource, DataError};
+use sparsa::sae::allocation::{self, AllocInput, Matching};
+use sparsa::sae::config::{Architecture, RunConfig};
+use sparsa::sae::io::{SaeMeta, SaeModel};
+use sparsa::sae::metrics::{evaluate, Form};
+use sparsa::sae::params::SaeParams;
+use sparsa::sae::train::{DataSpec, Trainer};
+use sparsa::util::progress::{Cancel, NoProgress};
+
+fn cfg(arch: &str, aux: &str) -> RunConfig {
+    let text = format!(
+        r#"
+[sae]
+architecture = "{arch}"
+d_sae = 48
+k = 3
+[aux]
+kind = "{aux}"
+dead_tokens = 128
+density_window_tokens = 1024
+[train]
+batch_size = 64
+steps = 12
+lr = 3e-3
+warmup_steps = 3
+seed = 4
+init_sample = 512
+log_every = 1
+[data]
+synthetic = {{ d = 10, n_features = 30, seed = 6 }}
+"#
+    );
+    RunConfig::from_toml(&text, &[], "test").unwrap()
+}
+
+fn trainer(c: &RunConfig) -> (Trainer, Box<dyn BatchSource>) {
+    let data = DataSpec::open(c).unwrap();
+    let t = Trainer::new(c.clone(), data.d(), &data.init_sample(c).unwrap()).unwrap();
+    let src = data.training_source(c, 0).unwrap();
+    (t, src)
+}
+
+fn next(src: &mut Box<dyn BatchSource>, rows: usize) -> Vec<f32> {
+    let mut x = vec![0f32; rows * src.d()];
+    assert_eq!(src.next_batch(&mut x).unwrap(), rows);
+    x
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-30)
+}
+
+/// Linear warm-up over `warmup_steps`, constant, then linear decay to 0 over the last
+/// `decay_fraction` of the steps; the rate a step reports is the rate it used.
+#[test]
+fn learning_rate_schedule_matches_hand_values() {
+    // 10 steps, warm-up 3, decay over the last 20 % (from step index 8).
+    let mut c = cfg("topk", "none");
+    c.train.steps = 10;
+    c.train.lr = Some(1e-3);
+    c.train.warmup_steps = 3;
+    c.train.decay_fraction = 0.2;
+    let want = [1.0 / 3.0, 2.0 / 3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5];
+    let (mut t, mut src) = trainer(&c);
+    let mut seen = Vec::new();
+    t.run(
+        src.as_mut(),
+        None,
+        &NoProgress,
+        &Cancel::new(),
+        None,
+        &mut |m| {
+            seen.push(m.lr);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(seen.len(), 10);
+    for (i, (&got, &w)) in seen.iter().zip(&want).enumerate() {
+        assert!(
+            rel(got, 1e-3 * w) < 1e-12,
+            "step {i}: lr {got}, want {}",
+            1e-3 * w
+        );
+    }
+
+    // 8 steps, warm-up 2, decay over the last half (from step 4): 4/4, 3/4, 2/4, 1/4.
+    c.train.steps = 8;
+    c.train.warmup_steps = 2;
+    c.train.decay_fraction = 0.5;
+    let (t, _) = trainer(&c);
+    let want = [0.5, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25];
+    for (i, &w) in want.iter().enumerate() {
+        assert!(rel(t.lr_at(i as u64), 1e-3 * w) < 1e-12, "step {i}");
+    }
+
+    // No warm-up, no decay: constant. Default rate 2e-4 / √(F / 2^14): F = 4·2^14 → 1e-4.
+    c.train.warmup_steps = 0;
+    c.train.decay_fraction = 0.0;
+    c.train.lr = None;
+    c.sae.d_sae = 4 * 16384;
+    assert!(rel(c.lr(), 1e-4) < 1e-12);
+    c.sae.d_sae = 48;
+    c.train.lr = Some(1e-3);
+    let (t, _) = trainer(&c);
+    for i in 0..8 {
+        assert_eq!(t.lr_at(i), 1e-3);
+    }
+}
+
+/// θ_j after each step equals the EMA, recomputed here from the step's own matching, of one ulp
+/// below feature j's smallest selected activation (first observation taken as is; features
+/// never selected stay +∞); the global θ likewise over all features.
+#[test]
+fn learned_thresholds_follow_the_ema_of_each_steps_matching() {
+    for arch in ["mutual_choice", "feature_choice"] {
+        for reference in [false, true] {
+            let mut c = cfg(arch, "aux_k");
+            c.train.reference = reference;
+            let what = format!("{arch} reference={reference}");
+            let (mut t, mut src) = trainer(&c);
+            let ema = c.sae.threshold_ema as f32;
+            let f = c.sae.d_sae;
+            let mut theta = vec![f32::INFINITY; f];
+            let mut global = f32::INFINITY;
+            let update = |th: &mut f32, obs: f32| {
+                let obs = obs.next_down();
+                *th = if th.is_finite() {
+                    ema * *th + (1.0 - ema) * obs
+                } else {
+                    obs
+                };
+            };
+            for step in 0..6 {
+                let before = t.params.clone();
+                let density = t.density();
+                let mut x = next(&mut src, c.train.batch_size);
+                t.step(&mut x).unwrap(); // x is now the scaled batch the trainer saw
+                let b = c.train.batch_size;
+                let a = before.encode_pre(&x, b).unwrap();
+                let rule = allocation::build(&c.sae, None).unwrap();
+                let mut m = Matching::default();
+                rule.select(
+                    &AllocInput {
+                        a: &a,
+                        b,
+                        f,
+                        density: &density,
+                        step: 0,
+                    },
+                    &mut m,
+                );
+                let mut min_sel = vec![f32::INFINITY; f];
+                for i in 0..b {
+                    for &j in m.row(i) {
+                        min_sel[j as usize] = min_sel[j as usize].min(a[i * f + j as usize]);
+                    }
+                }
+                for j in 0..f {
+                    if min_sel[j].is_finite() {
+                        update(&mut theta[j], min_sel[j]);
+                    }
+                }
+                let gmin = min_sel.iter().copied().fold(f32::INFINITY, f32::min);
+                update(&mut global, gmin);
+                let fired = (0..f).filter(|&j| min_sel[j].is_finite()).count();
+                assert!(fired > 5, "{what}: only {fired} features fired");
+                for j in 0..f {
+                    let got = t.state.thresholds[j];
+                    assert_eq!(
+                        got.is_finite(),
+                        theta[j].is_finite(),
+                        "{what} step {step} feature {j}: {got} vs {}",
+                        theta[j]
+                    );
+                    if got.is_finite() {
+                        assert_eq!(got, theta[j], "{what} step {step} feature {j}");
+                    }
+                }
+                assert_eq!(
+                    t.state.global_threshold, global,
+                    "{what} step {step}: global"
+                );
+            }
+            // The export uses them as the configured mode says.
+            assert_eq!(t.model().thresholds.unwrap(), t.state.thresholds);
+            t.cfg.sae.threshold_mode = sparsa::sae::config::ThresholdMode::Global;
+            assert_eq!(
+                t.model().thresholds.unwrap(),
+                vec![t.state.global_threshold; f]
+            );
+        }
+    }
+}
+
+/// Rows handed out from memory.
+struct Rows {
+    d: usize,
+    x: Vec<f32>,
+    at: usize,
+}
+
+impl BatchSource for Rows {
+    fn d(&self) -> usize {
+        self.d
+    }
+    fn next_batch(&mut self, out: &mut [f32]) -> Result<usize, DataError> {
+        let n = (out.len() / self.d).min((self.x.len() - self.at) / self.d);
+        out[..n * self.d].copy_from_slice(&self.x[self.at..self.at + n * self.d]);
+        self.at += n * self.d;
+        Ok(n)
+    }
+}
+
+/// The exported SAE (input scaling folded into the weights, raw inputs) has the trainer's FVU
+/// (scaled inputs, unfolded weights) on the same rows, within 1e-5 relative.
+#[test]
+fn folded_export_has_the_trainers_fvu() {
+    for arch in ["topk", "mutual_choice", "feature_choice"] {
+        let c = cfg(arch, "aux_k");
+        let (mut t, mut src) = trainer(&c);
+        for _ in 0..8 {
+            let mut x = next(&mut src, c.train.batch_size);
+            t.step(&mut x).unwrap();
+        }
+        assert!(
+            (t.scale - 1.0).abs() > 0.05,
+            "scale {} folds nothing",
+            t.scale
+        );
+        let x = next(&mut src, c.train.batch_size);
+        let model = t.model();
+        let mut rows = Rows {
+            d: t.d(),
+            x: x.clone(),
+            at: 0,
+        };
+        let b = c.train.batch_size;
+        let exported =
+            evaluate(&model, Form::Training, &mut rows, b, b as u64, &NoProgress).unwrap();
+        let m = t.step(&mut x.clone()).unwrap(); // FVU before this step's update
+        assert!(
+            rel(exported.fvu, m.fvu) < 1e-5,
+            "{arch}: exported FVU {} vs trainer {}",
+            exported.fvu,
+            m.fvu
+        );
+        assert_eq!(exported.l0_mean, m.l0_mean, "{arch}");
+    }
+}
+
+/// A tiny SAE whose metrics are worked out by hand (d = 2, F = 4, TopK k = 1, no biases):
+/// features 0, 1 read and write the axes, feature 2 reads −(x₁+x₂) and writes (−0.6, −0.8),
+/// feature 3 never fires.
+///
+/// | x | A | chosen | x̂ | ‖x − x̂‖² | ‖x̂‖² | x̂·x | cos |
+/// |---|---|---|---|---|---|---|---|
+/// | (3, 1) | (3, 1, 0, 0) | 0 | (3, 0) | 1 | 9 | 9 | 3/√10 |
+/// | (1, 2) | (1, 2, 0, 0) | 1 | (0, 2) | 1 | 4 | 4 | 2/√5 |
+/// | (−1, −2) | (0, 0, 3, 0) | 2 | (−1.8, −2.4) | 0.8 | 9 | 6.6 | 2.2/√5 |
+/// | (−2, 0) | (0, 0, 2, 0) | 2 | (−1.2, −1.6) | 3.2 | 4 | 2.4 | 0.6 |
+/// | (0, 0) | 0 | — | (0, 0) | 0 | 0 | 0 | 0 |
+///
+/// Σ‖x − x̂‖² = 6, x̄ = (0.2, 0.2), Σ‖x − x̄‖² = 24 − 5·0.08 = 23.6: FVU = 6/23.6, MSE = 6/10;
+/// L0 = (1, 1, 1, 1, 0): mean 0.8, std 0.4, max 1, zero share 0.2; densities (0.2, 0.2, 0.4, 0):
+/// dead 1/4, dense (> 0.1) 3/4; γ = 26/22; log10 densities −0.699 (bin [−1, −0.5), twice) and
+/// −0.398 (bin [−0.5, 0)), one never fired.
+#[test]
+fn evaluation_metrics_match_hand_computation() {
+    let model = SaeModel {
+        params: SaeParams {
+            d: 2,
+            f: 4,
+            w_enc: vec![1.0, 0.0, 0.0, 1.0, -1.0, -1.0, 0.0, 0.0],
+            b_enc: vec![0.0, 0.0, 0.0, -1.0],
+            w_dec: vec![1.0, 0.0, 0.0, 1.0, -0.6, -0.8, 1.0, 0.0],
+            b_dec: vec![0.0, 0.0],
+        },
+        thresholds: None,
+        meta: SaeMeta {
+            trained_architecture: Architecture::TopK,
+            k: 1,
+            ..Default::default()
+        },
+        density: vec![0.0; 4],
+    };
+    let x = vec![3.0, 1.0, 1.0, 2.0, -1.0, -2.0, -2.0, 0.0, 0.0, 0.0];
+    for batch in [5, 2] {
+        let mut rows = Rows {
+            d: 2,
+            x: x.clone(),
+            at: 0,
+        };
+        let r = evaluate(&model, Form::Inference, &mut rows, batch, 100, &NoProgress).unwrap();
+        let close = |got: f64, want: f64, what: &str| {
+            assert!(
+                (got - want).abs() < 1e-6,
+                "batch {batch}: {what} = {got}, by hand {want}"
+            )
+        };
+        assert_eq!(r.tokens, 5);
+        close(r.fvu, 6.0 / 23.6, "FVU");
+        close(r.mse, 0.6, "MSE");
+        let cos = (3.0 / 10f64.sqrt() + 2.0 / 5f64.sqrt() + 2.2 / 5f64.sqrt() + 0.6) / 5.0;
+        close(r.cosine, cos, "cosine");
+        close(r.l0_mean, 0.8, "L0 mean");
+        close(r.l0_std, 0.4, "L0 std");
+        assert_eq!(r.l0_max, 1);
+        close(r.l0_zero_frac, 0.2, "L0 = 0 share");
+        close(r.dead_frac, 0.25, "dead share");
+        close(r.dense_frac, 0.75, "dense share");
+        close(r.rel_bias, 26.0 / 22.0, "relative bias");
+        assert_eq!(r.density, vec![0.2, 0.2, 0.4, 0.0]);
+        let hist = &r.log10_density_hist;
+        assert_eq!(hist.len(), 17);
+        assert_eq!(hist[0], (None, 1), "never fired");
+        for (edge, n) in &hist[1..] {
+            let want = match edge {
+                Some(e) if (*e - -1.0).abs() < 1e-12 => 2,
+                Some(e) if (*e - -0.5).abs() < 1e-12 => 1,
+                _ => 0,
+            };
+            assert_eq!(*n, want, "bin {edge:?}");
+        }
+    }
+}
+
+/// Spec property 1 through the loss of a whole training step: with a flat Zipf target (α = 0),
+/// live features at or above it and dead features at u = 1, a step with aux_zipf computes the
+/// same auxiliary loss and moves the weights exactly as a step with aux_k. With a non-flat
+/// target (α = 1) the same state gives a different step, so the comparison has teeth.
+#[test]
+fn aux_zipf_step_equals_aux_k_step_when_the_target_is_flat() {
+    for arch in ["topk", "mutual_choice"] {
+        for reference in [false, true] {
+            let what = format!("{arch} reference={reference}");
+            let run = |aux: &str, alpha: f64| {
+                let mut c = cfg(arch, aux);
+                c.train.reference = reference;
+                c.aux.zipf_alpha = sparsa::sae::config::ZipfParam::Value(alpha);
+                c.aux.zipf_beta = sparsa::sae::config::ZipfParam::Value(0.0);
+                let (mut t, mut src) = trainer(&c);
+                // State: every third feature dead (never fired in dead_tokens), the others live
+                // at densities all above the flat target Σρ/F.
+                let f = c.sae.d_sae;
+                for j in 0..f {
+                    let dead = j % 3 == 0;
+                    t.state.since_fired[j] = if dead { c.aux.dead_tokens } else { 0 };
+                    t.state.density_ema[j] = if dead {
+                        0.0
+                    } else {
+                        0.05 + 0.01 * (j % 5) as f32
+                    };
+                }
+                t.state.density_updates = 1_000_000;
+                let mut x = next(&mut src, c.train.batch_size);
+                let m = t.step(&mut x).unwrap();
+                (m, t.params)
+            };
+            let (mk, pk) = run("aux_k", 0.0);
+            let (mz, pz) = run("aux_zipf", 0.0);
+            assert!(mk.aux_loss > 0.0, "{what}: aux_k did nothing");
+            assert_eq!(mk.aux_eligible, 16, "{what}");
+            assert_eq!(mz.aux_eligible, mk.aux_eligible, "{what}");
+            assert!(
+                rel(mz.aux_loss, mk.aux_loss) < 1e-12,
+                "{what}: aux loss {} vs {}",
+                mz.aux_loss,
+                mk.aux_loss
+            );
+            assert_eq!(mz.loss, mk.loss, "{what}");
+            assert_eq!(pz, pk, "{what}: the step moved the weights differently");
+            let (mz1, pz1) = run("aux_zipf", 1.0);
+            assert!(
+                mz1.aux_eligible != mk.aux_eligible || pz1 != pk,
+                "{what}: a Zipf target with α = 1 changed nothing"
+            );
+        }
+    }
+}
