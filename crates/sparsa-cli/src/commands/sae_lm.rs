@@ -110,7 +110,9 @@ pub fn threshold_note(cfg: &RunConfig) -> String {
             cfg.sae.threshold_mode, cfg.sae.calibration_tokens
         )
         .to_lowercase(),
-        sparsa::sae::config::ThresholdSource::Ema => "running (EMA) thresholds from training".into(),
+        sparsa::sae::config::ThresholdSource::Ema => {
+            "running (EMA) thresholds from training".into()
+        }
     }
 }
 

@@ -192,6 +192,7 @@ mod tests {
                 b,
                 f,
                 density: &[],
+                step: 0,
             };
             let mut order: Vec<usize> = (0..b * f).filter(|&i| a[i] > 0.0).collect();
             order.sort_by(|&x, &y| a[y].total_cmp(&a[x]).then(x.cmp(&y)));
