@@ -21,10 +21,10 @@
 //! Memory is O(Σ c_j + F) = O(k·N + F) floats, whatever the width; each pass costs one encoder
 //! product per batch.
 
-use super::allocation::{AllocInput, Matching};
+use super::allocation::Matching;
 use super::config::{ThresholdMode, ThresholdSource};
 use super::io::SaeModel;
-use super::metrics::{rule_for, Form};
+use super::metrics::{encode_select, rule_for, Form};
 use super::train::{DataSpec, Trainer};
 use super::SaeError;
 use crate::data::activations::BatchSource;
@@ -153,17 +153,7 @@ pub fn calibrate(
             break;
         }
         super::train::check_finite(&x[..got * d], d, n)?;
-        let a = p.encode_pre(&x[..got * d], got)?;
-        rule.select(
-            &AllocInput {
-                a: &a,
-                b: got,
-                f,
-                density: &model.density,
-                step,
-            },
-            &mut m,
-        );
+        encode_select(model, rule.as_ref(), &x[..got * d], step, &mut m)?;
         for &j in &m.cols {
             counts[j as usize] += 1;
         }

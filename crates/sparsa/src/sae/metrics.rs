@@ -84,6 +84,31 @@ pub fn rule_for(model: &SaeModel, form: Form) -> Result<Box<dyn Allocation>, Sae
     }
 }
 
+/// Encode the rows `x` (B×d) and apply `rule` as batch number `step`: the pre-activations A
+/// come back and the matching goes to `m`.
+pub fn encode_select(
+    model: &SaeModel,
+    rule: &dyn Allocation,
+    x: &[f32],
+    step: u64,
+    m: &mut Matching,
+) -> Result<Vec<f32>, SaeError> {
+    let p = &model.params;
+    let b = x.len() / p.d;
+    let a = p.encode_pre(x, b)?;
+    rule.select(
+        &AllocInput {
+            a: &a,
+            b,
+            f: p.f,
+            density: &model.density,
+            step,
+        },
+        m,
+    );
+    Ok(a)
+}
+
 /// Evaluate `model` in `form` over up to `max_tokens` rows of `source`, in batches of `batch`
 /// (the batch size matters for the batch-dependent training forms).
 pub fn evaluate(
@@ -120,17 +145,7 @@ pub fn evaluate(
             break;
         }
         super::train::check_finite(&x[..got * d], d, n)?;
-        let a = p.encode_pre(&x[..got * d], got)?;
-        rule.select(
-            &AllocInput {
-                a: &a,
-                b: got,
-                f,
-                density: &model.density,
-                step: batch_index,
-            },
-            &mut m,
-        );
+        let a = encode_select(model, rule.as_ref(), &x[..got * d], batch_index, &mut m)?;
         batch_index += 1;
         p.decode_sparse(&a, &m, &mut xhat[..got * d]);
         for i in 0..got {
@@ -223,18 +238,8 @@ pub fn reconstructor(
     let rule = rule_for(model, form)?;
     Ok(move |x: &[f32], n: usize| {
         let p = &model.params;
-        let a = p.encode_pre(x, n)?;
         let mut m = Matching::default();
-        rule.select(
-            &AllocInput {
-                a: &a,
-                b: n,
-                f: p.f,
-                density: &model.density,
-                step: 0,
-            },
-            &mut m,
-        );
+        let a = encode_select(model, rule.as_ref(), &x[..n * p.d], 0, &mut m)?;
         let mut out = vec![0f32; n * p.d];
         p.decode_sparse(&a, &m, &mut out);
         Ok(out)
