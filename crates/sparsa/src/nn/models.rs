@@ -111,11 +111,11 @@ impl Param {
 }
 
 /// Running statistics of one batch-norm layer.
-struct BnState {
-    gamma: usize,
-    beta: usize,
-    mean: Tensor,
-    var: Tensor,
+pub(crate) struct BnState {
+    pub(crate) gamma: usize,
+    pub(crate) beta: usize,
+    pub(crate) mean: Tensor,
+    pub(crate) var: Tensor,
 }
 
 /// Whether a forward pass trains (batch statistics, running-stat updates) or evaluates.
@@ -132,7 +132,7 @@ pub trait ReluProbe {
 }
 
 #[derive(Clone)]
-enum Op {
+pub(crate) enum Op {
     Flatten,
     Linear {
         w: usize,
@@ -414,6 +414,22 @@ impl Net {
             input.classes,
         )?;
         Ok(b.finish(Arch::Lenet300100, input, ops))
+    }
+
+    /// The op list (for the fused engine, [`super::fast`]).
+    pub(crate) fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Batch-norm layers: parameter indices and running statistics.
+    pub(crate) fn bn_states(&self) -> &[BnState] {
+        &self.bns
+    }
+
+    /// Replace the running statistics of batch-norm layer `i`.
+    pub(crate) fn set_bn_running(&mut self, i: usize, mean: Tensor, var: Tensor) {
+        self.bns[i].mean = mean;
+        self.bns[i].var = var;
     }
 
     /// Names of the ReLU layers, in forward order (the indices a [`ReluProbe`] sees).
