@@ -692,8 +692,11 @@ fn run_ops(ops: &[Op], mut x: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
     Ok(x)
 }
 
+/// ReLU with derivative 0 at 0 (PyTorch's convention and the fused engine's; candle's own
+/// `relu` passes the gradient at exactly 0, which matters once pruning zeroes whole windows).
+/// Negative inputs give −0.0, which counts as dead (`== 0`).
 fn relu_probe(x: &Tensor, index: usize, ctx: &mut Ctx) -> Result<Tensor> {
-    let y = x.relu()?;
+    let y = (x * x.gt(0.0)?.to_dtype(x.dtype())?)?;
     if let Some(p) = ctx.probe.as_deref_mut() {
         p.observe(index, &y)?;
     }

@@ -444,6 +444,8 @@ struct ResUnit<T> {
     relu: usize,
     c: usize,
     hw: usize,
+    /// Input elements per sample.
+    in_len: usize,
     out: Vec<T>,
     gin: Vec<T>,
     gm: Vec<T>,
@@ -525,6 +527,7 @@ impl<T: Real> Unit<T> {
             }
             Unit::Res(u) => {
                 let len = n * u.hw * u.c;
+                let in_len = n * u.in_len;
                 let ResUnit {
                     main,
                     short,
@@ -539,7 +542,7 @@ impl<T: Real> Unit<T> {
                 gm.clear();
                 gm.extend_from_slice(g);
                 backward_seq(main, x, gm, n, bw);
-                gin.resize(len, T::zero());
+                gin.resize(in_len, T::zero());
                 let gs: &[T] = if short.is_empty() {
                     g
                 } else {
@@ -548,8 +551,8 @@ impl<T: Real> Unit<T> {
                 };
                 let gmain = main[0].gin_mut();
                 gin.par_chunks_mut(1 << 14)
-                    .zip(gmain[..len].par_chunks(1 << 14))
-                    .zip(gs[..len].par_chunks(1 << 14))
+                    .zip(gmain[..in_len].par_chunks(1 << 14))
+                    .zip(gs[..in_len].par_chunks(1 << 14))
                     .for_each(|((o, a), b)| {
                         for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
                             *o = a + b;
@@ -741,12 +744,17 @@ impl Compiler<'_> {
                         return Err(unsupported("residual branches of different shapes"));
                     }
                     *shape = sm;
+                    let in_len = match s0 {
+                        Shape::Spatial(a, b, c) => a * b * c,
+                        Shape::Flat(f, _) => f,
+                    };
                     units.push(Unit::Res(Box::new(ResUnit {
                         main: m,
                         short: s,
                         relu: *relu,
                         c,
                         hw: h * w,
+                        in_len,
                         out: Vec::new(),
                         gin: Vec::new(),
                         gm: Vec::new(),
