@@ -79,15 +79,20 @@ fn close(a: &[f32], b: &[f32], tol: f32, floor: f32, what: &str) {
     if std::env::var("NN_DEBUG").is_ok() {
         let scale = b.iter().fold(floor, |m, v| m.max(v.abs()));
         let (mut err, mut at) = (0f32, 0);
-        for i in 0..a.len() { if (a[i]-b[i]).abs() > err { err = (a[i]-b[i]).abs(); at = i; } }
-        eprintln!("{what}: err {err} at {at} ({} vs {}) scale {scale}", a[at], b[at]);
+        for i in 0..a.len() {
+            if (a[i] - b[i]).abs() > err {
+                err = (a[i] - b[i]).abs();
+                at = i;
+            }
+        }
+        eprintln!(
+            "{what}: err {err} at {at} ({} vs {}) scale {scale}",
+            a[at], b[at]
+        );
         return;
     }
     let scale = b.iter().fold(floor, |m, v| m.max(v.abs()));
-    let err = a
-        .iter()
-        .zip(b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(
         err <= tol * scale,
         "{what}: max error {err} vs scale {scale}"
@@ -117,7 +122,13 @@ fn reference_step(net: &mut Net, x: &[f32], y: &[u32]) -> RefStep {
     let g = net
         .params
         .iter()
-        .map(|p| flat(grads.get(p.var.as_tensor()).expect("every parameter has a gradient")))
+        .map(|p| {
+            flat(
+                grads
+                    .get(p.var.as_tensor())
+                    .expect("every parameter has a gradient"),
+            )
+        })
         .collect();
     let mut opt = Sgd::new(SgdConfig::default()).unwrap();
     opt.step(net, &grads, 0.05).unwrap();
@@ -206,7 +217,11 @@ fn one_step_gradients_equal_the_reference_in_f64() {
         fast.forward(&x, n, Mode::Train).unwrap();
         let s = fast.backward(&y).unwrap();
         let rl = loss.to_scalar::<f64>().unwrap();
-        assert!((s.loss - rl).abs() < 1e-10, "{arch}: loss {} vs {rl}", s.loss);
+        assert!(
+            (s.loss - rl).abs() < 1e-10,
+            "{arch}: loss {} vs {rl}",
+            s.loss
+        );
         for (i, g) in fast.gradients().iter().enumerate() {
             let p = &reference.params[i];
             let r: Vec<f64> = grads
@@ -217,8 +232,15 @@ fn one_step_gradients_equal_the_reference_in_f64() {
                 .to_vec1()
                 .unwrap();
             let scale = r.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-            let err = g.iter().zip(&r).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err <= 1e-9 * scale, "{arch} ∂{}: {err} vs scale {scale}", p.name);
+            let err = g
+                .iter()
+                .zip(&r)
+                .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                err <= 1e-9 * scale,
+                "{arch} ∂{}: {err} vs scale {scale}",
+                p.name
+            );
         }
     }
 }
@@ -240,7 +262,11 @@ fn evaluation_and_its_dnr_equal_the_reference() {
         )
         .unwrap();
         let mut probe = DnrProbe::new(reference.relu_names(), true);
-        let logits = flat(&reference.forward(&xt, Mode::Eval, Some(&mut probe)).unwrap());
+        let logits = flat(
+            &reference
+                .forward(&xt, Mode::Eval, Some(&mut probe))
+                .unwrap(),
+        );
         let mut fast = FastNet::<f32>::from_net(&reference, SgdConfig::default()).unwrap();
         fast.set_counting(Counting::Static);
         let got = fast.forward(&x, n, Mode::Eval).unwrap().to_vec();
@@ -340,7 +366,9 @@ fn conv_kernel_matches_candle_for_every_geometry() {
     // (n, h, w, cin, cout, k, stride, pad): odd sizes, stride 2, padding 0/1, 1×1 (the plain
     // GEMM path at stride 1), and more rows than one im2col tile.
     let cases = [
-        (3usize, 7usize, 5usize, 3usize, 4usize, 3usize, 1usize, 1usize),
+        (
+            3usize, 7usize, 5usize, 3usize, 4usize, 3usize, 1usize, 1usize,
+        ),
         (2, 7, 7, 2, 5, 3, 2, 1),
         (2, 8, 6, 3, 2, 3, 2, 0),
         (3, 5, 5, 4, 3, 3, 1, 0),
@@ -357,15 +385,43 @@ fn conv_kernel_matches_candle_for_every_geometry() {
             let g = ConvGeom::new(n, h, w, cin, cout, k, stride, pad).unwrap();
             let x: Vec<f64> = uniform(n * cin * h * w, 40);
             let wt: Vec<f64> = uniform(cout * cin * k * k, 41);
-            let xv = Var::from_tensor(&Tensor::from_vec(x.clone(), (n, cin, h, w), &Device::Cpu).unwrap()).unwrap();
-            let wv = Var::from_tensor(&Tensor::from_vec(wt.clone(), (cout, cin, k, k), &Device::Cpu).unwrap()).unwrap();
+            let xv = Var::from_tensor(
+                &Tensor::from_vec(x.clone(), (n, cin, h, w), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            let wv = Var::from_tensor(
+                &Tensor::from_vec(wt.clone(), (cout, cin, k, k), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
             let y = candle_conv(xv.as_tensor(), wv.as_tensor(), stride, pad);
             let r: Vec<f64> = uniform(y.elem_count(), 42);
             let rt = Tensor::from_vec(r.clone(), y.dims(), &Device::Cpu).unwrap();
             let grads = (&y * &rt).unwrap().sum_all().unwrap().backward().unwrap();
-            let y_ref = nchw_to_nhwc(&y.flatten_all().unwrap().to_vec1().unwrap(), n, cout, g.ohw());
-            let dx_ref = nchw_to_nhwc(&grads.get(xv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap(), n, cin, h * w);
-            let dw_ref: Vec<f64> = grads.get(wv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let y_ref = nchw_to_nhwc(
+                &y.flatten_all().unwrap().to_vec1().unwrap(),
+                n,
+                cout,
+                g.ohw(),
+            );
+            let dx_ref = nchw_to_nhwc(
+                &grads
+                    .get(xv.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+                n,
+                cin,
+                h * w,
+            );
+            let dw_ref: Vec<f64> = grads
+                .get(wv.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             // Engine layouts: x NHWC, W (o, ky, kx, ci), dy NHWC.
             let xn = nchw_to_nhwc(&x, n, cin, h * w);
             let mut wn = vec![0.0; wt.len()];
@@ -377,16 +433,29 @@ fn conv_kernel_matches_candle_for_every_geometry() {
                 }
             }
             let dy = nchw_to_nhwc(&r, n, cout, g.ohw());
-            let (mut yo, mut dx, mut dw) = (vec![0.0; g.out_len()], vec![0.0; g.in_len()], vec![0.0; wt.len()]);
+            let (mut yo, mut dx, mut dw) = (
+                vec![0.0; g.out_len()],
+                vec![0.0; g.in_len()],
+                vec![0.0; wt.len()],
+            );
             pool.install(|| {
                 let mut scratch = vec![Vec::new(); threads];
                 let mut accs = vec![GroupAcc::default(); threads];
                 let mut parts = vec![Vec::new(); threads];
                 g.forward(&xn, &wn, &mut yo, &mut scratch, &mut accs, &|_, _, _| {});
-                g.backward(&xn, &wn, &dy, &mut dw, Some(&mut dx), &mut scratch, &mut parts);
+                g.backward(
+                    &xn,
+                    &wn,
+                    &dy,
+                    &mut dw,
+                    Some(&mut dx),
+                    &mut scratch,
+                    &mut parts,
+                );
             });
             let what = format!("k{k} s{stride} p{pad} {h}×{w} threads {threads}");
-            let err = |a: &[f64], b: &[f64]| a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+            let err =
+                |a: &[f64], b: &[f64]| a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
             assert!(err(&yo, &y_ref) < 1e-12, "forward {what}");
             assert!(err(&dx, &dx_ref) < 1e-12, "dx {what}");
             let mut dw_ref_n = vec![0.0; wt.len()];
@@ -406,23 +475,51 @@ fn conv_kernel_matches_candle_for_every_geometry() {
 fn pooling_kernels_match_candle() {
     let (n, h, w, c) = (2usize, 7usize, 5usize, 3usize);
     let x: Vec<f64> = uniform(n * c * h * w, 50);
-    let xv = Var::from_tensor(&Tensor::from_vec(x.clone(), (n, c, h, w), &Device::Cpu).unwrap()).unwrap();
+    let xv = Var::from_tensor(&Tensor::from_vec(x.clone(), (n, c, h, w), &Device::Cpu).unwrap())
+        .unwrap();
     let y = layers::max_pool(xv.as_tensor(), 2).unwrap();
     let r: Vec<f64> = uniform(y.elem_count(), 51);
     let rt = Tensor::from_vec(r.clone(), y.dims(), &Device::Cpu).unwrap();
     let gx = (&y * &rt).unwrap().sum_all().unwrap().backward().unwrap();
-    let gx = nchw_to_nhwc(&gx.get(xv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap(), n, c, h * w);
+    let gx = nchw_to_nhwc(
+        &gx.get(xv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap(),
+        n,
+        c,
+        h * w,
+    );
     let xn = nchw_to_nhwc(&x, n, c, h * w);
     let (oh, ow) = (h / 2, w / 2);
     let mut out = vec![0.0; n * oh * ow * c];
     let mut arg = vec![0u8; out.len()];
     kernels::max_pool(&xn, n, h, w, c, 2, &mut out, &mut arg);
-    assert_eq!(out, nchw_to_nhwc(&y.flatten_all().unwrap().to_vec1().unwrap(), n, c, oh * ow));
+    assert_eq!(
+        out,
+        nchw_to_nhwc(&y.flatten_all().unwrap().to_vec1().unwrap(), n, c, oh * ow)
+    );
     let mut dx = vec![1.0; xn.len()];
-    kernels::max_pool_backward(&nchw_to_nhwc(&r, n, c, oh * ow), &arg, n, h, w, c, 2, &mut dx);
+    kernels::max_pool_backward(
+        &nchw_to_nhwc(&r, n, c, oh * ow),
+        &arg,
+        n,
+        h,
+        w,
+        c,
+        2,
+        &mut dx,
+    );
     assert_eq!(dx, gx);
     // Global average pooling.
-    let g = layers::global_avg_pool(xv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let g = layers::global_avg_pool(xv.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     let mut o = vec![0.0; n * c];
     kernels::gap(&xn, n, h * w, c, &mut o);
     assert!(o.iter().zip(&g).all(|(a, b)| (a - b).abs() < 1e-12));
@@ -439,8 +536,12 @@ fn run_steps(arch: Arch, input: InputSpec, threads: usize, steps: usize) -> Vec<
         let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default()).unwrap();
         let n = 16;
         for s in 0..steps {
-            let x: Vec<f32> = uniform(n * input.channels * input.height * input.width, 100 + s as u64);
-            fast.train_step(&x, &labels(n, 200 + s as u64), 0.02).unwrap();
+            let x: Vec<f32> = uniform(
+                n * input.channels * input.height * input.width,
+                100 + s as u64,
+            );
+            fast.train_step(&x, &labels(n, 200 + s as u64), 0.02)
+                .unwrap();
         }
         fast.weights()
     })
@@ -448,9 +549,18 @@ fn run_steps(arch: Arch, input: InputSpec, threads: usize, steps: usize) -> Vec<
 
 #[test]
 fn one_thread_runs_are_bit_identical_and_so_are_two_thread_runs() {
-    for (arch, input) in [(Arch::Resnet20, spec(3, 12, 12)), (Arch::Conv4, spec(1, 12, 12))] {
-        assert!(run_steps(arch, input, 1, 3) == run_steps(arch, input, 1, 3), "{arch} 1 thread");
-        assert!(run_steps(arch, input, 2, 3) == run_steps(arch, input, 2, 3), "{arch} 2 threads");
+    for (arch, input) in [
+        (Arch::Resnet20, spec(3, 12, 12)),
+        (Arch::Conv4, spec(1, 12, 12)),
+    ] {
+        assert!(
+            run_steps(arch, input, 1, 3) == run_steps(arch, input, 1, 3),
+            "{arch} 1 thread"
+        );
+        assert!(
+            run_steps(arch, input, 2, 3) == run_steps(arch, input, 2, 3),
+            "{arch} 2 threads"
+        );
     }
 }
 
@@ -472,10 +582,20 @@ fn masked_weights_stay_zero_through_100_steps() {
         let w0 = flat(&before[&p.name]);
         if let Some(m) = &p.mask {
             let m = flat(m);
-            assert!(w.iter().zip(&m).all(|(w, m)| *m != 0.0 || *w == 0.0), "{}", p.name);
+            assert!(
+                w.iter().zip(&m).all(|(w, m)| *m != 0.0 || *w == 0.0),
+                "{}",
+                p.name
+            );
             let kept = m.iter().filter(|&&m| m != 0.0).count();
-            let moved = (0..w.len()).filter(|&i| m[i] != 0.0 && w[i] != w0[i]).count();
-            assert!(moved * 10 >= kept * 9, "{}: {moved}/{kept} kept weights moved", p.name);
+            let moved = (0..w.len())
+                .filter(|&i| m[i] != 0.0 && w[i] != w0[i])
+                .count();
+            assert!(
+                moved * 10 >= kept * 9,
+                "{}: {moved}/{kept} kept weights moved",
+                p.name
+            );
         }
     }
 }

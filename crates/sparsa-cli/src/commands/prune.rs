@@ -149,8 +149,15 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         .num_threads(threads)
         .build()
         .context("building the thread pool")?;
-    let engine = if a.reference { "reference (candle)" } else { "fused" };
-    eprintln!("engine: {engine}, batch {}, {threads} threads, {} timed steps (median)", a.batch, a.steps);
+    let engine = if a.reference {
+        "reference (candle)"
+    } else {
+        "fused"
+    };
+    eprintln!(
+        "engine: {engine}, batch {}, {threads} threads, {} timed steps (median)",
+        a.batch, a.steps
+    );
     let mut rows = vec![vec![
         "model".to_string(),
         "input".to_string(),
@@ -179,7 +186,9 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 format!("{sp:.0} %"),
                 format!("{:.0}", row.train),
                 format!("{:.0}", row.eval),
-                row.rss.map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into()),
+                row.rss
+                    .map(|r| format!("{r:.0}"))
+                    .unwrap_or_else(|| "-".into()),
             ]);
         }
     }

@@ -265,12 +265,24 @@ mod tests {
         let at: Vec<f64> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
         let bt: Vec<f64> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
         let want: Vec<f64> = (0..m * n)
-            .map(|ij| (0..k).map(|t| a[(ij / n) * k + t] * b[t * n + ij % n]).sum())
+            .map(|ij| {
+                (0..k)
+                    .map(|t| a[(ij / n) * k + t] * b[t * n + ij % n])
+                    .sum()
+            })
             .collect();
         for threads in [1, 2] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                let ao = if ta { Operand::t(&at, k, m) } else { Operand::n(&a, m, k) };
-                let bo = if tb { Operand::t(&bt, n, k) } else { Operand::n(&b, k, n) };
+                let ao = if ta {
+                    Operand::t(&at, k, m)
+                } else {
+                    Operand::n(&a, m, k)
+                };
+                let bo = if tb {
+                    Operand::t(&bt, n, k)
+                } else {
+                    Operand::n(&b, k, n)
+                };
                 let mut c = vec![1.0f64; m * n];
                 gemm_into(&mut c, ao, bo, true, threads, 1.0);
                 for (x, w) in c.iter().zip(&want) {

@@ -731,7 +731,12 @@ pub fn softmax_ce<T: Real>(logits: &[T], labels: &[u32], k: usize, grad: &mut [T
                 arg = j;
             }
         }
-        let lse = best + row.iter().map(|v| (v.to_f64() - best).exp()).sum::<f64>().ln();
+        let lse = best
+            + row
+                .iter()
+                .map(|v| (v.to_f64() - best).exp())
+                .sum::<f64>()
+                .ln();
         let y = labels[i] as usize;
         loss += lse - row[y].to_f64();
         correct += (arg == y) as usize;

@@ -75,7 +75,11 @@ pub struct StepStats {
 enum PLayout {
     Plain,
     /// candle (o, i, ky, kx) ↔ engine (o, ky, kx, i).
-    Conv { o: usize, i: usize, k: usize },
+    Conv {
+        o: usize,
+        i: usize,
+        k: usize,
+    },
     /// candle columns (c, y, x) ↔ engine columns (y, x, c).
     LinearHwc {
         out: usize,
@@ -233,7 +237,14 @@ impl<T: Real> ConvUnit<T> {
                 let epi = |acc: &mut GroupAcc, r0: usize, tile: &mut [T]| {
                     bias_relu(acc, tile, bias, relu, c, r0, ohw)
                 };
-                g.forward(x, w, &mut self.out, &mut fw.sh.scratch, &mut fw.sh.accs, &epi);
+                g.forward(
+                    x,
+                    w,
+                    &mut self.out,
+                    &mut fw.sh.scratch,
+                    &mut fw.sh.accs,
+                    &epi,
+                );
             }
             Some(bi) if fw.train => {
                 self.z.resize(g.out_len(), T::zero());
@@ -268,9 +279,7 @@ impl<T: Real> ConvUnit<T> {
                 let bn = &fw.bns[bi];
                 let (gamma, beta) = (&fw.p[bn.gamma].w, &fw.p[bn.beta].w);
                 let a: Vec<T> = (0..c)
-                    .map(|j| {
-                        gamma[j] * T::from_f64(1.0 / (bn.var[j].to_f64() + fw.eps).sqrt())
-                    })
+                    .map(|j| gamma[j] * T::from_f64(1.0 / (bn.var[j].to_f64() + fw.eps).sqrt()))
                     .collect();
                 let b: Vec<T> = (0..c).map(|j| beta[j] - bn.mean[j] * a[j]).collect();
                 let epi = |acc: &mut GroupAcc, r0: usize, tile: &mut [T]| {
@@ -283,7 +292,14 @@ impl<T: Real> ConvUnit<T> {
                         kernels::relu_count(acc, tile, c, r0, ohw);
                     }
                 };
-                g.forward(x, w, &mut self.out, &mut fw.sh.scratch, &mut fw.sh.accs, &epi);
+                g.forward(
+                    x,
+                    w,
+                    &mut self.out,
+                    &mut fw.sh.scratch,
+                    &mut fw.sh.accs,
+                    &epi,
+                );
             }
         }
         if let Some(r) = self.relu {
@@ -670,12 +686,19 @@ impl Compiler<'_> {
                         Shape::Flat(f, from) => {
                             if let Some((h, wd, c)) = from {
                                 if c > 1 && h * wd > 1 {
-                                    self.layouts[*w] = PLayout::LinearHwc { out: fout, c, h, w: wd };
+                                    self.layouts[*w] = PLayout::LinearHwc {
+                                        out: fout,
+                                        c,
+                                        h,
+                                        w: wd,
+                                    };
                                 }
                             }
                             f
                         }
-                        Shape::Spatial(..) => return Err(unsupported("a linear layer on a spatial input")),
+                        Shape::Spatial(..) => {
+                            return Err(unsupported("a linear layer on a spatial input"))
+                        }
                     };
                     if feats != fin {
                         return Err(unsupported("linear weight shape does not fit its input"));
@@ -761,7 +784,9 @@ impl Compiler<'_> {
                     })));
                 }
                 Op::Bn(_) | Op::Relu(_) => {
-                    return Err(unsupported("batch norm or ReLU not after a conv or linear layer"))
+                    return Err(unsupported(
+                        "batch norm or ReLU not after a conv or linear layer",
+                    ))
                 }
             }
             i += 1;
@@ -816,7 +841,11 @@ impl<T: Real> FastNet<T> {
         let units = comp.seq(net.ops(), &mut shape, true)?;
         match shape {
             Shape::Flat(f, _) if f == net.input.classes => {}
-            _ => return Err(unsupported("the network does not end in one logit per class")),
+            _ => {
+                return Err(unsupported(
+                    "the network does not end in one logit per class",
+                ))
+            }
         }
         let mut params = Vec::with_capacity(net.params.len());
         for (p, layout) in net.params.iter().zip(&comp.layouts) {
