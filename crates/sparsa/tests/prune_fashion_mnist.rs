@@ -38,6 +38,7 @@ fn one_epoch_of_lenet_reaches_80_percent() {
         augment: false,
         pad: 4,
         eval_batch: 1000,
+        reference: false,
     };
     let mut on_epoch = |_: &sparsa::prune::train::EpochMetrics| Ok(());
     let out = train(

@@ -119,7 +119,7 @@ fn parse_size(s: &str) -> Result<(usize, usize)> {
 }
 
 /// VmHWM of this process in MB, if /proc is readable.
-fn peak_rss_mb() -> Option<f64> {
+pub(crate) fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -127,7 +127,7 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 /// Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs).
-fn reset_peak_rss() -> bool {
+pub(crate) fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 

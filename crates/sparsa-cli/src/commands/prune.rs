@@ -5,6 +5,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use clap::Subcommand;
+use sparsa::nn::fast::{Counting, FastNet};
 use sparsa::nn::layers;
 use sparsa::nn::models::{Arch, InputSpec, Mode, Net};
 use sparsa::nn::optim::{Sgd, SgdConfig};
@@ -40,18 +41,11 @@ pub enum PruneCommand {
         #[arg(long)]
         csv_dir: Option<PathBuf>,
     },
-    /// Measure training and evaluation throughput (images/s) per model on random inputs of the
-    /// model's usual shape (28×28×1 for LeNet and Conv-2/4/6, 32×32×3 for ResNet and VGG).
-    Bench {
-        /// Architectures to measure (default: all).
-        #[arg(long, value_delimiter = ',')]
-        arch: Vec<String>,
-        #[arg(long, default_value_t = 128)]
-        batch: usize,
-        /// Timed training steps per model (after 2 warm-up steps).
-        #[arg(long, default_value_t = 10)]
-        steps: usize,
-    },
+    /// Measure training and evaluation throughput (images/s) and peak RSS per model and global
+    /// magnitude sparsity, on random inputs of the model's usual shape (28×28×1 for LeNet and
+    /// Conv-2/4/6, 32×32×3 for ResNet and VGG). One JSON line per row, then a table; compare
+    /// with `bench/torch_cnn.py` run alternately in the same sitting.
+    Bench(BenchArgs),
 }
 
 pub fn run(cmd: PruneCommand) -> anyhow::Result<()> {
@@ -63,7 +57,7 @@ pub fn run(cmd: PruneCommand) -> anyhow::Result<()> {
             no_report,
         } => run_grid(&config, &out, data_dir, !no_report),
         PruneCommand::Report { run_dir, csv_dir } => print_report(&run_dir, csv_dir),
-        PruneCommand::Bench { arch, batch, steps } => bench(&arch, batch, steps),
+        PruneCommand::Bench(a) => bench(a),
     }
 }
 
@@ -131,99 +125,210 @@ fn print_report(run_dir: &Path, csv_dir: Option<PathBuf>) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn bench(archs: &[String], batch: usize, steps: usize) -> anyhow::Result<()> {
-    let list: Vec<Arch> = if archs.is_empty() {
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let list: Vec<Arch> = if a.arch.is_empty() {
         Arch::ALL.to_vec()
     } else {
-        archs
+        a.arch
             .iter()
-            .map(|a| a.parse::<Arch>())
+            .map(|s| s.parse::<Arch>())
             .collect::<Result<_, _>>()?
     };
+    if a.batch == 0 || a.steps == 0 {
+        bail!("--batch and --steps must be at least 1");
+    }
+    if let Some(bad) = a.sparsity.iter().find(|s| !(0.0..100.0).contains(*s)) {
+        bail!("--sparsity {bad}: give percentages in [0, 100)");
+    }
+    let threads = if a.threads == 0 {
+        rayon::current_num_threads()
+    } else {
+        a.threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("building the thread pool")?;
+    let engine = if a.reference {
+        "reference (candle)"
+    } else {
+        "fused"
+    };
+    eprintln!(
+        "engine: {engine}, batch {}, {threads} threads, {} timed steps (median)",
+        a.batch, a.steps
+    );
     let mut rows = vec![vec![
         "model".to_string(),
         "input".to_string(),
         "params".to_string(),
-        "batch".to_string(),
+        "sparsity".to_string(),
         "train img/s".to_string(),
         "eval img/s".to_string(),
-        "fwd/bwd/opt ms per step".to_string(),
+        "peak RSS MB".to_string(),
     ]];
     for arch in list {
-        let input = match arch {
-            Arch::Lenet300100 | Arch::Conv2 | Arch::Conv4 | Arch::Conv6 => InputSpec {
-                channels: 1,
-                height: 28,
-                width: 28,
-                classes: 10,
-            },
-            _ => InputSpec {
-                channels: 3,
-                height: 32,
-                width: 32,
-                classes: 10,
-            },
-        };
-        let mut net = Net::new(arch, input, 0, DType::F32)?;
-        let nparams: usize = net
-            .params
-            .iter()
-            .map(|p| p.var.as_tensor().elem_count())
-            .sum();
-        let mut opt = Sgd::new(SgdConfig::default())?;
-        let x = Tensor::randn(
-            0f32,
-            1.0,
-            (batch, input.channels, input.height, input.width),
-            &Device::Cpu,
-        )?;
-        let y: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
-        let y = Tensor::from_vec(y, batch, &Device::Cpu)?;
-        let bar = ui::Bar::new((steps + 2) as u64, arch.name(), "step");
-        use sparsa::util::progress::Progress;
-        let mut t = Instant::now();
-        let (mut t_fwd, mut t_bwd, mut t_opt) = (0f64, 0f64, 0f64);
-        for s in 0..steps + 2 {
-            if s == 2 {
-                t = Instant::now();
-                (t_fwd, t_bwd, t_opt) = (0.0, 0.0, 0.0);
-            }
-            let t0 = Instant::now();
-            let logits = net.forward(&x, Mode::Train, None)?;
-            let loss = layers::cross_entropy(&logits, &y)?;
-            let _ = loss.to_scalar::<f32>()?;
-            let t1 = Instant::now();
-            let grads = loss.backward()?;
-            let t2 = Instant::now();
-            opt.step(&net, &grads, 0.01)?;
-            t_fwd += (t1 - t0).as_secs_f64();
-            t_bwd += (t2 - t1).as_secs_f64();
-            t_opt += t2.elapsed().as_secs_f64();
-            bar.inc(1);
+        for &sp in &a.sparsity {
+            let row = pool.install(|| bench_one(arch, sp, &a))?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "impl": if a.reference { "sparsa-reference" } else { "sparsa" },
+                    "model": arch.name(), "batch": a.batch, "threads": threads,
+                    "sparsity": sp, "train_img_s": row.train, "eval_img_s": row.eval,
+                    "peak_rss_mb": row.rss,
+                })
+            );
+            rows.push(vec![
+                arch.name().to_string(),
+                row.input,
+                row.params.to_string(),
+                format!("{sp:.0} %"),
+                format!("{:.0}", row.train),
+                format!("{:.0}", row.eval),
+                row.rss
+                    .map(|r| format!("{r:.0}"))
+                    .unwrap_or_else(|| "-".into()),
+            ]);
         }
-        let train_ips = (steps * batch) as f64 / t.elapsed().as_secs_f64();
-        bar.finish();
-        let t = Instant::now();
-        let reps = steps.max(1);
-        for _ in 0..reps {
-            let _ = net.forward(&x, Mode::Eval, None)?;
-        }
-        let eval_ips = (reps * batch) as f64 / t.elapsed().as_secs_f64();
-        rows.push(vec![
-            arch.name().to_string(),
-            format!("{}×{}×{}", input.channels, input.height, input.width),
-            nparams.to_string(),
-            batch.to_string(),
-            format!("{train_ips:.0}"),
-            format!("{eval_ips:.0}"),
-            format!(
-                "{:.1}/{:.1}/{:.1}",
-                1e3 * t_fwd / steps.max(1) as f64,
-                1e3 * t_bwd / steps.max(1) as f64,
-                1e3 * t_opt / steps.max(1) as f64
-            ),
-        ]);
     }
     println!("{}", ui::table(&rows));
     Ok(())
+}
+
+/// Arguments of `sparsa prune bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Architectures to measure (default: all).
+    #[arg(long, value_delimiter = ',')]
+    arch: Vec<String>,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Timed training and evaluation steps per model (after one warm-up step); the figure is
+    /// the median step.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Global magnitude sparsities to measure, in percent.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0.0, 90.0, 98.0])]
+    sparsity: Vec<f64>,
+    /// Threads (0: rayon's default, all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Time the candle reference path instead of the fused engine.
+    #[arg(long)]
+    reference: bool,
+}
+
+struct BenchRow {
+    input: String,
+    params: usize,
+    train: f64,
+    eval: f64,
+    rss: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench_one(arch: Arch, sparsity: f64, a: &BenchArgs) -> anyhow::Result<BenchRow> {
+    use sparsa::prune::{mask, method};
+    let input = match arch {
+        Arch::Lenet300100 | Arch::Conv2 | Arch::Conv4 | Arch::Conv6 => InputSpec {
+            channels: 1,
+            height: 28,
+            width: 28,
+            classes: 10,
+        },
+        _ => InputSpec {
+            channels: 3,
+            height: 32,
+            width: 32,
+            classes: 10,
+        },
+    };
+    super::bench::reset_peak_rss();
+    let mut net = Net::new(arch, input, 0, DType::F32)?;
+    if sparsity > 0.0 {
+        let mut masks = mask::host_masks(&net)?;
+        let total: usize = masks.iter().map(|m| m.len()).sum();
+        let keep = ((1.0 - sparsity / 100.0) * total as f64).round() as usize;
+        let scores = method::magnitude::scores(&net)?;
+        mask::prune_to_global(&mut masks, &scores, keep);
+        mask::set_host_masks(&mut net, &masks)?;
+    }
+    let nparams: usize = net
+        .params
+        .iter()
+        .map(|p| p.var.as_tensor().elem_count())
+        .sum();
+    let batch = a.batch;
+    let xs: Vec<f32> = Tensor::randn(
+        0f32,
+        1.0,
+        batch * input.channels * input.height * input.width,
+        &Device::Cpu,
+    )?
+    .to_vec1()?;
+    let ys: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
+    let label = format!("{} {sparsity:.0}%", arch.name());
+    let bar = ui::Bar::new((2 * a.steps + 2) as u64, &label, "step");
+    use sparsa::util::progress::Progress;
+    let (mut tt, mut te) = (Vec::new(), Vec::new());
+    if a.reference {
+        let x = Tensor::from_slice(
+            &xs,
+            (batch, input.channels, input.height, input.width),
+            &Device::Cpu,
+        )?;
+        let y = Tensor::from_slice(&ys, batch, &Device::Cpu)?;
+        let mut opt = Sgd::new(SgdConfig::default())?;
+        for s in 0..=a.steps {
+            let t0 = Instant::now();
+            let logits = net.forward(&x, Mode::Train, None)?;
+            let loss = layers::cross_entropy(&logits, &y)?;
+            let grads = loss.backward()?;
+            opt.step(&net, &grads, 0.01)?;
+            if s > 0 {
+                tt.push(t0.elapsed().as_secs_f64());
+            }
+            bar.inc(1);
+        }
+        for s in 0..=a.steps {
+            let t0 = Instant::now();
+            let _ = net.forward(&x, Mode::Eval, None)?.to_vec2::<f32>()?;
+            if s > 0 {
+                te.push(t0.elapsed().as_secs_f64());
+            }
+            bar.inc(1);
+        }
+    } else {
+        let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default())?;
+        fast.set_counting(Counting::Dynamic);
+        for s in 0..=a.steps {
+            let t0 = Instant::now();
+            fast.train_step(&xs, &ys, 0.01)?;
+            if s > 0 {
+                tt.push(t0.elapsed().as_secs_f64());
+            }
+            bar.inc(1);
+        }
+        for s in 0..=a.steps {
+            let t0 = Instant::now();
+            fast.forward(&xs, batch, Mode::Eval)?;
+            if s > 0 {
+                te.push(t0.elapsed().as_secs_f64());
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish();
+    Ok(BenchRow {
+        input: format!("{}×{}×{}", input.channels, input.height, input.width),
+        params: nparams,
+        train: batch as f64 / median(tt),
+        eval: batch as f64 / median(te),
+        rss: super::bench::peak_rss_mb(),
+    })
 }

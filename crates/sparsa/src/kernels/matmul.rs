@@ -104,6 +104,123 @@ pub fn matmul_abt_with(
     }
 }
 
+/// A row-major matrix operand of [`gemm_into`]: `data` holds `rows × cols` (of the stored
+/// matrix); `t` reads it transposed, so the operand seen by the product is `cols × rows`.
+#[derive(Clone, Copy)]
+pub struct Operand<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub t: bool,
+}
+
+impl<'a, T> Operand<'a, T> {
+    /// The stored matrix as is.
+    pub fn n(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Operand {
+            data,
+            rows,
+            cols,
+            t: false,
+        }
+    }
+    /// The stored matrix transposed.
+    pub fn t(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Operand {
+            data,
+            rows,
+            cols,
+            t: true,
+        }
+    }
+    /// (rows, cols) of the operand as the product sees it.
+    fn shape(&self) -> (usize, usize) {
+        if self.t {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
+    }
+    /// (row stride, column stride) of the operand as the product sees it.
+    fn strides(&self) -> (isize, isize) {
+        if self.t {
+            (1, self.cols as isize)
+        } else {
+            (self.cols as isize, 1)
+        }
+    }
+}
+
+/// C (m×n, row-major) = A·B, or C += A·B when `accumulate`, for f32 or f64, on `gemm`'s
+/// runtime-dispatched kernels. `threads` > 1 lets `gemm` split the product over the current
+/// rayon pool; 1 runs it on the calling thread (the fused image-classifier engine calls it once
+/// per cache-sized tile from its own parallel loop). For a fixed shape and thread setting the
+/// result is bit-reproducible.
+///
+/// # Panics
+/// If the operand shapes do not chain or a slice is shorter than its shape (an internal
+/// invariant: the raw product below must never read or write out of bounds).
+pub fn gemm_into<T: 'static + Copy + Default>(
+    c: &mut [T],
+    a: Operand<'_, T>,
+    b: Operand<'_, T>,
+    accumulate: bool,
+    threads: usize,
+    one: T,
+) {
+    let (m, k) = a.shape();
+    let (k2, n) = b.shape();
+    assert!(
+        k == k2
+            && a.data.len() >= a.rows * a.cols
+            && b.data.len() >= b.rows * b.cols
+            && c.len() >= m * n,
+        "gemm_into: shape mismatch"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(T::default());
+        }
+        return;
+    }
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    let (ars, acs) = a.strides();
+    let (brs, bcs) = b.strides();
+    // SAFETY: the asserted lengths bound every access: A is read at (i < m, t < k) through its
+    // strides (row-major rows×cols storage, transposed or not), B at (t < k, j < n), C written
+    // at rows < m (stride n), columns < n.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            acs,
+            ars,
+            b.data.as_ptr(),
+            bcs,
+            brs,
+            one,
+            one,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +251,46 @@ mod tests {
                         (c1[i * n + j] as f64 - want).abs() < 1e-4,
                         "{m}x{n}x{k} at {i},{j}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_into_matches_naive_for_every_transpose_and_accumulates() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let (m, n, k) = (9usize, 7usize, 13usize);
+        let a: Vec<f64> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let b: Vec<f64> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let at: Vec<f64> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let bt: Vec<f64> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let want: Vec<f64> = (0..m * n)
+            .map(|ij| {
+                (0..k)
+                    .map(|t| a[(ij / n) * k + t] * b[t * n + ij % n])
+                    .sum()
+            })
+            .collect();
+        for threads in [1, 2] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let ao = if ta {
+                    Operand::t(&at, k, m)
+                } else {
+                    Operand::n(&a, m, k)
+                };
+                let bo = if tb {
+                    Operand::t(&bt, n, k)
+                } else {
+                    Operand::n(&b, k, n)
+                };
+                let mut c = vec![1.0f64; m * n];
+                gemm_into(&mut c, ao, bo, true, threads, 1.0);
+                for (x, w) in c.iter().zip(&want) {
+                    assert!((x - 1.0 - w).abs() < 1e-12, "{ta} {tb}");
+                }
+                gemm_into(&mut c, ao, bo, false, threads, 1.0);
+                for (x, w) in c.iter().zip(&want) {
+                    assert!((x - w).abs() < 1e-12, "{ta} {tb}");
                 }
             }
         }

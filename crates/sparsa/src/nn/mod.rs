@@ -5,6 +5,7 @@
 //! Gradients come from candle's autograd; `tests` in [`layers`] check them against central finite
 //! differences in f64 for conv2d, batch norm and pooling.
 
+pub mod fast;
 pub mod layers;
 pub mod models;
 pub mod optim;

@@ -111,11 +111,11 @@ impl Param {
 }
 
 /// Running statistics of one batch-norm layer.
-struct BnState {
-    gamma: usize,
-    beta: usize,
-    mean: Tensor,
-    var: Tensor,
+pub(crate) struct BnState {
+    pub(crate) gamma: usize,
+    pub(crate) beta: usize,
+    pub(crate) mean: Tensor,
+    pub(crate) var: Tensor,
 }
 
 /// Whether a forward pass trains (batch statistics, running-stat updates) or evaluates.
@@ -132,7 +132,7 @@ pub trait ReluProbe {
 }
 
 #[derive(Clone)]
-enum Op {
+pub(crate) enum Op {
     Flatten,
     Linear {
         w: usize,
@@ -416,6 +416,22 @@ impl Net {
         Ok(b.finish(Arch::Lenet300100, input, ops))
     }
 
+    /// The op list (for the fused engine, [`super::fast`]).
+    pub(crate) fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Batch-norm layers: parameter indices and running statistics.
+    pub(crate) fn bn_states(&self) -> &[BnState] {
+        &self.bns
+    }
+
+    /// Replace the running statistics of batch-norm layer `i`.
+    pub(crate) fn set_bn_running(&mut self, i: usize, mean: Tensor, var: Tensor) {
+        self.bns[i].mean = mean;
+        self.bns[i].var = var;
+    }
+
     /// Names of the ReLU layers, in forward order (the indices a [`ReluProbe`] sees).
     pub fn relu_names(&self) -> &[String] {
         &self.relu_names
@@ -676,8 +692,11 @@ fn run_ops(ops: &[Op], mut x: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
     Ok(x)
 }
 
+/// ReLU with derivative 0 at 0 (PyTorch's convention and the fused engine's; candle's own
+/// `relu` passes the gradient at exactly 0, which matters once pruning zeroes whole windows).
+/// Negative inputs give −0.0, which counts as dead (`== 0`).
 fn relu_probe(x: &Tensor, index: usize, ctx: &mut Ctx) -> Result<Tensor> {
-    let y = x.relu()?;
+    let y = (x * x.gt(0.0)?.to_dtype(x.dtype())?)?;
     if let Some(p) = ctx.probe.as_deref_mut() {
         p.observe(index, &y)?;
     }

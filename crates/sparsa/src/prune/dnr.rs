@@ -7,6 +7,7 @@
 
 use candle_core::{DType, Tensor};
 
+use crate::nn::fast::ReluCount;
 use crate::nn::models::ReluProbe;
 
 /// Dead-neuron statistics of one layer.
@@ -34,7 +35,8 @@ struct Acc {
     units: usize,
     dead: f64,
     samples: u64,
-    per_unit: Option<Tensor>,
+    /// Per unit: samples on which it was dead (for the static rate).
+    per_unit: Option<Vec<u64>>,
 }
 
 /// A [`ReluProbe`] that accumulates dead counts per layer (and per unit for the static rate).
@@ -72,8 +74,7 @@ impl DnrProbe {
             units_seen += denom;
             let static_dead = match (&a.per_unit, self.track_static) {
                 (Some(pu), true) => {
-                    let v = pu.to_vec1::<f32>()?;
-                    let all = v.iter().filter(|&&c| c as u64 == a.samples).count();
+                    let all = pu.iter().filter(|&&c| c == a.samples).count();
                     sdead += all as f64;
                     sunits += a.units as f64;
                     Some(all as f64 / a.units.max(1) as f64)
@@ -104,6 +105,39 @@ impl DnrProbe {
     }
 }
 
+impl DnrProbe {
+    /// Add the counts of the fused engine's ReLU passes ([`crate::nn::fast::FastNet::take_counts`]),
+    /// one entry per ReLU layer. Per-unit counts are in the engine's channels-last unit order, so a
+    /// window should take its counts from one path only (the static rate depends only on the
+    /// number of always-dead units, not their order).
+    pub fn add_counts(&mut self, counts: &[ReluCount]) {
+        for (a, c) in self.acc.iter_mut().zip(counts) {
+            if c.samples == 0 {
+                continue;
+            }
+            a.units = c.units;
+            a.samples += c.samples;
+            a.dead += c.dead as f64;
+            if self.track_static && c.per_unit.len() == c.units {
+                match &mut a.per_unit {
+                    Some(p) if p.len() == c.units => {
+                        p.iter_mut().zip(&c.per_unit).for_each(|(p, c)| *p += c)
+                    }
+                    _ => a.per_unit = Some(c.per_unit.clone()),
+                }
+            }
+        }
+    }
+
+    /// Raw counts per layer: (units, samples, dead) — for exact comparisons in tests.
+    pub fn counts(&self) -> Vec<(usize, u64, u64)> {
+        self.acc
+            .iter()
+            .map(|a| (a.units, a.samples, a.dead as u64))
+            .collect()
+    }
+}
+
 impl ReluProbe for DnrProbe {
     fn observe(&mut self, index: usize, out: &Tensor) -> crate::nn::Result<()> {
         let Some(a) = self.acc.get_mut(index) else {
@@ -116,10 +150,11 @@ impl ReluProbe for DnrProbe {
         if self.track_static {
             let per = dead.sum(0)?.flatten_all()?;
             a.dead += per.sum_all()?.to_scalar::<f32>()? as f64;
-            a.per_unit = Some(match a.per_unit.take() {
-                Some(p) => (p + per)?,
-                None => per,
-            });
+            let per: Vec<u64> = per.to_vec1::<f32>()?.iter().map(|&c| c as u64).collect();
+            match &mut a.per_unit {
+                Some(p) => p.iter_mut().zip(&per).for_each(|(p, c)| *p += c),
+                None => a.per_unit = Some(per),
+            }
         } else {
             a.dead += dead.sum_all()?.to_scalar::<f32>()? as f64;
         }

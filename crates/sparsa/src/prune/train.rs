@@ -1,6 +1,10 @@
-//! The training loop: shuffled mini-batches, masked SGD ([`crate::nn::optim::Sgd`]), a
-//! warm-up + decay schedule, and per-epoch metrics with dead-neuron rates (dynamic DNR over the
-//! epoch's training batches; dynamic and static DNR on the test set in evaluation mode).
+//! The training loop: shuffled mini-batches, masked SGD, a warm-up + decay schedule, and
+//! per-epoch metrics with dead-neuron rates (dynamic DNR over the epoch's training batches;
+//! dynamic and static DNR on the test set in evaluation mode).
+//!
+//! Training, evaluation and the DNR probes run on the fused engine ([`crate::nn::fast`]) by
+//! default; `train.reference = true` runs the candle path (autograd + [`Sgd`]) that serves as
+//! its oracle. SNIP and SynFlow scoring stay on the candle path (one or a few passes per run).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -13,6 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use super::dnr::{DnrProbe, DnrReport};
 use super::{config_err, PruneError, Result};
 use crate::data::idx::ImageSet;
+use crate::nn::fast::{Counting, FastNet};
 use crate::nn::layers;
 use crate::nn::models::{Mode, Net};
 use crate::nn::optim::{Sgd, SgdConfig};
@@ -57,6 +62,14 @@ pub struct TrainConfig {
     pub pad: usize,
     #[serde(default = "d_eval_batch")]
     pub eval_batch: usize,
+    /// Train and evaluate on the candle reference path instead of the fused engine (slow; for
+    /// checks). Left out of the serialised config when false, so run hashes do not change.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub reference: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl TrainConfig {
@@ -121,8 +134,45 @@ pub struct TrainOutcome {
     pub captured: Option<HashMap<String, Tensor>>,
 }
 
-/// Evaluate `net` on `set`: (mean loss, accuracy, DNR with the static rate).
+/// Evaluate `net` on `set` with the fused engine: (mean loss, accuracy, DNR with the static
+/// rate).
 pub fn evaluate(net: &mut Net, set: &ImageSet, batch: usize) -> Result<(f64, f64, DnrReport)> {
+    let mut fast = FastNet::<f32>::from_net(net, SgdConfig::default())?;
+    evaluate_fast(&mut fast, net.relu_names(), set, batch)
+}
+
+/// [`evaluate`] on an already compiled engine (its counting mode is left off).
+pub fn evaluate_fast(
+    fast: &mut FastNet<f32>,
+    relu_names: &[String],
+    set: &ImageSet,
+    batch: usize,
+) -> Result<(f64, f64, DnrReport)> {
+    let mut probe = DnrProbe::new(relu_names, true);
+    fast.set_counting(Counting::Static);
+    let (mut loss, mut correct) = (0f64, 0usize);
+    let mut buf = Vec::new();
+    let idx: Vec<usize> = (0..set.len()).collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let (_, y) = set.batch::<ChaCha8Rng>(chunk, None, &mut buf)?;
+        let y = y.to_vec1::<u32>()?;
+        fast.forward(&buf, chunk.len(), Mode::Eval)?;
+        let s = fast.loss(&y)?;
+        loss += s.loss * chunk.len() as f64;
+        correct += s.correct;
+    }
+    probe.add_counts(&fast.take_counts());
+    fast.set_counting(Counting::Off);
+    let n = set.len().max(1) as f64;
+    Ok((loss / n, correct as f64 / n, probe.report()?))
+}
+
+/// [`evaluate`] on the candle reference path.
+pub fn evaluate_reference(
+    net: &mut Net,
+    set: &ImageSet,
+    batch: usize,
+) -> Result<(f64, f64, DnrReport)> {
     let mut probe = DnrProbe::new(net.relu_names(), true);
     let (mut loss, mut correct) = (0f64, 0usize);
     let mut buf = Vec::new();
@@ -167,7 +217,13 @@ pub fn train(net: &mut Net, job: TrainJob) -> Result<TrainOutcome> {
     let total = spe * cfg.epochs;
     let warm = (cfg.warmup_epochs * spe as f64).round() as usize;
     let sched = LrSchedule::new(cfg.lr, warm, total, cfg.decay.clone())?;
-    let mut opt = Sgd::new(cfg.sgd())?;
+    let mut engine = if cfg.reference {
+        Engine::Reference(Sgd::new(cfg.sgd())?)
+    } else {
+        let mut f = FastNet::<f32>::from_net(net, cfg.sgd())?;
+        f.set_counting(Counting::Dynamic);
+        Engine::Fast(Box::new(f))
+    };
     let mut captured = None;
     let mut epochs = Vec::new();
     let mut buf = Vec::new();
@@ -178,6 +234,7 @@ pub fn train(net: &mut Net, job: TrainJob) -> Result<TrainOutcome> {
     let mut t0 = Instant::now();
     let mut train_secs = 0f64;
     if job.capture_at == Some(job.start_step) {
+        engine.sync(net)?;
         captured = Some(net.state()?);
     }
     for step in job.start_step..total {
@@ -204,26 +261,30 @@ pub fn train(net: &mut Net, job: TrainJob) -> Result<TrainOutcome> {
             job.train.batch::<ChaCha8Rng>(idx, None, &mut buf)?
         };
         let lr = sched.at(step);
-        let logits = net.forward(&x, Mode::Train, Some(&mut probe))?;
-        let loss = layers::cross_entropy(&logits, &y)?;
-        let lv = loss.to_scalar::<f32>()?;
-        if !lv.is_finite() {
-            return Err(crate::nn::NnError::NonFinite(lv).into());
-        }
-        let grads = loss.backward()?;
-        opt.step(net, &grads, lr)?;
+        let (lv, ok) = engine.step(net, (&x, &buf), &y, lr, &mut probe)?;
         train_secs += ts.elapsed().as_secs_f64();
-        loss_sum += lv as f64 * idx.len() as f64;
-        correct += layers::correct(&logits, &y)?;
+        loss_sum += lv * idx.len() as f64;
+        correct += ok;
         seen += idx.len();
         job.progress.inc(1);
         if job.capture_at == Some(step + 1) {
+            engine.sync(net)?;
             captured = Some(net.state()?);
         }
         if within + 1 == spe {
+            if let Engine::Fast(f) = &mut engine {
+                probe.add_counts(&f.take_counts());
+            }
             let train_dnr = probe.report()?;
             probe.reset();
-            let (test_loss, test_acc, test_dnr) = evaluate(net, job.test, cfg.eval_batch)?;
+            let (test_loss, test_acc, test_dnr) = match &mut engine {
+                Engine::Reference(_) => evaluate_reference(net, job.test, cfg.eval_batch)?,
+                Engine::Fast(f) => {
+                    let r = evaluate_fast(f, net.relu_names(), job.test, cfg.eval_batch)?;
+                    f.set_counting(Counting::Dynamic);
+                    r
+                }
+            };
             let m = EpochMetrics {
                 epoch,
                 step: step + 1,
@@ -253,5 +314,52 @@ pub fn train(net: &mut Net, job: TrainJob) -> Result<TrainOutcome> {
             t0 = Instant::now();
         }
     }
+    engine.sync(net)?;
     Ok(TrainOutcome { epochs, captured })
+}
+
+/// The step implementation [`train`] runs: the candle reference or the fused engine.
+enum Engine {
+    Reference(Sgd),
+    Fast(Box<FastNet<f32>>),
+}
+
+impl Engine {
+    /// One optimiser step on a batch given as a tensor and as its NCHW host data; returns the
+    /// mean loss and the number of correct predictions.
+    fn step(
+        &mut self,
+        net: &mut Net,
+        (x, xs): (&Tensor, &[f32]),
+        y: &Tensor,
+        lr: f64,
+        probe: &mut DnrProbe,
+    ) -> Result<(f64, usize)> {
+        match self {
+            Engine::Reference(opt) => {
+                let logits = net.forward(x, Mode::Train, Some(probe))?;
+                let loss = layers::cross_entropy(&logits, y)?;
+                let lv = loss.to_scalar::<f32>()?;
+                if !lv.is_finite() {
+                    return Err(crate::nn::NnError::NonFinite(lv).into());
+                }
+                let grads = loss.backward()?;
+                opt.step(net, &grads, lr)?;
+                Ok((lv as f64, layers::correct(&logits, y)?))
+            }
+            Engine::Fast(f) => {
+                let ys = y.to_vec1::<u32>()?;
+                let s = f.train_step(xs, &ys, lr)?;
+                Ok((s.loss, s.correct))
+            }
+        }
+    }
+
+    /// Bring `net` up to date with the engine's weights and statistics.
+    fn sync(&self, net: &mut Net) -> Result<()> {
+        if let Engine::Fast(f) = self {
+            f.write_back(net)?;
+        }
+        Ok(())
+    }
 }

@@ -1,0 +1,749 @@
+//! The per-layer kernels of the fused engine, over channels-last (NHWC) slices: convolution as
+//! tiled im2col + GEMM, batch-norm statistics and application fused with ReLU and dead-unit
+//! counting, pooling, residual add, and softmax cross-entropy. Each takes the slices it reads and
+//! writes; nothing allocates except the per-group scratch the caller owns and reuses.
+//!
+//! Parallelism: work is cut into `groups` contiguous ranges of images (or rows) that depend only
+//! on the thread count; each group reduces into its own partial, and partials are combined in
+//! group order, so results are bit-reproducible for a fixed thread count.
+
+use rayon::prelude::*;
+
+use crate::kernels::matmul::{gemm_into, Operand};
+
+/// The float types the engine runs in: f32 for training, f64 for gradient checks.
+/// (`zero`/`one` come from `num_traits` through `WithDType`.)
+pub trait Real: candle_core::WithDType + Default {}
+impl Real for f32 {}
+impl Real for f64 {}
+
+/// Contiguous ranges cutting `items` into `groups` parts (some empty when items < groups).
+pub fn group_ranges(items: usize, groups: usize) -> Vec<std::ops::Range<usize>> {
+    let g = groups.max(1);
+    (0..g).map(|i| i * items / g..(i + 1) * items / g).collect()
+}
+
+/// Split `data` (items of `unit` elements each) along `ranges` (contiguous, in order).
+pub fn split_by<'a, T>(
+    mut data: &'a mut [T],
+    ranges: &[std::ops::Range<usize>],
+    unit: usize,
+) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let (head, tail) = data.split_at_mut(r.len() * unit);
+        out.push(head);
+        data = tail;
+    }
+    out
+}
+
+/// What a group of rows accumulates during a fused pass: per-channel sums (batch-norm
+/// statistics or gradient sums) and dead-unit counts.
+#[derive(Debug, Clone, Default)]
+pub struct GroupAcc {
+    /// Two per-channel sums, `[s1 (c) | s2 (c)]`.
+    pub sums: Vec<f64>,
+    /// Exactly-zero ReLU outputs seen.
+    pub dead: u64,
+    /// Per unit of one sample (position × channel, channels last): samples on which it was 0.
+    pub per_unit: Vec<u64>,
+}
+
+impl GroupAcc {
+    /// Clear for a pass over `c` channels, with per-unit counts over `units` when `per_unit`.
+    pub fn reset(&mut self, c: usize, units: Option<usize>) {
+        self.sums.clear();
+        self.sums.resize(2 * c, 0.0);
+        self.dead = 0;
+        self.per_unit.clear();
+        if let Some(u) = units {
+            self.per_unit.resize(u, 0);
+        }
+    }
+}
+
+/// Combine the groups' partial sums in group order.
+pub fn merge_sums(accs: &[GroupAcc], c: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mut s1, mut s2) = (vec![0f64; c], vec![0f64; c]);
+    for a in accs {
+        if a.sums.len() == 2 * c {
+            for j in 0..c {
+                s1[j] += a.sums[j];
+                s2[j] += a.sums[c + j];
+            }
+        }
+    }
+    (s1, s2)
+}
+
+/// ReLU over `rows` (`cols` wide, starting at global row `row0`) in place, counting zeros into
+/// `acc`: `per_unit` (when sized) is indexed by `(row mod rows_per_sample) · cols + j`.
+#[inline]
+pub fn relu_count<T: Real>(
+    acc: &mut GroupAcc,
+    rows: &mut [T],
+    cols: usize,
+    row0: usize,
+    rows_per_sample: usize,
+) {
+    let zero = T::zero();
+    let track = !acc.per_unit.is_empty();
+    let mut dead = 0u64;
+    for (i, row) in rows.chunks_exact_mut(cols).enumerate() {
+        for v in row.iter_mut() {
+            if *v > zero {
+            } else {
+                *v = zero;
+            }
+        }
+        if track {
+            let base = ((row0 + i) % rows_per_sample) * cols;
+            let pu = &mut acc.per_unit[base..base + cols];
+            for (v, u) in row.iter().zip(pu) {
+                if *v == zero {
+                    *u += 1;
+                    dead += 1;
+                }
+            }
+        } else {
+            dead += row.iter().filter(|&&v| v == zero).count() as u64;
+        }
+    }
+    acc.dead += dead;
+}
+
+/// Geometry of a 2-D convolution over NHWC input: (n, h, w, cin) → (n, oh, ow, cout), a k×k
+/// window with stride and zero padding. The weight is (cout, k, k, cin) row-major, i.e. the
+/// (cout × k·k·cin) matrix the GEMM multiplies im2col rows with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+/// Elements of an im2col tile (≈1 MiB of f32): rows per tile = this / (k·k·cin), at least
+/// [`MIN_TILE_ROWS`].
+const TILE_ELEMS: usize = 1 << 18;
+const MIN_TILE_ROWS: usize = 64;
+
+impl ConvGeom {
+    /// `None` when the window does not fit the padded input or the stride is 0.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        n: usize,
+        h: usize,
+        w: usize,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Option<ConvGeom> {
+        if stride == 0 || k == 0 || h + 2 * pad < k || w + 2 * pad < k {
+            return None;
+        }
+        Some(ConvGeom {
+            n,
+            h,
+            w,
+            cin,
+            cout,
+            k,
+            stride,
+            pad,
+            oh: (h + 2 * pad - k) / stride + 1,
+            ow: (w + 2 * pad - k) / stride + 1,
+        })
+    }
+
+    pub fn ckk(&self) -> usize {
+        self.k * self.k * self.cin
+    }
+    /// Output positions per image.
+    pub fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+    pub fn rows(&self) -> usize {
+        self.n * self.ohw()
+    }
+    pub fn in_len(&self) -> usize {
+        self.n * self.h * self.w * self.cin
+    }
+    pub fn out_len(&self) -> usize {
+        self.rows() * self.cout
+    }
+    /// A 1×1, stride-1, unpadded convolution: the input matrix is its own im2col.
+    pub fn pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+    pub fn tile_rows(&self) -> usize {
+        (TILE_ELEMS / self.ckk().max(1)).max(MIN_TILE_ROWS)
+    }
+    /// Scratch elements one group needs.
+    pub fn scratch_len(&self) -> usize {
+        if self.pointwise() {
+            0
+        } else {
+            self.tile_rows() * self.ckk()
+        }
+    }
+
+    /// col[(r − r0)][(ky·k + kx)·cin + ci] = x[n][oy·s + ky − p][ox·s + kx − p][ci] (0 outside),
+    /// for global output rows r = (n·OH + oy)·OW + ox in [r0, r1).
+    pub fn im2col<T: Real>(&self, x: &[T], r0: usize, r1: usize, col: &mut [T]) {
+        let (ckk, cin, k) = (self.ckk(), self.cin, self.k);
+        let ohw = self.ohw();
+        for r in r0..r1 {
+            let (n, p) = (r / ohw, r % ohw);
+            let (oy, ox) = (p / self.ow, p % self.ow);
+            let img = &x[n * self.h * self.w * cin..(n + 1) * self.h * self.w * cin];
+            let row = &mut col[(r - r0) * ckk..(r - r0 + 1) * ckk];
+            for ky in 0..k {
+                let iy = (oy * self.stride + ky) as isize - self.pad as isize;
+                let inside_y = iy >= 0 && (iy as usize) < self.h;
+                for kx in 0..k {
+                    let ix = (ox * self.stride + kx) as isize - self.pad as isize;
+                    let dst = &mut row[(ky * k + kx) * cin..(ky * k + kx + 1) * cin];
+                    if inside_y && ix >= 0 && (ix as usize) < self.w {
+                        let s = (iy as usize * self.w + ix as usize) * cin;
+                        dst.copy_from_slice(&img[s..s + cin]);
+                    } else {
+                        dst.fill(T::zero());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`ConvGeom::im2col`]: add each column entry back to its input pixel. `dx`
+    /// holds the images from `n0` on.
+    pub fn col2im_add<T: Real>(&self, col: &[T], r0: usize, r1: usize, dx: &mut [T], n0: usize) {
+        let (ckk, cin, k) = (self.ckk(), self.cin, self.k);
+        let ohw = self.ohw();
+        let img_len = self.h * self.w * cin;
+        for r in r0..r1 {
+            let (n, p) = (r / ohw, r % ohw);
+            let (oy, ox) = (p / self.ow, p % self.ow);
+            let img = &mut dx[(n - n0) * img_len..(n - n0 + 1) * img_len];
+            let row = &col[(r - r0) * ckk..(r - r0 + 1) * ckk];
+            for ky in 0..k {
+                let iy = (oy * self.stride + ky) as isize - self.pad as isize;
+                if iy < 0 || iy as usize >= self.h {
+                    continue;
+                }
+                for kx in 0..k {
+                    let ix = (ox * self.stride + kx) as isize - self.pad as isize;
+                    if ix < 0 || ix as usize >= self.w {
+                        continue;
+                    }
+                    let s = (iy as usize * self.w + ix as usize) * cin;
+                    let src = &row[(ky * k + kx) * cin..(ky * k + kx + 1) * cin];
+                    for (d, &v) in img[s..s + cin].iter_mut().zip(src) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// y (rows × cout) = im2col(x) · Wᵀ, tile by tile; `epi(acc, row0, tile)` runs on each output
+    /// tile while it is in cache (bias, ReLU, statistics, counting). One group per entry of
+    /// `scratch`/`accs`.
+    pub fn forward<T: Real>(
+        &self,
+        x: &[T],
+        w: &[T],
+        y: &mut [T],
+        scratch: &mut [Vec<T>],
+        accs: &mut [GroupAcc],
+        epi: &(dyn Fn(&mut GroupAcc, usize, &mut [T]) + Sync),
+    ) {
+        let (ckk, cout) = (self.ckk(), self.cout);
+        let y = &mut y[..self.out_len()];
+        if self.pointwise() {
+            let threads = rayon::current_num_threads();
+            gemm_into(
+                y,
+                Operand::n(&x[..self.rows() * ckk], self.rows(), ckk),
+                Operand::t(w, cout, ckk),
+                false,
+                threads,
+                T::one(),
+            );
+            let ranges = group_ranges(self.rows(), accs.len());
+            let parts = split_by(y, &ranges, cout);
+            parts
+                .into_par_iter()
+                .zip(accs.par_iter_mut())
+                .zip(ranges.par_iter())
+                .for_each(|((part, acc), r)| {
+                    for (t, tile) in part.chunks_mut(MIN_TILE_ROWS * 16 * cout).enumerate() {
+                        epi(acc, r.start + t * MIN_TILE_ROWS * 16, tile);
+                    }
+                });
+            return;
+        }
+        let ohw = self.ohw();
+        let ranges = group_ranges(self.n, accs.len());
+        let parts = split_by(y, &ranges, ohw * cout);
+        let tr = self.tile_rows();
+        parts
+            .into_par_iter()
+            .zip(accs.par_iter_mut())
+            .zip(scratch.par_iter_mut())
+            .zip(ranges.par_iter())
+            .for_each(|(((part, acc), col), r)| {
+                let (g0, g1) = (r.start * ohw, r.end * ohw);
+                col.resize(self.scratch_len(), T::zero());
+                let mut r0 = g0;
+                while r0 < g1 {
+                    let r1 = (r0 + tr).min(g1);
+                    let m = r1 - r0;
+                    self.im2col(x, r0, r1, col);
+                    let tile = &mut part[(r0 - g0) * cout..(r1 - g0) * cout];
+                    gemm_into(
+                        tile,
+                        Operand::n(&col[..m * ckk], m, ckk),
+                        Operand::t(w, cout, ckk),
+                        false,
+                        1,
+                        T::one(),
+                    );
+                    epi(acc, r0, tile);
+                    r0 = r1;
+                }
+            });
+    }
+
+    /// Gradients from dy (rows × cout): dW (cout × ckk) = dyᵀ · im2col(x), and when `dx` is
+    /// given, dx = col2im(dy · W). `dw_parts` holds one partial dW per group (summed in order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<T: Real>(
+        &self,
+        x: &[T],
+        w: &[T],
+        dy: &[T],
+        dw: &mut [T],
+        dx: Option<&mut [T]>,
+        scratch: &mut [Vec<T>],
+        dw_parts: &mut [Vec<T>],
+    ) {
+        let (ckk, cout) = (self.ckk(), self.cout);
+        let rows = self.rows();
+        if self.pointwise() {
+            let threads = rayon::current_num_threads();
+            gemm_into(
+                dw,
+                Operand::t(&dy[..rows * cout], rows, cout),
+                Operand::n(&x[..rows * ckk], rows, ckk),
+                false,
+                threads,
+                T::one(),
+            );
+            if let Some(dx) = dx {
+                gemm_into(
+                    &mut dx[..rows * ckk],
+                    Operand::n(&dy[..rows * cout], rows, cout),
+                    Operand::n(w, cout, ckk),
+                    false,
+                    threads,
+                    T::one(),
+                );
+            }
+            return;
+        }
+        let ohw = self.ohw();
+        let groups = dw_parts.len();
+        let ranges = group_ranges(self.n, groups);
+        let img_len = self.h * self.w * self.cin;
+        let dx_parts: Vec<Option<&mut [T]>> = match dx {
+            Some(dx) => split_by(&mut dx[..self.in_len()], &ranges, img_len)
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => (0..groups).map(|_| None).collect(),
+        };
+        let tr = self.tile_rows();
+        let used: Vec<bool> = dx_parts
+            .into_par_iter()
+            .zip(dw_parts.par_iter_mut())
+            .zip(scratch.par_iter_mut())
+            .zip(ranges.par_iter())
+            .map(|(((mut dxp, dwp), col), r)| {
+                let (g0, g1) = (r.start * ohw, r.end * ohw);
+                col.resize(self.scratch_len(), T::zero());
+                dwp.resize(cout * ckk, T::zero());
+                if let Some(d) = dxp.as_deref_mut() {
+                    d.fill(T::zero());
+                }
+                let mut r0 = g0;
+                while r0 < g1 {
+                    let r1 = (r0 + tr).min(g1);
+                    let m = r1 - r0;
+                    let dyt = &dy[r0 * cout..r1 * cout];
+                    self.im2col(x, r0, r1, col);
+                    gemm_into(
+                        dwp,
+                        Operand::t(dyt, m, cout),
+                        Operand::n(&col[..m * ckk], m, ckk),
+                        r0 != g0,
+                        1,
+                        T::one(),
+                    );
+                    if let Some(d) = dxp.as_deref_mut() {
+                        gemm_into(
+                            &mut col[..m * ckk],
+                            Operand::n(dyt, m, cout),
+                            Operand::n(w, cout, ckk),
+                            false,
+                            1,
+                            T::one(),
+                        );
+                        self.col2im_add(col, r0, r1, d, r.start);
+                    }
+                    r0 = r1;
+                }
+                g1 > g0
+            })
+            .collect();
+        sum_parts(dw, dw_parts, &used);
+    }
+}
+
+/// out = Σ_g parts[g] over the groups marked used, in group order (0 when none is).
+pub fn sum_parts<T: Real>(out: &mut [T], parts: &[Vec<T>], used: &[bool]) {
+    const CH: usize = 4096;
+    out.par_chunks_mut(CH).enumerate().for_each(|(ci, o)| {
+        o.fill(T::zero());
+        for (p, &u) in parts.iter().zip(used) {
+            if u {
+                let len = o.len();
+                for (a, &b) in o.iter_mut().zip(&p[ci * CH..ci * CH + len]) {
+                    *a += b;
+                }
+            }
+        }
+    });
+}
+
+/// Batch-norm statistics of a tile: s1[c] += Σ x, s2[c] += Σ x² (f64).
+#[inline]
+pub fn accumulate_stats<T: Real>(acc: &mut GroupAcc, tile: &[T], c: usize) {
+    let (s1, s2) = acc.sums.split_at_mut(c);
+    for row in tile.chunks_exact(c) {
+        for j in 0..c {
+            let v = row[j].to_f64();
+            s1[j] += v;
+            s2[j] += v * v;
+        }
+    }
+}
+
+/// Per-channel affine map then optional ReLU with counting: out = relu?(z·a + b), over rows in
+/// groups (`rows_per_sample` positions per image).
+#[allow(clippy::too_many_arguments)]
+pub fn affine_relu<T: Real>(
+    z: &[T],
+    out: &mut [T],
+    a: &[T],
+    b: &[T],
+    relu: bool,
+    rows_per_sample: usize,
+    accs: &mut [GroupAcc],
+) {
+    let c = a.len();
+    let rows = out.len() / c.max(1);
+    let ranges = group_ranges(rows, accs.len());
+    let parts = split_by(out, &ranges, c);
+    parts
+        .into_par_iter()
+        .zip(accs.par_iter_mut())
+        .zip(ranges.par_iter())
+        .for_each(|((o, acc), r)| {
+            let zs = &z[r.start * c..r.end * c];
+            for (orow, zrow) in o.chunks_exact_mut(c).zip(zs.chunks_exact(c)) {
+                for j in 0..c {
+                    orow[j] = zrow[j] * a[j] + b[j];
+                }
+            }
+            if relu {
+                relu_count(acc, o, c, r.start, rows_per_sample);
+            }
+        });
+}
+
+/// out = relu(a + b) with counting (the residual join).
+pub fn add_relu<T: Real>(
+    a: &[T],
+    b: &[T],
+    out: &mut [T],
+    c: usize,
+    rows_per_sample: usize,
+    accs: &mut [GroupAcc],
+) {
+    let rows = out.len() / c.max(1);
+    let ranges = group_ranges(rows, accs.len());
+    let parts = split_by(out, &ranges, c);
+    parts
+        .into_par_iter()
+        .zip(accs.par_iter_mut())
+        .zip(ranges.par_iter())
+        .for_each(|((o, acc), r)| {
+            let (x, y) = (&a[r.start * c..r.end * c], &b[r.start * c..r.end * c]);
+            for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                *o = x + y;
+            }
+            relu_count(acc, o, c, r.start, rows_per_sample);
+        });
+}
+
+/// g ← g ⊙ [out > 0] (the ReLU backward, in place; no mask when `out` is `None`), and the
+/// per-channel sums of the masked g into the groups' `s1` (the bias gradient).
+pub fn relu_backward<T: Real>(g: &mut [T], out: Option<&[T]>, c: usize, accs: &mut [GroupAcc]) {
+    let rows = g.len() / c.max(1);
+    let ranges = group_ranges(rows, accs.len());
+    let parts = split_by(g, &ranges, c);
+    parts
+        .into_par_iter()
+        .zip(accs.par_iter_mut())
+        .zip(ranges.par_iter())
+        .for_each(|((gp, acc), r)| {
+            acc.reset(c, None);
+            for (i, grow) in gp.chunks_exact_mut(c).enumerate() {
+                if let Some(out) = out {
+                    let orow = &out[(r.start + i) * c..(r.start + i + 1) * c];
+                    for j in 0..c {
+                        if !(orow[j] > T::zero()) {
+                            grow[j] = T::zero();
+                        }
+                    }
+                }
+                for j in 0..c {
+                    acc.sums[j] += grow[j].to_f64();
+                }
+            }
+        });
+}
+
+/// The batch-norm (+ ReLU) backward in two passes, in place on `g` (∂L/∂out in, ∂L/∂z out):
+/// with x̂ = (z − μ)·inv and gz = g ⊙ [out > 0] (no mask without ReLU),
+/// ∂β = Σ gz, ∂γ = Σ gz·x̂, ∂z = γ·inv·(gz − ∂β/N − x̂·∂γ/N). Returns (∂γ, ∂β).
+#[allow(clippy::too_many_arguments)]
+pub fn bn_backward<T: Real>(
+    g: &mut [T],
+    out: Option<&[T]>,
+    z: &[T],
+    mean: &[T],
+    inv: &[T],
+    gamma: &[T],
+    accs: &mut [GroupAcc],
+) -> (Vec<f64>, Vec<f64>) {
+    let c = mean.len();
+    let rows = g.len() / c.max(1);
+    let ranges = group_ranges(rows, accs.len());
+    {
+        let parts = split_by(&mut *g, &ranges, c);
+        parts
+            .into_par_iter()
+            .zip(accs.par_iter_mut())
+            .zip(ranges.par_iter())
+            .for_each(|((gp, acc), r)| {
+                acc.reset(c, None);
+                let zs = &z[r.start * c..r.end * c];
+                let (s1, s2) = acc.sums.split_at_mut(c);
+                for (i, (grow, zrow)) in gp.chunks_exact_mut(c).zip(zs.chunks_exact(c)).enumerate()
+                {
+                    if let Some(o) = out {
+                        let orow = &o[(r.start + i) * c..(r.start + i + 1) * c];
+                        for j in 0..c {
+                            if !(orow[j] > T::zero()) {
+                                grow[j] = T::zero();
+                            }
+                        }
+                    }
+                    for j in 0..c {
+                        let gz = grow[j].to_f64();
+                        let xh = ((zrow[j] - mean[j]) * inv[j]).to_f64();
+                        s1[j] += gz;
+                        s2[j] += gz * xh;
+                    }
+                }
+            });
+    }
+    let (dbeta, dgamma) = merge_sums(accs, c);
+    let nf = rows as f64;
+    let k1: Vec<T> = (0..c).map(|j| T::from_f64(dbeta[j] / nf)).collect();
+    let k2: Vec<T> = (0..c).map(|j| T::from_f64(dgamma[j] / nf)).collect();
+    let sc: Vec<T> = (0..c).map(|j| gamma[j] * inv[j]).collect();
+    let parts = split_by(g, &ranges, c);
+    parts
+        .into_par_iter()
+        .zip(ranges.par_iter())
+        .for_each(|(gp, r)| {
+            let zs = &z[r.start * c..r.end * c];
+            for (grow, zrow) in gp.chunks_exact_mut(c).zip(zs.chunks_exact(c)) {
+                for j in 0..c {
+                    let xh = (zrow[j] - mean[j]) * inv[j];
+                    grow[j] = sc[j] * (grow[j] - k1[j] - xh * k2[j]);
+                }
+            }
+        });
+    (dgamma, dbeta)
+}
+
+/// k×k max pooling with stride k over NHWC (floor: trailing rows/columns dropped); `arg` gets the
+/// window offset of each output's maximum (the first one on ties).
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool<T: Real>(
+    x: &[T],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    out: &mut [T],
+    arg: &mut [u8],
+) {
+    let (oh, ow) = (h / k, w / k);
+    let img_in = h * w * c;
+    let img_out = oh * ow * c;
+    out[..n * img_out]
+        .par_chunks_mut(img_out.max(1))
+        .zip(arg[..n * img_out].par_chunks_mut(img_out.max(1)))
+        .enumerate()
+        .for_each(|(i, (o, a))| {
+            let xi = &x[i * img_in..(i + 1) * img_in];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let ob = (oy * ow + ox) * c;
+                    let first = ((oy * k) * w + ox * k) * c;
+                    o[ob..ob + c].copy_from_slice(&xi[first..first + c]);
+                    a[ob..ob + c].fill(0);
+                    for dy in 0..k {
+                        for dx in 0..k {
+                            if dy == 0 && dx == 0 {
+                                continue;
+                            }
+                            let s = ((oy * k + dy) * w + ox * k + dx) * c;
+                            let code = (dy * k + dx) as u8;
+                            for j in 0..c {
+                                let v = xi[s + j];
+                                if v > o[ob + j] {
+                                    o[ob + j] = v;
+                                    a[ob + j] = code;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The max-pool backward: each output's gradient goes to its recorded maximum; the rest is 0.
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool_backward<T: Real>(
+    g: &[T],
+    arg: &[u8],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    dx: &mut [T],
+) {
+    let (oh, ow) = (h / k, w / k);
+    let img_in = h * w * c;
+    let img_out = oh * ow * c;
+    dx[..n * img_in]
+        .par_chunks_mut(img_in.max(1))
+        .enumerate()
+        .for_each(|(i, d)| {
+            d.fill(T::zero());
+            let (gi, ai) = (
+                &g[i * img_out..(i + 1) * img_out],
+                &arg[i * img_out..(i + 1) * img_out],
+            );
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let ob = (oy * ow + ox) * c;
+                    for j in 0..c {
+                        let code = ai[ob + j] as usize;
+                        let (dy, dxx) = (code / k, code % k);
+                        d[((oy * k + dy) * w + ox * k + dxx) * c + j] = gi[ob + j];
+                    }
+                }
+            }
+        });
+}
+
+/// Global average pooling (n, hw, c) → (n, c).
+pub fn gap<T: Real>(x: &[T], n: usize, hw: usize, c: usize, out: &mut [T]) {
+    let inv = T::from_f64(1.0 / hw as f64);
+    for i in 0..n {
+        let o = &mut out[i * c..(i + 1) * c];
+        o.fill(T::zero());
+        for row in x[i * hw * c..(i + 1) * hw * c].chunks_exact(c) {
+            for (a, &b) in o.iter_mut().zip(row) {
+                *a += b;
+            }
+        }
+        o.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// The global-average-pool backward: dx[n, p, c] = g[n, c] / hw.
+pub fn gap_backward<T: Real>(g: &[T], n: usize, hw: usize, c: usize, dx: &mut [T]) {
+    let inv = T::from_f64(1.0 / hw as f64);
+    for i in 0..n {
+        let gi = &g[i * c..(i + 1) * c];
+        for row in dx[i * hw * c..(i + 1) * hw * c].chunks_exact_mut(c) {
+            for (d, &v) in row.iter_mut().zip(gi) {
+                *d = v * inv;
+            }
+        }
+    }
+}
+
+/// Mean softmax cross-entropy of logits (n × k) against `labels`, with its gradient
+/// (softmax − onehot)/n written to `grad`, and the number of correct arg-max predictions
+/// (first maximum on ties). Sums in f64, fixed order.
+pub fn softmax_ce<T: Real>(logits: &[T], labels: &[u32], k: usize, grad: &mut [T]) -> (f64, usize) {
+    let n = labels.len();
+    let (mut loss, mut correct) = (0f64, 0usize);
+    let inv_n = 1.0 / n.max(1) as f64;
+    for i in 0..n {
+        let row = &logits[i * k..(i + 1) * k];
+        let g = &mut grad[i * k..(i + 1) * k];
+        let (mut best, mut arg) = (row[0].to_f64(), 0usize);
+        for (j, v) in row.iter().enumerate() {
+            if v.to_f64() > best {
+                best = v.to_f64();
+                arg = j;
+            }
+        }
+        let lse = best
+            + row
+                .iter()
+                .map(|v| (v.to_f64() - best).exp())
+                .sum::<f64>()
+                .ln();
+        let y = labels[i] as usize;
+        loss += lse - row[y].to_f64();
+        correct += (arg == y) as usize;
+        for j in 0..k {
+            let p = (row[j].to_f64() - lse).exp();
+            g[j] = T::from_f64((p - (j == y) as u8 as f64) * inv_n);
+        }
+    }
+    (loss * inv_n, correct)
+}

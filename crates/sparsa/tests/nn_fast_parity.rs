@@ -1,0 +1,601 @@
+//! The fused image-classifier engine (`nn::fast`) against its reference, the candle path
+//! (`Net::forward` + autograd + `Sgd`): per layer kind (f64, against candle and against finite
+//! differences), per model one training step (loss, every parameter gradient, batch-norm running
+//! statistics, the masked SGD update), DNR counts exactly, determinism, and the mask invariant.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sparsa::nn::fast::kernels::{self, ConvGeom, GroupAcc};
+use sparsa::nn::fast::{Counting, FastNet};
+use sparsa::nn::layers;
+use sparsa::nn::models::{Arch, InputSpec, Mode, Net};
+use sparsa::nn::optim::{Sgd, SgdConfig};
+use sparsa::prune::dnr::DnrProbe;
+
+fn spec(c: usize, h: usize, w: usize) -> InputSpec {
+    InputSpec {
+        channels: c,
+        height: h,
+        width: w,
+        classes: 10,
+    }
+}
+
+fn uniform<T: sparsa::nn::fast::kernels::Real>(n: usize, seed: u64) -> Vec<T> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| T::from_f64(rng.random_range(-1.0..1.0)))
+        .collect()
+}
+
+fn labels(n: usize, seed: u64) -> Vec<u32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(0..10u32)).collect()
+}
+
+/// Every model at a small input size (odd sizes where the model allows them).
+fn small_models() -> Vec<(Arch, InputSpec)> {
+    vec![
+        (Arch::Lenet300100, spec(1, 7, 5)),
+        (Arch::Conv2, spec(1, 9, 7)),
+        (Arch::Conv4, spec(1, 9, 9)),
+        (Arch::Conv6, spec(3, 8, 8)),
+        (Arch::Resnet20, spec(3, 9, 9)),
+        (Arch::Vgg11, spec(3, 16, 16)),
+        (Arch::Vgg16, spec(3, 16, 16)),
+        (Arch::Vgg19, spec(3, 16, 16)),
+    ]
+}
+
+/// Prune a random share of every prunable tensor (the pattern depends only on the seed and the
+/// parameter order).
+fn random_masks(net: &mut Net, density: f64, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut masks = HashMap::new();
+    for p in &net.params {
+        if let Some(m) = &p.mask {
+            let v: Vec<f32> = (0..m.elem_count())
+                .map(|_| rng.random_bool(density) as u8 as f32)
+                .collect();
+            masks.insert(
+                p.name.clone(),
+                Tensor::from_vec(v, m.dims(), &Device::Cpu).unwrap(),
+            );
+        }
+    }
+    net.set_masks(&masks).unwrap();
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// max |a − b| ≤ tol · max(max |b|, floor).
+fn close(a: &[f32], b: &[f32], tol: f32, floor: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: length");
+    if std::env::var("NN_DEBUG").is_ok() {
+        let scale = b.iter().fold(floor, |m, v| m.max(v.abs()));
+        let (mut err, mut at) = (0f32, 0);
+        for i in 0..a.len() {
+            if (a[i] - b[i]).abs() > err {
+                err = (a[i] - b[i]).abs();
+                at = i;
+            }
+        }
+        eprintln!(
+            "{what}: err {err} at {at} ({} vs {}) scale {scale}",
+            a[at], b[at]
+        );
+        return;
+    }
+    let scale = b.iter().fold(floor, |m, v| m.max(v.abs()));
+    let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        err <= tol * scale,
+        "{what}: max error {err} vs scale {scale}"
+    );
+}
+
+struct RefStep {
+    loss: f32,
+    grads: Vec<Vec<f32>>,
+    probe: DnrProbe,
+}
+
+fn reference_step(net: &mut Net, x: &[f32], y: &[u32]) -> RefStep {
+    let InputSpec {
+        channels: c,
+        height: h,
+        width: w,
+        ..
+    } = net.input;
+    let n = y.len();
+    let xt = Tensor::from_slice(x, (n, c, h, w), &Device::Cpu).unwrap();
+    let yt = Tensor::from_slice(y, n, &Device::Cpu).unwrap();
+    let mut probe = DnrProbe::new(net.relu_names(), true);
+    let logits = net.forward(&xt, Mode::Train, Some(&mut probe)).unwrap();
+    let loss = layers::cross_entropy(&logits, &yt).unwrap();
+    let grads = loss.backward().unwrap();
+    let g = net
+        .params
+        .iter()
+        .map(|p| {
+            flat(
+                grads
+                    .get(p.var.as_tensor())
+                    .expect("every parameter has a gradient"),
+            )
+        })
+        .collect();
+    let mut opt = Sgd::new(SgdConfig::default()).unwrap();
+    opt.step(net, &grads, 0.05).unwrap();
+    RefStep {
+        loss: loss.to_scalar::<f32>().unwrap(),
+        grads: g,
+        probe,
+    }
+}
+
+#[test]
+fn one_training_step_equals_the_reference_for_every_model() {
+    for (arch, input) in small_models() {
+        let mut reference = Net::new(arch, input, 7, DType::F32).unwrap();
+        random_masks(&mut reference, 0.7, 11);
+        let mut net = reference.to_dtype(DType::F32).unwrap();
+        let n = 5;
+        let x: Vec<f32> = uniform(n * input.channels * input.height * input.width, 3);
+        let y = labels(n, 4);
+        let r = reference_step(&mut reference, &x, &y);
+
+        let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default()).unwrap();
+        fast.set_counting(Counting::Static);
+        fast.forward(&x, n, Mode::Train).unwrap();
+        let s = fast.backward(&y).unwrap();
+        assert!(
+            (s.loss as f32 - r.loss).abs() <= 1e-5 * r.loss.abs().max(1.0),
+            "{arch}: loss {} vs {}",
+            s.loss,
+            r.loss
+        );
+        for (i, g) in fast.gradients().iter().enumerate() {
+            let name = &net.params[i].name;
+            close(g, &r.grads[i], 2e-3, 1e-4, &format!("{arch} ∂{name}"));
+        }
+        // The DNR counts of the fused ReLU passes equal the reference probe's, exactly.
+        let mut probe = DnrProbe::new(net.relu_names(), true);
+        probe.add_counts(&fast.take_counts());
+        assert_eq!(probe.counts(), r.probe.counts(), "{arch}: DNR counts");
+        assert_eq!(
+            probe.report().unwrap(),
+            r.probe.report().unwrap(),
+            "{arch}: DNR report"
+        );
+        // The masked SGD update and the batch-norm running statistics.
+        fast.sgd_step(0.05);
+        fast.write_back(&mut net).unwrap();
+        let (sf, sr) = (net.state().unwrap(), reference.state().unwrap());
+        for (k, v) in &sr {
+            close(&flat(&sf[k]), &flat(v), 1e-4, 1e-2, &format!("{arch} {k}"));
+        }
+        for p in &net.params {
+            if let Some(m) = &p.mask {
+                let (w, m) = (flat(p.var.as_tensor()), flat(m));
+                assert!(
+                    w.iter().zip(&m).all(|(w, m)| *m != 0.0 || *w == 0.0),
+                    "{arch}: {} has a pruned weight ≠ 0",
+                    p.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn one_step_gradients_equal_the_reference_in_f64() {
+    for (arch, input) in small_models() {
+        let mut reference = Net::new(arch, input, 7, DType::F32)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        let n = 5;
+        let x: Vec<f64> = uniform(n * input.channels * input.height * input.width, 3);
+        let y = labels(n, 4);
+        let xt = Tensor::from_slice(
+            &x,
+            (n, input.channels, input.height, input.width),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let yt = Tensor::from_slice(&y, n, &Device::Cpu).unwrap();
+        let mut fast = FastNet::<f64>::from_net(&reference, SgdConfig::default()).unwrap();
+        let logits = reference.forward(&xt, Mode::Train, None).unwrap();
+        let loss = layers::cross_entropy(&logits, &yt).unwrap();
+        let grads = loss.backward().unwrap();
+        fast.forward(&x, n, Mode::Train).unwrap();
+        let s = fast.backward(&y).unwrap();
+        let rl = loss.to_scalar::<f64>().unwrap();
+        assert!(
+            (s.loss - rl).abs() < 1e-10,
+            "{arch}: loss {} vs {rl}",
+            s.loss
+        );
+        for (i, g) in fast.gradients().iter().enumerate() {
+            let p = &reference.params[i];
+            let r: Vec<f64> = grads
+                .get(p.var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let scale = r.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+            let err = g
+                .iter()
+                .zip(&r)
+                .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                err <= 1e-9 * scale,
+                "{arch} ∂{}: {err} vs scale {scale}",
+                p.name
+            );
+        }
+    }
+}
+
+#[test]
+fn evaluation_and_its_dnr_equal_the_reference() {
+    for (arch, input) in small_models() {
+        let mut reference = Net::new(arch, input, 5, DType::F32).unwrap();
+        // Non-trivial running statistics: one training step first.
+        let n = 6;
+        let x: Vec<f32> = uniform(n * input.channels * input.height * input.width, 8);
+        let y = labels(n, 9);
+        reference_step(&mut reference, &x, &y);
+        let x: Vec<f32> = uniform(n * input.channels * input.height * input.width, 10);
+        let xt = Tensor::from_slice(
+            &x,
+            (n, input.channels, input.height, input.width),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut probe = DnrProbe::new(reference.relu_names(), true);
+        let logits = flat(
+            &reference
+                .forward(&xt, Mode::Eval, Some(&mut probe))
+                .unwrap(),
+        );
+        let mut fast = FastNet::<f32>::from_net(&reference, SgdConfig::default()).unwrap();
+        fast.set_counting(Counting::Static);
+        let got = fast.forward(&x, n, Mode::Eval).unwrap().to_vec();
+        close(&got, &logits, 1e-4, 1e-2, &format!("{arch} eval logits"));
+        let mut fp = DnrProbe::new(reference.relu_names(), true);
+        fp.add_counts(&fast.take_counts());
+        assert_eq!(fp.counts(), probe.counts(), "{arch}: eval DNR counts");
+        assert_eq!(fp.report().unwrap(), probe.report().unwrap(), "{arch}");
+    }
+}
+
+/// L(θ) of the f64 engine in training mode.
+fn loss64(net: &Net, x: &[f64], y: &[u32]) -> f64 {
+    let mut f = FastNet::<f64>::from_net(net, SgdConfig::default()).unwrap();
+    f.forward(x, y.len(), Mode::Train).unwrap();
+    f.loss(y).unwrap().loss
+}
+
+#[test]
+fn gradients_match_finite_differences_in_f64() {
+    let models = [
+        (Arch::Lenet300100, spec(1, 5, 3)),
+        (Arch::Conv2, spec(2, 5, 7)),
+        (Arch::Resnet20, spec(3, 7, 7)),
+    ];
+    for (arch, input) in models {
+        let net32 = Net::new(arch, input, 21, DType::F32).unwrap();
+        let mut net = net32.to_dtype(DType::F64).unwrap();
+        // γ away from 1 and β away from 0 so their gradients are exercised.
+        for p in &net.params {
+            if !p.prunable() && p.name.contains("bn") {
+                let t = p.var.as_tensor();
+                let v: Vec<f64> = uniform(t.elem_count(), p.name.len() as u64);
+                let shift = if p.name.ends_with("weight") { 1.5 } else { 0.0 };
+                let v: Vec<f64> = v.iter().map(|a| a * 0.5 + shift).collect();
+                p.var
+                    .set(&Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+        }
+        let n = 3;
+        let x: Vec<f64> = uniform(n * input.channels * input.height * input.width, 31);
+        let y = labels(n, 32);
+        let mut fast = FastNet::<f64>::from_net(&net, SgdConfig::default()).unwrap();
+        fast.forward(&x, n, Mode::Train).unwrap();
+        fast.backward(&y).unwrap();
+        let grads = fast.gradients();
+        let h = 1e-6;
+        let mut checked = 0;
+        for pi in 0..net.params.len() {
+            let t = net.params[pi].var.as_tensor().copy().unwrap();
+            let base = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let step = (base.len() / 6).max(1);
+            for i in (0..base.len()).step_by(step) {
+                let eval = |d: f64, net: &mut Net| {
+                    let mut v = base.clone();
+                    v[i] += d;
+                    net.params[pi]
+                        .var
+                        .set(&Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    loss64(net, &x, &y)
+                };
+                let fd = (eval(h, &mut net) - eval(-h, &mut net)) / (2.0 * h);
+                net.params[pi].var.set(&t.copy().unwrap()).unwrap();
+                let g = grads[pi][i];
+                assert!(
+                    (fd - g).abs() <= 1e-6 * (1.0 + fd.abs()),
+                    "{arch} {} [{i}]: engine {g} vs finite difference {fd}",
+                    net.params[pi].name
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "{arch}");
+    }
+}
+
+fn candle_conv(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Tensor {
+    layers::conv2d_reference(x, w, None, stride, pad).unwrap()
+}
+
+fn nchw_to_nhwc(v: &[f64], n: usize, c: usize, hw: usize) -> Vec<f64> {
+    let mut out = vec![0.0; v.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            for p in 0..hw {
+                out[(i * hw + p) * c + ch] = v[(i * c + ch) * hw + p];
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn conv_kernel_matches_candle_for_every_geometry() {
+    // (n, h, w, cin, cout, k, stride, pad): odd sizes, stride 2, padding 0/1, 1×1 (the plain
+    // GEMM path at stride 1), and more rows than one im2col tile.
+    let cases = [
+        (
+            3usize, 7usize, 5usize, 3usize, 4usize, 3usize, 1usize, 1usize,
+        ),
+        (2, 7, 7, 2, 5, 3, 2, 1),
+        (2, 8, 6, 3, 2, 3, 2, 0),
+        (3, 5, 5, 4, 3, 3, 1, 0),
+        (2, 6, 5, 3, 4, 1, 1, 0),
+        (2, 7, 7, 3, 4, 1, 2, 0),
+        (5, 30, 30, 8, 6, 3, 1, 1),
+    ];
+    for threads in [1usize, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for &(n, h, w, cin, cout, k, stride, pad) in &cases {
+            let g = ConvGeom::new(n, h, w, cin, cout, k, stride, pad).unwrap();
+            let x: Vec<f64> = uniform(n * cin * h * w, 40);
+            let wt: Vec<f64> = uniform(cout * cin * k * k, 41);
+            let xv = Var::from_tensor(
+                &Tensor::from_vec(x.clone(), (n, cin, h, w), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            let wv = Var::from_tensor(
+                &Tensor::from_vec(wt.clone(), (cout, cin, k, k), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            let y = candle_conv(xv.as_tensor(), wv.as_tensor(), stride, pad);
+            let r: Vec<f64> = uniform(y.elem_count(), 42);
+            let rt = Tensor::from_vec(r.clone(), y.dims(), &Device::Cpu).unwrap();
+            let grads = (&y * &rt).unwrap().sum_all().unwrap().backward().unwrap();
+            let y_ref = nchw_to_nhwc(
+                &y.flatten_all().unwrap().to_vec1().unwrap(),
+                n,
+                cout,
+                g.ohw(),
+            );
+            let dx_ref = nchw_to_nhwc(
+                &grads
+                    .get(xv.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+                n,
+                cin,
+                h * w,
+            );
+            let dw_ref: Vec<f64> = grads
+                .get(wv.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            // Engine layouts: x NHWC, W (o, ky, kx, ci), dy NHWC.
+            let xn = nchw_to_nhwc(&x, n, cin, h * w);
+            let mut wn = vec![0.0; wt.len()];
+            for o in 0..cout {
+                for ci in 0..cin {
+                    for t in 0..k * k {
+                        wn[(o * k * k + t) * cin + ci] = wt[(o * cin + ci) * k * k + t];
+                    }
+                }
+            }
+            let dy = nchw_to_nhwc(&r, n, cout, g.ohw());
+            let (mut yo, mut dx, mut dw) = (
+                vec![0.0; g.out_len()],
+                vec![0.0; g.in_len()],
+                vec![0.0; wt.len()],
+            );
+            pool.install(|| {
+                let mut scratch = vec![Vec::new(); threads];
+                let mut accs = vec![GroupAcc::default(); threads];
+                let mut parts = vec![Vec::new(); threads];
+                g.forward(&xn, &wn, &mut yo, &mut scratch, &mut accs, &|_, _, _| {});
+                g.backward(
+                    &xn,
+                    &wn,
+                    &dy,
+                    &mut dw,
+                    Some(&mut dx),
+                    &mut scratch,
+                    &mut parts,
+                );
+            });
+            let what = format!("k{k} s{stride} p{pad} {h}×{w} threads {threads}");
+            let err =
+                |a: &[f64], b: &[f64]| a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+            assert!(err(&yo, &y_ref) < 1e-12, "forward {what}");
+            assert!(err(&dx, &dx_ref) < 1e-12, "dx {what}");
+            let mut dw_ref_n = vec![0.0; wt.len()];
+            for o in 0..cout {
+                for ci in 0..cin {
+                    for t in 0..k * k {
+                        dw_ref_n[(o * k * k + t) * cin + ci] = dw_ref[(o * cin + ci) * k * k + t];
+                    }
+                }
+            }
+            assert!(err(&dw, &dw_ref_n) < 1e-11, "dW {what}");
+        }
+    }
+}
+
+#[test]
+fn pooling_kernels_match_candle() {
+    let (n, h, w, c) = (2usize, 7usize, 5usize, 3usize);
+    let x: Vec<f64> = uniform(n * c * h * w, 50);
+    let xv = Var::from_tensor(&Tensor::from_vec(x.clone(), (n, c, h, w), &Device::Cpu).unwrap())
+        .unwrap();
+    let y = layers::max_pool(xv.as_tensor(), 2).unwrap();
+    let r: Vec<f64> = uniform(y.elem_count(), 51);
+    let rt = Tensor::from_vec(r.clone(), y.dims(), &Device::Cpu).unwrap();
+    let gx = (&y * &rt).unwrap().sum_all().unwrap().backward().unwrap();
+    let gx = nchw_to_nhwc(
+        &gx.get(xv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap(),
+        n,
+        c,
+        h * w,
+    );
+    let xn = nchw_to_nhwc(&x, n, c, h * w);
+    let (oh, ow) = (h / 2, w / 2);
+    let mut out = vec![0.0; n * oh * ow * c];
+    let mut arg = vec![0u8; out.len()];
+    kernels::max_pool(&xn, n, h, w, c, 2, &mut out, &mut arg);
+    assert_eq!(
+        out,
+        nchw_to_nhwc(&y.flatten_all().unwrap().to_vec1().unwrap(), n, c, oh * ow)
+    );
+    let mut dx = vec![1.0; xn.len()];
+    kernels::max_pool_backward(
+        &nchw_to_nhwc(&r, n, c, oh * ow),
+        &arg,
+        n,
+        h,
+        w,
+        c,
+        2,
+        &mut dx,
+    );
+    assert_eq!(dx, gx);
+    // Global average pooling.
+    let g = layers::global_avg_pool(xv.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let mut o = vec![0.0; n * c];
+    kernels::gap(&xn, n, h * w, c, &mut o);
+    assert!(o.iter().zip(&g).all(|(a, b)| (a - b).abs() < 1e-12));
+}
+
+fn run_steps(arch: Arch, input: InputSpec, threads: usize, steps: usize) -> Vec<Vec<f32>> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let mut net = Net::new(arch, input, 3, DType::F32).unwrap();
+        random_masks(&mut net, 0.5, 4);
+        let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default()).unwrap();
+        let n = 16;
+        for s in 0..steps {
+            let x: Vec<f32> = uniform(
+                n * input.channels * input.height * input.width,
+                100 + s as u64,
+            );
+            fast.train_step(&x, &labels(n, 200 + s as u64), 0.02)
+                .unwrap();
+        }
+        fast.weights()
+    })
+}
+
+#[test]
+fn one_thread_runs_are_bit_identical_and_so_are_two_thread_runs() {
+    for (arch, input) in [
+        (Arch::Resnet20, spec(3, 12, 12)),
+        (Arch::Conv4, spec(1, 12, 12)),
+    ] {
+        assert!(
+            run_steps(arch, input, 1, 3) == run_steps(arch, input, 1, 3),
+            "{arch} 1 thread"
+        );
+        assert!(
+            run_steps(arch, input, 2, 3) == run_steps(arch, input, 2, 3),
+            "{arch} 2 threads"
+        );
+    }
+}
+
+#[test]
+fn masked_weights_stay_zero_through_100_steps() {
+    let input = spec(1, 10, 10);
+    let mut net = Net::new(Arch::Conv2, input, 1, DType::F32).unwrap();
+    random_masks(&mut net, 0.3, 2);
+    let before = net.state().unwrap();
+    let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default()).unwrap();
+    let n = 8;
+    for s in 0..100u64 {
+        let x: Vec<f32> = uniform(n * 100, 300 + s);
+        fast.train_step(&x, &labels(n, 400 + s), 0.05).unwrap();
+    }
+    fast.write_back(&mut net).unwrap();
+    for p in &net.params {
+        let w = flat(p.var.as_tensor());
+        let w0 = flat(&before[&p.name]);
+        if let Some(m) = &p.mask {
+            let m = flat(m);
+            assert!(
+                w.iter().zip(&m).all(|(w, m)| *m != 0.0 || *w == 0.0),
+                "{}",
+                p.name
+            );
+            let kept = m.iter().filter(|&&m| m != 0.0).count();
+            let moved = (0..w.len())
+                .filter(|&i| m[i] != 0.0 && w[i] != w0[i])
+                .count();
+            assert!(
+                moved * 10 >= kept * 9,
+                "{}: {moved}/{kept} kept weights moved",
+                p.name
+            );
+        }
+    }
+}
