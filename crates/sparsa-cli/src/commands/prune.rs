@@ -8,6 +8,7 @@ use clap::Subcommand;
 use sparsa::nn::layers;
 use sparsa::nn::models::{Arch, InputSpec, Mode, Net};
 use sparsa::nn::optim::{Sgd, SgdConfig};
+use sparsa::prune::identity::IdentityCheck;
 use sparsa::prune::report;
 use sparsa::prune::runner::{self, Dataset, ExperimentConfig, RunContext};
 
@@ -30,6 +31,10 @@ pub enum PruneCommand {
         /// Do not print the summary table when done.
         #[arg(long)]
         no_report: bool,
+        /// Continue a run directory whose recorded identity (sparsa version, run format, data
+        /// files) differs from this run's. The directory then records that it is mixed.
+        #[arg(long)]
+        allow_identity_mismatch: bool,
     },
     /// Print the summary table of a run directory (accuracy per sparsity, with and without AP,
     /// mean ± std over seeds) and write CSVs of accuracy and DNR versus sparsity.
@@ -61,7 +66,8 @@ pub fn run(cmd: PruneCommand) -> anyhow::Result<()> {
             out,
             data_dir,
             no_report,
-        } => run_grid(&config, &out, data_dir, !no_report),
+            allow_identity_mismatch,
+        } => run_grid(&config, &out, data_dir, !no_report, allow_identity_mismatch),
         PruneCommand::Report { run_dir, csv_dir } => print_report(&run_dir, csv_dir),
         PruneCommand::Bench { arch, batch, steps } => bench(&arch, batch, steps),
     }
@@ -79,6 +85,7 @@ fn run_grid(
     out: &Path,
     data_dir: Option<PathBuf>,
     show: bool,
+    allow_identity_mismatch: bool,
 ) -> anyhow::Result<()> {
     let cfg = ExperimentConfig::from_toml_file(config)?;
     let dir = match data_dir.or_else(|| cfg.data.dir.clone()) {
@@ -93,7 +100,17 @@ fn run_grid(
     };
     let (train, test) = runner::load_dataset(&cfg.data, &dir)
         .with_context(|| format!("loading {:?} from {}", cfg.data.dataset, dir.display()))?;
-    let run_dir = runner::prepare_run_dir(&cfg, out)?;
+    let identity = runner::run_identity(&cfg.data, &dir)
+        .with_context(|| format!("fingerprinting the data in {}", dir.display()))?;
+    let (run_dir, check) = runner::prepare_run_dir(&cfg, out, &identity, allow_identity_mismatch)?;
+    if let IdentityCheck::MismatchAllowed(diffs) = &check {
+        eprintln!(
+            "warning: {} was made with a different identity; continuing as asked \
+             (--allow-identity-mismatch): {}",
+            run_dir.display(),
+            diffs.join("; ")
+        );
+    }
     eprintln!(
         "run directory: {} ({} cells × {} rounds, {} training / {} test images)",
         run_dir.display(),
