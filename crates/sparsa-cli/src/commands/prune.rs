@@ -35,15 +35,27 @@ pub enum PruneCommand {
         /// files) differs from this run's. The directory then records that it is mixed.
         #[arg(long)]
         allow_identity_mismatch: bool,
+        /// Run only the cells of these seeds (comma-separated; default: all). Processes given
+        /// disjoint seeds can share one run directory.
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<u64>,
     },
-    /// Print the summary table of a run directory (accuracy per sparsity, with and without AP,
-    /// mean ± std over seeds) and write CSVs of accuracy and DNR versus sparsity.
+    /// Print the summary of a run directory (accuracy per sparsity with and without AP, mean ±
+    /// std over seeds; the paired AP − off difference per round with its t-based 95 % CI over
+    /// seeds; a summary over the last rounds that counts each seed once) and write CSVs and SVG
+    /// plots (accuracy and DNR versus remaining weights). Says when the run is incomplete.
     Report {
         /// A run directory (printed by `sparsa prune run`).
         run_dir: PathBuf,
-        /// Where to write the CSVs (default: <run_dir>/report).
+        /// Where to write the CSVs and plots (default: <run_dir>/report).
+        #[arg(long, alias = "csv-dir")]
+        out_dir: Option<PathBuf>,
+        /// The summary averages each seed's paired differences over this many last rounds.
+        #[arg(long, default_value_t = 5)]
+        last: usize,
+        /// Do not write the SVG plots.
         #[arg(long)]
-        csv_dir: Option<PathBuf>,
+        no_plots: bool,
     },
     /// Measure training and evaluation throughput (images/s) per model on random inputs of the
     /// model's usual shape (28×28×1 for LeNet and Conv-2/4/6, 32×32×3 for ResNet and VGG).
@@ -67,8 +79,21 @@ pub fn run(cmd: PruneCommand) -> anyhow::Result<()> {
             data_dir,
             no_report,
             allow_identity_mismatch,
-        } => run_grid(&config, &out, data_dir, !no_report, allow_identity_mismatch),
-        PruneCommand::Report { run_dir, csv_dir } => print_report(&run_dir, csv_dir),
+            seeds,
+        } => run_grid(
+            &config,
+            &out,
+            data_dir,
+            !no_report,
+            allow_identity_mismatch,
+            &seeds,
+        ),
+        PruneCommand::Report {
+            run_dir,
+            out_dir,
+            last,
+            no_plots,
+        } => print_report(&run_dir, out_dir, last, !no_plots),
         PruneCommand::Bench { arch, batch, steps } => bench(&arch, batch, steps),
     }
 }
@@ -86,8 +111,10 @@ fn run_grid(
     data_dir: Option<PathBuf>,
     show: bool,
     allow_identity_mismatch: bool,
+    seeds: &[u64],
 ) -> anyhow::Result<()> {
     let cfg = ExperimentConfig::from_toml_file(config)?;
+    let cells = runner::cells_for_seeds(&cfg, seeds)?;
     let dir = match data_dir.or_else(|| cfg.data.dir.clone()) {
         Some(d) => d,
         None => match cfg.data.dataset {
@@ -114,7 +141,7 @@ fn run_grid(
     eprintln!(
         "run directory: {} ({} cells × {} rounds, {} training / {} test images)",
         run_dir.display(),
-        cfg.cells().len(),
+        cells.len(),
         cfg.rounds_per_cell(),
         train.len(),
         test.len()
@@ -127,23 +154,69 @@ fn run_grid(
         progress: &bar,
         cancel: &cancel,
     };
-    runner::run_experiment(&cfg, &run_dir, &ctx)?;
+    runner::run_cells(&cfg, &run_dir, &cells, &ctx)?;
     println!("{}", run_dir.display());
     if show {
-        print_report(&run_dir, None)?;
+        print_report(&run_dir, None, 5, true)?;
     }
     Ok(())
 }
 
-fn print_report(run_dir: &Path, csv_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let (records, rows) = report::report(run_dir)?;
-    if records.is_empty() {
+fn print_report(
+    run_dir: &Path,
+    out_dir: Option<PathBuf>,
+    last: usize,
+    plots: bool,
+) -> anyhow::Result<()> {
+    if last == 0 {
+        bail!("--last must be at least 1");
+    }
+    let rep = report::Report::load(run_dir, last)
+        .with_context(|| format!("reading {}", run_dir.display()))?;
+    if rep.records.is_empty() {
         bail!("{} has no finished rounds yet", run_dir.display());
     }
-    println!("{}", ui::table(&rows));
-    let out = csv_dir.unwrap_or_else(|| run_dir.join("report"));
-    for f in report::write_csvs(&records, &out)? {
+    println!("{}", ui::table(&rep.rows));
+    if !rep.deltas.is_empty() {
+        println!("\nPaired differences AP − off per round (t-based 95 % CI over seeds):");
+        println!("{}", ui::table(&rep.paired_rows()));
+        println!(
+            "Summary (each seed's mean paired difference over the last rounds, then over seeds):"
+        );
+        for l in &rep.last_rounds {
+            let per_seed: Vec<String> = l
+                .per_seed
+                .iter()
+                .map(|(s, d)| format!("seed {s}: {:+.2}", 100.0 * d))
+                .collect();
+            println!(
+                "  {} AP {} − off, rounds {}–{}: {} pp over {} seeds ({}){}",
+                l.key.0,
+                l.key.2,
+                l.rounds.0,
+                l.rounds.1,
+                report::fmt_ci_pp(&l.ci),
+                l.ci.n,
+                per_seed.join(", "),
+                if l.incomplete_seeds.is_empty() {
+                    String::new()
+                } else {
+                    format!("; seeds without all those rounds: {:?}", l.incomplete_seeds)
+                }
+            );
+        }
+    }
+    let out = out_dir.unwrap_or_else(|| run_dir.join("report"));
+    let mut files = report::write_csvs(&rep.records, &out)?;
+    files.extend(report::write_paired_csvs(&rep, &out)?);
+    if plots {
+        files.extend(report::write_plots(&rep.records, &out)?);
+    }
+    for f in files {
         println!("wrote {}", f.display());
+    }
+    for w in rep.warnings() {
+        eprintln!("warning: {w}");
     }
     Ok(())
 }

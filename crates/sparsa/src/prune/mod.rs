@@ -8,7 +8,7 @@
 //! - [`identity`]: the code and data identity recorded in a run directory.
 //! - [`train`]: the training loop (masked SGD, per-epoch metrics and DNR).
 //! - [`runner`]: experiment grids in hashed, resumable run directories; [`report`]: the summary
-//!   table and CSVs.
+//!   table, paired statistics ([`stats`]), CSVs and SVG charts ([`plots`]).
 //!
 //! See `shared/spec/pruning.md` and `docs/pruning.md`.
 
@@ -17,9 +17,11 @@ pub mod dnr;
 pub mod identity;
 pub mod mask;
 pub mod method;
+pub mod plots;
 pub mod report;
 pub mod runner;
 pub mod schedule;
+pub mod stats;
 pub mod train;
 
 use std::path::PathBuf;

@@ -537,6 +537,35 @@ pub fn prepare_run_dir(
 
 /// Run (or resume) every cell of the grid into `run_dir`.
 pub fn run_experiment(cfg: &ExperimentConfig, run_dir: &Path, ctx: &RunContext) -> Result<()> {
+    run_cells(cfg, run_dir, &cfg.cells(), ctx)
+}
+
+/// The cells of `cfg` whose seed is in `seeds` (all cells when `seeds` is empty); an unknown seed
+/// is an error. Lets several processes share one run directory, one set of seeds each.
+pub fn cells_for_seeds(cfg: &ExperimentConfig, seeds: &[u64]) -> Result<Vec<Cell>> {
+    if let Some(s) = seeds.iter().find(|s| !cfg.prune.seeds.contains(s)) {
+        return Err(config_err(
+            "seeds",
+            format!(
+                "seed {s} is not in the config's prune.seeds {:?}",
+                cfg.prune.seeds
+            ),
+        ));
+    }
+    Ok(cfg
+        .cells()
+        .into_iter()
+        .filter(|c| seeds.is_empty() || seeds.contains(&c.seed))
+        .collect())
+}
+
+/// Run (or resume) the given cells of the grid into `run_dir`.
+pub fn run_cells(
+    cfg: &ExperimentConfig,
+    run_dir: &Path,
+    cells: &[Cell],
+    ctx: &RunContext,
+) -> Result<()> {
     cfg.validate()?;
     let input = InputSpec {
         channels: ctx.train.channels,
@@ -556,9 +585,8 @@ pub fn run_experiment(cfg: &ExperimentConfig, run_dir: &Path, ctx: &RunContext) 
         ));
     }
     // Progress in optimiser steps over the remaining rounds.
-    let cells = cfg.cells();
     let mut remaining = 0u64;
-    for c in &cells {
+    for c in cells {
         for r in 0..cfg.rounds_per_cell() {
             let done = run_dir
                 .join("cells")
@@ -572,7 +600,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, run_dir: &Path, ctx: &RunContext) 
         }
     }
     ctx.progress.set_total(remaining);
-    for cell in &cells {
+    for cell in cells {
         run_cell(cfg, run_dir, *cell, input, ctx)?;
     }
     ctx.progress.finish();
