@@ -131,6 +131,13 @@ seeds = [0]"#,
     assert!(matches!(r, Err(PruneError::Cancelled)), "{r:?}");
     let done_before = load_records(&run_dir).unwrap();
     assert!(!done_before.is_empty() && done_before.len() < 12);
+    let partial = report::Report::load(&run_dir, 2).unwrap();
+    assert!(!partial.completeness.is_complete());
+    let w = partial.warnings().join("\n");
+    assert!(
+        w.contains(&format!("{} of 12 rounds finished", done_before.len())),
+        "{w}"
+    );
     let first = run_dir.join("cells/magnitude-global-ap_off-seed0/round_00/metrics.json");
     let mtime = std::fs::metadata(&first).unwrap().modified().unwrap();
 
@@ -197,8 +204,29 @@ seeds = [0]"#,
     assert_eq!(rows.len(), 1 + 3);
     // round, sparsity, 4 accuracy columns, 4 DNR columns, 3 paired-difference columns.
     assert_eq!(rows[0].len(), 2 + 2 * 4 + 3);
-    // Round 0 is shared, so every paired difference there is exactly 0.
-    assert!(rows[1][10].starts_with("+0.00 ± 0.00"), "{:?}", rows[1]);
+    // Round 0 is shared, so every paired difference there is exactly 0 (one seed: no CI).
+    assert!(rows[1][10].starts_with("+0.00 [no CI]"), "{:?}", rows[1]);
+    // The full report: complete, paired rows per variant and round, plots written.
+    let full = report::Report::load(&run_dir, 2).unwrap();
+    assert!(full.completeness.is_complete() && full.warnings().is_empty());
+    assert_eq!(full.paired_rows().len(), 1 + 3 * 3);
+    assert_eq!(full.last_rounds.len(), 3);
+    assert_eq!(full.last_rounds[0].rounds, (1, 2));
+    let plots = report::write_plots(&recs2, &out.path().join("plots")).unwrap();
+    let names: Vec<String> = plots
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "accuracy_vs_remaining.svg",
+            "paired_difference.svg",
+            "dnr_vs_sparsity_magnitude_global.svg"
+        ]
+    );
+    let dnr_svg = std::fs::read_to_string(&plots[2]).unwrap();
+    assert!(dnr_svg.contains("relu1") && dnr_svg.contains("global dynamic DNR"));
     let csv_dir = out.path().join("csv");
     let files = report::write_csvs(&recs2, &csv_dir).unwrap();
     assert_eq!(files.len(), 4);

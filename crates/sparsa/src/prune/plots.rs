@@ -190,6 +190,7 @@ pub fn render_svg(chart: &Chart) -> Result<String, PlotError> {
                 .map_err(|e| err(&e))?;
             }
             c.configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK.mix(0.4))
                 .label_font(("sans-serif", 12))

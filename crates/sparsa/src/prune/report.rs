@@ -832,6 +832,82 @@ pub fn write_plots(records: &[RoundRecord], out: &Path) -> Result<Vec<PathBuf>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prune::method::{Method, Scope};
+    use crate::prune::runner::Cell;
+
+    fn rec(ap: ApVariant, seed: u64, round: usize, acc: f64) -> RoundRecord {
+        RoundRecord {
+            cell: Cell {
+                method: Method::Magnitude,
+                scope: Scope::Global,
+                ap,
+                seed,
+            },
+            round,
+            target_density: 0.8f64.powi(round as i32),
+            global_sparsity: 1.0 - 0.8f64.powi(round as i32),
+            layers: Vec::new(),
+            counts: Default::default(),
+            final_test_acc: acc,
+            final_test_loss: 0.0,
+            final_train_dnr: Default::default(),
+            final_test_dnr: Default::default(),
+            epochs: Vec::new(),
+            start_digest: String::new(),
+            ap_start_digest: None,
+        }
+    }
+
+    #[test]
+    fn paired_statistics_by_hand() {
+        // AP on − off per seed (rows) and round 0..=4 (columns).
+        let d = [
+            [0.0, 0.01, -0.02, 0.03, 0.01],
+            [0.0, 0.00, 0.01, 0.02, 0.00],
+            [0.0, -0.01, 0.00, -0.01, 0.03],
+        ];
+        let mut recs = Vec::new();
+        for (seed, row) in d.iter().enumerate() {
+            for (round, &x) in row.iter().enumerate() {
+                recs.push(rec(ApVariant::Off, seed as u64, round, 0.8));
+                recs.push(rec(ApVariant::On, seed as u64, round, 0.8 + x));
+            }
+        }
+        let deltas = paired_deltas(&recs);
+        // Round 3: 0.03, 0.02, −0.01 → mean 0.013333, sd = √((0.016667² + 0.006667² +
+        // 0.023333²)/2) = 0.020817, half-width 4.3026527 · 0.020817 / √3 = 0.051712.
+        let k = (
+            "magnitude".to_string(),
+            "global".to_string(),
+            "on".to_string(),
+        );
+        let c = deltas[&(k.clone(), 3)];
+        assert_eq!(c.n, 3);
+        assert!((c.mean - 0.04 / 3.0).abs() < 1e-9);
+        assert!((c.sd - 0.020_816_66).abs() < 1e-7, "{}", c.sd);
+        assert!((c.half_width - 0.051_712).abs() < 1e-5, "{}", c.half_width);
+        // Last 2 rounds (3, 4): per-seed means 0.02, 0.01, 0.01 → mean 0.013333, sd 0.005774,
+        // half-width 4.3026527 · 0.005774 / √3 = 0.014342.
+        let l = last_rounds_summary(&recs, 4, 2);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].rounds, (3, 4));
+        let per: Vec<f64> = l[0].per_seed.iter().map(|p| p.1).collect();
+        for (a, b) in per.iter().zip([0.02, 0.01, 0.01]) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        assert!((l[0].ci.mean - 0.04 / 3.0).abs() < 1e-9);
+        assert!(
+            (l[0].ci.half_width - 0.014_342).abs() < 1e-5,
+            "{:?}",
+            l[0].ci
+        );
+        assert_eq!(l[0].ci.sign(), 0);
+        // A seed missing a round of the range is left out, and named.
+        recs.retain(|r| !(r.cell.seed == 2 && r.round == 4 && r.cell.ap == ApVariant::On));
+        let l = last_rounds_summary(&recs, 4, 2);
+        assert_eq!(l[0].incomplete_seeds, vec![2]);
+        assert_eq!(l[0].ci.n, 2);
+    }
 
     #[test]
     fn mean_std_by_hand() {
