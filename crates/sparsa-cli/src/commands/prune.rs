@@ -8,6 +8,7 @@ use clap::Subcommand;
 use sparsa::nn::layers;
 use sparsa::nn::models::{Arch, InputSpec, Mode, Net};
 use sparsa::nn::optim::{Sgd, SgdConfig};
+use sparsa::prune::ap::ApVariant;
 use sparsa::prune::identity::IdentityCheck;
 use sparsa::prune::report;
 use sparsa::prune::runner::{self, Dataset, ExperimentConfig, RunContext};
@@ -39,6 +40,10 @@ pub enum PruneCommand {
         /// disjoint seeds can share one run directory.
         #[arg(long, value_delimiter = ',')]
         seeds: Vec<u64>,
+        /// Run only the cells of these AP variants (comma-separated: off, on, change-only,
+        /// negative-only; default: all).
+        #[arg(long, value_delimiter = ',')]
+        ap: Vec<String>,
     },
     /// Print the summary of a run directory (accuracy per sparsity with and without AP, mean ±
     /// std over seeds; the paired AP − off difference per round with its t-based 95 % CI over
@@ -80,6 +85,7 @@ pub fn run(cmd: PruneCommand) -> anyhow::Result<()> {
             no_report,
             allow_identity_mismatch,
             seeds,
+            ap,
         } => run_grid(
             &config,
             &out,
@@ -87,6 +93,7 @@ pub fn run(cmd: PruneCommand) -> anyhow::Result<()> {
             !no_report,
             allow_identity_mismatch,
             &seeds,
+            &ap,
         ),
         PruneCommand::Report {
             run_dir,
@@ -112,9 +119,15 @@ fn run_grid(
     show: bool,
     allow_identity_mismatch: bool,
     seeds: &[u64],
+    aps: &[String],
 ) -> anyhow::Result<()> {
     let cfg = ExperimentConfig::from_toml_file(config)?;
-    let cells = runner::cells_for_seeds(&cfg, seeds)?;
+    let aps = aps
+        .iter()
+        .map(|a| a.parse::<ApVariant>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("--ap")?;
+    let cells = runner::select_cells(&cfg, seeds, &aps)?;
     let dir = match data_dir.or_else(|| cfg.data.dir.clone()) {
         Some(d) => d,
         None => match cfg.data.dataset {

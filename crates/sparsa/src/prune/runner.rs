@@ -540,9 +540,10 @@ pub fn run_experiment(cfg: &ExperimentConfig, run_dir: &Path, ctx: &RunContext) 
     run_cells(cfg, run_dir, &cfg.cells(), ctx)
 }
 
-/// The cells of `cfg` whose seed is in `seeds` (all cells when `seeds` is empty); an unknown seed
-/// is an error. Lets several processes share one run directory, one set of seeds each.
-pub fn cells_for_seeds(cfg: &ExperimentConfig, seeds: &[u64]) -> Result<Vec<Cell>> {
+/// The cells of `cfg` whose seed is in `seeds` and whose AP variant is in `aps` (an empty list
+/// selects all); a seed or variant the config does not list is an error. Lets several processes
+/// share one run directory, each with its own cells.
+pub fn select_cells(cfg: &ExperimentConfig, seeds: &[u64], aps: &[ApVariant]) -> Result<Vec<Cell>> {
     if let Some(s) = seeds.iter().find(|s| !cfg.prune.seeds.contains(s)) {
         return Err(config_err(
             "seeds",
@@ -552,10 +553,17 @@ pub fn cells_for_seeds(cfg: &ExperimentConfig, seeds: &[u64]) -> Result<Vec<Cell
             ),
         ));
     }
+    if let Some(a) = aps.iter().find(|a| !cfg.prune.ap.contains(a)) {
+        return Err(config_err(
+            "ap",
+            format!("AP variant {} is not in the config's prune.ap", a.name()),
+        ));
+    }
     Ok(cfg
         .cells()
         .into_iter()
         .filter(|c| seeds.is_empty() || seeds.contains(&c.seed))
+        .filter(|c| aps.is_empty() || aps.contains(&c.ap))
         .collect())
 }
 
