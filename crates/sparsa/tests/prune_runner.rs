@@ -552,6 +552,8 @@ fn host_masks_of(cell_dir: &Path, round: usize) -> Vec<Vec<f32>> {
 }
 
 #[test]
+// Rounds index several parallel lists (records, seeds, saved masks).
+#[allow(clippy::needless_range_loop)]
 fn reinit_draws_a_fresh_initialisation_each_round_and_masks_compound() {
     use sparsa::prune::runner::{init_seed, Reset};
     let data = tempfile::tempdir().unwrap();
@@ -609,6 +611,8 @@ seeds = [5]"#,
 }
 
 #[test]
+// Rounds index several parallel lists (records, seeds, saved masks).
+#[allow(clippy::needless_range_loop)]
 fn ap_w_start_is_the_rounds_true_start_state() {
     // Late rewinding makes the start of round 0 (the initialisation) differ from the start of
     // every later round (θ after 4 steps), so a w_start taken from the wrong state shows.
@@ -713,4 +717,33 @@ synflow_iterations = 4"#,
             );
         }
     }
+}
+
+#[test]
+fn cells_can_be_split_between_processes() {
+    use sparsa::prune::ap::ApVariant;
+    use sparsa::prune::runner::select_cells;
+    let cfg = config(
+        r#"schedule = "iterative"
+methods = ["magnitude", "lamp"]
+rounds = 1
+ap = ["off", "on"]
+seeds = [0, 1, 2]"#,
+    );
+    assert_eq!(select_cells(&cfg, &[], &[]).unwrap(), cfg.cells());
+    let a = select_cells(&cfg, &[0, 2], &[]).unwrap();
+    assert_eq!(a.len(), 2 * 2 * 2);
+    assert!(a.iter().all(|c| c.seed != 1));
+    let b = select_cells(&cfg, &[1], &[ApVariant::On]).unwrap();
+    assert_eq!(b.len(), 2);
+    assert!(b.iter().all(|c| c.seed == 1 && c.ap == ApVariant::On));
+    // Seed-major order: a grid stopped early holds complete pairs for its first seeds.
+    let all = cfg.cells();
+    assert!(all[..4].iter().all(|c| c.seed == 0));
+    let e = select_cells(&cfg, &[7], &[]).unwrap_err().to_string();
+    assert!(e.contains("seed 7"), "{e}");
+    let e = select_cells(&cfg, &[], &[ApVariant::ChangeOnly])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("change-only"), "{e}");
 }

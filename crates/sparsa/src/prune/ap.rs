@@ -38,7 +38,9 @@ impl std::str::FromStr for ApVariant {
         ]
         .into_iter()
         .find(|v| v.name() == s)
-        .ok_or_else(|| format!("unknown AP variant `{s}`; use off, on, change-only or negative-only"))
+        .ok_or_else(|| {
+            format!("unknown AP variant `{s}`; use off, on, change-only or negative-only")
+        })
     }
 }
 

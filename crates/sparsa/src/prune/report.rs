@@ -765,7 +765,7 @@ pub fn charts(records: &[RoundRecord]) -> Vec<(String, Chart)> {
         let mk: Vec<&Key> = keys.iter().filter(|k| &k.0 == m && &k.1 == sc).collect();
         let layer_names: Vec<String> = records
             .iter()
-            .find(|r| &r.cell.method.name() == m)
+            .find(|r| r.cell.method.name() == m)
             .map(|r| {
                 r.final_train_dnr
                     .layers
