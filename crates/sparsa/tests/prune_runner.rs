@@ -212,6 +212,14 @@ seeds = [0]"#,
     assert_eq!(full.paired_rows().len(), 1 + 3 * 3);
     assert_eq!(full.last_rounds.len(), 3);
     assert_eq!(full.last_rounds[0].rounds, (1, 2));
+    // Restricted to seeds: the only seed gives the same report; an unknown seed is an error.
+    let one = report::Report::load_seeds(&run_dir, 2, &[0]).unwrap();
+    assert_eq!(one.records.len(), 12);
+    assert!(report::Report::load_seeds(&run_dir, 2, &[9])
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("seed 9"));
     let plots = report::write_plots(&recs2, &out.path().join("plots")).unwrap();
     let names: Vec<String> = plots
         .iter()

@@ -61,6 +61,10 @@ pub enum PruneCommand {
         /// Do not write the SVG plots.
         #[arg(long)]
         no_plots: bool,
+        /// Report only these seeds (comma-separated; default: all), e.g. the seeds whose AP-off
+        /// and AP-on cells both finished.
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<u64>,
     },
     /// Measure training and evaluation throughput (images/s) per model on random inputs of the
     /// model's usual shape (28×28×1 for LeNet and Conv-2/4/6, 32×32×3 for ResNet and VGG).
@@ -100,7 +104,8 @@ pub fn run(cmd: PruneCommand) -> anyhow::Result<()> {
             out_dir,
             last,
             no_plots,
-        } => print_report(&run_dir, out_dir, last, !no_plots),
+            seeds,
+        } => print_report(&run_dir, out_dir, last, !no_plots, &seeds),
         PruneCommand::Bench { arch, batch, steps } => bench(&arch, batch, steps),
     }
 }
@@ -170,7 +175,7 @@ fn run_grid(
     runner::run_cells(&cfg, &run_dir, &cells, &ctx)?;
     println!("{}", run_dir.display());
     if show {
-        print_report(&run_dir, None, 5, true)?;
+        print_report(&run_dir, None, 5, true, &[])?;
     }
     Ok(())
 }
@@ -180,11 +185,12 @@ fn print_report(
     out_dir: Option<PathBuf>,
     last: usize,
     plots: bool,
+    seeds: &[u64],
 ) -> anyhow::Result<()> {
     if last == 0 {
         bail!("--last must be at least 1");
     }
-    let rep = report::Report::load(run_dir, last)
+    let rep = report::Report::load_seeds(run_dir, last, seeds)
         .with_context(|| format!("reading {}", run_dir.display()))?;
     if rep.records.is_empty() {
         bail!("{} has no finished rounds yet", run_dir.display());

@@ -466,14 +466,33 @@ pub struct Report {
 impl Report {
     /// Read `run_dir`; the summary averages the last `n_last` rounds of the configured schedule.
     pub fn load(run_dir: &Path, n_last: usize) -> Result<Report> {
-        let records = load_records(run_dir)?;
+        Self::load_seeds(run_dir, n_last, &[])
+    }
+
+    /// [`Self::load`] restricted to the cells of `seeds` (all seeds when empty); completeness is
+    /// then judged against those seeds' cells.
+    pub fn load_seeds(run_dir: &Path, n_last: usize, seeds: &[u64]) -> Result<Report> {
+        let mut records = load_records(run_dir)?;
+        records.retain(|r| seeds.is_empty() || seeds.contains(&r.cell.seed));
         let cfg_path = run_dir.join("config.toml");
         let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
-        let config: ExperimentConfig =
+        let mut config: ExperimentConfig =
             toml::from_str(&text).map_err(|e| super::PruneError::Corrupt {
                 path: cfg_path.clone(),
                 msg: e.to_string(),
             })?;
+        if let Some(s) = seeds.iter().find(|s| !config.prune.seeds.contains(s)) {
+            return Err(config_err(
+                "seeds",
+                format!(
+                    "seed {s} is not in the run's prune.seeds {:?}",
+                    config.prune.seeds
+                ),
+            ));
+        }
+        if !seeds.is_empty() {
+            config.prune.seeds.retain(|s| seeds.contains(s));
+        }
         let deltas = paired_deltas(&records);
         let rows = summary_rows_with_deltas(&aggregate(&records), &deltas);
         let last_round = config.rounds_per_cell().saturating_sub(1);
