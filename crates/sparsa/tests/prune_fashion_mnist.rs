@@ -17,6 +17,7 @@ fn one_epoch_of_lenet_reaches_80_percent() {
         dir: None,
         train_subset: 0,
         test_subset: 0,
+        input: Default::default(),
     };
     let (tr, te) = load_dataset(&cfg, &dir).unwrap();
     assert_eq!((tr.len(), te.len()), (60_000, 10_000));

@@ -9,6 +9,8 @@ use sparsa::nn::fast::{Counting, FastNet};
 use sparsa::nn::layers;
 use sparsa::nn::models::{Arch, InputSpec, Mode, Net};
 use sparsa::nn::optim::{Sgd, SgdConfig};
+use sparsa::prune::ap::ApVariant;
+use sparsa::prune::identity::IdentityCheck;
 use sparsa::prune::report;
 use sparsa::prune::runner::{self, Dataset, ExperimentConfig, RunContext};
 
@@ -31,15 +33,39 @@ pub enum PruneCommand {
         /// Do not print the summary table when done.
         #[arg(long)]
         no_report: bool,
+        /// Continue a run directory whose recorded identity (sparsa version, run format, data
+        /// files) differs from this run's. The directory then records that it is mixed.
+        #[arg(long)]
+        allow_identity_mismatch: bool,
+        /// Run only the cells of these seeds (comma-separated; default: all). Processes given
+        /// disjoint seeds can share one run directory.
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<u64>,
+        /// Run only the cells of these AP variants (comma-separated: off, on, change-only,
+        /// negative-only; default: all).
+        #[arg(long, value_delimiter = ',')]
+        ap: Vec<String>,
     },
-    /// Print the summary table of a run directory (accuracy per sparsity, with and without AP,
-    /// mean ± std over seeds) and write CSVs of accuracy and DNR versus sparsity.
+    /// Print the summary of a run directory (accuracy per sparsity with and without AP, mean ±
+    /// std over seeds; the paired AP − off difference per round with its t-based 95 % CI over
+    /// seeds; a summary over the last rounds that counts each seed once) and write CSVs and SVG
+    /// plots (accuracy and DNR versus remaining weights). Says when the run is incomplete.
     Report {
         /// A run directory (printed by `sparsa prune run`).
         run_dir: PathBuf,
-        /// Where to write the CSVs (default: <run_dir>/report).
+        /// Where to write the CSVs and plots (default: <run_dir>/report).
+        #[arg(long, alias = "csv-dir")]
+        out_dir: Option<PathBuf>,
+        /// The summary averages each seed's paired differences over this many last rounds.
+        #[arg(long, default_value_t = 5)]
+        last: usize,
+        /// Do not write the SVG plots.
         #[arg(long)]
-        csv_dir: Option<PathBuf>,
+        no_plots: bool,
+        /// Report only these seeds (comma-separated; default: all), e.g. the seeds whose AP-off
+        /// and AP-on cells both finished.
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<u64>,
     },
     /// Measure training and evaluation throughput (images/s) and peak RSS per model and global
     /// magnitude sparsity, on random inputs of the model's usual shape (28×28×1 for LeNet and
@@ -55,8 +81,25 @@ pub fn run(cmd: PruneCommand) -> anyhow::Result<()> {
             out,
             data_dir,
             no_report,
-        } => run_grid(&config, &out, data_dir, !no_report),
-        PruneCommand::Report { run_dir, csv_dir } => print_report(&run_dir, csv_dir),
+            allow_identity_mismatch,
+            seeds,
+            ap,
+        } => run_grid(
+            &config,
+            &out,
+            data_dir,
+            !no_report,
+            allow_identity_mismatch,
+            &seeds,
+            &ap,
+        ),
+        PruneCommand::Report {
+            run_dir,
+            out_dir,
+            last,
+            no_plots,
+            seeds,
+        } => print_report(&run_dir, out_dir, last, !no_plots, &seeds),
         PruneCommand::Bench(a) => bench(a),
     }
 }
@@ -73,8 +116,17 @@ fn run_grid(
     out: &Path,
     data_dir: Option<PathBuf>,
     show: bool,
+    allow_identity_mismatch: bool,
+    seeds: &[u64],
+    aps: &[String],
 ) -> anyhow::Result<()> {
     let cfg = ExperimentConfig::from_toml_file(config)?;
+    let aps = aps
+        .iter()
+        .map(|a| a.parse::<ApVariant>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("--ap")?;
+    let cells = runner::select_cells(&cfg, seeds, &aps)?;
     let dir = match data_dir.or_else(|| cfg.data.dir.clone()) {
         Some(d) => d,
         None => match cfg.data.dataset {
@@ -87,11 +139,21 @@ fn run_grid(
     };
     let (train, test) = runner::load_dataset(&cfg.data, &dir)
         .with_context(|| format!("loading {:?} from {}", cfg.data.dataset, dir.display()))?;
-    let run_dir = runner::prepare_run_dir(&cfg, out)?;
+    let identity = runner::run_identity(&cfg.data, &dir)
+        .with_context(|| format!("fingerprinting the data in {}", dir.display()))?;
+    let (run_dir, check) = runner::prepare_run_dir(&cfg, out, &identity, allow_identity_mismatch)?;
+    if let IdentityCheck::MismatchAllowed(diffs) = &check {
+        eprintln!(
+            "warning: {} was made with a different identity; continuing as asked \
+             (--allow-identity-mismatch): {}",
+            run_dir.display(),
+            diffs.join("; ")
+        );
+    }
     eprintln!(
         "run directory: {} ({} cells × {} rounds, {} training / {} test images)",
         run_dir.display(),
-        cfg.cells().len(),
+        cells.len(),
         cfg.rounds_per_cell(),
         train.len(),
         test.len()
@@ -104,23 +166,70 @@ fn run_grid(
         progress: &bar,
         cancel: &cancel,
     };
-    runner::run_experiment(&cfg, &run_dir, &ctx)?;
+    runner::run_cells(&cfg, &run_dir, &cells, &ctx)?;
     println!("{}", run_dir.display());
     if show {
-        print_report(&run_dir, None)?;
+        print_report(&run_dir, None, 5, true, &[])?;
     }
     Ok(())
 }
 
-fn print_report(run_dir: &Path, csv_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let (records, rows) = report::report(run_dir)?;
-    if records.is_empty() {
+fn print_report(
+    run_dir: &Path,
+    out_dir: Option<PathBuf>,
+    last: usize,
+    plots: bool,
+    seeds: &[u64],
+) -> anyhow::Result<()> {
+    if last == 0 {
+        bail!("--last must be at least 1");
+    }
+    let rep = report::Report::load_seeds(run_dir, last, seeds)
+        .with_context(|| format!("reading {}", run_dir.display()))?;
+    if rep.records.is_empty() {
         bail!("{} has no finished rounds yet", run_dir.display());
     }
-    println!("{}", ui::table(&rows));
-    let out = csv_dir.unwrap_or_else(|| run_dir.join("report"));
-    for f in report::write_csvs(&records, &out)? {
+    println!("{}", ui::table(&rep.rows));
+    if !rep.deltas.is_empty() {
+        println!("\nPaired differences AP − off per round (t-based 95 % CI over seeds):");
+        println!("{}", ui::table(&rep.paired_rows()));
+        println!(
+            "Summary (each seed's mean paired difference over the last rounds, then over seeds):"
+        );
+        for l in &rep.last_rounds {
+            let per_seed: Vec<String> = l
+                .per_seed
+                .iter()
+                .map(|(s, d)| format!("seed {s}: {:+.2}", 100.0 * d))
+                .collect();
+            println!(
+                "  {} AP {} − off, rounds {}–{}: {} pp over {} seeds ({}){}",
+                l.key.0,
+                l.key.2,
+                l.rounds.0,
+                l.rounds.1,
+                report::fmt_ci_pp(&l.ci),
+                l.ci.n,
+                per_seed.join(", "),
+                if l.incomplete_seeds.is_empty() {
+                    String::new()
+                } else {
+                    format!("; seeds without all those rounds: {:?}", l.incomplete_seeds)
+                }
+            );
+        }
+    }
+    let out = out_dir.unwrap_or_else(|| run_dir.join("report"));
+    let mut files = report::write_csvs(&rep.records, &out)?;
+    files.extend(report::write_paired_csvs(&rep, &out)?);
+    if plots {
+        files.extend(report::write_plots(&rep.records, &out)?);
+    }
+    for f in files {
         println!("wrote {}", f.display());
+    }
+    for w in rep.warnings() {
+        eprintln!("warning: {w}");
     }
     Ok(())
 }

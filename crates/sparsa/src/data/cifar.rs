@@ -87,36 +87,49 @@ fn concat(sets: Vec<ImageSet>) -> Option<ImageSet> {
 
 /// Load (train, test) from a CIFAR binary directory.
 pub fn load_cifar_dir(dir: &Path, kind: CifarKind) -> Result<(ImageSet, ImageSet), ImageDataError> {
-    let (train_names, test_name): (Vec<String>, &str) = match kind {
-        CifarKind::Cifar10 => (
-            (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
-            "test_batch.bin",
-        ),
-        CifarKind::Cifar100 => (vec!["train.bin".into()], "test.bin"),
-    };
-    let need = |name: &str| -> Result<PathBuf, ImageDataError> {
-        let p = dir.join(name);
-        if p.is_file() {
-            Ok(p)
-        } else {
-            Err(ImageDataError::Missing {
-                dir: dir.to_path_buf(),
-                what: "CIFAR binary file",
-                candidates: name.to_string(),
-            })
-        }
-    };
+    let files = cifar_files(dir, kind)?;
+    let (test_path, train_paths) = files.split_last().ok_or_else(|| ImageDataError::Missing {
+        dir: dir.to_path_buf(),
+        what: "CIFAR binary files",
+        candidates: String::new(),
+    })?;
     let mut train = Vec::new();
-    for n in &train_names {
-        train.push(read_cifar_file(&need(n)?, kind)?);
+    for p in train_paths {
+        train.push(read_cifar_file(p, kind)?);
     }
-    let test = read_cifar_file(&need(test_name)?, kind)?;
+    let test = read_cifar_file(test_path, kind)?;
     let train = concat(train).ok_or_else(|| ImageDataError::Missing {
         dir: dir.to_path_buf(),
         what: "CIFAR training batches",
-        candidates: train_names.join(", "),
+        candidates: "data_batch_1.bin … or train.bin".into(),
     })?;
     Ok((train, test))
+}
+
+/// The files [`load_cifar_dir`] reads: the training batches in order, then the test batch.
+pub fn cifar_files(dir: &Path, kind: CifarKind) -> Result<Vec<PathBuf>, ImageDataError> {
+    let names: Vec<String> = match kind {
+        CifarKind::Cifar10 => (1..=5)
+            .map(|i| format!("data_batch_{i}.bin"))
+            .chain(["test_batch.bin".to_string()])
+            .collect(),
+        CifarKind::Cifar100 => vec!["train.bin".into(), "test.bin".into()],
+    };
+    names
+        .iter()
+        .map(|name| {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(ImageDataError::Missing {
+                    dir: dir.to_path_buf(),
+                    what: "CIFAR binary file",
+                    candidates: name.to_string(),
+                })
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

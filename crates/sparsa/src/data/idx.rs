@@ -176,6 +176,20 @@ impl ImageSet {
         }
     }
 
+    /// Per-channel minimum of the pixel values.
+    pub fn channel_min(&self) -> Vec<f64> {
+        let plane = self.height * self.width;
+        (0..self.channels)
+            .map(|c| {
+                self.images
+                    .chunks_exact(self.image_size())
+                    .flat_map(|img| img[c * plane..(c + 1) * plane].iter())
+                    .fold(f64::INFINITY, |m, &v| m.min(v as f64))
+            })
+            .map(|m| if m.is_finite() { m } else { 0.0 })
+            .collect()
+    }
+
     /// Keep only the first `n` examples.
     pub fn truncate(&mut self, n: usize) {
         if n < self.len() {
@@ -243,6 +257,76 @@ impl ImageSet {
     }
 }
 
+/// The range the network's inputs are mapped to (`data.input` in a pruning config).
+///
+/// Loaders give pixels in [0, 1]; statistics always come from the training set and are applied
+/// to both sets.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputRange {
+    /// `(x − mean_c) / std_c` per channel: zero mean, unit variance, values of both signs.
+    #[default]
+    Normalize,
+    /// Pixels as loaded, in [0, 1]: non-negative, as AP's argument needs for the first layer.
+    Unit,
+    /// `(x − min_c) / std_c`: the normalisation shifted so the training set's smallest value is
+    /// 0 (the same scale as `normalize`, non-negative on the training set).
+    NormalizeNonneg,
+}
+
+impl InputRange {
+    pub const ALL: [InputRange; 3] = [
+        InputRange::Normalize,
+        InputRange::Unit,
+        InputRange::NormalizeNonneg,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            InputRange::Normalize => "normalize",
+            InputRange::Unit => "unit",
+            InputRange::NormalizeNonneg => "normalize-nonneg",
+        }
+    }
+
+    /// Map the pixels of `train` and `test` (both in [0, 1] as loaded) to this range, with
+    /// statistics from `train`.
+    pub fn apply(self, train: &mut ImageSet, test: &mut ImageSet) {
+        match self {
+            InputRange::Unit => {}
+            InputRange::Normalize => {
+                let stats = train.channel_stats();
+                train.normalise(&stats);
+                test.normalise(&stats);
+            }
+            InputRange::NormalizeNonneg => {
+                let stats: Vec<(f64, f64)> = train
+                    .channel_stats()
+                    .into_iter()
+                    .zip(train.channel_min())
+                    .map(|((_, sd), min)| (min, sd))
+                    .collect();
+                train.normalise(&stats);
+                test.normalise(&stats);
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for InputRange {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        InputRange::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| {
+                format!("unknown input range `{s}`; use normalize, unit or normalize-nonneg")
+            })
+    }
+}
+
 /// Pair an idx3 image file and an idx1 label file into an [`ImageSet`] with pixels in [0, 1].
 pub fn load_idx_pair(images: &Path, labels: &Path, classes: usize) -> Result<ImageSet> {
     let im = read_idx(images)?;
@@ -305,17 +389,21 @@ fn find(dir: &Path, stem: &str, what: &'static str) -> Result<PathBuf> {
 /// Load MNIST-layout data (MNIST or Fashion-MNIST) from a directory holding
 /// `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`; returns (train, test).
 pub fn load_mnist_dir(dir: &Path) -> Result<(ImageSet, ImageSet)> {
-    let train = load_idx_pair(
-        &find(dir, "train-images-idx3-ubyte", "training images")?,
-        &find(dir, "train-labels-idx1-ubyte", "training labels")?,
-        10,
-    )?;
-    let test = load_idx_pair(
-        &find(dir, "t10k-images-idx3-ubyte", "test images")?,
-        &find(dir, "t10k-labels-idx1-ubyte", "test labels")?,
-        10,
-    )?;
+    let [tr_im, tr_lb, te_im, te_lb] = mnist_files(dir)?;
+    let train = load_idx_pair(&tr_im, &tr_lb, 10)?;
+    let test = load_idx_pair(&te_im, &te_lb, 10)?;
     Ok((train, test))
+}
+
+/// The four files [`load_mnist_dir`] reads: training images, training labels, test images, test
+/// labels.
+pub fn mnist_files(dir: &Path) -> Result<[PathBuf; 4]> {
+    Ok([
+        find(dir, "train-images-idx3-ubyte", "training images")?,
+        find(dir, "train-labels-idx1-ubyte", "training labels")?,
+        find(dir, "t10k-images-idx3-ubyte", "test images")?,
+        find(dir, "t10k-labels-idx1-ubyte", "test labels")?,
+    ])
 }
 
 /// Encode an IDX u8 array (used by tests and tools that write fixtures).
@@ -350,6 +438,57 @@ mod tests {
         };
         std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte{ext}")), a).unwrap();
         std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte{ext}")), b).unwrap();
+    }
+
+    #[test]
+    fn input_ranges() {
+        let d = tempfile::tempdir().unwrap();
+        // Training pixels 0..=255 cover the whole byte range; test pixels are shifted.
+        write_set(d.path(), "train", 32, false);
+        let img: Vec<u8> = (0..8 * 16).map(|i| (3 * i % 200 + 20) as u8).collect();
+        let lab: Vec<u8> = (0..8).map(|i| i as u8).collect();
+        std::fs::write(
+            d.path().join("t10k-images-idx3-ubyte"),
+            encode_idx(&[8, 4, 4], &img),
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("t10k-labels-idx1-ubyte"),
+            encode_idx(&[8], &lab),
+        )
+        .unwrap();
+        let load = |r: InputRange| {
+            let (mut tr, mut te) = load_mnist_dir(d.path()).unwrap();
+            r.apply(&mut tr, &mut te);
+            (tr, te)
+        };
+        // unit: [0, 1], the pixel bytes / 255.
+        let (tr, te) = load(InputRange::Unit);
+        for v in tr.images.iter().chain(&te.images) {
+            assert!((0.0..=1.0).contains(v), "{v}");
+        }
+        assert_eq!(tr.images[0], 0.0);
+        assert_eq!(tr.images[255], 1.0);
+        assert_eq!(te.images[0], 20.0 / 255.0);
+        // normalize: zero mean and unit variance on the training set, negative values present.
+        let (tr, _) = load(InputRange::Normalize);
+        let (m, sd) = tr.channel_stats()[0];
+        assert!(m.abs() < 1e-5 && (sd - 1.0).abs() < 1e-5, "{m} {sd}");
+        assert!(tr.images.iter().any(|&v| v < -1.0));
+        // normalize-nonneg: the same scale, shifted so the training minimum is 0.
+        let (trn, ten) = load(InputRange::NormalizeNonneg);
+        assert!(trn.images.iter().chain(&ten.images).all(|&v| v >= 0.0));
+        assert_eq!(trn.channel_min()[0], 0.0);
+        let (_, sd) = trn.channel_stats()[0];
+        assert!((sd - 1.0).abs() < 1e-5);
+        for (a, b) in trn.images.iter().zip(&tr.images) {
+            assert!((a - b - (trn.images[0] - tr.images[0])).abs() < 1e-5);
+        }
+        assert_eq!(
+            "normalize-nonneg".parse::<InputRange>(),
+            Ok(InputRange::NormalizeNonneg)
+        );
+        assert!("zscore".parse::<InputRange>().unwrap_err().contains("unit"));
     }
 
     #[test]

@@ -27,6 +27,23 @@ pub enum ApVariant {
     NegativeOnly,
 }
 
+impl std::str::FromStr for ApVariant {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        [
+            ApVariant::Off,
+            ApVariant::On,
+            ApVariant::ChangeOnly,
+            ApVariant::NegativeOnly,
+        ]
+        .into_iter()
+        .find(|v| v.name() == s)
+        .ok_or_else(|| {
+            format!("unknown AP variant `{s}`; use off, on, change-only or negative-only")
+        })
+    }
+}
+
 impl ApVariant {
     pub fn name(self) -> &'static str {
         match self {

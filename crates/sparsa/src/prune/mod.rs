@@ -5,19 +5,23 @@
 //! - [`schedule`]: one-shot and iterative targets and the per-round pruning step.
 //! - [`ap`]: Activate-while-Pruning and its ablations.
 //! - [`dnr`]: dead-neuron-rate probes (dynamic, static; per layer and global).
+//! - [`identity`]: the code and data identity recorded in a run directory.
 //! - [`train`]: the training loop (masked SGD, per-epoch metrics and DNR).
 //! - [`runner`]: experiment grids in hashed, resumable run directories; [`report`]: the summary
-//!   table and CSVs.
+//!   table, paired statistics ([`stats`]), CSVs and SVG charts ([`plots`]).
 //!
 //! See `shared/spec/pruning.md` and `docs/pruning.md`.
 
 pub mod ap;
 pub mod dnr;
+pub mod identity;
 pub mod mask;
 pub mod method;
+pub mod plots;
 pub mod report;
 pub mod runner;
 pub mod schedule;
+pub mod stats;
 pub mod train;
 
 use std::path::PathBuf;
@@ -40,6 +44,12 @@ pub enum PruneError {
     },
     #[error("{path} is damaged: {msg}. Delete it and rerun to recompute it")]
     Corrupt { path: PathBuf, msg: String },
+    #[error(
+        "{dir} holds results made with different code or data: {differences}. Use another --out \
+         or delete the directory to start afresh, or pass --allow-identity-mismatch to continue \
+         it anyway (the directory then records that it is mixed)"
+    )]
+    IdentityMismatch { dir: PathBuf, differences: String },
     #[error("cancelled: finished rounds are saved; rerun the same command to resume")]
     Cancelled,
 }

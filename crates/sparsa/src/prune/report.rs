@@ -1,16 +1,27 @@
 //! The summary of a run directory: accuracy per sparsity level for each method with and without
-//! AP (mean ± sample standard deviation over seeds), dead-neuron rates, and CSVs of
-//! accuracy-vs-sparsity and DNR-vs-sparsity per layer (and per epoch).
+//! AP (mean ± sample standard deviation over seeds), dead-neuron rates, CSVs of
+//! accuracy-vs-sparsity and DNR-vs-sparsity per layer (and per epoch), paired AP − off statistics
+//! with t-based 95 % confidence intervals over seeds, and SVG plots ([`super::plots`]).
 //!
 //! "Accuracy" of a round is the test accuracy at the end of its training (not the best epoch:
 //! picking the best epoch on the test set would leak it).
+//!
+//! Statistics: seeds are the independent units. Per round, the paired difference
+//! `acc(variant, seed) − acc(off, seed)` (same initialisation and batches) gets a mean and a CI
+//! over seeds. The rounds of one seed are one chain of masks, so they are not independent: the
+//! summary first averages each seed's paired differences over the last N rounds, then takes the
+//! CI over those per-seed averages ([`last_rounds_summary`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::runner::{load_records, RoundRecord};
-use super::{io_err, Result};
+use super::ap::ApVariant;
+use super::identity::IdentityRecord;
+use super::plots::{self, Chart, Panel, Point, Series};
+use super::runner::{load_records, ExperimentConfig, RoundRecord};
+use super::stats::MeanCi;
+use super::{config_err, io_err, Result};
 use crate::util::fs::atomic_write;
 
 /// Mean and sample standard deviation (0 for a single value).
@@ -27,7 +38,8 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-type Key = (String, String, String); // method, scope, ap
+/// (method, scope, AP variant).
+pub type Key = (String, String, String);
 
 fn key(r: &RoundRecord) -> Key {
     (
@@ -80,38 +92,104 @@ pub fn aggregate(records: &[RoundRecord]) -> Vec<Aggregate> {
         .collect()
 }
 
-/// Paired differences against AP off: for every (method, scope, AP variant ≠ off, round), the
-/// mean ± std over seeds of `acc(variant) − acc(off)` for the same seed (same initialisation and
-/// batches), with the number of pairs.
-pub fn paired_deltas(records: &[RoundRecord]) -> BTreeMap<(Key, usize), (f64, f64, usize)> {
+/// Per (method, scope, AP variant ≠ off, seed, round): `acc(variant) − acc(off)` for the same
+/// seed (same initialisation and batches). Rounds where either side is unfinished are absent.
+pub fn paired_differences(records: &[RoundRecord]) -> BTreeMap<(Key, u64, usize), f64> {
     let mut off: BTreeMap<(String, String, u64, usize), f64> = BTreeMap::new();
-    for r in records
-        .iter()
-        .filter(|r| r.cell.ap == super::ap::ApVariant::Off)
-    {
+    for r in records.iter().filter(|r| r.cell.ap == ApVariant::Off) {
         let k = key(r);
         off.insert((k.0, k.1, r.cell.seed, r.round), r.final_test_acc);
     }
-    let mut diffs: BTreeMap<(Key, usize), Vec<f64>> = BTreeMap::new();
-    for r in records
-        .iter()
-        .filter(|r| r.cell.ap != super::ap::ApVariant::Off)
-    {
+    let mut out = BTreeMap::new();
+    for r in records.iter().filter(|r| r.cell.ap != ApVariant::Off) {
         let k = key(r);
         if let Some(base) = off.get(&(k.0.clone(), k.1.clone(), r.cell.seed, r.round)) {
-            diffs
-                .entry((k, r.round))
-                .or_default()
-                .push(r.final_test_acc - base);
+            out.insert((k, r.cell.seed, r.round), r.final_test_acc - base);
         }
+    }
+    out
+}
+
+/// Paired differences against AP off per (method, scope, AP variant ≠ off, round): mean, sample
+/// std and t-based 95 % CI over seeds.
+pub fn paired_deltas(records: &[RoundRecord]) -> BTreeMap<(Key, usize), MeanCi> {
+    let mut diffs: BTreeMap<(Key, usize), Vec<f64>> = BTreeMap::new();
+    for ((k, _, round), d) in paired_differences(records) {
+        diffs.entry((k, round)).or_default().push(d);
     }
     diffs
         .into_iter()
-        .map(|(k, v)| {
-            let (m, sd) = mean_std(&v);
-            (k, (m, sd, v.len()))
+        .map(|(k, v)| (k, MeanCi::of(&v)))
+        .collect()
+}
+
+/// The summary over the last rounds for one (method, scope, AP variant ≠ off).
+#[derive(Debug, Clone)]
+pub struct LastRounds {
+    pub key: Key,
+    /// The rounds averaged (inclusive).
+    pub rounds: (usize, usize),
+    /// (seed, mean paired difference over those rounds) for every seed with all of them.
+    pub per_seed: Vec<(u64, f64)>,
+    /// Seeds left out because a round in the range is unfinished on either side.
+    pub incomplete_seeds: Vec<u64>,
+    /// Mean and CI over the per-seed means.
+    pub ci: MeanCi,
+}
+
+/// For each (method, scope, AP variant ≠ off): each seed's paired difference averaged over the
+/// `n_last` rounds `last_round − n_last + 1 ..= last_round`, then the mean and 95 % CI over seeds.
+/// This counts each seed once, whatever the number of rounds (rounds of one seed are correlated).
+pub fn last_rounds_summary(
+    records: &[RoundRecord],
+    last_round: usize,
+    n_last: usize,
+) -> Vec<LastRounds> {
+    let first = (last_round + 1).saturating_sub(n_last.max(1));
+    let diffs = paired_differences(records);
+    let mut keys: Vec<Key> = diffs.keys().map(|(k, _, _)| k.clone()).collect();
+    keys.dedup();
+    let mut seeds: Vec<u64> = records.iter().map(|r| r.cell.seed).collect();
+    seeds.sort();
+    seeds.dedup();
+    keys.into_iter()
+        .map(|k| {
+            let mut per_seed = Vec::new();
+            let mut incomplete_seeds = Vec::new();
+            for &seed in &seeds {
+                let v: Vec<f64> = (first..=last_round)
+                    .filter_map(|r| diffs.get(&(k.clone(), seed, r)).copied())
+                    .collect();
+                if v.len() == last_round + 1 - first {
+                    per_seed.push((seed, v.iter().sum::<f64>() / v.len() as f64));
+                } else {
+                    incomplete_seeds.push(seed);
+                }
+            }
+            let ci = MeanCi::of(&per_seed.iter().map(|p| p.1).collect::<Vec<_>>());
+            LastRounds {
+                key: k,
+                rounds: (first, last_round),
+                per_seed,
+                incomplete_seeds,
+                ci,
+            }
         })
         .collect()
+}
+
+/// `+m [lo, hi]` in percentage points (of a fraction), or `+m [n=1]` without an interval.
+pub fn fmt_ci_pp(c: &MeanCi) -> String {
+    if c.half_width.is_finite() {
+        format!(
+            "{:+.2} [{:+.2}, {:+.2}]",
+            100.0 * c.mean,
+            100.0 * c.lo(),
+            100.0 * c.hi()
+        )
+    } else {
+        format!("{:+.2} [no CI]", 100.0 * c.mean)
+    }
 }
 
 /// The summary as table rows (first row is the header): one row per round; per (method, AP)
@@ -119,7 +197,7 @@ pub fn paired_deltas(records: &[RoundRecord]) -> BTreeMap<(Key, usize), (f64, f6
 /// training-window dynamic DNR (%) mean.
 pub fn summary_rows_with_deltas(
     aggs: &[Aggregate],
-    deltas: &BTreeMap<(Key, usize), (f64, f64, usize)>,
+    deltas: &BTreeMap<(Key, usize), MeanCi>,
 ) -> Vec<Vec<String>> {
     let mut rows = summary_rows(aggs);
     let mut keys: Vec<Key> = deltas.keys().map(|(k, _)| k.clone()).collect();
@@ -129,13 +207,13 @@ pub fn summary_rows_with_deltas(
         return rows;
     }
     for k in &keys {
-        rows[0].push(format!("{} AP {} − off (pp)", k.0, k.2));
+        rows[0].push(format!("{} AP {} − off (pp) [95 % CI]", k.0, k.2));
     }
     for row in rows.iter_mut().skip(1) {
         let round: usize = row[0].parse().unwrap_or(usize::MAX);
         for k in &keys {
             row.push(match deltas.get(&(k.clone(), round)) {
-                Some((m, sd, n)) => format!("{:+.2} ± {:.2} (n={n})", 100.0 * m, 100.0 * sd),
+                Some(c) => format!("{} (n={})", fmt_ci_pp(c), c.n),
                 None => "-".into(),
             });
         }
@@ -338,9 +416,517 @@ pub fn report(run_dir: &Path) -> Result<(Vec<RoundRecord>, Vec<Vec<String>>)> {
     Ok((records, rows))
 }
 
+/// How much of the configured grid has finished.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completeness {
+    pub expected_rounds: usize,
+    pub finished_rounds: usize,
+    /// (cell directory name, finished rounds, rounds per cell) for every unfinished cell.
+    pub unfinished: Vec<(String, usize, usize)>,
+}
+
+impl Completeness {
+    pub fn is_complete(&self) -> bool {
+        self.unfinished.is_empty()
+    }
+}
+
+/// Compare the records with the grid `cfg` describes.
+pub fn completeness(cfg: &ExperimentConfig, records: &[RoundRecord]) -> Completeness {
+    let per_cell = cfg.rounds_per_cell();
+    let cells = cfg.cells();
+    let mut unfinished = Vec::new();
+    let mut finished_rounds = 0;
+    for c in &cells {
+        let n = records.iter().filter(|r| r.cell == *c).count();
+        finished_rounds += n;
+        if n < per_cell {
+            unfinished.push((c.dir_name(), n, per_cell));
+        }
+    }
+    Completeness {
+        expected_rounds: cells.len() * per_cell,
+        finished_rounds,
+        unfinished,
+    }
+}
+
+/// Everything `sparsa prune report` shows for a run directory.
+pub struct Report {
+    pub config: ExperimentConfig,
+    pub records: Vec<RoundRecord>,
+    pub identity: Option<IdentityRecord>,
+    pub completeness: Completeness,
+    /// Accuracy / DNR / paired difference per round (first row is the header).
+    pub rows: Vec<Vec<String>>,
+    pub deltas: BTreeMap<(Key, usize), MeanCi>,
+    pub last_rounds: Vec<LastRounds>,
+}
+
+impl Report {
+    /// Read `run_dir`; the summary averages the last `n_last` rounds of the configured schedule.
+    pub fn load(run_dir: &Path, n_last: usize) -> Result<Report> {
+        Self::load_seeds(run_dir, n_last, &[])
+    }
+
+    /// [`Self::load`] restricted to the cells of `seeds` (all seeds when empty); completeness is
+    /// then judged against those seeds' cells.
+    pub fn load_seeds(run_dir: &Path, n_last: usize, seeds: &[u64]) -> Result<Report> {
+        let mut records = load_records(run_dir)?;
+        records.retain(|r| seeds.is_empty() || seeds.contains(&r.cell.seed));
+        let cfg_path = run_dir.join("config.toml");
+        let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
+        let mut config: ExperimentConfig =
+            toml::from_str(&text).map_err(|e| super::PruneError::Corrupt {
+                path: cfg_path.clone(),
+                msg: e.to_string(),
+            })?;
+        if let Some(s) = seeds.iter().find(|s| !config.prune.seeds.contains(s)) {
+            return Err(config_err(
+                "seeds",
+                format!(
+                    "seed {s} is not in the run's prune.seeds {:?}",
+                    config.prune.seeds
+                ),
+            ));
+        }
+        if !seeds.is_empty() {
+            config.prune.seeds.retain(|s| seeds.contains(s));
+        }
+        let deltas = paired_deltas(&records);
+        let rows = summary_rows_with_deltas(&aggregate(&records), &deltas);
+        let last_round = config.rounds_per_cell().saturating_sub(1);
+        Ok(Report {
+            completeness: completeness(&config, &records),
+            identity: IdentityRecord::read(run_dir)?,
+            last_rounds: last_rounds_summary(&records, last_round, n_last),
+            config,
+            records,
+            rows,
+            deltas,
+        })
+    }
+
+    /// The per-round paired differences as table rows (first row is the header).
+    pub fn paired_rows(&self) -> Vec<Vec<String>> {
+        let mut rows = vec![vec![
+            "method".to_string(),
+            "AP variant".to_string(),
+            "round".to_string(),
+            "sparsity %".to_string(),
+            "seeds".to_string(),
+            "AP − off (pp)".to_string(),
+            "95 % CI (pp)".to_string(),
+            "CI excludes 0".to_string(),
+        ]];
+        let sparsity = round_sparsity(&self.records);
+        for ((k, round), c) in &self.deltas {
+            rows.push(vec![
+                k.0.clone(),
+                k.2.clone(),
+                round.to_string(),
+                sparsity
+                    .get(round)
+                    .map(|s| format!("{:.2}", 100.0 * s))
+                    .unwrap_or_default(),
+                c.n.to_string(),
+                format!("{:+.2}", 100.0 * c.mean),
+                if c.half_width.is_finite() {
+                    format!("[{:+.2}, {:+.2}]", 100.0 * c.lo(), 100.0 * c.hi())
+                } else {
+                    "-".into()
+                },
+                match c.sign() {
+                    1 => "yes, > 0",
+                    -1 => "yes, < 0",
+                    _ => "no",
+                }
+                .to_string(),
+            ]);
+        }
+        rows
+    }
+
+    /// Warnings a reader must see: an unfinished grid, a directory with mixed identities.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let c = &self.completeness;
+        if !c.is_complete() {
+            let cells: Vec<String> = c
+                .unfinished
+                .iter()
+                .map(|(n, f, t)| format!("{n} {f}/{t}"))
+                .collect();
+            out.push(format!(
+                "the run is incomplete: {} of {} rounds finished; unfinished cells: {}",
+                c.finished_rounds,
+                c.expected_rounds,
+                cells.join(", ")
+            ));
+        }
+        match &self.identity {
+            None => out.push(
+                "no identity.json: made by a sparsa without run identities (code and data \
+                 unknown)"
+                    .into(),
+            ),
+            Some(id) if !id.mixed_in.is_empty() => out.push(format!(
+                "results were mixed from {} identities (--allow-identity-mismatch)",
+                1 + id.mixed_in.len()
+            )),
+            _ => {}
+        }
+        out
+    }
+}
+
+/// Mean global sparsity per round over all records.
+fn round_sparsity(records: &[RoundRecord]) -> BTreeMap<usize, f64> {
+    let mut v: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    for r in records {
+        v.entry(r.round).or_default().push(r.global_sparsity);
+    }
+    v.into_iter()
+        .map(|(k, s)| (k, s.iter().sum::<f64>() / s.len() as f64))
+        .collect()
+}
+
+/// Write `paired_differences.csv` (per round) and `paired_summary.csv` (last rounds, per seed
+/// and over seeds) into `out`.
+pub fn write_paired_csvs(report: &Report, out: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let sparsity = round_sparsity(&report.records);
+    let mut s =
+        String::from("method,scope,ap,round,sparsity,seeds,diff_mean,diff_std,ci95_lo,ci95_hi\n");
+    for ((k, round), c) in &report.deltas {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{:.6},{},{:.6},{:.6},{:.6},{:.6}",
+            k.0,
+            k.1,
+            k.2,
+            round,
+            sparsity.get(round).copied().unwrap_or(f64::NAN),
+            c.n,
+            c.mean,
+            c.sd,
+            c.lo(),
+            c.hi()
+        );
+    }
+    let mut files = vec![write(out, "paired_differences.csv", &s)?];
+    let mut s = String::from(
+        "method,scope,ap,first_round,last_round,seed,mean_diff,seeds,ci95_lo,ci95_hi\n",
+    );
+    for l in &report.last_rounds {
+        for (seed, d) in &l.per_seed {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{:.6},,,",
+                l.key.0, l.key.1, l.key.2, l.rounds.0, l.rounds.1, seed, d
+            );
+        }
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},all,{:.6},{},{:.6},{:.6}",
+            l.key.0,
+            l.key.1,
+            l.key.2,
+            l.rounds.0,
+            l.rounds.1,
+            l.ci.mean,
+            l.ci.n,
+            l.ci.lo(),
+            l.ci.hi()
+        );
+    }
+    files.push(write(out, "paired_summary.csv", &s)?);
+    Ok(files)
+}
+
+fn point(x: f64, v: &[f64], scale: f64) -> Point {
+    let c = MeanCi::of(v);
+    let (lo, hi) = if c.half_width.is_finite() {
+        (c.lo(), c.hi())
+    } else {
+        (c.mean, c.mean)
+    };
+    Point {
+        x,
+        mean: scale * c.mean,
+        lo: scale * lo,
+        hi: scale * hi,
+    }
+}
+
+/// Order AP variants as off, on, then the ablations, so colours are stable across charts.
+fn variant_rank(ap: &str) -> usize {
+    ["off", "on", "change-only", "negative-only"]
+        .iter()
+        .position(|v| *v == ap)
+        .unwrap_or(99)
+}
+
+fn sorted_keys<'a>(keys: impl Iterator<Item = &'a Key>) -> Vec<Key> {
+    let mut v: Vec<Key> = keys.cloned().collect();
+    v.sort_by(|a, b| (&a.0, &a.1, variant_rank(&a.2)).cmp(&(&b.0, &b.1, variant_rank(&b.2))));
+    v.dedup();
+    v
+}
+
+/// The report's charts, as (file name, chart): test accuracy vs remaining weights (log) per
+/// method with one line per AP variant (mean ± 95 % CI over seeds); the paired AP − off
+/// difference vs remaining weights; and per method the dynamic DNR (training window of the
+/// round's last epoch) vs remaining weights, one panel per ReLU layer plus the global rate.
+pub fn charts(records: &[RoundRecord]) -> Vec<(String, Chart)> {
+    // (key, round) → per-seed records.
+    let mut groups: BTreeMap<(Key, usize), Vec<&RoundRecord>> = BTreeMap::new();
+    for r in records {
+        groups.entry((key(r), r.round)).or_default().push(r);
+    }
+    let keys = sorted_keys(groups.keys().map(|(k, _)| k));
+    let mut methods: Vec<(String, String)> =
+        keys.iter().map(|k| (k.0.clone(), k.1.clone())).collect();
+    methods.dedup();
+    let remaining = |rs: &[&RoundRecord]| {
+        100.0 * (1.0 - rs.iter().map(|r| r.global_sparsity).sum::<f64>() / rs.len() as f64)
+    };
+    let series_of = |k: &Key, f: &dyn Fn(&RoundRecord) -> Option<f64>| -> Series {
+        let points = groups
+            .iter()
+            .filter(|((kk, _), _)| kk == k)
+            .filter_map(|(_, rs)| {
+                let v: Vec<f64> = rs.iter().filter_map(|r| f(r)).collect();
+                (!v.is_empty()).then(|| point(remaining(rs), &v, 100.0))
+            })
+            .collect();
+        Series {
+            label: format!("AP {}", k.2),
+            points,
+        }
+    };
+    let x_label = "remaining weights % (log scale)".to_string();
+    let mut out = Vec::new();
+
+    let acc_panels: Vec<Panel> = methods
+        .iter()
+        .map(|(m, sc)| Panel {
+            title: format!("{m} ({sc})"),
+            series: keys
+                .iter()
+                .filter(|k| &k.0 == m && &k.1 == sc)
+                .map(|k| series_of(k, &|r| Some(r.final_test_acc)))
+                .collect(),
+        })
+        .collect();
+    out.push((
+        "accuracy_vs_remaining.svg".to_string(),
+        Chart {
+            title: "Test accuracy vs remaining weights (mean ± 95 % CI over seeds)".into(),
+            x_label: x_label.clone(),
+            y_label: "test accuracy %".into(),
+            columns: acc_panels.len().min(2),
+            panels: acc_panels,
+            zero_line: false,
+            panel_size: (640, 420),
+        },
+    ));
+
+    let diffs = paired_differences(records);
+    let mut diff_panels = Vec::new();
+    for (m, sc) in &methods {
+        let mut series = Vec::new();
+        for k in keys
+            .iter()
+            .filter(|k| &k.0 == m && &k.1 == sc && k.2 != "off")
+        {
+            let mut by_round: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+            for ((kk, _, round), d) in &diffs {
+                if kk == k {
+                    by_round.entry(*round).or_default().push(*d);
+                }
+            }
+            let points = by_round
+                .iter()
+                .filter_map(|(round, v)| {
+                    let rs = groups.get(&(k.clone(), *round))?;
+                    Some(point(remaining(rs), v, 100.0))
+                })
+                .collect();
+            series.push(Series {
+                label: format!("AP {} − off", k.2),
+                points,
+            });
+        }
+        if !series.is_empty() {
+            diff_panels.push(Panel {
+                title: format!("{m} ({sc})"),
+                series,
+            });
+        }
+    }
+    if !diff_panels.is_empty() {
+        out.push((
+            "paired_difference.svg".to_string(),
+            Chart {
+                title: "Paired accuracy difference AP − off (mean ± 95 % CI over seeds)".into(),
+                x_label: x_label.clone(),
+                y_label: "difference (percentage points)".into(),
+                columns: diff_panels.len().min(2),
+                panels: diff_panels,
+                zero_line: true,
+                panel_size: (640, 420),
+            },
+        ));
+    }
+
+    for (m, sc) in &methods {
+        let mk: Vec<&Key> = keys.iter().filter(|k| &k.0 == m && &k.1 == sc).collect();
+        let layer_names: Vec<String> = records
+            .iter()
+            .find(|r| r.cell.method.name() == m)
+            .map(|r| {
+                r.final_train_dnr
+                    .layers
+                    .iter()
+                    .map(|l| l.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut panels: Vec<Panel> = layer_names
+            .iter()
+            .map(|name| Panel {
+                title: format!("{name} dynamic DNR"),
+                series: mk
+                    .iter()
+                    .map(|k| {
+                        series_of(k, &|r| {
+                            r.final_train_dnr
+                                .layers
+                                .iter()
+                                .find(|l| &l.name == name)
+                                .map(|l| l.dynamic)
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        panels.push(Panel {
+            title: "global dynamic DNR".into(),
+            series: mk
+                .iter()
+                .map(|k| series_of(k, &|r| Some(r.final_train_dnr.global_dynamic)))
+                .collect(),
+        });
+        out.push((
+            format!("dnr_vs_sparsity_{m}_{sc}.svg"),
+            Chart {
+                title: format!(
+                    "{m} ({sc}): dynamic dead-neuron rate over the last training epoch \
+                     (mean ± 95 % CI over seeds)"
+                ),
+                x_label: x_label.clone(),
+                y_label: "DNR %".into(),
+                columns: panels.len().min(3),
+                panels,
+                zero_line: false,
+                panel_size: (480, 360),
+            },
+        ));
+    }
+    out
+}
+
+/// Render [`charts`] into `out` as SVG files; returns their paths.
+pub fn write_plots(records: &[RoundRecord], out: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let mut files = Vec::new();
+    for (name, chart) in charts(records) {
+        let svg = plots::render_svg(&chart).map_err(|e| config_err("plot", e.to_string()))?;
+        files.push(write(out, &name, &svg)?);
+    }
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prune::method::{Method, Scope};
+    use crate::prune::runner::Cell;
+
+    fn rec(ap: ApVariant, seed: u64, round: usize, acc: f64) -> RoundRecord {
+        RoundRecord {
+            cell: Cell {
+                method: Method::Magnitude,
+                scope: Scope::Global,
+                ap,
+                seed,
+            },
+            round,
+            target_density: 0.8f64.powi(round as i32),
+            global_sparsity: 1.0 - 0.8f64.powi(round as i32),
+            layers: Vec::new(),
+            counts: Default::default(),
+            final_test_acc: acc,
+            final_test_loss: 0.0,
+            final_train_dnr: Default::default(),
+            final_test_dnr: Default::default(),
+            epochs: Vec::new(),
+            start_digest: String::new(),
+            ap_start_digest: None,
+        }
+    }
+
+    #[test]
+    fn paired_statistics_by_hand() {
+        // AP on − off per seed (rows) and round 0..=4 (columns).
+        let d = [
+            [0.0, 0.01, -0.02, 0.03, 0.01],
+            [0.0, 0.00, 0.01, 0.02, 0.00],
+            [0.0, -0.01, 0.00, -0.01, 0.03],
+        ];
+        let mut recs = Vec::new();
+        for (seed, row) in d.iter().enumerate() {
+            for (round, &x) in row.iter().enumerate() {
+                recs.push(rec(ApVariant::Off, seed as u64, round, 0.8));
+                recs.push(rec(ApVariant::On, seed as u64, round, 0.8 + x));
+            }
+        }
+        let deltas = paired_deltas(&recs);
+        // Round 3: 0.03, 0.02, −0.01 → mean 0.013333, sd = √((0.016667² + 0.006667² +
+        // 0.023333²)/2) = 0.020817, half-width 4.3026527 · 0.020817 / √3 = 0.051712.
+        let k = (
+            "magnitude".to_string(),
+            "global".to_string(),
+            "on".to_string(),
+        );
+        let c = deltas[&(k.clone(), 3)];
+        assert_eq!(c.n, 3);
+        assert!((c.mean - 0.04 / 3.0).abs() < 1e-9);
+        assert!((c.sd - 0.020_816_66).abs() < 1e-7, "{}", c.sd);
+        assert!((c.half_width - 0.051_712).abs() < 1e-5, "{}", c.half_width);
+        // Last 2 rounds (3, 4): per-seed means 0.02, 0.01, 0.01 → mean 0.013333, sd 0.005774,
+        // half-width 4.3026527 · 0.005774 / √3 = 0.014342.
+        let l = last_rounds_summary(&recs, 4, 2);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].rounds, (3, 4));
+        let per: Vec<f64> = l[0].per_seed.iter().map(|p| p.1).collect();
+        for (a, b) in per.iter().zip([0.02, 0.01, 0.01]) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        assert!((l[0].ci.mean - 0.04 / 3.0).abs() < 1e-9);
+        assert!(
+            (l[0].ci.half_width - 0.014_342).abs() < 1e-5,
+            "{:?}",
+            l[0].ci
+        );
+        assert_eq!(l[0].ci.sign(), 0);
+        // A seed missing a round of the range is left out, and named.
+        recs.retain(|r| !(r.cell.seed == 2 && r.round == 4 && r.cell.ap == ApVariant::On));
+        let l = last_rounds_summary(&recs, 4, 2);
+        assert_eq!(l[0].incomplete_seeds, vec![2]);
+        assert_eq!(l[0].ci.n, 2);
+    }
 
     #[test]
     fn mean_std_by_hand() {

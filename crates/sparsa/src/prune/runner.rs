@@ -5,6 +5,7 @@
 //! Layout of `<out>/<name>-<hash12>/`:
 //! ```text
 //! config.toml                      the canonical configuration
+//! identity.json                    sparsa version, run format, data fingerprint (see identity)
 //! cells/<method>-<scope>-ap_<variant>-seed<k>/
 //!   rewind.safetensors             θ at the rewind step (with batch-norm statistics)
 //!   round_<rr>/epochs.jsonl        one line of EpochMetrics per epoch
@@ -24,13 +25,14 @@ use sha2::{Digest, Sha256};
 
 use super::ap::ApVariant;
 use super::dnr::DnrReport;
+use super::identity::{self, IdentityCheck, RunIdentity};
 use super::mask::{self, LayerSparsity};
 use super::method::{Method, Scope, ScoreContext};
 use super::schedule::{self, PruneStep, RoundCounts};
 use super::train::{self, EpochMetrics, TrainConfig, TrainJob};
 use super::{config_err, io_err, PruneError, Result};
-use crate::data::cifar::{load_cifar_dir, CifarKind};
-use crate::data::idx::{load_mnist_dir, ImageSet};
+use crate::data::cifar::{cifar_files, load_cifar_dir, CifarKind};
+use crate::data::idx::{load_mnist_dir, mnist_files, ImageSet, InputRange};
 use crate::nn::models::{Arch, InputSpec, Net};
 use crate::util::fs::atomic_write;
 use crate::util::progress::{Cancel, Progress};
@@ -62,6 +64,13 @@ pub struct DataConfig {
     pub train_subset: usize,
     #[serde(default)]
     pub test_subset: usize,
+    /// The input range: `normalize` (default), `unit` ([0, 1]) or `normalize-nonneg`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub input: InputRange,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// `[model]`.
@@ -79,6 +88,18 @@ pub enum ScheduleKind {
     Iterative,
     /// For each target sparsity separately: prune once (at init or after dense training) → train.
     Oneshot,
+}
+
+/// Where the survivors of an iterative round restart from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reset {
+    /// θ at `rewind_step` of the dense round (the lottery-ticket reset at step 0).
+    #[default]
+    Rewind,
+    /// A fresh seeded random initialisation every round (the AP reference code's default
+    /// `prune_type`); masks still compound.
+    Reinit,
 }
 
 /// When a one-shot schedule prunes.
@@ -126,6 +147,9 @@ pub struct PruneConfig {
     /// Rewind to θ at this optimiser step (0 = original initialisation).
     #[serde(default)]
     pub rewind_step: usize,
+    /// Iterative: `rewind` (default) or `reinit`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub reset: Reset,
     /// One-shot: the target sparsities.
     #[serde(default)]
     pub sparsities: Vec<f64>,
@@ -171,6 +195,7 @@ impl ExperimentConfig {
 
     /// Check everything that can be checked before loading data.
     pub fn validate(&self) -> Result<()> {
+        validate_name(&self.name)?;
         self.train.validate()?;
         let p = &self.prune;
         if p.methods.is_empty() {
@@ -204,13 +229,11 @@ impl ExperimentConfig {
                         "iterative pruning needs rounds ≥ 1",
                     ));
                 }
-                if let Some(m) = p.methods.iter().find(|m| m.one_shot_only()) {
+                if p.reset == Reset::Reinit && p.rewind_step != 0 {
                     return Err(config_err(
-                        "prune.methods",
-                        format!(
-                            "{} is defined at initialisation only: use schedule = \"oneshot\"",
-                            m.name()
-                        ),
+                        "prune.rewind_step",
+                        "reset = \"reinit\" starts every round from a fresh initialisation at \
+                         step 0; set rewind_step = 0 (or use reset = \"rewind\")",
                     ));
                 }
                 if p.ap.iter().any(|a| *a != ApVariant::Off) {
@@ -226,6 +249,12 @@ impl ExperimentConfig {
                 }
             }
             ScheduleKind::Oneshot => {
+                if p.reset != Reset::Rewind {
+                    return Err(config_err(
+                        "prune.reset",
+                        "reset applies to iterative schedules; remove it for one-shot",
+                    ));
+                }
                 if p.sparsities.is_empty() || p.sparsities.iter().any(|s| !(*s > 0.0 && *s < 1.0)) {
                     return Err(config_err(
                         "prune.sparsities",
@@ -266,12 +295,13 @@ impl ExperimentConfig {
         })
     }
 
-    /// The (method, AP variant, seed) cells of the grid.
+    /// The (method, AP variant, seed) cells of the grid, seed-major: a grid stopped early holds
+    /// complete pairs (every method and AP variant) for its first seeds.
     pub fn cells(&self) -> Vec<Cell> {
         let mut out = Vec::new();
-        for &method in &self.prune.methods {
-            for &ap in &self.prune.ap {
-                for &seed in &self.prune.seeds {
+        for &seed in &self.prune.seeds {
+            for &method in &self.prune.methods {
+                for &ap in &self.prune.ap {
                     out.push(Cell {
                         method,
                         scope: self.prune.scope,
@@ -305,6 +335,36 @@ impl ExperimentConfig {
             }
         }
     }
+}
+
+/// A run name becomes a directory name under `--out`: letters, digits, `.`, `_` and `-` only, not
+/// starting with `.` (so `../x` or `/tmp/x` cannot write outside `--out`).
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.starts_with('.') || !name.chars().all(ok_char) || name.len() > 100 {
+        return Err(config_err(
+            "name",
+            format!(
+                "`{name}` cannot name a run directory: use at most 100 letters, digits, `.`, `_` \
+                 or `-`, not starting with `.`"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The seed of the initialisation round `round` of a cell starts from: the cell's seed, except
+/// with `reinit`, where every round after the dense one draws a fresh initialisation from a seed
+/// mixed from (cell seed, round) (SplitMix64 finaliser, so neighbouring rounds get unrelated
+/// streams).
+pub fn init_seed(cell_seed: u64, round: usize, reset: Reset) -> u64 {
+    if reset == Reset::Rewind || round == 0 {
+        return cell_seed;
+    }
+    let mut z = cell_seed ^ (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// One cell of the grid.
@@ -347,9 +407,46 @@ pub struct RoundRecord {
     /// Dynamic and static DNR on the test set after training.
     pub final_test_dnr: DnrReport,
     pub epochs: Vec<EpochMetrics>,
+    /// SHA-256 (hex) of the prunable weights ⊙ masks the round's training started from, computed
+    /// from the network handed to the trainer.
+    #[serde(default)]
+    pub start_digest: String,
+    /// SHA-256 of the `w_start` AP was given when pruning to this round's masks (the previous
+    /// round's start state, masked by the previous round's masks); `None` without AP.
+    #[serde(default)]
+    pub ap_start_digest: Option<String>,
 }
 
-/// Load a dataset from its directory: (train, test), normalised with the training statistics.
+/// SHA-256 (hex) of `w ⊙ m` over the prunable tensors, in order (f32 little-endian bytes).
+pub fn masked_digest(weights: &[Vec<f32>], masks: &[Vec<f32>]) -> String {
+    let mut h = Sha256::new();
+    for (w, m) in weights.iter().zip(masks) {
+        for (a, b) in w.iter().zip(m) {
+            let v = if *b != 0.0 { *a } else { 0.0 };
+            h.update(v.to_le_bytes());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The files [`load_dataset`] reads from `dir` (for the run identity's data fingerprint).
+pub fn data_files(cfg: &DataConfig, dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(match cfg.dataset {
+        Dataset::FashionMnist | Dataset::Mnist => mnist_files(dir)?.to_vec(),
+        Dataset::Cifar10 => cifar_files(dir, CifarKind::Cifar10)?,
+        Dataset::Cifar100 => cifar_files(dir, CifarKind::Cifar100)?,
+    })
+}
+
+/// This build's identity for the data in `dir`.
+pub fn run_identity(cfg: &DataConfig, dir: &Path) -> Result<RunIdentity> {
+    Ok(RunIdentity::current(identity::fingerprint_files(
+        &data_files(cfg, dir)?,
+    )?))
+}
+
+/// Load a dataset from its directory: (train, test), mapped to `cfg.input` with the training
+/// statistics.
 pub fn load_dataset(cfg: &DataConfig, dir: &Path) -> Result<(ImageSet, ImageSet)> {
     let (mut tr, mut te) = match cfg.dataset {
         Dataset::FashionMnist | Dataset::Mnist => load_mnist_dir(dir)?,
@@ -362,9 +459,7 @@ pub fn load_dataset(cfg: &DataConfig, dir: &Path) -> Result<(ImageSet, ImageSet)
     if cfg.test_subset > 0 {
         te.truncate(cfg.test_subset);
     }
-    let stats = tr.channel_stats();
-    tr.normalise(&stats);
-    te.normalise(&stats);
+    cfg.input.apply(&mut tr, &mut te);
     Ok((tr, te))
 }
 
@@ -412,8 +507,16 @@ pub struct RunContext<'a> {
     pub cancel: &'a Cancel,
 }
 
-/// Create (or reopen) the run directory for `cfg` under `out` and write `config.toml`.
-pub fn prepare_run_dir(cfg: &ExperimentConfig, out: &Path) -> Result<PathBuf> {
+/// Create (or reopen) the run directory for `cfg` under `out`, write `config.toml`, and check
+/// (or record) the run identity: a directory made with a different identity is refused unless
+/// `allow_mismatch` ([`identity::check_or_record`]).
+pub fn prepare_run_dir(
+    cfg: &ExperimentConfig,
+    out: &Path,
+    id: &RunIdentity,
+    allow_mismatch: bool,
+) -> Result<(PathBuf, IdentityCheck)> {
+    cfg.validate()?;
     let dir = cfg.run_dir(out)?;
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let p = dir.join("config.toml");
@@ -428,11 +531,49 @@ pub fn prepare_run_dir(cfg: &ExperimentConfig, out: &Path) -> Result<PathBuf> {
         }
         Err(_) => atomic_write(&p, canon.as_bytes()).map_err(io_err(&p))?,
     }
-    Ok(dir)
+    let check = identity::check_or_record(&dir, id, allow_mismatch)?;
+    Ok((dir, check))
 }
 
 /// Run (or resume) every cell of the grid into `run_dir`.
 pub fn run_experiment(cfg: &ExperimentConfig, run_dir: &Path, ctx: &RunContext) -> Result<()> {
+    run_cells(cfg, run_dir, &cfg.cells(), ctx)
+}
+
+/// The cells of `cfg` whose seed is in `seeds` and whose AP variant is in `aps` (an empty list
+/// selects all); a seed or variant the config does not list is an error. Lets several processes
+/// share one run directory, each with its own cells.
+pub fn select_cells(cfg: &ExperimentConfig, seeds: &[u64], aps: &[ApVariant]) -> Result<Vec<Cell>> {
+    if let Some(s) = seeds.iter().find(|s| !cfg.prune.seeds.contains(s)) {
+        return Err(config_err(
+            "seeds",
+            format!(
+                "seed {s} is not in the config's prune.seeds {:?}",
+                cfg.prune.seeds
+            ),
+        ));
+    }
+    if let Some(a) = aps.iter().find(|a| !cfg.prune.ap.contains(a)) {
+        return Err(config_err(
+            "ap",
+            format!("AP variant {} is not in the config's prune.ap", a.name()),
+        ));
+    }
+    Ok(cfg
+        .cells()
+        .into_iter()
+        .filter(|c| seeds.is_empty() || seeds.contains(&c.seed))
+        .filter(|c| aps.is_empty() || aps.contains(&c.ap))
+        .collect())
+}
+
+/// Run (or resume) the given cells of the grid into `run_dir`.
+pub fn run_cells(
+    cfg: &ExperimentConfig,
+    run_dir: &Path,
+    cells: &[Cell],
+    ctx: &RunContext,
+) -> Result<()> {
     cfg.validate()?;
     let input = InputSpec {
         channels: ctx.train.channels,
@@ -452,9 +593,8 @@ pub fn run_experiment(cfg: &ExperimentConfig, run_dir: &Path, ctx: &RunContext) 
         ));
     }
     // Progress in optimiser steps over the remaining rounds.
-    let cells = cfg.cells();
     let mut remaining = 0u64;
-    for c in &cells {
+    for c in cells {
         for r in 0..cfg.rounds_per_cell() {
             let done = run_dir
                 .join("cells")
@@ -463,20 +603,12 @@ pub fn run_experiment(cfg: &ExperimentConfig, run_dir: &Path, ctx: &RunContext) 
                 .join("metrics.json")
                 .is_file();
             if !done {
-                let start = if r == 0
-                    || cfg.prune.schedule == ScheduleKind::Oneshot
-                        && cfg.prune.oneshot_at == OneshotAt::Init
-                {
-                    0
-                } else {
-                    cfg.prune.rewind_step
-                };
-                remaining += (total_steps - start) as u64;
+                remaining += (total_steps - round_start_step(cfg, r)) as u64;
             }
         }
     }
     ctx.progress.set_total(remaining);
-    for cell in &cells {
+    for cell in cells {
         run_cell(cfg, run_dir, *cell, input, ctx)?;
     }
     ctx.progress.finish();
@@ -517,6 +649,7 @@ fn run_cell(
         let rng_seed = cell.seed.wrapping_mul(1_000_003).wrapping_add(r as u64);
         let mut rng = ChaCha8Rng::seed_from_u64(rng_seed ^ 0xa11ce);
         let mut counts = RoundCounts::default();
+        let mut ap_start_digest = None;
         let start_step;
         if r == 0 {
             start_step = 0;
@@ -536,13 +669,8 @@ fn run_cell(
                     let mut n = Net::new(cfg.model.arch, input, cell.seed, DType::F32)?;
                     n.load_state(&load_tensors(&bdir.join("weights.safetensors"))?)?;
                     n.set_masks(&load_tensors(&bdir.join("masks.safetensors"))?)?;
-                    // Weights at the start of that round's training.
-                    let mut s = Net::new(cfg.model.arch, input, cell.seed, DType::F32)?;
-                    if b > 0 {
-                        if let Some(rw) = &rewind {
-                            s.load_state(rw)?;
-                        }
-                    }
+                    // Weights at the start of that round's training, under its masks.
+                    let mut s = round_start(cfg, cell, b, input, rewind.as_ref())?;
                     s.set_masks(&n.masks())?;
                     (Some(mask::host_weights(&s)?), n)
                 }
@@ -567,18 +695,17 @@ fn run_cell(
             };
             let (masks, c) = schedule::prune_step(&pruned_from, &step, &mut rng)?;
             counts = c;
-            // Rewind (or start from initialisation) with the new masks.
-            net = Net::new(cfg.model.arch, input, cell.seed, DType::F32)?;
-            let from_init = cfg.prune.schedule == ScheduleKind::Oneshot
-                && cfg.prune.oneshot_at == OneshotAt::Init;
-            if !from_init {
-                if let Some(rw) = &rewind {
-                    net.load_state(rw)?;
+            if cell.ap != super::ap::ApVariant::Off {
+                if let Some(ws) = &w_start {
+                    ap_start_digest = Some(masked_digest(ws, &mask::host_masks(&pruned_from)?));
                 }
             }
+            // Rewind, re-initialise or start from initialisation, with the new masks.
+            net = round_start(cfg, cell, r, input, rewind.as_ref())?;
             mask::set_host_masks(&mut net, &masks)?;
-            start_step = if from_init { 0 } else { cfg.prune.rewind_step };
+            start_step = round_start_step(cfg, r);
         }
+        let start_digest = masked_digest(&mask::host_weights(&net)?, &mask::host_masks(&net)?);
         let masks_now = net.masks();
         save_tensors(&rdir.join("masks.safetensors"), &masks_now)?;
         let mut log = String::new();
@@ -641,10 +768,52 @@ fn run_cell(
             final_train_dnr,
             final_test_dnr,
             epochs: outcome.epochs,
+            start_digest,
+            ap_start_digest,
         };
         write_json(&rdir.join("metrics.json"), &record)?;
     }
     Ok(())
+}
+
+/// The state round `r` of `cell` starts training from, before its masks are applied: the
+/// initialisation for round 0 and for one-shot pruning at initialisation, a fresh seeded
+/// initialisation with `reinit`, otherwise θ at the rewind step (`rewind`, which round 0 captured;
+/// the initialisation while it does not exist yet).
+pub fn round_start(
+    cfg: &ExperimentConfig,
+    cell: Cell,
+    r: usize,
+    input: InputSpec,
+    rewind: Option<&HashMap<String, Tensor>>,
+) -> Result<Net> {
+    let seed = init_seed(cell.seed, r, cfg.prune.reset);
+    let mut net = Net::new(cfg.model.arch, input, seed, DType::F32)?;
+    let from_init = r == 0
+        || cfg.prune.reset == Reset::Reinit
+        || cfg.prune.schedule == ScheduleKind::Oneshot && cfg.prune.oneshot_at == OneshotAt::Init;
+    if !from_init {
+        let rw = rewind.ok_or_else(|| {
+            config_err(
+                "prune.rewind_step",
+                "the rewind state was not captured in round 0",
+            )
+        })?;
+        net.load_state(rw)?;
+    }
+    Ok(net)
+}
+
+/// The optimiser step round `r` starts at (the learning-rate schedule resumes there).
+fn round_start_step(cfg: &ExperimentConfig, r: usize) -> usize {
+    let from_init = r == 0
+        || cfg.prune.reset == Reset::Reinit
+        || cfg.prune.schedule == ScheduleKind::Oneshot && cfg.prune.oneshot_at == OneshotAt::Init;
+    if from_init {
+        0
+    } else {
+        cfg.prune.rewind_step
+    }
 }
 
 fn snip_batches(

@@ -259,4 +259,116 @@ mod tests {
         assert_eq!(diff, n_ap);
         mask::set_host_masks(&mut net, &m).unwrap();
     }
+
+    /// Set the prunable weights of `net` to `w`.
+    fn set_weights(net: &Net, w: &[Vec<f32>]) {
+        for (k, &pi) in net.prunable().iter().enumerate() {
+            let p = &net.params[pi];
+            let t = candle_core::Tensor::from_slice(
+                w[k].as_slice(),
+                p.var.dims(),
+                &candle_core::Device::Cpu,
+            )
+            .unwrap();
+            p.var.set(&t).unwrap();
+        }
+    }
+
+    #[test]
+    fn ap_on_lamp_prunes_its_share_from_negative_least_changed_survivors() {
+        let ctx = ScoreContext {
+            batches: &[],
+            synflow_iterations: 1,
+        };
+        let mut net = lenet();
+        // A round already pruned: 20 % by magnitude, so LAMP sees existing masks.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (m0, _) = prune_step(
+            &net,
+            &PruneStep {
+                method: Method::Magnitude,
+                scope: Scope::Global,
+                density: 0.8,
+                ap: ApVariant::Off,
+                ap_rate: 0.0,
+                w_start: None,
+                ctx: &ctx,
+            },
+            &mut rng,
+        )
+        .unwrap();
+        mask::set_host_masks(&mut net, &m0).unwrap();
+        let start = mask::host_weights(&net).unwrap();
+        // "Training": every weight moves by a pseudo-random amount of either sign.
+        let moved: Vec<Vec<f32>> = start
+            .iter()
+            .enumerate()
+            .map(|(l, w)| {
+                w.iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let h = (i * 2654435761 + l * 97) % 1000;
+                        v + (h as f32 / 1000.0 - 0.5) * 0.02
+                    })
+                    .collect()
+            })
+            .collect();
+        set_weights(&net, &moved);
+        let alive0 = mask::alive(&m0);
+        let share = alive0 - keep_count(266_200, 0.64);
+        let step = PruneStep {
+            method: Method::Lamp,
+            scope: Scope::Global,
+            density: 0.64,
+            ap: ApVariant::On,
+            ap_rate: 0.02,
+            w_start: Some(&start),
+            ctx: &ctx,
+        };
+        let (m, counts) = prune_step(&net, &step, &mut rng).unwrap();
+        let n_ap = (0.02 * alive0 as f64).round() as usize;
+        assert_eq!(counts.ap_removed, n_ap);
+        assert_eq!(counts.base_removed + counts.ap_removed, share);
+        assert_eq!(mask::alive(&m), keep_count(266_200, 0.64));
+        // LAMP alone at its own share leaves a superset; AP's picks are the difference.
+        let lamp = method::prune_masks(
+            &net,
+            Method::Lamp,
+            Scope::Global,
+            keep_count(266_200, 0.64) + n_ap,
+            &[],
+            &ctx,
+            &mut rng,
+        )
+        .unwrap();
+        let change = |l: usize, i: usize| (moved[l][i] - start[l][i]).abs();
+        let (mut picked, mut max_picked, mut min_kept_neg) = (0, 0f32, f32::INFINITY);
+        for l in 0..m.len() {
+            for i in 0..m[l].len() {
+                assert!(!(lamp[l][i] == 0.0 && m[l][i] == 1.0), "AP never restores");
+                if lamp[l][i] == 1.0 && m[l][i] == 0.0 {
+                    assert!(moved[l][i] < 0.0, "AP picked a non-negative weight");
+                    picked += 1;
+                    max_picked = max_picked.max(change(l, i));
+                } else if m[l][i] == 1.0 && moved[l][i] < 0.0 {
+                    min_kept_neg = min_kept_neg.min(change(l, i));
+                }
+            }
+        }
+        assert_eq!(picked, n_ap);
+        // One threshold across layers: no surviving negative weight changed less than a pick.
+        assert!(max_picked <= min_kept_neg, "{max_picked} > {min_kept_neg}");
+        // AP picked across more than one layer (the threshold is global, not per layer).
+        let per_layer: Vec<usize> = (0..m.len())
+            .map(|l| {
+                (0..m[l].len())
+                    .filter(|&i| lamp[l][i] == 1.0 && m[l][i] == 0.0)
+                    .count()
+            })
+            .collect();
+        assert!(
+            per_layer.iter().filter(|&&c| c > 0).count() >= 2,
+            "{per_layer:?}"
+        );
+    }
 }

@@ -1,5 +1,11 @@
 //! Pruning scores: each method gives a score per weight; the lowest-scoring alive weights are
 //! removed by [`super::mask`]. One file per method; [`Method`] is the registry.
+//!
+//! In an iterative schedule every method scores the network at the end of the round's training,
+//! under its current masks. For SNIP and SynFlow, defined by their papers at initialisation in
+//! one shot, this iterative form is a project choice: SNIP takes |w · ∂L/∂w| at the trained
+//! weights on the same `snip_batches` batches each round; SynFlow runs its `synflow_iterations`
+//! score-and-prune steps inside each round, from the round's alive count down to its target.
 
 pub mod lamp;
 pub mod magnitude;
@@ -34,11 +40,6 @@ impl Method {
             Method::Snip => "snip",
             Method::Synflow => "synflow",
         }
-    }
-
-    /// Whether the method is defined only at initialisation, in one shot (SNIP, SynFlow).
-    pub fn one_shot_only(self) -> bool {
-        matches!(self, Method::Snip | Method::Synflow)
     }
 
     /// Whether the method supports a per-layer scope (LAMP, SNIP and SynFlow are global).
