@@ -461,11 +461,33 @@ fn export(a: ExportArgs) -> Result<()> {
     let mut model = if t.cfg.sae.architecture.batch_dependent()
         && t.cfg.sae.threshold_source == ThresholdSource::Calibrated
     {
-        let data = DataSpec::open(&t.cfg).with_context(|| {
-            "calibrating the thresholds needs the training data named in the run's config \
-             (or pass --threshold-source ema)"
-        })?;
-        deployable_model(&t, &data, &Bar::new(0, "calibrate", "tok"))?.0
+        match DataSpec::open(&t.cfg) {
+            Ok(data) => deployable_model(&t, &data, &Bar::new(0, "calibrate", "tok"))?.0,
+            Err(e) => {
+                // The training data is gone: the checkpoint's own SAE files hold calibrated
+                // thresholds when training finished; reuse them if they belong to this step
+                // and mode.
+                let saved = load_sae(&a.checkpoint).ok().filter(|m| {
+                    m.meta.threshold_calibration_tokens.is_some()
+                        && m.meta.steps == t.state.step
+                        && m.meta.threshold_mode == t.cfg.sae.threshold_mode
+                });
+                let Some(saved) = saved else {
+                    return Err(anyhow::Error::new(e).context(
+                        "calibrating the thresholds needs the training data named in the run's \
+                         config (or pass --threshold-source ema)",
+                    ));
+                };
+                eprintln!(
+                    "note: the training data is not available ({e}); keeping the thresholds the \
+                     checkpoint was calibrated with"
+                );
+                let mut m = t.model();
+                m.thresholds = saved.thresholds;
+                m.meta.threshold_calibration_tokens = saved.meta.threshold_calibration_tokens;
+                m
+            }
+        }
     } else {
         t.model()
     };
