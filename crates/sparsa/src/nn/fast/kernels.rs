@@ -77,6 +77,13 @@ pub fn merge_sums(accs: &[GroupAcc], c: usize) -> (Vec<f64>, Vec<f64>) {
     (s1, s2)
 }
 
+/// `v > 0` (false for NaN): the ReLU passes exactly the positive values, and its derivative is
+/// 0 at 0 (PyTorch's convention).
+#[inline(always)]
+fn positive<T: Real>(v: T) -> bool {
+    v > T::zero()
+}
+
 /// ReLU over `rows` (`cols` wide, starting at global row `row0`) in place, counting zeros into
 /// `acc`: `per_unit` (when sized) is indexed by `(row mod rows_per_sample) · cols + j`.
 #[inline]
@@ -92,8 +99,7 @@ pub fn relu_count<T: Real>(
     let mut dead = 0u64;
     for (i, row) in rows.chunks_exact_mut(cols).enumerate() {
         for v in row.iter_mut() {
-            if *v > zero {
-            } else {
+            if !positive(*v) {
                 *v = zero;
             }
         }
@@ -522,7 +528,7 @@ pub fn relu_backward<T: Real>(g: &mut [T], out: Option<&[T]>, c: usize, accs: &m
                 if let Some(out) = out {
                     let orow = &out[(r.start + i) * c..(r.start + i + 1) * c];
                     for j in 0..c {
-                        if !(orow[j] > T::zero()) {
+                        if !positive(orow[j]) {
                             grow[j] = T::zero();
                         }
                     }
@@ -565,7 +571,7 @@ pub fn bn_backward<T: Real>(
                     if let Some(o) = out {
                         let orow = &o[(r.start + i) * c..(r.start + i + 1) * c];
                         for j in 0..c {
-                            if !(orow[j] > T::zero()) {
+                            if !positive(orow[j]) {
                                 grow[j] = T::zero();
                             }
                         }
