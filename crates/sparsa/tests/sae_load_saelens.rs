@@ -69,7 +69,7 @@ fn write_weights(dir: &Path, w: &Weights, dtype: &str, threshold: bool) {
         );
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
@@ -196,7 +196,7 @@ fn check(dir: &Path, w: &Weights, round: impl Fn(f32) -> f32 + Copy, cfg: &serde
             },
             &mut sel,
         );
-        let mut got = vec![0.0; F];
+        let mut got = [0.0; F];
         for &j in sel.row(0) {
             got[j as usize] = a[j as usize] as f64;
         }

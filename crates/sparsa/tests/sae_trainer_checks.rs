@@ -161,25 +161,23 @@ fn learned_thresholds_follow_the_ema_of_each_steps_matching() {
                         min_sel[j as usize] = min_sel[j as usize].min(a[i * f + j as usize]);
                     }
                 }
-                for j in 0..f {
-                    if min_sel[j].is_finite() {
-                        update(&mut theta[j], min_sel[j]);
+                for (th, &obs) in theta.iter_mut().zip(&min_sel) {
+                    if obs.is_finite() {
+                        update(th, obs);
                     }
                 }
                 let gmin = min_sel.iter().copied().fold(f32::INFINITY, f32::min);
                 update(&mut global, gmin);
                 let fired = (0..f).filter(|&j| min_sel[j].is_finite()).count();
                 assert!(fired > 5, "{what}: only {fired} features fired");
-                for j in 0..f {
-                    let got = t.state.thresholds[j];
+                for (j, (&got, &want)) in t.state.thresholds.iter().zip(&theta).enumerate() {
                     assert_eq!(
                         got.is_finite(),
-                        theta[j].is_finite(),
-                        "{what} step {step} feature {j}: {got} vs {}",
-                        theta[j]
+                        want.is_finite(),
+                        "{what} step {step} feature {j}: {got} vs {want}"
                     );
                     if got.is_finite() {
-                        assert_eq!(got, theta[j], "{what} step {step} feature {j}");
+                        assert_eq!(got, want, "{what} step {step} feature {j}");
                     }
                 }
                 assert_eq!(

@@ -530,7 +530,6 @@ impl Trainer {
                     .unwrap_or_else(|| "synthetic".into()),
                 // Unknown when the data is no store or is gone (an export elsewhere).
                 source: SourceMeta::of_data(self.cfg.data.path.as_deref()).unwrap_or_default(),
-                ..Default::default()
             },
             density: self.density(),
         }
