@@ -517,6 +517,8 @@ impl Trainer {
                 capacity: self.cfg.sae.capacity.clone(),
                 capacity_factor: self.cfg.sae.capacity_factor,
                 threshold_mode: self.cfg.sae.threshold_mode,
+                // Running (EMA) thresholds; `calibrate::deployable_model` sets this.
+                threshold_calibration_tokens: None,
                 input_scale: self.scale,
                 aux: self.cfg.aux.kind,
                 steps: self.state.step,
