@@ -22,8 +22,9 @@ use crate::util::fs::atomic_write;
 
 /// Bumped by hand when a change alters what a run computes or writes. History: 1 = run
 /// directories before identities were recorded; 2 = identities, input ranges, `reinit`, iterative
-/// SNIP/SynFlow, start-state digests in `metrics.json`.
-pub const RUN_FORMAT: u32 = 2;
+/// SNIP/SynFlow, start-state digests in `metrics.json`; 3 = training, evaluation and DNR probes
+/// on the fused `nn::fast` engine (float results differ from the candle path's).
+pub const RUN_FORMAT: u32 = 3;
 
 /// File name of the identity record inside a run directory.
 pub const IDENTITY_FILE: &str = "identity.json";
