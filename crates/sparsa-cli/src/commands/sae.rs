@@ -514,6 +514,18 @@ fn export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// How the inference thresholds of a run were set, for table footnotes.
+pub fn threshold_note(cfg: &RunConfig) -> String {
+    match cfg.sae.threshold_source {
+        ThresholdSource::Calibrated => format!(
+            "{:?} thresholds calibrated on {} training rows",
+            cfg.sae.threshold_mode, cfg.sae.calibration_tokens
+        )
+        .to_lowercase(),
+        ThresholdSource::Ema => "running (EMA) thresholds from training".into(),
+    }
+}
+
 pub fn parse_variant(s: &str) -> Result<Variant> {
     let (arch, aux) = s.split_once('+').unwrap_or((s, "none"));
     let architecture = match arch.trim() {
@@ -645,7 +657,7 @@ fn compare(a: CompareArgs) -> Result<()> {
         "held-out {} tokens per evaluation; FVU/dead/L0 in the training form (batch rule), inf. = inference form \
          (TopK per token; JumpReLU with {}); dead = never active on the held-out tokens. Total {:.0} s.",
         a.eval_tokens,
-        super::sae_lm::threshold_note(&base),
+        threshold_note(&base),
         t0.elapsed().as_secs_f64()
     );
     Ok(())

@@ -102,20 +102,6 @@ pub fn evaluate_downstream(
     )?)
 }
 
-/// How the inference thresholds of a run were set, for table footnotes.
-pub fn threshold_note(cfg: &RunConfig) -> String {
-    match cfg.sae.threshold_source {
-        sparsa::sae::config::ThresholdSource::Calibrated => format!(
-            "{:?} thresholds calibrated on {} training rows",
-            cfg.sae.threshold_mode, cfg.sae.calibration_tokens
-        )
-        .to_lowercase(),
-        sparsa::sae::config::ThresholdSource::Ema => {
-            "running (EMA) thresholds from training".into()
-        }
-    }
-}
-
 /// One table row per (label, form): reconstruction and downstream metrics side by side.
 pub fn combined_table(rows_in: &[(String, &EvalReport, Option<&DownstreamReport>)]) -> String {
     let mut rows = vec![vec![
@@ -337,7 +323,7 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
         "SmolLM2-135M {}, {} rows from `{}` ({} held out for FVU/L0), {} held-out contexts ({} predictions) for CE; \
          training form = the batch rule over batches of {}, inference form = JumpReLU with {}; {}.",
         r0.hook, s.n_tokens, a.corpus, base.data.holdout_tokens, r0.n_sequences, r0.n_predictions, base.train.batch_size,
-        threshold_note(&base), r0.bos_rule
+        super::sae::threshold_note(&base), r0.bos_rule
     );
     let mean_tps =
         trained.iter().map(|t| t.2.tokens_per_second).sum::<f64>() / trained.len().max(1) as f64;

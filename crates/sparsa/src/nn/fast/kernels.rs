@@ -512,6 +512,16 @@ pub fn add_relu<T: Real>(
         });
 }
 
+/// g ← g ⊙ [out > 0] for one row.
+#[inline]
+fn relu_mask<T: Real>(g: &mut [T], out: &[T]) {
+    for (g, &o) in g.iter_mut().zip(out) {
+        if !positive(o) {
+            *g = T::zero();
+        }
+    }
+}
+
 /// g ← g ⊙ [out > 0] (the ReLU backward, in place; no mask when `out` is `None`), and the
 /// per-channel sums of the masked g into the groups' `s1` (the bias gradient).
 pub fn relu_backward<T: Real>(g: &mut [T], out: Option<&[T]>, c: usize, accs: &mut [GroupAcc]) {
@@ -526,12 +536,7 @@ pub fn relu_backward<T: Real>(g: &mut [T], out: Option<&[T]>, c: usize, accs: &m
             acc.reset(c, None);
             for (i, grow) in gp.chunks_exact_mut(c).enumerate() {
                 if let Some(out) = out {
-                    let orow = &out[(r.start + i) * c..(r.start + i + 1) * c];
-                    for j in 0..c {
-                        if !positive(orow[j]) {
-                            grow[j] = T::zero();
-                        }
-                    }
+                    relu_mask(grow, &out[(r.start + i) * c..(r.start + i + 1) * c]);
                 }
                 for j in 0..c {
                     acc.sums[j] += grow[j].to_f64();
@@ -569,12 +574,7 @@ pub fn bn_backward<T: Real>(
                 for (i, (grow, zrow)) in gp.chunks_exact_mut(c).zip(zs.chunks_exact(c)).enumerate()
                 {
                     if let Some(o) = out {
-                        let orow = &o[(r.start + i) * c..(r.start + i + 1) * c];
-                        for j in 0..c {
-                            if !positive(orow[j]) {
-                                grow[j] = T::zero();
-                            }
-                        }
+                        relu_mask(grow, &o[(r.start + i) * c..(r.start + i + 1) * c]);
                     }
                     for j in 0..c {
                         let gz = grow[j].to_f64();
