@@ -147,6 +147,79 @@ fn train_resume_eval_export() {
         stdout.contains("training") && stdout.contains("inference"),
         "{stdout}"
     );
+    // A synthetic run holds nothing out: `--rows held-out` says so.
+    let (ok, _, err) = sparsa(&[
+        "sae",
+        "eval",
+        "--sae",
+        exp.to_str().unwrap(),
+        "--data",
+        npy.to_str().unwrap(),
+        "--rows",
+        "held-out",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("records no held-out rows") && !err.contains("panicked"),
+        "{err}"
+    );
+
+    // Trained on that file with a spread holdout, `sae eval --rows held-out` evaluates exactly
+    // the rows the training's own final evaluation used.
+    let run2 = dir.path().join("run2");
+    let cfg2 = dir.path().join("run2.toml");
+    std::fs::write(
+        &cfg2,
+        format!(
+            "[sae]\narchitecture = \"topk\"\nd_sae = 32\nk = 3\n[train]\nsteps = 20\n\
+             batch_size = 64\ninit_sample = 256\n[data]\npath = {:?}\nholdout_tokens = 90\n\
+             holdout_chunks = 5\n",
+            npy.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let args = [
+        "sae",
+        "train",
+        "--config",
+        cfg2.to_str().unwrap(),
+        "--out",
+        run2.to_str().unwrap(),
+    ];
+    let (ok, _, err) = sparsa(&args);
+    assert!(ok, "{err}");
+    let json = dir.path().join("heldout.json");
+    let (ok, _, err) = sparsa(&[
+        "sae",
+        "eval",
+        "--sae",
+        run2.to_str().unwrap(),
+        "--data",
+        npy.to_str().unwrap(),
+        "--rows",
+        "held-out",
+        "--form",
+        "training",
+        "--batch",
+        "7",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let read = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (mine, trained) = (read(json), read(run2.join("eval.json")));
+    assert_eq!(mine[0]["tokens"], 90);
+    assert_eq!(trained[0]["tokens"], 90);
+    let (a, b) = (
+        mine[0]["fvu"].as_f64().unwrap(),
+        trained[0]["fvu"].as_f64().unwrap(),
+    );
+    assert!(
+        (a - b).abs() <= 1e-6 * b.abs(),
+        "held-out FVU {a} vs training's {b}"
+    );
 }
 
 #[test]

@@ -381,3 +381,88 @@ fn aux_zipf_step_equals_aux_k_step_when_the_target_is_flat() {
         }
     }
 }
+
+/// Row ids (first column) of every row a finite source hands out, or the first `n` of an
+/// endless one.
+fn ids_of(src: &mut dyn BatchSource, n: usize) -> Vec<u64> {
+    let d = src.d();
+    let mut buf = vec![0f32; 50 * d];
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let got = src.next_batch(&mut buf).unwrap();
+        if got == 0 {
+            break;
+        }
+        ids.extend(buf[..got * d].chunks(d).map(|r| r[0] as u64));
+    }
+    ids.truncate(n);
+    ids
+}
+
+/// The held-out rows of a file (spread and tail): the training stream, the init sample and the
+/// calibration sample never see them, the evaluation source hands out exactly them, and the
+/// exported SAE records them.
+#[test]
+fn held_out_rows_stay_out_of_training() {
+    use sparsa::data::activations::{write_safetensors_2d, Elem};
+    use sparsa::sae::config::{holdout_ranges, HoldoutSplit};
+    let dir = tempfile::tempdir().unwrap();
+    let (n, d) = (1000usize, 3usize);
+    let data: Vec<f32> = (0..n).flat_map(|i| [i as f32, 0.5, -0.25]).collect();
+    let path = dir.path().join("acts.safetensors");
+    write_safetensors_2d(&path, "activations", n, d, &data, Elem::F32).unwrap();
+    for split in ["spread", "tail"] {
+        let text = format!(
+            "[sae]\narchitecture = \"topk\"\nd_sae = 8\nk = 2\n[train]\nbatch_size = 50\n\
+             steps = 1\ninit_sample = 2000\n[data]\npath = {:?}\nholdout_tokens = 100\n\
+             holdout_split = \"{split}\"\nholdout_chunks = 7\nshuffle_buffer = 64\n",
+            path.display().to_string()
+        );
+        let cfg = RunConfig::from_toml(&text, &[], "test").unwrap();
+        let want = holdout_ranges(
+            n as u64,
+            100,
+            cfg.data.holdout_split,
+            cfg.data.holdout_chunks,
+        );
+        let held = |r: u64| want.iter().any(|&(a, b)| (a..b).contains(&r));
+        assert_eq!(want.len(), if split == "tail" { 1 } else { 7 });
+        assert_eq!(
+            cfg.data.holdout_split == HoldoutSplit::Tail,
+            split == "tail"
+        );
+        let spec = DataSpec::open(&cfg).unwrap();
+        assert_eq!(spec.holdout(), &want[..]);
+
+        let train = ids_of(&mut *spec.training_source(&cfg, 0).unwrap(), 2 * (n - 100));
+        let mut epoch: Vec<u64> = train[..n - 100].to_vec();
+        epoch.sort_unstable();
+        let expect: Vec<u64> = (0..n as u64).filter(|&r| !held(r)).collect();
+        assert_eq!(
+            epoch, expect,
+            "{split}: one training epoch = the non-held-out rows"
+        );
+        assert!(train.iter().all(|&r| !held(r)), "{split}");
+
+        let sample = spec.init_sample(&cfg).unwrap();
+        assert_eq!(
+            sample.len(),
+            (n - 100) * d,
+            "{split}: init sample capped at training rows"
+        );
+        assert!(sample.chunks(d).all(|r| !held(r[0] as u64)), "{split}");
+        let cal = ids_of(&mut *spec.calibration_source(&cfg, 500).unwrap(), 500);
+        assert_eq!(cal.len(), 500);
+        assert!(cal.iter().all(|&r| !held(r)), "{split}");
+
+        let eval = ids_of(&mut *spec.eval_source(&cfg, 10_000).unwrap(), usize::MAX);
+        let held_rows: Vec<u64> = (0..n as u64).filter(|&r| held(r)).collect();
+        assert_eq!(
+            eval, held_rows,
+            "{split}: evaluation = the held-out rows in file order"
+        );
+
+        let t = Trainer::new(cfg.clone(), d, &sample).unwrap();
+        assert_eq!(t.model().meta.holdout_rows, want, "{split}");
+    }
+}

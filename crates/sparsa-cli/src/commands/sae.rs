@@ -3,7 +3,7 @@
 use crate::ui::{self, Bar};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use sparsa::data::activations::{ActivationSource, SourceOptions};
+use sparsa::data::activations::{subtract_ranges, ActivationSource, SourceOptions};
 use sparsa::sae::calibrate::deployable_model;
 use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant, VariantResult};
 use sparsa::sae::config::{Architecture, AuxKind, RunConfig, ThresholdMode, ThresholdSource};
@@ -75,8 +75,9 @@ pub struct EvalArgs {
     /// Tensor name inside a safetensors file.
     #[arg(long)]
     tensor: Option<String>,
-    /// Evaluate rows START..END of the data (e.g. the held-out tail).
-    #[arg(long, value_name = "START:END")]
+    /// Evaluate rows START:END of the data, or `held-out`: the rows the SAE's training held
+    /// out (recorded in its cfg.json).
+    #[arg(long, value_name = "START:END|held-out")]
     rows: Option<String>,
     /// Maximum tokens to evaluate.
     #[arg(long, default_value_t = 65536)]
@@ -378,7 +379,22 @@ fn eval(a: EvalArgs) -> Result<()> {
         FormArg::Inference => vec![Form::Inference],
         FormArg::Both => vec![Form::Training, Form::Inference],
     };
-    let rows = a.rows.as_deref().map(parse_rows).transpose()?;
+    let (rows, exclude) = match a.rows.as_deref() {
+        Some("held-out") => {
+            if model.meta.holdout_rows.is_empty() {
+                bail!(
+                    "--rows held-out: {} records no held-out rows (trained without \
+                     data.holdout_tokens, or exported by another tool); pass --rows START:END",
+                    a.sae.display()
+                );
+            }
+            let n = sparsa::data::activations::inspect(&a.data)?.n_rows;
+            let keep = &model.meta.holdout_rows;
+            (Some((0, n)), subtract_ranges((0, n), keep))
+        }
+        Some(r) => (Some(parse_rows(r)?), vec![]),
+        None => (None, vec![]),
+    };
     let mut reports = Vec::new();
     for form in forms {
         let opts = SourceOptions {
@@ -386,6 +402,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             shuffle_buffer: 0,
             seed: 0,
             rows,
+            exclude: exclude.clone(),
             cycle: false,
         };
         let mut src = ActivationSource::open(&a.data, opts)?;

@@ -13,7 +13,7 @@ use sparsa::lm::{
     Reconstruct,
 };
 use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant};
-use sparsa::sae::config::RunConfig;
+use sparsa::sae::config::{HoldoutSplit, RunConfig};
 use sparsa::sae::io::{load_sae, SaeModel};
 use sparsa::sae::metrics::{reconstructor, EvalReport, Form};
 use sparsa::util::progress::Cancel;
@@ -320,9 +320,14 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     println!("{}", combined_table(&rows));
     let r0 = &reports[0];
     println!(
-        "SmolLM2-135M {}, {} rows from `{}` ({} held out for FVU/L0), {} held-out contexts ({} predictions) for CE; \
+        "SmolLM2-135M {}, {} rows from `{}` ({} held out for FVU/L0, {}), {} held-out contexts ({} predictions) for CE; \
          training form = the batch rule over batches of {}, inference form = JumpReLU with {}; {}.",
-        r0.hook, s.n_tokens, a.corpus, base.data.holdout_tokens, r0.n_sequences, r0.n_predictions, base.train.batch_size,
+        r0.hook, s.n_tokens, a.corpus, base.data.holdout_tokens,
+        match base.data.holdout_split {
+            HoldoutSplit::Spread => format!("{} chunks spread over the store", base.data.holdout_chunks),
+            HoldoutSplit::Tail => "the store's last rows".to_string(),
+        },
+        r0.n_sequences, r0.n_predictions, base.train.batch_size,
         super::sae::threshold_note(&base), r0.bos_rule
     );
     let mean_tps =

@@ -144,6 +144,9 @@ pub enum DataError {
         end: u64,
         n_rows: u64,
     },
+    /// The excluded ranges cover the whole selected range.
+    #[error("{path}: the excluded (held-out) ranges cover all of the rows [{start}, {end}); hold out fewer rows", path = .path.display())]
+    NothingLeft { path: PathBuf, start: u64, end: u64 },
     /// A row holds NaN or ±Inf.
     #[error("{path}: row {row} (dataset row {dataset_row}), column {col} is {value}; activations must be finite: drop or recompute that row", path = .path.display())]
     NonFinite {
@@ -349,6 +352,9 @@ pub struct SourceOptions {
     /// Half-open row range `[start, end)` of the whole dataset (e.g. train / held-out split);
     /// None = all rows.
     pub rows: Option<(u64, u64)>,
+    /// Half-open row ranges skipped inside `rows` (e.g. held-out chunks spread over the data):
+    /// sorted or not, possibly overlapping; they may reach outside `rows`.
+    pub exclude: Vec<(u64, u64)>,
     /// true: loop forever over epochs (training); false: one pass (evaluation).
     pub cycle: bool,
 }
@@ -779,6 +785,27 @@ struct Block {
     len: u64,
 }
 
+/// `range` minus the union of `exclude`, as sorted disjoint non-empty half-open ranges.
+pub fn subtract_ranges(range: (u64, u64), exclude: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut ex: Vec<(u64, u64)> = exclude.iter().copied().filter(|(a, b)| a < b).collect();
+    ex.sort_unstable();
+    let mut out = Vec::new();
+    let mut cur = range.0;
+    for (a, b) in ex {
+        if a >= range.1 {
+            break;
+        }
+        if a > cur {
+            out.push((cur, a));
+        }
+        cur = cur.max(b);
+    }
+    if cur < range.1 {
+        out.push((cur, range.1));
+    }
+    out
+}
+
 /// Streams a dataset's rows in batches; see the module docs for the shuffle and its determinism.
 #[derive(Debug)]
 pub struct ActivationSource {
@@ -847,22 +874,32 @@ impl ActivationSource {
         let row_bytes = ds.d * ds.segs[0].elem.size();
         let block_rows = block_rows.unwrap_or(BLOCK_BYTES / row_bytes).max(1) as u64;
         let mut blocks = Vec::new();
+        let kept = subtract_ranges((start, end), &opts.exclude);
         for (i, s) in ds.segs.iter().enumerate() {
             let (g0, g1) = (ds.starts[i], ds.starts[i + 1]);
-            let (lo, hi) = (g0.max(start), g1.min(end));
-            let mut r = lo;
-            while r < hi {
-                let len = block_rows.min(hi - r);
-                blocks.push(Block {
-                    seg: i,
-                    start: r - g0,
-                    len,
-                });
-                r += len;
+            for &(k0, k1) in &kept {
+                let (lo, hi) = (g0.max(k0), g1.min(k1));
+                let mut r = lo;
+                while r < hi {
+                    let len = block_rows.min(hi - r);
+                    blocks.push(Block {
+                        seg: i,
+                        start: r - g0,
+                        len,
+                    });
+                    r += len;
+                }
             }
             debug_assert!(s.n_rows == g1 - g0);
         }
-        let n_rows = end - start;
+        let n_rows: u64 = kept.iter().map(|(a, b)| b - a).sum();
+        if n_rows == 0 {
+            return Err(DataError::NothingLeft {
+                path: path.to_path_buf(),
+                start,
+                end,
+            });
+        }
         let cap = (opts.shuffle_buffer as u64).min(n_rows) as usize;
         let mut buf_data = Vec::new();
         let mut buf_ids = Vec::new();

@@ -70,6 +70,51 @@ pub enum ThresholdSource {
     Ema,
 }
 
+/// How `data.holdout_tokens` rows are taken out of a file for evaluation (project choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldoutSplit {
+    /// `data.holdout_chunks` equal chunks, each centred in one of as many equal segments of the
+    /// file, so the held-out rows sample the whole data (a store is in corpus order: its tail
+    /// is the last documents, whose activations may differ from the rest).
+    #[default]
+    Spread,
+    /// The last `holdout_tokens` rows: a test of generalisation to later text.
+    Tail,
+}
+
+/// The held-out row ranges of a file of `n_rows` rows: `holdout` = h rows split as `split`
+/// says, sorted, disjoint, half-open, h rows in all. A spread holdout has c = min(`chunks`, h)
+/// chunks of ⌊h/c⌋ or ⌈h/c⌉ rows; the g = n − h training rows sit around them as half a gap
+/// of g/c, c − 1 whole gaps, and half a gap (each rounded down), so chunk i sits near the
+/// centre of the i-th c-th of the file.
+pub fn holdout_ranges(
+    n_rows: u64,
+    holdout: u64,
+    split: HoldoutSplit,
+    chunks: u64,
+) -> Vec<(u64, u64)> {
+    let h = holdout.min(n_rows);
+    if h == 0 {
+        return Vec::new();
+    }
+    match split {
+        HoldoutSplit::Tail => vec![(n_rows - h, n_rows)],
+        HoldoutSplit::Spread => {
+            let c = chunks.clamp(1, h) as u128;
+            let (h, g) = (h as u128, (n_rows - h) as u128);
+            (0..c)
+                .map(|i| {
+                    // Training rows before chunk i: half a gap, then i whole gaps of g/c.
+                    let start = g * (2 * i + 1) / (2 * c) + i * h / c;
+                    let len = (i + 1) * h / c - i * h / c;
+                    (start as u64, (start + len) as u64)
+                })
+                .collect()
+        }
+    }
+}
+
 /// `[sae]`: the autoencoder and its allocation rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -461,9 +506,16 @@ pub struct DataConfig {
     /// Rows held by the shuffle buffer.
     #[serde(default = "default_shuffle")]
     pub shuffle_buffer: usize,
-    /// Rows at the end of the data kept out of training for evaluation.
+    /// Rows of a file kept out of training for evaluation (0: none).
     #[serde(default)]
     pub holdout_tokens: u64,
+    /// Where the held-out rows sit: `spread` (chunks over the whole file, default) or `tail`
+    /// (the last rows).
+    #[serde(default)]
+    pub holdout_split: HoldoutSplit,
+    /// Chunks of a `spread` holdout.
+    #[serde(default = "default_holdout_chunks")]
+    pub holdout_chunks: u64,
     /// Synthetic ground-truth data instead of a file.
     #[serde(default)]
     pub synthetic: Option<SyntheticConfig>,
@@ -471,6 +523,10 @@ pub struct DataConfig {
 
 fn default_shuffle() -> usize {
     1 << 18
+}
+
+fn default_holdout_chunks() -> u64 {
+    32
 }
 
 /// A whole run: the four tables.
@@ -513,6 +569,11 @@ impl RunConfig {
                 "sae.architecture = \"jumprelu\" is an inference form, not trainable: train \
                  mutual_choice or feature_choice and export it"
                     .into(),
+            ));
+        }
+        if self.data.holdout_chunks == 0 {
+            return Err(SaeError::Config(
+                "data.holdout_chunks must be at least 1".into(),
             ));
         }
         match (&self.data.path, &self.data.synthetic) {
@@ -611,5 +672,60 @@ path = "x.npy"
     fn unknown_architecture_is_named() {
         let e = RunConfig::from_toml(BASE, &["sae.architecture=gated".into()], "t").unwrap_err();
         assert!(e.to_string().contains("gated"), "{e}");
+    }
+
+    #[test]
+    fn holdout_split_defaults_to_spread_and_parses_tail() {
+        let c = RunConfig::from_toml(BASE, &[], "t").unwrap();
+        assert_eq!(c.data.holdout_split, HoldoutSplit::Spread);
+        assert_eq!(c.data.holdout_chunks, 32);
+        let c = RunConfig::from_toml(BASE, &["data.holdout_split=tail".into()], "t").unwrap();
+        assert_eq!(c.data.holdout_split, HoldoutSplit::Tail);
+        let e = RunConfig::from_toml(BASE, &["data.holdout_chunks=0".into()], "t").unwrap_err();
+        assert!(e.to_string().contains("holdout_chunks"), "{e}");
+    }
+
+    #[test]
+    fn holdout_ranges_by_hand() {
+        assert_eq!(
+            holdout_ranges(100, 10, HoldoutSplit::Tail, 4),
+            vec![(90, 100)]
+        );
+        // Chunks of 2, 3, 2, 3 rows; 90 training rows: 11, then gaps of 22 or 23, then 12.
+        assert_eq!(
+            holdout_ranges(100, 10, HoldoutSplit::Spread, 4),
+            vec![(11, 13), (35, 38), (61, 63), (85, 88)]
+        );
+        assert_eq!(holdout_ranges(100, 0, HoldoutSplit::Spread, 4), vec![]);
+        // More chunks than rows: one row each.
+        assert_eq!(
+            holdout_ranges(10, 2, HoldoutSplit::Spread, 8),
+            vec![(2, 3), (7, 8)]
+        );
+    }
+
+    proptest::proptest! {
+        /// Spread chunks are sorted, disjoint, inside the file and hold exactly h rows; chunk
+        /// lengths and the gaps between chunks are even to one row.
+        #[test]
+        fn spread_holdout_is_exact_and_even(n in 1u64..5000, h_frac in 0.0f64..1.0, c in 1u64..64) {
+            let h = ((n as f64 * h_frac) as u64).min(n - 1);
+            let r = holdout_ranges(n, h, HoldoutSplit::Spread, c);
+            proptest::prop_assert_eq!(r.iter().map(|(a, b)| b - a).sum::<u64>(), h);
+            if h == 0 {
+                return Ok(());
+            }
+            let cc = c.min(h);
+            proptest::prop_assert_eq!(r.len() as u64, cc);
+            let g = n - h;
+            for w in r.windows(2) {
+                let gap = w[1].0 - w[0].1;
+                proptest::prop_assert!(gap == g / cc || gap == g / cc + 1, "gap {}", gap);
+            }
+            for &(a, b) in &r {
+                proptest::prop_assert!(a < b && b <= n);
+                proptest::prop_assert!(b - a == h / cc || b - a == h.div_ceil(cc));
+            }
+        }
     }
 }

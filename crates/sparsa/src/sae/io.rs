@@ -60,6 +60,9 @@ pub struct SaeMeta {
     pub tokens_seen: u64,
     #[serde(default)]
     pub dataset: String,
+    /// Row ranges of `dataset` held out of training (half-open; empty: none or unknown).
+    #[serde(default)]
+    pub holdout_rows: Vec<(u64, u64)>,
     /// Where the activations came from (model, hook, contexts); unknown fields are `None`.
     #[serde(flatten)]
     pub source: SourceMeta,
@@ -201,6 +204,7 @@ impl Default for SaeMeta {
             steps: 0,
             tokens_seen: 0,
             dataset: String::new(),
+            holdout_rows: Vec::new(),
             source: SourceMeta::default(),
         }
     }

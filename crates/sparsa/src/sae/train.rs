@@ -2,7 +2,7 @@
 //! counters, thresholds, Adam), the run loop with logging, checkpoints and cancellation.
 
 use super::allocation::{self, AllocInput, Allocation, Matching};
-use super::config::{RunConfig, ThresholdMode};
+use super::config::{holdout_ranges, RunConfig, ThresholdMode};
 use super::fast::{AuxSpec, FastStep};
 use super::io::{self, SaeMeta, SaeModel, SourceMeta};
 use super::loss::{self, aux_select, AuxLoss, FeatureStats};
@@ -10,7 +10,9 @@ use super::optim::{Adam, AdamStep};
 use super::params::SaeParams;
 use super::reference::{self, AuxTerm, Selections};
 use super::SaeError;
-use crate::data::activations::{ActivationSource, BatchSource, DataError, SourceOptions};
+use crate::data::activations::{
+    subtract_ranges, ActivationSource, BatchSource, DataError, SourceOptions,
+};
 use crate::data::synthetic::SyntheticSource;
 use crate::util::progress::{Cancel, Progress};
 use candle_core::DType;
@@ -530,10 +532,23 @@ impl Trainer {
                     .as_ref()
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| "synthetic".into()),
+                holdout_rows: self.holdout_rows(),
                 // Unknown when the data is no store or is gone (an export elsewhere).
                 source: SourceMeta::of_data(self.cfg.data.path.as_deref()).unwrap_or_default(),
             },
             density: self.density(),
+        }
+    }
+
+    /// The held-out row ranges of the training file (empty: no holdout, synthetic data, or the
+    /// file is gone).
+    fn holdout_rows(&self) -> Vec<(u64, u64)> {
+        let d = &self.cfg.data;
+        match (&d.path, d.holdout_tokens) {
+            (Some(p), h) if h > 0 => crate::data::activations::inspect(p)
+                .map(|i| holdout_ranges(i.n_rows, h, d.holdout_split, d.holdout_chunks))
+                .unwrap_or_default(),
+            _ => Vec::new(),
         }
     }
 
@@ -619,6 +634,9 @@ const SYNTHETIC_CALIBRATION_OFFSET: u64 = 1 << 61;
 /// Mixed into `train.seed` for the calibration sample's shuffle.
 const CALIBRATION_SEED: u64 = 0x5EED_CA1B_2A7E_0001;
 
+/// A row range `[start, end)` and ranges excluded inside it (see `SourceOptions`).
+type Rows = ((u64, u64), Vec<(u64, u64)>);
+
 /// The data named by a run's `[data]` table.
 pub enum DataSpec {
     File {
@@ -626,6 +644,8 @@ pub enum DataSpec {
         tensor: Option<String>,
         n_rows: u64,
         d: usize,
+        /// Held-out row ranges (`data.holdout_tokens` split by `data.holdout_split`).
+        holdout: Vec<(u64, u64)>,
     },
     Synthetic(SyntheticSource),
 }
@@ -654,6 +674,12 @@ impl DataSpec {
             tensor: cfg.data.tensor.clone(),
             n_rows: info.n_rows,
             d: info.d,
+            holdout: holdout_ranges(
+                info.n_rows,
+                cfg.data.holdout_tokens,
+                cfg.data.holdout_split,
+                cfg.data.holdout_chunks,
+            ),
         })
     }
 
@@ -664,7 +690,7 @@ impl DataSpec {
         }
     }
 
-    fn opts(&self, cfg: &RunConfig, rows: (u64, u64), cycle: bool, shuffle: bool) -> SourceOptions {
+    fn opts(&self, cfg: &RunConfig, rows: Rows, cycle: bool, shuffle: bool) -> SourceOptions {
         let tensor = match self {
             DataSpec::File { tensor, .. } => tensor.clone(),
             DataSpec::Synthetic(_) => None,
@@ -673,15 +699,27 @@ impl DataSpec {
             tensor,
             shuffle_buffer: if shuffle { cfg.data.shuffle_buffer } else { 0 },
             seed: cfg.train.seed,
-            rows: Some(rows),
+            rows: Some(rows.0),
+            exclude: rows.1,
             cycle,
         }
     }
 
-    fn train_rows(&self, cfg: &RunConfig) -> (u64, u64) {
+    /// The held-out row ranges of a file (empty without `data.holdout_tokens`).
+    pub fn holdout(&self) -> &[(u64, u64)] {
         match self {
-            DataSpec::File { n_rows, .. } => (0, n_rows - cfg.data.holdout_tokens),
-            DataSpec::Synthetic(_) => (0, u64::MAX),
+            DataSpec::File { holdout, .. } => holdout,
+            DataSpec::Synthetic(_) => &[],
+        }
+    }
+
+    /// The training rows: the whole file minus the held-out ranges.
+    fn train_rows(&self) -> Rows {
+        match self {
+            DataSpec::File {
+                n_rows, holdout, ..
+            } => ((0, *n_rows), holdout.clone()),
+            DataSpec::Synthetic(_) => ((0, u64::MAX), Vec::new()),
         }
     }
 
@@ -690,8 +728,7 @@ impl DataSpec {
         let n = cfg.train.init_sample;
         match self {
             DataSpec::File { path, .. } => {
-                let rows = self.train_rows(cfg);
-                let n = n.min((rows.1 - rows.0) as usize);
+                let rows = self.train_rows();
                 Ok(crate::data::activations::read_sample(
                     path,
                     &self.opts(cfg, rows, false, false),
@@ -717,7 +754,7 @@ impl DataSpec {
     ) -> Result<Box<dyn BatchSource>, SaeError> {
         match self {
             DataSpec::File { path, .. } => {
-                let mut opts = self.opts(cfg, self.train_rows(cfg), true, true);
+                let mut opts = self.opts(cfg, self.train_rows(), true, true);
                 opts.seed = cfg.train.seed ^ CALIBRATION_SEED;
                 Ok(Box::new(Take {
                     inner: ActivationSource::open(path, opts)?,
@@ -741,7 +778,7 @@ impl DataSpec {
         match self {
             DataSpec::File { path, .. } => {
                 let mut s =
-                    ActivationSource::open(path, self.opts(cfg, self.train_rows(cfg), true, true))?;
+                    ActivationSource::open(path, self.opts(cfg, self.train_rows(), true, true))?;
                 s.skip_rows(skip)?;
                 Ok(Box::new(s))
             }
@@ -753,8 +790,8 @@ impl DataSpec {
         }
     }
 
-    /// The held-out evaluation rows (finite): `data.holdout_tokens` rows at the end of a file,
-    /// or (synthetic, or a file without holdout) up to `max_rows` rows from a disjoint stream /
+    /// The held-out evaluation rows (finite): a file's held-out ranges in file order, or
+    /// (synthetic, or a file without holdout) up to `max_rows` rows from a disjoint stream /
     /// the start of the data.
     pub fn eval_source(
         &self,
@@ -762,11 +799,18 @@ impl DataSpec {
         max_rows: u64,
     ) -> Result<Box<dyn BatchSource>, SaeError> {
         match self {
-            DataSpec::File { path, n_rows, .. } => {
-                let rows = if cfg.data.holdout_tokens > 0 {
-                    (n_rows - cfg.data.holdout_tokens, *n_rows)
+            DataSpec::File {
+                path,
+                n_rows,
+                holdout,
+                ..
+            } => {
+                let rows: Rows = if holdout.is_empty() {
+                    ((0, max_rows.min(*n_rows)), Vec::new())
                 } else {
-                    (0, max_rows.min(*n_rows))
+                    // Everything but the held-out ranges is excluded.
+                    let train = subtract_ranges((0, *n_rows), holdout);
+                    ((0, *n_rows), train)
                 };
                 Ok(Box::new(ActivationSource::open(
                     path,

@@ -16,6 +16,7 @@ fn opts(shuffle: usize, seed: u64, rows: Option<(u64, u64)>, cycle: bool) -> Sou
         shuffle_buffer: shuffle,
         seed,
         rows,
+        exclude: vec![],
         cycle,
     }
 }
@@ -815,6 +816,49 @@ proptest! {
             epoch.sort_unstable();
             prop_assert_eq!(&epoch, &want);
         }
+    }
+
+    /// With excluded ranges, every epoch hands out exactly the range's rows outside them (the
+    /// training side of a spread holdout), and skipping stays exact.
+    #[test]
+    fn excluded_rows_are_never_handed_out(
+        n in 2usize..200,
+        shards in 1usize..4,
+        shuffle in 0usize..60,
+        block in 1usize..30,
+        seed in any::<u64>(),
+        batch in 1usize..40,
+        holes in proptest::collection::vec((0u64..220, 0u64..30), 0..6),
+        k in 0usize..300,
+    ) {
+        let (_g, p) = prop_dataset(n, 2, shards);
+        let exclude: Vec<(u64, u64)> = holes.iter().map(|&(a, l)| (a, a + l)).collect();
+        let want: Vec<u64> = (0..n as u64)
+            .filter(|r| !exclude.iter().any(|&(a, b)| (a..b).contains(r)))
+            .collect();
+        prop_assert_eq!(
+            subtract_ranges((0, n as u64), &exclude).iter().map(|(a, b)| b - a).sum::<u64>(),
+            want.len() as u64
+        );
+        let o = SourceOptions { exclude: exclude.clone(), ..opts(shuffle, seed, None, true) };
+        let open = || ActivationSource::open_with_block_rows(&p, o.clone(), Some(block));
+        if want.is_empty() {
+            let e = open().unwrap_err();
+            prop_assert!(matches!(e, DataError::NothingLeft { .. }), "{}", e);
+            return Ok(());
+        }
+        let mut src = open().unwrap();
+        let m = want.len();
+        prop_assert_eq!(src.n_rows(), m as u64);
+        let ids = read_ids(&mut src, 2 * m + k, batch);
+        for e in 0..2 {
+            let mut epoch = ids[e * m..(e + 1) * m].to_vec();
+            epoch.sort_unstable();
+            prop_assert_eq!(&epoch, &want);
+        }
+        let mut b = open().unwrap();
+        b.skip_rows(k as u64).unwrap();
+        prop_assert_eq!(&read_ids(&mut b, 2 * m, batch)[..], &ids[k..k + 2 * m]);
     }
 
     /// skip_rows(k) on a fresh source, or a partial read then skip_rows(k - j), gives exactly the
