@@ -9,7 +9,15 @@ use clap::{Parser, Subcommand};
 /// Sparsity allocation in neural networks: adaptive-allocation sparse autoencoders (TopK,
 /// Mutual Choice, Feature Choice; aux_k and aux_zipf) and pruning with Activate-while-Pruning.
 #[derive(Parser, Debug)]
-#[command(name = "sparsa", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "sparsa",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = "Exit status: 0 success, 1 runtime error, 2 usage or configuration error, \
+                  130 interrupted (state saved; rerun to resume)."
+)]
 struct Cli {
     /// More log output (repeat for more); logs go to stderr.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -39,7 +47,10 @@ enum Command {
     Bench(commands::bench::BenchCommand),
 }
 
-fn main() {
+/// Exit status: 0 success, 1 runtime error, 2 usage or configuration error, 130 interrupted
+/// (after the checkpoint or finished work was saved; rerun to resume).
+fn main() -> std::process::ExitCode {
+    ui::quiet_on_closed_pipe();
     let cli = Cli::parse();
     ui::init_logging(cli.verbose);
     let result = match cli.command {
@@ -50,8 +61,16 @@ fn main() {
         Command::Prune(cmd) => commands::prune::run(cmd),
         Command::Bench(cmd) => commands::bench::run(cmd),
     };
-    if let Err(err) = result {
-        eprintln!("error: {err:#}");
-        std::process::exit(1);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            let code = ui::exit_code(&err);
+            if code == 130 {
+                eprintln!("{err:#}");
+            } else {
+                eprintln!("error: {err:#}");
+            }
+            std::process::ExitCode::from(code)
+        }
     }
 }

@@ -62,6 +62,67 @@ impl Progress for Bar {
     }
 }
 
+/// A command stopped by Ctrl-C after saving its state: `main` prints the message and exits 130.
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted: {}", self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// A bad flag or flag combination (exit 2, like clap's own usage errors).
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// The exit status of a failed command: 130 when it was interrupted (state saved), 2 for a
+/// usage or configuration error, 1 for any other (runtime) error.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    use sparsa::sae::SaeError;
+    use sparsa::{data::extract::ExtractError, lm::LmError, nn::NnError, prune::PruneError};
+    let mut code = 1;
+    for e in err.chain() {
+        if e.is::<Interrupted>()
+            || matches!(e.downcast_ref(), Some(PruneError::Cancelled))
+            || matches!(e.downcast_ref(), Some(LmError::Cancelled))
+        {
+            return 130;
+        }
+        if e.is::<Usage>()
+            || matches!(e.downcast_ref(), Some(SaeError::Config(_)))
+            || matches!(e.downcast_ref(), Some(PruneError::Config { .. }))
+            || matches!(e.downcast_ref(), Some(NnError::Config { .. }))
+            || matches!(e.downcast_ref(), Some(ExtractError::Config { .. }))
+        {
+            code = 2;
+        }
+    }
+    code
+}
+
+/// Let a closed stdout (`sparsa … | head -1`) end the process quietly, as for other Unix
+/// tools, instead of a panic in `println!`: restore the default SIGPIPE action that Rust's
+/// runtime sets to "ignore".
+pub fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called once at the start of `main`, before any thread is spawned; SIG_DFL is a
+    // valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// A cancellation flag set by the first Ctrl-C; a second Ctrl-C exits at once.
 pub fn ctrl_c_cancel() -> Cancel {
     let cancel = Cancel::new();

@@ -157,11 +157,11 @@ fn run_extract(a: ExtractArgs) -> Result<()> {
     table.extend(rows);
     print!("{}", ui::table(&table));
     if !s.complete {
-        eprintln!(
-            "interrupted: the store holds {} complete rows; rerun the same command to resume",
+        return Err(ui::Interrupted(format!(
+            "the store holds {} complete rows; rerun the same command to resume",
             s.n_tokens
-        );
-        std::process::exit(130);
+        ))
+        .into());
     }
     if s.corpus_exhausted {
         eprintln!(

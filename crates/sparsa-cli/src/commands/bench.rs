@@ -5,7 +5,8 @@
 //! reference step, and peak RSS — all measured in the same run, so the ratios are comparable
 //! even on a busy machine.
 
-use anyhow::{bail, Context, Result};
+use crate::ui;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use sparsa::data::activations::BatchSource;
@@ -113,7 +114,7 @@ fn parse_size(s: &str) -> Result<(usize, usize)> {
         .parse()
         .with_context(|| format!("--sizes entry `{s}`: bad d_sae"))?;
     if d == 0 || f == 0 {
-        bail!("--sizes entry `{s}`: sizes must be positive");
+        return Err(ui::Usage(format!("--sizes entry `{s}`: sizes must be positive")).into());
     }
     Ok((d, f))
 }
@@ -194,7 +195,7 @@ fn sae(a: SaeBenchArgs) -> Result<()> {
         .map(|s| parse_size(s))
         .collect::<Result<_>>()?;
     if a.batch == 0 {
-        bail!("--batch must be at least 1");
+        return Err(ui::Usage("--batch must be at least 1".to_string()).into());
     }
     let threads = rayon::current_num_threads();
     eprintln!("measuring the FMA peak on {threads} threads…");

@@ -182,7 +182,7 @@ fn print_report(
     seeds: &[u64],
 ) -> anyhow::Result<()> {
     if last == 0 {
-        bail!("--last must be at least 1");
+        return Err(ui::Usage("--last must be at least 1".to_string()).into());
     }
     let rep = report::Report::load_seeds(run_dir, last, seeds)
         .with_context(|| format!("reading {}", run_dir.display()))?;
@@ -244,10 +244,10 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?
     };
     if a.batch == 0 || a.steps == 0 {
-        bail!("--batch and --steps must be at least 1");
+        return Err(ui::Usage("--batch and --steps must be at least 1".to_string()).into());
     }
     if let Some(bad) = a.sparsity.iter().find(|s| !(0.0..100.0).contains(*s)) {
-        bail!("--sparsity {bad}: give percentages in [0, 100)");
+        return Err(ui::Usage(format!("--sparsity {bad}: give percentages in [0, 100)")).into());
     }
     let threads = if a.threads == 0 {
         rayon::current_num_threads()

@@ -269,12 +269,12 @@ fn train(a: TrainArgs) -> Result<()> {
         &mut |m| log.write(m),
     )?;
     if end == RunEnd::Stopped {
-        eprintln!(
+        return Err(ui::Interrupted(format!(
             "stopped at step {}; checkpoint saved in {} (continue with --resume)",
             trainer.state.step,
             a.out.display()
-        );
-        return Ok(());
+        ))
+        .into());
     }
     let secs = t0.elapsed().as_secs_f64();
     let tps = (trainer.state.tokens - start_tokens) as f64 / secs.max(1e-9);
@@ -364,14 +364,14 @@ fn parse_rows(s: &str) -> Result<(u64, u64)> {
     let a: u64 = a.trim().parse().context("--rows START is not a number")?;
     let b: u64 = b.trim().parse().context("--rows END is not a number")?;
     if b <= a {
-        bail!("--rows {a}:{b} is empty");
+        return Err(ui::Usage(format!("--rows {a}:{b} is empty")).into());
     }
     Ok((a, b))
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
     if a.batch == 0 {
-        bail!("--batch must be at least 1");
+        return Err(ui::Usage("--batch must be at least 1".to_string()).into());
     }
     let model = load_sae(&a.sae)?;
     let forms: Vec<Form> = match a.form {
@@ -635,8 +635,15 @@ fn compare(a: CompareArgs) -> Result<()> {
                 results.push(r)
             }
             None => {
-                eprintln!("interrupted");
-                break;
+                return Err(ui::Interrupted(format!(
+                    "{} was not finished{}",
+                    v.label(),
+                    match &out {
+                        Some(o) => format!("; its checkpoint is in {}", o.display()),
+                        None => String::new(),
+                    }
+                ))
+                .into());
             }
         }
     }

@@ -237,10 +237,11 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     let bar = Bar::new(a.tokens, "extract", "tok");
     let s = extract(&model, &tok, &docs, &ecfg, &store, &bar, &cancel)?;
     if !s.complete {
-        bail!(
-            "extraction interrupted at {} rows; rerun the same command to resume",
+        return Err(ui::Interrupted(format!(
+            "extraction stopped at {} rows; rerun the same command to resume",
             s.n_tokens
-        );
+        ))
+        .into());
     }
     let ext_secs = t.elapsed().as_secs_f64();
     let ext_rate = s.tokens_forwarded as f64 / ext_secs.max(1e-9);
@@ -283,8 +284,21 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
             &v.label(),
             "tok",
         );
-        let r = train_and_evaluate(&cfg, Some(&dir), base.data.holdout_tokens, &bar, &cancel, &mut |_| Ok(()))?
-            .context("interrupted; the checkpoint of the current SAE is saved (sparsa sae train --out DIR --resume)")?;
+        let r = train_and_evaluate(
+            &cfg,
+            Some(&dir),
+            base.data.holdout_tokens,
+            &bar,
+            &cancel,
+            &mut |_| Ok(()),
+        )?
+        .ok_or_else(|| {
+            ui::Interrupted(format!(
+                "the checkpoint of {} is saved in {}",
+                v.label(),
+                dir.display()
+            ))
+        })?;
         eprintln!(
             "      {}: FVU {:.4}, L0 {:.2}, {:.1} s ({:.0} tokens/s)",
             v.label(),

@@ -1,0 +1,190 @@
+//! The exit-code policy as a shell sees it: 0 success, 1 runtime error, 2 usage or
+//! configuration error, 130 interrupted after saving; a closed stdout ends quietly.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sparsa() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sparsa"))
+}
+
+fn code(args: &[&str]) -> (Option<i32>, String) {
+    let out = sparsa().args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn each_kind_of_failure_has_its_code() {
+    // Table-driven: every case runs and all failures are reported together.
+    let cases: &[(&str, &[&str], i32, &str)] = &[
+        (
+            "unknown flag (usage)",
+            &["sae", "compare", "--no-such-flag"],
+            2,
+            "--no-such-flag",
+        ),
+        (
+            "bad flag value (usage)",
+            &["sae", "eval", "--sae", "x", "--data", "y", "--batch", "0"],
+            2,
+            "--batch",
+        ),
+        (
+            "bad config value",
+            &["sae", "compare", "--set", "sae.k=0"],
+            2,
+            "sae.k",
+        ),
+        (
+            "impossible config",
+            &["sae", "compare", "--set", "sae.k=100000"],
+            2,
+            "exceeds",
+        ),
+        (
+            "missing file (runtime)",
+            &[
+                "sae",
+                "eval",
+                "--sae",
+                "/nonexistent-sae",
+                "--data",
+                "x.npy",
+            ],
+            1,
+            "nonexistent-sae",
+        ),
+        (
+            "missing config file (runtime)",
+            &[
+                "sae",
+                "train",
+                "--config",
+                "/nonexistent.toml",
+                "--out",
+                "/tmp/sparsa-never",
+            ],
+            1,
+            "nonexistent.toml",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, args, want, needle) in cases {
+        let (got, err) = code(args);
+        if got != Some(*want) || !err.contains(needle) || err.contains("panicked") {
+            failures.push(format!(
+                "{what}: exit {got:?} (want {want}), stderr:\n{err}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    // The table is printed at the end; the reader is gone by then.
+    let mut child = sparsa()
+        .args([
+            "sae",
+            "compare",
+            "--variants",
+            "topk",
+            "--set",
+            "train.steps=20",
+            "--set",
+            "train.batch_size=64",
+            "--set",
+            "sae.d_sae=16",
+            "--set",
+            "sae.k=2",
+            "--set",
+            "data.synthetic.d=8",
+            "--set",
+            "data.synthetic.n_features=16",
+            "--set",
+            "train.init_sample=64",
+            "--eval-tokens",
+            "64",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn sigint_during_sae_train_saves_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let child = sparsa()
+        .args([
+            "sae",
+            "train",
+            "--config",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../configs/sae/synthetic.toml"
+            ),
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.steps=1000000",
+            "--set",
+            "train.batch_size=64",
+            "--set",
+            "sae.d_sae=32",
+            "--set",
+            "train.init_sample=256",
+            "--set",
+            "train.log_every=1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training has logged a step, then interrupt.
+    let t0 = Instant::now();
+    while !out.join("metrics.jsonl").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "training never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let res = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(130), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    // The checkpoint is whole: it loads and evaluates.
+    let (c, e) = code(&[
+        "sae",
+        "eval",
+        "--sae",
+        out.to_str().unwrap(),
+        "--data",
+        "/nonexistent.npy",
+    ]);
+    assert_eq!(c, Some(1));
+    assert!(
+        e.contains("nonexistent.npy") && !e.contains("cfg.json"),
+        "the SAE did not load: {e}"
+    );
+    assert!(out.join("trainer_state.json").exists());
+}
