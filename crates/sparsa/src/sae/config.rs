@@ -299,6 +299,12 @@ pub struct AuxConfig {
     /// dead features (u = 1, but small a) compete with under-used live ones.
     #[serde(default)]
     pub zipf_dead_first: bool,
+    /// The auxiliary selection of a token skips the features its main selection already
+    /// matched (project choice): the residual e = x − x̂ already holds their contribution, so
+    /// decoding them again into ê counts them twice and the auxiliary gradient then pushes
+    /// their activations down.
+    #[serde(default)]
+    pub exclude_matched: bool,
 }
 
 fn default_aux_coeff() -> f64 {
@@ -330,6 +336,7 @@ impl Default for AuxConfig {
             zipf_fit_head: default_fit_head(),
             density_window_tokens: default_density_window(),
             zipf_dead_first: false,
+            exclude_matched: false,
         }
     }
 }

@@ -43,6 +43,8 @@ pub struct AuxSpec<'a> {
     pub k_aux: usize,
     pub coeff: f64,
     pub norm: AuxNorm,
+    /// Skip each token's own main matches in its auxiliary selection.
+    pub exclude_matched: bool,
 }
 
 const NONE: u32 = u32::MAX;
@@ -222,7 +224,8 @@ impl FastStep {
         );
         self.aux.reset(b, f);
         if let Some(s) = &aux {
-            aux_select(&self.a, b, f, s.u, s.k_aux, &mut self.aux);
+            let exclude = s.exclude_matched.then_some(&self.main);
+            aux_select(&self.a, b, f, s.u, s.k_aux, exclude, &mut self.aux);
         }
         self.aux_on = aux.is_some() && self.aux.nnz() > 0;
         let aux_on = self.aux_on;

@@ -323,7 +323,7 @@ fn fd_check(rule: &dyn Allocation, aux_u: Option<Vec<f32>>, norm: AuxNorm) {
         );
         let aux = aux_u.as_ref().map(|u| {
             let mut m = Matching::default();
-            aux_select(a, b, f, u, k_aux, &mut m);
+            aux_select(a, b, f, u, k_aux, None, &mut m);
             m
         });
         Selections { main, aux }
@@ -478,7 +478,7 @@ fn aux_zipf_equals_aux_k_for_binary_underuse() {
                 &mut main,
             );
             let mut m = Matching::default();
-            aux_select(a, b, f, u, 3, &mut m);
+            aux_select(a, b, f, u, 3, None, &mut m);
             Selections { main, aux: Some(m) }
         })
         .unwrap();
@@ -522,7 +522,7 @@ fn features_at_target_get_no_aux_gradient() {
     });
     let (losses, grads, _, _) = forward_backward(&p, &x, b, DType::F64, term, true, |a| {
         let mut m = Matching::default();
-        aux_select(a, b, f, &u, 3, &mut m);
+        aux_select(a, b, f, &u, 3, None, &mut m);
         let mut main = Matching::default();
         main.reset(b, f);
         (0..b).for_each(|_| main.end_row());

@@ -332,7 +332,8 @@ impl Trainer {
                 );
                 let aux = weights.as_ref().filter(|_| aux_eligible > 0).map(|w| {
                     let mut m = Matching::default();
-                    aux_select(a, b, f, &w.u, k_aux, &mut m);
+                    let exclude = self.cfg.aux.exclude_matched.then_some(&main);
+                    aux_select(a, b, f, &w.u, k_aux, exclude, &mut m);
                     m
                 });
                 Selections { main, aux }
@@ -380,6 +381,7 @@ impl Trainer {
                     k_aux,
                     coeff: self.cfg.aux.coeff,
                     norm: self.cfg.aux.normalization,
+                    exclude_matched: self.cfg.aux.exclude_matched,
                 });
             let res = fast.forward_backward(
                 &self.params,

@@ -55,14 +55,24 @@ pub fn build(cfg: &AuxConfig) -> Option<Box<dyn AuxLoss>> {
 pub const DEAD_FIRST: f32 = 2.0;
 
 /// Per token, the `k_aux` features with the largest u_j·a_ij among u_j > 0 and a_ij > 0;
-/// features with u_j > 1 ([`DEAD_FIRST`]) come first, ranked by a_ij.
-pub fn aux_select(a: &[f32], b: usize, f: usize, u: &[f32], k_aux: usize, out: &mut Matching) {
+/// features with u_j > 1 ([`DEAD_FIRST`]) come first, ranked by a_ij. With `exclude`, a
+/// token's own matches in it are not eligible (`aux.exclude_matched`).
+pub fn aux_select(
+    a: &[f32],
+    b: usize,
+    f: usize,
+    u: &[f32],
+    k_aux: usize,
+    exclude: Option<&Matching>,
+    out: &mut Matching,
+) {
     let tiered = u.iter().any(|&w| w > 1.0);
     let rows: Vec<Vec<u32>> = a
         .par_chunks(f)
+        .enumerate()
         .map_init(
             || (Vec::new(), vec![0f32; f]),
-            |(scratch, prod), row| {
+            |(scratch, prod), (i, row)| {
                 // Tiered: a_ij + max_j a_ij exceeds every u·a with u ≤ 1, so the first tier is
                 // served first and keeps its order by a_ij.
                 let lift = if tiered {
@@ -78,6 +88,11 @@ pub fn aux_select(a: &[f32], b: usize, f: usize, u: &[f32], k_aux: usize, out: &
                     } else {
                         0.0
                     };
+                }
+                if let Some(m) = exclude {
+                    for &j in m.row(i) {
+                        prod[j as usize] = 0.0;
+                    }
                 }
                 let mut sel = Vec::with_capacity(k_aux);
                 top_k_positive(prod, k_aux, scratch, &mut sel);
@@ -126,9 +141,24 @@ mod tests {
         let a = vec![5.0, 4.0, 3.0, 2.0, 1.0, 0.0];
         let u = vec![0.0, 1.0, 0.5, 1.0, 1.0, 1.0];
         let mut m = Matching::default();
-        aux_select(&a, 1, 6, &u, 2, &mut m);
+        aux_select(&a, 1, 6, &u, 2, None, &mut m);
         // products: 0, 4, 1.5, 2, 1, 0 → features 1 and 3.
         assert_eq!(m.row(0), &[1, 3]);
+    }
+
+    #[test]
+    fn exclude_skips_each_tokens_own_matches() {
+        let a = vec![5.0, 4.0, 3.0, 2.0, 1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let u = vec![1.0; 6];
+        let mut main = Matching::default();
+        main.from_rows(6, &[vec![0, 2], vec![5]]);
+        let mut m = Matching::default();
+        aux_select(&a, 2, 6, &u, 2, Some(&main), &mut m);
+        assert_eq!(m.row(0), &[1, 3]);
+        assert_eq!(m.row(1), &[3, 4]);
+        aux_select(&a, 2, 6, &u, 2, None, &mut m);
+        assert_eq!(m.row(0), &[0, 1]);
+        assert_eq!(m.row(1), &[4, 5]);
     }
 
     #[test]
@@ -136,10 +166,10 @@ mod tests {
         let a = vec![5.0, 4.0, 0.5, 0.25, 1.0, 0.0];
         let u = vec![1.0, 0.9, DEAD_FIRST, DEAD_FIRST, 1.0, DEAD_FIRST];
         let mut m = Matching::default();
-        aux_select(&a, 1, 6, &u, 3, &mut m);
+        aux_select(&a, 1, 6, &u, 3, None, &mut m);
         // Tier 1 (positive a only): features 2 and 3; then the best of u·a: feature 0.
         assert_eq!(m.row(0), &[0, 2, 3]);
-        aux_select(&a, 1, 6, &u, 1, &mut m);
+        aux_select(&a, 1, 6, &u, 1, None, &mut m);
         assert_eq!(m.row(0), &[2]);
     }
 }
