@@ -250,6 +250,7 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
         s.n_tokens,
         s.n_tokens - s.resumed_from
     );
+    let d_model = model.d_model();
     drop(model);
 
     // 2. Train each variant at equal k.
@@ -267,7 +268,7 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     eprintln!(
         "[2/3] training {} SAEs: d_in {}, d_sae {}, k {}, {} steps × {} tokens ({:.1} epochs of {} rows)",
         variants.len(),
-        576,
+        d_model,
         base.sae.d_sae,
         base.sae.k,
         base.train.steps,

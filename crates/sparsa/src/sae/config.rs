@@ -281,11 +281,12 @@ pub struct AuxConfig {
     pub dead_tokens: u64,
     #[serde(default)]
     pub normalization: AuxNorm,
-    /// aux_zipf exponent α of the target τ_r ∝ (r + β)^−α, or "fit".
-    #[serde(default = "default_fit")]
+    /// aux_zipf exponent α of the target τ_r ∝ (r + β)^−α, or "fit" (default 1: measured to
+    /// leave fewer features dead than the fit, docs/sae.md §3).
+    #[serde(default = "default_zipf_alpha")]
     pub zipf_alpha: ZipfParam,
-    /// aux_zipf offset β, or "fit".
-    #[serde(default = "default_fit")]
+    /// aux_zipf offset β, or "fit" (default 0).
+    #[serde(default = "default_zipf_beta")]
     pub zipf_beta: ZipfParam,
     /// Share of the positive-density head of the rank curve used by the fit (project choice).
     #[serde(default = "default_fit_head")]
@@ -302,8 +303,9 @@ pub struct AuxConfig {
     /// The auxiliary selection of a token skips the features its main selection already
     /// matched (project choice): the residual e = x − x̂ already holds their contribution, so
     /// decoding them again into ê counts them twice and the auxiliary gradient then pushes
-    /// their activations down.
-    #[serde(default)]
+    /// their activations down (default on; for aux_k it only matters when a dead feature is
+    /// selected again).
+    #[serde(default = "yes")]
     pub exclude_matched: bool,
 }
 
@@ -313,8 +315,14 @@ fn default_aux_coeff() -> f64 {
 fn default_dead_tokens() -> u64 {
     10_000_000
 }
-fn default_fit() -> ZipfParam {
-    ZipfParam::Fit
+fn default_zipf_alpha() -> ZipfParam {
+    ZipfParam::Value(1.0)
+}
+fn default_zipf_beta() -> ZipfParam {
+    ZipfParam::Value(0.0)
+}
+fn yes() -> bool {
+    true
 }
 fn default_fit_head() -> f64 {
     0.5
@@ -331,12 +339,12 @@ impl Default for AuxConfig {
             k_aux: None,
             dead_tokens: default_dead_tokens(),
             normalization: AuxNorm::Nmse,
-            zipf_alpha: ZipfParam::Fit,
-            zipf_beta: ZipfParam::Fit,
+            zipf_alpha: default_zipf_alpha(),
+            zipf_beta: default_zipf_beta(),
             zipf_fit_head: default_fit_head(),
             density_window_tokens: default_density_window(),
             zipf_dead_first: false,
-            exclude_matched: false,
+            exclude_matched: true,
         }
     }
 }
@@ -658,7 +666,9 @@ path = "x.npy"
         assert_eq!(c.sae.architecture, Architecture::MutualChoice);
         assert_eq!(c.train.lr, Some(0.01));
         assert_eq!(c.sae.k, 8);
-        assert_eq!(c.aux.zipf_alpha, ZipfParam::Fit);
+        assert_eq!(c.aux.zipf_alpha, ZipfParam::Value(1.0));
+        assert_eq!(c.aux.zipf_beta, ZipfParam::Value(0.0));
+        assert!(c.aux.exclude_matched);
     }
 
     #[test]

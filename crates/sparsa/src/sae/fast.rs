@@ -153,6 +153,7 @@ impl FastStep {
     /// Forward and backward of one batch `x` (B×d, already scaled): fills the matchings, A and
     /// the sparse gradients; returns the losses. Parameters are not changed (see
     /// [`FastStep::apply_adam`]).
+    #[allow(clippy::too_many_arguments)] // one batch's inputs; splitting it is issue 12's work
     pub fn forward_backward(
         &mut self,
         p: &SaeParams,

@@ -538,8 +538,8 @@ pub fn relu_backward<T: Real>(g: &mut [T], out: Option<&[T]>, c: usize, accs: &m
                 if let Some(out) = out {
                     relu_mask(grow, &out[(r.start + i) * c..(r.start + i + 1) * c]);
                 }
-                for j in 0..c {
-                    acc.sums[j] += grow[j].to_f64();
+                for (s, g) in acc.sums.iter_mut().zip(grow.iter()) {
+                    *s += g.to_f64();
                 }
             }
         });

@@ -1058,7 +1058,7 @@ impl<T: Real> FastNet<T> {
                             let gi = g[i] + wd * w[i];
                             let vi = if first { gi } else { mu * v[i] + gi };
                             v[i] = vi;
-                            w[i] = w[i] - lr * vi;
+                            w[i] -= lr * vi;
                         }
                     }
                 });
