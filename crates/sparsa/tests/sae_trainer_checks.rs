@@ -466,3 +466,38 @@ fn held_out_rows_stay_out_of_training() {
         assert_eq!(t.model().meta.holdout_rows, want, "{split}");
     }
 }
+
+/// A store left by an interrupted extraction (`complete: false`) is refused for training with a
+/// message that says how to finish it; the same store marked complete trains.
+#[test]
+fn an_incomplete_store_is_refused() {
+    use sparsa::data::activations::{write_store, Elem};
+    let dir = tempfile::tempdir().unwrap();
+    let (n, d) = (300usize, 3usize);
+    let data: Vec<f32> = (0..n * d).map(|i| (i % 7) as f32 - 3.0).collect();
+    write_store(dir.path(), d, Elem::F32, &[&data]).unwrap();
+    let mp = dir.path().join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mp).unwrap()).unwrap();
+    let text = format!(
+        "[sae]\narchitecture = \"topk\"\nd_sae = 8\nk = 2\n[train]\nbatch_size = 50\nsteps = 1\n\
+         init_sample = 100\n[data]\npath = {:?}\n",
+        dir.path().display().to_string()
+    );
+    let cfg = RunConfig::from_toml(&text, &[], "test").unwrap();
+    for (complete, ok) in [(false, false), (true, true)] {
+        m["complete"] = serde_json::Value::Bool(complete);
+        std::fs::write(&mp, serde_json::to_vec(&m).unwrap()).unwrap();
+        match DataSpec::open(&cfg) {
+            Ok(_) => assert!(ok, "an incomplete store was accepted"),
+            Err(e) => {
+                assert!(!ok, "a complete store was refused: {e}");
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("incomplete") && msg.contains("activations extract"),
+                    "{msg}"
+                );
+            }
+        }
+    }
+}

@@ -374,6 +374,13 @@ fn eval(a: EvalArgs) -> Result<()> {
         return Err(ui::Usage("--batch must be at least 1".to_string()).into());
     }
     let model = load_sae(&a.sae)?;
+    if sparsa::data::store::Manifest::read(&a.data).is_ok_and(|m| m.complete() == Some(false)) {
+        eprintln!(
+            "warning: {} is an incomplete activation store (its extraction was interrupted); \
+             rerun the same `sparsa activations extract` command to finish it",
+            a.data.display()
+        );
+    }
     let forms: Vec<Form> = match a.form {
         FormArg::Training => vec![Form::Training],
         FormArg::Inference => vec![Form::Inference],

@@ -123,6 +123,12 @@ impl Manifest {
         self.extra.get("include_bos").and_then(|v| v.as_bool())
     }
 
+    /// Whether extraction finished (`complete`, recorded by extraction; `None` for stores made
+    /// by other writers). A store with `Some(false)` was left by an interrupted extraction.
+    pub fn complete(&self) -> Option<bool> {
+        self.extra.get("complete").and_then(|v| v.as_bool())
+    }
+
     /// The corpus label, if recorded.
     pub fn corpus(&self) -> Option<&str> {
         self.extra.get("corpus").and_then(|v| v.as_str())

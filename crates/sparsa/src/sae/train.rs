@@ -13,6 +13,7 @@ use super::SaeError;
 use crate::data::activations::{
     subtract_ranges, ActivationSource, BatchSource, DataError, SourceOptions,
 };
+use crate::data::store::Manifest;
 use crate::data::synthetic::SyntheticSource;
 use crate::util::progress::{Cancel, Progress};
 use candle_core::DType;
@@ -663,6 +664,18 @@ impl DataSpec {
             .clone()
             .ok_or_else(|| SaeError::Config("[data] has no path".into()))?;
         let info = crate::data::activations::inspect(&path)?;
+        if Manifest::is_store(&path) {
+            let m = Manifest::read(&path).map_err(|e| SaeError::file(&e.path, e.reason))?;
+            if m.complete() == Some(false) {
+                return Err(SaeError::Config(format!(
+                    "{}: the activation store is incomplete ({} rows; its extraction was \
+                     interrupted): rerun the same `sparsa activations extract` command to \
+                     finish it before training",
+                    path.display(),
+                    m.n_tokens
+                )));
+            }
+        }
         if info.n_rows <= cfg.data.holdout_tokens {
             return Err(SaeError::Config(format!(
                 "data.holdout_tokens = {} leaves no training rows of the {} in {}",
