@@ -60,19 +60,34 @@ fn lm_compare_runs_end_to_end_and_sae_eval_reports_downstream() {
     }
     // compare.html: the table and every variant's densities and per-token L0, in a browser.
     let compare = out.join("compare.html");
-    assert_eq!(stdout.lines().last().map(str::trim), compare.to_str(), "{stdout}");
+    assert_eq!(
+        stdout.lines().last().map(str::trim),
+        compare.to_str(),
+        "{stdout}"
+    );
     let html = std::fs::read_to_string(&compare).unwrap();
     browser::assert_offline(&html);
     let r = browser::render(&compare);
     r.assert_clean();
     r.assert_sections(&["table", "density", "l0"]);
     let plots = r.assert_plots_drawn();
-    for p in ["density-hist", "rank-density", "l0-training", "l0-inference"] {
+    for p in [
+        "density-hist",
+        "rank-density",
+        "l0-training",
+        "l0-inference",
+    ] {
         assert!(plots.iter().any(|x| x == p), "plot {p} missing: {plots:?}");
     }
     assert!(r.dom.contains("mutual_choice + aux_zipf") && r.dom.contains("CE spliced"));
     if let Ok(dir) = std::env::var("SPARSA_SCREENSHOTS") {
-        browser::screenshot(&compare, &std::path::Path::new(&dir).join("compare.png"), 1100, 820, None);
+        browser::screenshot(
+            &compare,
+            &std::path::Path::new(&dir).join("compare.png"),
+            1100,
+            820,
+            None,
+        );
     }
 
     // sae report with feature dashboards from the store (one pass), in a browser.
@@ -104,23 +119,50 @@ fn lm_compare_runs_end_to_end_and_sae_eval_reports_downstream() {
     r.assert_clean();
     r.assert_sections(&["summary", "curves", "density", "l0", "features"]);
     let plots = r.assert_plots_drawn();
-    for p in ["curve-fvu", "density-hist", "rank-density", "l0-hist-0", "l0-hist-1"] {
+    for p in [
+        "curve-fvu",
+        "density-hist",
+        "rank-density",
+        "l0-hist-0",
+        "l0-hist-1",
+    ] {
         assert!(plots.iter().any(|x| x == p), "plot {p} missing: {plots:?}");
     }
-    assert!(r.dom.contains("id=\"f-3\"") && r.dom.contains("id=\"f-17\""), "requested features missing");
-    assert!(r.dom.contains("data-search=\"ok\""), "the search box does not find features");
+    assert!(
+        r.dom.contains("id=\"f-3\"") && r.dom.contains("id=\"f-17\""),
+        "requested features missing"
+    );
+    assert!(
+        r.dom.contains("data-search=\"ok\""),
+        "the search box does not find features"
+    );
     // A dashboard shows contexts with shaded tokens, the max token marked, its activation
     // histogram and the logit lens.
     let f = &r.dom[r.dom.find("<article class=\"feature\"").unwrap()..];
     let f = &f[..f.find("</article>").unwrap()];
     assert!(f.contains("class=\"ctx\""), "no contexts");
     assert!(f.contains("class=\"tok max\""), "max token not marked");
-    assert!(f.contains("background: rgba(255, 128, 0"), "no shaded tokens");
-    assert!(f.contains("data-plot=\"act-hist-"), "no activation histogram");
-    assert!(f.contains("promoted") && f.contains("suppressed"), "no logit lens");
+    assert!(
+        f.contains("background: rgba(255, 128, 0"),
+        "no shaded tokens"
+    );
+    assert!(
+        f.contains("data-plot=\"act-hist-"),
+        "no activation histogram"
+    );
+    assert!(
+        f.contains("promoted") && f.contains("suppressed"),
+        "no logit lens"
+    );
     if let Ok(dir) = std::env::var("SPARSA_SCREENSHOTS") {
         let d = std::path::Path::new(&dir);
-        browser::screenshot(&page, &d.join("sae-dashboards.png"), 1100, 900, Some("features"));
+        browser::screenshot(
+            &page,
+            &d.join("sae-dashboards.png"),
+            1100,
+            900,
+            Some("features"),
+        );
     }
 
     // The store and SAE directories are reusable: evaluate one SAE on the store with sae eval.

@@ -93,7 +93,10 @@ fn sae_report_of_a_synthetic_run_renders_in_a_browser() {
     }
     // Both forms' final metrics and the Zipf fit are stated.
     assert!(r.dom.contains("<td>training</td>") && r.dom.contains("<td>inference</td>"));
-    assert!(r.dom.contains("Zipf fit α="), "no fitted law on the rank plot");
+    assert!(
+        r.dom.contains("Zipf fit α="),
+        "no fitted law on the rank plot"
+    );
     maybe_screenshot(&page, "sae-report.png", None);
 }
 
@@ -102,7 +105,9 @@ fn write_dataset(dir: &Path, n_train: usize, n_test: usize) {
     use sparsa::data::idx::encode_idx;
     let mut state = 12345u64;
     let mut noise = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 33) % 60) as u8
     };
     for (prefix, n) in [("train", n_train), ("t10k", n_test)] {

@@ -91,16 +91,19 @@ fn write_store(dir: &Path, shards: usize, rows: usize) -> Vec<f32> {
         layer: None,
         extra: Default::default(),
     };
-    std::fs::write(dir.join("manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string(&m).unwrap(),
+    )
+    .unwrap();
     all
 }
 
 fn model(arch: Architecture, f: usize, k: usize) -> SaeModel {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let params = SaeParams::init_tied(D, f, vec![0.0; D], &mut rng);
-    let thresholds = (arch != Architecture::TopK).then(|| {
-        (0..f).map(|j| 0.3 + 0.01 * (j % 7) as f32).collect()
-    });
+    let thresholds =
+        (arch != Architecture::TopK).then(|| (0..f).map(|j| 0.3 + 0.01 * (j % 7) as f32).collect());
     SaeModel {
         params,
         thresholds,
@@ -180,7 +183,10 @@ fn top_contexts_match_a_brute_force_pass() {
         for c in &ctx {
             let start = c.row as usize - c.max_index;
             let toks: Vec<Option<u32>> = c.tokens.iter().map(|t| t.0).collect();
-            let want: Vec<Option<u32>> = src[start..start + toks.len()].iter().map(|s| s.token).collect();
+            let want: Vec<Option<u32>> = src[start..start + toks.len()]
+                .iter()
+                .map(|s| s.token)
+                .collect();
             assert_eq!(toks, want);
             for w in src[start..start + toks.len()].windows(2) {
                 assert_eq!(w[0].doc, w[1].doc);
@@ -188,7 +194,11 @@ fn top_contexts_match_a_brute_force_pass() {
             }
             assert!(c.max_index <= 4 && toks.len() - c.max_index <= 3);
             let a = c.tokens[c.max_index].1;
-            assert!((a - c.act).abs() <= 1e-5 * c.act.abs().max(1.0), "{a} vs {}", c.act);
+            assert!(
+                (a - c.act).abs() <= 1e-5 * c.act.abs().max(1.0),
+                "{a} vs {}",
+                c.act
+            );
         }
     }
 }

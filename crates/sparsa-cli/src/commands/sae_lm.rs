@@ -12,11 +12,11 @@ use sparsa::lm::{
     downstream_eval_many, from_rows, DownstreamConfig, DownstreamReport, Hook, HookPoint, Llama,
     Reconstruct,
 };
+use sparsa::report::compare::CompareVariant;
+use sparsa::report::sae::{EVAL_FILE, METRICS_FILE};
 use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant};
 use sparsa::sae::config::RunConfig;
 use sparsa::sae::io::{load_sae, SaeModel};
-use sparsa::report::compare::CompareVariant;
-use sparsa::report::sae::{EVAL_FILE, METRICS_FILE};
 use sparsa::sae::metrics::{reconstructor, EvalReport, Form};
 use sparsa::util::progress::Cancel;
 use std::path::{Path, PathBuf};

@@ -11,6 +11,7 @@ use sparsa::data::store::StoreReader;
 use sparsa::lm::{GgufModel, Tokenizer, Unembedding};
 use sparsa::report::dashboards::{self, ScanConfig, Selection};
 use sparsa::report::sae::{read_evals, read_metrics, render, SaeReport};
+use sparsa::sae::config::RunConfig;
 use sparsa::sae::io::{load_sae, load_trainer_state, SaeModel};
 use sparsa::sae::metrics::{evaluate, EvalReport, Form};
 use sparsa::sae::train::DataSpec;
@@ -45,9 +46,10 @@ pub struct ReportArgs {
     /// Top-activating contexts per feature.
     #[arg(long, default_value_t = 12)]
     contexts: usize,
-    /// Rows per batch in the pass (the training form's batch rule sees batches of this size).
-    #[arg(long, default_value_t = 4096)]
-    batch: usize,
+    /// Rows per batch in the pass (the training form's batch rule sees batches of this size;
+    /// default: the run's train.batch_size, else 4096).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Scan at most this many rows of --data (default: all).
     #[arg(long)]
     rows: Option<u64>,
@@ -80,19 +82,27 @@ fn eval_both(
 }
 
 /// The final metrics: eval.json when it has per-token L0, else a fresh evaluation.
-fn final_metrics(a: &ReportArgs, model: &SaeModel) -> Result<(Vec<EvalReport>, String)> {
+fn final_metrics(
+    a: &ReportArgs,
+    model: &SaeModel,
+    run: Option<&RunConfig>,
+    batch: usize,
+) -> Result<(Vec<EvalReport>, String)> {
     let saved = read_evals(&a.sae_dir);
-    if let Some(e) = saved.as_ref().filter(|e| e.iter().all(|r| !r.l0_hist.is_empty())) {
+    if let Some(e) = saved
+        .as_ref()
+        .filter(|e| e.iter().all(|r| !r.l0_hist.is_empty()))
+    {
         return Ok((
             e.clone(),
             "Held-out evaluation written at the end of training (eval.json).".into(),
         ));
     }
     // The run's own held-out rows, when its data is still there.
-    if let Ok((cfg, ..)) = load_trainer_state(&a.sae_dir) {
-        if let Ok(data) = DataSpec::open(&cfg) {
+    if let Some(cfg) = run {
+        if let Ok(data) = DataSpec::open(cfg) {
             let open = || -> Result<Box<dyn sparsa::data::activations::BatchSource>> {
-                Ok(data.eval_source(&cfg, a.eval_tokens)?)
+                Ok(data.eval_source(cfg, a.eval_tokens)?)
             };
             let e = eval_both(model, &open, cfg.train.batch_size, a.eval_tokens)?;
             let n = e.first().map_or(0, |r| r.tokens);
@@ -112,7 +122,7 @@ fn final_metrics(a: &ReportArgs, model: &SaeModel) -> Result<(Vec<EvalReport>, S
             };
             Ok(Box::new(ActivationSource::open(store, opts)?))
         };
-        let e = eval_both(model, &open, a.batch, a.eval_tokens)?;
+        let e = eval_both(model, &open, batch, a.eval_tokens)?;
         return Ok((
             e,
             format!(
@@ -120,12 +130,15 @@ fn final_metrics(a: &ReportArgs, model: &SaeModel) -> Result<(Vec<EvalReport>, S
                 rows.0,
                 rows.1,
                 store.display(),
-                a.batch
+                batch
             ),
         ));
     }
     match saved {
-        Some(e) => Ok((e, "eval.json (written before per-token L0 was recorded).".into())),
+        Some(e) => Ok((
+            e,
+            "eval.json (written before per-token L0 was recorded).".into(),
+        )),
         None => Ok((Vec::new(), String::new())),
     }
 }
@@ -149,10 +162,17 @@ fn load_text(store: &StoreReader, arg: &ModelArg) -> Option<(Tokenizer, Unembedd
 pub fn report(a: ReportArgs) -> Result<()> {
     let model = load_sae(&a.sae_dir)?;
     let metrics = read_metrics(&a.sae_dir)?;
-    let (evals, eval_note) = final_metrics(&a, &model)?;
+    // The run's config, when the directory holds trainer state (not for SAELens downloads).
+    let run = load_trainer_state(&a.sae_dir).ok().map(|t| t.0);
+    let batch = a
+        .batch
+        .or(run.as_ref().map(|c| c.train.batch_size))
+        .unwrap_or(4096)
+        .max(1);
+    let (evals, eval_note) = final_metrics(&a, &model, run.as_ref(), batch)?;
     let dash = match &a.data {
         None => None,
-        Some(store) => match dashboards_for(&a, &model, store)? {
+        Some(store) => match dashboards_for(&a, &model, store, batch)? {
             Some(d) => Some(d),
             None => {
                 eprintln!("interrupted; no report written");
@@ -168,7 +188,10 @@ pub fn report(a: ReportArgs) -> Result<()> {
         eval_note,
         dashboards: dash.as_ref(),
     })?;
-    let out = a.out.clone().unwrap_or_else(|| a.sae_dir.join("report.html"));
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.sae_dir.join("report.html"));
     let path = sparsa::report::write(&out, &html)?;
     println!("{}", path.display());
     Ok(())
@@ -178,12 +201,13 @@ fn dashboards_for(
     a: &ReportArgs,
     model: &SaeModel,
     store: &Path,
+    batch: usize,
 ) -> Result<Option<dashboards::Dashboards>> {
-    let mut reader =
-        StoreReader::open(store).with_context(|| format!("opening the store {}", store.display()))?;
+    let mut reader = StoreReader::open(store)
+        .with_context(|| format!("opening the store {}", store.display()))?;
     let cfg = ScanConfig {
         top_n: a.contexts,
-        batch: a.batch.max(1),
+        batch,
         max_rows: a.rows,
         ..Default::default()
     };

@@ -91,7 +91,10 @@ impl Rendered {
             .expect("the probe did not run: the page's scripts stopped it");
         let tag_end = at + self.dom[at..].find('>').unwrap();
         let tag = &self.dom[at..tag_end];
-        let k = tag.find("data-errors=\"").expect("probe without errors attribute") + 13;
+        let k = tag
+            .find("data-errors=\"")
+            .expect("probe without errors attribute")
+            + 13;
         let v = &tag[k..];
         v[..v.find('"').unwrap()].replace("&quot;", "\"")
     }
@@ -186,7 +189,10 @@ pub fn render(page: &Path) -> Rendered {
     let mut cmd = Command::new(chromium());
     base_args(&mut cmd, profile.path());
     cmd.arg("--window-size=1280,1000").arg("--dump-dom");
-    cmd.arg(format!("file://{}", probe.canonicalize().unwrap().display()));
+    cmd.arg(format!(
+        "file://{}",
+        probe.canonicalize().unwrap().display()
+    ));
     let out = cmd.output().expect("cannot start the headless browser");
     let _ = std::fs::remove_file(&probe);
     let r = Rendered {
@@ -217,7 +223,11 @@ pub fn screenshot(page: &Path, png: &Path, w: u32, h: u32, fragment: Option<&str
     }
     cmd.arg(url);
     let out = cmd.output().expect("cannot start the headless browser");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The page links or loads nothing over the network: no `src`/`href`/CSS `url(`/`@import`
@@ -238,7 +248,9 @@ pub fn assert_offline(html: &str) {
         }
     }
     // Every remaining http(s) occurrence is the SVG namespace.
-    let stripped = lower.replace("http://www.w3.org/2000/svg", "").replace("http://www.w3.org/1999/xlink", "");
+    let stripped = lower
+        .replace("http://www.w3.org/2000/svg", "")
+        .replace("http://www.w3.org/1999/xlink", "");
     assert!(
         !stripped.contains("http://") && !stripped.contains("https://"),
         "an http(s) address other than the SVG namespace is in the report"

@@ -212,12 +212,11 @@ impl StoreReader {
         } else {
             path.parent().map(Path::to_path_buf).unwrap_or_default()
         };
-        let elem = super::activations::Elem::from_name(&manifest.dtype).ok_or_else(|| {
-            ManifestError {
+        let elem =
+            super::activations::Elem::from_name(&manifest.dtype).ok_or_else(|| ManifestError {
                 path: dir.join(MANIFEST_FILE),
                 reason: format!("dtype `{}` is not f32, f16 or bf16", manifest.dtype),
-            }
-        })?;
+            })?;
         let mut shards = Vec::new();
         let mut first_row = 0;
         for s in &manifest.shards {
@@ -324,7 +323,10 @@ impl StoreReader {
             let s = &mut self.shards[si];
             let local = row - s.first_row;
             let m = (n - i).min((s.n_rows - local) as usize);
-            for (which, t) in [&s.token_ids, &s.doc_ids, &s.positions].into_iter().enumerate() {
+            for (which, t) in [&s.token_ids, &s.doc_ids, &s.positions]
+                .into_iter()
+                .enumerate()
+            {
                 let Some(t) = t.clone() else { continue };
                 let v = read_ints(&mut s.file, &s.path, &t, local, m)?;
                 for (k, x) in v.into_iter().enumerate() {

@@ -2,7 +2,9 @@
 //! densities and per-token L0 overlaid (held-out rows, training and inference forms).
 
 use super::html::{figure, note, table, Page, Section};
-use super::plot::{histogram, integer_bins, line_chart, Bars, HistChart, Line, LineChart};
+use super::plot::{
+    histogram, integer_bins, line_chart, log_thin, Bars, HistChart, Line, LineChart,
+};
 use super::ReportError;
 use crate::sae::metrics::EvalReport;
 use crate::sae::zipf;
@@ -15,11 +17,7 @@ pub struct CompareVariant<'a> {
     pub inference: Option<&'a EvalReport>,
 }
 
-fn l0_plot(
-    name: &str,
-    title: &str,
-    hists: &[(String, &[u64])],
-) -> Result<String, ReportError> {
+fn l0_plot(name: &str, title: &str, hists: &[(String, &[u64])]) -> Result<String, ReportError> {
     let (edges, counts) = integer_bins(&hists.iter().map(|h| h.1).collect::<Vec<_>>(), 80);
     let bars = hists
         .iter()
@@ -90,12 +88,15 @@ pub fn render(
         let order = zipf::rank_order(d);
         lines.push(Line {
             label: v.label.clone(),
-            points: order
-                .iter()
-                .enumerate()
-                .map(|(r, &j)| ((r + 1) as f64, d[j] as f64))
-                .filter(|p| p.1 > 0.0)
-                .collect(),
+            points: log_thin(
+                &order
+                    .iter()
+                    .enumerate()
+                    .map(|(r, &j)| ((r + 1) as f64, d[j] as f64))
+                    .filter(|p| p.1 > 0.0)
+                    .collect::<Vec<_>>(),
+                500,
+            ),
             dashed: false,
             color: i,
         });
@@ -144,14 +145,26 @@ pub fn render(
         .map(|v| (v.label.clone(), v.training.l0_hist.as_slice()))
         .collect();
     if !train.is_empty() {
-        body.push_str(&l0_plot("l0-training", "Per-token L0, training form", &train)?);
+        body.push_str(&l0_plot(
+            "l0-training",
+            "Per-token L0, training form",
+            &train,
+        )?);
     }
     let inf: Vec<(String, &[u64])> = variants
         .iter()
-        .filter_map(|v| v.inference.filter(|e| !e.l0_hist.is_empty()).map(|e| (v.label.clone(), e.l0_hist.as_slice())))
+        .filter_map(|v| {
+            v.inference
+                .filter(|e| !e.l0_hist.is_empty())
+                .map(|e| (v.label.clone(), e.l0_hist.as_slice()))
+        })
         .collect();
     if !inf.is_empty() {
-        body.push_str(&l0_plot("l0-inference", "Per-token L0, inference form", &inf)?);
+        body.push_str(&l0_plot(
+            "l0-inference",
+            "Per-token L0, inference form",
+            &inf,
+        )?);
     }
     body.push_str("</div>\n");
     sections.push(Section {

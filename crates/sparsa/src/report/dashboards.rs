@@ -102,7 +102,11 @@ impl ActHist {
 
     /// (edges, counts) up to the last non-empty bin.
     pub fn trimmed(&self) -> (Vec<f64>, Vec<f64>) {
-        let last = self.counts.iter().rposition(|&c| c > 0).map_or(1, |i| i + 1);
+        let last = self
+            .counts
+            .iter()
+            .rposition(|&c| c > 0)
+            .map_or(1, |i| i + 1);
         let edges = (0..=last).map(|i| i as f64 * self.width as f64).collect();
         let counts = self.counts[..last].iter().map(|&c| c as f64).collect();
         (edges, counts)
@@ -180,7 +184,9 @@ pub fn scan(
         }
         .into());
     }
-    let total = cfg.max_rows.map_or(reader.n_rows(), |m| m.min(reader.n_rows()));
+    let total = cfg
+        .max_rows
+        .map_or(reader.n_rows(), |m| m.min(reader.n_rows()));
     let batch = cfg.batch.max(1);
     let inference = rule_for(model, Form::Inference)?;
     let training = rule_for(model, Form::Training)?;
@@ -287,7 +293,10 @@ impl Default for Selection {
 }
 
 /// The features to draw, each once, in the order requested → dense → random → rare → dead.
-pub fn select_features(density: &[f32], sel: &Selection) -> Result<Vec<(usize, Group)>, ReportError> {
+pub fn select_features(
+    density: &[f32],
+    sel: &Selection,
+) -> Result<Vec<(usize, Group)>, ReportError> {
     let f = density.len();
     let mut out: Vec<(usize, Group)> = Vec::new();
     let mut taken = vec![false; f];
@@ -307,7 +316,11 @@ pub fn select_features(density: &[f32], sel: &Selection) -> Result<Vec<(usize, G
         take(j, Group::Requested, &mut out);
     }
     let order = crate::sae::zipf::rank_order(density);
-    let live: Vec<usize> = order.iter().copied().filter(|&j| density[j] > 0.0).collect();
+    let live: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&j| density[j] > 0.0)
+        .collect();
     for &j in live.iter().take(sel.dense) {
         take(j, Group::Dense, &mut out);
     }
@@ -422,8 +435,16 @@ pub fn logit_lens(
 ) -> (Vec<(u32, f32)>, Vec<(u32, f32)>) {
     let logits = unembed.logit_lens(direction);
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
-    let top = idx.iter().take(n).map(|&i| (i, logits[i as usize])).collect();
+    idx.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
+    let top = idx
+        .iter()
+        .take(n)
+        .map(|&i| (i, logits[i as usize]))
+        .collect();
     let bottom = idx
         .iter()
         .rev()
@@ -566,6 +587,13 @@ mod tests {
         u.dedup();
         assert_eq!(u.len(), ids.len());
         assert!(s.contains(&(1, Group::Dead)) && s.contains(&(5, Group::Dead)));
-        assert!(select_features(&density, &Selection { requested: vec![7], ..sel }).is_err());
+        assert!(select_features(
+            &density,
+            &Selection {
+                requested: vec![7],
+                ..sel
+            }
+        )
+        .is_err());
     }
 }

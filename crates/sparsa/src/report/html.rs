@@ -88,7 +88,10 @@ impl Page {
         h.push_str("</style>\n</head>\n<body>\n<header>\n");
         h.push_str(&format!("<h1>{}</h1>\n", escape(&self.title)));
         if !self.subtitle.is_empty() {
-            h.push_str(&format!("<p class=\"sub\">{}</p>\n", escape(&self.subtitle)));
+            h.push_str(&format!(
+                "<p class=\"sub\">{}</p>\n",
+                escape(&self.subtitle)
+            ));
         }
         h.push_str("<nav>");
         for s in &self.sections {
@@ -162,7 +165,10 @@ mod tests {
 
     #[test]
     fn escapes_and_renders() {
-        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
         let p = Page {
             title: "T <1>".into(),
             subtitle: String::new(),

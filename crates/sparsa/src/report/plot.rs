@@ -228,7 +228,10 @@ pub fn histogram(c: &HistChart) -> Result<String, PlotError> {
                 .enumerate()
                 .filter(|(_, &n)| n > 0.0)
                 .map(|(i, &n)| {
-                    Rectangle::new([(c.edges[i], 0.0), (c.edges[i + 1], n)], col.mix(alpha).filled())
+                    Rectangle::new(
+                        [(c.edges[i], 0.0), (c.edges[i + 1], n)],
+                        col.mix(alpha).filled(),
+                    )
                 });
             let anno = ch.draw_series(rects).map_err(|e| err(&e))?;
             if !b.label.is_empty() {
@@ -249,6 +252,28 @@ pub fn histogram(c: &HistChart) -> Result<String, PlotError> {
         root.present().map_err(|e| err(&e))?;
     }
     Ok(svg)
+}
+
+/// At most about `n` points of a curve over x ≥ 1, evenly spaced in log x (the first point of
+/// each log bin, plus the last), so a rank plot over many features stays a small SVG.
+pub fn log_thin(points: &[(f64, f64)], n: usize) -> Vec<(f64, f64)> {
+    let Some(&(x_last, _)) = points.last() else {
+        return Vec::new();
+    };
+    let span = x_last.max(1.0).ln().max(1e-9);
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    let mut last_bin = None;
+    for &p in points {
+        let bin = (p.0.max(1.0).ln() / span * n as f64) as i64;
+        if last_bin != Some(bin) {
+            out.push(p);
+            last_bin = Some(bin);
+        }
+    }
+    if out.last() != points.last() {
+        out.push(points[points.len() - 1]);
+    }
+    out
 }
 
 /// Integer-valued data (per-token L0) as histogram edges and counts: one bin per value when the

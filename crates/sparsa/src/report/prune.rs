@@ -47,7 +47,11 @@ fn dnr_epochs_chart(records: &[RoundRecord]) -> Result<Vec<(String, String)>, Re
                     })
                     .collect();
                 lines.push(Line {
-                    label: if ri == 0 { format!("AP {ap}") } else { String::new() },
+                    label: if ri == 0 {
+                        format!("AP {ap}")
+                    } else {
+                        String::new()
+                    },
                     points,
                     dashed: false,
                     color: vi,
@@ -76,7 +80,11 @@ pub fn render(rep: &Report, title: &str) -> Result<String, ReportError> {
         "{} of {} rounds finished{}.",
         c.finished_rounds,
         c.expected_rounds,
-        if c.is_complete() { "" } else { " (incomplete run)" }
+        if c.is_complete() {
+            ""
+        } else {
+            " (incomplete run)"
+        }
     ));
     for w in rep.warnings() {
         body.push_str(&note(&format!("warning: {w}")));

@@ -5,7 +5,9 @@
 
 use super::dashboards::{Dashboard, Dashboards};
 use super::html::{escape, figure, note, table, Page, Section};
-use super::plot::{histogram, integer_bins, line_chart, Bars, HistChart, Line, LineChart};
+use super::plot::{
+    histogram, integer_bins, line_chart, log_thin, Bars, HistChart, Line, LineChart,
+};
 use super::ReportError;
 use crate::sae::io::SaeModel;
 use crate::sae::metrics::{EvalReport, Form};
@@ -72,7 +74,10 @@ fn summary(r: &SaeReport) -> Section {
             m.export_architecture()
         ),
     ]);
-    rows.push(vec!["d_in × d_sae".into(), format!("{} × {}", m.params.d, m.params.f)]);
+    rows.push(vec![
+        "d_in × d_sae".into(),
+        format!("{} × {}", m.params.d, m.params.f),
+    ]);
     if let Ok(serde_json::Value::Object(meta)) = serde_json::to_value(&m.meta) {
         for (k, v) in meta {
             if k == "trained_architecture" {
@@ -90,11 +95,25 @@ fn summary(r: &SaeReport) -> Section {
     body.push_str(&table(&rows));
     body.push_str("<h3>Final metrics</h3>\n");
     if r.evals.is_empty() {
-        body.push_str(&note("No evaluation: this directory has no eval.json and no data was given to evaluate on."));
+        body.push_str(&note(
+            "No evaluation: this directory has no eval.json and no data was given to evaluate on.",
+        ));
     } else {
         let mut t = vec![[
-            "form", "rule", "tokens", "FVU", "MSE", "cos", "L0 mean", "L0 std", "L0 max",
-            "L0=0 %", "dead %", "dense %", "rel. bias", "Zipf α",
+            "form",
+            "rule",
+            "tokens",
+            "FVU",
+            "MSE",
+            "cos",
+            "L0 mean",
+            "L0 std",
+            "L0 max",
+            "L0=0 %",
+            "dead %",
+            "dense %",
+            "rel. bias",
+            "Zipf α",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -191,13 +210,23 @@ fn curves(metrics: &[serde_json::Value]) -> Result<Section, ReportError> {
             .collect();
         body.push_str(&figure(
             "curve-dead",
-            &small_line("Dead features", "dead %", vec![line("dead %", dead, 2, false)], false)?,
+            &small_line(
+                "Dead features",
+                "dead %",
+                vec![line("dead %", dead, 2, false)],
+                false,
+            )?,
             "Share of features that have not fired within the auxiliary loss's dead window.",
         ));
         let aux = series(metrics, "aux_loss");
         body.push_str(&figure(
             "curve-aux",
-            &small_line("Auxiliary loss", "aux loss", vec![line("aux", aux, 3, false)], false)?,
+            &small_line(
+                "Auxiliary loss",
+                "aux loss",
+                vec![line("aux", aux, 3, false)],
+                false,
+            )?,
             "The auxiliary loss (aux_k or aux_zipf) before its coefficient; 0 without one.",
         ));
         let lr = series(metrics, "lr");
@@ -244,11 +273,16 @@ fn density_section(r: &SaeReport) -> Result<Section, ReportError> {
         ));
     }
     if let Some(d) = r.dashboards {
-        sets.push((format!("on {} ({} rows)", d.store, d.scan.rows), d.scan.density()));
+        sets.push((
+            format!("on {} ({} rows)", d.store, d.scan.rows),
+            d.scan.density(),
+        ));
     }
     let mut body = String::new();
     if sets.is_empty() {
-        body.push_str(&note("No densities: sparsity.safetensors is missing or all zero, and no data was scanned."));
+        body.push_str(&note(
+            "No densities: sparsity.safetensors is missing or all zero, and no data was scanned.",
+        ));
         return Ok(Section {
             id: "density".into(),
             title: "Feature density".into(),
@@ -278,10 +312,16 @@ fn density_section(r: &SaeReport) -> Result<Section, ReportError> {
             bars,
             size: (560, 340),
         })?,
-        &format!("Features by how often they fire (quarter-decade bins); {}.", dead_note.join("; ")),
+        &format!(
+            "Features by how often they fire (quarter-decade bins); {}.",
+            dead_note.join("; ")
+        ),
     ));
     // Rank–density on log–log axes with the fitted law, for the last set (the data when given).
-    let (label, d) = sets.last().map(|(l, d)| (l.clone(), d.clone())).unwrap_or_default();
+    let (label, d) = sets
+        .last()
+        .map(|(l, d)| (l.clone(), d.clone()))
+        .unwrap_or_default();
     let order = zipf::rank_order(&d);
     let pts: Vec<(f64, f64)> = order
         .iter()
@@ -289,6 +329,7 @@ fn density_section(r: &SaeReport) -> Result<Section, ReportError> {
         .map(|(r, &j)| ((r + 1) as f64, d[j] as f64))
         .filter(|p| p.1 > 0.0)
         .collect();
+    let pts = log_thin(&pts, 500);
     let fit = zipf::fit(&d, 0.5, &zipf::BETA_GRID);
     let mut lines = vec![line(&format!("density ({label})"), pts.clone(), 0, false)];
     let caption = match fit {
@@ -309,7 +350,9 @@ fn density_section(r: &SaeReport) -> Result<Section, ReportError> {
                 z.alpha, z.beta, z.r2
             )
         }
-        None => format!("Density against rank (log–log), {label}. Too few firing features to fit a Zipf law."),
+        None => format!(
+            "Density against rank (log–log), {label}. Too few firing features to fit a Zipf law."
+        ),
     };
     if !pts.is_empty() {
         body.push_str(&figure(
@@ -354,7 +397,9 @@ fn l0_section(r: &SaeReport) -> Result<Section, ReportError> {
     }
     let mut body = String::new();
     if hists.is_empty() {
-        body.push_str(&note("No per-token L0: pass --data STORE (or keep the run's eval.json)."));
+        body.push_str(&note(
+            "No per-token L0: pass --data STORE (or keep the run's eval.json).",
+        ));
     } else {
         body.push_str("<div class=\"grid\">\n");
         // One plot per source (evaluation / scanned store), forms overlaid.
@@ -432,7 +477,9 @@ fn dashboard_html(d: &Dashboard, rows: u64) -> Result<String, ReportError> {
         count = d.count,
     );
     if d.count == 0 {
-        h.push_str(&note("Never fired on the scanned rows: no contexts and no activation histogram."));
+        h.push_str(&note(
+            "Never fired on the scanned rows: no contexts and no activation histogram.",
+        ));
     }
     h.push_str("<div class=\"cols\">\n");
     if d.count > 0 {
@@ -530,7 +577,10 @@ fn features_section(d: &Dashboards) -> Result<Section, ReportError> {
     let mut index = String::from("<div class=\"table-wrap\"><table id=\"feature-index\">\n<tr><th>feature</th><th>group</th><th>density</th><th>max activation</th></tr>\n");
     for f in &d.features {
         let dens = f.count as f64 / d.scan.rows.max(1) as f64;
-        let max = f.contexts.first().map_or("—".to_string(), |c| format!("{:.3}", c.0.act));
+        let max = f
+            .contexts
+            .first()
+            .map_or("—".to_string(), |c| format!("{:.3}", c.0.act));
         index.push_str(&format!(
             "<tr><td><a href=\"#f-{id}\">{id}</a></td><td>{}</td><td>{dens:.3e}</td><td>{max}</td></tr>\n",
             f.group.name(),
