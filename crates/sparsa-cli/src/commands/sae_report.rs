@@ -108,7 +108,10 @@ fn final_metrics(
             let n = e.first().map_or(0, |r| r.tokens);
             return Ok((
                 e,
-                format!("Evaluated by the report on {n} held-out rows of the run's data, in batches of {}.", cfg.train.batch_size),
+                format!(
+                    "Evaluated by the report on {n} evaluation rows of the run's data (its held-out rows when it kept some), in batches of {}.",
+                    cfg.train.batch_size
+                ),
             ));
         }
     }

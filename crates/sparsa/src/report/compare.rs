@@ -72,7 +72,8 @@ pub fn render(
         let mut c = vec![0f64; edges.len() - 1];
         for &r in d.iter().filter(|&&r| r > 0.0) {
             let b = (((r as f64).log10() + 8.0) / 0.25).floor().max(0.0) as usize;
-            c[b.min(c.len() - 1)] += 1.0;
+            let last = c.len() - 1;
+            c[b.min(last)] += 1.0;
         }
         dead.push(format!(
             "{}: {} of {} dead",
