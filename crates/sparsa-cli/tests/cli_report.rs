@@ -29,7 +29,7 @@ fn printed_path(stdout: &str) -> std::path::PathBuf {
 /// Save a screenshot for the README when SPARSA_SCREENSHOTS names a directory.
 fn maybe_screenshot(page: &Path, name: &str, fragment: Option<&str>) {
     if let Ok(dir) = std::env::var("SPARSA_SCREENSHOTS") {
-        browser::screenshot(page, &Path::new(&dir).join(name), 1100, 820, fragment);
+        browser::screenshot(page, &Path::new(&dir).join(name), 1100, 1300, fragment);
     }
 }
 
@@ -97,7 +97,7 @@ fn sae_report_of_a_synthetic_run_renders_in_a_browser() {
         r.dom.contains("Zipf fit α="),
         "no fitted law on the rank plot"
     );
-    maybe_screenshot(&page, "sae-report.png", None);
+    maybe_screenshot(&page, "sae-report.png", Some("curves"));
 }
 
 /// 8×8 images of 4 classes: a bright 4×4 block in quadrant `class`, plus noise.
@@ -108,7 +108,7 @@ fn write_dataset(dir: &Path, n_train: usize, n_test: usize) {
         state = state
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        ((state >> 33) % 60) as u8
+        ((state >> 33) % 120) as u8
     };
     for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
         let mut img = Vec::with_capacity(n * 64);
@@ -119,7 +119,8 @@ fn write_dataset(dir: &Path, n_train: usize, n_test: usize) {
             for y in 0..8 {
                 for x in 0..8 {
                     let q = (y / 4) * 2 + x / 4;
-                    img.push(if q == c { 180 } else { 40 } + noise());
+                    // Overlapping intensities, so accuracy falls as weights go.
+                    img.push(if q == c { 90 } else { 60 } + noise());
                 }
             }
         }
@@ -158,8 +159,8 @@ lr = 0.05
 [prune]
 schedule = "iterative"
 methods = ["magnitude"]
-rate = 0.5
-rounds = 3
+rate = 0.6
+rounds = 4
 ap = ["off", "on"]
 ap_rate = 0.02
 seeds = [0, 1]
@@ -198,5 +199,5 @@ seeds = [0, 1]
     ] {
         assert!(plots.iter().any(|x| x == p), "plot {p} missing: {plots:?}");
     }
-    maybe_screenshot(&page, "prune-report.png", None);
+    maybe_screenshot(&page, "prune-report.png", Some("plots"));
 }
