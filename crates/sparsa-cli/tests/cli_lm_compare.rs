@@ -85,8 +85,9 @@ fn lm_compare_runs_end_to_end_and_sae_eval_reports_downstream() {
             &compare,
             &std::path::Path::new(&dir).join("compare.png"),
             1100,
-            820,
-            None,
+            1100,
+            &["table", "density", "l0"],
+            "",
         );
     }
 
@@ -160,8 +161,9 @@ fn lm_compare_runs_end_to_end_and_sae_eval_reports_downstream() {
             &page,
             &d.join("sae-dashboards.png"),
             1100,
-            900,
-            Some("features"),
+            1300,
+            &["features"],
+            "#feature-index, .search, #features > p.note { display: none; }",
         );
     }
 

@@ -27,9 +27,9 @@ fn printed_path(stdout: &str) -> std::path::PathBuf {
 }
 
 /// Save a screenshot for the README when SPARSA_SCREENSHOTS names a directory.
-fn maybe_screenshot(page: &Path, name: &str, fragment: Option<&str>) {
+fn maybe_screenshot(page: &Path, name: &str, show: &[&str]) {
     if let Ok(dir) = std::env::var("SPARSA_SCREENSHOTS") {
-        browser::screenshot(page, &Path::new(&dir).join(name), 1100, 1300, fragment);
+        browser::screenshot(page, &Path::new(&dir).join(name), 1100, 1300, show, "");
     }
 }
 
@@ -97,7 +97,7 @@ fn sae_report_of_a_synthetic_run_renders_in_a_browser() {
         r.dom.contains("Zipf fit α="),
         "no fitted law on the rank plot"
     );
-    maybe_screenshot(&page, "sae-report.png", Some("curves"));
+    maybe_screenshot(&page, "sae-report.png", &["curves", "density"]);
 }
 
 /// 8×8 images of 4 classes: a bright 4×4 block in quadrant `class`, plus noise.
@@ -199,5 +199,5 @@ seeds = [0, 1]
     ] {
         assert!(plots.iter().any(|x| x == p), "plot {p} missing: {plots:?}");
     }
-    maybe_screenshot(&page, "prune-report.png", Some("plots"));
+    maybe_screenshot(&page, "prune-report.png", &["plots"]);
 }

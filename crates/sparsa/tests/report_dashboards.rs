@@ -151,8 +151,8 @@ fn top_contexts_match_a_brute_force_pass() {
             }
         }
         let mut checked = 0;
-        for j in 0..f {
-            let mut v = per_feature[j].clone();
+        for (j, pf) in per_feature.iter().enumerate() {
+            let mut v = pf.clone();
             assert_eq!(s.counts[j], v.len() as u64, "{arch:?} feature {j} count");
             v.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             v.truncate(top_n);

@@ -208,21 +208,31 @@ pub fn render(page: &Path) -> Rendered {
     r
 }
 
-/// Screenshot `page` (PNG, `w`×`h`); `fragment` scrolls to an anchor first (e.g. "features").
-pub fn screenshot(page: &Path, png: &Path, w: u32, h: u32, fragment: Option<&str>) {
+/// Screenshot `page` (PNG, `w`×`h`) showing its header and only the sections `show` (all when
+/// empty) and extra `css`, so one picture can hold the plots of a long page.
+pub fn screenshot(page: &Path, png: &Path, w: u32, h: u32, show: &[&str], css: &str) {
+    let html = std::fs::read_to_string(page).unwrap();
+    let hide = if show.is_empty() {
+        String::new()
+    } else {
+        let not: String = show.iter().map(|s| format!(":not(#{s})")).collect();
+        format!("<style>main > section{not} {{ display: none; }} nav {{ display: none; }} {css}</style>")
+    };
+    let copy = page.with_extension("shot.html");
+    std::fs::write(
+        &copy,
+        html.replacen("</head>", &format!("{hide}</head>"), 1),
+    )
+    .unwrap();
     let profile = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(chromium());
     base_args(&mut cmd, profile.path());
     cmd.arg(format!("--window-size={w},{h}"))
         .arg("--hide-scrollbars")
         .arg(format!("--screenshot={}", png.display()));
-    let mut url = format!("file://{}", page.canonicalize().unwrap().display());
-    if let Some(f) = fragment {
-        url.push('#');
-        url.push_str(f);
-    }
-    cmd.arg(url);
+    cmd.arg(format!("file://{}", copy.canonicalize().unwrap().display()));
     let out = cmd.output().expect("cannot start the headless browser");
+    let _ = std::fs::remove_file(&copy);
     assert!(
         out.status.success(),
         "{}",

@@ -426,13 +426,12 @@ pub fn contexts(
     Ok(out)
 }
 
+/// (token id, logit) pairs.
+pub type Logits = Vec<(u32, f32)>;
+
 /// The `n` vocabulary entries a decoder direction promotes most and suppresses most:
-/// ((id, logit) descending, (id, logit) ascending).
-pub fn logit_lens(
-    unembed: &Unembedding,
-    direction: &[f32],
-    n: usize,
-) -> (Vec<(u32, f32)>, Vec<(u32, f32)>) {
+/// (descending, ascending).
+pub fn logit_lens(unembed: &Unembedding, direction: &[f32], n: usize) -> (Logits, Logits) {
     let logits = unembed.logit_lens(direction);
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     idx.sort_by(|&a, &b| {

@@ -72,9 +72,10 @@ fn pow10_label(v: f64) -> String {
 
 fn plain_label(v: f64) -> String {
     let a = v.abs();
-    if a == 0.0 {
+    // Ticks computed as sums of floats land a rounding error away from zero.
+    if a < 1e-12 {
         "0".into()
-    } else if a >= 1e5 || a < 1e-3 {
+    } else if !(1e-3..1e5).contains(&a) {
         format!("{v:.0e}")
     } else if a >= 100.0 {
         format!("{v:.0}")
@@ -118,7 +119,7 @@ pub fn line_chart(c: &LineChart) -> Result<String, PlotError> {
             let pts = l
                 .points
                 .iter()
-                .filter(|p| keep(*p))
+                .filter(|p| keep(p))
                 .map(|&(x, y)| (tx(x), ty(y)))
                 .collect();
             (l, pts)
@@ -140,9 +141,20 @@ pub fn line_chart(c: &LineChart) -> Result<String, PlotError> {
             .y_label_area_size(56)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|e| err(&e))?;
-        let (lx, ly) = (c.log_x, c.log_y);
-        let fx = move |v: &f64| if lx { pow10_label(*v) } else { plain_label(*v) };
-        let fy = move |v: &f64| if ly { pow10_label(*v) } else { plain_label(*v) };
+        // Log axes spanning under two decades label every tick with its value.
+        let log_label = |dense: bool| {
+            move |v: &f64| {
+                if dense {
+                    plain_label(10f64.powf(*v))
+                } else {
+                    pow10_label(*v)
+                }
+            }
+        };
+        let (lx, ly) = (log_label(x1 - x0 < 2.0), log_label(y1 - y0 < 2.0));
+        let (is_lx, is_ly) = (c.log_x, c.log_y);
+        let fx = move |v: &f64| if is_lx { lx(v) } else { plain_label(*v) };
+        let fy = move |v: &f64| if is_ly { ly(v) } else { plain_label(*v) };
         ch.configure_mesh()
             .x_desc(c.x_label.as_str())
             .y_desc(c.y_label.as_str())
