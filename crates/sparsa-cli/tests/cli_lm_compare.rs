@@ -159,7 +159,7 @@ fn lm_compare_runs_end_to_end_and_sae_eval_reports_downstream() {
         let d = std::path::Path::new(&dir);
         browser::screenshot(
             &page,
-            &d.join("sae-dashboards.png"),
+            &d.join("sae-dashboards-tiny.png"),
             1100,
             1300,
             &["features"],

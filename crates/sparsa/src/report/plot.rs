@@ -80,7 +80,9 @@ fn plain_label(v: f64) -> String {
     } else if a >= 100.0 {
         format!("{v:.0}")
     } else {
-        let s = format!("{v:.3}");
+        // Three significant digits, trailing zeros dropped.
+        let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
+        let s = format!("{v:.decimals$}");
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
@@ -349,6 +351,9 @@ mod tests {
         assert_eq!(pow10_label(-2.0), "0.01");
         assert_eq!(pow10_label(-5.0), "1e-5");
         assert_eq!(pow10_label(-2.5), "");
+        assert_eq!(plain_label(0.0025), "0.0025");
+        assert_eq!(plain_label(12.5), "12.5");
+        assert_eq!(plain_label(-2e-16), "0");
     }
 
     #[test]
