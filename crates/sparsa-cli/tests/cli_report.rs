@@ -97,6 +97,13 @@ fn sae_report_of_a_synthetic_run_renders_in_a_browser() {
         r.dom.contains("Zipf fit α="),
         "no fitted law on the rank plot"
     );
+    // It prints (headless print-to-PDF succeeds and holds the page).
+    let pdf = browser::print_pdf(&page);
+    assert!(
+        pdf.starts_with(b"%PDF") && pdf.len() > 20_000,
+        "{} bytes",
+        pdf.len()
+    );
     maybe_screenshot(&page, "sae-report.png", &["curves", "density"]);
 }
 

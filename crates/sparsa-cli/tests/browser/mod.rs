@@ -266,3 +266,21 @@ pub fn assert_offline(html: &str) {
         "an http(s) address other than the SVG namespace is in the report"
     );
 }
+
+/// Print `page` to PDF headless (the reports must stay readable on paper); returns the PDF bytes.
+pub fn print_pdf(page: &Path) -> Vec<u8> {
+    let profile = tempfile::tempdir().unwrap();
+    let pdf = profile.path().join("page.pdf");
+    let mut cmd = Command::new(chromium());
+    base_args(&mut cmd, profile.path());
+    cmd.arg("--no-pdf-header-footer")
+        .arg(format!("--print-to-pdf={}", pdf.display()))
+        .arg(format!("file://{}", page.canonicalize().unwrap().display()));
+    let out = cmd.output().expect("cannot start the headless browser");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(&pdf).unwrap()
+}
