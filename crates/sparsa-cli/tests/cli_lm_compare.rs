@@ -1,5 +1,7 @@
 //! End-to-end on the real model (fetched into the cache): the README's main job at a tiny size.
 
+mod browser;
+
 use std::process::Command;
 
 #[test]
@@ -42,6 +44,8 @@ fn lm_compare_runs_end_to_end_and_sae_eval_reports_downstream() {
         "train.batch_size=256",
         "--set",
         "train.init_sample=1024",
+        "--set",
+        "train.log_every=2",
     ]);
     for needle in [
         "topk + aux_k",
@@ -54,6 +58,115 @@ fn lm_compare_runs_end_to_end_and_sae_eval_reports_downstream() {
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
     }
+    // compare.html: the table and every variant's densities and per-token L0, in a browser.
+    let compare = out.join("compare.html");
+    assert_eq!(
+        stdout.lines().last().map(str::trim),
+        compare.to_str(),
+        "{stdout}"
+    );
+    let html = std::fs::read_to_string(&compare).unwrap();
+    browser::assert_offline(&html);
+    let r = browser::render(&compare);
+    r.assert_clean();
+    r.assert_sections(&["table", "density", "l0"]);
+    let plots = r.assert_plots_drawn();
+    for p in [
+        "density-hist",
+        "rank-density",
+        "l0-training",
+        "l0-inference",
+    ] {
+        assert!(plots.iter().any(|x| x == p), "plot {p} missing: {plots:?}");
+    }
+    assert!(r.dom.contains("mutual_choice + aux_zipf") && r.dom.contains("CE spliced"));
+    if let Ok(dir) = std::env::var("SPARSA_SCREENSHOTS") {
+        browser::screenshot(
+            &compare,
+            &std::path::Path::new(&dir).join("compare.png"),
+            1100,
+            1100,
+            &["table", "density", "l0"],
+            "",
+        );
+    }
+
+    // sae report with feature dashboards from the store (one pass), in a browser.
+    let sae_dir = out.join("mutual_choice+aux_zipf");
+    let page = dir.path().join("mc-report.html");
+    let stdout = run(&[
+        "sae",
+        "report",
+        sae_dir.to_str().unwrap(),
+        "--data",
+        out.join("activations").to_str().unwrap(),
+        "--out",
+        page.to_str().unwrap(),
+        "--features",
+        "3,17",
+        "--dense",
+        "4",
+        "--random",
+        "4",
+        "--rare",
+        "2",
+        "--batch",
+        "256",
+    ]);
+    assert_eq!(stdout.trim(), page.to_str().unwrap());
+    let html = std::fs::read_to_string(&page).unwrap();
+    browser::assert_offline(&html);
+    let r = browser::render(&page);
+    r.assert_clean();
+    r.assert_sections(&["summary", "curves", "density", "l0", "features"]);
+    let plots = r.assert_plots_drawn();
+    for p in [
+        "curve-fvu",
+        "density-hist",
+        "rank-density",
+        "l0-hist-0",
+        "l0-hist-1",
+    ] {
+        assert!(plots.iter().any(|x| x == p), "plot {p} missing: {plots:?}");
+    }
+    assert!(
+        r.dom.contains("id=\"f-3\"") && r.dom.contains("id=\"f-17\""),
+        "requested features missing"
+    );
+    assert!(
+        r.dom.contains("data-search=\"ok\""),
+        "the search box does not find features"
+    );
+    // A dashboard shows contexts with shaded tokens, the max token marked, its activation
+    // histogram and the logit lens.
+    let f = &r.dom[r.dom.find("<article class=\"feature\"").unwrap()..];
+    let f = &f[..f.find("</article>").unwrap()];
+    assert!(f.contains("class=\"ctx\""), "no contexts");
+    assert!(f.contains("class=\"tok max\""), "max token not marked");
+    assert!(
+        f.contains("background: rgba(255, 128, 0"),
+        "no shaded tokens"
+    );
+    assert!(
+        f.contains("data-plot=\"act-hist-"),
+        "no activation histogram"
+    );
+    assert!(
+        f.contains("promoted") && f.contains("suppressed"),
+        "no logit lens"
+    );
+    if let Ok(dir) = std::env::var("SPARSA_SCREENSHOTS") {
+        let d = std::path::Path::new(&dir);
+        browser::screenshot(
+            &page,
+            &d.join("sae-dashboards-tiny.png"),
+            1100,
+            1300,
+            &["features"],
+            "#feature-index, .search, #features > p.note { display: none; }",
+        );
+    }
+
     // The store and SAE directories are reusable: evaluate one SAE on the store with sae eval.
     let sae = out.join("mutual_choice+aux_zipf");
     let store = out.join("activations");

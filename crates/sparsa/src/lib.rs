@@ -13,5 +13,6 @@ pub mod kernels;
 pub mod lm;
 pub mod nn;
 pub mod prune;
+pub mod report;
 pub mod sae;
 pub mod util;

@@ -6,3 +6,4 @@ pub mod lm;
 pub mod prune;
 pub mod sae;
 pub mod sae_lm;
+pub mod sae_report;

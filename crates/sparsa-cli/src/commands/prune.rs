@@ -48,8 +48,9 @@ pub enum PruneCommand {
     },
     /// Print the summary of a run directory (accuracy per sparsity with and without AP, mean ±
     /// std over seeds; the paired AP − off difference per round with its t-based 95 % CI over
-    /// seeds; a summary over the last rounds that counts each seed once) and write CSVs and SVG
-    /// plots (accuracy and DNR versus remaining weights). Says when the run is incomplete.
+    /// seeds; a summary over the last rounds that counts each seed once) and write CSVs, SVG
+    /// plots (accuracy and DNR versus remaining weights) and report.html (one self-contained
+    /// page with the plots, DNR over epochs and the tables). Says when the run is incomplete.
     Report {
         /// A run directory (printed by `sparsa prune run`).
         run_dir: PathBuf,
@@ -225,6 +226,8 @@ fn print_report(
     if plots {
         files.extend(report::write_plots(&rep.records, &out)?);
     }
+    let html = sparsa::report::prune::render(&rep, &run_dir.display().to_string())?;
+    files.push(sparsa::report::write(&out.join("report.html"), &html)?);
     for f in files {
         println!("wrote {}", f.display());
     }

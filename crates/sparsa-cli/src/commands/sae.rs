@@ -32,6 +32,10 @@ pub enum SaeCommand {
     /// residual stream, train TopK, Mutual Choice and Feature Choice SAEs at equal k, and
     /// evaluate reconstruction and the model's own next-token loss. Resumable.
     LmCompare(super::sae_lm::LmCompareArgs),
+    /// Write one self-contained HTML page about a trained SAE: summary, training curves,
+    /// density histogram and rank–density plot with the Zipf fit, per-token L0, and with
+    /// --data STORE feature dashboards (top contexts, activation histogram, logit lens).
+    Report(super::sae_report::ReportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -174,6 +178,7 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
         SaeCommand::Export(a) => export(a),
         SaeCommand::Compare(a) => compare(a),
         SaeCommand::LmCompare(a) => super::sae_lm::lm_compare(a),
+        SaeCommand::Report(a) => super::sae_report::report(a),
     }
 }
 
@@ -192,9 +197,15 @@ fn load_config(path: Option<&Path>, set: &[String], default: Option<&str>) -> Re
 }
 
 /// Append metric lines to a JSONL file.
-struct JsonlLog(std::fs::File);
+pub(crate) struct JsonlLog(std::fs::File);
 
 impl JsonlLog {
+    /// Start the file afresh (a run that starts from step 0).
+    pub(crate) fn create(path: &Path) -> Result<Self> {
+        let f = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(JsonlLog(f))
+    }
     fn open(path: &Path) -> Result<Self> {
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -203,7 +214,7 @@ impl JsonlLog {
             .with_context(|| format!("cannot open {}", path.display()))?;
         Ok(JsonlLog(f))
     }
-    fn write(&mut self, m: &StepMetrics) -> Result<(), SaeError> {
+    pub(crate) fn write(&mut self, m: &StepMetrics) -> Result<(), SaeError> {
         let line = serde_json::to_string(m).unwrap_or_default();
         writeln!(self.0, "{line}").map_err(|source| SaeError::Io {
             path: "metrics.jsonl".into(),
@@ -313,7 +324,7 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+pub(crate) fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(v)?;
     sparsa::util::fs::atomic_write(path, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))

@@ -12,6 +12,8 @@ use sparsa::lm::{
     downstream_eval_many, from_rows, DownstreamConfig, DownstreamReport, Hook, HookPoint, Llama,
     Reconstruct,
 };
+use sparsa::report::compare::CompareVariant;
+use sparsa::report::sae::{EVAL_FILE, METRICS_FILE};
 use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant};
 use sparsa::sae::config::{HoldoutSplit, RunConfig};
 use sparsa::sae::io::{load_sae, SaeModel};
@@ -104,6 +106,13 @@ pub fn evaluate_downstream(
 
 /// One table row per (label, form): reconstruction and downstream metrics side by side.
 pub fn combined_table(rows_in: &[(String, &EvalReport, Option<&DownstreamReport>)]) -> String {
+    ui::table(&combined_rows(rows_in))
+}
+
+/// The rows of [`combined_table`] (first row the header), for the terminal and compare.html.
+pub fn combined_rows(
+    rows_in: &[(String, &EvalReport, Option<&DownstreamReport>)],
+) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         "SAE".to_string(),
         "form".into(),
@@ -143,7 +152,7 @@ pub fn combined_table(rows_in: &[(String, &EvalReport, Option<&DownstreamReport>
             f(d.map(|d| d.kl_clean_spliced), 4),
         ]);
     }
-    ui::table(&rows)
+    rows
 }
 
 #[derive(Args, Debug)]
@@ -285,13 +294,16 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
             &v.label(),
             "tok",
         );
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut log = super::sae::JsonlLog::create(&dir.join(METRICS_FILE))?;
         let r = train_and_evaluate(
             &cfg,
             Some(&dir),
             base.data.holdout_tokens,
             &bar,
             &cancel,
-            &mut |_| Ok(()),
+            &mut |m| log.write(m),
         )?
         .ok_or_else(|| {
             ui::Interrupted(format!(
@@ -300,6 +312,11 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
                 dir.display()
             ))
         })?;
+        let mut evals = vec![&r.eval];
+        if cfg.sae.architecture.batch_dependent() {
+            evals.push(&r.eval_inference);
+        }
+        super::sae::write_json(&dir.join(EVAL_FILE), &evals)?;
         eprintln!(
             "      {}: FVU {:.4}, L0 {:.2}, {:.1} s ({:.0} tokens/s)",
             v.label(),
@@ -332,9 +349,10 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
         .zip(&reports)
         .map(|((_, _, e, l), d)| (l.clone(), *e, Some(d)))
         .collect();
-    println!("{}", combined_table(&rows));
+    let table_rows = combined_rows(&rows);
+    println!("{}", ui::table(&table_rows));
     let r0 = &reports[0];
-    println!(
+    let notes = vec![format!(
         "SmolLM2-135M {}, {} rows from `{}` ({} held out for FVU/L0, {}), {} held-out contexts ({} predictions) for CE; \
          training form = the batch rule over batches of {}, inference form = JumpReLU with {}; {}.",
         r0.hook, s.n_tokens, a.corpus, base.data.holdout_tokens,
@@ -344,12 +362,29 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
         },
         r0.n_sequences, r0.n_predictions, base.train.batch_size,
         super::sae::threshold_note(&base), r0.bos_rule
-    );
+    )];
+    println!("{}", notes[0]);
     let mean_tps =
         trained.iter().map(|t| t.2.tokens_per_second).sum::<f64>() / trained.len().max(1) as f64;
     println!(
         "extraction {ext_rate:.0} model tokens/s; SAE training {mean_tps:.0} tokens/s (mean over variants); total {:.0} s.",
         t_all.elapsed().as_secs_f64()
     );
+    let variants: Vec<CompareVariant> = trained
+        .iter()
+        .map(|(label, m, r)| CompareVariant {
+            label: label.clone(),
+            training: &r.eval,
+            inference: m.thresholds.is_some().then_some(&r.eval_inference),
+        })
+        .collect();
+    let html = sparsa::report::compare::render(
+        &format!("SAE comparison: {}", a.out.display()),
+        &table_rows,
+        &notes,
+        &variants,
+    )?;
+    let path = sparsa::report::write(&a.out.join("compare.html"), &html)?;
+    println!("{}", path.display());
     Ok(())
 }

@@ -243,7 +243,7 @@ impl Elem {
     }
 
     /// Convert little-endian storage bytes to `f32` (`src.len() == out.len() × size`).
-    fn decode(self, src: &[u8], out: &mut [f32]) {
+    pub fn decode(self, src: &[u8], out: &mut [f32]) {
         match self {
             Elem::F32 => {
                 for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {

@@ -134,3 +134,256 @@ impl Manifest {
         self.extra.get("corpus").and_then(|v| v.as_str())
     }
 }
+
+/// One tensor's place inside a shard file.
+#[derive(Debug, Clone)]
+struct TensorAt {
+    /// Byte offset of the tensor's data in the file.
+    offset: u64,
+    dtype: String,
+    n: u64,
+}
+
+/// A shard opened for positional reads.
+#[derive(Debug)]
+struct ShardFile {
+    path: PathBuf,
+    file: std::fs::File,
+    first_row: u64,
+    n_rows: u64,
+    activations: TensorAt,
+    token_ids: Option<TensorAt>,
+    doc_ids: Option<TensorAt>,
+    positions: Option<TensorAt>,
+}
+
+/// Where one row came from: its token, document and position in its context (`None` when the
+/// store does not record it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RowSource {
+    pub token: Option<u32>,
+    pub doc: Option<u32>,
+    pub position: Option<u32>,
+}
+
+/// Reads a store's rows in file order, or any rows by global index, with ordinary positional
+/// reads (no memory map), so memory stays the caller's buffer whatever the store's size.
+#[derive(Debug)]
+pub struct StoreReader {
+    manifest: Manifest,
+    elem: super::activations::Elem,
+    shards: Vec<ShardFile>,
+}
+
+fn read_header(path: &Path, file: &mut std::fs::File) -> Result<(u64, serde_json::Value), String> {
+    use std::io::Read;
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n)
+        .map_err(|e| format!("cannot read the safetensors header ({e})"))?;
+    let n = u64::from_le_bytes(n);
+    if n > 100 << 20 {
+        return Err(format!("header of {n} bytes is implausible"));
+    }
+    let mut h = vec![0u8; n as usize];
+    file.read_exact(&mut h)
+        .map_err(|e| format!("truncated safetensors header ({e})"))?;
+    let v = serde_json::from_slice(&h)
+        .map_err(|e| format!("{}: header is not JSON ({e})", path.display()))?;
+    Ok((8 + n, v))
+}
+
+fn tensor_at(header: &serde_json::Value, base: u64, name: &str) -> Option<TensorAt> {
+    let t = header.get(name)?;
+    let dtype = t.get("dtype")?.as_str()?.to_string();
+    let offs = t.get("data_offsets")?.as_array()?;
+    let n = t
+        .get("shape")?
+        .as_array()?
+        .iter()
+        .map(|d| d.as_u64())
+        .product::<Option<u64>>()?;
+    Some(TensorAt {
+        offset: base + offs.first()?.as_u64()?,
+        dtype,
+        n,
+    })
+}
+
+impl StoreReader {
+    /// Open the store at `path` (a directory or its manifest) and every listed shard.
+    pub fn open(path: &Path) -> Result<StoreReader, ManifestError> {
+        let manifest = Manifest::read(path)?;
+        let dir = if path.is_dir() {
+            path.to_path_buf()
+        } else {
+            path.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
+        let elem =
+            super::activations::Elem::from_name(&manifest.dtype).ok_or_else(|| ManifestError {
+                path: dir.join(MANIFEST_FILE),
+                reason: format!("dtype `{}` is not f32, f16 or bf16", manifest.dtype),
+            })?;
+        let mut shards = Vec::new();
+        let mut first_row = 0;
+        for s in &manifest.shards {
+            let p = dir.join(&s.file);
+            let err = |reason: String| ManifestError {
+                path: p.clone(),
+                reason,
+            };
+            let mut file =
+                std::fs::File::open(&p).map_err(|e| err(format!("cannot open shard ({e})")))?;
+            let (base, header) = read_header(&p, &mut file).map_err(err)?;
+            let activations = tensor_at(&header, base, ACTIVATIONS_TENSOR)
+                .filter(|t| t.n == s.n_tokens * manifest.d_model as u64)
+                .ok_or_else(|| {
+                    err(format!(
+                        "no `{ACTIVATIONS_TENSOR}` tensor of {} × {} {}",
+                        s.n_tokens, manifest.d_model, manifest.dtype
+                    ))
+                })?;
+            let meta = |name: &str| tensor_at(&header, base, name).filter(|t| t.n == s.n_tokens);
+            shards.push(ShardFile {
+                path: p.clone(),
+                file,
+                first_row,
+                n_rows: s.n_tokens,
+                activations,
+                token_ids: meta("token_ids"),
+                doc_ids: meta("doc_ids"),
+                positions: meta("positions"),
+            });
+            first_row += s.n_tokens;
+        }
+        Ok(StoreReader {
+            manifest,
+            elem,
+            shards,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Width of each row.
+    pub fn d(&self) -> usize {
+        self.manifest.d_model
+    }
+
+    /// Rows in the listed shards.
+    pub fn n_rows(&self) -> u64 {
+        self.shards.iter().map(|s| s.n_rows).sum()
+    }
+
+    fn shard_of(&self, row: u64) -> Option<usize> {
+        self.shards
+            .iter()
+            .position(|s| row >= s.first_row && row < s.first_row + s.n_rows)
+    }
+
+    /// Read rows `start..start + out.len() / d` (they may span shards) into `out`.
+    pub fn read_rows(&mut self, start: u64, out: &mut [f32]) -> Result<(), ManifestError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let d = self.d();
+        let es = self.elem.size();
+        let elem = self.elem;
+        let mut row = start;
+        let mut done = 0;
+        let mut bytes = Vec::new();
+        while done < out.len() {
+            let si = self.shard_of(row).ok_or_else(|| ManifestError {
+                path: PathBuf::from(&self.manifest.shards.last().map_or("", |s| s.file.as_str())),
+                reason: format!("row {row} is past the store's {} rows", self.n_rows()),
+            })?;
+            let s = &mut self.shards[si];
+            let local = row - s.first_row;
+            let n = ((out.len() - done) / d).min((s.n_rows - local) as usize);
+            bytes.resize(n * d * es, 0);
+            let at = s.activations.offset + local * (d * es) as u64;
+            let path = s.path.clone();
+            s.file
+                .seek(SeekFrom::Start(at))
+                .and_then(|_| s.file.read_exact(&mut bytes))
+                .map_err(|e| ManifestError {
+                    path,
+                    reason: format!("cannot read rows ({e})"),
+                })?;
+            elem.decode(&bytes, &mut out[done..done + n * d]);
+            done += n * d;
+            row += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Token, document and position of rows `start..start + n`.
+    pub fn read_sources(&mut self, start: u64, n: usize) -> Result<Vec<RowSource>, ManifestError> {
+        let mut out = vec![RowSource::default(); n];
+        let mut i = 0;
+        while i < n {
+            let row = start + i as u64;
+            let si = self.shard_of(row).ok_or_else(|| ManifestError {
+                path: PathBuf::new(),
+                reason: format!("row {row} is past the store's {} rows", self.n_rows()),
+            })?;
+            let s = &mut self.shards[si];
+            let local = row - s.first_row;
+            let m = (n - i).min((s.n_rows - local) as usize);
+            for (which, t) in [&s.token_ids, &s.doc_ids, &s.positions]
+                .into_iter()
+                .enumerate()
+            {
+                let Some(t) = t.clone() else { continue };
+                let v = read_ints(&mut s.file, &s.path, &t, local, m)?;
+                for (k, x) in v.into_iter().enumerate() {
+                    let r = &mut out[i + k];
+                    match which {
+                        0 => r.token = Some(x),
+                        1 => r.doc = Some(x),
+                        _ => r.position = Some(x),
+                    }
+                }
+            }
+            i += m;
+        }
+        Ok(out)
+    }
+}
+
+/// `n` integers (u32 or i64 storage) of tensor `t` from element `start`.
+fn read_ints(
+    file: &mut std::fs::File,
+    path: &Path,
+    t: &TensorAt,
+    start: u64,
+    n: usize,
+) -> Result<Vec<u32>, ManifestError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let size = match t.dtype.as_str() {
+        "U32" | "I32" => 4,
+        "I64" | "U64" => 8,
+        other => {
+            return Err(ManifestError {
+                path: path.to_path_buf(),
+                reason: format!("integer tensor has dtype {other}, expected U32 or I64"),
+            })
+        }
+    };
+    let mut bytes = vec![0u8; n * size];
+    file.seek(SeekFrom::Start(t.offset + start * size as u64))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .map_err(|e| ManifestError {
+            path: path.to_path_buf(),
+            reason: format!("cannot read token metadata ({e})"),
+        })?;
+    Ok(bytes
+        .chunks_exact(size)
+        .map(|b| {
+            if size == 4 {
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            } else {
+                i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as u32
+            }
+        })
+        .collect())
+}

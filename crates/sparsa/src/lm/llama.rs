@@ -186,6 +186,52 @@ impl fmt::Debug for Llama {
     }
 }
 
+/// The model's output map without the rest of the model: the final RMSNorm gain g and the
+/// unembedding W_U `[vocab, d]`. The logit lens of a residual-stream direction v is
+/// W_U·(g ⊙ v): the logits it adds when written into the last residual stream (ignoring the
+/// norm's data-dependent scale, which is shared by every token).
+#[derive(Debug, Clone)]
+pub struct Unembedding {
+    pub vocab: usize,
+    pub d: usize,
+    /// Row-major `[vocab, d]`.
+    pub w_u: Vec<f32>,
+    pub gain: Vec<f32>,
+}
+
+impl Unembedding {
+    /// Read only the output tensors of a llama GGUF (~113 MB for SmolLM2-135M).
+    pub fn from_gguf(g: &GgufModel) -> Result<Self> {
+        let cfg = g.llama_config()?;
+        let d = cfg.d_model;
+        let name = if g.has_tensor("output.weight") {
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        };
+        let w_u = g
+            .tensor_f32(name, &[cfg.vocab, d])?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let gain = g.tensor_f32("output_norm.weight", &[d])?.to_vec1::<f32>()?;
+        Ok(Self {
+            vocab: cfg.vocab,
+            d,
+            w_u,
+            gain,
+        })
+    }
+
+    /// W_U·(g ⊙ v), one logit per vocabulary entry.
+    pub fn logit_lens(&self, v: &[f32]) -> Vec<f32> {
+        let gv: Vec<f32> = v.iter().zip(&self.gain).map(|(a, b)| a * b).collect();
+        self.w_u
+            .chunks_exact(self.d)
+            .map(|row| row.iter().zip(&gv).map(|(a, b)| a * b).sum())
+            .collect()
+    }
+}
+
 impl Llama {
     /// Load every weight of a llama GGUF, dequantised to f32 (~540 MB for SmolLM2-135M).
     pub fn from_gguf(g: &GgufModel) -> Result<Self> {

@@ -22,7 +22,7 @@ pub use eval::{
     Reconstruct,
 };
 pub use gguf::GgufModel;
-pub use llama::{Hook, HookPoint, Llama, LlamaConfig};
+pub use llama::{Hook, HookPoint, Llama, LlamaConfig, Unembedding};
 pub use tokenizer::Tokenizer;
 
 use std::path::PathBuf;

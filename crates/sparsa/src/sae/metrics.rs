@@ -9,10 +9,10 @@ use super::zipf;
 use super::SaeError;
 use crate::data::activations::BatchSource;
 use crate::util::progress::Progress;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which form of the SAE to evaluate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Form {
     /// The rule it was trained with (batch-dependent for Mutual/Feature Choice).
@@ -22,7 +22,7 @@ pub enum Form {
 }
 
 /// Evaluation results.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {
     pub form: Form,
     /// The allocation rule actually applied.
@@ -36,6 +36,10 @@ pub struct EvalReport {
     pub l0_mean: f64,
     pub l0_std: f64,
     pub l0_max: usize,
+    /// Per-token L0 histogram: `l0_hist[n]` tokens had exactly n active features (absent in
+    /// eval.json files written before it existed).
+    #[serde(default)]
+    pub l0_hist: Vec<u64>,
     /// Share of tokens with no active feature.
     pub l0_zero_frac: f64,
     /// Share of features that never fired on these tokens.
@@ -135,6 +139,7 @@ pub fn evaluate(
         (0u64, 0f64, 0f64, 0f64, 0f64, 0f64);
     let mut sum_x = vec![0f64; d];
     let (mut l0_sum, mut l0_sq, mut l0_max, mut l0_zero) = (0f64, 0f64, 0usize, 0u64);
+    let mut l0_hist: Vec<u64> = Vec::new();
     let mut counts = vec![0u64; f];
     progress.set_total(max_tokens);
     let mut batch_index = 0u64;
@@ -174,6 +179,10 @@ pub fn evaluate(
             l0_sq += (l0 * l0) as f64;
             l0_max = l0_max.max(l0);
             l0_zero += u64::from(l0 == 0);
+            if l0_hist.len() <= l0 {
+                l0_hist.resize(l0 + 1, 0);
+            }
+            l0_hist[l0] += 1;
             for &j in m.row(i) {
                 counts[j as usize] += 1;
             }
@@ -214,6 +223,7 @@ pub fn evaluate(
         l0_mean,
         l0_std: (l0_sq / nf - l0_mean * l0_mean).max(0.0).sqrt(),
         l0_max,
+        l0_hist,
         l0_zero_frac: l0_zero as f64 / nf,
         dead_frac: counts.iter().filter(|&&c| c == 0).count() as f64 / f as f64,
         dense_frac: density.iter().filter(|&&r| r > 0.1).count() as f64 / f as f64,
