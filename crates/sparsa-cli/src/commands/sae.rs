@@ -190,9 +190,10 @@ fn load_config(path: Option<&Path>, set: &[String], default: Option<&str>) -> Re
             Ok(RunConfig::from_toml(&text, set, &p.display().to_string())?)
         }
         (None, Some(text)) => Ok(RunConfig::from_toml(text, set, "built-in config")?),
-        (None, None) => {
-            bail!("--config is required (a TOML file with [sae], [train], [data] tables)")
-        }
+        (None, None) => Err(ui::Usage(
+            "--config is required (a TOML file with [sae], [train], [data] tables)".into(),
+        )
+        .into()),
     }
 }
 
