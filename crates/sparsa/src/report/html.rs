@@ -73,7 +73,7 @@ figcaption { color: var(--muted); font-size: 12px; max-width: 640px; }
 .search { margin: 8px 0; } .search input { font: inherit; padding: 3px 6px; width: 9em; }
 #search-msg { color: #a11; margin-left: 8px; }
 .flash { box-shadow: 0 0 0 3px #ffbf00; }
-@media print { nav, .search { display: none; } body { max-width: none; } a { color: inherit; } }
+@media print { nav, .search { display: none; } body { max-width: none; } a { color: inherit; } .table-wrap { overflow: visible; } table { font-size: 9px; } }
 "#;
 
 impl Page {
