@@ -99,7 +99,12 @@ fn train_resume_eval_export() {
     assert_eq!(cfg_json["d_in"], 12);
     assert_eq!(cfg_json["d_sae"], 32);
 
-    // Resume of a finished run has nothing left to do but succeeds.
+    // A line logged after the last checkpoint (as a kill -9 would leave it) is dropped on
+    // resume, so no step is logged twice. Resume of a finished run has nothing left to do but
+    // succeeds.
+    let metrics = out.join("metrics.jsonl");
+    let before = std::fs::read_to_string(&metrics).unwrap();
+    std::fs::write(&metrics, format!("{before}{{\"step\": 999999}}\n")).unwrap();
     let (ok, _, err) = sparsa(&[
         "sae",
         "train",
@@ -110,6 +115,47 @@ fn train_resume_eval_export() {
         "256",
     ]);
     assert!(ok, "{err}");
+    let steps: Vec<u64> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(!steps.is_empty() && !steps.contains(&999999), "{steps:?}");
+    assert!(
+        steps.windows(2).all(|w| w[0] < w[1]),
+        "steps repeat: {steps:?}"
+    );
+
+    // A fresh run refuses a non-empty --out: a finished run, or any other files.
+    let mut again = vec!["sae", "train", "--config", c, "--out", o];
+    again.extend_from_slice(TINY);
+    let (ok, _, err) = sparsa(&again);
+    assert!(
+        !ok && err.contains("--resume") && err.contains("not empty"),
+        "{err}"
+    );
+    // A validation failure leaves no --out behind.
+    let never = dir.path().join("never");
+    let (ok, _, err) = sparsa(&[
+        "sae",
+        "train",
+        "--config",
+        c,
+        "--out",
+        never.to_str().unwrap(),
+        "--set",
+        "sae.k=0",
+    ]);
+    assert!(!ok && err.contains("sae.k"), "{err}");
+    assert!(
+        !never.exists(),
+        "a failed validation left {}",
+        never.display()
+    );
 
     let exp = dir.path().join("exp");
     let (ok, stdout, err) = sparsa(&[

@@ -207,6 +207,26 @@ impl JsonlLog {
             .with_context(|| format!("cannot create {}", path.display()))?;
         Ok(JsonlLog(f))
     }
+    /// Continue the log of a run resumed at `step`: lines logged after that checkpoint (the
+    /// steps the interrupted run did not save) are dropped first, so no step appears twice.
+    fn resume(path: &Path, step: u64) -> Result<Self> {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                        .is_some_and(|s| s <= step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            sparsa::util::fs::atomic_write(path, kept.as_bytes())
+                .with_context(|| format!("cannot rewrite {}", path.display()))?;
+        }
+        Self::open(path)
+    }
+
     fn open(path: &Path) -> Result<Self> {
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -224,9 +244,37 @@ impl JsonlLog {
     }
 }
 
+/// A fresh run's `--out` must be new or empty: never a finished or partial run (that is
+/// `--resume`), an activation store or any other directory with files in it.
+fn check_fresh_out(out: &Path) -> Result<()> {
+    let Ok(mut entries) = std::fs::read_dir(out) else {
+        if out.exists() {
+            return Err(ui::Usage(format!(
+                "--out {} exists and is not a directory",
+                out.display()
+            ))
+            .into());
+        }
+        return Ok(());
+    };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    let what = if out.join("trainer_state.json").exists() {
+        "a training run; continue it with --resume, or"
+    } else if sparsa::data::store::Manifest::is_store(out) {
+        "an activation store;"
+    } else {
+        "other files;"
+    };
+    Err(ui::Usage(format!(
+        "--out {} is not empty: it holds {what} choose a new or empty directory",
+        out.display()
+    ))
+    .into())
+}
+
 fn train(a: TrainArgs) -> Result<()> {
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
     let mut trainer = if a.resume {
         if a.config.is_some() || !a.set.is_empty() {
             eprintln!(
@@ -243,9 +291,14 @@ fn train(a: TrainArgs) -> Result<()> {
         t
     } else {
         let cfg = load_config(a.config.as_deref(), &a.set, None)?;
+        check_fresh_out(&a.out)?;
         let data = DataSpec::open(&cfg)?;
         let sample = data.init_sample(&cfg)?;
-        Trainer::new(cfg, data.d(), &sample)?
+        let t = Trainer::new(cfg, data.d(), &sample)?;
+        // Created only once the config and data are known good: a failure leaves nothing.
+        std::fs::create_dir_all(&a.out)
+            .with_context(|| format!("cannot create {}", a.out.display()))?;
+        t
     };
     if a.reference {
         trainer.cfg.train.reference = true;
@@ -253,7 +306,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let cfg = trainer.cfg.clone();
     let data = DataSpec::open(&cfg)?;
     let mut source = data.training_source(&cfg, trainer.state.tokens)?;
-    let mut log = JsonlLog::open(&a.out.join("metrics.jsonl"))?;
+    let mut log = JsonlLog::resume(&a.out.join("metrics.jsonl"), trainer.state.step)?;
     let bar = Bar::new(
         cfg.train.steps * cfg.train.batch_size as u64,
         "train",
