@@ -6,7 +6,7 @@ mod lm_common;
 use candle_core::{IndexOp, Tensor};
 use sparsa::data::activations::{inspect, Elem};
 use sparsa::data::corpus::{self, CorpusError, Document};
-use sparsa::data::extract::{contexts, extract, ExtractConfig, ExtractError};
+use sparsa::data::extract::{contexts, corpus_digest, extract, ExtractConfig, ExtractError};
 use sparsa::data::store::Manifest;
 use sparsa::lm::Hook;
 use sparsa::util::progress::{Cancel, NoProgress, Progress};
@@ -191,6 +191,18 @@ fn resume_with_other_settings_and_bad_inputs_are_errors() {
     assert!(
         matches!(&e, ExtractError::Mismatch { field, .. } if field == "seq_len"),
         "{e}"
+    );
+    // Same corpus path and settings, different text: refused, not mixed into the store.
+    let mut edited = docs.clone();
+    edited[0].text.push_str(" An added sentence.");
+    let e = extract(m, tok, &edited, &c, &out, &NoProgress, &Cancel::new()).unwrap_err();
+    assert!(
+        matches!(&e, ExtractError::Mismatch { field, .. } if field.starts_with("corpus_sha256")),
+        "{e}"
+    );
+    assert_eq!(
+        read_manifest(&out).extra["corpus_sha256"],
+        corpus_digest(&docs).as_str()
     );
 
     let mut bad = c.clone();

@@ -189,7 +189,7 @@ pub fn extract(
 ) -> Result<ExtractSummary, ExtractError> {
     validate(model, cfg)?;
     let d = model.d_model();
-    let mut manifest = open_or_create(out, model, tok, cfg)?;
+    let mut manifest = open_or_create(out, model, tok, cfg, &corpus_digest(docs))?;
     let done = manifest.n_tokens;
     let complete = manifest
         .extra
@@ -331,6 +331,20 @@ fn validate(model: &Llama, cfg: &ExtractConfig) -> Result<(), ExtractError> {
 }
 
 /// The manifest a fresh store starts with (no shards).
+/// SHA-256 over the corpus's document names and texts, in order: a resume must read the same
+/// text, not just the same corpus path.
+pub fn corpus_digest(docs: &[Document]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for d in docs {
+        for part in [d.name.as_bytes(), d.text.as_bytes()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+    }
+    format!("{:x}", h.finalize())
+}
+
 fn fresh_manifest(model: &Llama, tok: &Tokenizer, cfg: &ExtractConfig) -> Manifest {
     let mut extra = std::collections::BTreeMap::new();
     let j = |v: serde_json::Value| v;
@@ -399,8 +413,12 @@ fn open_or_create(
     model: &Llama,
     tok: &Tokenizer,
     cfg: &ExtractConfig,
+    corpus_sha256: &str,
 ) -> Result<Manifest, ExtractError> {
-    let fresh = fresh_manifest(model, tok, cfg);
+    let mut fresh = fresh_manifest(model, tok, cfg);
+    fresh
+        .extra
+        .insert("corpus_sha256".into(), corpus_sha256.into());
     let mp = out.join(MANIFEST_FILE);
     if mp.exists() {
         let text = std::fs::read_to_string(&mp).map_err(|source| ExtractError::Io {
@@ -450,6 +468,17 @@ fn open_or_create(
             let r = fresh.extra.get(key).cloned().unwrap_or_default();
             if s != r {
                 return Err(mismatch(key, s.to_string(), r.to_string()));
+            }
+        }
+        // Stores made before the digest was recorded carry none; only a recorded one is checked.
+        if let Some(s) = stored.extra.get("corpus_sha256") {
+            let r = &fresh.extra["corpus_sha256"];
+            if s != r {
+                return Err(mismatch(
+                    "corpus_sha256 (the corpus text changed since the store was started)",
+                    s.to_string(),
+                    r.to_string(),
+                ));
             }
         }
         let listed: u64 = stored.shards.iter().map(|s| s.n_tokens).sum();
