@@ -45,6 +45,29 @@ fn each_kind_of_failure_has_its_code() {
             "exceeds",
         ),
         (
+            "absurd init sample",
+            &[
+                "sae",
+                "compare",
+                "--set",
+                "train.init_sample=1000000000000000000",
+            ],
+            2,
+            "init_sample",
+        ),
+        (
+            "init sample larger than memory",
+            &["sae", "compare", "--set", "train.init_sample=100000000000"],
+            2,
+            "init_sample",
+        ),
+        (
+            "batch of one row",
+            &["sae", "compare", "--set", "train.batch_size=1"],
+            2,
+            "batch_size",
+        ),
+        (
             "missing file (runtime)",
             &[
                 "sae",

@@ -467,8 +467,12 @@ fn default_log_every() -> u64 {
 impl TrainConfig {
     pub fn validate(&self) -> Result<(), SaeError> {
         let bad = |m: String| Err(SaeError::Config(m));
-        if self.batch_size == 0 {
-            return bad("train.batch_size must be at least 1".into());
+        if self.batch_size < 2 {
+            return bad(format!(
+                "train.batch_size = {} must be at least 2: the reconstruction loss is normalised \
+                 by the batch's variance, which one row does not have",
+                self.batch_size
+            ));
         }
         if self.steps == 0 {
             return bad("train.steps must be at least 1".into());

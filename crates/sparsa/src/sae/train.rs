@@ -752,7 +752,17 @@ impl DataSpec {
             }
             DataSpec::Synthetic(s) => {
                 let mut s = s.clone();
-                let mut out = vec![0f32; n * s.config().d];
+                let d = s.config().d;
+                let too_large = || {
+                    SaeError::Config(format!(
+                        "train.init_sample = {n} rows × d = {d} does not fit in memory; lower it \
+                         (8192 is plenty for the init statistics)"
+                    ))
+                };
+                let len = n.checked_mul(d).ok_or_else(too_large)?;
+                let mut out = Vec::new();
+                out.try_reserve_exact(len).map_err(|_| too_large())?;
+                out.resize(len, 0f32);
                 s.next_batch(&mut out)?;
                 Ok(out)
             }
