@@ -211,3 +211,81 @@ fn sigint_during_sae_train_saves_and_exits_130() {
     );
     assert!(out.join("trainer_state.json").exists());
 }
+
+/// 8×8 images of 4 classes (a bright quadrant plus noise), as IDX files.
+#[cfg(unix)]
+fn write_images(dir: &std::path::Path, n_train: usize, n_test: usize) {
+    use sparsa::data::idx::encode_idx;
+    let mut state = 7u64;
+    let mut noise = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) % 120) as u8
+    };
+    for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
+        let mut img = Vec::with_capacity(n * 64);
+        let mut lab = Vec::with_capacity(n);
+        for i in 0..n {
+            lab.push((i % 4) as u8);
+            for p in 0..64 {
+                let q = (p / 32) * 2 + (p % 8) / 4;
+                img.push(if q == i % 4 { 90 } else { 60 } + noise());
+            }
+        }
+        let name = |kind: &str, dims: usize| format!("{prefix}-{kind}-idx{dims}-ubyte");
+        std::fs::write(dir.join(name("images", 3)), encode_idx(&[n, 8, 8], &img)).unwrap();
+        std::fs::write(dir.join(name("labels", 1)), encode_idx(&[n], &lab)).unwrap();
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn sigint_during_prune_run_saves_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_images(&data, 2048, 256);
+    let cfg = dir.path().join("long.toml");
+    std::fs::write(
+        &cfg,
+        "name = \"long\"\n[data]\ndataset = \"mnist\"\n[model]\narch = \"lenet-300-100\"\n\
+         [train]\nepochs = 500\nbatch_size = 64\nlr = 0.05\n[prune]\nschedule = \"iterative\"\n\
+         methods = [\"magnitude\"]\nrate = 0.5\nrounds = 3\nap = [\"off\"]\nseeds = [0]\n",
+    )
+    .unwrap();
+    let runs = dir.path().join("runs");
+    let child = sparsa()
+        .args([
+            "prune",
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            runs.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the run directory, then give the handler time to be installed.
+    let t0 = Instant::now();
+    while std::fs::read_dir(&runs).map_or(true, |mut d| d.next().is_none()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the run never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let res = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(130), "{err}");
+    assert!(err.contains("resume") && !err.contains("panicked"), "{err}");
+}
