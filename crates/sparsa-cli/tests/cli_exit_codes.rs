@@ -1,6 +1,8 @@
 //! The exit-code policy as a shell sees it: 0 success, 1 runtime error, 2 usage or
 //! configuration error, 130 interrupted after saving; a closed stdout ends quietly.
 
+mod images;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -212,40 +214,13 @@ fn sigint_during_sae_train_saves_and_exits_130() {
     assert!(out.join("trainer_state.json").exists());
 }
 
-/// 8×8 images of 4 classes (a bright quadrant plus noise), as IDX files.
-#[cfg(unix)]
-fn write_images(dir: &std::path::Path, n_train: usize, n_test: usize) {
-    use sparsa::data::idx::encode_idx;
-    let mut state = 7u64;
-    let mut noise = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 33) % 120) as u8
-    };
-    for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
-        let mut img = Vec::with_capacity(n * 64);
-        let mut lab = Vec::with_capacity(n);
-        for i in 0..n {
-            lab.push((i % 4) as u8);
-            for p in 0..64 {
-                let q = (p / 32) * 2 + (p % 8) / 4;
-                img.push(if q == i % 4 { 90 } else { 60 } + noise());
-            }
-        }
-        let name = |kind: &str, dims: usize| format!("{prefix}-{kind}-idx{dims}-ubyte");
-        std::fs::write(dir.join(name("images", 3)), encode_idx(&[n, 8, 8], &img)).unwrap();
-        std::fs::write(dir.join(name("labels", 1)), encode_idx(&[n], &lab)).unwrap();
-    }
-}
-
 #[cfg(unix)]
 #[test]
 fn sigint_during_prune_run_saves_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    write_images(&data, 2048, 256);
+    images::write_images(&data, 2048, 256);
     let cfg = dir.path().join("long.toml");
     std::fs::write(
         &cfg,

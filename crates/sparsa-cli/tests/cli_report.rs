@@ -3,6 +3,7 @@
 //! cli_lm_compare.rs, which builds the tiny store).
 
 mod browser;
+mod images;
 
 use std::path::Path;
 use std::process::Command;
@@ -107,49 +108,12 @@ fn sae_report_of_a_synthetic_run_renders_in_a_browser() {
     maybe_screenshot(&page, "sae-report.png", &["curves", "density"]);
 }
 
-/// 8×8 images of 4 classes: a bright 4×4 block in quadrant `class`, plus noise.
-fn write_dataset(dir: &Path, n_train: usize, n_test: usize) {
-    use sparsa::data::idx::encode_idx;
-    let mut state = 12345u64;
-    let mut noise = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 33) % 120) as u8
-    };
-    for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
-        let mut img = Vec::with_capacity(n * 64);
-        let mut lab = Vec::with_capacity(n);
-        for i in 0..n {
-            let c = i % 4;
-            lab.push(c as u8);
-            for y in 0..8 {
-                for x in 0..8 {
-                    let q = (y / 4) * 2 + x / 4;
-                    // Overlapping intensities, so accuracy falls as weights go.
-                    img.push(if q == c { 90 } else { 60 } + noise());
-                }
-            }
-        }
-        std::fs::write(
-            dir.join(format!("{prefix}-images-idx3-ubyte")),
-            encode_idx(&[n, 8, 8], &img),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join(format!("{prefix}-labels-idx1-ubyte")),
-            encode_idx(&[n], &lab),
-        )
-        .unwrap();
-    }
-}
-
 #[test]
 fn prune_report_html_renders_in_a_browser() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    write_dataset(&data, 512, 256);
+    images::write_images(&data, 512, 256);
     let cfg = dir.path().join("smoke.toml");
     std::fs::write(
         &cfg,

@@ -385,41 +385,7 @@ pub(crate) fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> 
 }
 
 fn eval_table(reports: &[EvalReport]) -> String {
-    let mut rows = vec![vec![
-        "form".to_string(),
-        "rule".into(),
-        "tokens".into(),
-        "FVU".into(),
-        "MSE".into(),
-        "cos".into(),
-        "L0 mean".into(),
-        "L0 std".into(),
-        "L0 max".into(),
-        "L0=0 %".into(),
-        "dead %".into(),
-        "dense %".into(),
-        "rel. bias".into(),
-        "zipf α".into(),
-    ]];
-    for r in reports {
-        rows.push(vec![
-            format!("{:?}", r.form).to_lowercase(),
-            r.rule.clone(),
-            r.tokens.to_string(),
-            format!("{:.4}", r.fvu),
-            format!("{:.4e}", r.mse),
-            format!("{:.4}", r.cosine),
-            format!("{:.2}", r.l0_mean),
-            format!("{:.2}", r.l0_std),
-            r.l0_max.to_string(),
-            format!("{:.2}", 100.0 * r.l0_zero_frac),
-            format!("{:.1}", 100.0 * r.dead_frac),
-            format!("{:.1}", 100.0 * r.dense_frac),
-            format!("{:.3}", r.rel_bias),
-            r.zipf_alpha.map_or("-".into(), |a| format!("{a:.2}")),
-        ]);
-    }
-    ui::table(&rows)
+    ui::table(&sparsa::sae::metrics::eval_rows(reports))
 }
 
 fn parse_rows(s: &str) -> Result<(u64, u64)> {

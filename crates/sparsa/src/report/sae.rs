@@ -10,7 +10,7 @@ use super::plot::{
 };
 use super::ReportError;
 use crate::sae::io::SaeModel;
-use crate::sae::metrics::{EvalReport, Form};
+use crate::sae::metrics::{eval_rows, EvalReport};
 use crate::sae::zipf;
 use std::path::Path;
 
@@ -56,13 +56,6 @@ pub struct SaeReport<'a> {
     pub dashboards: Option<&'a Dashboards>,
 }
 
-fn form_name(f: Form) -> &'static str {
-    match f {
-        Form::Training => "training",
-        Form::Inference => "inference",
-    }
-}
-
 fn summary(r: &SaeReport) -> Section {
     let m = r.model;
     let mut rows = vec![vec!["setting".to_string(), "value".to_string()]];
@@ -99,43 +92,7 @@ fn summary(r: &SaeReport) -> Section {
             "No evaluation: this directory has no eval.json and no data was given to evaluate on.",
         ));
     } else {
-        let mut t = vec![[
-            "form",
-            "rule",
-            "tokens",
-            "FVU",
-            "MSE",
-            "cos",
-            "L0 mean",
-            "L0 std",
-            "L0 max",
-            "L0=0 %",
-            "dead %",
-            "dense %",
-            "rel. bias",
-            "Zipf α",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()];
-        for e in r.evals {
-            t.push(vec![
-                form_name(e.form).into(),
-                e.rule.clone(),
-                e.tokens.to_string(),
-                format!("{:.4}", e.fvu),
-                format!("{:.4e}", e.mse),
-                format!("{:.4}", e.cosine),
-                format!("{:.2}", e.l0_mean),
-                format!("{:.2}", e.l0_std),
-                e.l0_max.to_string(),
-                format!("{:.2}", 100.0 * e.l0_zero_frac),
-                format!("{:.1}", 100.0 * e.dead_frac),
-                format!("{:.1}", 100.0 * e.dense_frac),
-                format!("{:.3}", e.rel_bias),
-                e.zipf_alpha.map_or("—".into(), |a| format!("{a:.2}")),
-            ]);
-        }
+        let t = eval_rows(r.evals);
         body.push_str(&table(&t));
         body.push_str(&note(&r.eval_note));
     }
@@ -381,7 +338,7 @@ fn l0_section(r: &SaeReport) -> Result<Section, ReportError> {
     let mut hists: Vec<(String, &[u64])> = Vec::new();
     for e in r.evals.iter().filter(|e| !e.l0_hist.is_empty()) {
         hists.push((
-            format!("{} form ({}), evaluation", form_name(e.form), e.rule),
+            format!("{} form ({}), evaluation", e.form.name(), e.rule),
             e.l0_hist.as_slice(),
         ));
     }

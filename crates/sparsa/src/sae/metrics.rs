@@ -21,6 +21,57 @@ pub enum Form {
     Inference,
 }
 
+impl Form {
+    /// `training` or `inference`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Form::Training => "training",
+            Form::Inference => "inference",
+        }
+    }
+}
+
+/// The evaluation table (a header row, then one row per report) shown by `sae eval`,
+/// `sae train` and the SAE report.
+pub fn eval_rows(reports: &[EvalReport]) -> Vec<Vec<String>> {
+    let header = [
+        "form",
+        "rule",
+        "tokens",
+        "FVU",
+        "MSE",
+        "cos",
+        "L0 mean",
+        "L0 std",
+        "L0 max",
+        "L0=0 %",
+        "dead %",
+        "dense %",
+        "rel. bias",
+        "zipf α",
+    ];
+    let mut rows = vec![header.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
+    for r in reports {
+        rows.push(vec![
+            r.form.name().to_string(),
+            r.rule.clone(),
+            r.tokens.to_string(),
+            format!("{:.4}", r.fvu),
+            format!("{:.4e}", r.mse),
+            format!("{:.4}", r.cosine),
+            format!("{:.2}", r.l0_mean),
+            format!("{:.2}", r.l0_std),
+            r.l0_max.to_string(),
+            format!("{:.2}", 100.0 * r.l0_zero_frac),
+            format!("{:.1}", 100.0 * r.dead_frac),
+            format!("{:.1}", 100.0 * r.dense_frac),
+            format!("{:.3}", r.rel_bias),
+            r.zipf_alpha.map_or("-".into(), |a| format!("{a:.2}")),
+        ]);
+    }
+    rows
+}
+
 /// Evaluation results.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {
