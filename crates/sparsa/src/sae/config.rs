@@ -136,6 +136,11 @@ pub struct SaeConfig {
     /// c → ∞ approaches Mutual Choice.
     #[serde(default = "default_capacity_factor")]
     pub capacity_factor: f64,
+    /// Per-token cap for the batch rules (Mutual and Feature Choice; project choice): a token
+    /// takes at most ⌈token_cap·k⌉ features, the budget k·B unchanged. 0 = no cap (the papers'
+    /// rules); 1 makes Mutual Choice TopK.
+    #[serde(default)]
+    pub token_cap: f64,
     /// Inference thresholds written on export (project choice).
     #[serde(default)]
     pub threshold_mode: ThresholdMode,
@@ -187,6 +192,13 @@ impl SaeConfig {
             return bad(format!(
                 "sae.capacity_factor = {} must be a number ≥ 1 (1 = plain Feature Choice)",
                 self.capacity_factor
+            ));
+        }
+        if !(self.token_cap.is_finite() && (self.token_cap == 0.0 || self.token_cap >= 1.0)) {
+            return bad(format!(
+                "sae.token_cap = {} must be 0 (no cap) or a number ≥ 1 (a token takes at most \
+                 ⌈token_cap·k⌉ features)",
+                self.token_cap
             ));
         }
         if self.threshold_source == ThresholdSource::Calibrated && self.calibration_tokens == 0 {
@@ -687,6 +699,16 @@ path = "x.npy"
         assert!(e.to_string().contains("exceeds"), "{e}");
         let e = RunConfig::from_toml(BASE, &["sae.k=0".into()], "t").unwrap_err();
         assert!(e.to_string().contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn token_cap_below_one_is_rejected() {
+        let c = RunConfig::from_toml(BASE, &["sae.token_cap=1.5".into()], "t").unwrap();
+        assert_eq!(c.sae.token_cap, 1.5);
+        for bad in ["0.5", "-1", "nan"] {
+            let e = RunConfig::from_toml(BASE, &[format!("sae.token_cap={bad}")], "t").unwrap_err();
+            assert!(e.to_string().contains("sae.token_cap"), "{bad}: {e}");
+        }
     }
 
     #[test]

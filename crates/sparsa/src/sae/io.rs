@@ -44,6 +44,9 @@ pub struct SaeMeta {
     /// Feature Choice capacity factor c (1 = plain Feature Choice).
     #[serde(default = "one")]
     pub capacity_factor: f64,
+    /// Per-token cap of the batch rules, as a multiple of k (0 = none).
+    #[serde(default)]
+    pub token_cap: f64,
     #[serde(default)]
     pub threshold_mode: ThresholdMode,
     /// Rows the inference thresholds were calibrated on; `None`: the running (EMA) thresholds
@@ -197,6 +200,7 @@ impl Default for SaeMeta {
             k: 1,
             capacity: Capacity::Uniform,
             capacity_factor: 1.0,
+            token_cap: 0.0,
             threshold_mode: ThresholdMode::Feature,
             threshold_calibration_tokens: None,
             input_scale: 1.0,

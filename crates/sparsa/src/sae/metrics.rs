@@ -126,6 +126,7 @@ pub fn rule_for(model: &SaeModel, form: Form) -> Result<Box<dyn Allocation>, Sae
                 k: meta.k,
                 capacity: meta.capacity.clone(),
                 capacity_factor: meta.capacity_factor,
+                token_cap: meta.token_cap,
                 threshold_mode: meta.threshold_mode,
                 threshold_ema: 0.99,
                 threshold_source: Default::default(),

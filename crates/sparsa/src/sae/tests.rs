@@ -67,7 +67,7 @@ proptest! {
 
     #[test]
     fn mutual_choice_takes_the_kb_largest((b, f, a) in act_matrix(), k in 1usize..6) {
-        let m = run(&MutualChoice { k }, &a, b, f);
+        let m = run(&MutualChoice { k, token_cap: None }, &a, b, f);
         let pos = a.iter().filter(|&&v| v > 0.0).count();
         prop_assert_eq!(m.nnz(), (k * b).min(pos));
         // The selected set is the kB largest (ties to the lower flat index).
@@ -86,7 +86,7 @@ proptest! {
         let caps = capacities(&cap, k, b, f, &density, step);
         prop_assert_eq!(caps.iter().sum::<usize>(), (k * b).min(f * b));
         prop_assert!(caps.iter().all(|&m| m <= b));
-        let rule = FeatureChoice { k, capacity: cap, capacity_factor: 1.0 };
+        let rule = FeatureChoice { k, capacity: cap, capacity_factor: 1.0, token_cap: None };
         let mut m = Matching::default();
         rule.select(&AllocInput { a: &a, b, f, density: &density, step }, &mut m);
         let counts = m.per_feature_counts();
@@ -106,7 +106,7 @@ proptest! {
         (b, f, a) in act_matrix(), k in 1usize..4, step in 0u64..50, c in prop_oneof![Just(1.0f64), Just(2.0), Just(3.5)]
     ) {
         let density = vec![0f32; f];
-        let rule = FeatureChoice { k, capacity: Capacity::Uniform, capacity_factor: c };
+        let rule = FeatureChoice { k, capacity: Capacity::Uniform, capacity_factor: c, token_cap: None };
         let mut m = Matching::default();
         rule.select(&AllocInput { a: &a, b, f, density: &density, step }, &mut m);
         let widened = ((k * b) as f64 * c).round() as usize;
@@ -123,6 +123,75 @@ proptest! {
         cand.sort();
         prop_assert!(m.nnz() <= k * b);
         prop_assert_eq!(selected_set(&m), cand);
+    }
+}
+
+/// Greedy in value order (descending, ties to the lower flat index): keep a candidate while its
+/// token holds fewer than `cap`, until `budget` are kept. The brute-force reference of the token
+/// cap.
+fn greedy_capped(
+    a: &[f32],
+    f: usize,
+    mut cand: Vec<(usize, usize)>,
+    budget: usize,
+    cap: usize,
+) -> Vec<(usize, usize)> {
+    cand.sort_by(|&(i, j), &(p, q)| {
+        a[p * f + q]
+            .total_cmp(&a[i * f + j])
+            .then((i * f + j).cmp(&(p * f + q)))
+    });
+    let mut held = std::collections::HashMap::new();
+    let mut kept = Vec::new();
+    for (i, j) in cand {
+        let h = held.entry(i).or_insert(0usize);
+        if kept.len() < budget && *h < cap {
+            *h += 1;
+            kept.push((i, j));
+        }
+    }
+    kept.sort();
+    kept
+}
+
+proptest! {
+    /// Mutual Choice with a token cap: the greedy selection over all positive entries (which is
+    /// the exact best under a cap on tokens alone), against brute force; no token exceeds the
+    /// cap, and a cap of k is TopK.
+    #[test]
+    fn mutual_choice_with_a_token_cap_is_the_capped_greedy((b, f, a) in act_matrix(), k in 1usize..5, c in prop_oneof![Just(1.0f64), Just(1.5), Just(2.0), Just(4.0)]) {
+        let cap = allocation::token_cap(k, c).unwrap();
+        let m = run(&MutualChoice { k, token_cap: Some(cap) }, &a, b, f);
+        let cand: Vec<(usize, usize)> = (0..a.len()).filter(|&i| a[i] > 0.0).map(|i| (i / f, i % f)).collect();
+        prop_assert_eq!(selected_set(&m), greedy_capped(&a, f, cand, k * b, cap));
+        prop_assert!(m.l0_per_row().iter().all(|&n| n <= cap));
+        if c == 1.0 {
+            prop_assert_eq!(m, run(&TopK { k }, &a, b, f));
+        }
+    }
+
+    /// Feature Choice with a token cap: the per-column top c·m_j selections, kept greedily in
+    /// value order while the token holds fewer than the cap, against brute force.
+    #[test]
+    fn feature_choice_with_a_token_cap_is_the_capped_greedy(
+        (b, f, a) in act_matrix(), k in 1usize..4, step in 0u64..50, c in prop_oneof![Just(1.0f64), Just(2.0)], tc in prop_oneof![Just(1.0f64), Just(1.5), Just(3.0)]
+    ) {
+        let density = vec![0f32; f];
+        let cap = allocation::token_cap(k, tc).unwrap();
+        let rule = FeatureChoice { k, capacity: Capacity::Uniform, capacity_factor: c, token_cap: Some(cap) };
+        let mut m = Matching::default();
+        rule.select(&AllocInput { a: &a, b, f, density: &density, step }, &mut m);
+        let widened = ((k * b) as f64 * c).round() as usize;
+        let caps = capacities_for_budget(&Capacity::Uniform, widened, b, f, &density, step);
+        let mut cand = Vec::new();
+        for (j, &mj) in caps.iter().enumerate() {
+            let mut rows: Vec<usize> = (0..b).filter(|&i| a[i * f + j] > 0.0).collect();
+            rows.sort_by(|&x, &y| a[y * f + j].total_cmp(&a[x * f + j]).then(x.cmp(&y)));
+            rows.truncate(mj);
+            cand.extend(rows.into_iter().map(|i| (i, j)));
+        }
+        prop_assert_eq!(selected_set(&m), greedy_capped(&a, f, cand, k * b, cap));
+        prop_assert!(m.l0_per_row().iter().all(|&n| n <= cap));
     }
 }
 
@@ -162,6 +231,7 @@ fn feature_choice_selects_every_feature_over_a_window_when_f_exceeds_kb() {
             k,
             capacity: Capacity::Uniform,
             capacity_factor: 1.0,
+            token_cap: None,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(f as u64);
         let density = vec![0f32; f];
@@ -244,11 +314,15 @@ fn jumprelu_with_learned_thresholds_reproduces_batch_rules() {
         })
         .collect();
     let rules: Vec<Box<dyn Allocation>> = vec![
-        Box::new(MutualChoice { k: 3 }),
+        Box::new(MutualChoice {
+            k: 3,
+            token_cap: None,
+        }),
         Box::new(FeatureChoice {
             k: 3,
             capacity: Capacity::Uniform,
             capacity_factor: 1.0,
+            token_cap: None,
         }),
         Box::new(FeatureChoice {
             k: 3,
@@ -257,11 +331,13 @@ fn jumprelu_with_learned_thresholds_reproduces_batch_rules() {
                 beta: 2.0,
             },
             capacity_factor: 1.0,
+            token_cap: None,
         }),
         Box::new(FeatureChoice {
             k: 3,
             capacity: Capacity::Uniform,
             capacity_factor: 2.5,
+            token_cap: None,
         }),
     ];
     for rule in rules {
@@ -399,7 +475,14 @@ fn gradients_match_finite_differences_topk_no_aux() {
 fn gradients_match_finite_differences_mutual_choice_aux_k() {
     // aux_k: the last four features dead.
     let u = (0..9).map(|j| if j >= 5 { 1.0 } else { 0.0 }).collect();
-    fd_check(&MutualChoice { k: 2 }, Some(u), AuxNorm::Nmse);
+    fd_check(
+        &MutualChoice {
+            k: 2,
+            token_cap: None,
+        },
+        Some(u),
+        AuxNorm::Nmse,
+    );
 }
 
 #[test]
@@ -411,6 +494,7 @@ fn gradients_match_finite_differences_feature_choice_aux_zipf() {
             k: 2,
             capacity: Capacity::Uniform,
             capacity_factor: 1.0,
+            token_cap: None,
         },
         Some(u),
         AuxNorm::Mse,
@@ -561,6 +645,7 @@ fn registry_builds_every_rule() {
             k: 2,
             capacity: Capacity::Uniform,
             capacity_factor: 1.0,
+            token_cap: 0.0,
             threshold_mode: ThresholdMode::Feature,
             threshold_ema: 0.9,
             threshold_source: Default::default(),

@@ -521,6 +521,7 @@ impl Trainer {
                 k: self.cfg.sae.k,
                 capacity: self.cfg.sae.capacity.clone(),
                 capacity_factor: self.cfg.sae.capacity_factor,
+                token_cap: self.cfg.sae.token_cap,
                 threshold_mode: self.cfg.sae.threshold_mode,
                 // Running (EMA) thresholds; `calibrate::deployable_model` sets this.
                 threshold_calibration_tokens: None,

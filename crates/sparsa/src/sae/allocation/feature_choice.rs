@@ -7,7 +7,7 @@
 //! once in every ⌈F/(kB)⌉ batches; with Zipf capacities each feature gets its fractional share
 //! over time (systematic rounding with a rotating offset).
 
-use super::{AllocInput, Allocation, Matching};
+use super::{keep_largest, AllocInput, Allocation, Matching};
 use crate::sae::select::top_k_positive_columns;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -139,12 +139,16 @@ pub fn capacities_for_budget(
 /// Per column j: the m_j largest positive entries. With a capacity factor c > 1 (project
 /// choice), column j may take up to c·m_j entries and the kB largest of all those are kept
 /// (ties: lower flat index), so a feature can take more than its share when the batch needs it.
+/// With a token cap (project choice), a token keeps at most that many of them.
 #[derive(Debug, Clone)]
 pub struct FeatureChoice {
     pub k: usize,
     pub capacity: Capacity,
     /// c ≥ 1; 1 = plain Feature Choice.
     pub capacity_factor: f64,
+    /// At most this many features per token (project choice; `None`: the paper's rule). The
+    /// widened selections are kept in value order, skipping a token once it is full.
+    pub token_cap: Option<usize>,
 }
 
 impl Allocation for FeatureChoice {
@@ -176,21 +180,9 @@ impl Allocation for FeatureChoice {
             .enumerate()
             .flat_map(|(j, rows)| rows.iter().map(move |&r| (r, j as u32)))
             .collect();
-        if pairs.len() > budget {
-            // Keep the kB largest selections (value descending, then lower flat index).
-            let key = |&(r, c): &(u32, u32)| {
-                (
-                    input.a[r as usize * f + c as usize],
-                    r as usize * f + c as usize,
-                )
-            };
-            pairs.select_nth_unstable_by(budget - 1, |p, q| {
-                let (vp, ip) = key(p);
-                let (vq, iq) = key(q);
-                vq.total_cmp(&vp).then(ip.cmp(&iq))
-            });
-            pairs.truncate(budget);
-        }
+        // Keep the kB largest selections (value descending, then lower flat index), at most
+        // `token_cap` per token.
+        keep_largest(input.a, f, b, &mut pairs, budget, self.token_cap);
         out.from_pairs(b, f, &pairs);
     }
 }

@@ -140,16 +140,70 @@ pub trait Allocation: Send + Sync {
     fn select(&self, input: &AllocInput, out: &mut Matching);
 }
 
+/// The per-token cap of a batch rule, ⌈c·k⌉ features (project choice); `None` for c = 0.
+pub fn token_cap(k: usize, c: f64) -> Option<usize> {
+    (c > 0.0).then(|| ((c * k as f64).ceil() as usize).max(1))
+}
+
+/// Keep the `budget` largest of `pairs` (value in `a` descending, ties: lower flat index). With a
+/// `cap`, a pair whose token already holds `cap` kept pairs is skipped (greedy in value order,
+/// which is exact for a cap on tokens alone, and the usual greedy b-matching when the pairs also
+/// respect per-feature capacities).
+pub(crate) fn keep_largest(
+    a: &[f32],
+    f: usize,
+    b: usize,
+    pairs: &mut Vec<(u32, u32)>,
+    budget: usize,
+    cap: Option<usize>,
+) {
+    let flat = |&(r, c): &(u32, u32)| r as usize * f + c as usize;
+    let order = |p: &(u32, u32), q: &(u32, u32)| {
+        let (ip, iq) = (flat(p), flat(q));
+        a[iq].total_cmp(&a[ip]).then(ip.cmp(&iq))
+    };
+    match cap {
+        None => {
+            if pairs.len() > budget {
+                if budget == 0 {
+                    pairs.clear();
+                    return;
+                }
+                pairs.select_nth_unstable_by(budget - 1, order);
+                pairs.truncate(budget);
+            }
+        }
+        Some(cap) => {
+            pairs.sort_unstable_by(order);
+            let mut held = vec![0usize; b];
+            let mut kept = 0;
+            pairs.retain(|&(r, _)| {
+                if kept < budget && held[r as usize] < cap {
+                    held[r as usize] += 1;
+                    kept += 1;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+}
+
 /// The registry: the rule a configuration names. `thresholds` is required for JumpReLU.
 pub fn build(cfg: &SaeConfig, thresholds: Option<&[f32]>) -> Result<Box<dyn Allocation>, SaeError> {
     cfg.validate()?;
     Ok(match cfg.architecture {
         Architecture::TopK => Box::new(TopK { k: cfg.k }),
-        Architecture::MutualChoice => Box::new(MutualChoice { k: cfg.k }),
+        Architecture::MutualChoice => Box::new(MutualChoice {
+            k: cfg.k,
+            token_cap: token_cap(cfg.k, cfg.token_cap),
+        }),
         Architecture::FeatureChoice => Box::new(FeatureChoice {
             k: cfg.k,
             capacity: cfg.capacity.clone(),
             capacity_factor: cfg.capacity_factor,
+            token_cap: token_cap(cfg.k, cfg.token_cap),
         }),
         Architecture::JumpRelu => {
             let t = thresholds.ok_or_else(|| {

@@ -1,14 +1,18 @@
 //! Mutual Choice (Ayonrinde 2024), identical in rule to BatchTopK (Bussmann et al. 2024): the
-//! kB largest entries of the whole B×F matrix, with no per-token or per-feature cap.
+//! kB largest entries of the whole B×F matrix, with no per-feature cap and, by default, no
+//! per-token cap.
 
-use super::{AllocInput, Allocation, Matching};
-use crate::sae::select::global_kth_positive;
+use super::{keep_largest, AllocInput, Allocation, Matching};
+use crate::sae::select::{global_kth_positive, top_k_positive};
 use rayon::prelude::*;
 
 /// Global selection of the k·B largest positive entries (ties: lower flat index wins).
 #[derive(Debug, Clone)]
 pub struct MutualChoice {
     pub k: usize,
+    /// At most this many features per token (project choice; `None`: the paper's rule): the
+    /// k·B largest entries among each token's `token_cap` largest. A cap of k is TopK.
+    pub token_cap: Option<usize>,
 }
 
 impl Allocation for MutualChoice {
@@ -20,12 +24,36 @@ impl Allocation for MutualChoice {
     }
     fn select(&self, input: &AllocInput, out: &mut Matching) {
         let budget = self.k * input.b;
+        if let Some(cap) = self.token_cap {
+            return select_capped(input, budget, cap, out);
+        }
         out.reset(input.b, input.f);
         if !select_by_sample(input, budget, out) {
             out.reset(input.b, input.f);
             select_exact(input, budget, out);
         }
     }
+}
+
+/// With a per-token cap: each token's `cap` largest positive entries are the candidates (a
+/// token can never keep more), and the `budget` largest of those are kept.
+fn select_capped(input: &AllocInput, budget: usize, cap: usize, out: &mut Matching) {
+    let (a, b, f) = (input.a, input.b, input.f);
+    let rows: Vec<Vec<u32>> = a
+        .par_chunks(f)
+        .map_init(Vec::new, |scratch, row| {
+            let mut sel = Vec::with_capacity(cap);
+            top_k_positive(row, cap, scratch, &mut sel);
+            sel
+        })
+        .collect();
+    let mut pairs: Vec<(u32, u32)> = rows
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| r.iter().map(move |&j| (i as u32, j)))
+        .collect();
+    keep_largest(a, f, b, &mut pairs, budget, None);
+    out.from_pairs(b, f, &pairs);
 }
 
 /// Entries of `row` that are positive and ≥ `t`, by index (blocks of 16 below `t` skipped).
@@ -214,7 +242,7 @@ mod tests {
             assert_eq!(got, want, "coarse {coarse}");
             assert_eq!(got.nnz(), k * b);
             let mut via_trait = Matching::default();
-            MutualChoice { k }.select(&input, &mut via_trait);
+            MutualChoice { k, token_cap: None }.select(&input, &mut via_trait);
             assert_eq!(via_trait, want, "coarse {coarse}");
         }
     }
@@ -257,7 +285,7 @@ mod tests {
                 assert_eq!(got, want, "case {case}");
             }
             let mut via_trait = Matching::default();
-            MutualChoice { k }.select(&input, &mut via_trait);
+            MutualChoice { k, token_cap: None }.select(&input, &mut via_trait);
             assert_eq!(via_trait, want, "case {case}");
         }
         assert!(
