@@ -483,15 +483,29 @@ pub fn sum_parts<T: Real>(out: &mut [T], parts: &[Vec<T>], used: &[bool]) {
     });
 }
 
-/// Batch-norm statistics of a tile: s1[c] += Σ x, s2[c] += Σ x² (f64).
+/// Rows summed in the working precision before a block's partial is added to the f64 total
+/// (keeps the inner loops in T's vector width; a block's rounding error stays tiny).
+const SUM_BLOCK: usize = 32;
+
+/// Batch-norm statistics of a tile: s1[c] += Σ x, s2[c] += Σ x² (blocks of rows summed in T,
+/// then added in f64).
 #[inline]
 pub fn accumulate_stats<T: Real>(acc: &mut GroupAcc, tile: &[T], c: usize) {
     let (s1, s2) = acc.sums.split_at_mut(c);
-    for row in tile.chunks_exact(c) {
+    let (mut p1, mut p2) = (vec![T::zero(); c], vec![T::zero(); c]);
+    for block in tile.chunks(SUM_BLOCK * c) {
+        p1.fill(T::zero());
+        p2.fill(T::zero());
+        for row in block.chunks_exact(c) {
+            for j in 0..c {
+                let v = row[j];
+                p1[j] += v;
+                p2[j] += v * v;
+            }
+        }
         for j in 0..c {
-            let v = row[j].to_f64();
-            s1[j] += v;
-            s2[j] += v * v;
+            s1[j] += p1[j].to_f64();
+            s2[j] += p2[j].to_f64();
         }
     }
 }
@@ -554,13 +568,11 @@ pub fn add_relu<T: Real>(
         });
 }
 
-/// g ← g ⊙ [out > 0] for one row.
+/// g ← g ⊙ [out > 0] for one row (a select, so it vectorises).
 #[inline]
 fn relu_mask<T: Real>(g: &mut [T], out: &[T]) {
     for (g, &o) in g.iter_mut().zip(out) {
-        if !positive(o) {
-            *g = T::zero();
-        }
+        *g = if positive(o) { *g } else { T::zero() };
     }
 }
 
@@ -576,12 +588,20 @@ pub fn relu_backward<T: Real>(g: &mut [T], out: Option<&[T]>, c: usize, accs: &m
         .zip(ranges.par_iter())
         .for_each(|((gp, acc), r)| {
             acc.reset(c, None);
-            for (i, grow) in gp.chunks_exact_mut(c).enumerate() {
-                if let Some(out) = out {
-                    relu_mask(grow, &out[(r.start + i) * c..(r.start + i + 1) * c]);
+            let mut p = vec![T::zero(); c];
+            for (b, block) in gp.chunks_mut(SUM_BLOCK * c).enumerate() {
+                p.fill(T::zero());
+                let row0 = r.start + b * SUM_BLOCK;
+                for (i, grow) in block.chunks_exact_mut(c).enumerate() {
+                    if let Some(out) = out {
+                        relu_mask(grow, &out[(row0 + i) * c..(row0 + i + 1) * c]);
+                    }
+                    for (s, &g) in p.iter_mut().zip(grow.iter()) {
+                        *s += g;
+                    }
                 }
-                for (s, g) in acc.sums.iter_mut().zip(grow.iter()) {
-                    *s += g.to_f64();
+                for (s, &v) in acc.sums.iter_mut().zip(&p) {
+                    *s += v.to_f64();
                 }
             }
         });
@@ -613,16 +633,33 @@ pub fn bn_backward<T: Real>(
                 acc.reset(c, None);
                 let zs = &z[r.start * c..r.end * c];
                 let (s1, s2) = acc.sums.split_at_mut(c);
-                for (i, (grow, zrow)) in gp.chunks_exact_mut(c).zip(zs.chunks_exact(c)).enumerate()
+                let (mut p1, mut p2) = (vec![T::zero(); c], vec![T::zero(); c]);
+                for (b, (gblock, zblock)) in gp
+                    .chunks_mut(SUM_BLOCK * c)
+                    .zip(zs.chunks(SUM_BLOCK * c))
+                    .enumerate()
                 {
-                    if let Some(o) = out {
-                        relu_mask(grow, &o[(r.start + i) * c..(r.start + i + 1) * c]);
+                    p1.fill(T::zero());
+                    p2.fill(T::zero());
+                    let row0 = r.start + b * SUM_BLOCK;
+                    for (i, (grow, zrow)) in gblock
+                        .chunks_exact_mut(c)
+                        .zip(zblock.chunks_exact(c))
+                        .enumerate()
+                    {
+                        if let Some(o) = out {
+                            relu_mask(grow, &o[(row0 + i) * c..(row0 + i + 1) * c]);
+                        }
+                        for j in 0..c {
+                            let gz = grow[j];
+                            let xh = (zrow[j] - mean[j]) * inv[j];
+                            p1[j] += gz;
+                            p2[j] += gz * xh;
+                        }
                     }
                     for j in 0..c {
-                        let gz = grow[j].to_f64();
-                        let xh = ((zrow[j] - mean[j]) * inv[j]).to_f64();
-                        s1[j] += gz;
-                        s2[j] += gz * xh;
+                        s1[j] += p1[j].to_f64();
+                        s2[j] += p2[j].to_f64();
                     }
                 }
             });
