@@ -229,8 +229,15 @@ impl ConvGeom {
     pub fn pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
+    /// Rows per im2col tile: about [`TILE_ELEMS`] elements, but never fewer rows than output
+    /// channels. Every tile's GEMM packs the whole weight (cout × ckk) and the weight-gradient
+    /// GEMM reads and writes the whole dW, so a tile with fewer rows than cout would spend more
+    /// on the weight than on its own rows (VGG's 512-channel layers: 64-row tiles repacked 9 MB of
+    /// weight per 64 rows).
     pub fn tile_rows(&self) -> usize {
-        (TILE_ELEMS / self.ckk().max(1)).max(MIN_TILE_ROWS)
+        (TILE_ELEMS / self.ckk().max(1))
+            .max(self.cout)
+            .max(MIN_TILE_ROWS)
     }
     /// Scratch elements one group needs.
     pub fn scratch_len(&self) -> usize {
