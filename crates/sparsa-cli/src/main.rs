@@ -74,3 +74,83 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod surface {
+    //! The CLI's surface rules, checked over every subcommand: one name per concept, list flags
+    //! whose shown default can be passed back verbatim, long forms for short flags.
+    use super::Cli;
+    use clap::CommandFactory;
+
+    fn walk(cmd: &clap::Command, path: &str, f: &mut dyn FnMut(&str, &clap::Arg)) {
+        for a in cmd.get_arguments() {
+            f(path, a);
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), f);
+        }
+    }
+
+    #[test]
+    fn flags_follow_the_surface_rules() {
+        // Names that mean the same thing everywhere (the second form is only an alias).
+        let renamed = [
+            ("batch-size", "batch"),
+            ("archs", "arch"),
+            ("sequences", "lm-sequences"),
+        ];
+        let mut problems = Vec::new();
+        walk(&Cli::command(), "sparsa", &mut |path, a| {
+            let id = a.get_id().as_str();
+            if let Some(long) = a.get_long() {
+                for (old, new) in renamed {
+                    if long == old {
+                        problems.push(format!("{path} --{long}: call it --{new}"));
+                    }
+                }
+            }
+            if a.get_short().is_some() && a.get_long().is_none() {
+                problems.push(format!("{path} -{}: no long form", a.get_short().unwrap()));
+            }
+            // A list flag must show its default as one comma-separated value: clap renders
+            // several default values separated by spaces, which the flag does not accept.
+            if a.get_value_delimiter().is_some() && a.get_default_values().len() > 1 {
+                problems.push(format!(
+                    "{path} {id}: default shown space-separated; give one comma-joined default"
+                ));
+            }
+        });
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    /// Every comma-separated default, passed back verbatim, parses.
+    #[test]
+    fn shown_list_defaults_parse_back() {
+        let mut cases = Vec::new();
+        walk(&Cli::command(), "sparsa", &mut |path, a| {
+            if a.get_value_delimiter().is_some() {
+                if let (Some(long), [d]) = (a.get_long(), a.get_default_values()) {
+                    cases.push((
+                        path.to_string(),
+                        long.to_string(),
+                        d.to_string_lossy().to_string(),
+                    ));
+                }
+            }
+        });
+        assert!(cases.len() >= 4, "list flags with defaults: {cases:?}");
+        for (path, long, d) in cases {
+            let mut argv: Vec<String> = path.split(' ').map(String::from).collect();
+            argv.push(format!("--{long}"));
+            argv.push(d.clone());
+            if let Err(e) = Cli::command().try_get_matches_from(&argv) {
+                // Subcommands with required arguments fail for those, never for this flag.
+                let msg = e.to_string();
+                assert!(
+                    !msg.contains(&format!("--{long}")),
+                    "{argv:?} rejected the shown default: {msg}"
+                );
+            }
+        }
+    }
+}

@@ -6,6 +6,11 @@ mod images;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+const SMOKE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../configs/prune/smoke.toml"
+);
+
 fn sparsa() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sparsa"))
 }
@@ -81,6 +86,36 @@ fn each_kind_of_failure_has_its_code() {
             ],
             1,
             "nonexistent-sae",
+        ),
+        (
+            "unknown key from prune run --set",
+            &[
+                "prune",
+                "run",
+                "--config",
+                SMOKE,
+                "--set",
+                "train.nope=1",
+                "--out",
+                "/tmp/sparsa-never",
+            ],
+            2,
+            "nope",
+        ),
+        (
+            "bad value from prune run --set",
+            &[
+                "prune",
+                "run",
+                "--config",
+                SMOKE,
+                "--set",
+                "prune.seeds=[]",
+                "--out",
+                "/tmp/sparsa-never",
+            ],
+            2,
+            "prune.seeds",
         ),
         (
             "missing config file (runtime)",

@@ -755,3 +755,26 @@ seeds = [0, 1, 2]"#,
         .to_string();
     assert!(e.contains("change-only"), "{e}");
 }
+
+/// `--set` overrides (`ExperimentConfig::from_toml_file_with`): applied before validation, part
+/// of the run's identity (its hash), and a bad key or value is named.
+#[test]
+fn overrides_apply_before_validation_and_change_the_identity() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/prune/smoke.toml");
+    let base = ExperimentConfig::from_toml_file(&path).unwrap();
+    let set = |ov: &[&str]| {
+        let ov: Vec<String> = ov.iter().map(|s| s.to_string()).collect();
+        ExperimentConfig::from_toml_file_with(&path, &ov)
+    };
+    let c = set(&["train.epochs=2", "prune.seeds=[7]"]).unwrap();
+    assert_eq!(c.train.epochs, 2);
+    assert_eq!(c.prune.seeds, vec![7]);
+    assert_ne!(c.hash().unwrap(), base.hash().unwrap());
+    assert_eq!(set(&[]).unwrap().hash().unwrap(), base.hash().unwrap());
+    let e = set(&["train.nope=1"]).unwrap_err().to_string();
+    assert!(e.contains("nope"), "{e}");
+    let e = set(&["prune.seeds=[]"]).unwrap_err().to_string();
+    assert!(e.contains("prune.seeds"), "{e}");
+    let e = set(&["novalue"]).unwrap_err().to_string();
+    assert!(e.contains("key=value"), "{e}");
+}

@@ -69,7 +69,7 @@ pub struct ExtractArgs {
     #[arg(long)]
     pub prefix_token: Option<u32>,
     /// Contexts per forward pass (part of the store's identity: keep it when resuming).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long = "batch", alias = "batch-size", default_value_t = 8)]
     pub batch_size: usize,
     /// Rows per shard.
     #[arg(long, default_value_t = 65_536)]

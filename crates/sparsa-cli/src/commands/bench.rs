@@ -27,19 +27,24 @@ pub enum BenchCommand {
 #[derive(Args, Debug)]
 pub struct SaeBenchArgs {
     /// Sizes as D_INxD_SAE, comma separated (default: 768x24576 and SmolLM2's 576x9216).
-    #[arg(long, value_delimiter = ',', default_values_t = ["768x24576".to_string(), "576x9216".to_string()])]
+    #[arg(long, value_delimiter = ',', default_value = "768x24576,576x9216")]
     sizes: Vec<String>,
     /// Tokens per batch B.
     #[arg(long, default_value_t = 4096)]
     batch: usize,
     /// k (TopK per token; k·B total budget for Mutual and Feature Choice).
-    #[arg(long, default_value_t = 32)]
+    #[arg(short, long, default_value_t = 32)]
     k: usize,
-    /// Architectures to time.
-    #[arg(long, value_delimiter = ',', default_values_t = ["topk".to_string(), "mutual_choice".to_string(), "feature_choice".to_string()])]
+    /// Architectures to time (comma separated).
+    #[arg(
+        long = "arch",
+        alias = "archs",
+        value_delimiter = ',',
+        default_value = "topk,mutual_choice,feature_choice"
+    )]
     archs: Vec<String>,
-    /// Auxiliary losses to time.
-    #[arg(long, value_delimiter = ',', default_values_t = ["none".to_string(), "aux_k".to_string(), "aux_zipf".to_string()])]
+    /// Auxiliary losses to time (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "none,aux_k,aux_zipf")]
     aux: Vec<String>,
     /// Timed fast steps per configuration (after 2 warm-up steps); the median is reported.
     #[arg(long, default_value_t = 3)]

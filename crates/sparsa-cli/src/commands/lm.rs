@@ -29,7 +29,7 @@ pub enum LmCommand {
         #[command(flatten)]
         model: ModelArg,
         /// How many candidates.
-        #[arg(short, default_value_t = 5)]
+        #[arg(short, long, default_value_t = 5)]
         k: usize,
         /// The prompt (no BOS is added).
         prompt: String,
@@ -52,10 +52,10 @@ pub struct AblateArgs {
     #[arg(long)]
     pub corpus: Option<String>,
     /// Held-out contexts to evaluate.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long = "lm-sequences", alias = "sequences", default_value_t = 32)]
     pub sequences: usize,
     /// Contexts per forward pass.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long = "batch", alias = "batch-size", default_value_t = 8)]
     pub batch_size: usize,
 }
 

@@ -22,8 +22,12 @@ pub enum PruneCommand {
     /// rounds. Results go to <out>/<name>-<hash of the config>/; rerunning resumes.
     Run {
         /// The experiment TOML (see configs/prune/).
-        #[arg(long)]
+        #[arg(long, short)]
         config: PathBuf,
+        /// Override a config value, e.g. --set train.epochs=5 --set 'prune.seeds=[0, 1]'
+        /// (repeatable; the run directory's hash covers the result).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
         /// Root directory for run directories.
         #[arg(long, default_value = "runs")]
         out: PathBuf,
@@ -79,6 +83,7 @@ pub fn run(cmd: PruneCommand) -> anyhow::Result<()> {
     match cmd {
         PruneCommand::Run {
             config,
+            set,
             out,
             data_dir,
             no_report,
@@ -87,6 +92,7 @@ pub fn run(cmd: PruneCommand) -> anyhow::Result<()> {
             ap,
         } => run_grid(
             &config,
+            &set,
             &out,
             data_dir,
             !no_report,
@@ -112,8 +118,10 @@ pub fn fashion_mnist_dir() -> anyhow::Result<PathBuf> {
         .context("fetching Fashion-MNIST (or pass --data-dir with the IDX files)")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_grid(
     config: &Path,
+    set: &[String],
     out: &Path,
     data_dir: Option<PathBuf>,
     show: bool,
@@ -121,7 +129,7 @@ fn run_grid(
     seeds: &[u64],
     aps: &[String],
 ) -> anyhow::Result<()> {
-    let cfg = ExperimentConfig::from_toml_file(config)?;
+    let cfg = ExperimentConfig::from_toml_file_with(config, set)?;
     let aps = aps
         .iter()
         .map(|a| a.parse::<ApVariant>().map_err(anyhow::Error::msg))
@@ -311,17 +319,18 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
 /// Arguments of `sparsa prune bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Architectures to measure (default: all).
-    #[arg(long, value_delimiter = ',')]
+    /// Architectures to measure (comma separated; default: all).
+    #[arg(long, alias = "archs", value_delimiter = ',')]
     arch: Vec<String>,
+    /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch: usize,
     /// Timed training and evaluation steps per model (after one warm-up step); the figure is
     /// the median step.
     #[arg(long, default_value_t = 10)]
     steps: usize,
-    /// Global magnitude sparsities to measure, in percent.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![0.0, 90.0, 98.0])]
+    /// Global magnitude sparsities to measure, in percent (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "0,90,98")]
     sparsity: Vec<f64>,
     /// Threads (0: rayon's default, all cores).
     #[arg(long, default_value_t = 0)]

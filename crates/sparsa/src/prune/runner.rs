@@ -184,11 +184,31 @@ pub struct ExperimentConfig {
 impl ExperimentConfig {
     /// Parse and validate a TOML config; errors name the file and the field.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
+        Self::from_toml_file_with(path, &[])
+    }
+
+    /// [`ExperimentConfig::from_toml_file`] with `key=value` overrides (`train.epochs=5`,
+    /// `prune.seeds=[0, 1]`) applied before validation; unknown keys are errors naming the key.
+    pub fn from_toml_file_with(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        let cfg: ExperimentConfig = toml::from_str(&text).map_err(|e| PruneError::Config {
-            field: path.display().to_string(),
+        let origin = path.display().to_string();
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| PruneError::Config {
+            field: origin.clone(),
             msg: e.to_string(),
         })?;
+        for ov in overrides {
+            crate::util::toml_set::apply(&mut table, ov).map_err(|msg| PruneError::Config {
+                field: "--set".into(),
+                msg,
+            })?;
+        }
+        let cfg: ExperimentConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| PruneError::Config {
+                    field: origin,
+                    msg: e.to_string(),
+                })?;
         cfg.validate()?;
         Ok(cfg)
     }

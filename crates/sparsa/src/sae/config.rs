@@ -578,7 +578,7 @@ impl RunConfig {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| SaeError::Config(format!("{origin}: {e}")))?;
         for ov in overrides {
-            apply_override(&mut table, ov)?;
+            crate::util::toml_set::apply(&mut table, ov).map_err(SaeError::Config)?;
         }
         let cfg: RunConfig = toml::Value::Table(table)
             .try_into()
@@ -624,40 +624,6 @@ impl RunConfig {
             .lr
             .unwrap_or_else(|| 2e-4 / (self.sae.d_sae as f64 / 16384.0).sqrt())
     }
-}
-
-/// Apply one `a.b.c=value` override to a TOML table.
-pub fn apply_override(table: &mut toml::Table, ov: &str) -> Result<(), SaeError> {
-    let (key, raw) = ov.split_once('=').ok_or_else(|| {
-        SaeError::Config(format!(
-            "override `{ov}` is not of the form key=value (e.g. train.lr=1e-3)"
-        ))
-    })?;
-    let key = key.trim();
-    let raw = raw.trim();
-    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or(toml::Value::String(raw.to_string())),
-        Err(_) => toml::Value::String(raw.to_string()),
-    };
-    let parts: Vec<&str> = key.split('.').collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        return Err(SaeError::Config(format!(
-            "override key `{key}` is malformed"
-        )));
-    }
-    let mut cur = table;
-    for p in &parts[..parts.len() - 1] {
-        let entry = cur
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry
-            .as_table_mut()
-            .ok_or_else(|| SaeError::Config(format!("override `{key}`: `{p}` is not a table")))?;
-    }
-    cur.insert(parts[parts.len() - 1].to_string(), value);
-    Ok(())
 }
 
 #[cfg(test)]

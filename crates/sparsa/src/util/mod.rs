@@ -1,3 +1,4 @@
-//! Small shared helpers: atomic file writes, progress reporting, cancellation.
+//! Small shared helpers: atomic file writes, progress reporting, cancellation, config overrides.
 pub mod fs;
 pub mod progress;
+pub mod toml_set;

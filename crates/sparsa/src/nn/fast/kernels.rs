@@ -274,7 +274,10 @@ impl ConvGeom {
                 dst[kx1 * cin..].fill(T::zero());
                 // The inside part of a window row is contiguous in NHWC: one copy.
                 let s = (iy as usize * self.w + (ix0 + kx0 as isize) as usize) * cin;
-                copy_small(&mut dst[kx0 * cin..kx1 * cin], &img[s..s + (kx1 - kx0) * cin]);
+                copy_small(
+                    &mut dst[kx0 * cin..kx1 * cin],
+                    &img[s..s + (kx1 - kx0) * cin],
+                );
             }
         }
     }
