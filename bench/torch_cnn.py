@@ -1,4 +1,4 @@
-"""Side-by-side CPU throughput of the pruning-half models: `sparsa prune bench` against PyTorch.
+"""Side-by-side CPU throughput of the pruning-half models: `sparsa bench prune` against PyTorch.
 
 Optional and never needed by the tests. Set-up (CPU-only use; the default PyPI wheel also works
 once its CUDA libraries are installed):
@@ -136,7 +136,7 @@ def main():
         print(json.dumps(t), flush=True)
         if a.torch_only:
             continue
-        s = run_json([a.sparsa, "prune", "bench", "--arch", MODELS[name], "--batch", str(a.batch), "--steps",
+        s = run_json([a.sparsa, "bench", "prune", "--arch", MODELS[name], "--batch", str(a.batch), "--steps",
                       str(a.steps), "--threads", str(a.threads), "--sparsity", "0"], env)[0]
         print(json.dumps(s), flush=True)
         rows.append((MODELS[name], s["train_img_s"] / t["train_img_s"], s["eval_img_s"] / t["eval_img_s"],

@@ -36,13 +36,13 @@ enum Command {
     /// Activation stores: extract a language model's activations over a corpus.
     #[command(subcommand)]
     Activations(commands::activations::ActivationsCommand),
-    /// The language model on its own: info, tokenize, next-token top-k, speed.
+    /// The language model on its own: info, tokenize, next-token top-k, ablation.
     #[command(subcommand)]
     Lm(commands::lm::LmCommand),
-    /// Pruning with dead-neuron tracking and Activate-while-Pruning: run, report, bench.
+    /// Pruning with dead-neuron tracking and Activate-while-Pruning: run, report.
     #[command(subcommand)]
     Prune(commands::prune::PruneCommand),
-    /// Performance figures (JSON lines): `sparsa bench sae`.
+    /// Performance figures: `sparsa bench sae`, `bench lm`, `bench prune`.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
 }

@@ -1,4 +1,6 @@
 //! `sparsa bench …`: performance figures (a command, not a test: nothing here asserts a time).
+//! One place for every benchmark: `bench sae`, `bench lm`, `bench prune` (the last two run the
+//! code of `lm` and `prune`; `sparsa lm bench` and `sparsa prune bench` remain as hidden aliases).
 //!
 //! `sparsa bench sae` prints one JSON line per (size, architecture, auxiliary loss): the encoder
 //! product alone and its share of the measured FMA peak, the full fast step, step/matmul, the
@@ -22,6 +24,13 @@ pub enum BenchCommand {
     /// SAE training step: encoder matmul vs full fast step vs reference step, per architecture
     /// and auxiliary loss. One JSON line per configuration on stdout; progress on stderr.
     Sae(SaeBenchArgs),
+    /// Language-model forward speed (tokens/s) on corpus text, full model and up to a hook.
+    Lm(super::lm::BenchArgs),
+    /// Image classifiers: training and evaluation images/s and peak RSS per model and global
+    /// magnitude sparsity, on random inputs of the model's usual shape (28×28×1 for LeNet and
+    /// Conv-2/4/6, 32×32×3 for ResNet and VGG). One JSON line per row, then a table; compare
+    /// with `bench/torch_cnn.py` run alternately in the same sitting.
+    Prune(super::prune::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -103,6 +112,8 @@ struct Line {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Sae(a) => sae(a),
+        BenchCommand::Lm(a) => super::lm::bench(&a),
+        BenchCommand::Prune(a) => super::prune::bench(a),
     }
 }
 

@@ -34,7 +34,9 @@ pub enum LmCommand {
         /// The prompt (no BOS is added).
         prompt: String,
     },
-    /// Measure forward-pass speed (tokens/s) on corpus text, full model and up to a hook.
+    /// Measure forward-pass speed (tokens/s) on corpus text, full model and up to a hook (alias
+    /// of `sparsa bench lm`).
+    #[command(hide = true)]
     Bench(BenchArgs),
     /// Next-token CE on a store's held-out contexts: clean, and with the store's hook zero- or
     /// mean-ablated (the baselines of `sae eval`'s loss recovered).
@@ -199,7 +201,7 @@ fn top(arg: &ModelArg, k: usize, prompt: &str) -> Result<()> {
     Ok(())
 }
 
-fn bench(a: &BenchArgs) -> Result<()> {
+pub fn bench(a: &BenchArgs) -> Result<()> {
     anyhow::ensure!(
         a.batch > 0 && a.seq_len > 0 && a.reps > 0,
         "batch, seq-len and reps must be positive"

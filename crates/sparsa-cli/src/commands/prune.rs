@@ -72,10 +72,8 @@ pub enum PruneCommand {
         #[arg(long, value_delimiter = ',')]
         seeds: Vec<u64>,
     },
-    /// Measure training and evaluation throughput (images/s) and peak RSS per model and global
-    /// magnitude sparsity, on random inputs of the model's usual shape (28×28×1 for LeNet and
-    /// Conv-2/4/6, 32×32×3 for ResNet and VGG). One JSON line per row, then a table; compare
-    /// with `bench/torch_cnn.py` run alternately in the same sitting.
+    /// Images/s and peak RSS per model and sparsity (alias of `sparsa bench prune`).
+    #[command(hide = true)]
     Bench(BenchArgs),
 }
 
@@ -245,7 +243,7 @@ fn print_report(
     Ok(())
 }
 
-fn bench(a: BenchArgs) -> anyhow::Result<()> {
+pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let list: Vec<Arch> = if a.arch.is_empty() {
         Arch::ALL.to_vec()
     } else {
@@ -316,7 +314,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Arguments of `sparsa prune bench`.
+/// Arguments of `sparsa bench prune`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Architectures to measure (comma separated; default: all).
