@@ -213,3 +213,84 @@ fn extract_prefix_token_takes_effect() {
         "{firsts:?}"
     );
 }
+
+/// Ctrl-C during `activations extract`: exit status 130, the store keeps exactly its complete
+/// shards (every listed file exists and holds its rows), and rerunning the same command resumes
+/// to a finished store.
+#[cfg(unix)]
+#[test]
+fn sigint_during_extract_keeps_complete_shards_and_resumes() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("store");
+    let args = |tokens: &str| -> Vec<String> {
+        [
+            "activations",
+            "extract",
+            "--corpus",
+            "sotu",
+            "--layer",
+            "1",
+            "--tokens",
+            tokens,
+            "--seq-len",
+            "16",
+            "--batch",
+            "2",
+            "--shard-tokens",
+            "64",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.to_str().unwrap().to_string()])
+        .collect()
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_sparsa"))
+        .args(args("6000"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until at least one shard is complete, then interrupt.
+    let t0 = Instant::now();
+    while Manifest::read(&out).map_or(true, |m| m.shards.is_empty()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "extraction never wrote a shard"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let res = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(130), "{err}");
+    let m = Manifest::read(&out).unwrap();
+    assert!(!m.shards.is_empty());
+    for s in &m.shards {
+        let t = u32_tensors(&out.join(&s.file));
+        assert_eq!(
+            t["token_ids"].len() as u64,
+            s.n_tokens,
+            "shard {} is whole",
+            s.file
+        );
+    }
+    let done: u64 = m.shards.iter().map(|s| s.n_tokens).sum();
+    assert!(done < 6000, "interrupted before the end");
+    // The same command resumes from the complete shards and finishes the store.
+    let (ok, _, err) = sparsa(&args("6000").iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    let m2 = Manifest::read(&out).unwrap();
+    let rows2: u64 = m2.shards.iter().map(|s| s.n_tokens).sum();
+    assert_eq!(rows2, 6000, "the resumed store is complete");
+    assert_eq!(
+        &m2.shards[..m.shards.len()],
+        &m.shards[..],
+        "finished shards untouched"
+    );
+}
