@@ -599,3 +599,92 @@ fn masked_weights_stay_zero_through_100_steps() {
         }
     }
 }
+
+/// Sparse linear kernels (CSR of the mask × dense activations) against the dense GEMMs on the
+/// same masked weights, across densities from 0 to 100 %: logits, loss, every gradient on the
+/// mask's support (the sparse path's weight gradient is 0 off it), and the weights after five
+/// masked SGD steps with momentum; masked weights stay exactly 0. Conv-2 has masked linear
+/// layers after its convolutions, so the sparse path also feeds a gradient back into them.
+#[test]
+fn sparse_linear_kernels_equal_the_dense_ones() {
+    for (arch, input) in [
+        (Arch::Lenet300100, spec(1, 7, 5)),
+        (Arch::Conv2, spec(1, 9, 7)),
+    ] {
+        for (d, density) in [0.0, 0.02, 0.1, 0.5, 1.0].into_iter().enumerate() {
+            let mut net = Net::new(arch, input, 5, DType::F32).unwrap();
+            random_masks(&mut net, density, 40 + d as u64);
+            let mk = |t: f64| {
+                FastNet::<f32>::from_net(&net, SgdConfig::default())
+                    .unwrap()
+                    .with_sparse_threshold(t)
+            };
+            let (mut dense, mut sparse) = (mk(0.0), mk(2.0));
+            assert_eq!(dense.sparse_layers(), 0);
+            assert!(sparse.sparse_layers() >= 2, "{arch}: sparse path not taken");
+            let n = 6;
+            let sz = input.channels * input.height * input.width;
+            for step in 0..5u64 {
+                let x: Vec<f32> = uniform(n * sz, 900 + step);
+                let y = labels(n, 950 + step);
+                let ld = dense.forward(&x, n, Mode::Train).unwrap().to_vec();
+                let ls = sparse.forward(&x, n, Mode::Train).unwrap().to_vec();
+                for (a, b) in ld.iter().zip(&ls) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                        "{arch} {density}: logits {a} vs {b}"
+                    );
+                }
+                let (sd, ss) = (dense.backward(&y).unwrap(), sparse.backward(&y).unwrap());
+                assert!(
+                    (sd.loss - ss.loss).abs() <= 1e-5 * (1.0 + sd.loss.abs()),
+                    "{arch} {density}: loss"
+                );
+                let masks = mask_vectors(&sparse);
+                for (p, (gd, gs)) in dense.gradients().iter().zip(sparse.gradients()).enumerate() {
+                    // Relative to the parameter's largest gradient: the sums reach it through
+                    // different summation orders, and a few entries cancel to nearly 0.
+                    let scale = 1.0 + gd.iter().fold(0f32, |a, &v| a.max(v.abs()));
+                    for i in 0..gd.len() {
+                        let on = masks[p].as_ref().is_none_or(|m| m[i] != 0.0);
+                        // Off the support a sparse layer's gradient is 0 (the dense layers of
+                        // both engines, convolutions here, still compute it there).
+                        if !on && gs[i] == 0.0 {
+                            continue;
+                        }
+                        assert!(
+                            (gd[i] - gs[i]).abs() <= 1e-4 * scale,
+                            "{arch} {density} step {step}: param {p} grad[{i}] {} vs {}",
+                            gd[i],
+                            gs[i]
+                        );
+                    }
+                }
+                dense.sgd_step(0.05);
+                sparse.sgd_step(0.05);
+            }
+            let masks = mask_vectors(&sparse);
+            for (p, (wd, ws)) in dense.weights().iter().zip(sparse.weights()).enumerate() {
+                for i in 0..wd.len() {
+                    assert!(
+                        (wd[i] - ws[i]).abs() <= 1e-4 * (1.0 + wd[i].abs()),
+                        "{arch} {density}: w"
+                    );
+                    if masks[p].as_ref().is_some_and(|m| m[i] == 0.0) {
+                        assert_eq!(
+                            ws[i], 0.0,
+                            "{arch} {density}: masked weight {p}[{i}] moved (dense {})",
+                            wd[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Each parameter's mask in the candle layout, as `weights()` and `gradients()` (None when
+/// unmasked).
+fn mask_vectors(f: &FastNet<f32>) -> Vec<Option<Vec<f32>>> {
+    f.masks()
+}

@@ -295,6 +295,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                     "model": arch.name(), "batch": a.batch, "threads": threads,
                     "sparsity": sp, "train_img_s": row.train, "eval_img_s": row.eval,
                     "peak_rss_mb": row.rss,
+                    "linear_density_sparse": row.linear,
                 })
             );
             rows.push(vec![
@@ -336,6 +337,10 @@ pub struct BenchArgs {
     /// Time the candle reference path instead of the fused engine.
     #[arg(long)]
     reference: bool,
+    /// Weight density below which a masked linear layer runs the sparse kernels (default: the
+    /// engine's measured threshold; 0 = always dense, 2 = always sparse, to measure it).
+    #[arg(long)]
+    sparse_below: Option<f64>,
 }
 
 struct BenchRow {
@@ -344,6 +349,8 @@ struct BenchRow {
     train: f64,
     eval: f64,
     rss: Option<f64>,
+    /// Weight density of each masked linear layer, and whether it ran the sparse kernels.
+    linear: Vec<(f64, bool)>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -395,6 +402,7 @@ fn bench_one(arch: Arch, sparsity: f64, a: &BenchArgs) -> anyhow::Result<BenchRo
     let bar = ui::Bar::new((2 * a.steps + 2) as u64, &label, "step");
     use sparsa::util::progress::Progress;
     let (mut tt, mut te) = (Vec::new(), Vec::new());
+    let mut linear = Vec::new();
     if a.reference {
         let x = Tensor::from_slice(
             &xs,
@@ -424,6 +432,10 @@ fn bench_one(arch: Arch, sparsity: f64, a: &BenchArgs) -> anyhow::Result<BenchRo
         }
     } else {
         let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default())?;
+        if let Some(t) = a.sparse_below {
+            fast = fast.with_sparse_threshold(t);
+        }
+        linear = fast.linear_densities();
         fast.set_counting(Counting::Dynamic);
         for s in 0..=a.steps {
             let t0 = Instant::now();
@@ -449,5 +461,6 @@ fn bench_one(arch: Arch, sparsity: f64, a: &BenchArgs) -> anyhow::Result<BenchRo
         train: batch as f64 / median(tt),
         eval: batch as f64 / median(te),
         rss: super::bench::peak_rss_mb(),
+        linear,
     })
 }

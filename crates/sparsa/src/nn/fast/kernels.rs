@@ -842,3 +842,120 @@ pub fn softmax_ce<T: Real>(logits: &[T], labels: &[u32], k: usize, grad: &mut [T
     }
     (loss * inv_n, correct)
 }
+
+/// `out` (cols × rows) = `a` (rows × cols) transposed, in blocks that stay in cache.
+pub fn transpose<T: Real>(a: &[T], rows: usize, cols: usize, out: &mut Vec<T>) {
+    out.resize(rows * cols, T::zero());
+    const B: usize = 32;
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    out[c * rows + r] = a[r * cols + c];
+                }
+            }
+        }
+    }
+}
+
+/// The support of a weight mask (rows × cols, row-major) in CSR form: for row j the kept
+/// columns `cols[row_ptr[j]..row_ptr[j + 1]]`, ascending.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Csr {
+    pub rows: usize,
+    pub cols_n: usize,
+    pub row_ptr: Vec<usize>,
+    pub cols: Vec<u32>,
+}
+
+impl Csr {
+    pub fn from_mask<T: Real>(mask: &[T], rows: usize, cols: usize) -> Csr {
+        let mut row_ptr = Vec::with_capacity(rows + 1);
+        let mut idx = Vec::new();
+        row_ptr.push(0);
+        for j in 0..rows {
+            for (c, &m) in mask[j * cols..(j + 1) * cols].iter().enumerate() {
+                if m != T::zero() {
+                    idx.push(c as u32);
+                }
+            }
+            row_ptr.push(idx.len());
+        }
+        Csr {
+            rows,
+            cols_n: cols,
+            row_ptr,
+            cols: idx,
+        }
+    }
+
+    /// yt[j, :] = Σ_c w[j, c] · xt[c, :] over the support (w dense rows × cols, xt cols × n,
+    /// yt rows × n). Rows in parallel; each row's sum runs in support order (deterministic).
+    pub fn mul_rows<T: Real>(&self, w: &[T], xt: &[T], n: usize, yt: &mut [T]) {
+        let cols_n = self.cols_n;
+        yt[..self.rows * n]
+            .par_chunks_mut(n)
+            .enumerate()
+            .for_each(|(j, y)| {
+                y.fill(T::zero());
+                for &c in &self.cols[self.row_ptr[j]..self.row_ptr[j + 1]] {
+                    let wv = w[j * cols_n + c as usize];
+                    let xr = &xt[c as usize * n..(c as usize + 1) * n];
+                    for (y, &x) in y.iter_mut().zip(xr) {
+                        *y += wv * x;
+                    }
+                }
+            });
+    }
+
+    /// dxt (cols × n) = Σ_j w[j, c] · gt[j, :] over the support, in row order (serial, so the
+    /// sums are deterministic).
+    pub fn mul_rows_transposed<T: Real>(
+        &self,
+        w: &[T],
+        gt: &[T],
+        n: usize,
+        cols: usize,
+        dxt: &mut Vec<T>,
+    ) {
+        dxt.clear();
+        dxt.resize(cols * n, T::zero());
+        for j in 0..self.rows {
+            let g = &gt[j * n..(j + 1) * n];
+            for &c in &self.cols[self.row_ptr[j]..self.row_ptr[j + 1]] {
+                let wv = w[j * self.cols_n + c as usize];
+                for (d, &gv) in dxt[c as usize * n..(c as usize + 1) * n].iter_mut().zip(g) {
+                    *d += wv * gv;
+                }
+            }
+        }
+    }
+
+    /// dw[j, c] = gt[j, :] · xt[c, :] on the support, 0 elsewhere (rows in parallel).
+    pub fn grad_on_support<T: Real>(&self, gt: &[T], xt: &[T], n: usize, dw: &mut [T]) {
+        let cols_n = self.cols_n;
+        dw[..self.rows * cols_n]
+            .par_chunks_mut(cols_n)
+            .enumerate()
+            .for_each(|(j, drow)| {
+                drow.fill(T::zero());
+                let g = &gt[j * n..(j + 1) * n];
+                for &c in &self.cols[self.row_ptr[j]..self.row_ptr[j + 1]] {
+                    let xr = &xt[c as usize * n..(c as usize + 1) * n];
+                    let mut acc = [T::zero(); 16];
+                    let mut gi = g.chunks_exact(16);
+                    let mut xi = xr.chunks_exact(16);
+                    for (gc, xc) in (&mut gi).zip(&mut xi) {
+                        for l in 0..16 {
+                            acc[l] += gc[l] * xc[l];
+                        }
+                    }
+                    let mut s = acc.iter().fold(T::zero(), |a, &b| a + b);
+                    for (&a, &b) in gi.remainder().iter().zip(xi.remainder()) {
+                        s += a * b;
+                    }
+                    drow[c as usize] = s;
+                }
+            });
+    }
+}

@@ -124,6 +124,9 @@ struct Slot<T> {
     shape: Vec<usize>,
     w: Vec<T>,
     mask: Option<Vec<T>>,
+    /// Flat indices of the mask's support when the layer runs sparse kernels: SGD then updates
+    /// only these (the others are 0 in w, the momentum and the update).
+    support: Option<Vec<u32>>,
     /// Momentum buffer (empty before the first step).
     mom: Vec<T>,
 }
@@ -373,21 +376,34 @@ struct LinearUnit<T> {
     need_gin: bool,
     out: Vec<T>,
     gin: Vec<T>,
+    /// The mask's support in CSR form when the layer runs the sparse kernels.
+    sparse: Option<kernels::Csr>,
+    /// Sparse path: the input transposed (fin × n), kept for the backward pass, and scratch.
+    xt: Vec<T>,
+    tmp: Vec<T>,
 }
 
 impl<T: Real> LinearUnit<T> {
     fn forward(&mut self, x: &[T], n: usize, fw: &mut Fwd<'_, T>) {
         let (fin, fout) = (self.fin, self.fout);
         self.out.resize(n * fout, T::zero());
-        let threads = rayon::current_num_threads();
-        gemm_into(
-            &mut self.out,
-            Operand::n(&x[..n * fin], n, fin),
-            Operand::t(&fw.p[self.w].w, fout, fin),
-            false,
-            threads,
-            T::one(),
-        );
+        if let Some(csr) = &self.sparse {
+            // yᵀ = W·xᵀ over the mask's support: one n-wide AXPY per kept weight.
+            kernels::transpose(&x[..n * fin], n, fin, &mut self.xt);
+            self.tmp.resize(fout * n, T::zero());
+            csr.mul_rows(&fw.p[self.w].w, &self.xt, n, &mut self.tmp);
+            kernels::transpose(&self.tmp, fout, n, &mut self.out);
+        } else {
+            let threads = rayon::current_num_threads();
+            gemm_into(
+                &mut self.out,
+                Operand::n(&x[..n * fin], n, fin),
+                Operand::t(&fw.p[self.w].w, fout, fin),
+                false,
+                threads,
+                T::one(),
+            );
+        }
         reset_accs(&mut fw.sh.accs, fout, fw.counting, fout);
         let bias = self.b.map(|b| fw.p[b].w.as_slice());
         let relu = self.relu.is_some();
@@ -411,6 +427,22 @@ impl<T: Real> LinearUnit<T> {
         if let Some(b) = self.b {
             let (s1, _) = kernels::merge_sums(&bw.sh.accs, fout);
             set_from_f64(&mut bw.grads[b], &s1);
+        }
+        if let Some(csr) = &self.sparse {
+            // dW on the support (0 elsewhere: masked SGD ignores it) and dxᵀ = Wᵀ·gᵀ.
+            kernels::transpose(gout, n, fout, &mut self.tmp);
+            let dw = &mut bw.grads[self.w];
+            dw.resize(fout * fin, T::zero());
+            csr.grad_on_support(&self.tmp, &self.xt, n, dw);
+            if self.need_gin {
+                let mut dxt = std::mem::take(&mut self.xt);
+                csr.mul_rows_transposed(&bw.p[self.w].w, &self.tmp, n, fin, &mut dxt);
+                self.gin.resize(n * fin, T::zero());
+                kernels::transpose(&dxt, fin, n, &mut self.gin);
+                // The transposed input is stale now; the next forward rebuilds it.
+                self.xt = dxt;
+            }
+            return;
         }
         let threads = rayon::current_num_threads();
         let dw = &mut bw.grads[self.w];
@@ -718,6 +750,9 @@ impl Compiler<'_> {
                         need_gin,
                         out: Vec::new(),
                         gin: Vec::new(),
+                        sparse: None,
+                        xt: Vec::new(),
+                        tmp: Vec::new(),
                     }));
                 }
                 Op::MaxPool(k) => {
@@ -815,6 +850,10 @@ pub struct FastNet<T: Real> {
     n: usize,
 }
 
+/// Weight density below which a masked linear layer runs the sparse kernels (CSR × dense), from
+/// the measurement in docs/pruning.md ("Sparse linear layers").
+pub const SPARSE_LINEAR_BELOW: f64 = 0.1;
+
 fn host<T: Real>(t: &Tensor) -> Result<Vec<T>> {
     Ok(t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()?)
 }
@@ -859,6 +898,7 @@ impl<T: Real> FastNet<T> {
                 shape: p.var.as_tensor().dims().to_vec(),
                 w,
                 mask,
+                support: None,
                 mom: Vec::new(),
             });
         }
@@ -892,7 +932,76 @@ impl<T: Real> FastNet<T> {
             bn_momentum: net.bn_momentum,
             bn_eps: net.bn_eps,
             n: 0,
-        })
+        }
+        .with_sparse_threshold(SPARSE_LINEAR_BELOW))
+    }
+
+    /// Masked linear layers whose weight density is below `density` run the sparse kernels;
+    /// the others run dense GEMMs (0: never sparse; above 1: always, for tests). Results agree
+    /// to float tolerance, and the sparse path's weight gradient is 0 off the mask.
+    pub fn with_sparse_threshold(mut self, density: f64) -> Self {
+        for u in &mut self.units {
+            if let Unit::Linear(l) = u {
+                let slot = &mut self.params[l.w];
+                l.sparse = slot.mask.as_deref().and_then(|m| {
+                    let kept = m.iter().filter(|&&v| v != T::zero()).count();
+                    ((kept as f64) < density * m.len() as f64)
+                        .then(|| kernels::Csr::from_mask(m, l.fout, l.fin))
+                });
+                if let (Some(_), Some(m)) = (&l.sparse, &slot.mask) {
+                    // SGD will touch only the support: make the rest exactly 0 now, as the
+                    // dense path's first masked update would.
+                    for (w, &m) in slot.w.iter_mut().zip(m) {
+                        *w *= m;
+                    }
+                    for (v, &m) in slot.mom.iter_mut().zip(m) {
+                        *v *= m;
+                    }
+                }
+                slot.support = l.sparse.as_ref().map(|c| {
+                    (0..c.rows)
+                        .flat_map(|j| {
+                            c.cols[c.row_ptr[j]..c.row_ptr[j + 1]]
+                                .iter()
+                                .map(move |&k| (j * c.cols_n) as u32 + k)
+                        })
+                        .collect()
+                });
+            }
+        }
+        self
+    }
+
+    /// Each parameter's mask in the candle layout, as [`FastNet::weights`] (`None` when
+    /// unmasked).
+    pub fn masks(&self) -> Vec<Option<Vec<T>>> {
+        self.params
+            .iter()
+            .map(|s| s.mask.as_ref().map(|m| s.layout.to_ref(m)))
+            .collect()
+    }
+
+    /// Per masked linear layer, in order: its weight density and whether it runs the sparse
+    /// kernels.
+    pub fn linear_densities(&self) -> Vec<(f64, bool)> {
+        self.units
+            .iter()
+            .filter_map(|u| match u {
+                Unit::Linear(l) => self.params[l.w].mask.as_ref().map(|m| {
+                    let kept = m.iter().filter(|&&v| v != T::zero()).count();
+                    (kept as f64 / m.len().max(1) as f64, l.sparse.is_some())
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How many linear layers run the sparse kernels.
+    pub fn sparse_layers(&self) -> usize {
+        self.units
+            .iter()
+            .filter(|u| matches!(u, Unit::Linear(l) if l.sparse.is_some()))
+            .count()
     }
 
     /// Copy the weights and batch-norm running statistics back into `net` (candle layout).
@@ -1038,6 +1147,17 @@ impl<T: Real> FastNet<T> {
             }
             let first = s.mom.is_empty() || momentum == 0.0;
             s.mom.resize(s.w.len(), T::zero());
+            if let Some(sup) = &s.support {
+                // Sparse layer: the same update on the support only (off it w, v and g·m are 0).
+                for &i in sup {
+                    let i = i as usize;
+                    let gi = g[i] + wd * s.w[i];
+                    let vi = if first { gi } else { mu * s.mom[i] + gi };
+                    s.mom[i] = vi;
+                    s.w[i] -= lr * vi;
+                }
+                continue;
+            }
             let mask = s.mask.as_deref();
             s.w.par_chunks_mut(CH)
                 .zip(s.mom.par_chunks_mut(CH))
