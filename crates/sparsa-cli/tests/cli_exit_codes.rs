@@ -2,9 +2,10 @@
 //! configuration error, 130 interrupted after saving; a closed stdout ends quietly.
 
 mod images;
+mod signal;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SMOKE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -215,20 +216,12 @@ fn sigint_during_sae_train_saves_and_exits_130() {
         .spawn()
         .unwrap();
     // Wait until training has logged a step, then interrupt.
-    let t0 = Instant::now();
-    while !out.join("metrics.jsonl").exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "training never started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-    }
-    let res = child.wait_with_output().unwrap();
+    let res = signal::interrupt_when(
+        child,
+        "training start",
+        || out.join("metrics.jsonl").exists(),
+        Duration::from_millis(200),
+    );
     let err = String::from_utf8_lossy(&res.stderr);
     assert_eq!(res.status.code(), Some(130), "{err}");
     assert!(err.contains("--resume"), "{err}");
@@ -281,20 +274,12 @@ fn sigint_during_prune_run_saves_and_exits_130() {
         .spawn()
         .unwrap();
     // Wait for the run directory, then give the handler time to be installed.
-    let t0 = Instant::now();
-    while std::fs::read_dir(&runs).map_or(true, |mut d| d.next().is_none()) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "the run never started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-    }
-    let res = child.wait_with_output().unwrap();
+    let res = signal::interrupt_when(
+        child,
+        "the run's start",
+        || std::fs::read_dir(&runs).is_ok_and(|mut d| d.next().is_some()),
+        Duration::from_millis(1500),
+    );
     let err = String::from_utf8_lossy(&res.stderr);
     assert_eq!(res.status.code(), Some(130), "{err}");
     assert!(err.contains("resume") && !err.contains("panicked"), "{err}");

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+mod signal;
+
 fn sparsa(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_sparsa"))
         .args(args)
@@ -221,7 +223,7 @@ fn extract_prefix_token_takes_effect() {
 #[test]
 fn sigint_during_extract_keeps_complete_shards_and_resumes() {
     use std::process::Stdio;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("store");
     let args = |tokens: &str| -> Vec<String> {
@@ -254,19 +256,12 @@ fn sigint_during_extract_keeps_complete_shards_and_resumes() {
         .spawn()
         .unwrap();
     // Wait until at least one shard is complete, then interrupt.
-    let t0 = Instant::now();
-    while Manifest::read(&out).map_or(true, |m| m.shards.is_empty()) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "extraction never wrote a shard"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-    }
-    let res = child.wait_with_output().unwrap();
+    let res = signal::interrupt_when(
+        child,
+        "the first shard",
+        || Manifest::read(&out).is_ok_and(|m| !m.shards.is_empty()),
+        Duration::ZERO,
+    );
     let err = String::from_utf8_lossy(&res.stderr);
     assert_eq!(res.status.code(), Some(130), "{err}");
     let m = Manifest::read(&out).unwrap();

@@ -2,9 +2,7 @@
 //! densities and per-token L0 overlaid (held-out rows, training and inference forms).
 
 use super::html::{figure, note, table, Page, Section};
-use super::plot::{
-    histogram, integer_bins, line_chart, log_thin, Bars, HistChart, Line, LineChart,
-};
+use super::plot::{histogram, l0_shares, line_chart, log_thin, Bars, HistChart, Line, LineChart};
 use super::ReportError;
 use crate::sae::metrics::EvalReport;
 use crate::sae::zipf;
@@ -18,30 +16,9 @@ pub struct CompareVariant<'a> {
 }
 
 fn l0_plot(name: &str, title: &str, hists: &[(String, &[u64])]) -> Result<String, ReportError> {
-    let (edges, counts) = integer_bins(&hists.iter().map(|h| h.1).collect::<Vec<_>>(), 80);
-    let bars = hists
-        .iter()
-        .zip(counts)
-        .enumerate()
-        .map(|(i, (h, c))| {
-            let total = c.iter().sum::<f64>().max(1.0);
-            Bars {
-                label: h.0.clone(),
-                counts: c.iter().map(|x| x / total).collect(),
-                color: i,
-            }
-        })
-        .collect();
     Ok(figure(
         name,
-        &histogram(&HistChart {
-            title: title.into(),
-            x_label: "L0 (features active on the token)".into(),
-            y_label: "share of tokens".into(),
-            edges,
-            bars,
-            size: (640, 340),
-        })?,
+        &l0_shares(title, hists)?,
         "Per-token L0 on the held-out rows, every variant overlaid.",
     ))
 }

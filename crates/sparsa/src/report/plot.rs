@@ -183,13 +183,7 @@ pub fn line_chart(c: &LineChart) -> Result<String, PlotError> {
             }
         }
         if c.lines.iter().any(|l| !l.label.is_empty()) {
-            ch.configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .label_font(("sans-serif", 11))
-                .draw()
-                .map_err(|e| err(&e))?;
+            legend(&mut ch).map_err(|e| err(&e))?;
         }
         root.present().map_err(|e| err(&e))?;
     }
@@ -255,13 +249,7 @@ pub fn histogram(c: &HistChart) -> Result<String, PlotError> {
             }
         }
         if c.bars.iter().any(|b| !b.label.is_empty()) {
-            ch.configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .label_font(("sans-serif", 11))
-                .draw()
-                .map_err(|e| err(&e))?;
+            legend(&mut ch).map_err(|e| err(&e))?;
         }
         root.present().map_err(|e| err(&e))?;
     }
@@ -288,6 +276,49 @@ pub fn log_thin(points: &[(f64, f64)], n: usize) -> Vec<(f64, f64)> {
         out.push(points[points.len() - 1]);
     }
     out
+}
+
+/// The legend box both chart kinds draw (upper right, translucent white).
+fn legend<'a, DB, CT>(
+    ch: &mut ChartContext<'a, DB, CT>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate,
+{
+    ch.configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font(("sans-serif", 11))
+        .draw()
+}
+
+/// Per-token L0 histograms overlaid, each normalised to the share of its tokens (the chart the
+/// SAE report and the comparison page draw).
+pub fn l0_shares(title: &str, hists: &[(String, &[u64])]) -> Result<String, PlotError> {
+    let (edges, counts) = integer_bins(&hists.iter().map(|h| h.1).collect::<Vec<_>>(), 80);
+    let bars = hists
+        .iter()
+        .zip(counts)
+        .enumerate()
+        .map(|(i, (h, c))| {
+            let total = c.iter().sum::<f64>().max(1.0);
+            Bars {
+                label: h.0.clone(),
+                counts: c.iter().map(|x| x / total).collect(),
+                color: i,
+            }
+        })
+        .collect();
+    histogram(&HistChart {
+        title: title.into(),
+        x_label: "L0 (features active on the token)".into(),
+        y_label: "share of tokens".into(),
+        edges,
+        bars,
+        size: (640, 340),
+    })
 }
 
 /// Integer-valued data (per-token L0) as histogram edges and counts: one bin per value when the

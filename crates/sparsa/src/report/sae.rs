@@ -5,9 +5,7 @@
 
 use super::dashboards::{Dashboard, Dashboards};
 use super::html::{escape, figure, note, table, Page, Section};
-use super::plot::{
-    histogram, integer_bins, line_chart, log_thin, Bars, HistChart, Line, LineChart,
-};
+use super::plot::{histogram, l0_shares, line_chart, log_thin, Bars, HistChart, Line, LineChart};
 use super::ReportError;
 use crate::sae::io::SaeModel;
 use crate::sae::metrics::{eval_rows, EvalReport};
@@ -366,7 +364,7 @@ fn l0_section(r: &SaeReport) -> Result<Section, ReportError> {
             vec!["all"]
         };
         for (gi, g) in groups.iter().enumerate() {
-            let part: Vec<&(String, &[u64])> = hists
+            let part: Vec<(String, &[u64])> = hists
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| match *g {
@@ -374,32 +372,11 @@ fn l0_section(r: &SaeReport) -> Result<Section, ReportError> {
                     "store" => *i >= hists.len() - 2,
                     _ => true,
                 })
-                .map(|(_, h)| h)
-                .collect();
-            let (edges, counts) = integer_bins(&part.iter().map(|h| h.1).collect::<Vec<_>>(), 80);
-            let bars = part
-                .iter()
-                .zip(counts)
-                .enumerate()
-                .map(|(i, (h, c))| {
-                    let total: f64 = c.iter().sum::<f64>().max(1.0);
-                    Bars {
-                        label: h.0.clone(),
-                        counts: c.iter().map(|x| x / total).collect(),
-                        color: i,
-                    }
-                })
+                .map(|(_, h)| h.clone())
                 .collect();
             body.push_str(&figure(
                 &format!("l0-hist-{gi}"),
-                &histogram(&HistChart {
-                    title: "Active features per token".into(),
-                    x_label: "L0 (features active on the token)".into(),
-                    y_label: "share of tokens".into(),
-                    edges,
-                    bars,
-                    size: (640, 340),
-                })?,
+                &l0_shares("Active features per token", &part)?,
                 "Per-token L0. TopK gives every token exactly k; the batch rules (Mutual/Feature Choice) and their JumpReLU form spend more features on some tokens than on others.",
             ));
         }

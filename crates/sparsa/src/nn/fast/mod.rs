@@ -854,6 +854,11 @@ pub struct FastNet<T: Real> {
 /// the measurement in docs/pruning.md ("Sparse linear layers").
 pub const SPARSE_LINEAR_BELOW: f64 = 0.1;
 
+/// Share of a mask's entries that are kept (non-zero).
+fn mask_density<T: Real>(m: &[T]) -> f64 {
+    m.iter().filter(|&&v| v != T::zero()).count() as f64 / m.len().max(1) as f64
+}
+
 fn host<T: Real>(t: &Tensor) -> Result<Vec<T>> {
     Ok(t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()?)
 }
@@ -944,9 +949,7 @@ impl<T: Real> FastNet<T> {
             if let Unit::Linear(l) = u {
                 let slot = &mut self.params[l.w];
                 l.sparse = slot.mask.as_deref().and_then(|m| {
-                    let kept = m.iter().filter(|&&v| v != T::zero()).count();
-                    ((kept as f64) < density * m.len() as f64)
-                        .then(|| kernels::Csr::from_mask(m, l.fout, l.fin))
+                    (mask_density(m) < density).then(|| kernels::Csr::from_mask(m, l.fout, l.fin))
                 });
                 if let (Some(_), Some(m)) = (&l.sparse, &slot.mask) {
                     // SGD will touch only the support: make the rest exactly 0 now, as the
@@ -987,10 +990,10 @@ impl<T: Real> FastNet<T> {
         self.units
             .iter()
             .filter_map(|u| match u {
-                Unit::Linear(l) => self.params[l.w].mask.as_ref().map(|m| {
-                    let kept = m.iter().filter(|&&v| v != T::zero()).count();
-                    (kept as f64 / m.len().max(1) as f64, l.sparse.is_some())
-                }),
+                Unit::Linear(l) => self.params[l.w]
+                    .mask
+                    .as_deref()
+                    .map(|m| (mask_density(m), l.sparse.is_some())),
                 _ => None,
             })
             .collect()
