@@ -4,17 +4,17 @@ Optional and never needed by the tests. Set-up (CPU-only use; the default PyPI w
 once its CUDA libraries are installed):
     python3 -m venv venv && venv/bin/pip install torch numpy
 Usage (from the repository root, after `cargo build --release -p sparsa-cli`):
-    venv/bin/python bench/torch_cnn.py [--models lenet,conv2,conv4,conv6,resnet20,vgg11,vgg16,vgg19]
+    venv/bin/python bench/torch_cnn.py [--models lenet,lenet5,conv2,conv4,conv6,resnet20,vgg11,vgg16,vgg19]
         [--batch 128] [--threads 2] [--steps 10] [--sparsa target/release/sparsa]
 For each model it runs PyTorch and sparsa alternately, each in its own process (so peak RSS is
 per model), with the same architecture, input shape, batch and thread count: LeNet-300-100 and
 Conv-2/4/6 on 1x28x28, ResNet-20 and VGG-11/16/19 (BatchNorm) on 3x32x32, 10 classes, random
-inputs, SGD with momentum. Figures are the median step over --steps timed steps after one
+inputs, SGD with momentum (LeNet-5 on 1x28x28 too). Figures are the median step over --steps timed steps after one
 warm-up step. It prints one JSON line per run and a table of sparsa/PyTorch ratios.
 `--torch-only` skips sparsa."""
 import argparse, json, os, resource, statistics, subprocess, sys, time
 
-MODELS = {"lenet": "lenet-300-100", "conv2": "conv-2", "conv4": "conv-4", "conv6": "conv-6",
+MODELS = {"lenet": "lenet-300-100", "lenet5": "lenet-5", "conv2": "conv-2", "conv4": "conv-4", "conv6": "conv-6",
           "resnet20": "resnet-20", "vgg11": "vgg-11", "vgg16": "vgg-16", "vgg19": "vgg-19"}
 
 
@@ -24,6 +24,11 @@ def build(name):
     def lenet():
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(),
                              nn.Linear(100, 10))
+
+    def lenet5():  # 5x5 conv 6 (padding 2), pool, 5x5 conv 16, pool, 120, 84, 10; ReLU, max pooling
+        return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+                             nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84),
+                             nn.ReLU(), nn.Linear(84, 10))
 
     def conv_n(n):  # Frankle & Carbin: pairs of 3x3 convs (64, 128, 256), 2x2 max pool after each pair
         chans = [64, 64, 128, 128, 256, 256][:n]; layers = []; c = 1
@@ -79,6 +84,7 @@ def build(name):
             return s.fc(F.adaptive_avg_pool2d(s.f(x), 1).flatten(1))
 
     if name == "lenet": return lenet()
+    if name == "lenet5": return lenet5()
     if name.startswith("conv"): return conv_n(int(name[4:]))
     if name == "resnet20": return ResNet20()
     return Vgg(vgg_cfg[name])
@@ -89,7 +95,7 @@ def torch_child(name, batch, steps, threads):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     m = build(name)
-    shape = (batch, 1, 28, 28) if name == "lenet" or name.startswith("conv") else (batch, 3, 32, 32)
+    shape = (batch, 1, 28, 28) if name.startswith("lenet") or name.startswith("conv") else (batch, 3, 32, 32)
     x = torch.randn(*shape); y = torch.randint(0, 10, (batch,))
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 

@@ -40,6 +40,7 @@ fn labels(n: usize, seed: u64) -> Vec<u32> {
 fn small_models() -> Vec<(Arch, InputSpec)> {
     vec![
         (Arch::Lenet300100, spec(1, 7, 5)),
+        (Arch::Lenet5, spec(2, 13, 15)),
         (Arch::Conv2, spec(1, 9, 7)),
         (Arch::Conv4, spec(1, 9, 9)),
         (Arch::Conv6, spec(3, 8, 8)),
@@ -289,6 +290,7 @@ fn loss64(net: &Net, x: &[f64], y: &[u32]) -> f64 {
 fn gradients_match_finite_differences_in_f64() {
     let models = [
         (Arch::Lenet300100, spec(1, 5, 3)),
+        (Arch::Lenet5, spec(1, 12, 13)),
         (Arch::Conv2, spec(2, 5, 7)),
         (Arch::Resnet20, spec(3, 7, 7)),
     ];

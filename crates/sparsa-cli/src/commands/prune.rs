@@ -361,7 +361,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn bench_one(arch: Arch, sparsity: f64, a: &BenchArgs) -> anyhow::Result<BenchRow> {
     use sparsa::prune::{mask, method};
     let input = match arch {
-        Arch::Lenet300100 | Arch::Conv2 | Arch::Conv4 | Arch::Conv6 => InputSpec {
+        Arch::Lenet300100 | Arch::Lenet5 | Arch::Conv2 | Arch::Conv4 | Arch::Conv6 => InputSpec {
             channels: 1,
             height: 28,
             width: 28,

@@ -6,6 +6,9 @@
 //!
 //! Architectures (weights Kaiming-normal, `std = √(2 / fan_in)`; biases and β zero; γ one):
 //! - `lenet-300-100`: flatten → 300 → 100 → classes, ReLU between (LeCun et al.; Frankle & Carbin).
+//! - `lenet-5`: a modern LeNet-5 (LeCun et al. 1998 with ReLU and max pooling, as in PyTorch's
+//!   examples): 5×5 conv 6 (padding 2) → pool → 5×5 conv 16 → pool → 120 → 84 → classes, ReLU
+//!   after every layer but the last; the smallest conv net here (61,470 prunable weights on 28×28).
 //! - `conv-2/4/6`: Frankle & Carbin's VGG-like nets: pairs of 3×3 convs (64, 128, 256 channels)
 //!   each pair followed by 2×2 max pooling, then 256 → 256 → classes.
 //! - `resnet-20`: He et al.'s CIFAR ResNet (16/32/64 channels, 3 blocks per stage, BatchNorm);
@@ -28,6 +31,8 @@ use super::{NnError, Result};
 pub enum Arch {
     #[serde(rename = "lenet-300-100")]
     Lenet300100,
+    #[serde(rename = "lenet-5")]
+    Lenet5,
     #[serde(rename = "conv-2")]
     Conv2,
     #[serde(rename = "conv-4")]
@@ -46,8 +51,9 @@ pub enum Arch {
 
 impl Arch {
     /// All architectures, in the order the CLI lists them.
-    pub const ALL: [Arch; 8] = [
+    pub const ALL: [Arch; 9] = [
         Arch::Lenet300100,
+        Arch::Lenet5,
         Arch::Conv2,
         Arch::Conv4,
         Arch::Conv6,
@@ -60,6 +66,7 @@ impl Arch {
     pub fn name(self) -> &'static str {
         match self {
             Arch::Lenet300100 => "lenet-300-100",
+            Arch::Lenet5 => "lenet-5",
             Arch::Conv2 => "conv-2",
             Arch::Conv4 => "conv-4",
             Arch::Conv6 => "conv-6",
@@ -311,6 +318,29 @@ impl Net {
         match arch {
             Arch::Lenet300100 => {
                 ops = mlp_ops(&mut b, c * h * w, &[300, 100], classes)?;
+            }
+            Arch::Lenet5 => {
+                // conv1 keeps the size (padding 2), conv2 shrinks it by 4, each pool halves it.
+                let hh = (h / 2).saturating_sub(4) / 2;
+                let ww = (w / 2).saturating_sub(4) / 2;
+                if hh == 0 || ww == 0 {
+                    return Err(NnError::Config {
+                        field: "input",
+                        msg: format!("{h}×{w} input is too small for {arch} (at least 12×12)"),
+                    });
+                }
+                ops.push(b.conv("conv1", c, 6, 5, 1, 2, true)?);
+                ops.push(b.relu("relu1"));
+                ops.push(Op::MaxPool(2));
+                ops.push(b.conv("conv2", 6, 16, 5, 1, 0, true)?);
+                ops.push(b.relu("relu2"));
+                ops.push(Op::MaxPool(2));
+                ops.push(Op::Flatten);
+                ops.push(b.linear("fc1", 16 * hh * ww, 120)?);
+                ops.push(b.relu("relu_fc1"));
+                ops.push(b.linear("fc2", 120, 84)?);
+                ops.push(b.relu("relu_fc2"));
+                ops.push(b.linear("fc3", 84, classes)?);
             }
             Arch::Conv2 | Arch::Conv4 | Arch::Conv6 => {
                 let pairs = match arch {
@@ -720,6 +750,16 @@ mod tests {
     fn every_arch_builds_and_runs() {
         let cases = [
             (Arch::Lenet300100, spec(1, 28), 266_200usize),
+            (
+                Arch::Lenet5,
+                spec(1, 28),
+                150 + 2400 + 48_000 + 10_080 + 840,
+            ),
+            (
+                Arch::Lenet5,
+                spec(3, 32),
+                450 + 2400 + 69_120 + 10_080 + 840,
+            ),
             (Arch::Conv2, spec(3, 32), 0),
             (Arch::Conv4, spec(1, 28), 0),
             (Arch::Conv6, spec(3, 32), 0),
