@@ -90,7 +90,7 @@ impl std::error::Error for Usage {}
 /// usage or configuration error, 1 for any other (runtime) error.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     use sparsa::sae::SaeError;
-    use sparsa::{data::extract::ExtractError, lm::LmError, nn::NnError, prune::PruneError};
+    use sparsa::{extract::ExtractError, lm::LmError, nn::NnError, prune::PruneError};
     let mut code = 1;
     for e in err.chain() {
         if e.is::<Interrupted>()
@@ -100,7 +100,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             return 130;
         }
         if e.is::<Usage>()
-            || matches!(e.downcast_ref(), Some(SaeError::Config(_)))
+            || matches!(e.downcast_ref(), Some(SaeError::Config { .. }))
             || matches!(e.downcast_ref(), Some(PruneError::Config { .. }))
             || matches!(e.downcast_ref(), Some(NnError::Config { .. }))
             || matches!(e.downcast_ref(), Some(ExtractError::Config { .. }))

@@ -3,7 +3,8 @@
 //! `<|im_start|>` (1, the GGUF's bos_token_id), `<|endoftext|>` (0, SmolLM2's document
 //! separator in pre-training) and `<|im_end|>` (2). Run:
 //! `cargo run --release -p sparsa --example lm_prefix`
-use sparsa::data::{corpus, extract::contexts, fetch};
+use sparsa::data::{corpus, fetch};
+use sparsa::extract::contexts;
 use sparsa::lm::{downstream_eval, load, DownstreamConfig, Hook};
 use sparsa::util::progress::{Cancel, NoProgress};
 

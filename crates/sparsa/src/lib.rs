@@ -9,6 +9,7 @@
 //! The library never prints; long work reports through [`util::progress::Progress`].
 
 pub mod data;
+pub mod extract;
 pub mod kernels;
 pub mod lm;
 pub mod nn;

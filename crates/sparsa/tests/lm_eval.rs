@@ -4,7 +4,7 @@ mod lm_common;
 
 use candle_core::Tensor;
 use sparsa::data::corpus;
-use sparsa::data::extract::contexts;
+use sparsa::extract::contexts;
 use sparsa::lm::{downstream_eval, downstream_eval_many, DownstreamConfig, Hook, Reconstruct};
 use sparsa::util::progress::{Cancel, NoProgress};
 

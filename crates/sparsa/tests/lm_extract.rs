@@ -6,8 +6,8 @@ mod lm_common;
 use candle_core::{IndexOp, Tensor};
 use sparsa::data::activations::{inspect, Elem};
 use sparsa::data::corpus::{self, CorpusError, Document};
-use sparsa::data::extract::{contexts, corpus_digest, extract, ExtractConfig, ExtractError};
 use sparsa::data::store::Manifest;
+use sparsa::extract::{contexts, corpus_digest, extract, ExtractConfig, ExtractError};
 use sparsa::lm::Hook;
 use sparsa::util::progress::{Cancel, NoProgress, Progress};
 use std::path::Path;
@@ -268,7 +268,7 @@ fn held_out_contexts_follow_the_store() {
     c.n_tokens = 100;
     let s = extract(m, tok, &docs, &c, &out, &NoProgress, &Cancel::new()).unwrap();
     assert_eq!(s.contexts_used, 4); // one batch of 4 contexts of 31 rows covers 100 rows
-    let h = sparsa::data::extract::held_out(&docs, tok, &read_manifest(&out), 3).unwrap();
+    let h = sparsa::extract::held_out(&docs, tok, &read_manifest(&out), 3).unwrap();
     assert_eq!(h.hook, Hook::resid_post(3));
     assert_eq!(h.bos_id, Some(1));
     let want: Vec<Vec<u32>> = contexts(&docs, tok, 32, Some(1))

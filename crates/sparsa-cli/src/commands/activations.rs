@@ -5,7 +5,7 @@ use crate::ui;
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use sparsa::data::activations::Elem;
-use sparsa::data::extract::{extract, ExtractConfig};
+use sparsa::extract::{extract, ExtractConfig};
 use sparsa::lm::{Hook, HookPoint};
 use std::path::PathBuf;
 use std::time::Instant;

@@ -217,7 +217,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     }
     let tok_secs = t.elapsed().as_secs_f64();
     let seqs: Vec<Vec<u32>> =
-        sparsa::data::extract::contexts(&docs, &tok, a.seq_len, tok.document_start_id())
+        sparsa::extract::contexts(&docs, &tok, a.seq_len, tok.document_start_id())
             .filter(|c| c.ids.len() == a.seq_len)
             .take(a.batch)
             .map(|c| c.ids)
@@ -293,7 +293,7 @@ fn ablate(a: &AblateArgs) -> Result<()> {
     };
     let (m, tok, _) = load_model(&a.model)?;
     let (_, docs) = load_corpus(&corpus)?;
-    let held = sparsa::data::extract::held_out(&docs, &tok, &manifest, a.sequences)?;
+    let held = sparsa::extract::held_out(&docs, &tok, &manifest, a.sequences)?;
     let cfg = DownstreamConfig {
         hook: held.hook,
         batch_size: a.batch_size,

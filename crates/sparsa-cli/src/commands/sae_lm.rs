@@ -6,8 +6,8 @@ use super::lm::{load_corpus, load_model, ModelArg};
 use crate::ui::{self, Bar};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use sparsa::data::extract::{extract, ExtractConfig};
 use sparsa::data::store::{Manifest, MANIFEST_FILE};
+use sparsa::extract::{extract, ExtractConfig};
 use sparsa::lm::{
     downstream_eval_many, from_rows, DownstreamConfig, DownstreamReport, Hook, HookPoint, Llama,
     Reconstruct,
@@ -62,7 +62,7 @@ pub fn prepare(
     };
     let (m, tok, _) = load_model(model)?;
     let (_, docs) = load_corpus(&corpus)?;
-    let held = sparsa::data::extract::held_out(&docs, &tok, manifest, sequences)?;
+    let held = sparsa::extract::held_out(&docs, &tok, manifest, sequences)?;
     let cfg = DownstreamConfig {
         hook: held.hook,
         batch_size: batch,

@@ -2,7 +2,6 @@
 pub mod activations;
 pub mod cifar;
 pub mod corpus;
-pub mod extract;
 pub mod fetch;
 pub mod idx;
 pub mod npy;

@@ -122,14 +122,16 @@ pub fn calibrate(
     let p = &model.params;
     let (d, f) = (p.d, p.f);
     if !model.meta.trained_architecture.batch_dependent() {
-        return Err(SaeError::Config(format!(
+        return Err(SaeError::config(
+"sae.architecture", format!(
             "threshold calibration applies to mutual_choice and feature_choice SAEs; this one was trained as {}",
             model.meta.trained_architecture.name()
         )));
     }
     if batch == 0 || tokens == 0 {
-        return Err(SaeError::Config(
-            "threshold calibration needs a batch size and a row count of at least 1".into(),
+        return Err(SaeError::config(
+            "sae.calibration_tokens",
+            "threshold calibration needs a batch size and a row count of at least 1",
         ));
     }
     let rule = rule_for(model, Form::Training)?;
@@ -158,8 +160,9 @@ pub fn calibrate(
         progress.inc(got as u64);
     }
     if n == 0 {
-        return Err(SaeError::Config(
-            "threshold calibration read no rows: the calibration source is empty".into(),
+        return Err(SaeError::config(
+            "sae.calibration_tokens",
+            "threshold calibration read no rows: the calibration source is empty",
         ));
     }
     let total: u64 = counts.iter().sum();
@@ -211,9 +214,12 @@ pub fn calibrate(
         progress.inc(got as u64);
     }
     if n2 != n {
-        return Err(SaeError::Config(format!(
-            "threshold calibration: the second pass read {n2} rows where the first read {n}"
-        )));
+        return Err(SaeError::config(
+            "sae.calibration_tokens",
+            format!(
+                "threshold calibration: the second pass read {n2} rows where the first read {n}"
+            ),
+        ));
     }
     let feature: Vec<f32> = keep
         .iter_mut()

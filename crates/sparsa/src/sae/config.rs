@@ -169,40 +169,56 @@ fn default_calibration_tokens() -> u64 {
 
 impl SaeConfig {
     pub fn validate(&self) -> Result<(), SaeError> {
-        let bad = |m: String| Err(SaeError::Config(m));
+        let bad = |field: &str, m: String| Err(SaeError::config(field, m));
         if self.d_sae == 0 {
-            return bad("sae.d_sae must be at least 1".into());
+            return bad("sae.d_sae", "sae.d_sae must be at least 1".into());
         }
         if self.k == 0 {
-            return bad("sae.k must be at least 1 (k = 0 selects nothing)".into());
+            return bad(
+                "sae.k",
+                "sae.k must be at least 1 (k = 0 selects nothing)".into(),
+            );
         }
         if self.k > self.d_sae {
-            return bad(format!(
+            return bad(
+                "sae.k",
+                format!(
                 "sae.k = {} exceeds sae.d_sae = {}: a token cannot use more features than exist",
                 self.k, self.d_sae
-            ));
+            ),
+            );
         }
         if !(0.0..1.0).contains(&self.threshold_ema) {
-            return bad(format!(
-                "sae.threshold_ema = {} must be in [0, 1)",
-                self.threshold_ema
-            ));
+            return bad(
+                "sae.threshold_ema",
+                format!(
+                    "sae.threshold_ema = {} must be in [0, 1)",
+                    self.threshold_ema
+                ),
+            );
         }
         if !(self.capacity_factor.is_finite() && self.capacity_factor >= 1.0) {
-            return bad(format!(
-                "sae.capacity_factor = {} must be a number ≥ 1 (1 = plain Feature Choice)",
-                self.capacity_factor
-            ));
+            return bad(
+                "sae.capacity_factor",
+                format!(
+                    "sae.capacity_factor = {} must be a number ≥ 1 (1 = plain Feature Choice)",
+                    self.capacity_factor
+                ),
+            );
         }
         if !(self.token_cap.is_finite() && (self.token_cap == 0.0 || self.token_cap >= 1.0)) {
-            return bad(format!(
-                "sae.token_cap = {} must be 0 (no cap) or a number ≥ 1 (a token takes at most \
+            return bad(
+                "sae.token_cap",
+                format!(
+                    "sae.token_cap = {} must be 0 (no cap) or a number ≥ 1 (a token takes at most \
                  ⌈token_cap·k⌉ features)",
-                self.token_cap
-            ));
+                    self.token_cap
+                ),
+            );
         }
         if self.threshold_source == ThresholdSource::Calibrated && self.calibration_tokens == 0 {
             return bad(
+                "sae.calibration_tokens",
                 "sae.calibration_tokens must be at least 1 with threshold_source = \"calibrated\" \
                  (or set sae.threshold_source = \"ema\")"
                     .into(),
@@ -210,7 +226,7 @@ impl SaeConfig {
         }
         if let Capacity::Zipf { alpha, beta } = self.capacity {
             if !(alpha.is_finite() && alpha >= 0.0 && beta.is_finite() && beta > -1.0) {
-                return bad(format!(
+                return bad("sae.capacity", format!(
                     "sae.capacity zipf needs alpha ≥ 0 and beta > -1, got alpha = {alpha}, beta = {beta}"
                 ));
             }
@@ -363,36 +379,51 @@ impl Default for AuxConfig {
 
 impl AuxConfig {
     pub fn validate(&self) -> Result<(), SaeError> {
-        let bad = |m: String| Err(SaeError::Config(m));
+        let bad = |field: &str, m: String| Err(SaeError::config(field, m));
         if !(self.coeff.is_finite() && self.coeff >= 0.0) {
-            return bad(format!(
-                "aux.coeff = {} must be a finite number ≥ 0",
-                self.coeff
-            ));
+            return bad(
+                "aux.coeff",
+                format!("aux.coeff = {} must be a finite number ≥ 0", self.coeff),
+            );
         }
         if self.k_aux == Some(0) {
-            return bad("aux.k_aux must be at least 1".into());
+            return bad("aux.k_aux", "aux.k_aux must be at least 1".into());
         }
         if self.dead_tokens == 0 {
-            return bad("aux.dead_tokens must be at least 1".into());
+            return bad(
+                "aux.dead_tokens",
+                "aux.dead_tokens must be at least 1".into(),
+            );
         }
         if self.density_window_tokens == 0 {
-            return bad("aux.density_window_tokens must be at least 1".into());
+            return bad(
+                "aux.density_window_tokens",
+                "aux.density_window_tokens must be at least 1".into(),
+            );
         }
         if !(self.zipf_fit_head > 0.0 && self.zipf_fit_head <= 1.0) {
-            return bad(format!(
-                "aux.zipf_fit_head = {} must be in (0, 1]",
-                self.zipf_fit_head
-            ));
+            return bad(
+                "aux.zipf_fit_head",
+                format!(
+                    "aux.zipf_fit_head = {} must be in (0, 1]",
+                    self.zipf_fit_head
+                ),
+            );
         }
         if let ZipfParam::Value(a) = self.zipf_alpha {
             if !(a.is_finite() && a >= 0.0) {
-                return bad(format!("aux.zipf_alpha = {a} must be ≥ 0 or \"fit\""));
+                return bad(
+                    "aux.zipf_alpha",
+                    format!("aux.zipf_alpha = {a} must be ≥ 0 or \"fit\""),
+                );
             }
         }
         if let ZipfParam::Value(b) = self.zipf_beta {
             if !(b.is_finite() && b > -1.0) {
-                return bad(format!("aux.zipf_beta = {b} must be > -1 or \"fit\""));
+                return bad(
+                    "aux.zipf_beta",
+                    format!("aux.zipf_beta = {b} must be > -1 or \"fit\""),
+                );
             }
         }
         Ok(())
@@ -478,47 +509,71 @@ fn default_log_every() -> u64 {
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<(), SaeError> {
-        let bad = |m: String| Err(SaeError::Config(m));
+        let bad = |field: &str, m: String| Err(SaeError::config(field, m));
         if self.batch_size < 2 {
-            return bad(format!(
+            return bad(
+                "train.batch_size",
+                format!(
                 "train.batch_size = {} must be at least 2: the reconstruction loss is normalised \
                  by the batch's variance, which one row does not have",
                 self.batch_size
-            ));
+            ),
+            );
         }
         if self.steps == 0 {
-            return bad("train.steps must be at least 1".into());
+            return bad("train.steps", "train.steps must be at least 1".into());
         }
         if let Some(lr) = self.lr {
             if !(lr.is_finite() && lr > 0.0) {
-                return bad(format!("train.lr = {lr} must be a finite number > 0"));
+                return bad(
+                    "train.lr",
+                    format!("train.lr = {lr} must be a finite number > 0"),
+                );
             }
         }
         if !(0.0..=1.0).contains(&self.decay_fraction) {
-            return bad(format!(
-                "train.decay_fraction = {} must be in [0, 1]",
-                self.decay_fraction
-            ));
+            return bad(
+                "train.decay_fraction",
+                format!(
+                    "train.decay_fraction = {} must be in [0, 1]",
+                    self.decay_fraction
+                ),
+            );
         }
         if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
-            return bad(format!("train.grad_clip = {} must be ≥ 0", self.grad_clip));
+            return bad(
+                "train.grad_clip",
+                format!("train.grad_clip = {} must be ≥ 0", self.grad_clip),
+            );
         }
         for (name, b) in [
             ("adam_beta1", self.adam_beta1),
             ("adam_beta2", self.adam_beta2),
         ] {
             if !(0.0..1.0).contains(&b) {
-                return bad(format!("train.{name} = {b} must be in [0, 1)"));
+                return bad(
+                    &format!("train.{name}"),
+                    format!("train.{name} = {b} must be in [0, 1)"),
+                );
             }
         }
         if !(self.adam_eps.is_finite() && self.adam_eps > 0.0) {
-            return bad(format!("train.adam_eps = {} must be > 0", self.adam_eps));
+            return bad(
+                "train.adam_eps",
+                format!("train.adam_eps = {} must be > 0", self.adam_eps),
+            );
         }
         if self.init_sample == 0 {
-            return bad("train.init_sample must be at least 1".into());
+            return bad(
+                "train.init_sample",
+                "train.init_sample must be at least 1".into(),
+            );
         }
         if self.log_every == 0 {
-            return bad("train.log_every must be at least 1".into());
+            return bad(
+                "train.log_every",
+                "train.log_every must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -576,13 +631,16 @@ impl RunConfig {
     /// string), and validate. `origin` names the source in errors.
     pub fn from_toml(text: &str, overrides: &[String], origin: &str) -> Result<Self, SaeError> {
         let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| SaeError::Config(format!("{origin}: {e}")))?;
+            toml::from_str(text).map_err(|e| SaeError::config(origin, format!("{origin}: {e}")))?;
         for ov in overrides {
-            crate::util::toml_set::apply(&mut table, ov).map_err(SaeError::Config)?;
+            crate::util::toml_set::apply(&mut table, ov).map_err(|m| {
+                let key = ov.split_once('=').map_or(ov.as_str(), |(k, _)| k.trim());
+                SaeError::config(key, m)
+            })?;
         }
         let cfg: RunConfig = toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| SaeError::Config(format!("{origin}: {e}")))?;
+            .map_err(|e: toml::de::Error| SaeError::config(origin, format!("{origin}: {e}")))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -596,23 +654,26 @@ impl RunConfig {
         self.aux.validate()?;
         self.train.validate()?;
         if self.sae.architecture == Architecture::JumpRelu {
-            return Err(SaeError::Config(
+            return Err(SaeError::config(
+                "sae.architecture",
                 "sae.architecture = \"jumprelu\" is an inference form, not trainable: train \
-                 mutual_choice or feature_choice and export it"
-                    .into(),
+                 mutual_choice or feature_choice and export it",
             ));
         }
         if self.data.holdout_chunks == 0 {
-            return Err(SaeError::Config(
-                "data.holdout_chunks must be at least 1".into(),
+            return Err(SaeError::config(
+                "data.holdout_chunks",
+                "data.holdout_chunks must be at least 1",
             ));
         }
         match (&self.data.path, &self.data.synthetic) {
-            (None, None) => Err(SaeError::Config(
-                "[data] needs either `path` (activations file or store) or a `[data.synthetic]` table".into(),
+            (None, None) => Err(SaeError::config(
+"data", 
+                "[data] needs either `path` (activations file or store) or a `[data.synthetic]` table",
             )),
-            (Some(_), Some(_)) => Err(SaeError::Config(
-                "[data] has both `path` and `[data.synthetic]`: choose one".into(),
+            (Some(_), Some(_)) => Err(SaeError::config(
+"data", 
+                "[data] has both `path` and `[data.synthetic]`: choose one",
             )),
             _ => Ok(()),
         }

@@ -141,7 +141,8 @@ impl SourceMeta {
         if let Some(name) = &o.hook_name {
             if let (Some(l), Some(n)) = (o.hook_layer, layer_of(name)) {
                 if l != n {
-                    return Err(SaeError::Config(format!(
+                    return Err(SaeError::config(
+"hook_layer", format!(
                         "hook layer {l} contradicts hook name `{name}` (layer {n}); give one of them"
                     )));
                 }
@@ -151,7 +152,8 @@ impl SourceMeta {
         } else if let Some(l) = o.hook_layer {
             if let Some(n) = self.hook_name.as_deref().and_then(layer_of) {
                 if n != l {
-                    return Err(SaeError::Config(format!(
+                    return Err(SaeError::config(
+"hook_layer", format!(
                         "hook layer {l} contradicts the hook name `{}` (layer {n}); set the hook name too",
                         self.hook_name.as_deref().unwrap_or_default()
                     )));
@@ -164,7 +166,10 @@ impl SourceMeta {
         }
         if let Some(c) = o.context_size {
             if c == 0 {
-                return Err(SaeError::Config("context size must be at least 1".into()));
+                return Err(SaeError::config(
+                    "context_size",
+                    "context size must be at least 1",
+                ));
             }
             self.context_size = Some(c);
         }

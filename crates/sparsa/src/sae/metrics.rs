@@ -243,8 +243,9 @@ pub fn evaluate(
         progress.inc(got as u64);
     }
     if n == 0 {
-        return Err(SaeError::Config(
-            "no evaluation rows: the held-out range is empty".into(),
+        return Err(SaeError::config(
+            "rows",
+            "no evaluation rows: the held-out range is empty",
         ));
     }
     let nf = n as f64;

@@ -28,8 +28,10 @@ use std::path::PathBuf;
 /// Errors of the SAE half. Each names what is wrong and, where it can, the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum SaeError {
-    #[error("config: {0}")]
-    Config(String),
+    /// An invalid or impossible setting: `field` is the config key at fault (`sae.k`), or the
+    /// table or file when no single key is; `msg` is the whole sentence a user reads.
+    #[error("config: {msg}")]
+    Config { field: String, msg: String },
     #[error(transparent)]
     Data(#[from] DataError),
     #[error("batch at token {token}: row {row} holds {what}; the activations must be finite (check the extraction, or filter the data)")]
@@ -55,6 +57,13 @@ pub enum SaeError {
 }
 
 impl SaeError {
+    pub(crate) fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
+        SaeError::Config {
+            field: field.into(),
+            msg: msg.into(),
+        }
+    }
+
     pub(crate) fn file(path: &std::path::Path, what: impl Into<String>) -> Self {
         SaeError::File {
             path: path.to_path_buf(),

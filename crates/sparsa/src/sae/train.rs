@@ -157,14 +157,18 @@ impl Trainer {
         cfg.sae.d_in = d;
         cfg.validate()?;
         if sample.is_empty() || !sample.len().is_multiple_of(d) {
-            return Err(SaeError::Config("the init sample is empty".into()));
+            return Err(SaeError::config(
+                "train.init_sample",
+                "the init sample is empty",
+            ));
         }
         check_finite(sample, d, 0)?;
         let n = sample.len() / d;
         let mean_sq = sample.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / n as f64;
         if !(mean_sq > 0.0 && mean_sq.is_finite()) {
-            return Err(SaeError::Config(
-                "the data sample is all zeros: input scaling E‖x‖² = d is undefined".into(),
+            return Err(SaeError::config(
+                "data",
+                "the data sample is all zeros: input scaling E‖x‖² = d is undefined",
             ));
         }
         let scale = (d as f64 / mean_sq).sqrt() as f32;
@@ -663,27 +667,33 @@ impl DataSpec {
             .data
             .path
             .clone()
-            .ok_or_else(|| SaeError::Config("[data] has no path".into()))?;
+            .ok_or_else(|| SaeError::config("data.path", "[data] has no path"))?;
         let info = crate::data::activations::inspect(&path)?;
         if Manifest::is_store(&path) {
             let m = Manifest::read(&path).map_err(|e| SaeError::file(&e.path, e.reason))?;
             if m.complete() == Some(false) {
-                return Err(SaeError::Config(format!(
-                    "{}: the activation store is incomplete ({} rows; its extraction was \
+                return Err(SaeError::config(
+                    "data.path",
+                    format!(
+                        "{}: the activation store is incomplete ({} rows; its extraction was \
                      interrupted): rerun the same `sparsa activations extract` command to \
                      finish it before training",
-                    path.display(),
-                    m.n_tokens
-                )));
+                        path.display(),
+                        m.n_tokens
+                    ),
+                ));
             }
         }
         if info.n_rows <= cfg.data.holdout_tokens {
-            return Err(SaeError::Config(format!(
-                "data.holdout_tokens = {} leaves no training rows of the {} in {}",
-                cfg.data.holdout_tokens,
-                info.n_rows,
-                path.display()
-            )));
+            return Err(SaeError::config(
+                "data.holdout_tokens",
+                format!(
+                    "data.holdout_tokens = {} leaves no training rows of the {} in {}",
+                    cfg.data.holdout_tokens,
+                    info.n_rows,
+                    path.display()
+                ),
+            ));
         }
         Ok(DataSpec::File {
             path,
@@ -755,10 +765,13 @@ impl DataSpec {
                 let mut s = s.clone();
                 let d = s.config().d;
                 let too_large = || {
-                    SaeError::Config(format!(
+                    SaeError::config(
+                        "train.init_sample",
+                        format!(
                         "train.init_sample = {n} rows × d = {d} does not fit in memory; lower it \
                          (8192 is plenty for the init statistics)"
-                    ))
+                    ),
+                    )
                 };
                 let len = n.checked_mul(d).ok_or_else(too_large)?;
                 let mut out = Vec::new();

@@ -207,14 +207,20 @@ pub fn build(cfg: &SaeConfig, thresholds: Option<&[f32]>) -> Result<Box<dyn Allo
         }),
         Architecture::JumpRelu => {
             let t = thresholds.ok_or_else(|| {
-                SaeError::Config("architecture `jumprelu` needs per-feature thresholds".into())
+                SaeError::config(
+                    "threshold",
+                    "architecture `jumprelu` needs per-feature thresholds",
+                )
             })?;
             if t.len() != cfg.d_sae {
-                return Err(SaeError::Config(format!(
-                    "jumprelu thresholds have length {}, expected d_sae = {}",
-                    t.len(),
-                    cfg.d_sae
-                )));
+                return Err(SaeError::config(
+                    "threshold",
+                    format!(
+                        "jumprelu thresholds have length {}, expected d_sae = {}",
+                        t.len(),
+                        cfg.d_sae
+                    ),
+                ));
             }
             Box::new(JumpRelu {
                 thresholds: t.to_vec(),

@@ -1,8 +1,8 @@
 //! Extracting a language model's activations into an activation store (format of
-//! [`super::store`]), resumably.
+//! [`crate::data::store`]), resumably.
 //!
 //! # Contexts (project choice)
-//! Documents are taken in corpus order ([`super::corpus`]) and tokenized without special tokens.
+//! Documents are taken in corpus order ([`crate::data::corpus`]) and tokenized without special tokens.
 //! Each document's tokens are cut into consecutive windows of `seq_len − 1` tokens (or `seq_len`
 //! with no prefix token), and each window becomes one context: `[prefix] + window`, where the
 //! prefix is a document-start token ([`Tokenizer::document_start_id`]: SmolLM2's `<|endoftext|>`,
@@ -28,9 +28,11 @@
 //! are all stored (no forward pass), recomputes the batch holding the first missing row with the
 //! same composition, and continues: the finished store is byte-identical to an uninterrupted one.
 
-use super::activations::Elem;
-use super::corpus::Document;
-use super::store::{Manifest, ShardEntry, ACTIVATIONS_TENSOR, MANIFEST_FILE, MANIFEST_FORMAT};
+use crate::data::activations::Elem;
+use crate::data::corpus::Document;
+use crate::data::store::{
+    Manifest, ShardEntry, ACTIVATIONS_TENSOR, MANIFEST_FILE, MANIFEST_FORMAT,
+};
 use crate::lm::{Batch, Hook, Llama, LmError, Tokenizer};
 use crate::util::fs::atomic_write;
 use crate::util::progress::{Cancel, Progress};
@@ -71,7 +73,7 @@ pub enum ExtractError {
     },
     /// Writing a shard failed.
     #[error(transparent)]
-    Data(#[from] super::activations::DataError),
+    Data(#[from] crate::data::activations::DataError),
     /// The model failed.
     #[error(transparent)]
     Lm(#[from] LmError),
@@ -563,7 +565,7 @@ fn write_shard(
     d: usize,
     dtype: Elem,
 ) -> Result<(), ExtractError> {
-    use super::activations::{write_safetensors, RawTensor};
+    use crate::data::activations::{write_safetensors, RawTensor};
     let n = buf.token_ids.len();
     let file = format!("shard-{index:05}.safetensors");
     let acts = dtype.encode(&buf.acts);
