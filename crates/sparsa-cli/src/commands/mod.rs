@@ -5,5 +5,3 @@ pub mod fetch;
 pub mod lm;
 pub mod prune;
 pub mod sae;
-pub mod sae_lm;
-pub mod sae_report;

@@ -2,6 +2,8 @@
 pub mod activations;
 pub mod cifar;
 pub mod corpus;
+pub mod elem;
+pub mod error;
 pub mod fetch;
 pub mod idx;
 pub mod npy;

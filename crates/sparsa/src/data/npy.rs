@@ -5,7 +5,8 @@
 //! `{'descr': '<f4', 'fortran_order': False, 'shape': (1000, 576), }` padded with spaces and a
 //! final `\n` so the data starts on a 64-byte boundary. The data follows in C order.
 
-use super::activations::{DataError, Elem};
+use super::elem::Elem;
+use super::error::DataError;
 use crate::util::fs::atomic_write_with;
 use std::io::Write;
 use std::path::Path;

@@ -171,7 +171,7 @@ pub struct RowSource {
 #[derive(Debug)]
 pub struct StoreReader {
     manifest: Manifest,
-    elem: super::activations::Elem,
+    elem: super::elem::Elem,
     shards: Vec<ShardFile>,
 }
 
@@ -218,11 +218,10 @@ impl StoreReader {
         } else {
             path.parent().map(Path::to_path_buf).unwrap_or_default()
         };
-        let elem =
-            super::activations::Elem::from_name(&manifest.dtype).ok_or_else(|| ManifestError {
-                path: dir.join(MANIFEST_FILE),
-                reason: format!("dtype `{}` is not f32, f16 or bf16", manifest.dtype),
-            })?;
+        let elem = super::elem::Elem::from_name(&manifest.dtype).ok_or_else(|| ManifestError {
+            path: dir.join(MANIFEST_FILE),
+            reason: format!("dtype `{}` is not f32, f16 or bf16", manifest.dtype),
+        })?;
         let mut shards = Vec::new();
         let mut first_row = 0;
         for s in &manifest.shards {

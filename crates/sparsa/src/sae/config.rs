@@ -3,11 +3,25 @@
 //! Defaults follow `shared/spec/sae.md`; values marked "project choice" there are documented
 //! as such on their fields.
 
-use super::allocation::Capacity;
 use super::SaeError;
 use crate::data::synthetic::SyntheticConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+
+/// How the budget kB is split into per-feature capacities (project choice, configurable).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Capacity {
+    /// m_j = ⌊kB/F⌋, the remainder spread one each over a contiguous (cyclic) run of features
+    /// that starts where the previous batch's run ended, so Σ m_j = kB.
+    #[default]
+    Uniform,
+    /// m_j ∝ (r_j + β)^−α with r_j ∈ 1..F the feature's rank by running firing density
+    /// (descending, ties to the lower index), each m_j capped at B (the excess re-spread over
+    /// the others), then rounded by systematic sampling with an offset that rotates with the
+    /// batch index, so Σ m_j = min(kB, F·B) and E[m_j] is the exact share.
+    Zipf { alpha: f64, beta: f64 },
+}
 
 /// The allocation rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,11 +13,9 @@
 //! config) and `trainer_state.safetensors` (raw weights, Adam moments, densities, thresholds).
 //! Every file is written atomically (temp + rename).
 
-use super::allocation::Capacity;
-use super::config::{Architecture, AuxKind, RunConfig, ThresholdMode};
+use super::config::{Architecture, AuxKind, Capacity, RunConfig, ThresholdMode};
 use super::optim::Adam;
 use super::params::SaeParams;
-use super::train::TrainState;
 use super::SaeError;
 use crate::data::activations::{write_safetensors, RawTensor};
 use crate::data::store::Manifest;
@@ -707,6 +705,25 @@ struct StateJson {
 }
 
 const STATE_FORMAT: &str = "sparsa-trainer-state/1";
+
+/// Mutable training state beyond the weights; everything needed for an exact resume.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainState {
+    pub step: u64,
+    /// Tokens trained on (= rows read from the training source).
+    pub tokens: u64,
+    pub adam: Adam,
+    /// Tokens since each feature was last selected (dead when ≥ `aux.dead_tokens`).
+    pub since_fired: Vec<u64>,
+    /// EMA of the per-batch firing fraction (not bias-corrected).
+    pub density_ema: Vec<f32>,
+    /// Number of EMA updates so far (for bias correction).
+    pub density_updates: u64,
+    /// Learned per-feature JumpReLU thresholds θ_j (+∞: never selected).
+    pub thresholds: Vec<f32>,
+    /// Learned global threshold θ.
+    pub global_threshold: f32,
+}
 
 /// Save the trainer state (exact: raw f32 tensors and bit patterns).
 pub fn save_trainer_state(

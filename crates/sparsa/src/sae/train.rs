@@ -4,6 +4,7 @@
 use super::allocation::{self, AllocInput, Allocation, Matching};
 use super::config::{holdout_ranges, RunConfig, ThresholdMode};
 use super::fast::{AuxSpec, FastStep};
+pub use super::io::TrainState;
 use super::io::{self, SaeMeta, SaeModel, SourceMeta};
 use super::loss::{self, aux_select, AuxLoss, FeatureStats};
 use super::optim::{Adam, AdamStep};
@@ -21,25 +22,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::path::Path;
-
-/// Mutable training state beyond the weights; everything needed for an exact resume.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainState {
-    pub step: u64,
-    /// Tokens trained on (= rows read from the training source).
-    pub tokens: u64,
-    pub adam: Adam,
-    /// Tokens since each feature was last selected (dead when ≥ `aux.dead_tokens`).
-    pub since_fired: Vec<u64>,
-    /// EMA of the per-batch firing fraction (not bias-corrected).
-    pub density_ema: Vec<f32>,
-    /// Number of EMA updates so far (for bias correction).
-    pub density_updates: u64,
-    /// Learned per-feature JumpReLU thresholds θ_j (+∞: never selected).
-    pub thresholds: Vec<f32>,
-    /// Learned global threshold θ.
-    pub global_threshold: f32,
-}
 
 /// Metrics of one step (one JSONL line).
 #[derive(Debug, Clone, Default, Serialize)]

@@ -2,7 +2,7 @@
 //! curves, densities with the Zipf fit, per-token L0, and with --data the feature dashboards).
 //! The library draws the page; this file loads the inputs, draws progress and prints the path.
 
-use super::lm::{model_path, ModelArg};
+use crate::commands::lm::{model_path, ModelArg};
 use crate::ui::{self, Bar};
 use anyhow::{Context, Result};
 use clap::Args;

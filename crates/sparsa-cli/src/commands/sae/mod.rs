@@ -1,21 +1,25 @@
 //! `sparsa sae …`: train, evaluate, export, compare.
 
+mod common;
+pub mod lm_compare;
+pub mod report;
+
 use crate::ui::{self, Bar};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+pub use common::threshold_note;
+use common::{parse_variant, write_json, JsonlLog};
 use sparsa::data::activations::{subtract_ranges, ActivationSource, SourceOptions};
 use sparsa::sae::calibrate::deployable_model;
 use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant, VariantResult};
-use sparsa::sae::config::{Architecture, AuxKind, RunConfig, ThresholdMode, ThresholdSource};
+use sparsa::sae::config::{RunConfig, ThresholdMode, ThresholdSource};
 use sparsa::sae::io::{load_meta, load_sae, save_sae, SourceOverrides};
 use sparsa::sae::metrics::{evaluate, EvalReport, Form};
-use sparsa::sae::train::{DataSpec, RunEnd, StepMetrics, Trainer, DEFAULT_EVAL_TOKENS};
-use sparsa::sae::SaeError;
-use std::io::Write;
+use sparsa::sae::train::{DataSpec, RunEnd, Trainer, DEFAULT_EVAL_TOKENS};
 use std::path::{Path, PathBuf};
 
 /// The built-in synthetic comparison config (also at configs/sae/synthetic.toml).
-const SYNTHETIC_TOML: &str = include_str!("../../../../configs/sae/synthetic.toml");
+const SYNTHETIC_TOML: &str = include_str!("../../../../../configs/sae/synthetic.toml");
 
 #[derive(Subcommand, Debug)]
 pub enum SaeCommand {
@@ -31,11 +35,11 @@ pub enum SaeCommand {
     /// The real-data pipeline: fetch SmolLM2-135M and a corpus, extract a middle layer's
     /// residual stream, train TopK, Mutual Choice and Feature Choice SAEs at equal k, and
     /// evaluate reconstruction and the model's own next-token loss. Resumable.
-    LmCompare(super::sae_lm::LmCompareArgs),
+    LmCompare(lm_compare::LmCompareArgs),
     /// Write one self-contained HTML page about a trained SAE: summary, training curves,
     /// density histogram and rank–density plot with the Zipf fit, per-token L0, and with
     /// --data STORE feature dashboards (top contexts, activation histogram, logit lens).
-    Report(super::sae_report::ReportArgs),
+    Report(report::ReportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -102,7 +106,7 @@ pub struct EvalArgs {
     #[arg(long)]
     corpus: Option<String>,
     #[command(flatten)]
-    model: super::lm::ModelArg,
+    model: crate::commands::lm::ModelArg,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -177,8 +181,8 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
         SaeCommand::Eval(a) => eval(a),
         SaeCommand::Export(a) => export(a),
         SaeCommand::Compare(a) => compare(a),
-        SaeCommand::LmCompare(a) => super::sae_lm::lm_compare(a),
-        SaeCommand::Report(a) => super::sae_report::report(a),
+        SaeCommand::LmCompare(a) => lm_compare::lm_compare(a),
+        SaeCommand::Report(a) => report::report(a),
     }
 }
 
@@ -194,53 +198,6 @@ fn load_config(path: Option<&Path>, set: &[String], default: Option<&str>) -> Re
             "--config is required (a TOML file with [sae], [train], [data] tables)".into(),
         )
         .into()),
-    }
-}
-
-/// Append metric lines to a JSONL file.
-pub(crate) struct JsonlLog(std::fs::File);
-
-impl JsonlLog {
-    /// Start the file afresh (a run that starts from step 0).
-    pub(crate) fn create(path: &Path) -> Result<Self> {
-        let f = std::fs::File::create(path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(JsonlLog(f))
-    }
-    /// Continue the log of a run resumed at `step`: lines logged after that checkpoint (the
-    /// steps the interrupted run did not save) are dropped first, so no step appears twice.
-    fn resume(path: &Path, step: u64) -> Result<Self> {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                        .is_some_and(|s| s <= step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            sparsa::util::fs::atomic_write(path, kept.as_bytes())
-                .with_context(|| format!("cannot rewrite {}", path.display()))?;
-        }
-        Self::open(path)
-    }
-
-    fn open(path: &Path) -> Result<Self> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(JsonlLog(f))
-    }
-    pub(crate) fn write(&mut self, m: &StepMetrics) -> Result<(), SaeError> {
-        let line = serde_json::to_string(m).unwrap_or_default();
-        writeln!(self.0, "{line}").map_err(|source| SaeError::Io {
-            path: "metrics.jsonl".into(),
-            source,
-        })
     }
 }
 
@@ -378,12 +335,6 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(v)?;
-    sparsa::util::fs::atomic_write(path, text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
 fn eval_table(reports: &[EvalReport]) -> String {
     ui::table(&sparsa::sae::metrics::eval_rows(reports))
 }
@@ -455,7 +406,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         model.params.d,
         model.params.f
     );
-    let manifest = super::sae_lm::store_manifest(&a.data)
+    let manifest = lm_compare::store_manifest(&a.data)
         .filter(|m| m.hook.is_some() && m.extra.contains_key("contexts_used"));
     match (a.lm_sequences, manifest) {
         (0, _) => println!("{}", eval_table(&reports)),
@@ -464,15 +415,15 @@ fn eval(a: EvalArgs) -> Result<()> {
             println!("(no downstream evaluation: --data is not a store made by `sparsa activations extract`)");
         }
         (n, Some(manifest)) => {
-            let ds = super::sae_lm::prepare(&manifest, &a.model, a.corpus.as_deref(), n, 8)?;
+            let ds = lm_compare::prepare(&manifest, &a.model, a.corpus.as_deref(), n, 8)?;
             let saes: Vec<_> = reports.iter().map(|r| (&model, r.form)).collect();
-            let down = super::sae_lm::evaluate_downstream(&ds, &saes, &ui::ctrl_c_cancel())?;
+            let down = lm_compare::evaluate_downstream(&ds, &saes, &ui::ctrl_c_cancel())?;
             let rows: Vec<_> = reports
                 .iter()
                 .zip(&down)
                 .map(|(r, d)| (a.sae.display().to_string(), r, Some(d)))
                 .collect();
-            println!("{}", super::sae_lm::combined_table(&rows));
+            println!("{}", lm_compare::combined_table(&rows));
             println!(
                 "{} held-out contexts, {} predictions; {}",
                 down[0].n_sequences, down[0].n_predictions, down[0].bos_rule
@@ -567,37 +518,6 @@ fn export(a: ExportArgs) -> Result<()> {
         a.out.display()
     );
     Ok(())
-}
-
-/// How the inference thresholds of a run were set, for table footnotes.
-pub fn threshold_note(cfg: &RunConfig) -> String {
-    match cfg.sae.threshold_source {
-        ThresholdSource::Calibrated => format!(
-            "{:?} thresholds calibrated on {} training rows",
-            cfg.sae.threshold_mode, cfg.sae.calibration_tokens
-        )
-        .to_lowercase(),
-        ThresholdSource::Ema => "running (EMA) thresholds from training".into(),
-    }
-}
-
-pub fn parse_variant(s: &str) -> Result<Variant> {
-    let (arch, aux) = s.split_once('+').unwrap_or((s, "none"));
-    let architecture = match arch.trim() {
-        "topk" => Architecture::TopK,
-        "mutual_choice" | "batch_topk" => Architecture::MutualChoice,
-        "feature_choice" => Architecture::FeatureChoice,
-        other => bail!(
-            "unknown architecture `{other}` in --variants (topk, mutual_choice, feature_choice)"
-        ),
-    };
-    let aux = match aux.trim() {
-        "none" => AuxKind::None,
-        "aux_k" => AuxKind::AuxK,
-        "aux_zipf" => AuxKind::AuxZipf,
-        other => bail!("unknown auxiliary loss `{other}` in --variants (none, aux_k, aux_zipf)"),
-    };
-    Ok(Variant { architecture, aux })
 }
 
 fn compare(a: CompareArgs) -> Result<()> {

@@ -2,7 +2,7 @@
 //! next-token loss with the SAE spliced in) and `sparsa sae lm-compare`, the real-data pipeline
 //! fetch → extract → train → evaluate → one table.
 
-use super::lm::{load_corpus, load_model, ModelArg};
+use crate::commands::lm::{load_corpus, load_model, ModelArg};
 use crate::ui::{self, Bar};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The built-in base config of the real-data comparison (also at configs/sae/smollm2.toml).
-pub const SMOLLM2_TOML: &str = include_str!("../../../../configs/sae/smollm2.toml");
+pub const SMOLLM2_TOML: &str = include_str!("../../../../../configs/sae/smollm2.toml");
 
 /// Held-out text and the model, ready for splicing.
 pub struct Downstream {
@@ -201,7 +201,7 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     let variants: Vec<Variant> = a
         .variants
         .iter()
-        .map(|s| super::sae::parse_variant(s))
+        .map(|s| super::common::parse_variant(s))
         .collect::<Result<_>>()?;
     let base_text = match &a.config {
         Some(p) => std::fs::read_to_string(p)
@@ -296,7 +296,7 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
         );
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let mut log = super::sae::JsonlLog::create(&dir.join(METRICS_FILE))?;
+        let mut log = super::common::JsonlLog::create(&dir.join(METRICS_FILE))?;
         let r = train_and_evaluate(
             &cfg,
             Some(&dir),
@@ -316,7 +316,7 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
         if cfg.sae.architecture.batch_dependent() {
             evals.push(&r.eval_inference);
         }
-        super::sae::write_json(&dir.join(EVAL_FILE), &evals)?;
+        super::common::write_json(&dir.join(EVAL_FILE), &evals)?;
         eprintln!(
             "      {}: FVU {:.4}, L0 {:.2}, {:.1} s ({:.0} tokens/s)",
             v.label(),
@@ -361,7 +361,7 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
             HoldoutSplit::Tail => "the store's last rows".to_string(),
         },
         r0.n_sequences, r0.n_predictions, base.train.batch_size,
-        super::sae::threshold_note(&base), r0.bos_rule
+        super::common::threshold_note(&base), r0.bos_rule
     )];
     println!("{}", notes[0]);
     let mean_tps =
