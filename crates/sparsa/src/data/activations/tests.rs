@@ -1,6 +1,6 @@
 use super::*;
-use half::{bf16, f16};
 use crate::data::npy::{header_bytes, write_npy_f32};
+use half::{bf16, f16};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 
