@@ -35,26 +35,30 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The code of each line of `text` before its first `#[cfg(test)]` (test modules sit at the end
+/// of a file by convention and may use any oracle), without comments.
+fn code_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .take_while(|l| !l.trim_start().starts_with("#[cfg(test)]"))
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .map(|l| l.split("//").next().unwrap_or(""))
+}
+
+/// The identifier at the start of `s`.
+fn ident(s: &str) -> String {
+    s.chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect()
+}
+
 /// `crate::X` module names used by the code of `text` before its first `#[cfg(test)]`
 /// (test modules sit at the end of a file by convention and may use any oracle), ignoring
 /// comments.
 fn edges(text: &str, modules: &BTreeSet<&str>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    for line in text.lines() {
-        let t = line.trim_start();
-        if t.starts_with("#[cfg(test)]") {
-            break;
-        }
-        if t.starts_with("//") {
-            continue;
-        }
-        let code = line.split("//").next().unwrap_or("");
+    for code in code_lines(text) {
         for (i, _) in code.match_indices("crate::") {
-            let rest = &code[i + "crate::".len()..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
+            let name = ident(&code[i + "crate::".len()..]);
             if modules.contains(name.as_str()) {
                 out.insert(name);
             }
@@ -141,20 +145,7 @@ fn module_path(rel: &Path) -> Vec<String> {
 /// resolved against the file's module path.
 fn unit_edges(text: &str, path: &[String]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let ident = |s: &str| -> String {
-        s.chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_')
-            .collect()
-    };
-    for line in text.lines() {
-        let t = line.trim_start();
-        if t.starts_with("#[cfg(test)]") {
-            break;
-        }
-        if t.starts_with("//") {
-            continue;
-        }
-        let code = line.split("//").next().unwrap_or("");
+    for code in code_lines(text) {
         let mut i = 0;
         while i < code.len() {
             let rest = &code[i..];
