@@ -858,6 +858,19 @@ pub fn transpose<T: Real>(a: &[T], rows: usize, cols: usize, out: &mut Vec<T>) {
     }
 }
 
+/// Row `r` of a row-major matrix with `n` columns.
+fn row<T>(m: &[T], r: usize, n: usize) -> &[T] {
+    &m[r * n..(r + 1) * n]
+}
+
+/// y += a · x, element by element in order (generic over f32/f64; `kernels::vector::axpy` is the
+/// f32 one).
+fn axpy_t<T: Real>(a: T, x: &[T], y: &mut [T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
 /// The support of a weight mask (rows × cols, row-major) in CSR form: for row j the kept
 /// columns `cols[row_ptr[j]..row_ptr[j + 1]]`, ascending.
 #[derive(Debug, Clone, PartialEq)]
@@ -889,6 +902,11 @@ impl Csr {
         }
     }
 
+    /// The columns of row `j` that the mask keeps, in increasing order.
+    fn support(&self, j: usize) -> &[u32] {
+        &self.cols[self.row_ptr[j]..self.row_ptr[j + 1]]
+    }
+
     /// yt[j, :] = Σ_c w[j, c] · xt[c, :] over the support (w dense rows × cols, xt cols × n,
     /// yt rows × n). Rows in parallel; each row's sum runs in support order (deterministic).
     pub fn mul_rows<T: Real>(&self, w: &[T], xt: &[T], n: usize, yt: &mut [T]) {
@@ -898,12 +916,8 @@ impl Csr {
             .enumerate()
             .for_each(|(j, y)| {
                 y.fill(T::zero());
-                for &c in &self.cols[self.row_ptr[j]..self.row_ptr[j + 1]] {
-                    let wv = w[j * cols_n + c as usize];
-                    let xr = &xt[c as usize * n..(c as usize + 1) * n];
-                    for (y, &x) in y.iter_mut().zip(xr) {
-                        *y += wv * x;
-                    }
+                for &c in self.support(j) {
+                    axpy_t(w[j * cols_n + c as usize], row(xt, c as usize, n), y);
                 }
             });
     }
@@ -922,11 +936,9 @@ impl Csr {
         dxt.resize(cols * n, T::zero());
         for j in 0..self.rows {
             let g = &gt[j * n..(j + 1) * n];
-            for &c in &self.cols[self.row_ptr[j]..self.row_ptr[j + 1]] {
-                let wv = w[j * self.cols_n + c as usize];
-                for (d, &gv) in dxt[c as usize * n..(c as usize + 1) * n].iter_mut().zip(g) {
-                    *d += wv * gv;
-                }
+            for &c in self.support(j) {
+                let c = c as usize;
+                axpy_t(w[j * self.cols_n + c], g, &mut dxt[c * n..(c + 1) * n]);
             }
         }
     }
@@ -940,8 +952,8 @@ impl Csr {
             .for_each(|(j, drow)| {
                 drow.fill(T::zero());
                 let g = &gt[j * n..(j + 1) * n];
-                for &c in &self.cols[self.row_ptr[j]..self.row_ptr[j + 1]] {
-                    let xr = &xt[c as usize * n..(c as usize + 1) * n];
+                for &c in self.support(j) {
+                    let xr = row(xt, c as usize, n);
                     let mut acc = [T::zero(); 16];
                     let mut gi = g.chunks_exact(16);
                     let mut xi = xr.chunks_exact(16);
