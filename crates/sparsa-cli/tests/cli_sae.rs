@@ -268,6 +268,113 @@ fn train_resume_eval_export() {
     );
 }
 
+/// Trained with `data.exclude_positions`, the SAE records the positions and `sae eval` leaves
+/// the same rows out (so `--rows held-out` reproduces the training's own evaluation);
+/// `--all-positions` keeps them, and data that cannot name positions is refused.
+#[test]
+fn eval_leaves_out_the_positions_training_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let (n, d) = (600usize, 12usize);
+    let data: Vec<f32> = (0..n * d)
+        .map(|i| ((i * 13 % 17) as f32) / 8.0 - 1.0)
+        .collect();
+    let pos: Vec<u32> = (0..n).map(|i| (i % 10) as u32 + 1).collect();
+    sparsa::data::activations::write_store_with_positions(
+        &store,
+        d,
+        sparsa::data::activations::Elem::F32,
+        &[&data[..300 * d], &data[300 * d..]],
+        Some(&[&pos[..300], &pos[300..]]),
+    )
+    .unwrap();
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[sae]\narchitecture = \"mutual_choice\"\nd_sae = 32\nk = 3\n[train]\nsteps = 20\n\
+             batch_size = 64\ninit_sample = 256\n[data]\npath = {:?}\nholdout_tokens = 100\n\
+             holdout_chunks = 5\nexclude_positions = [1]\n",
+            store.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let (ok, _, err) = sparsa(&[
+        "sae",
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let read = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    assert_eq!(
+        read(&run.join("cfg.json"))["sparsa"]["exclude_positions"],
+        serde_json::json!([1])
+    );
+    let eval = |extra: &[&str], json: &std::path::Path| {
+        let mut args = vec![
+            "sae",
+            "eval",
+            "--sae",
+            run.to_str().unwrap(),
+            "--data",
+            store.to_str().unwrap(),
+            "--rows",
+            "held-out",
+            "--form",
+            "training",
+            "--batch",
+            "64",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        sparsa(&args)
+    };
+    let (j1, j2) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    let (ok, stdout, err) = eval(&[], &j1);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("positions [1] left out"), "{stdout}");
+    let (mine, trained) = (read(&j1), read(&run.join("eval.json")));
+    // 100 held-out rows, one in ten at position 1.
+    assert_eq!(mine[0]["tokens"], 90);
+    assert_eq!(trained[0]["tokens"], 90);
+    let (a, b) = (
+        mine[0]["fvu"].as_f64().unwrap(),
+        trained[0]["fvu"].as_f64().unwrap(),
+    );
+    assert!(
+        (a - b).abs() <= 1e-6 * b.abs(),
+        "held-out FVU {a} vs training's {b}"
+    );
+    let (ok, _, err) = eval(&["--all-positions"], &j2);
+    assert!(ok, "{err}");
+    assert_eq!(read(&j2)[0]["tokens"], 100);
+
+    // A .npy file records no positions: refused, with the way out named.
+    let npy = dir.path().join("x.npy");
+    sparsa::data::npy::write_npy_f32(&npy, n, d, &data).unwrap();
+    let (ok, _, err) = sparsa(&[
+        "sae",
+        "eval",
+        "--sae",
+        run.to_str().unwrap(),
+        "--data",
+        npy.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("--all-positions") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_input_is_a_clear_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();

@@ -30,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 batch_size: 6,
                 pad_id: 2,
                 bos_id: Some(prefix),
+                skip_positions: Vec::new(),
             };
             let r = downstream_eval(
                 &m,

@@ -28,6 +28,7 @@ fn cfg(hook: Hook) -> DownstreamConfig {
         batch_size: 5,
         pad_id: 2,
         bos_id: Some(1),
+        skip_positions: Vec::new(),
     }
 }
 
@@ -59,6 +60,35 @@ fn identity_splice_is_exactly_clean_and_ablations_hurt() {
             r.ce_clean
         );
     }
+}
+
+/// Skipped positions (an SAE trained without them) keep their clean activation and are no
+/// prediction source: position 1 of every sequence drops out of the rows given to the
+/// reconstruction and out of the scored predictions.
+#[test]
+fn skipped_positions_stay_clean_and_are_not_scored() {
+    let (m, _) = lm_common::model();
+    let s = seqs();
+    let mut c = cfg(Hook::resid_post(24));
+    let zero = |x: &Tensor| x.zeros_like();
+    let all = downstream_eval(m, &s, &c, &zero, &NoProgress, &Cancel::new()).unwrap();
+    c.skip_positions = vec![1];
+    let n_rows = std::cell::Cell::new(0usize);
+    let counting = |x: &Tensor| {
+        n_rows.set(n_rows.get() + x.dims()[0]);
+        x.zeros_like()
+    };
+    let r = downstream_eval(m, &s, &c, &counting, &NoProgress, &Cancel::new()).unwrap();
+    // 5 sequences, each loses position 1 as a spliced row and as a prediction source.
+    assert_eq!(r.n_spliced, all.n_spliced - 5);
+    assert_eq!(n_rows.get(), r.n_spliced);
+    assert_eq!(r.n_predictions, all.n_predictions - 5);
+    assert!(r.bos_rule.contains("positions 1 keep"), "{}", r.bos_rule);
+    assert_ne!(
+        r.ce_clean, all.ce_clean,
+        "position 1's prediction left the clean CE too"
+    );
+    assert!(r.ce_spliced.is_finite() && r.ce_spliced > r.ce_clean);
 }
 
 #[test]

@@ -467,6 +467,94 @@ fn held_out_rows_stay_out_of_training() {
     }
 }
 
+/// A store of rows whose first column is the row id, in shards of `shard` rows, with a
+/// `positions` tensor (contexts of 9 rows at positions 1..=9, as `activations extract` writes
+/// them without the prefix row).
+fn store_with_positions(dir: &std::path::Path, n: usize, d: usize, shard: usize) {
+    use sparsa::data::activations::{write_store_with_positions, Elem};
+    let data: Vec<f32> = (0..n)
+        .flat_map(|i| (0..d).map(move |j| if j == 0 { i as f32 } else { 0.5 }))
+        .collect();
+    let pos: Vec<u32> = (0..n).map(|i| (i % 9) as u32 + 1).collect();
+    let parts: Vec<&[f32]> = data.chunks(shard * d).collect();
+    let pos_parts: Vec<&[u32]> = pos.chunks(shard).collect();
+    write_store_with_positions(dir, d, Elem::F32, &parts, Some(&pos_parts)).unwrap();
+}
+
+/// `data.exclude_positions`: rows at those in-context positions reach neither training, the init
+/// sample, calibration nor evaluation (held-out rows stay held out), the SAE records the
+/// positions, and data that cannot name positions is refused with a message saying why.
+#[test]
+fn excluded_positions_stay_out_of_every_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n, d) = (1000usize, 3usize);
+    store_with_positions(dir.path(), n, d, 400);
+    let text = |path: &std::path::Path| {
+        format!(
+            "[sae]\narchitecture = \"topk\"\nd_sae = 8\nk = 2\n[train]\nbatch_size = 50\n\
+             steps = 1\ninit_sample = 2000\n[data]\npath = {:?}\nholdout_tokens = 100\n\
+             holdout_chunks = 4\nshuffle_buffer = 64\nexclude_positions = [1, 5]\n",
+            path.display().to_string()
+        )
+    };
+    let cfg = RunConfig::from_toml(&text(dir.path()), &[], "test").unwrap();
+    let spec = DataSpec::open(&cfg).unwrap();
+    let held = |r: u64| spec.holdout().iter().any(|&(a, b)| (a..b).contains(&r));
+    let skipped = |r: u64| [1, 5].contains(&(r % 9 + 1));
+    let train_rows: Vec<u64> = (0..n as u64).filter(|&r| !held(r) && !skipped(r)).collect();
+    let eval_rows: Vec<u64> = (0..n as u64).filter(|&r| held(r) && !skipped(r)).collect();
+    assert!(train_rows.len() < 800 && !eval_rows.is_empty());
+
+    let mut epoch = ids_of(
+        &mut *spec.training_source(&cfg, 0).unwrap(),
+        train_rows.len(),
+    );
+    epoch.sort_unstable();
+    assert_eq!(
+        epoch, train_rows,
+        "one training epoch = rows neither held out nor skipped"
+    );
+    let sample = spec.init_sample(&cfg).unwrap();
+    assert_eq!(sample.len(), train_rows.len() * d);
+    assert!(sample.chunks(d).all(|r| !skipped(r[0] as u64)));
+    let cal = ids_of(&mut *spec.calibration_source(&cfg, 500).unwrap(), 500);
+    assert!(cal.iter().all(|&r| !skipped(r) && !held(r)));
+    let eval = ids_of(&mut *spec.eval_source(&cfg, 10_000).unwrap(), usize::MAX);
+    assert_eq!(
+        eval, eval_rows,
+        "evaluation = the held-out rows minus the skipped ones"
+    );
+    let t = Trainer::new(cfg.clone(), d, &sample).unwrap();
+    assert_eq!(t.model().meta.exclude_positions, vec![1, 5]);
+
+    // A plain file and a store without positions cannot say where a row sits.
+    let plain = dir.path().join("plain.safetensors");
+    let data: Vec<f32> = vec![0.5; 300 * d];
+    sparsa::data::activations::write_safetensors_2d(
+        &plain,
+        "activations",
+        300,
+        d,
+        &data,
+        sparsa::data::activations::Elem::F32,
+    )
+    .unwrap();
+    let bare = dir.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    sparsa::data::activations::write_store(
+        &bare,
+        d,
+        sparsa::data::activations::Elem::F32,
+        &[&data],
+    )
+    .unwrap();
+    for (path, says) in [(&plain, "plain file"), (&bare, "no `positions` tensor")] {
+        let cfg = RunConfig::from_toml(&text(path), &[], "test").unwrap();
+        let e = DataSpec::open(&cfg).err().expect("refused").to_string();
+        assert!(e.contains(says), "{e}");
+    }
+}
+
 /// A store left by an interrupted extraction (`complete: false`) is refused for training with a
 /// message that says how to finish it; the same store marked complete trains.
 #[test]

@@ -299,6 +299,7 @@ fn ablate(a: &AblateArgs) -> Result<()> {
         batch_size: a.batch_size,
         pad_id: tok.eos_id().unwrap_or(0),
         bos_id: held.bos_id,
+        skip_positions: Vec::new(),
     };
     let total: u64 = held.seqs.iter().map(|s| s.len() as u64).sum();
     let bar = ui::Bar::new(2 * total, "ablate", "tok");

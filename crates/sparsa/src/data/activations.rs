@@ -1023,11 +1023,55 @@ pub fn write_safetensors_2d(
 /// Write an activation store (format `sparsa-activations/1`): one shard per entry of `shards`
 /// (each row-major with width `d`, stored as `elem`), then `manifest.json` last, all atomic.
 pub fn write_store(dir: &Path, d: usize, elem: Elem, shards: &[&[f32]]) -> Result<(), DataError> {
+    write_store_with_positions(dir, d, elem, shards, None)
+}
+
+/// [`write_store`] with each row's in-context position (the `positions` tensor, u32, one slice
+/// per shard with one entry per row), as `sparsa activations extract` records it.
+pub fn write_store_with_positions(
+    dir: &Path,
+    d: usize,
+    elem: Elem,
+    shards: &[&[f32]],
+    positions: Option<&[&[u32]]>,
+) -> Result<(), DataError> {
     let mut entries = Vec::with_capacity(shards.len());
     for (i, s) in shards.iter().enumerate() {
         let file = format!("shard-{i:05}.safetensors");
+        let path = dir.join(&file);
         let rows = s.len().checked_div(d).unwrap_or(0);
-        write_safetensors_2d(&dir.join(&file), ACTIVATIONS_TENSOR, rows, d, s, elem)?;
+        match positions.map(|p| p.get(i).copied().unwrap_or_default()) {
+            None => write_safetensors_2d(&path, ACTIVATIONS_TENSOR, rows, d, s, elem)?,
+            Some(pos) => {
+                if rows.checked_mul(d) != Some(s.len()) || pos.len() != rows {
+                    return Err(DataError::BadLength {
+                        path,
+                        rows: pos.len(),
+                        d,
+                        len: s.len(),
+                    });
+                }
+                let acts = elem.encode(s);
+                let pos: Vec<u8> = pos.iter().flat_map(|p| p.to_le_bytes()).collect();
+                write_safetensors(
+                    &path,
+                    &[
+                        RawTensor {
+                            name: ACTIVATIONS_TENSOR,
+                            dtype: elem.to_safetensors(),
+                            shape: vec![rows, d],
+                            data: &acts,
+                        },
+                        RawTensor {
+                            name: "positions",
+                            dtype: Dtype::U32,
+                            shape: vec![rows],
+                            data: &pos,
+                        },
+                    ],
+                )?
+            }
+        }
         entries.push(super::store::ShardEntry {
             file,
             n_tokens: rows as u64,

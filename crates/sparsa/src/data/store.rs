@@ -315,6 +315,39 @@ impl StoreReader {
         Ok(())
     }
 
+    /// The rows whose in-context position (the `positions` tensor, 0 = prefix) is one of
+    /// `positions`, as sorted disjoint half-open global row ranges. Fails when a shard records
+    /// no positions.
+    pub fn rows_at_positions(
+        &mut self,
+        positions: &[u32],
+    ) -> Result<Vec<(u64, u64)>, ManifestError> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        if positions.is_empty() {
+            return Ok(out);
+        }
+        for s in &mut self.shards {
+            let t = s.positions.clone().ok_or_else(|| ManifestError {
+                path: s.path.clone(),
+                reason: "the shard records no `positions` tensor, so rows cannot be left out by \
+                         position; re-extract the store with `sparsa activations extract`"
+                    .into(),
+            })?;
+            let v = read_ints(&mut s.file, &s.path, &t, 0, s.n_rows as usize)?;
+            for (i, p) in v.into_iter().enumerate() {
+                if !positions.contains(&p) {
+                    continue;
+                }
+                let row = s.first_row + i as u64;
+                match out.last_mut() {
+                    Some(last) if last.1 == row => last.1 = row + 1,
+                    _ => out.push((row, row + 1)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Token, document and position of rows `start..start + n`.
     pub fn read_sources(&mut self, start: u64, n: usize) -> Result<Vec<RowSource>, ManifestError> {
         let mut out = vec![RowSource::default(); n];

@@ -14,10 +14,10 @@
 //!
 //! # Positions (BOS handling)
 //! A position is *evaluated* if it is a real (not padding) position whose token is not the BOS
-//! id. Only evaluated positions are replaced (spliced or ablated) — BOS positions keep their clean
-//! activation, as SAEs are trained without them — and only predictions made *from* an evaluated
-//! position (of the next real token) enter CE and KL; the last position of each sequence
-//! predicts nothing. The reconstruction function receives exactly the evaluated rows of a batch,
+//! id and whose index is not in `skip_positions`. Only evaluated positions are replaced (spliced
+//! or ablated) — BOS and skipped positions keep their clean activation, as SAEs are trained
+//! without them — and only predictions made *from* an evaluated position (of the next real
+//! token) enter CE and KL; the last position of each sequence predicts nothing. The reconstruction function receives exactly the evaluated rows of a batch,
 //! `[n, d_model]` f32, and must return `[n, d_model]`.
 
 use super::batch::Batch;
@@ -38,6 +38,9 @@ pub struct DownstreamConfig {
     pub pad_id: u32,
     /// Positions holding this id are never replaced and never a prediction source.
     pub bos_id: Option<u32>,
+    /// Positions (index in the sequence, 0 = first) never replaced and never a prediction
+    /// source: those an SAE was trained without (`data.exclude_positions`).
+    pub skip_positions: Vec<u32>,
 }
 
 /// Downstream metrics of one reconstruction function on one set of sequences.
@@ -73,6 +76,19 @@ pub struct DownstreamReport {
 pub const BOS_RULE: &str =
     "BOS positions keep their clean activation and are not prediction sources; padding ignored";
 
+/// [`BOS_RULE`], naming the skipped positions when there are any.
+pub fn bos_rule(skip_positions: &[u32]) -> String {
+    if skip_positions.is_empty() {
+        return BOS_RULE.to_string();
+    }
+    let list: Vec<String> = skip_positions.iter().map(u32::to_string).collect();
+    format!(
+        "BOS positions and positions {} keep their clean activation and are not prediction \
+         sources; padding ignored",
+        list.join(", ")
+    )
+}
+
 /// Per-batch index bookkeeping.
 struct Positions {
     /// Flat indices (i·t + j) of evaluated positions.
@@ -84,7 +100,12 @@ struct Positions {
     targets: Vec<u32>,
 }
 
-fn positions(seqs: &[Vec<u32>], batch: &Batch, bos: Option<u32>) -> Result<Positions> {
+fn positions(
+    seqs: &[Vec<u32>],
+    batch: &Batch,
+    bos: Option<u32>,
+    skip: &[u32],
+) -> Result<Positions> {
     let t = batch.seq_len;
     let mut eval_idx = Vec::new();
     let mut src_idx = Vec::new();
@@ -92,7 +113,7 @@ fn positions(seqs: &[Vec<u32>], batch: &Batch, bos: Option<u32>) -> Result<Posit
     let mut mask = vec![0u8; seqs.len() * t];
     for (i, s) in seqs.iter().enumerate() {
         for (j, &id) in s.iter().enumerate() {
-            if Some(id) == bos {
+            if Some(id) == bos || skip.contains(&(j as u32)) {
                 continue;
             }
             let flat = (i * t + j) as u32;
@@ -218,7 +239,7 @@ pub fn downstream_eval_many(
             return Err(LmError::Cancelled);
         }
         let batch = Batch::new(chunk, cfg.pad_id)?;
-        let pos = positions(chunk, &batch, cfg.bos_id)?;
+        let pos = positions(chunk, &batch, cfg.bos_id, &cfg.skip_positions)?;
         done += chunk.iter().map(|s| s.len() as u64).sum::<u64>();
         if pos.eval_idx.is_empty() {
             continue;
@@ -252,7 +273,7 @@ pub fn downstream_eval_many(
             return Err(LmError::Cancelled);
         }
         let batch = Batch::new(chunk, cfg.pad_id)?;
-        let pos = positions(chunk, &batch, cfg.bos_id)?;
+        let pos = positions(chunk, &batch, cfg.bos_id, &cfg.skip_positions)?;
         done += chunk.iter().map(|s| s.len() as u64).sum::<u64>();
         if pos.src_idx.is_empty() || pos.eval_idx.is_empty() {
             progress.set_position(done);
@@ -332,7 +353,7 @@ pub fn downstream_eval_many(
                 loss_recovered_zero: (ce_z - ce_sp) / (ce_z - ce_c),
                 loss_recovered_mean: (ce_m - ce_sp) / (ce_m - ce_c),
                 kl_clean_spliced: kl[i] / np,
-                bos_rule: BOS_RULE.to_string(),
+                bos_rule: bos_rule(&cfg.skip_positions),
             }
         })
         .collect())

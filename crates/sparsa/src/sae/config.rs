@@ -616,6 +616,13 @@ pub struct DataConfig {
     /// Chunks of a `spread` holdout.
     #[serde(default = "default_holdout_chunks")]
     pub holdout_chunks: u64,
+    /// In-context positions (0 = the prefix) whose rows are left out of training, threshold
+    /// calibration and evaluation, and keep their clean activation in the downstream (spliced)
+    /// evaluation (project choice, default none; the `lm-compare` base config leaves out
+    /// position 1, SmolLM2's attention-sink position: docs/sae.md). Needs a store that records
+    /// positions.
+    #[serde(default)]
+    pub exclude_positions: Vec<u32>,
     /// Synthetic ground-truth data instead of a file.
     #[serde(default)]
     pub synthetic: Option<SyntheticConfig>,
@@ -678,6 +685,13 @@ impl RunConfig {
             return Err(SaeError::config(
                 "data.holdout_chunks",
                 "data.holdout_chunks must be at least 1",
+            ));
+        }
+        if self.data.synthetic.is_some() && !self.data.exclude_positions.is_empty() {
+            return Err(SaeError::config(
+                "data.exclude_positions",
+                "data.exclude_positions needs an activation store that records positions; \
+                 synthetic data has none",
             ));
         }
         match (&self.data.path, &self.data.synthetic) {

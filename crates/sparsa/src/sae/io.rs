@@ -64,6 +64,10 @@ pub struct SaeMeta {
     /// Row ranges of `dataset` held out of training (half-open; empty: none or unknown).
     #[serde(default)]
     pub holdout_rows: Vec<(u64, u64)>,
+    /// In-context positions whose rows training and evaluation left out (`data.exclude_positions`;
+    /// empty: none). The SAE was never fitted there: splice it elsewhere only.
+    #[serde(default)]
+    pub exclude_positions: Vec<u32>,
     /// Where the activations came from (model, hook, contexts); unknown fields are `None`.
     #[serde(flatten)]
     pub source: SourceMeta,
@@ -212,6 +216,7 @@ impl Default for SaeMeta {
             tokens_seen: 0,
             dataset: String::new(),
             holdout_rows: Vec::new(),
+            exclude_positions: Vec::new(),
             source: SourceMeta::default(),
         }
     }

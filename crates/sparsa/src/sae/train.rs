@@ -523,6 +523,7 @@ impl Trainer {
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| "synthetic".into()),
                 holdout_rows: self.holdout_rows(),
+                exclude_positions: self.cfg.data.exclude_positions.clone(),
                 // Unknown when the data is no store or is gone (an export elsewhere).
                 source: SourceMeta::of_data(self.cfg.data.path.as_deref()).unwrap_or_default(),
             },
@@ -636,6 +637,9 @@ pub enum DataSpec {
         d: usize,
         /// Held-out row ranges (`data.holdout_tokens` split by `data.holdout_split`).
         holdout: Vec<(u64, u64)>,
+        /// Rows at `data.exclude_positions`, skipped by every source (training, init sample,
+        /// calibration, evaluation).
+        skipped: Vec<(u64, u64)>,
     },
     Synthetic(SyntheticSource),
 }
@@ -677,11 +681,13 @@ impl DataSpec {
                 ),
             ));
         }
+        let skipped = skipped_rows(&path, &cfg.data.exclude_positions)?;
         Ok(DataSpec::File {
             path,
             tensor: cfg.data.tensor.clone(),
             n_rows: info.n_rows,
             d: info.d,
+            skipped,
             holdout: holdout_ranges(
                 info.n_rows,
                 cfg.data.holdout_tokens,
@@ -699,16 +705,16 @@ impl DataSpec {
     }
 
     fn opts(&self, cfg: &RunConfig, rows: Rows, cycle: bool, shuffle: bool) -> SourceOptions {
-        let tensor = match self {
-            DataSpec::File { tensor, .. } => tensor.clone(),
-            DataSpec::Synthetic(_) => None,
-        };
+        let (tensor, mut exclude) = (cfg.data.tensor.clone(), rows.1);
+        if let DataSpec::File { skipped, .. } = self {
+            exclude.extend_from_slice(skipped);
+        }
         SourceOptions {
             tensor,
             shuffle_buffer: if shuffle { cfg.data.shuffle_buffer } else { 0 },
             seed: cfg.train.seed,
             rows: Some(rows.0),
-            exclude: rows.1,
+            exclude,
             cycle,
         }
     }
@@ -848,6 +854,32 @@ impl DataSpec {
             }
         }
     }
+}
+
+/// The row ranges of the store at `path` whose in-context position is one of `positions`
+/// (empty when `positions` is); a clear error when `path` is no store or records no positions.
+pub fn skipped_rows(
+    path: &std::path::Path,
+    positions: &[u32],
+) -> Result<Vec<(u64, u64)>, SaeError> {
+    if positions.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !Manifest::is_store(path) {
+        return Err(SaeError::config(
+            "data.exclude_positions",
+            format!(
+                "data.exclude_positions = {positions:?} needs an activation store (made by \
+                 `sparsa activations extract`) that records each row's position; {} is a plain \
+                 file",
+                path.display()
+            ),
+        ));
+    }
+    let mut r = crate::data::store::StoreReader::open(path)
+        .map_err(|e| SaeError::file(&e.path, e.reason))?;
+    r.rows_at_positions(positions)
+        .map_err(|e| SaeError::file(&e.path, e.reason))
 }
 
 /// At most `left` rows of an endless source.

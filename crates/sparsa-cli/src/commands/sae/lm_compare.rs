@@ -6,6 +6,7 @@ use crate::commands::lm::{load_corpus, load_model, ModelArg};
 use crate::ui::{self, Bar};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use sparsa::data::activations::subtract_ranges;
 use sparsa::data::store::{Manifest, MANIFEST_FILE};
 use sparsa::extract::{extract, ExtractConfig};
 use sparsa::lm::{
@@ -15,9 +16,10 @@ use sparsa::lm::{
 use sparsa::report::compare::CompareVariant;
 use sparsa::report::sae::{EVAL_FILE, METRICS_FILE};
 use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant};
-use sparsa::sae::config::{HoldoutSplit, RunConfig};
+use sparsa::sae::config::{holdout_ranges, HoldoutSplit, RunConfig};
 use sparsa::sae::io::{load_sae, SaeModel};
 use sparsa::sae::metrics::{reconstructor, EvalReport, Form};
+use sparsa::sae::train::skipped_rows;
 use sparsa::util::progress::Cancel;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -68,6 +70,8 @@ pub fn prepare(
         batch_size: batch,
         pad_id: tok.eos_id().unwrap_or(0),
         bos_id: held.bos_id,
+        // Set per evaluation from the SAEs' own `exclude_positions` (`evaluate_downstream`).
+        skip_positions: Vec::new(),
     };
     Ok(Downstream {
         model: m,
@@ -92,6 +96,19 @@ pub fn evaluate_downstream(
             );
         }
     }
+    // Positions the SAEs were trained without keep their clean activation.
+    let skip = saes
+        .first()
+        .map(|(m, _)| m.meta.exclude_positions.clone())
+        .unwrap_or_default();
+    if saes.iter().any(|(m, _)| m.meta.exclude_positions != skip) {
+        bail!(
+            "the SAEs were trained without different positions (data.exclude_positions); \
+             evaluate them downstream separately"
+        );
+    }
+    let mut cfg = ds.cfg.clone();
+    cfg.skip_positions = skip;
     let fns: Vec<_> = saes
         .iter()
         .map(|(m, form)| reconstructor(m, *form).map(|f| from_rows(d, f)))
@@ -100,7 +117,7 @@ pub fn evaluate_downstream(
     let total: u64 = ds.seqs.iter().map(|s| s.len() as u64).sum();
     let bar = Bar::new(2 * total, "downstream", "tok");
     Ok(downstream_eval_many(
-        &ds.model, &ds.seqs, &ds.cfg, &refs, &bar, cancel,
+        &ds.model, &ds.seqs, &cfg, &refs, &bar, cancel,
     )?)
 }
 
@@ -263,7 +280,19 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     drop(model);
 
     // 2. Train each variant at equal k.
-    let train_rows = s.n_tokens.saturating_sub(probe.data.holdout_tokens);
+    // Training rows: the store minus the held-out rows and the rows at excluded positions.
+    let d = &probe.data;
+    let mut left_out = holdout_ranges(
+        s.n_tokens,
+        d.holdout_tokens,
+        d.holdout_split,
+        d.holdout_chunks,
+    );
+    left_out.extend(skipped_rows(&store, &d.exclude_positions)?);
+    let train_rows: u64 = subtract_ranges((0, s.n_tokens), &left_out)
+        .iter()
+        .map(|(a, b)| b - a)
+        .sum();
     let mut base = probe;
     if !a
         .set

@@ -87,6 +87,10 @@ pub struct EvalArgs {
     /// out (recorded in its cfg.json).
     #[arg(long, value_name = "START:END|held-out")]
     rows: Option<String>,
+    /// Evaluate every row, also at the in-context positions the SAE was trained without (its
+    /// cfg.json's `exclude_positions`); the downstream evaluation then splices there too.
+    #[arg(long)]
+    all_positions: bool,
     /// Maximum tokens to evaluate.
     #[arg(long, default_value_t = 65536)]
     tokens: u64,
@@ -355,7 +359,10 @@ fn eval(a: EvalArgs) -> Result<()> {
     if a.batch == 0 {
         return Err(ui::Usage("--batch must be at least 1".to_string()).into());
     }
-    let model = load_sae(&a.sae)?;
+    let mut model = load_sae(&a.sae)?;
+    if a.all_positions {
+        model.meta.exclude_positions.clear();
+    }
     if sparsa::data::store::Manifest::read(&a.data).is_ok_and(|m| m.complete() == Some(false)) {
         eprintln!(
             "warning: {} is an incomplete activation store (its extraction was interrupted); \
@@ -384,6 +391,20 @@ fn eval(a: EvalArgs) -> Result<()> {
         Some(r) => (Some(parse_rows(r)?), vec![]),
         None => (None, vec![]),
     };
+    let mut exclude = exclude;
+    let skip = &model.meta.exclude_positions;
+    if !skip.is_empty() {
+        exclude.extend(
+            sparsa::sae::train::skipped_rows(&a.data, skip).with_context(|| {
+                format!(
+                    "{} was trained without the rows at positions {skip:?}; pass --all-positions \
+                 to evaluate every row",
+                    a.sae.display()
+                )
+            })?,
+        );
+        println!("rows at in-context positions {skip:?} left out, as in training (--all-positions to keep them)");
+    }
     let mut reports = Vec::new();
     for form in forms {
         let opts = SourceOptions {
