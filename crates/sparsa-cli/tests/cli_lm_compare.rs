@@ -58,6 +58,14 @@ fn lm_compare_runs_end_to_end_and_sae_eval_reports_downstream() {
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
     }
+    // The base config leaves out the sink position: the SAEs record it, and the spliced
+    // evaluation keeps it clean.
+    assert!(stdout.contains("and position 1 keep"), "{stdout}");
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("mutual_choice+aux_zipf").join("cfg.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["sparsa"]["exclude_positions"], serde_json::json!([1]));
     // compare.html: the table and every variant's densities and per-token L0, in a browser.
     let compare = out.join("compare.html");
     assert_eq!(

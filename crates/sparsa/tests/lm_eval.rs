@@ -83,7 +83,7 @@ fn skipped_positions_stay_clean_and_are_not_scored() {
     assert_eq!(r.n_spliced, all.n_spliced - 5);
     assert_eq!(n_rows.get(), r.n_spliced);
     assert_eq!(r.n_predictions, all.n_predictions - 5);
-    assert!(r.bos_rule.contains("positions 1 keep"), "{}", r.bos_rule);
+    assert!(r.bos_rule.contains("and position 1 keep"), "{}", r.bos_rule);
     assert_ne!(
         r.ce_clean, all.ce_clean,
         "position 1's prediction left the clean CE too"

@@ -82,8 +82,13 @@ pub fn bos_rule(skip_positions: &[u32]) -> String {
         return BOS_RULE.to_string();
     }
     let list: Vec<String> = skip_positions.iter().map(u32::to_string).collect();
+    let noun = if list.len() == 1 {
+        "position"
+    } else {
+        "positions"
+    };
     format!(
-        "BOS positions and positions {} keep their clean activation and are not prediction \
+        "BOS positions and {noun} {} keep their clean activation and are not prediction \
          sources; padding ignored",
         list.join(", ")
     )

@@ -382,12 +382,21 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     println!("{}", ui::table(&table_rows));
     let r0 = &reports[0];
     let notes = vec![format!(
-        "SmolLM2-135M {}, {} rows from `{}` ({} held out for FVU/L0, {}), {} held-out contexts ({} predictions) for CE; \
+        "SmolLM2-135M {}, {} rows from `{}` ({} held out for FVU/L0, {}{}), {} held-out contexts ({} predictions) for CE; \
          training form = the batch rule over batches of {}, inference form = JumpReLU with {}; {}.",
         r0.hook, s.n_tokens, a.corpus, base.data.holdout_tokens,
         match base.data.holdout_split {
             HoldoutSplit::Spread => format!("{} chunks spread over the store", base.data.holdout_chunks),
             HoldoutSplit::Tail => "the store's last rows".to_string(),
+        },
+        match (base.data.exclude_positions.as_slice(), trained.first()) {
+            ([], _) | (_, None) => String::new(),
+            (p, Some((_, _, r))) => format!(
+                "; {} evaluated: rows at in-context position{} {} left out of training and evaluation",
+                r.eval.tokens,
+                if p.len() == 1 { "" } else { "s" },
+                p.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            ),
         },
         r0.n_sequences, r0.n_predictions, base.train.batch_size,
         super::common::threshold_note(&base), r0.bos_rule
