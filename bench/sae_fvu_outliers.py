@@ -1,5 +1,6 @@
-# FVU of exported SAEs (SAELens files) on their held-out rows (cfg.json sparsa.holdout_rows),
-# with and without the rows of largest centred norm; an independent numpy re-computation.
+# FVU of exported SAEs (SAELens files) on their held-out rows (cfg.json sparsa.holdout_rows,
+# minus the rows at sparsa.exclude_positions), with and without the rows of largest centred
+# norm; an independent numpy re-computation.
 # Usage: python bench/sae_fvu_outliers.py STORE_DIR SAE_DIR... (needs numpy)
 import json, struct, sys, numpy as np, os
 def st(p):
@@ -25,11 +26,13 @@ for a,b in rows:
             t=st(os.path.join(store,s['file']))
             X.append(t['activations'][lo-starts[i]:hi-starts[i]]); P.append(t['positions'][lo-starts[i]:hi-starts[i]])
 X=np.concatenate(X).astype(np.float64); P=np.concatenate(P)
+skip=json.load(open(os.path.join(saes[0],'cfg.json')))['sparsa'].get('exclude_positions',[])
+keep=~np.isin(P,skip); X=X[keep]; P=P[keep]
 xc=X-X.mean(0); n2=(xc**2).sum(1); order=np.argsort(-n2)
 masks={'all':np.ones(len(X),bool)}
 for q in [0.001,0.01]:
     m=np.ones(len(X),bool); m[order[:int(len(X)*q)]]=False; masks[f'without top {q*100:g}%']=m
-print("rows",len(X),"share of centred sum sq in top 1%%: %.3f" % (n2[order[:len(X)//100]].sum()/n2.sum()))
+print("rows",len(X),"(positions %s left out)" % skip,"share of centred sum sq in top 1%%: %.3f" % (n2[order[:len(X)//100]].sum()/n2.sum()))
 for d in saes:
     c=json.load(open(os.path.join(d,'cfg.json'))); w=st(os.path.join(d,'sae_weights.safetensors'))
     We,be,Wd,bd=w['W_enc'].astype(np.float64),w['b_enc'].astype(np.float64),w['W_dec'].astype(np.float64),w['b_dec'].astype(np.float64)
