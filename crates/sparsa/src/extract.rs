@@ -34,7 +34,6 @@ use crate::data::store::{
     Manifest, ShardEntry, ACTIVATIONS_TENSOR, MANIFEST_FILE, MANIFEST_FORMAT,
 };
 use crate::lm::{Batch, Hook, Llama, LmError, Tokenizer};
-use crate::util::fs::atomic_write;
 use crate::util::progress::{Cancel, Progress};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
@@ -423,24 +422,16 @@ fn open_or_create(
         .insert("corpus_sha256".into(), corpus_sha256.into());
     let mp = out.join(MANIFEST_FILE);
     if mp.exists() {
-        let text = std::fs::read_to_string(&mp).map_err(|source| ExtractError::Io {
-            path: mp.clone(),
-            source,
+        let stored = Manifest::read(out).map_err(|e| ExtractError::NotAStore {
+            path: out.to_path_buf(),
+            reason: e.reason,
         })?;
-        let stored: Manifest =
-            serde_json::from_str(&text).map_err(|e| ExtractError::NotAStore {
-                path: out.to_path_buf(),
-                reason: format!("manifest.json does not parse: {e}"),
-            })?;
         let mismatch = |field: &str, s: String, r: String| ExtractError::Mismatch {
             path: out.to_path_buf(),
             field: field.to_string(),
             stored: s,
             requested: r,
         };
-        if stored.format != fresh.format {
-            return Err(mismatch("format", stored.format, fresh.format));
-        }
         if stored.model != fresh.model {
             return Err(mismatch(
                 "model",
@@ -617,12 +608,10 @@ fn write_shard(
 }
 
 fn write_manifest(out: &Path, m: &Manifest) -> Result<(), ExtractError> {
-    let mp = out.join(MANIFEST_FILE);
-    let json = serde_json::to_vec_pretty(m).map_err(|e| ExtractError::Io {
-        path: mp.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    atomic_write(&mp, &json).map_err(|source| ExtractError::Io { path: mp, source })
+    m.write(out).map_err(|source| ExtractError::Io {
+        path: out.join(MANIFEST_FILE),
+        source,
+    })
 }
 
 /// Held-out evaluation data for a store: the next contexts of the store's own stream.

@@ -275,13 +275,10 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
 }
 
 fn ablate(a: &AblateArgs) -> Result<()> {
-    use sparsa::data::store::{Manifest, MANIFEST_FILE};
+    use sparsa::data::store::Manifest;
     use sparsa::lm::{downstream_eval, DownstreamConfig};
-    let mp = a.store.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&mp)
-        .with_context(|| format!("reading {} (is --store an activation store?)", mp.display()))?;
-    let manifest: Manifest =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", mp.display()))?;
+    let mp = Manifest::file_of(&a.store);
+    let manifest = Manifest::read(&a.store)?;
     let corpus = match &a.corpus {
         Some(c) => c.clone(),
         None => manifest

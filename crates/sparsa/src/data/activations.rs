@@ -30,7 +30,7 @@ pub use super::elem::Elem;
 pub use super::error::DataError;
 use super::npy;
 use super::store::{Manifest, ACTIVATIONS_TENSOR, MANIFEST_FILE, MANIFEST_FORMAT};
-use crate::util::fs::{atomic_write, atomic_write_with};
+use crate::util::fs::atomic_write_with;
 use memmap2::Mmap;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -348,41 +348,12 @@ fn open_store(manifest_path: &Path, tensor: Option<&str>) -> Result<Vec<Segment>
         field: field.to_string(),
         reason,
     };
-    let m: Manifest = serde_json::from_str(&text).map_err(|e| {
-        bad(
-            "(json)",
-            format!("{e}; the manifest must be a sparsa-activations/1 JSON object"),
-        )
-    })?;
-    if m.format != MANIFEST_FORMAT {
-        return Err(bad(
-            "format",
-            format!(
-                "is `{}`, expected `{MANIFEST_FORMAT}`; this is not a sparsa activation store",
-                m.format
-            ),
-        ));
-    }
-    let elem = Elem::from_name(&m.dtype).ok_or_else(|| {
-        bad(
-            "dtype",
-            format!("is `{}`; expected one of f32, f16, bf16", m.dtype),
-        )
-    })?;
+    let m = Manifest::parse(&text).map_err(|(field, reason)| bad(field, reason))?;
+    let elem = Elem::from_name(&m.dtype).ok_or_else(|| bad("dtype", m.dtype.clone()))?;
     if m.shards.is_empty() {
         return Err(bad(
             "shards",
             "is empty; the store has no complete shard yet".into(),
-        ));
-    }
-    let listed: u64 = m.shards.iter().map(|s| s.n_tokens).sum();
-    if listed != m.n_tokens {
-        return Err(bad(
-            "n_tokens",
-            format!(
-                "is {} but the shards' n_tokens sum to {listed}; fix manifest.json or re-extract",
-                m.n_tokens
-            ),
         ));
     }
     let dir = manifest_path.parent().unwrap_or(Path::new("."));
@@ -1088,12 +1059,10 @@ pub fn write_store_with_positions(
         layer: None,
         extra: Default::default(),
     };
-    let mp = dir.join(MANIFEST_FILE);
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| DataError::Write {
-        path: mp.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    atomic_write(&mp, &json).map_err(|source| DataError::Write { path: mp, source })
+    manifest.write(dir).map_err(|source| DataError::Write {
+        path: dir.join(MANIFEST_FILE),
+        source,
+    })
 }
 
 #[cfg(test)]

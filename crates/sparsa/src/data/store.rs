@@ -67,29 +67,72 @@ pub struct ManifestError {
 }
 
 impl Manifest {
-    /// Read and check (format tag) the manifest of the store at `path`: a store directory or its
-    /// `manifest.json`.
-    pub fn read(path: &Path) -> Result<Manifest, ManifestError> {
-        let mp = if path.is_dir() {
+    /// The manifest file of the store at `path`: `path/manifest.json` for a directory, else
+    /// `path` itself.
+    pub fn file_of(path: &Path) -> PathBuf {
+        if path.is_dir() {
             path.join(MANIFEST_FILE)
         } else {
             path.to_path_buf()
-        };
-        let err = |reason: String| ManifestError {
-            path: mp.clone(),
-            reason,
-        };
-        let text = std::fs::read_to_string(&mp)
-            .map_err(|e| err(format!("cannot read ({e}); is this an activation store?")))?;
-        let m: Manifest = serde_json::from_str(&text)
-            .map_err(|e| err(format!("does not parse as a store manifest: {e}")))?;
+        }
+    }
+
+    /// Parse and check manifest JSON: the format tag, a known dtype, and `n_tokens` equal to the
+    /// shards' sum. The one place a store's manifest is parsed; an error names the field.
+    pub fn parse(text: &str) -> Result<Manifest, (&'static str, String)> {
+        let m: Manifest = serde_json::from_str(text).map_err(|e| {
+            (
+                "(json)",
+                format!("{e}; the manifest must be a {MANIFEST_FORMAT} JSON object"),
+            )
+        })?;
         if m.format != MANIFEST_FORMAT {
-            return Err(err(format!(
-                "format is `{}`, expected `{MANIFEST_FORMAT}`; this is not a sparsa activation store",
-                m.format
-            )));
+            return Err((
+                "format",
+                format!(
+                    "is `{}`, expected `{MANIFEST_FORMAT}`; this is not a sparsa activation store",
+                    m.format
+                ),
+            ));
+        }
+        if super::elem::Elem::from_name(&m.dtype).is_none() {
+            return Err((
+                "dtype",
+                format!("is `{}`; expected one of f32, f16, bf16", m.dtype),
+            ));
+        }
+        let listed: u64 = m.shards.iter().map(|s| s.n_tokens).sum();
+        if listed != m.n_tokens {
+            return Err((
+                "n_tokens",
+                format!(
+                    "is {} but the shards' n_tokens sum to {listed}; fix manifest.json or re-extract",
+                    m.n_tokens
+                ),
+            ));
         }
         Ok(m)
+    }
+
+    /// Read and check ([`Manifest::parse`]) the manifest of the store at `path`: a store
+    /// directory or its `manifest.json`.
+    pub fn read(path: &Path) -> Result<Manifest, ManifestError> {
+        let mp = Self::file_of(path);
+        let text = std::fs::read_to_string(&mp).map_err(|e| ManifestError {
+            path: mp.clone(),
+            reason: format!("cannot read ({e}); is this an activation store?"),
+        })?;
+        Self::parse(&text).map_err(|(field, reason)| ManifestError {
+            path: mp,
+            reason: format!("manifest field `{field}`: {reason}"),
+        })
+    }
+
+    /// Write the manifest into the store directory `dir`, atomically (temp file, then rename).
+    /// The one place a store's manifest is written.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::util::fs::atomic_write(&dir.join(MANIFEST_FILE), &json)
     }
 
     /// Whether `path` is a store (a directory holding a manifest, or a `manifest.json`).

@@ -7,7 +7,7 @@ use crate::ui::{self, Bar};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use sparsa::data::activations::subtract_ranges;
-use sparsa::data::store::{Manifest, MANIFEST_FILE};
+use sparsa::data::store::Manifest;
 use sparsa::extract::{extract, ExtractConfig};
 use sparsa::lm::{
     downstream_eval_many, from_rows, DownstreamConfig, DownstreamReport, Hook, HookPoint, Llama,
@@ -34,15 +34,12 @@ pub struct Downstream {
     pub cfg: DownstreamConfig,
 }
 
-/// Read a store's manifest, if `path` is a store.
-pub fn store_manifest(path: &Path) -> Option<Manifest> {
-    let mp = if path.is_dir() {
-        path.join(MANIFEST_FILE)
-    } else {
-        path.to_path_buf()
-    };
-    let text = std::fs::read_to_string(mp).ok()?;
-    serde_json::from_str(&text).ok()
+/// A store's manifest, `None` when `path` is no store; a store whose manifest is bad is an error.
+pub fn store_manifest(path: &Path) -> Result<Option<Manifest>> {
+    if !Manifest::is_store(path) {
+        return Ok(None);
+    }
+    Ok(Some(Manifest::read(path)?))
 }
 
 /// Load the model and the `sequences` held-out contexts that follow what the store used.
@@ -358,7 +355,7 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     }
 
     // 3. Downstream: the model's next-token loss with each SAE spliced in, both forms.
-    let manifest = store_manifest(&store).context("the store has no readable manifest")?;
+    let manifest = Manifest::read(&store)?;
     eprintln!(
         "[3/3] downstream evaluation on {} held-out contexts",
         a.lm_sequences

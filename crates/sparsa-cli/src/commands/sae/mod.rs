@@ -427,7 +427,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         model.params.d,
         model.params.f
     );
-    let manifest = lm_compare::store_manifest(&a.data)
+    let manifest = lm_compare::store_manifest(&a.data)?
         .filter(|m| m.hook.is_some() && m.extra.contains_key("contexts_used"));
     match (a.lm_sequences, manifest) {
         (0, _) => println!("{}", eval_table(&reports)),
