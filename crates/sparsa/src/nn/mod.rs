@@ -16,7 +16,7 @@ pub mod schedule;
 pub enum NnError {
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
-    #[error("unknown architecture `{0}`: expected one of lenet-300-100, conv-2, conv-4, conv-6, resnet-20, vgg-11, vgg-16, vgg-19")]
+    #[error("unknown architecture `{0}`: expected one of {list}", list = models::Arch::ALL.map(|a| a.name()).join(", "))]
     UnknownArch(String),
     #[error("input of shape {got:?} does not fit {arch}: it expects (batch, {c}, {h}, {w})")]
     InputShape {
