@@ -2,6 +2,7 @@ use super::*;
 use crate::data::npy::{header_bytes, write_npy_f32};
 use half::{bf16, f16};
 use proptest::prelude::*;
+use safetensors::SafeTensors;
 use std::collections::BTreeSet;
 
 /// Row i = [i, i + 0.25, i + 0.5, ...]: every row identifies itself by its first value.
