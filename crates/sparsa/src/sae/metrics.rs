@@ -5,6 +5,7 @@
 use super::allocation::{self, AllocInput, Allocation, JumpRelu, Matching, TopK};
 use super::config::Architecture;
 use super::io::SaeModel;
+use super::stats::{dense_frac, share, L0Stats};
 use super::zipf;
 use super::SaeError;
 use crate::data::activations::BatchSource;
@@ -190,8 +191,7 @@ pub fn evaluate(
     let (mut n, mut sse, mut sum_sq, mut cos, mut xh_x, mut xh_xh) =
         (0u64, 0f64, 0f64, 0f64, 0f64, 0f64);
     let mut sum_x = vec![0f64; d];
-    let (mut l0_sum, mut l0_sq, mut l0_max, mut l0_zero) = (0f64, 0f64, 0usize, 0u64);
-    let mut l0_hist: Vec<u64> = Vec::new();
+    let mut l0 = L0Stats::default();
     let mut counts = vec![0u64; f];
     progress.set_total(max_tokens);
     let mut batch_index = 0u64;
@@ -226,15 +226,7 @@ pub fn evaluate(
             } else {
                 0.0
             };
-            let l0 = m.row(i).len();
-            l0_sum += l0 as f64;
-            l0_sq += (l0 * l0) as f64;
-            l0_max = l0_max.max(l0);
-            l0_zero += u64::from(l0 == 0);
-            if l0_hist.len() <= l0 {
-                l0_hist.resize(l0 + 1, 0);
-            }
-            l0_hist[l0] += 1;
+            l0.add(m.row(i).len());
             for &j in m.row(i) {
                 counts[j as usize] += 1;
             }
@@ -252,7 +244,6 @@ pub fn evaluate(
     let mean_sq: f64 = sum_x.iter().map(|s| s * s).sum::<f64>() / nf;
     let total_var = (sum_sq - mean_sq).max(f64::MIN_POSITIVE);
     let density: Vec<f32> = counts.iter().map(|&c| (c as f64 / nf) as f32).collect();
-    let l0_mean = l0_sum / nf;
     let mut hist: Vec<(Option<f64>, usize)> = vec![(None, 0)];
     for e in 0..16 {
         hist.push((Some(-8.0 + 0.5 * e as f64), 0));
@@ -273,13 +264,13 @@ pub fn evaluate(
         fvu: sse / total_var,
         mse: sse / (nf * d as f64),
         cosine: cos / nf,
-        l0_mean,
-        l0_std: (l0_sq / nf - l0_mean * l0_mean).max(0.0).sqrt(),
-        l0_max,
-        l0_hist,
-        l0_zero_frac: l0_zero as f64 / nf,
-        dead_frac: counts.iter().filter(|&&c| c == 0).count() as f64 / f as f64,
-        dense_frac: density.iter().filter(|&&r| r > 0.1).count() as f64 / f as f64,
+        l0_mean: l0.mean(),
+        l0_std: l0.std(),
+        l0_max: l0.max(),
+        l0_hist: l0.hist().to_vec(),
+        l0_zero_frac: l0.zero_frac(),
+        dead_frac: share(counts.iter().map(|&c| c == 0)),
+        dense_frac: dense_frac(&density),
         rel_bias: if xh_x != 0.0 { xh_xh / xh_x } else { f64::NAN },
         log10_density_hist: hist,
         zipf_alpha: fit.map(|z| z.alpha),

@@ -19,6 +19,7 @@ pub mod optim;
 pub mod params;
 pub mod reference;
 pub mod select;
+pub mod stats;
 pub mod train;
 pub mod zipf;
 

@@ -10,6 +10,7 @@ use super::loss::{self, aux_select, AuxLoss, FeatureStats};
 use super::optim::{Adam, AdamStep};
 use super::params::SaeParams;
 use super::reference::{self, AuxTerm, Selections};
+use super::stats::{dense_frac, share, L0Stats};
 use super::SaeError;
 use crate::data::activations::{
     subtract_ranges, ActivationSource, BatchSource, DataError, SourceOptions,
@@ -270,7 +271,7 @@ impl Trainer {
 
     /// One training step on a batch of raw (unscaled) rows; `x` is scaled in place.
     pub fn step(&mut self, x: &mut [f32]) -> Result<StepMetrics, SaeError> {
-        let (d, f) = (self.params.d, self.params.f);
+        let d = self.params.d;
         if x.is_empty() || !x.len().is_multiple_of(d) {
             return Err(SaeError::Width {
                 data: x.len(),
@@ -283,7 +284,6 @@ impl Trainer {
 
         let density = self.density();
         let dead = self.dead();
-        let step = self.state.step;
         let weights = self.aux.as_ref().map(|a| {
             a.weights(&FeatureStats {
                 density: &density,
@@ -303,114 +303,19 @@ impl Trainer {
             eps: tc.adam_eps,
             clip: tc.grad_clip,
         };
+        let aux = weights.as_ref().filter(|_| aux_eligible > 0);
         let (losses, main) = if self.cfg.train.reference {
-            let alloc = &self.alloc;
-            let select = |a: &[f32]| {
-                let mut main = Matching::default();
-                alloc.select(
-                    &AllocInput {
-                        a,
-                        b,
-                        f,
-                        density: &density,
-                        step,
-                    },
-                    &mut main,
-                );
-                let aux = weights.as_ref().filter(|_| aux_eligible > 0).map(|w| {
-                    let mut m = Matching::default();
-                    let exclude = self.cfg.aux.exclude_matched.then_some(&main);
-                    aux_select(a, b, f, &w.u, k_aux, exclude, &mut m);
-                    m
-                });
-                Selections { main, aux }
-            };
-            let term = AuxTerm {
-                coeff: self.cfg.aux.coeff,
-                norm: self.cfg.aux.normalization,
-                residual: None,
-            };
-            let (losses, grads, sel, a) = reference::forward_backward(
-                &self.params,
-                x,
-                b,
-                DType::F32,
-                Some(term),
-                true,
-                select,
-            )?;
-            let grads = grads.ok_or(SaeError::Diverged {
-                step: self.state.step,
-                what: "gradient",
-            })?;
-            if !losses.total.is_finite() {
-                return Err(SaeError::Diverged {
-                    step: self.state.step,
-                    what: "the loss",
-                });
-            }
-            self.update_feature_state(&sel.main, &a, b);
-            self.state.adam.step(&mut self.params, grads, h);
-            if let Some(what) = self.params.non_finite() {
-                return Err(SaeError::Diverged {
-                    step: self.state.step,
-                    what,
-                });
-            }
-            (losses, sel.main)
+            self.step_reference(x, b, &density, aux, k_aux, h)?
         } else {
-            let mut fast = std::mem::take(&mut self.fast);
-            let spec = weights
-                .as_ref()
-                .filter(|_| aux_eligible > 0)
-                .map(|w| AuxSpec {
-                    u: &w.u,
-                    k_aux,
-                    coeff: self.cfg.aux.coeff,
-                    norm: self.cfg.aux.normalization,
-                    exclude_matched: self.cfg.aux.exclude_matched,
-                });
-            let res = fast.forward_backward(
-                &self.params,
-                x,
-                b,
-                self.alloc.as_ref(),
-                &density,
-                step,
-                spec,
-            );
-            let res = res.and_then(|losses| {
-                if !losses.total.is_finite() {
-                    return Err(SaeError::Diverged {
-                        step: self.state.step,
-                        what: "the loss",
-                    });
-                }
-                self.update_feature_state(&fast.main, &fast.a, b);
-                match fast.apply_adam(&mut self.params, &mut self.state.adam, h) {
-                    Some(what) => Err(SaeError::Diverged {
-                        step: self.state.step,
-                        what,
-                    }),
-                    None => Ok(losses),
-                }
-            });
-            let main = std::mem::take(&mut fast.main);
-            self.fast = fast;
-            let losses = res?;
-            (losses, main)
+            self.step_fast(x, b, &density, aux, k_aux, h)?
         };
         self.state.step += 1;
         self.state.tokens += b as u64;
 
-        let l0 = main.l0_per_row();
+        let l0 = L0Stats::of(&main.l0_per_row());
         if !self.cfg.train.reference {
             self.fast.main = main;
         }
-        let mean = l0.iter().sum::<usize>() as f64 / b as f64;
-        let var = l0.iter().map(|&c| (c as f64 - mean).powi(2)).sum::<f64>() / b as f64;
-        let dead_now = self.dead();
-        let density_now = self.density();
         Ok(StepMetrics {
             step: self.state.step,
             tokens: self.state.tokens,
@@ -419,12 +324,12 @@ impl Trainer {
             fvu: losses.rec,
             mse: losses.mse,
             aux_loss: losses.aux,
-            l0_mean: mean,
-            l0_std: var.sqrt(),
-            l0_max: l0.iter().copied().max().unwrap_or(0),
-            l0_zero_frac: l0.iter().filter(|&&c| c == 0).count() as f64 / b as f64,
-            dead_frac: dead_now.iter().filter(|&&x| x).count() as f64 / f as f64,
-            dense_frac: density_now.iter().filter(|&&x| x > 0.1).count() as f64 / f as f64,
+            l0_mean: l0.mean(),
+            l0_std: l0.std(),
+            l0_max: l0.max(),
+            l0_zero_frac: l0.zero_frac(),
+            dead_frac: share(self.dead().into_iter()),
+            dense_frac: dense_frac(&self.density()),
             aux_eligible,
             zipf_alpha: weights.as_ref().and_then(|w| w.zipf_alpha),
             zipf_beta: weights.as_ref().and_then(|w| w.zipf_beta),
@@ -433,6 +338,100 @@ impl Trainer {
                 .and_then(|w| w.zipf_r2)
                 .filter(|r| r.is_finite()),
         })
+    }
+
+    /// One step on the candle reference path (the oracle of the fast path): forward and
+    /// backward through autograd, then Adam. Returns the losses and the main matching.
+    fn step_reference(
+        &mut self,
+        x: &[f32],
+        b: usize,
+        density: &[f32],
+        aux: Option<&loss::AuxWeights>,
+        k_aux: usize,
+        h: AdamStep,
+    ) -> Result<(reference::Losses, Matching), SaeError> {
+        let (f, step) = (self.params.f, self.state.step);
+        let alloc = &self.alloc;
+        let exclude_matched = self.cfg.aux.exclude_matched;
+        let select = |a: &[f32]| {
+            let mut main = Matching::default();
+            alloc.select(
+                &AllocInput {
+                    a,
+                    b,
+                    f,
+                    density,
+                    step,
+                },
+                &mut main,
+            );
+            let aux = aux.map(|w| {
+                let mut m = Matching::default();
+                let exclude = exclude_matched.then_some(&main);
+                aux_select(a, b, f, &w.u, k_aux, exclude, &mut m);
+                m
+            });
+            Selections { main, aux }
+        };
+        let term = AuxTerm {
+            coeff: self.cfg.aux.coeff,
+            norm: self.cfg.aux.normalization,
+            residual: None,
+        };
+        let (losses, grads, sel, a) =
+            reference::forward_backward(&self.params, x, b, DType::F32, Some(term), true, select)?;
+        let diverged = |what| SaeError::Diverged { step, what };
+        let grads = grads.ok_or(diverged("gradient"))?;
+        if !losses.total.is_finite() {
+            return Err(diverged("the loss"));
+        }
+        self.update_feature_state(&sel.main, &a, b);
+        self.state.adam.step(&mut self.params, grads, h);
+        if let Some(what) = self.params.non_finite() {
+            return Err(diverged(what));
+        }
+        Ok((losses, sel.main))
+    }
+
+    /// One step on the fused fast path (`sae::fast`): forward, backward and Adam with reused
+    /// buffers. Returns the losses and the main matching (hand it back to `self.fast.main`).
+    fn step_fast(
+        &mut self,
+        x: &[f32],
+        b: usize,
+        density: &[f32],
+        aux: Option<&loss::AuxWeights>,
+        k_aux: usize,
+        h: AdamStep,
+    ) -> Result<(reference::Losses, Matching), SaeError> {
+        let step = self.state.step;
+        let mut fast = std::mem::take(&mut self.fast);
+        let spec = aux.map(|w| AuxSpec {
+            u: &w.u,
+            k_aux,
+            coeff: self.cfg.aux.coeff,
+            norm: self.cfg.aux.normalization,
+            exclude_matched: self.cfg.aux.exclude_matched,
+        });
+        let res = fast
+            .forward_backward(&self.params, x, b, self.alloc.as_ref(), density, step, spec)
+            .and_then(|losses| {
+                if !losses.total.is_finite() {
+                    return Err(SaeError::Diverged {
+                        step,
+                        what: "the loss",
+                    });
+                }
+                self.update_feature_state(&fast.main, &fast.a, b);
+                match fast.apply_adam(&mut self.params, &mut self.state.adam, h) {
+                    Some(what) => Err(SaeError::Diverged { step, what }),
+                    None => Ok(losses),
+                }
+            });
+        let main = std::mem::take(&mut fast.main);
+        self.fast = fast;
+        Ok((res?, main))
     }
 
     /// Counters in tokens, running densities, and learned thresholds from this batch's matching.
