@@ -654,10 +654,8 @@ impl RunConfig {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| SaeError::config(origin, format!("{origin}: {e}")))?;
         for ov in overrides {
-            crate::util::toml_set::apply(&mut table, ov).map_err(|m| {
-                let key = ov.split_once('=').map_or(ov.as_str(), |(k, _)| k.trim());
-                SaeError::config(key, m)
-            })?;
+            crate::util::toml_set::apply(&mut table, ov)
+                .map_err(|m| SaeError::config(crate::util::toml_set::key(ov), m))?;
         }
         let cfg: RunConfig = toml::Value::Table(table)
             .try_into()
@@ -705,6 +703,14 @@ impl RunConfig {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Steps that make `epochs` passes over `rows` training rows at `train.batch_size` (at least
+    /// one).
+    pub fn steps_for_epochs(&self, epochs: f64, rows: u64) -> u64 {
+        ((epochs * rows as f64) / self.train.batch_size as f64)
+            .ceil()
+            .max(1.0) as u64
     }
 
     /// The learning rate in effect: `train.lr` or 2e-4 / √(F / 2^14).

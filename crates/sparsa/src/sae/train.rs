@@ -726,6 +726,27 @@ impl DataSpec {
         }
     }
 
+    /// Rows one training epoch reads: the file minus the held-out rows and the rows at
+    /// `data.exclude_positions` (synthetic data: unbounded, `u64::MAX`).
+    pub fn training_rows(&self) -> u64 {
+        match self {
+            DataSpec::File {
+                n_rows,
+                holdout,
+                skipped,
+                ..
+            } => {
+                let mut out = holdout.clone();
+                out.extend_from_slice(skipped);
+                subtract_ranges((0, *n_rows), &out)
+                    .iter()
+                    .map(|(a, b)| b - a)
+                    .sum()
+            }
+            DataSpec::Synthetic(_) => u64::MAX,
+        }
+    }
+
     /// The training rows: the whole file minus the held-out ranges.
     fn train_rows(&self) -> Rows {
         match self {

@@ -1,13 +1,18 @@
 //! `--set key=value` overrides of a TOML config, shared by every config that takes them (SAE
 //! training, pruning experiments): dotted keys, TOML values, a bare word read as a string.
 
+/// The key of an `a.b.c=value` override, trimmed (the whole text when there is no `=`).
+pub fn key(ov: &str) -> &str {
+    ov.split_once('=').map_or(ov, |(k, _)| k).trim()
+}
+
 /// Apply one `a.b.c=value` override to a TOML table. The error is a sentence naming the override;
 /// callers wrap it in their own config error.
 pub fn apply(table: &mut toml::Table, ov: &str) -> Result<(), String> {
-    let (key, raw) = ov.split_once('=').ok_or_else(|| {
+    let (_, raw) = ov.split_once('=').ok_or_else(|| {
         format!("override `{ov}` is not of the form key=value (e.g. train.lr=1e-3)")
     })?;
-    let key = key.trim();
+    let key = key(ov);
     let raw = raw.trim();
     let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut t) => t

@@ -6,7 +6,6 @@ use crate::commands::lm::{load_corpus, load_model, ModelArg};
 use crate::ui::{self, Bar};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use sparsa::data::activations::subtract_ranges;
 use sparsa::data::store::Manifest;
 use sparsa::extract::{extract, ExtractConfig};
 use sparsa::lm::{
@@ -15,11 +14,11 @@ use sparsa::lm::{
 };
 use sparsa::report::compare::CompareVariant;
 use sparsa::report::sae::{EVAL_FILE, METRICS_FILE};
-use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant};
-use sparsa::sae::config::{holdout_ranges, HoldoutSplit, RunConfig};
+use sparsa::sae::compare::{train_and_evaluate, variant_config, Variant, VariantResult};
+use sparsa::sae::config::{HoldoutSplit, RunConfig};
 use sparsa::sae::io::{load_sae, SaeModel};
 use sparsa::sae::metrics::{reconstructor, EvalReport, Form};
-use sparsa::sae::train::skipped_rows;
+use sparsa::sae::train::DataSpec;
 use sparsa::util::progress::Cancel;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -226,9 +225,101 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     let store = a.out.join("activations");
     let mut set = vec![format!("data.path={:?}", store.display().to_string())];
     set.extend(a.set.iter().cloned());
-    let probe = RunConfig::from_toml(&base_text, &set, "base config")?;
+    let mut base = RunConfig::from_toml(&base_text, &set, "base config")?;
 
-    // 1. Fetch and extract (resumable; a complete store is reused).
+    let ext = extract_store(&a, &store, &cancel)?;
+    let train_rows = DataSpec::open(&base)?.training_rows();
+    if !a
+        .set
+        .iter()
+        .any(|s| sparsa::util::toml_set::key(s) == "train.steps")
+    {
+        base.train.steps = base.steps_for_epochs(a.epochs, train_rows);
+    }
+    eprintln!(
+        "[2/3] training {} SAEs: d_in {}, d_sae {}, k {}, {} steps × {} tokens ({:.1} epochs of {} rows)",
+        variants.len(),
+        ext.d_model,
+        base.sae.d_sae,
+        base.sae.k,
+        base.train.steps,
+        base.train.batch_size,
+        base.train.steps as f64 * base.train.batch_size as f64 / train_rows.max(1) as f64,
+        train_rows
+    );
+    let trained = train_variants(&a.out, &base, &variants, &cancel)?;
+
+    eprintln!(
+        "[3/3] downstream evaluation on {} held-out contexts",
+        a.lm_sequences
+    );
+    let manifest = Manifest::read(&store)?;
+    let ds = prepare(&manifest, &a.model, Some(&a.corpus), a.lm_sequences, 8)?;
+    let mut pairs: Vec<(&SaeModel, Form, &EvalReport, String)> = Vec::new();
+    for t in &trained {
+        pairs.push((&t.model, Form::Training, &t.result.eval, t.label.clone()));
+        if t.model.thresholds.is_some() {
+            pairs.push((
+                &t.model,
+                Form::Inference,
+                &t.result.eval_inference,
+                t.label.clone(),
+            ));
+        }
+    }
+    let saes: Vec<(&SaeModel, Form)> = pairs.iter().map(|(m, f, _, _)| (*m, *f)).collect();
+    let reports = evaluate_downstream(&ds, &saes, &cancel)?;
+    let rows: Vec<(String, &EvalReport, Option<&DownstreamReport>)> = pairs
+        .iter()
+        .zip(&reports)
+        .map(|((_, _, e, l), d)| (l.clone(), *e, Some(d)))
+        .collect();
+    let table_rows = combined_rows(&rows);
+    println!("{}", ui::table(&table_rows));
+    let notes = vec![run_note(&a, &manifest, &base, &trained, &reports[0])];
+    println!("{}", notes[0]);
+    let mean_tps = trained
+        .iter()
+        .map(|t| t.result.tokens_per_second)
+        .sum::<f64>()
+        / trained.len().max(1) as f64;
+    println!(
+        "extraction {:.0} model tokens/s; SAE training {mean_tps:.0} tokens/s (mean over variants); total {:.0} s.",
+        ext.rate,
+        t_all.elapsed().as_secs_f64()
+    );
+    let variants: Vec<CompareVariant> = trained
+        .iter()
+        .map(|t| CompareVariant {
+            label: t.label.clone(),
+            training: &t.result.eval,
+            inference: t
+                .model
+                .thresholds
+                .is_some()
+                .then_some(&t.result.eval_inference),
+        })
+        .collect();
+    let html = sparsa::report::compare::render(
+        &format!("SAE comparison: {}", a.out.display()),
+        &table_rows,
+        &notes,
+        &variants,
+    )?;
+    let path = sparsa::report::write(&a.out.join("compare.html"), &html)?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+/// What step 1 of `lm-compare` left: the store's summary, the extraction rate and the width.
+struct Extracted {
+    rate: f64,
+    d_model: usize,
+}
+
+/// Step 1: fetch the model and corpus and extract the store (resumable; a complete store is
+/// reused). An interrupted extraction is an `Interrupted` error.
+fn extract_store(a: &LmCompareArgs, store: &Path, cancel: &Cancel) -> Result<Extracted> {
     let (model, tok, _) = load_model(&a.model)?;
     let (label, docs) = load_corpus(&a.corpus)?;
     let hook = Hook {
@@ -258,7 +349,7 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     );
     let t = Instant::now();
     let bar = Bar::new(a.tokens, "extract", "tok");
-    let s = extract(&model, &tok, &docs, &ecfg, &store, &bar, &cancel)?;
+    let s = extract(&model, &tok, &docs, &ecfg, store, &bar, cancel)?;
     if !s.complete {
         return Err(ui::Interrupted(format!(
             "extraction stopped at {} rows; rerun the same command to resume",
@@ -266,55 +357,38 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
         ))
         .into());
     }
-    let ext_secs = t.elapsed().as_secs_f64();
-    let ext_rate = s.tokens_forwarded as f64 / ext_secs.max(1e-9);
+    let secs = t.elapsed().as_secs_f64();
+    let rate = s.tokens_forwarded as f64 / secs.max(1e-9);
     eprintln!(
-        "      {} rows ({} new) in {ext_secs:.1} s, {ext_rate:.0} model tokens/s",
+        "      {} rows ({} new) in {secs:.1} s, {rate:.0} model tokens/s",
         s.n_tokens,
         s.n_tokens - s.resumed_from
     );
-    let d_model = model.d_model();
-    drop(model);
+    Ok(Extracted {
+        rate,
+        d_model: model.d_model(),
+    })
+}
 
-    // 2. Train each variant at equal k.
-    // Training rows: the store minus the held-out rows and the rows at excluded positions.
-    let d = &probe.data;
-    let mut left_out = holdout_ranges(
-        s.n_tokens,
-        d.holdout_tokens,
-        d.holdout_split,
-        d.holdout_chunks,
-    );
-    left_out.extend(skipped_rows(&store, &d.exclude_positions)?);
-    let train_rows: u64 = subtract_ranges((0, s.n_tokens), &left_out)
-        .iter()
-        .map(|(a, b)| b - a)
-        .sum();
-    let mut base = probe;
-    if !a
-        .set
-        .iter()
-        .any(|s| s.trim_start().starts_with("train.steps"))
-    {
-        base.train.steps = ((a.epochs * train_rows as f64) / base.train.batch_size as f64)
-            .ceil()
-            .max(1.0) as u64;
-    }
-    eprintln!(
-        "[2/3] training {} SAEs: d_in {}, d_sae {}, k {}, {} steps × {} tokens ({:.1} epochs of {} rows)",
-        variants.len(),
-        d_model,
-        base.sae.d_sae,
-        base.sae.k,
-        base.train.steps,
-        base.train.batch_size,
-        base.train.steps as f64 * base.train.batch_size as f64 / train_rows.max(1) as f64,
-        train_rows
-    );
+/// One trained variant: its label, the exported SAE and its held-out evaluations.
+struct Trained {
+    label: String,
+    model: SaeModel,
+    result: VariantResult,
+}
+
+/// Step 2: train and evaluate each variant at equal k into `out/ARCH+AUX/` (eval.json and
+/// metrics.jsonl beside the SAE). Ctrl-C is an `Interrupted` error after the checkpoint.
+fn train_variants(
+    out: &Path,
+    base: &RunConfig,
+    variants: &[Variant],
+    cancel: &Cancel,
+) -> Result<Vec<Trained>> {
     let mut trained = Vec::new();
-    for v in &variants {
-        let cfg = variant_config(&base, *v);
-        let dir = a.out.join(v.label().replace(" + ", "+"));
+    for v in variants {
+        let cfg = variant_config(base, *v);
+        let dir = out.join(v.label().replace(" + ", "+"));
         let bar = Bar::new(
             cfg.train.steps * cfg.train.batch_size as u64,
             &v.label(),
@@ -328,7 +402,7 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
             Some(&dir),
             base.data.holdout_tokens,
             &bar,
-            &cancel,
+            cancel,
             &mut |m| log.write(m),
         )?
         .ok_or_else(|| {
@@ -351,75 +425,50 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
             r.seconds,
             r.tokens_per_second
         );
-        trained.push((v.label(), load_sae(&dir)?, r));
+        trained.push(Trained {
+            label: v.label(),
+            model: load_sae(&dir)?,
+            result: r,
+        });
     }
+    Ok(trained)
+}
 
-    // 3. Downstream: the model's next-token loss with each SAE spliced in, both forms.
-    let manifest = Manifest::read(&store)?;
-    eprintln!(
-        "[3/3] downstream evaluation on {} held-out contexts",
-        a.lm_sequences
-    );
-    let ds = prepare(&manifest, &a.model, Some(&a.corpus), a.lm_sequences, 8)?;
-    let mut pairs: Vec<(&SaeModel, Form, &EvalReport, String)> = Vec::new();
-    for (label, m, r) in &trained {
-        pairs.push((m, Form::Training, &r.eval, label.clone()));
-        if m.thresholds.is_some() {
-            pairs.push((m, Form::Inference, &r.eval_inference, label.clone()));
-        }
-    }
-    let saes: Vec<(&SaeModel, Form)> = pairs.iter().map(|(m, f, _, _)| (*m, *f)).collect();
-    let reports = evaluate_downstream(&ds, &saes, &cancel)?;
-    let rows: Vec<(String, &EvalReport, Option<&DownstreamReport>)> = pairs
-        .iter()
-        .zip(&reports)
-        .map(|((_, _, e, l), d)| (l.clone(), *e, Some(d)))
-        .collect();
-    let table_rows = combined_rows(&rows);
-    println!("{}", ui::table(&table_rows));
-    let r0 = &reports[0];
-    let notes = vec![format!(
-        "SmolLM2-135M {}, {} rows from `{}` ({} held out for FVU/L0, {}{}), {} held-out contexts ({} predictions) for CE; \
-         training form = the batch rule over batches of {}, inference form = JumpReLU with {}; {}.",
-        r0.hook, s.n_tokens, a.corpus, base.data.holdout_tokens,
-        match base.data.holdout_split {
-            HoldoutSplit::Spread => format!("{} chunks spread over the store", base.data.holdout_chunks),
-            HoldoutSplit::Tail => "the store's last rows".to_string(),
-        },
-        match (base.data.exclude_positions.as_slice(), trained.first()) {
-            ([], _) | (_, None) => String::new(),
-            (p, Some((_, _, r))) => format!(
-                "; {} evaluated: rows at in-context position{} {} left out of training and evaluation",
-                r.eval.tokens,
-                if p.len() == 1 { "" } else { "s" },
-                p.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
-            ),
-        },
-        r0.n_sequences, r0.n_predictions, base.train.batch_size,
-        super::common::threshold_note(&base), r0.bos_rule
-    )];
-    println!("{}", notes[0]);
-    let mean_tps =
-        trained.iter().map(|t| t.2.tokens_per_second).sum::<f64>() / trained.len().max(1) as f64;
-    println!(
-        "extraction {ext_rate:.0} model tokens/s; SAE training {mean_tps:.0} tokens/s (mean over variants); total {:.0} s.",
-        t_all.elapsed().as_secs_f64()
-    );
-    let variants: Vec<CompareVariant> = trained
-        .iter()
-        .map(|(label, m, r)| CompareVariant {
-            label: label.clone(),
-            training: &r.eval,
-            inference: m.thresholds.is_some().then_some(&r.eval_inference),
-        })
-        .collect();
-    let html = sparsa::report::compare::render(
-        &format!("SAE comparison: {}", a.out.display()),
-        &table_rows,
-        &notes,
-        &variants,
-    )?;
-    let path = sparsa::report::write(&a.out.join("compare.html"), &html)?;
-    println!("{}", path.display());
-    Ok(())
+/// The sentence under the table: data, held-out rows, forms and the position rule.
+fn run_note(
+    a: &LmCompareArgs,
+    manifest: &Manifest,
+    base: &RunConfig,
+    trained: &[Trained],
+    r0: &DownstreamReport,
+) -> String {
+    let d = &base.data;
+    let split = match d.holdout_split {
+        HoldoutSplit::Spread => format!("{} chunks spread over the store", d.holdout_chunks),
+        HoldoutSplit::Tail => "the store's last rows".to_string(),
+    };
+    let left_out = match (d.exclude_positions.as_slice(), trained.first()) {
+        ([], _) | (_, None) => String::new(),
+        (p, Some(t)) => format!(
+            "; {} evaluated: rows at in-context position{} {} left out of training and evaluation",
+            t.result.eval.tokens,
+            if p.len() == 1 { "" } else { "s" },
+            p.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    format!(
+        "{} {}, {} rows from `{}` ({} held out for FVU/L0, {split}{left_out}), {} held-out contexts \
+         ({} predictions) for CE; training form = the batch rule over batches of {}, inference \
+         form = JumpReLU with {}; {}.",
+        manifest.model.as_deref().unwrap_or("model"),
+        r0.hook,
+        manifest.n_tokens,
+        a.corpus,
+        d.holdout_tokens,
+        r0.n_sequences,
+        r0.n_predictions,
+        base.train.batch_size,
+        super::common::threshold_note(base),
+        r0.bos_rule
+    )
 }
