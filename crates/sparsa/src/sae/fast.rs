@@ -192,7 +192,29 @@ impl FastStep {
                 dt
             }
         };
-        // 1. Encoder.
+        self.encode(p, x, b);
+        self.phases.encode = lap();
+        self.select(b, f, alloc, density, step, aux.as_ref());
+        self.phases.select = lap();
+        let (rec, mse) = self.decode_and_residuals(p, x, b);
+        let (coeff, aux_loss) = self.scale_aux(aux.as_ref(), b, d);
+        self.phases.decode = lap();
+        self.feature_view(b, f);
+        self.feature_gradients(p);
+        self.decoder_bias_gradient(p);
+        self.phases.backward = lap();
+        self.ready = true;
+        Ok(Losses {
+            rec,
+            mse,
+            aux: aux_loss,
+            total: rec + coeff * aux_loss,
+        })
+    }
+
+    /// Phase 1, the encoder: x − b_dec, the encoder product, + b_enc, ReLU, into `self.a`.
+    fn encode(&mut self, p: &SaeParams, x: &[f32], b: usize) {
+        let (d, f) = (p.d, p.f);
         self.xc
             .par_chunks_mut(d)
             .zip(x.par_chunks(d))
@@ -210,9 +232,19 @@ impl FastStep {
                 .zip(&p.b_enc)
                 .for_each(|(v, &be)| *v = (*v + be).max(0.0));
         });
+    }
 
-        self.phases.encode = lap();
-        // 2. Selections.
+    /// Phase 2, the selections: the main matching by `alloc` and, with an auxiliary loss, its
+    /// matching; sets `aux_on`.
+    fn select(
+        &mut self,
+        b: usize,
+        f: usize,
+        alloc: &dyn Allocation,
+        density: &[f32],
+        step: u64,
+        aux: Option<&AuxSpec<'_>>,
+    ) {
         alloc.select(
             &AllocInput {
                 a: &self.a,
@@ -224,14 +256,17 @@ impl FastStep {
             &mut self.main,
         );
         self.aux.reset(b, f);
-        if let Some(s) = &aux {
+        if let Some(s) = aux {
             let exclude = s.exclude_matched.then_some(&self.main);
             aux_select(&self.a, b, f, s.u, s.k_aux, exclude, &mut self.aux);
         }
         self.aux_on = aux.is_some() && self.aux.nnz() > 0;
-        let aux_on = self.aux_on;
+    }
 
-        self.phases.select = lap();
+    /// Phases 3–4, decode and residuals. Returns (FVU, MSE) of the main reconstruction.
+    fn decode_and_residuals(&mut self, p: &SaeParams, x: &[f32], b: usize) -> (f64, f64) {
+        let (d, f) = (p.d, p.f);
+        let aux_on = self.aux_on;
         // 3–4. One pass per token over its matched decoder rows (read once, while they are in
         // cache): x̂_i and e_i, g_i = −2·e_i/var, ∂L/∂pre for the main entries; with the
         // auxiliary loss also ê_i, r_i = e_i − ê_i and the unscaled W_dec[j]·r_i, scaled by
@@ -320,7 +355,14 @@ impl FastStep {
         }
         let sse: f64 = self.row_sse.iter().sum();
         let rec = sse / var;
-        let (coeff, denom) = match (&aux, aux_on) {
+        (rec, sse / (b * d) as f64)
+    }
+
+    /// The auxiliary loss from the residual pass, and its gradients scaled by −2α/denom (denom
+    /// needs every e_i). Returns (α, auxiliary loss); (0, 0) when the loss is off this step.
+    fn scale_aux(&mut self, aux: Option<&AuxSpec<'_>>, b: usize, d: usize) -> (f64, f64) {
+        let aux_on = self.aux_on;
+        let (coeff, denom) = match (aux, aux_on) {
             (Some(s), true) => (
                 s.coeff,
                 match s.norm {
@@ -347,8 +389,13 @@ impl FastStep {
             0.0
         };
 
-        self.phases.decode = lap();
-        // 5. Per-feature view (counting sort by feature; within a feature, by token).
+        (coeff, aux_loss)
+    }
+
+    /// Phase 5, the per-feature view of both matchings: `col_ptr`, `touched`, `entries`.
+    fn feature_view(&mut self, b: usize, f: usize) {
+        let (a, main, auxm, aux_on) = (&self.a, &self.main, &self.aux, self.aux_on);
+        // Per-feature view (counting sort by feature; within a feature, by token).
         resize(&mut self.col_ptr, f + 1);
         self.col_ptr.fill(0);
         for &j in &main.cols {
@@ -399,8 +446,12 @@ impl FastStep {
                 }
             }
         }
+    }
 
-        // 5b. Gradients of the touched features.
+    /// Phase 5b, the gradients of the touched features (W_enc, W_dec projected, b_enc).
+    fn feature_gradients(&mut self, p: &SaeParams) {
+        let (d, f) = (p.d, p.f);
+        let w_dec = &p.w_dec;
         let nt = self.touched.len();
         resize(&mut self.g_wenc, nt * d);
         resize(&mut self.g_wdec, nt * d);
@@ -439,8 +490,11 @@ impl FastStep {
         for (&j, &g) in self.touched.iter().zip(&self.g_benc_t) {
             self.g_benc[j as usize] = g;
         }
+    }
 
-        // 6. b_dec: decoder bias minus the encoder-input term.
+    /// Phase 6, b_dec: the decoder-bias gradient minus the encoder-input term.
+    fn decoder_bias_gradient(&mut self, p: &SaeParams) {
+        let d = p.d;
         let dec = reduce::column_sums_f64(&self.g_rec, d);
         let w_enc = &p.w_enc;
         let parts: Vec<Vec<f64>> = self
@@ -467,16 +521,6 @@ impl FastStep {
             .iter_mut()
             .zip(dec.iter().zip(&enc))
             .for_each(|(g, (a, b))| *g = (a - b) as f32);
-
-        self.phases.backward = lap();
-        self.ready = true;
-        let total = rec + coeff * aux_loss;
-        Ok(Losses {
-            rec,
-            mse: sse / (b * d) as f64,
-            aux: aux_loss,
-            total,
-        })
     }
 
     /// Whether the last step ran the auxiliary loss.
