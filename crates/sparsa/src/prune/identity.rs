@@ -236,7 +236,7 @@ fn mismatch(run_dir: &Path, diffs: &[String]) -> PruneError {
 
 /// Whether any round of any cell has a record (or the directory has any cell at all).
 fn has_results(run_dir: &Path) -> bool {
-    std::fs::read_dir(run_dir.join("cells"))
+    std::fs::read_dir(super::layout::RunLayout::new(run_dir).cells())
         .map(|mut d| d.next().is_some())
         .unwrap_or(false)
 }

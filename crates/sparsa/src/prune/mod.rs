@@ -15,6 +15,7 @@
 pub mod ap;
 pub mod dnr;
 pub mod identity;
+pub mod layout;
 pub mod mask;
 pub mod method;
 pub mod plots;

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use super::ap::ApVariant;
 use super::dnr::DnrReport;
 use super::identity::{self, IdentityCheck, RunIdentity};
+use super::layout::RunLayout;
 use super::mask::{self, LayerSparsity};
 use super::method::{Method, Scope, ScoreContext};
 use super::schedule::{self, PruneStep, RoundCounts};
@@ -539,7 +540,7 @@ pub fn prepare_run_dir(
     cfg.validate()?;
     let dir = cfg.run_dir(out)?;
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let p = dir.join("config.toml");
+    let p = RunLayout::new(&dir).config();
     let canon = cfg.canonical()?;
     match std::fs::read_to_string(&p) {
         Ok(existing) if existing == canon => {}
@@ -616,12 +617,7 @@ pub fn run_cells(
     let mut remaining = 0u64;
     for c in cells {
         for r in 0..cfg.rounds_per_cell() {
-            let done = run_dir
-                .join("cells")
-                .join(c.dir_name())
-                .join(format!("round_{r:02}"))
-                .join("metrics.json")
-                .is_file();
+            let done = RunLayout::new(run_dir).metrics(&c.dir_name(), r).is_file();
             if !done {
                 remaining += (total_steps - round_start_step(cfg, r)) as u64;
             }
@@ -635,6 +631,15 @@ pub fn run_cells(
     Ok(())
 }
 
+/// Where a round's training starts: the (pruned) network, the pruning counts, the AP start
+/// digest and the optimiser step.
+struct RoundStart {
+    net: Net,
+    counts: RoundCounts,
+    ap_start_digest: Option<String>,
+    start_step: usize,
+}
+
 fn run_cell(
     cfg: &ExperimentConfig,
     run_dir: &Path,
@@ -642,16 +647,14 @@ fn run_cell(
     input: InputSpec,
     ctx: &RunContext,
 ) -> Result<()> {
-    let dir = run_dir.join("cells").join(cell.dir_name());
+    let lay = RunLayout::new(run_dir);
+    let dir = lay.cell(&cell.dir_name());
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let rounds = cfg.rounds_per_cell();
-    let round_dir = |r: usize| dir.join(format!("round_{r:02}"));
-    let first_missing = (0..rounds).find(|&r| !round_dir(r).join("metrics.json").is_file());
-    let Some(first) = first_missing else {
+    let Some(first) = (0..rounds).find(|&r| !lay.metrics(&cell.dir_name(), r).is_file()) else {
         return Ok(());
     };
-    let rewind_path = dir.join("rewind.safetensors");
-    let mut net = Net::new(cfg.model.arch, input, cell.seed, DType::F32)?;
+    let rewind_path = lay.rewind(&cell.dir_name());
     let mut rewind: Option<HashMap<String, Tensor>> = if rewind_path.is_file() {
         Some(load_tensors(&rewind_path)?)
     } else {
@@ -664,136 +667,180 @@ fn run_cell(
         });
     }
     for r in first..rounds {
-        let rdir = round_dir(r);
+        let rdir = lay.round(&cell.dir_name(), r);
         std::fs::create_dir_all(&rdir).map_err(io_err(&rdir))?;
-        let rng_seed = cell.seed.wrapping_mul(1_000_003).wrapping_add(r as u64);
-        let mut rng = ChaCha8Rng::seed_from_u64(rng_seed ^ 0xa11ce);
-        let mut counts = RoundCounts::default();
-        let mut ap_start_digest = None;
-        let start_step;
-        if r == 0 {
-            start_step = 0;
-        } else {
-            let density = cfg.density(r);
-            let base_round = match cfg.prune.schedule {
-                ScheduleKind::Iterative => Some(r - 1),
-                ScheduleKind::Oneshot => match cfg.prune.oneshot_at {
-                    OneshotAt::Trained => Some(0),
-                    OneshotAt::Init => None,
-                },
-            };
-            // The network to prune: the end of the base round, or a fresh initialisation.
-            let (w_start, pruned_from) = match base_round {
-                Some(b) => {
-                    let bdir = round_dir(b);
-                    let mut n = Net::new(cfg.model.arch, input, cell.seed, DType::F32)?;
-                    n.load_state(&load_tensors(&bdir.join("weights.safetensors"))?)?;
-                    n.set_masks(&load_tensors(&bdir.join("masks.safetensors"))?)?;
-                    // Weights at the start of that round's training, under its masks.
-                    let mut s = round_start(cfg, cell, b, input, rewind.as_ref())?;
-                    s.set_masks(&n.masks())?;
-                    (Some(mask::host_weights(&s)?), n)
-                }
-                None => (
-                    None,
-                    Net::new(cfg.model.arch, input, cell.seed, DType::F32)?,
-                ),
-            };
-            let batches = snip_batches(cfg, ctx.train, cell.seed)?;
-            let sctx = ScoreContext {
-                batches: &batches,
-                synflow_iterations: cfg.prune.synflow_iterations,
-            };
-            let step = PruneStep {
-                method: cell.method,
-                scope: cell.scope,
-                density,
-                ap: cell.ap,
-                ap_rate: cfg.prune.ap_rate,
-                w_start: w_start.as_deref(),
-                ctx: &sctx,
-            };
-            let (masks, c) = schedule::prune_step(&pruned_from, &step, &mut rng)?;
-            counts = c;
-            if cell.ap != super::ap::ApVariant::Off {
-                if let Some(ws) = &w_start {
-                    ap_start_digest = Some(masked_digest(ws, &mask::host_masks(&pruned_from)?));
-                }
+        let start = if r == 0 {
+            RoundStart {
+                net: Net::new(cfg.model.arch, input, cell.seed, DType::F32)?,
+                counts: RoundCounts::default(),
+                ap_start_digest: None,
+                start_step: 0,
             }
-            // Rewind, re-initialise or start from initialisation, with the new masks.
-            net = round_start(cfg, cell, r, input, rewind.as_ref())?;
-            mask::set_host_masks(&mut net, &masks)?;
-            start_step = round_start_step(cfg, r);
-        }
-        let start_digest = masked_digest(&mask::host_weights(&net)?, &mask::host_masks(&net)?);
-        let masks_now = net.masks();
-        save_tensors(&rdir.join("masks.safetensors"), &masks_now)?;
-        let mut log = String::new();
-        let log_path = rdir.join("epochs.jsonl");
-        let mut on_epoch = |m: &EpochMetrics| -> Result<()> {
-            let line = serde_json::to_string(m).map_err(|e| config_err("json", e.to_string()))?;
-            log.push_str(&line);
-            log.push('\n');
-            atomic_write(&log_path, log.as_bytes()).map_err(io_err(&log_path))
+        } else {
+            prune_round(cfg, &lay, cell, r, input, rewind.as_ref(), ctx)?
         };
-        let outcome = train::train(
-            &mut net,
-            TrainJob {
-                train: ctx.train,
-                test: ctx.test,
-                config: &cfg.train,
-                data_seed: cell.seed.wrapping_mul(7919).wrapping_add(r as u64),
-                start_step,
-                capture_at: if r == 0 {
-                    Some(cfg.prune.rewind_step)
-                } else {
-                    None
-                },
-                progress: ctx.progress,
-                cancel: ctx.cancel,
-                on_epoch: &mut on_epoch,
-            },
-        )?;
-        if r == 0 {
-            let st = outcome
-                .captured
-                .ok_or_else(|| config_err("prune.rewind_step", "state was not captured"))?;
+        if let Some(st) = train_round(cfg, &lay, cell, r, start, ctx)? {
             save_tensors(&rewind_path, &st)?;
             rewind = Some(st);
         }
-        save_tensors(&rdir.join("weights.safetensors"), &net.state()?)?;
-        let layers = mask::layer_sparsity(&net)?;
-        let last = outcome.epochs.last().cloned();
-        let (final_test_acc, final_test_loss, final_train_dnr, final_test_dnr) = match &last {
-            Some(m) => (
-                m.test_acc,
-                m.test_loss,
-                m.train_dnr.clone(),
-                m.test_dnr.clone(),
-            ),
-            None => {
-                let (l, a, d) = train::evaluate(&mut net, ctx.test, cfg.train.eval_batch)?;
-                (a, l, DnrReport::default(), d)
-            }
-        };
-        let record = RoundRecord {
-            cell,
-            round: r,
-            target_density: cfg.density(r),
-            global_sparsity: mask::global_sparsity(&layers),
-            layers,
-            counts,
-            final_test_acc,
-            final_test_loss,
-            final_train_dnr,
-            final_test_dnr,
-            epochs: outcome.epochs,
-            start_digest,
-            ap_start_digest,
-        };
-        write_json(&rdir.join("metrics.json"), &record)?;
     }
     Ok(())
+}
+
+/// Prune for round `r ≥ 1`: take the base round's end (or a fresh initialisation for one-shot
+/// pruning at init), score and prune it to the round's density (with AP if the cell says so),
+/// and return the rewound (or re-initialised) network under the new masks.
+fn prune_round(
+    cfg: &ExperimentConfig,
+    lay: &RunLayout,
+    cell: Cell,
+    r: usize,
+    input: InputSpec,
+    rewind: Option<&HashMap<String, Tensor>>,
+    ctx: &RunContext,
+) -> Result<RoundStart> {
+    let rng_seed = cell.seed.wrapping_mul(1_000_003).wrapping_add(r as u64);
+    let mut rng = ChaCha8Rng::seed_from_u64(rng_seed ^ 0xa11ce);
+    let base_round = match cfg.prune.schedule {
+        ScheduleKind::Iterative => Some(r - 1),
+        ScheduleKind::Oneshot => match cfg.prune.oneshot_at {
+            OneshotAt::Trained => Some(0),
+            OneshotAt::Init => None,
+        },
+    };
+    // The network to prune: the end of the base round, or a fresh initialisation.
+    let (w_start, pruned_from) = match base_round {
+        Some(b) => {
+            let mut n = Net::new(cfg.model.arch, input, cell.seed, DType::F32)?;
+            n.load_state(&load_tensors(&lay.weights(&cell.dir_name(), b))?)?;
+            n.set_masks(&load_tensors(&lay.masks(&cell.dir_name(), b))?)?;
+            // Weights at the start of that round's training, under its masks.
+            let mut s = round_start(cfg, cell, b, input, rewind)?;
+            s.set_masks(&n.masks())?;
+            (Some(mask::host_weights(&s)?), n)
+        }
+        None => (
+            None,
+            Net::new(cfg.model.arch, input, cell.seed, DType::F32)?,
+        ),
+    };
+    let batches = snip_batches(cfg, ctx.train, cell.seed)?;
+    let sctx = ScoreContext {
+        batches: &batches,
+        synflow_iterations: cfg.prune.synflow_iterations,
+    };
+    let step = PruneStep {
+        method: cell.method,
+        scope: cell.scope,
+        density: cfg.density(r),
+        ap: cell.ap,
+        ap_rate: cfg.prune.ap_rate,
+        w_start: w_start.as_deref(),
+        ctx: &sctx,
+    };
+    let (masks, counts) = schedule::prune_step(&pruned_from, &step, &mut rng)?;
+    let mut ap_start_digest = None;
+    if cell.ap != super::ap::ApVariant::Off {
+        if let Some(ws) = &w_start {
+            ap_start_digest = Some(masked_digest(ws, &mask::host_masks(&pruned_from)?));
+        }
+    }
+    // Rewind, re-initialise or start from initialisation, with the new masks.
+    let mut net = round_start(cfg, cell, r, input, rewind)?;
+    mask::set_host_masks(&mut net, &masks)?;
+    Ok(RoundStart {
+        net,
+        counts,
+        ap_start_digest,
+        start_step: round_start_step(cfg, r),
+    })
+}
+
+/// Train round `r` from `start`, writing its masks, epoch log, weights and record (the record
+/// last). Returns θ at the rewind step when round 0 captured it.
+fn train_round(
+    cfg: &ExperimentConfig,
+    lay: &RunLayout,
+    cell: Cell,
+    r: usize,
+    start: RoundStart,
+    ctx: &RunContext,
+) -> Result<Option<HashMap<String, Tensor>>> {
+    let RoundStart {
+        mut net,
+        counts,
+        ap_start_digest,
+        start_step,
+    } = start;
+    let start_digest = masked_digest(&mask::host_weights(&net)?, &mask::host_masks(&net)?);
+    save_tensors(&lay.masks(&cell.dir_name(), r), &net.masks())?;
+    let mut log = String::new();
+    let log_path = lay.epochs_log(&cell.dir_name(), r);
+    let mut on_epoch = |m: &EpochMetrics| -> Result<()> {
+        let line = serde_json::to_string(m).map_err(|e| config_err("json", e.to_string()))?;
+        log.push_str(&line);
+        log.push('\n');
+        atomic_write(&log_path, log.as_bytes()).map_err(io_err(&log_path))
+    };
+    let outcome = train::train(
+        &mut net,
+        TrainJob {
+            train: ctx.train,
+            test: ctx.test,
+            config: &cfg.train,
+            data_seed: cell.seed.wrapping_mul(7919).wrapping_add(r as u64),
+            start_step,
+            capture_at: if r == 0 {
+                Some(cfg.prune.rewind_step)
+            } else {
+                None
+            },
+            progress: ctx.progress,
+            cancel: ctx.cancel,
+            on_epoch: &mut on_epoch,
+        },
+    )?;
+    let captured = if r == 0 {
+        Some(
+            outcome
+                .captured
+                .ok_or_else(|| config_err("prune.rewind_step", "state was not captured"))?,
+        )
+    } else {
+        None
+    };
+    save_tensors(&lay.weights(&cell.dir_name(), r), &net.state()?)?;
+    let layers = mask::layer_sparsity(&net)?;
+    let last = outcome.epochs.last().cloned();
+    let (final_test_acc, final_test_loss, final_train_dnr, final_test_dnr) = match &last {
+        Some(m) => (
+            m.test_acc,
+            m.test_loss,
+            m.train_dnr.clone(),
+            m.test_dnr.clone(),
+        ),
+        None => {
+            let (l, a, d) = train::evaluate(&mut net, ctx.test, cfg.train.eval_batch)?;
+            (a, l, DnrReport::default(), d)
+        }
+    };
+    let record = RoundRecord {
+        cell,
+        round: r,
+        target_density: cfg.density(r),
+        global_sparsity: mask::global_sparsity(&layers),
+        layers,
+        counts,
+        final_test_acc,
+        final_test_loss,
+        final_train_dnr,
+        final_test_dnr,
+        epochs: outcome.epochs,
+        start_digest,
+        ap_start_digest,
+    };
+    write_json(&lay.metrics(&cell.dir_name(), r), &record)?;
+    Ok(captured)
 }
 
 /// The state round `r` of `cell` starts training from, before its masks are applied: the
@@ -862,8 +909,9 @@ fn snip_batches(
 
 /// Every finished round under a run directory.
 pub fn load_records(run_dir: &Path) -> Result<Vec<RoundRecord>> {
-    let cells = run_dir.join("cells");
-    if !run_dir.join("config.toml").is_file() {
+    let lay = RunLayout::new(run_dir);
+    let cells = lay.cells();
+    if !lay.config().is_file() {
         return Err(config_err(
             "run_dir",
             format!("{} is not a run directory (no config.toml); pass the directory `sparsa prune run` printed", run_dir.display()),
@@ -885,7 +933,7 @@ pub fn load_records(run_dir: &Path) -> Result<Vec<RoundRecord>> {
             .collect();
         rdirs.sort();
         for r in rdirs {
-            if let Some(rec) = read_record(&r.join("metrics.json"))? {
+            if let Some(rec) = read_record(&RunLayout::metrics_in(&r))? {
                 out.push(rec);
             }
         }
