@@ -231,21 +231,47 @@ pub fn downstream_eval_many(
     if reconstructions.is_empty() {
         return Err(LmError::Input("no reconstruction function".into()));
     }
-    let d = model.d_model();
     let total: u64 = seqs.iter().map(|s| s.len() as u64).sum();
     progress.set_total(2 * total);
+    let mut done = 0u64;
+    let mean = mean_activation(model, seqs, cfg, progress, cancel, &mut done)?;
+    let mut sums = Sums::new(reconstructions.len());
+    for chunk in seqs.chunks(cfg.batch_size) {
+        if cancel.is_cancelled() {
+            return Err(LmError::Cancelled);
+        }
+        score_batch(model, chunk, cfg, &mean, reconstructions, &mut sums)?;
+        done += chunk.iter().map(|s| s.len() as u64).sum::<u64>();
+        progress.set_position(done);
+    }
+    if sums.n_pred == 0 {
+        return Err(LmError::Input(
+            "the sequences make no prediction (each needs two or more non-BOS tokens)".into(),
+        ));
+    }
+    progress.finish();
+    Ok(sums.reports(cfg, seqs.len()))
+}
 
-    // Pass 1: the mean activation over evaluated positions (runs only up to the hook).
+/// Pass 1: the mean activation `[1, d]` over evaluated positions (runs only up to the hook).
+fn mean_activation(
+    model: &Llama,
+    seqs: &[Vec<u32>],
+    cfg: &DownstreamConfig,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+    done: &mut u64,
+) -> Result<Tensor> {
+    let d = model.d_model();
     let mut sum = vec![0f64; d];
     let mut count = 0usize;
-    let mut done = 0u64;
     for chunk in seqs.chunks(cfg.batch_size) {
         if cancel.is_cancelled() {
             return Err(LmError::Cancelled);
         }
         let batch = Batch::new(chunk, cfg.pad_id)?;
         let pos = positions(chunk, &batch, cfg.bos_id, &cfg.skip_positions)?;
-        done += chunk.iter().map(|s| s.len() as u64).sum::<u64>();
+        *done += chunk.iter().map(|s| s.len() as u64).sum::<u64>();
         if pos.eval_idx.is_empty() {
             continue;
         }
@@ -258,7 +284,7 @@ pub fn downstream_eval_many(
             *a += x;
         }
         count += pos.eval_idx.len();
-        progress.set_position(done);
+        progress.set_position(*done);
     }
     if count == 0 {
         return Err(LmError::Input(
@@ -266,100 +292,126 @@ pub fn downstream_eval_many(
         ));
     }
     let mean: Vec<f32> = sum.iter().map(|s| (s / count as f64) as f32).collect();
-    let mean = Tensor::from_vec(mean, (1, d), &Device::Cpu)?;
+    Ok(Tensor::from_vec(mean, (1, d), &Device::Cpu)?)
+}
 
-    // Pass 2: clean, zero- and mean-ablated once; one spliced pass per reconstruction.
-    let k = reconstructions.len();
-    let (mut ce_c, mut ce_z, mut ce_m) = (0f64, 0f64, 0f64);
-    let (mut ce_s, mut kl) = (vec![0f64; k], vec![0f64; k]);
-    let (mut n_pred, mut n_spliced) = (0usize, 0usize);
-    for chunk in seqs.chunks(cfg.batch_size) {
-        if cancel.is_cancelled() {
-            return Err(LmError::Cancelled);
-        }
-        let batch = Batch::new(chunk, cfg.pad_id)?;
-        let pos = positions(chunk, &batch, cfg.bos_id, &cfg.skip_positions)?;
-        done += chunk.iter().map(|s| s.len() as u64).sum::<u64>();
-        if pos.src_idx.is_empty() || pos.eval_idx.is_empty() {
-            progress.set_position(done);
-            continue;
-        }
-        let cap = model.capture(&batch.ids, cfg.hook)?;
-        let (b, t, _) = cap.act.dims3()?;
-        let n = pos.eval_idx.len();
-        let idx = Tensor::from_slice(&pos.eval_idx, n, &Device::Cpu)?;
-        let x = cap.act.reshape((b * t, d))?.index_select(&idx, 0)?;
+/// Summed NLLs and KLs over the scored predictions (pass 2).
+struct Sums {
+    ce_clean: f64,
+    ce_zero: f64,
+    ce_mean: f64,
+    /// Per reconstruction.
+    ce_spliced: Vec<f64>,
+    kl: Vec<f64>,
+    n_pred: usize,
+    n_spliced: usize,
+}
 
-        let (c, lp_clean) = nll(&model.resume(&cap, &cap.act)?, &pos)?;
-        let zeros = Tensor::zeros((n, d), DType::F32, &Device::Cpu)?;
-        let (z, _) = nll(
-            &model.resume(&cap, &splice_rows(&cap.act, &pos, &zeros)?)?,
-            &pos,
-        )?;
-        let means = mean.broadcast_as((n, d))?.contiguous()?;
-        let (m, _) = nll(
-            &model.resume(&cap, &splice_rows(&cap.act, &pos, &means)?)?,
-            &pos,
-        )?;
-        let p_clean = lp_clean.exp()?;
-        for (i, reconstruct) in reconstructions.iter().enumerate() {
-            let xhat = reconstruct(&x)?;
-            if xhat.dims() != [n, d] {
-                return Err(LmError::HookShape {
-                    hook: format!("{} (reconstruction #{i})", cfg.hook.name()),
-                    got: xhat.dims().to_vec(),
-                    expected: vec![n, d],
-                });
-            }
-            let xhat = xhat.to_dtype(DType::F32)?;
-            let peak: f32 = xhat.abs()?.max_all()?.to_scalar()?;
-            if !peak.is_finite() {
-                return Err(LmError::Input(format!(
-                    "reconstruction #{i} contains NaN or Inf"
-                )));
-            }
-            let spliced = splice_rows(&cap.act, &pos, &xhat)?;
-            let (s, lp_spliced) = nll(&model.resume(&cap, &spliced)?, &pos)?;
-            let kl_sum: f64 = (&p_clean * (&lp_clean - &lp_spliced)?)?
-                .sum(D::Minus1)?
-                .to_dtype(DType::F64)?
-                .sum_all()?
-                .to_scalar()?;
-            ce_s[i] += s;
-            kl[i] += kl_sum;
+impl Sums {
+    fn new(k: usize) -> Self {
+        Sums {
+            ce_clean: 0.0,
+            ce_zero: 0.0,
+            ce_mean: 0.0,
+            ce_spliced: vec![0.0; k],
+            kl: vec![0.0; k],
+            n_pred: 0,
+            n_spliced: 0,
         }
-        ce_c += c;
-        ce_z += z;
-        ce_m += m;
-        n_pred += pos.src_idx.len();
-        n_spliced += n;
-        progress.set_position(done);
     }
-    if n_pred == 0 {
-        return Err(LmError::Input(
-            "the sequences make no prediction (each needs two or more non-BOS tokens)".into(),
-        ));
+
+    /// One report per reconstruction: the sums divided by the predictions scored.
+    fn reports(&self, cfg: &DownstreamConfig, n_sequences: usize) -> Vec<DownstreamReport> {
+        let np = self.n_pred as f64;
+        let (ce_c, ce_z, ce_m) = (self.ce_clean / np, self.ce_zero / np, self.ce_mean / np);
+        self.ce_spliced
+            .iter()
+            .zip(&self.kl)
+            .map(|(s, kl)| {
+                let ce_sp = s / np;
+                DownstreamReport {
+                    hook: cfg.hook.name(),
+                    n_sequences,
+                    n_spliced: self.n_spliced,
+                    n_predictions: self.n_pred,
+                    ce_clean: ce_c,
+                    ce_spliced: ce_sp,
+                    ce_zero_ablated: ce_z,
+                    ce_mean_ablated: ce_m,
+                    loss_recovered_zero: (ce_z - ce_sp) / (ce_z - ce_c),
+                    loss_recovered_mean: (ce_m - ce_sp) / (ce_m - ce_c),
+                    kl_clean_spliced: kl / np,
+                    bos_rule: bos_rule(&cfg.skip_positions),
+                }
+            })
+            .collect()
     }
-    let np = n_pred as f64;
-    let (ce_c, ce_z, ce_m) = (ce_c / np, ce_z / np, ce_m / np);
-    progress.finish();
-    Ok((0..k)
-        .map(|i| {
-            let ce_sp = ce_s[i] / np;
-            DownstreamReport {
-                hook: cfg.hook.name(),
-                n_sequences: seqs.len(),
-                n_spliced,
-                n_predictions: n_pred,
-                ce_clean: ce_c,
-                ce_spliced: ce_sp,
-                ce_zero_ablated: ce_z,
-                ce_mean_ablated: ce_m,
-                loss_recovered_zero: (ce_z - ce_sp) / (ce_z - ce_c),
-                loss_recovered_mean: (ce_m - ce_sp) / (ce_m - ce_c),
-                kl_clean_spliced: kl[i] / np,
-                bos_rule: bos_rule(&cfg.skip_positions),
-            }
-        })
-        .collect())
+}
+
+/// Pass 2 on one batch: the clean, zero- and mean-ablated passes once, then one spliced pass per
+/// reconstruction, added to `sums`.
+fn score_batch(
+    model: &Llama,
+    chunk: &[Vec<u32>],
+    cfg: &DownstreamConfig,
+    mean: &Tensor,
+    reconstructions: &[Reconstruct<'_>],
+    sums: &mut Sums,
+) -> Result<()> {
+    let d = model.d_model();
+    let batch = Batch::new(chunk, cfg.pad_id)?;
+    let pos = positions(chunk, &batch, cfg.bos_id, &cfg.skip_positions)?;
+    if pos.src_idx.is_empty() || pos.eval_idx.is_empty() {
+        return Ok(());
+    }
+    let cap = model.capture(&batch.ids, cfg.hook)?;
+    let (b, t, _) = cap.act.dims3()?;
+    let n = pos.eval_idx.len();
+    let idx = Tensor::from_slice(&pos.eval_idx, n, &Device::Cpu)?;
+    let x = cap.act.reshape((b * t, d))?.index_select(&idx, 0)?;
+
+    let (c, lp_clean) = nll(&model.resume(&cap, &cap.act)?, &pos)?;
+    let zeros = Tensor::zeros((n, d), DType::F32, &Device::Cpu)?;
+    let (z, _) = nll(
+        &model.resume(&cap, &splice_rows(&cap.act, &pos, &zeros)?)?,
+        &pos,
+    )?;
+    let means = mean.broadcast_as((n, d))?.contiguous()?;
+    let (m, _) = nll(
+        &model.resume(&cap, &splice_rows(&cap.act, &pos, &means)?)?,
+        &pos,
+    )?;
+    let p_clean = lp_clean.exp()?;
+    for (i, reconstruct) in reconstructions.iter().enumerate() {
+        let xhat = reconstruct(&x)?;
+        if xhat.dims() != [n, d] {
+            return Err(LmError::HookShape {
+                hook: format!("{} (reconstruction #{i})", cfg.hook.name()),
+                got: xhat.dims().to_vec(),
+                expected: vec![n, d],
+            });
+        }
+        let xhat = xhat.to_dtype(DType::F32)?;
+        let peak: f32 = xhat.abs()?.max_all()?.to_scalar()?;
+        if !peak.is_finite() {
+            return Err(LmError::Input(format!(
+                "reconstruction #{i} contains NaN or Inf"
+            )));
+        }
+        let spliced = splice_rows(&cap.act, &pos, &xhat)?;
+        let (s, lp_spliced) = nll(&model.resume(&cap, &spliced)?, &pos)?;
+        let kl_sum: f64 = (&p_clean * (&lp_clean - &lp_spliced)?)?
+            .sum(D::Minus1)?
+            .to_dtype(DType::F64)?
+            .sum_all()?
+            .to_scalar()?;
+        sums.ce_spliced[i] += s;
+        sums.kl[i] += kl_sum;
+    }
+    sums.ce_clean += c;
+    sums.ce_zero += z;
+    sums.ce_mean += m;
+    sums.n_pred += pos.src_idx.len();
+    sums.n_spliced += n;
+    Ok(())
 }
