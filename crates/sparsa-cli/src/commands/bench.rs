@@ -16,7 +16,7 @@ use sparsa::data::synthetic::{SyntheticConfig, SyntheticSource};
 use sparsa::kernels::{matmul, peak};
 use sparsa::sae::config::RunConfig;
 use sparsa::sae::fast::Phases;
-use sparsa::sae::train::Trainer;
+use sparsa::sae::train::{StepMetrics, Trainer};
 use std::time::Instant;
 
 #[derive(Subcommand, Debug)]
@@ -224,89 +224,30 @@ fn sae(a: SaeBenchArgs) -> Result<()> {
         let mut src = SyntheticSource::new(SyntheticConfig::new(d, 4 * d, 1))?;
         let mut data = vec![0f32; b * d];
         src.next_batch(&mut data)?;
-
-        // Encoder product alone.
-        let flops = 2.0 * b as f64 * d as f64 * f as f64;
-        let (mm_gemm, mm_candle) = {
-            let w: Vec<f32> = (0..f * d)
-                .map(|i| ((i as f32) * 0.618).fract() - 0.5)
-                .collect();
-            let mut c = vec![0f32; b * f];
-            matmul::matmul_abt(&data, &w, &mut c, b, f, d);
-            eprintln!("{d}x{f}: timing the encoder product ({b}×{d} · {d}×{f})…");
-            let g = time(a.matmul_reps, || {
-                matmul::matmul_abt(&data, &w, &mut c, b, f, d);
-                Ok(())
-            })?;
-            drop(c);
-            (g, w)
-        };
-        let w = mm_candle;
-        let mut fast_lines = Vec::new();
-        for arch in &a.archs {
-            for aux in &a.aux {
-                let cfg = run_config(d, f, &a, arch, aux, false)?;
-                let mut t = Trainer::new(cfg, d, &data).with_context(|| format!("{arch}+{aux}"))?;
-                let mut x = vec![0f32; b * d];
-                let mut ts = Vec::new();
-                let mut m_last = None;
-                for s in 0..2 + a.steps {
-                    x.copy_from_slice(&data);
-                    let t0 = Instant::now();
-                    let m = t.step(&mut x)?;
-                    let dt = t0.elapsed().as_secs_f64();
-                    if s >= 2 {
-                        ts.push(dt);
-                    }
-                    m_last = Some(m);
-                }
-                let step = median(ts);
-                let m = m_last.context("no step ran")?;
-                let ph = t.fast_phases();
-                eprintln!(
-                    "{d}x{f} {arch}+{aux}: step {step:.3} s ({:.2}× matmul) aux loss {:.3e}",
-                    step / mm_gemm,
-                    m.aux_loss
-                );
-                fast_lines.push((arch.clone(), aux.clone(), step, m, ph, t.fast_matches()));
-            }
-        }
+        let w: Vec<f32> = (0..f * d)
+            .map(|i| ((i as f32) * 0.618).fract() - 0.5)
+            .collect();
+        eprintln!("{d}x{f}: timing the encoder product ({b}×{d} · {d}×{f})…");
+        let mm_gemm = time_product(&a, &data, &w, f, d, false)?;
+        let fast = time_fast_steps(&a, &data, d, f, mm_gemm)?;
         let rss_fast = peak_rss_mb();
         // candle's product (allocates its own output each call).
-        let mut c = vec![0f32; b * f];
-        let mm_candle = time(a.matmul_reps, || {
-            Ok(matmul::matmul_abt_candle(&data, &w, &mut c, b, f, d)?)
-        })?;
-        drop(c);
+        let mm_candle = time_product(&a, &data, &w, f, d, true)?;
         drop(w);
-        // Reference step per architecture (aux none).
-        let mut refs = std::collections::HashMap::new();
-        if a.reference_steps > 0 {
-            for arch in &a.archs {
-                eprintln!("{d}x{f} {arch}: timing the reference step…");
-                let cfg = run_config(d, f, &a, arch, "none", true)?;
-                let mut t = Trainer::new(cfg, d, &data)?;
-                let mut x = vec![0f32; b * d];
-                let r = time(a.reference_steps, || {
-                    x.copy_from_slice(&data);
-                    t.step(&mut x)?;
-                    Ok(())
-                })?;
-                eprintln!("{d}x{f} {arch}: reference step {r:.3} s");
-                refs.insert(arch.clone(), r);
-            }
-        }
+        let refs = time_reference_steps(&a, &data, d, f)?;
         let rss_all = peak_rss_mb();
-        for (arch, aux, step, m, ph, matches) in fast_lines {
-            let reference = refs.get(&arch).copied();
-            let fast_none = step;
+        let flops = 2.0 * b as f64 * d as f64 * f as f64;
+        for run in fast {
+            let reference = refs.get(&run.arch).copied().filter(|_| run.aux == "none");
+            let ph = run.phases;
             let line = Line {
                 d,
                 f,
                 b,
                 k: a.k,
-                arch: arch.clone(),
-                aux: aux.clone(),
+                aux_active: run.metrics.aux_loss != 0.0,
+                arch: run.arch,
+                aux: run.aux,
                 threads,
                 fma_isa: pk.isa.name(),
                 fma_peak_gflops: pk.gflops,
@@ -315,11 +256,10 @@ fn sae(a: SaeBenchArgs) -> Result<()> {
                 matmul_gflops: flops / mm_gemm / 1e9,
                 matmul_share_of_peak: flops / mm_gemm / 1e9 / pk.gflops,
                 matmul_candle_s: mm_candle,
-                step_s: step,
-                step_over_matmul: step / mm_gemm,
-                aux_active: m.aux_loss != 0.0,
-                matches_main: matches.0,
-                matches_aux: matches.1,
+                step_s: run.step,
+                step_over_matmul: run.step / mm_gemm,
+                matches_main: run.matches.0,
+                matches_aux: run.matches.1,
                 phases: ph,
                 step_over_matmul_same_step: (ph.encode
                     + ph.select
@@ -327,12 +267,8 @@ fn sae(a: SaeBenchArgs) -> Result<()> {
                     + ph.backward
                     + ph.adam)
                     / ph.matmul,
-                reference_step_s: if aux == "none" { reference } else { None },
-                reference_over_fast: if aux == "none" {
-                    reference.map(|r| r / fast_none)
-                } else {
-                    None
-                },
+                reference_step_s: reference,
+                reference_over_fast: reference.map(|r| r / run.step),
                 peak_rss_mb: rss_fast,
                 peak_rss_with_reference_mb: rss_all,
             };
@@ -340,4 +276,114 @@ fn sae(a: SaeBenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Median seconds of the encoder product X·Wᵀ (`data` b×d, `w` f×d): gemm into a reused
+/// buffer, or (`candle`) candle's Tensor::matmul with a fresh output each call.
+fn time_product(
+    a: &SaeBenchArgs,
+    data: &[f32],
+    w: &[f32],
+    f: usize,
+    d: usize,
+    candle: bool,
+) -> Result<f64> {
+    let b = a.batch;
+    let mut c = vec![0f32; b * f];
+    if candle {
+        return time(a.matmul_reps, || {
+            Ok(matmul::matmul_abt_candle(data, w, &mut c, b, f, d)?)
+        });
+    }
+    matmul::matmul_abt(data, w, &mut c, b, f, d);
+    time(a.matmul_reps, || {
+        matmul::matmul_abt(data, w, &mut c, b, f, d);
+        Ok(())
+    })
+}
+
+/// One (architecture, aux) timing of the fast step.
+struct FastRun {
+    arch: String,
+    aux: String,
+    /// Median step, seconds.
+    step: f64,
+    metrics: StepMetrics,
+    phases: Phases,
+    matches: (usize, usize),
+}
+
+/// The fast training step of every (architecture, aux) pair: two warm-up steps, then the median
+/// of `a.steps`.
+fn time_fast_steps(
+    a: &SaeBenchArgs,
+    data: &[f32],
+    d: usize,
+    f: usize,
+    mm_gemm: f64,
+) -> Result<Vec<FastRun>> {
+    let mut out = Vec::new();
+    for arch in &a.archs {
+        for aux in &a.aux {
+            let cfg = run_config(d, f, a, arch, aux, false)?;
+            let mut t = Trainer::new(cfg, d, data).with_context(|| format!("{arch}+{aux}"))?;
+            let mut x = vec![0f32; data.len()];
+            let mut ts = Vec::new();
+            let mut m_last = None;
+            for s in 0..2 + a.steps {
+                x.copy_from_slice(data);
+                let t0 = Instant::now();
+                let m = t.step(&mut x)?;
+                let dt = t0.elapsed().as_secs_f64();
+                if s >= 2 {
+                    ts.push(dt);
+                }
+                m_last = Some(m);
+            }
+            let step = median(ts);
+            let m = m_last.context("no step ran")?;
+            eprintln!(
+                "{d}x{f} {arch}+{aux}: step {step:.3} s ({:.2}× matmul) aux loss {:.3e}",
+                step / mm_gemm,
+                m.aux_loss
+            );
+            out.push(FastRun {
+                arch: arch.clone(),
+                aux: aux.clone(),
+                step,
+                metrics: m,
+                phases: t.fast_phases(),
+                matches: t.fast_matches(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The reference (candle autograd) step per architecture, aux none; empty with
+/// `--reference-steps 0`.
+fn time_reference_steps(
+    a: &SaeBenchArgs,
+    data: &[f32],
+    d: usize,
+    f: usize,
+) -> Result<std::collections::HashMap<String, f64>> {
+    let mut refs = std::collections::HashMap::new();
+    if a.reference_steps == 0 {
+        return Ok(refs);
+    }
+    for arch in &a.archs {
+        eprintln!("{d}x{f} {arch}: timing the reference step…");
+        let cfg = run_config(d, f, a, arch, "none", true)?;
+        let mut t = Trainer::new(cfg, d, data)?;
+        let mut x = vec![0f32; data.len()];
+        let r = time(a.reference_steps, || {
+            x.copy_from_slice(data);
+            t.step(&mut x)?;
+            Ok(())
+        })?;
+        eprintln!("{d}x{f} {arch}: reference step {r:.3} s");
+        refs.insert(arch.clone(), r);
+    }
+    Ok(refs)
 }
