@@ -281,8 +281,21 @@ pub fn summary_rows(aggs: &[Aggregate]) -> Vec<Vec<String>> {
 /// Write the CSVs into `out` and return their paths.
 pub fn write_csvs(records: &[RoundRecord], out: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).map_err(io_err(out))?;
+    Ok(vec![
+        write(out, "accuracy_vs_sparsity.csv", &accuracy_csv(records))?,
+        write(
+            out,
+            "accuracy_per_seed.csv",
+            &accuracy_per_seed_csv(records),
+        )?,
+        write(out, "dnr_vs_sparsity.csv", &dnr_csv(records))?,
+        write(out, "dnr_per_epoch.csv", &dnr_per_epoch_csv(records))?,
+    ])
+}
+
+/// Mean and spread of accuracy and DNR per (method, scope, ap, round) over seeds.
+fn accuracy_csv(records: &[RoundRecord]) -> String {
     let aggs = aggregate(records);
-    let mut files = Vec::new();
     let mut s = String::from("method,scope,ap,round,sparsity,seeds,acc_mean,acc_std,train_dnr_mean,train_dnr_std,test_dnr_mean,test_static_dead_mean\n");
     for a in &aggs {
         let _ = writeln!(
@@ -302,8 +315,11 @@ pub fn write_csvs(records: &[RoundRecord], out: &Path) -> Result<Vec<PathBuf>> {
             a.test_static.0
         );
     }
-    files.push(write(out, "accuracy_vs_sparsity.csv", &s)?);
+    s
+}
 
+/// One row per (cell, round): accuracy, loss and the pruning counts.
+fn accuracy_per_seed_csv(records: &[RoundRecord]) -> String {
     let mut s = String::from(
         "method,scope,ap,seed,round,sparsity,test_acc,test_loss,base_removed,ap_removed\n",
     );
@@ -324,8 +340,11 @@ pub fn write_csvs(records: &[RoundRecord], out: &Path) -> Result<Vec<PathBuf>> {
             r.counts.ap_removed
         );
     }
-    files.push(write(out, "accuracy_per_seed.csv", &s)?);
+    s
+}
 
+/// Per layer (and global) dynamic and static dead-neuron rates at each round's end.
+fn dnr_csv(records: &[RoundRecord]) -> String {
     let mut s = String::from("method,scope,ap,seed,round,sparsity,layer,units,layer_sparsity,train_dynamic_dnr,test_dynamic_dnr,test_static_dead\n");
     for r in records {
         let k = key(r);
@@ -381,8 +400,11 @@ pub fn write_csvs(records: &[RoundRecord], out: &Path) -> Result<Vec<PathBuf>> {
             r.final_test_dnr.global_static.unwrap_or(f64::NAN)
         );
     }
-    files.push(write(out, "dnr_vs_sparsity.csv", &s)?);
+    s
+}
 
+/// Per epoch and layer: the training dynamic dead-neuron rate.
+fn dnr_per_epoch_csv(records: &[RoundRecord]) -> String {
     let mut s = String::from(
         "method,scope,ap,seed,round,epoch,test_acc,train_loss,layer,train_dynamic_dnr\n",
     );
@@ -399,8 +421,7 @@ pub fn write_csvs(records: &[RoundRecord], out: &Path) -> Result<Vec<PathBuf>> {
             let _ = writeln!(s, "{prefix},global,{:.6}", e.train_dnr.global_dynamic);
         }
     }
-    files.push(write(out, "dnr_per_epoch.csv", &s)?);
-    Ok(files)
+    s
 }
 
 fn write(dir: &Path, name: &str, s: &str) -> Result<PathBuf> {
