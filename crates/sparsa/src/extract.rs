@@ -420,70 +420,13 @@ fn open_or_create(
     fresh
         .extra
         .insert("corpus_sha256".into(), corpus_sha256.into());
-    let mp = out.join(MANIFEST_FILE);
-    if mp.exists() {
+    if out.join(MANIFEST_FILE).exists() {
+        // Format, dtype and the shard sum are checked by `Manifest::read`.
         let stored = Manifest::read(out).map_err(|e| ExtractError::NotAStore {
             path: out.to_path_buf(),
             reason: e.reason,
         })?;
-        let mismatch = |field: &str, s: String, r: String| ExtractError::Mismatch {
-            path: out.to_path_buf(),
-            field: field.to_string(),
-            stored: s,
-            requested: r,
-        };
-        if stored.model != fresh.model {
-            return Err(mismatch(
-                "model",
-                stored.model.unwrap_or_default(),
-                fresh.model.unwrap_or_default(),
-            ));
-        }
-        if stored.hook != fresh.hook {
-            return Err(mismatch(
-                "hook",
-                stored.hook.unwrap_or_default(),
-                fresh.hook.unwrap_or_default(),
-            ));
-        }
-        if stored.dtype != fresh.dtype {
-            return Err(mismatch("dtype", stored.dtype, fresh.dtype));
-        }
-        if stored.d_model != fresh.d_model {
-            return Err(mismatch(
-                "d_model",
-                stored.d_model.to_string(),
-                fresh.d_model.to_string(),
-            ));
-        }
-        for key in IDENTITY {
-            let s = stored.extra.get(key).cloned().unwrap_or_default();
-            let r = fresh.extra.get(key).cloned().unwrap_or_default();
-            if s != r {
-                return Err(mismatch(key, s.to_string(), r.to_string()));
-            }
-        }
-        // Stores made before the digest was recorded carry none; only a recorded one is checked.
-        if let Some(s) = stored.extra.get("corpus_sha256") {
-            let r = &fresh.extra["corpus_sha256"];
-            if s != r {
-                return Err(mismatch(
-                    "corpus_sha256 (the corpus text changed since the store was started)",
-                    s.to_string(),
-                    r.to_string(),
-                ));
-            }
-        }
-        let listed: u64 = stored.shards.iter().map(|s| s.n_tokens).sum();
-        if listed != stored.n_tokens {
-            return Err(ExtractError::NotAStore {
-                path: out.to_path_buf(),
-                reason: format!(
-                    "manifest n_tokens {} disagrees with its shards ({listed})",
-                    stored.n_tokens
-                ),
-            });
-        }
+        check_same_settings(out, &stored, &fresh)?;
         for s in &stored.shards {
             if !out.join(&s.file).is_file() {
                 return Err(ExtractError::NotAStore {
@@ -494,6 +437,76 @@ fn open_or_create(
         }
         return Ok(stored);
     }
+    check_holds_only_ours(out)?;
+    std::fs::create_dir_all(out).map_err(|source| ExtractError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    write_manifest(out, &fresh)?;
+    Ok(fresh)
+}
+
+/// A resumed store must have been made with the requested settings: model, hook, dtype, width,
+/// the identity keys and (when recorded) the corpus digest.
+fn check_same_settings(
+    out: &Path,
+    stored: &Manifest,
+    fresh: &Manifest,
+) -> Result<(), ExtractError> {
+    let mismatch = |field: &str, s: String, r: String| ExtractError::Mismatch {
+        path: out.to_path_buf(),
+        field: field.to_string(),
+        stored: s,
+        requested: r,
+    };
+    if stored.model != fresh.model {
+        return Err(mismatch(
+            "model",
+            stored.model.clone().unwrap_or_default(),
+            fresh.model.clone().unwrap_or_default(),
+        ));
+    }
+    if stored.hook != fresh.hook {
+        return Err(mismatch(
+            "hook",
+            stored.hook.clone().unwrap_or_default(),
+            fresh.hook.clone().unwrap_or_default(),
+        ));
+    }
+    if stored.dtype != fresh.dtype {
+        return Err(mismatch("dtype", stored.dtype.clone(), fresh.dtype.clone()));
+    }
+    if stored.d_model != fresh.d_model {
+        return Err(mismatch(
+            "d_model",
+            stored.d_model.to_string(),
+            fresh.d_model.to_string(),
+        ));
+    }
+    for key in IDENTITY {
+        let s = stored.extra.get(key).cloned().unwrap_or_default();
+        let r = fresh.extra.get(key).cloned().unwrap_or_default();
+        if s != r {
+            return Err(mismatch(key, s.to_string(), r.to_string()));
+        }
+    }
+    // Stores made before the digest was recorded carry none; only a recorded one is checked.
+    if let Some(s) = stored.extra.get("corpus_sha256") {
+        let r = &fresh.extra["corpus_sha256"];
+        if s != r {
+            return Err(mismatch(
+                "corpus_sha256 (the corpus text changed since the store was started)",
+                s.to_string(),
+                r.to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A directory without a manifest may hold only what an interrupted extraction leaves (shards
+/// and temp files); anything else is refused rather than written into.
+fn check_holds_only_ours(out: &Path) -> Result<(), ExtractError> {
     if out.exists() {
         let entries = std::fs::read_dir(out).map_err(|source| ExtractError::Io {
             path: out.to_path_buf(),
@@ -516,12 +529,7 @@ fn open_or_create(
             }
         }
     }
-    std::fs::create_dir_all(out).map_err(|source| ExtractError::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
-    write_manifest(out, &fresh)?;
-    Ok(fresh)
+    Ok(())
 }
 
 #[derive(Default)]
