@@ -314,122 +314,13 @@ impl Net {
             width: w,
             classes,
         } = input;
-        let mut ops = Vec::new();
-        match arch {
-            Arch::Lenet300100 => {
-                ops = mlp_ops(&mut b, c * h * w, &[300, 100], classes)?;
-            }
-            Arch::Lenet5 => {
-                // conv1 keeps the size (padding 2), conv2 shrinks it by 4, each pool halves it.
-                let hh = (h / 2).saturating_sub(4) / 2;
-                let ww = (w / 2).saturating_sub(4) / 2;
-                if hh == 0 || ww == 0 {
-                    return Err(NnError::Config {
-                        field: "input",
-                        msg: format!("{h}×{w} input is too small for {arch} (at least 12×12)"),
-                    });
-                }
-                ops.push(b.conv("conv1", c, 6, 5, 1, 2, true)?);
-                ops.push(b.relu("relu1"));
-                ops.push(Op::MaxPool(2));
-                ops.push(b.conv("conv2", 6, 16, 5, 1, 0, true)?);
-                ops.push(b.relu("relu2"));
-                ops.push(Op::MaxPool(2));
-                ops.push(Op::Flatten);
-                ops.push(b.linear("fc1", 16 * hh * ww, 120)?);
-                ops.push(b.relu("relu_fc1"));
-                ops.push(b.linear("fc2", 120, 84)?);
-                ops.push(b.relu("relu_fc2"));
-                ops.push(b.linear("fc3", 84, classes)?);
-            }
-            Arch::Conv2 | Arch::Conv4 | Arch::Conv6 => {
-                let pairs = match arch {
-                    Arch::Conv2 => 1,
-                    Arch::Conv4 => 2,
-                    _ => 3,
-                };
-                let (mut cin, mut hh, mut ww) = (c, h, w);
-                let mut li = 0;
-                for p in 0..pairs {
-                    let cout = 64 << p;
-                    for _ in 0..2 {
-                        li += 1;
-                        ops.push(b.conv(&format!("conv{li}"), cin, cout, 3, 1, 1, true)?);
-                        ops.push(b.relu(&format!("relu{li}")));
-                        cin = cout;
-                    }
-                    ops.push(Op::MaxPool(2));
-                    hh /= 2;
-                    ww /= 2;
-                }
-                if hh == 0 || ww == 0 {
-                    return Err(NnError::Config {
-                        field: "input",
-                        msg: format!("{h}×{w} input is too small for {arch}"),
-                    });
-                }
-                ops.push(Op::Flatten);
-                ops.push(b.linear("fc1", cin * hh * ww, 256)?);
-                ops.push(b.relu("relu_fc1"));
-                ops.push(b.linear("fc2", 256, 256)?);
-                ops.push(b.relu("relu_fc2"));
-                ops.push(b.linear("fc3", 256, classes)?);
-            }
-            Arch::Resnet20 => {
-                ops.push(b.conv("conv", c, 16, 3, 1, 1, false)?);
-                ops.push(b.bn("bn", 16)?);
-                ops.push(b.relu("relu"));
-                let mut cin = 16;
-                for (s, &cout) in [16usize, 32, 64].iter().enumerate() {
-                    for blk in 0..3 {
-                        let stride = if s > 0 && blk == 0 { 2 } else { 1 };
-                        let p = format!("stage{}.block{}", s + 1, blk);
-                        let main = vec![
-                            b.conv(&format!("{p}.conv1"), cin, cout, 3, stride, 1, false)?,
-                            b.bn(&format!("{p}.bn1"), cout)?,
-                            b.relu(&format!("{p}.relu1")),
-                            b.conv(&format!("{p}.conv2"), cout, cout, 3, 1, 1, false)?,
-                            b.bn(&format!("{p}.bn2"), cout)?,
-                        ];
-                        let shortcut = if stride != 1 || cin != cout {
-                            vec![
-                                b.conv(&format!("{p}.shortcut"), cin, cout, 1, stride, 0, false)?,
-                                b.bn(&format!("{p}.shortcut_bn"), cout)?,
-                            ]
-                        } else {
-                            Vec::new()
-                        };
-                        b.relus.push(format!("{p}.relu2"));
-                        let relu = b.relus.len() - 1;
-                        ops.push(Op::Residual {
-                            main,
-                            shortcut,
-                            relu,
-                        });
-                        cin = cout;
-                    }
-                }
-                ops.push(Op::GlobalAvgPool);
-                ops.push(b.linear("fc", 64, classes)?);
-            }
-            Arch::Vgg11 | Arch::Vgg16 | Arch::Vgg19 => {
-                let mut cin = c;
-                let mut li = 0;
-                for &v in vgg_cfg(arch) {
-                    if v == 0 {
-                        ops.push(Op::MaxPool(2));
-                        continue;
-                    }
-                    li += 1;
-                    ops.push(b.conv(&format!("conv{li}"), cin, v, 3, 1, 1, false)?);
-                    ops.push(b.bn(&format!("bn{li}"), v)?);
-                    ops.push(b.relu(&format!("relu{li}")));
-                    cin = v;
-                }
-                ops.push(Op::GlobalAvgPool);
-                ops.push(b.linear("fc", 512, classes)?);
-            }
-        }
+        let ops = match arch {
+            Arch::Lenet300100 => mlp_ops(&mut b, c * h * w, &[300, 100], classes)?,
+            Arch::Lenet5 => lenet5_ops(&mut b, arch, input)?,
+            Arch::Conv2 | Arch::Conv4 | Arch::Conv6 => conv_ops(&mut b, arch, input)?,
+            Arch::Resnet20 => resnet20_ops(&mut b, input)?,
+            Arch::Vgg11 | Arch::Vgg16 | Arch::Vgg19 => vgg_ops(&mut b, arch, input)?,
+        };
         Ok(b.finish(arch, input, ops))
     }
 
@@ -638,6 +529,156 @@ impl Net {
             bn_eps: self.bn_eps,
         })
     }
+}
+
+/// LeNet-5: 5×5 conv 6 (padding 2), pool, 5×5 conv 16, pool, 120, 84, classes.
+fn lenet5_ops(b: &mut Builder, arch: Arch, input: InputSpec) -> Result<Vec<Op>> {
+    let InputSpec {
+        channels: c,
+        height: h,
+        width: w,
+        classes,
+    } = input;
+    let mut ops = Vec::new();
+    // conv1 keeps the size (padding 2), conv2 shrinks it by 4, each pool halves it.
+    let hh = (h / 2).saturating_sub(4) / 2;
+    let ww = (w / 2).saturating_sub(4) / 2;
+    if hh == 0 || ww == 0 {
+        return Err(NnError::Config {
+            field: "input",
+            msg: format!("{h}×{w} input is too small for {arch} (at least 12×12)"),
+        });
+    }
+    ops.push(b.conv("conv1", c, 6, 5, 1, 2, true)?);
+    ops.push(b.relu("relu1"));
+    ops.push(Op::MaxPool(2));
+    ops.push(b.conv("conv2", 6, 16, 5, 1, 0, true)?);
+    ops.push(b.relu("relu2"));
+    ops.push(Op::MaxPool(2));
+    ops.push(Op::Flatten);
+    ops.push(b.linear("fc1", 16 * hh * ww, 120)?);
+    ops.push(b.relu("relu_fc1"));
+    ops.push(b.linear("fc2", 120, 84)?);
+    ops.push(b.relu("relu_fc2"));
+    ops.push(b.linear("fc3", 84, classes)?);
+    Ok(ops)
+}
+
+/// Conv-2/4/6 (Frankle & Carbin): pairs of 3×3 convs (64, 128, 256) with a 2×2 max pool after
+/// each pair, then 256, 256, classes.
+fn conv_ops(b: &mut Builder, arch: Arch, input: InputSpec) -> Result<Vec<Op>> {
+    let InputSpec {
+        channels: c,
+        height: h,
+        width: w,
+        classes,
+    } = input;
+    let mut ops = Vec::new();
+    let pairs = match arch {
+        Arch::Conv2 => 1,
+        Arch::Conv4 => 2,
+        _ => 3,
+    };
+    let (mut cin, mut hh, mut ww) = (c, h, w);
+    let mut li = 0;
+    for p in 0..pairs {
+        let cout = 64 << p;
+        for _ in 0..2 {
+            li += 1;
+            ops.push(b.conv(&format!("conv{li}"), cin, cout, 3, 1, 1, true)?);
+            ops.push(b.relu(&format!("relu{li}")));
+            cin = cout;
+        }
+        ops.push(Op::MaxPool(2));
+        hh /= 2;
+        ww /= 2;
+    }
+    if hh == 0 || ww == 0 {
+        return Err(NnError::Config {
+            field: "input",
+            msg: format!("{h}×{w} input is too small for {arch}"),
+        });
+    }
+    ops.push(Op::Flatten);
+    ops.push(b.linear("fc1", cin * hh * ww, 256)?);
+    ops.push(b.relu("relu_fc1"));
+    ops.push(b.linear("fc2", 256, 256)?);
+    ops.push(b.relu("relu_fc2"));
+    ops.push(b.linear("fc3", 256, classes)?);
+    Ok(ops)
+}
+
+/// ResNet-20: a 3×3 stem, three stages of three basic blocks (16, 32, 64 channels, stride 2 at
+/// each later stage's first block, 1×1 projection shortcuts), global average pool, classes.
+fn resnet20_ops(b: &mut Builder, input: InputSpec) -> Result<Vec<Op>> {
+    let InputSpec {
+        channels: c,
+        classes,
+        ..
+    } = input;
+    let mut ops = Vec::new();
+    ops.push(b.conv("conv", c, 16, 3, 1, 1, false)?);
+    ops.push(b.bn("bn", 16)?);
+    ops.push(b.relu("relu"));
+    let mut cin = 16;
+    for (s, &cout) in [16usize, 32, 64].iter().enumerate() {
+        for blk in 0..3 {
+            let stride = if s > 0 && blk == 0 { 2 } else { 1 };
+            let p = format!("stage{}.block{}", s + 1, blk);
+            let main = vec![
+                b.conv(&format!("{p}.conv1"), cin, cout, 3, stride, 1, false)?,
+                b.bn(&format!("{p}.bn1"), cout)?,
+                b.relu(&format!("{p}.relu1")),
+                b.conv(&format!("{p}.conv2"), cout, cout, 3, 1, 1, false)?,
+                b.bn(&format!("{p}.bn2"), cout)?,
+            ];
+            let shortcut = if stride != 1 || cin != cout {
+                vec![
+                    b.conv(&format!("{p}.shortcut"), cin, cout, 1, stride, 0, false)?,
+                    b.bn(&format!("{p}.shortcut_bn"), cout)?,
+                ]
+            } else {
+                Vec::new()
+            };
+            b.relus.push(format!("{p}.relu2"));
+            let relu = b.relus.len() - 1;
+            ops.push(Op::Residual {
+                main,
+                shortcut,
+                relu,
+            });
+            cin = cout;
+        }
+    }
+    ops.push(Op::GlobalAvgPool);
+    ops.push(b.linear("fc", 64, classes)?);
+    Ok(ops)
+}
+
+/// VGG-11/16/19 with batch norm: 3×3 convs per `vgg_cfg`, global average pool, classes.
+fn vgg_ops(b: &mut Builder, arch: Arch, input: InputSpec) -> Result<Vec<Op>> {
+    let InputSpec {
+        channels: c,
+        classes,
+        ..
+    } = input;
+    let mut ops = Vec::new();
+    let mut cin = c;
+    let mut li = 0;
+    for &v in vgg_cfg(arch) {
+        if v == 0 {
+            ops.push(Op::MaxPool(2));
+            continue;
+        }
+        li += 1;
+        ops.push(b.conv(&format!("conv{li}"), cin, v, 3, 1, 1, false)?);
+        ops.push(b.bn(&format!("bn{li}"), v)?);
+        ops.push(b.relu(&format!("relu{li}")));
+        cin = v;
+    }
+    ops.push(Op::GlobalAvgPool);
+    ops.push(b.linear("fc", 512, classes)?);
+    Ok(ops)
 }
 
 fn mlp_ops(b: &mut Builder, fan_in: usize, hidden: &[usize], classes: usize) -> Result<Vec<Op>> {
