@@ -47,8 +47,8 @@ pub enum PruneCommand {
         seeds: Vec<u64>,
         /// Run only the cells of these AP variants (comma-separated: off, on, change-only,
         /// negative-only; default: all).
-        #[arg(long, value_delimiter = ',')]
-        ap: Vec<String>,
+        #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.trim().parse::<ApVariant>())]
+        ap: Vec<ApVariant>,
     },
     /// Print the summary of a run directory (accuracy per sparsity with and without AP, mean ±
     /// std over seeds; the paired AP − off difference per round with its t-based 95 % CI over
@@ -125,15 +125,10 @@ fn run_grid(
     show: bool,
     allow_identity_mismatch: bool,
     seeds: &[u64],
-    aps: &[String],
+    aps: &[ApVariant],
 ) -> anyhow::Result<()> {
     let cfg = ExperimentConfig::from_toml_file_with(config, set)?;
-    let aps = aps
-        .iter()
-        .map(|a| a.parse::<ApVariant>().map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()
-        .context("--ap")?;
-    let cells = runner::select_cells(&cfg, seeds, &aps)?;
+    let cells = runner::select_cells(&cfg, seeds, aps)?;
     let dir = match data_dir.or_else(|| cfg.data.dir.clone()) {
         Some(d) => d,
         None => match cfg.data.dataset {
@@ -243,14 +238,18 @@ fn print_report(
     Ok(())
 }
 
+/// `--arch` entries, parsed by the library's `Arch: FromStr` (for clap's value_parser).
+fn parse_arch(s: &str) -> Result<Arch, String> {
+    s.trim()
+        .parse()
+        .map_err(|e: sparsa::nn::NnError| e.to_string())
+}
+
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let list: Vec<Arch> = if a.arch.is_empty() {
         Arch::ALL.to_vec()
     } else {
-        a.arch
-            .iter()
-            .map(|s| s.parse::<Arch>())
-            .collect::<Result<_, _>>()?
+        a.arch.clone()
     };
     if a.batch == 0 || a.steps == 0 {
         return Err(ui::Usage("--batch and --steps must be at least 1".to_string()).into());
@@ -319,8 +318,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Architectures to measure (comma separated; default: all).
-    #[arg(long, alias = "archs", value_delimiter = ',')]
-    arch: Vec<String>,
+    #[arg(long, alias = "archs", value_delimiter = ',', value_parser = parse_arch)]
+    arch: Vec<Arch>,
     /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch: usize,

@@ -17,6 +17,36 @@ pub struct Variant {
     pub aux: AuxKind,
 }
 
+impl std::str::FromStr for Variant {
+    type Err = String;
+    /// `ARCH+AUX` (ARCH: topk, mutual_choice (alias batch_topk), feature_choice; AUX: none,
+    /// aux_k, aux_zipf); a bare ARCH means aux none.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (arch, aux) = s.split_once('+').unwrap_or((s, "none"));
+        let architecture = match arch.trim() {
+            "topk" => Architecture::TopK,
+            "mutual_choice" | "batch_topk" => Architecture::MutualChoice,
+            "feature_choice" => Architecture::FeatureChoice,
+            other => {
+                return Err(format!(
+                    "unknown architecture `{other}` (topk, mutual_choice, feature_choice)"
+                ))
+            }
+        };
+        let aux = match aux.trim() {
+            "none" => AuxKind::None,
+            "aux_k" => AuxKind::AuxK,
+            "aux_zipf" => AuxKind::AuxZipf,
+            other => {
+                return Err(format!(
+                    "unknown auxiliary loss `{other}` (none, aux_k, aux_zipf)"
+                ))
+            }
+        };
+        Ok(Variant { architecture, aux })
+    }
+}
+
 impl Variant {
     pub fn label(&self) -> String {
         let aux = match self.aux {

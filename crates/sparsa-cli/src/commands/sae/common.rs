@@ -1,8 +1,8 @@
 //! Helpers shared by `sae train`/`compare` (this module's parent) and `sae lm-compare`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use sparsa::sae::compare::Variant;
-use sparsa::sae::config::{Architecture, AuxKind, RunConfig, ThresholdSource};
+use sparsa::sae::config::{RunConfig, ThresholdSource};
 use sparsa::sae::train::StepMetrics;
 use sparsa::sae::SaeError;
 use std::io::Write;
@@ -73,21 +73,7 @@ pub fn threshold_note(cfg: &RunConfig) -> String {
     }
 }
 
-pub fn parse_variant(s: &str) -> Result<Variant> {
-    let (arch, aux) = s.split_once('+').unwrap_or((s, "none"));
-    let architecture = match arch.trim() {
-        "topk" => Architecture::TopK,
-        "mutual_choice" | "batch_topk" => Architecture::MutualChoice,
-        "feature_choice" => Architecture::FeatureChoice,
-        other => bail!(
-            "unknown architecture `{other}` in --variants (topk, mutual_choice, feature_choice)"
-        ),
-    };
-    let aux = match aux.trim() {
-        "none" => AuxKind::None,
-        "aux_k" => AuxKind::AuxK,
-        "aux_zipf" => AuxKind::AuxZipf,
-        other => bail!("unknown auxiliary loss `{other}` in --variants (none, aux_k, aux_zipf)"),
-    };
-    Ok(Variant { architecture, aux })
+/// `--variants` entries, parsed by the library's `Variant: FromStr` (for clap's value_parser).
+pub fn parse_variant(s: &str) -> std::result::Result<Variant, String> {
+    s.parse()
 }

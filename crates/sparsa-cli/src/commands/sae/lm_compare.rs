@@ -197,9 +197,10 @@ pub struct LmCompareArgs {
     #[arg(
         long,
         value_delimiter = ',',
+        value_parser = super::common::parse_variant,
         default_value = "topk+aux_k,mutual_choice+aux_k,mutual_choice+aux_zipf,feature_choice+aux_k"
     )]
-    variants: Vec<String>,
+    variants: Vec<Variant>,
     /// Held-out contexts for the downstream (next-token loss) evaluation.
     #[arg(long, default_value_t = 16)]
     lm_sequences: usize,
@@ -211,11 +212,7 @@ pub struct LmCompareArgs {
 pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     let t_all = Instant::now();
     let cancel = ui::ctrl_c_cancel();
-    let variants: Vec<Variant> = a
-        .variants
-        .iter()
-        .map(|s| super::common::parse_variant(s))
-        .collect::<Result<_>>()?;
+    let variants = a.variants.clone();
     let base_text = match &a.config {
         Some(p) => std::fs::read_to_string(p)
             .with_context(|| format!("cannot read config {}", p.display()))?,

@@ -169,8 +169,8 @@ pub struct CompareArgs {
     set: Vec<String>,
     /// Variants as ARCH+AUX, comma separated (ARCH: topk, mutual_choice, feature_choice;
     /// AUX: none, aux_k, aux_zipf). Default: all six combinations with aux_k and aux_zipf.
-    #[arg(long, value_delimiter = ',')]
-    variants: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = parse_variant)]
+    variants: Vec<Variant>,
     /// Save each trained SAE under this directory (one sub-directory per variant).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -546,10 +546,7 @@ fn compare(a: CompareArgs) -> Result<()> {
     let variants: Vec<Variant> = if a.variants.is_empty() {
         Variant::standard()
     } else {
-        a.variants
-            .iter()
-            .map(|s| parse_variant(s))
-            .collect::<Result<_>>()?
+        a.variants.clone()
     };
     let data = DataSpec::open(&base)?;
     let sample = data.init_sample(&base)?;
