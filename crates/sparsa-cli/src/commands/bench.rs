@@ -49,11 +49,19 @@ pub struct SaeBenchArgs {
         long = "arch",
         alias = "archs",
         value_delimiter = ',',
+        value_parser = clap::builder::PossibleValuesParser::new(
+            ["topk", "mutual_choice", "batch_topk", "feature_choice"]
+        ),
         default_value = "topk,mutual_choice,feature_choice"
     )]
     archs: Vec<String>,
     /// Auxiliary losses to time (comma separated).
-    #[arg(long, value_delimiter = ',', default_value = "none,aux_k,aux_zipf")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = clap::builder::PossibleValuesParser::new(["none", "aux_k", "aux_zipf"]),
+        default_value = "none,aux_k,aux_zipf"
+    )]
     aux: Vec<String>,
     /// Timed fast steps per configuration (after 2 warm-up steps); the median is reported.
     #[arg(long, default_value_t = 3)]
