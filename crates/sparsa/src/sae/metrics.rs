@@ -166,6 +166,75 @@ pub fn encode_select(
     Ok(a)
 }
 
+/// Running sums of the reconstruction metrics over rows (f64).
+struct RecSums {
+    sse: f64,
+    sum_sq: f64,
+    cos: f64,
+    xh_x: f64,
+    xh_xh: f64,
+    /// Column sums of x, for the total variance.
+    sum_x: Vec<f64>,
+}
+
+impl RecSums {
+    fn new(d: usize) -> Self {
+        RecSums {
+            sse: 0.0,
+            sum_sq: 0.0,
+            cos: 0.0,
+            xh_x: 0.0,
+            xh_xh: 0.0,
+            sum_x: vec![0.0; d],
+        }
+    }
+
+    /// Add one row `xi` and its reconstruction `hi`.
+    fn add_row(&mut self, xi: &[f32], hi: &[f32]) {
+        let (mut e, mut xx, mut hh, mut hx) = (0f64, 0f64, 0f64, 0f64);
+        for k in 0..xi.len() {
+            let (a, b) = (xi[k] as f64, hi[k] as f64);
+            e += (a - b).powi(2);
+            xx += a * a;
+            hh += b * b;
+            hx += a * b;
+            self.sum_x[k] += a;
+        }
+        self.sse += e;
+        self.sum_sq += xx;
+        self.xh_x += hx;
+        self.xh_xh += hh;
+        self.cos += if xx > 0.0 && hh > 0.0 {
+            hx / (xx.sqrt() * hh.sqrt())
+        } else {
+            0.0
+        };
+    }
+
+    /// Σ‖x − mean‖² over the `n` rows added.
+    fn total_var(&self, n: f64) -> f64 {
+        let mean_sq: f64 = self.sum_x.iter().map(|s| s * s).sum::<f64>() / n;
+        (self.sum_sq - mean_sq).max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Features per half-decade of log10 density from 1e-8 (first bin: never active).
+fn log10_density_hist(density: &[f32]) -> Vec<(Option<f64>, usize)> {
+    let mut hist: Vec<(Option<f64>, usize)> = vec![(None, 0)];
+    for e in 0..16 {
+        hist.push((Some(-8.0 + 0.5 * e as f64), 0));
+    }
+    for &r in density {
+        if r <= 0.0 {
+            hist[0].1 += 1;
+        } else {
+            let bin = (((r as f64).log10() + 8.0) / 0.5).floor().clamp(0.0, 15.0) as usize;
+            hist[bin + 1].1 += 1;
+        }
+    }
+    hist
+}
+
 /// Evaluate `model` in `form` over up to `max_tokens` rows of `source`, in batches of `batch`
 /// (the batch size matters for the batch-dependent training forms).
 pub fn evaluate(
@@ -188,9 +257,8 @@ pub fn evaluate(
     let mut x = vec![0f32; batch.max(1) * d];
     let mut xhat = vec![0f32; x.len()];
     let mut m = Matching::default();
-    let (mut n, mut sse, mut sum_sq, mut cos, mut xh_x, mut xh_xh) =
-        (0u64, 0f64, 0f64, 0f64, 0f64, 0f64);
-    let mut sum_x = vec![0f64; d];
+    let mut n = 0u64;
+    let mut sums = RecSums::new(d);
     let mut l0 = L0Stats::default();
     let mut counts = vec![0u64; f];
     progress.set_total(max_tokens);
@@ -206,26 +274,7 @@ pub fn evaluate(
         batch_index += 1;
         p.decode_sparse(&a, &m, &mut xhat[..got * d]);
         for i in 0..got {
-            let xi = &x[i * d..(i + 1) * d];
-            let hi = &xhat[i * d..(i + 1) * d];
-            let (mut e, mut xx, mut hh, mut hx) = (0f64, 0f64, 0f64, 0f64);
-            for k in 0..d {
-                let (a, b) = (xi[k] as f64, hi[k] as f64);
-                e += (a - b).powi(2);
-                xx += a * a;
-                hh += b * b;
-                hx += a * b;
-                sum_x[k] += a;
-            }
-            sse += e;
-            sum_sq += xx;
-            xh_x += hx;
-            xh_xh += hh;
-            cos += if xx > 0.0 && hh > 0.0 {
-                hx / (xx.sqrt() * hh.sqrt())
-            } else {
-                0.0
-            };
+            sums.add_row(&x[i * d..(i + 1) * d], &xhat[i * d..(i + 1) * d]);
             l0.add(m.row(i).len());
             for &j in m.row(i) {
                 counts[j as usize] += 1;
@@ -241,29 +290,16 @@ pub fn evaluate(
         ));
     }
     let nf = n as f64;
-    let mean_sq: f64 = sum_x.iter().map(|s| s * s).sum::<f64>() / nf;
-    let total_var = (sum_sq - mean_sq).max(f64::MIN_POSITIVE);
     let density: Vec<f32> = counts.iter().map(|&c| (c as f64 / nf) as f32).collect();
-    let mut hist: Vec<(Option<f64>, usize)> = vec![(None, 0)];
-    for e in 0..16 {
-        hist.push((Some(-8.0 + 0.5 * e as f64), 0));
-    }
-    for &r in &density {
-        if r <= 0.0 {
-            hist[0].1 += 1;
-        } else {
-            let bin = (((r as f64).log10() + 8.0) / 0.5).floor().clamp(0.0, 15.0) as usize;
-            hist[bin + 1].1 += 1;
-        }
-    }
+    let hist = log10_density_hist(&density);
     let fit = zipf::fit(&density, 0.5, &zipf::BETA_GRID);
     Ok(EvalReport {
         form,
         rule: rule.name().to_string(),
         tokens: n,
-        fvu: sse / total_var,
-        mse: sse / (nf * d as f64),
-        cosine: cos / nf,
+        fvu: sums.sse / sums.total_var(nf),
+        mse: sums.sse / (nf * d as f64),
+        cosine: sums.cos / nf,
         l0_mean: l0.mean(),
         l0_std: l0.std(),
         l0_max: l0.max(),
@@ -271,7 +307,11 @@ pub fn evaluate(
         l0_zero_frac: l0.zero_frac(),
         dead_frac: share(counts.iter().map(|&c| c == 0)),
         dense_frac: dense_frac(&density),
-        rel_bias: if xh_x != 0.0 { xh_xh / xh_x } else { f64::NAN },
+        rel_bias: if sums.xh_x != 0.0 {
+            sums.xh_xh / sums.xh_x
+        } else {
+            f64::NAN
+        },
         log10_density_hist: hist,
         zipf_alpha: fit.map(|z| z.alpha),
         zipf_beta: fit.map(|z| z.beta),
