@@ -39,12 +39,7 @@ use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// Tensor name of the token ids in each shard.
-pub const TOKEN_IDS_TENSOR: &str = "token_ids";
-/// Tensor name of the document ids in each shard.
-pub const DOC_IDS_TENSOR: &str = "doc_ids";
-/// Tensor name of the in-context positions in each shard.
-pub const POSITIONS_TENSOR: &str = "positions";
+pub use crate::data::store::{DOC_IDS_TENSOR, POSITIONS_TENSOR, TOKEN_IDS_TENSOR};
 
 /// Errors of extraction.
 #[derive(Debug, thiserror::Error)]

@@ -21,6 +21,12 @@ pub const MANIFEST_FORMAT: &str = "sparsa-activations/1";
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The tensor name of the activations inside each shard.
 pub const ACTIVATIONS_TENSOR: &str = "activations";
+/// Tensor name of the token ids in each shard.
+pub const TOKEN_IDS_TENSOR: &str = "token_ids";
+/// Tensor name of the document ids in each shard.
+pub const DOC_IDS_TENSOR: &str = "doc_ids";
+/// Tensor name of the in-context positions in each shard (0 = the prefix).
+pub const POSITIONS_TENSOR: &str = "positions";
 
 /// One shard of the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -291,9 +297,9 @@ impl StoreReader {
                 first_row,
                 n_rows: s.n_tokens,
                 activations,
-                token_ids: meta("token_ids"),
-                doc_ids: meta("doc_ids"),
-                positions: meta("positions"),
+                token_ids: meta(TOKEN_IDS_TENSOR),
+                doc_ids: meta(DOC_IDS_TENSOR),
+                positions: meta(POSITIONS_TENSOR),
             });
             first_row += s.n_tokens;
         }

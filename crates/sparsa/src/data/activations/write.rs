@@ -1,6 +1,7 @@
 //! Writers: safetensors files and activation stores (fixtures, synthetic datasets, converters).
 
 use super::*;
+use crate::data::store::POSITIONS_TENSOR;
 use crate::util::fs::atomic_write_with;
 use std::io::Write;
 
@@ -110,38 +111,33 @@ pub fn write_store_with_positions(
         let file = format!("shard-{i:05}.safetensors");
         let path = dir.join(&file);
         let rows = s.len().checked_div(d).unwrap_or(0);
-        match positions.map(|p| p.get(i).copied().unwrap_or_default()) {
-            None => write_safetensors_2d(&path, ACTIVATIONS_TENSOR, rows, d, s, elem)?,
-            Some(pos) => {
-                if rows.checked_mul(d) != Some(s.len()) || pos.len() != rows {
-                    return Err(DataError::BadLength {
-                        path,
-                        rows: pos.len(),
-                        d,
-                        len: s.len(),
-                    });
-                }
-                let acts = elem.encode(s);
-                let pos: Vec<u8> = pos.iter().flat_map(|p| p.to_le_bytes()).collect();
-                write_safetensors(
-                    &path,
-                    &[
-                        RawTensor {
-                            name: ACTIVATIONS_TENSOR,
-                            dtype: elem.to_safetensors(),
-                            shape: vec![rows, d],
-                            data: &acts,
-                        },
-                        RawTensor {
-                            name: "positions",
-                            dtype: Dtype::U32,
-                            shape: vec![rows],
-                            data: &pos,
-                        },
-                    ],
-                )?
-            }
+        let pos = positions.map(|p| p.get(i).copied().unwrap_or_default());
+        if rows.checked_mul(d) != Some(s.len()) || pos.is_some_and(|p| p.len() != rows) {
+            return Err(DataError::BadLength {
+                path,
+                rows: pos.map_or(rows, <[u32]>::len),
+                d,
+                len: s.len(),
+            });
         }
+        let acts = elem.encode(s);
+        let pos_bytes: Option<Vec<u8>> =
+            pos.map(|p| p.iter().flat_map(|v| v.to_le_bytes()).collect());
+        let mut tensors = vec![RawTensor {
+            name: ACTIVATIONS_TENSOR,
+            dtype: elem.to_safetensors(),
+            shape: vec![rows, d],
+            data: &acts,
+        }];
+        if let Some(bytes) = &pos_bytes {
+            tensors.push(RawTensor {
+                name: POSITIONS_TENSOR,
+                dtype: Dtype::U32,
+                shape: vec![rows],
+                data: bytes,
+            });
+        }
+        write_safetensors(&path, &tensors)?;
         entries.push(crate::data::store::ShardEntry {
             file,
             n_tokens: rows as u64,
