@@ -444,13 +444,23 @@ fn conv_kernel_matches_candle_for_every_geometry() {
                 let mut scratch = vec![Vec::new(); threads];
                 let mut accs = vec![GroupAcc::default(); threads];
                 let mut parts = vec![Vec::new(); threads];
-                g.forward(&xn, &wn, &mut yo, &mut scratch, &mut accs, &|_, _, _| {});
+                let mut pack = Vec::new();
+                g.forward(
+                    &xn,
+                    &wn,
+                    &mut yo,
+                    &mut pack,
+                    &mut scratch,
+                    &mut accs,
+                    &|_, _, _| {},
+                );
                 g.backward(
                     &xn,
                     &wn,
                     &dy,
                     &mut dw,
                     Some(&mut dx),
+                    &mut pack,
                     &mut scratch,
                     &mut parts,
                 );
@@ -469,6 +479,100 @@ fn conv_kernel_matches_candle_for_every_geometry() {
                 }
             }
             assert!(err(&dw, &dw_ref_n) < 1e-11, "dW {what}");
+        }
+    }
+}
+
+/// One conv forward + backward through `ConvGeom` (output, input gradient, weight gradient).
+fn conv_pass<T: sparsa::nn::fast::kernels::Real>(
+    g: &ConvGeom,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    threads: usize,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    let (mut y, mut dx, mut dw) = (
+        vec![T::zero(); g.out_len()],
+        vec![T::zero(); g.in_len()],
+        vec![T::zero(); w.len()],
+    );
+    pool.install(|| {
+        let mut scratch = vec![Vec::new(); threads];
+        let mut accs = vec![GroupAcc::default(); threads];
+        let mut parts = vec![Vec::new(); threads];
+        let mut pack = Vec::new();
+        g.forward(
+            x,
+            w,
+            &mut y,
+            &mut pack,
+            &mut scratch,
+            &mut accs,
+            &|_, _, _| {},
+        );
+        g.backward(
+            x,
+            w,
+            dy,
+            &mut dw,
+            Some(&mut dx),
+            &mut pack,
+            &mut scratch,
+            &mut parts,
+        );
+    });
+    (y, dx, dw)
+}
+
+#[test]
+fn direct_conv_kernels_match_the_im2col_path() {
+    if !sparsa::nn::fast::direct::available() {
+        eprintln!("no AVX-512F: the direct kernels never run here (im2col is used)");
+        return;
+    }
+    // (n, h, w, cin, cout): one and two channel vectors, pixel and channel tails (w not a
+    // multiple of the 16/8-pixel blocks, cin not a multiple of the 16/8-channel blocks), cin not
+    // a multiple of 16 (the input gradient falls back to im2col), the widest direct layer.
+    let cases = [
+        (3usize, 7usize, 9usize, 3usize, 16usize),
+        (2, 8, 19, 16, 16),
+        (2, 5, 11, 32, 32),
+        (3, 6, 6, 48, 48),
+        (2, 9, 4, 64, 64),
+        (2, 5, 7, 20, 32),
+        (1, 3, 3, 16, 48),
+    ];
+    for threads in [1usize, 2, 3] {
+        for &(n, h, w, cin, cout) in &cases {
+            let g = ConvGeom::new(n, h, w, cin, cout, 3, 1, 1).unwrap();
+            let x: Vec<f32> = uniform(g.in_len(), 50);
+            let wt: Vec<f32> = uniform(cout * 9 * cin, 51);
+            let dy: Vec<f32> = uniform(g.out_len(), 52);
+            let (y, dx, dw) = conv_pass(&g, &x, &wt, &dy, threads);
+            // The oracle: the im2col path in f64 on the same (f32-valued) inputs.
+            let up = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+            let g64 = ConvGeom { direct: false, ..g };
+            let (y64, dx64, dw64) = conv_pass(&g64, &up(&x), &up(&wt), &up(&dy), 1);
+            // Each output is a sum of `terms` products of values in [-1, 1]: f32 rounding
+            // bounds its error by about terms · 2⁻²⁴ · Σ|products| ≤ terms² · 6e-8.
+            let what = format!("{n}×{h}×{w}×{cin}→{cout}, threads {threads}");
+            for (name, a, b, terms) in [
+                ("y", &y, &y64, 9 * cin),
+                ("dx", &dx, &dx64, 9 * cout),
+                ("dW", &dw, &dw64, n * h * w),
+            ] {
+                let bound = (terms * terms) as f64 * 6e-8;
+                let worst = a
+                    .iter()
+                    .zip(b)
+                    .fold(0f64, |m, (&p, &q)| m.max((p as f64 - q).abs()));
+                assert!(worst <= bound, "{name} {what}: error {worst} > {bound}");
+                assert!(a.iter().any(|&v| v != 0.0), "{name} {what}: all zero");
+            }
         }
     }
 }

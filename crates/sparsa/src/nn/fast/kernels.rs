@@ -9,12 +9,28 @@
 
 use rayon::prelude::*;
 
+use super::direct;
 use crate::kernels::matmul::{gemm_into, Operand};
 
 /// The float types the engine runs in: f32 for training, f64 for gradient checks.
 /// (`zero`/`one` come from `num_traits` through `WithDType`.)
-pub trait Real: candle_core::WithDType + Default {}
-impl Real for f32 {}
+pub trait Real: candle_core::WithDType + Default {
+    /// The slice as f32 when the type is f32 (the direct convolution kernels are f32 only).
+    fn as_f32(_v: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_v: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
+}
+impl Real for f32 {
+    fn as_f32(v: &[f32]) -> Option<&[f32]> {
+        Some(v)
+    }
+    fn as_f32_mut(v: &mut [f32]) -> Option<&mut [f32]> {
+        Some(v)
+    }
+}
 impl Real for f64 {}
 
 /// Contiguous ranges cutting `items` into `groups` parts (some empty when items < groups).
@@ -172,6 +188,9 @@ pub struct ConvGeom {
     pub pad: usize,
     pub oh: usize,
     pub ow: usize,
+    /// Allow the direct 3×3 kernels ([`super::direct`]) where they apply (default true; false
+    /// forces im2col + GEMM, to compare the two).
+    pub direct: bool,
 }
 
 /// Elements of an im2col tile (≈1 MiB of f32): rows per tile = this / (k·k·cin), at least
@@ -206,6 +225,7 @@ impl ConvGeom {
             pad,
             oh: (h + 2 * pad - k) / stride + 1,
             ow: (w + 2 * pad - k) / stride + 1,
+            direct: true,
         })
     }
 
@@ -316,15 +336,22 @@ impl ConvGeom {
     /// y (rows × cout) = im2col(x) · Wᵀ, tile by tile; `epi(acc, row0, tile)` runs on each output
     /// tile while it is in cache (bias, ReLU, statistics, counting). One group per entry of
     /// `scratch`/`accs`.
+    /// A 3×3 stride-1 layer with few output channels runs the direct kernels instead
+    /// ([`super::direct`]; `pack` holds their packed weights), calling `epi` once per image.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward<T: Real>(
         &self,
         x: &[T],
         w: &[T],
         y: &mut [T],
+        pack: &mut Vec<T>,
         scratch: &mut [Vec<T>],
         accs: &mut [GroupAcc],
         epi: &(dyn Fn(&mut GroupAcc, usize, &mut [T]) + Sync),
     ) {
+        if direct::forward_applies::<T>(self) {
+            return self.forward_direct(x, w, y, pack, scratch, accs, epi);
+        }
         let (ckk, cout) = (self.ckk(), self.cout);
         let y = &mut y[..self.out_len()];
         if self.pointwise() {
@@ -384,6 +411,8 @@ impl ConvGeom {
 
     /// Gradients from dy (rows × cout): dW (cout × ckk) = dyᵀ · im2col(x), and when `dx` is
     /// given, dx = col2im(dy · W). `dw_parts` holds one partial dW per group (summed in order).
+    /// Runs the direct kernels when the forward pass does and, if `dx` is wanted, its input
+    /// gradient can too.
     #[allow(clippy::too_many_arguments)]
     pub fn backward<T: Real>(
         &self,
@@ -392,9 +421,15 @@ impl ConvGeom {
         dy: &[T],
         dw: &mut [T],
         dx: Option<&mut [T]>,
+        pack: &mut Vec<T>,
         scratch: &mut [Vec<T>],
         dw_parts: &mut [Vec<T>],
     ) {
+        if direct::forward_applies::<T>(self)
+            && (dx.is_none() || direct::input_grad_applies::<T>(self))
+        {
+            return self.backward_direct(x, w, dy, dw, dx, pack, scratch, dw_parts);
+        }
         let (ckk, cout) = (self.ckk(), self.cout);
         let rows = self.rows();
         if self.pointwise() {
@@ -474,6 +509,106 @@ impl ConvGeom {
             })
             .collect();
         sum_parts(dw, dw_parts, &used);
+    }
+}
+
+impl ConvGeom {
+    /// [`ConvGeom::forward`] on the direct kernels: per group of images, each image is padded
+    /// into the group's scratch, convolved, and handed to `epi` while in cache.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_direct<T: Real>(
+        &self,
+        x: &[T],
+        w: &[T],
+        y: &mut [T],
+        pack: &mut Vec<T>,
+        scratch: &mut [Vec<T>],
+        accs: &mut [GroupAcc],
+        epi: &(dyn Fn(&mut GroupAcc, usize, &mut [T]) + Sync),
+    ) {
+        let (cin, cout, ohw) = (self.cin, self.cout, self.ohw());
+        let img = self.h * self.w * cin;
+        direct::pack_forward(w, cout, cin, pack);
+        let wt = &pack[..];
+        let ranges = group_ranges(self.n, accs.len());
+        let parts = split_by(&mut y[..self.out_len()], &ranges, ohw * cout);
+        parts
+            .into_par_iter()
+            .zip(accs.par_iter_mut())
+            .zip(scratch.par_iter_mut())
+            .zip(ranges.par_iter())
+            .for_each(|(((part, acc), xp), r)| {
+                xp.resize(direct::padded_len(self, cin), T::zero());
+                for (i, yi) in r.clone().zip(part.chunks_exact_mut(ohw * cout)) {
+                    direct::pad_image(&x[i * img..(i + 1) * img], self.h, self.w, cin, xp);
+                    direct::conv_image(xp, self.h, self.w, cin, wt, cout, yi);
+                    epi(acc, i * ohw, yi);
+                }
+            });
+    }
+
+    /// [`ConvGeom::backward`] on the direct kernels: each group sums its images' weight
+    /// gradients in `[tap][ci][co]`; the partials are added in group order and transposed into
+    /// `dw`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_direct<T: Real>(
+        &self,
+        x: &[T],
+        w: &[T],
+        dy: &[T],
+        dw: &mut [T],
+        dx: Option<&mut [T]>,
+        pack: &mut Vec<T>,
+        scratch: &mut [Vec<T>],
+        dw_parts: &mut [Vec<T>],
+    ) {
+        let (h, wd, cin, cout, ohw) = (self.h, self.w, self.cin, self.cout, self.ohw());
+        let (img, wlen) = (h * wd * cin, 9 * cin * cout);
+        let want_dx = dx.is_some();
+        if want_dx {
+            direct::pack_backward(w, cout, cin, pack);
+        }
+        let wb = &pack[..];
+        let ranges = group_ranges(self.n, dw_parts.len());
+        let dx_parts: Vec<Option<&mut [T]>> = match dx {
+            Some(dx) => split_by(&mut dx[..self.in_len()], &ranges, img)
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => (0..ranges.len()).map(|_| None).collect(),
+        };
+        let (px, py) = (
+            direct::padded_len(self, cin),
+            direct::padded_len(self, cout),
+        );
+        dx_parts
+            .into_par_iter()
+            .zip(dw_parts.par_iter_mut())
+            .zip(scratch.par_iter_mut())
+            .zip(ranges.par_iter())
+            .for_each(|(((mut dxp, dwp), buf), r)| {
+                dwp.clear();
+                dwp.resize(wlen, T::zero());
+                buf.resize(px + py, T::zero());
+                let (xp, yp) = buf.split_at_mut(px);
+                for i in r.clone() {
+                    direct::pad_image(&x[i * img..(i + 1) * img], h, wd, cin, xp);
+                    let dyi = &dy[i * ohw * cout..(i + 1) * ohw * cout];
+                    direct::weight_grad_image(xp, h, wd, cin, dyi, cout, dwp);
+                    if let Some(d) = dxp.as_deref_mut() {
+                        direct::pad_image(dyi, h, wd, cout, yp);
+                        let di = &mut d[(i - r.start) * img..(i - r.start + 1) * img];
+                        direct::conv_image(yp, h, wd, cout, wb, cin, di);
+                    }
+                }
+            });
+        let (first, rest) = dw_parts.split_first_mut().expect("at least one group");
+        for p in rest.iter() {
+            for (a, &b) in first[..wlen].iter_mut().zip(&p[..wlen]) {
+                *a += b;
+            }
+        }
+        direct::unpack_weight_grad(&first[..wlen], cout, cin, &mut dw[..wlen]);
     }
 }
 

@@ -29,6 +29,7 @@
 //! group runs on that thread with fixed tile boundaries, and partial sums are combined in group
 //! order; a step is bit-reproducible for a given thread count (tested on one thread).
 
+pub mod direct;
 pub mod kernels;
 
 use candle_core::{Device, Tensor};
@@ -224,6 +225,8 @@ struct ConvUnit<T> {
     gin: Vec<T>,
     mean: Vec<T>,
     inv: Vec<T>,
+    /// Packed weights of the direct kernels (reused from step to step).
+    pack: Vec<T>,
 }
 
 impl<T: Real> ConvUnit<T> {
@@ -244,6 +247,7 @@ impl<T: Real> ConvUnit<T> {
                     x,
                     w,
                     &mut self.out,
+                    &mut self.pack,
                     &mut fw.sh.scratch,
                     &mut fw.sh.accs,
                     &epi,
@@ -254,7 +258,15 @@ impl<T: Real> ConvUnit<T> {
                 let epi = |acc: &mut GroupAcc, _r0: usize, tile: &mut [T]| {
                     kernels::accumulate_stats(acc, tile, c)
                 };
-                g.forward(x, w, &mut self.z, &mut fw.sh.scratch, &mut fw.sh.accs, &epi);
+                g.forward(
+                    x,
+                    w,
+                    &mut self.z,
+                    &mut self.pack,
+                    &mut fw.sh.scratch,
+                    &mut fw.sh.accs,
+                    &epi,
+                );
                 let (s1, s2) = kernels::merge_sums(&fw.sh.accs, c);
                 let nf = g.rows() as f64;
                 let bn = &mut fw.bns[bi];
@@ -299,6 +311,7 @@ impl<T: Real> ConvUnit<T> {
                     x,
                     w,
                     &mut self.out,
+                    &mut self.pack,
                     &mut fw.sh.scratch,
                     &mut fw.sh.accs,
                     &epi,
@@ -356,6 +369,7 @@ impl<T: Real> ConvUnit<T> {
             gout,
             dw,
             dx,
+            &mut self.pack,
             &mut bw.sh.scratch,
             &mut bw.sh.parts,
         );
@@ -709,6 +723,7 @@ impl Compiler<'_> {
                         gin: Vec::new(),
                         mean: Vec::new(),
                         inv: Vec::new(),
+                        pack: Vec::new(),
                     }));
                 }
                 Op::Linear { w, b } => {

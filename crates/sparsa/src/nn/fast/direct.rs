@@ -1,0 +1,345 @@
+//! Direct 3×3 convolution (stride 1, padding 1) on AVX-512, f32, for layers with few output
+//! channels (ResNet's 16/32/64, the first pairs of Conv-2/4/6 and VGG).
+//!
+//! im2col + GEMM is a poor fit there: the GEMM's output has only 16–64 columns, so the narrow
+//! microkernels run, and the 9×-expanded matrix is written and read once per pass. Here each
+//! image is copied once into a zero-bordered (h+2)×(w+2) buffer, and a register block of output
+//! pixels × 16-lane channel vectors accumulates over the 9 taps × input channels directly
+//! (one weight vector load per tap and input channel, one broadcast FMA per pixel), so no
+//! expanded matrix exists and every FMA is a full 16-lane one.
+//!
+//! - Forward: `y[p, co] = Σ_{tap, ci} xpad[p + tap, ci] · W[co, tap, ci]`, weights packed as
+//!   `[tap][ci][co]` ([`pack_forward`]).
+//! - Input gradient: the same kernel over the padded output gradient with the taps flipped and
+//!   the channel roles swapped, weights packed as `[tap][co][ci]` ([`pack_backward`]).
+//! - Weight gradient: `dW[tap][ci][co] += Σ_p xpad[p + tap, ci] · dy[p, co]`, a register block of
+//!   input channels × output-channel vectors accumulated over every pixel of an image
+//!   ([`weight_grad_image`]); the caller transposes the sum to the engine's (co, tap, ci) layout.
+//!
+//! Exactness: the kernels compute the same sums as the im2col path in another order, so results
+//! agree to float rounding (tested against the f64 im2col path and the candle reference).
+//! Sums are in a fixed order for a given shape, so runs stay bit-reproducible.
+
+use super::kernels::{ConvGeom, Real};
+
+/// Widest output channel count the direct kernels take (measured: beyond 64 channels the
+/// GEMM's wide microkernels win and the direct kernel's weight slice no longer stays in L2).
+pub const MAX_COUT: usize = 64;
+
+/// Whether the CPU has the instructions the kernels need.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether `g`'s forward pass (and weight gradient) runs on the direct kernels for element type T.
+pub fn forward_applies<T: Real>(g: &ConvGeom) -> bool {
+    g.direct
+        && T::as_f32(&[]).is_some()
+        && g.k == 3
+        && g.stride == 1
+        && g.pad == 1
+        && g.cout % 16 == 0
+        && g.cout <= MAX_COUT
+        && available()
+}
+
+/// Whether `g`'s input gradient runs on the direct kernels (the roles of cin and cout swap).
+pub fn input_grad_applies<T: Real>(g: &ConvGeom) -> bool {
+    forward_applies::<T>(g) && g.cin % 16 == 0 && g.cin <= MAX_COUT
+}
+
+/// Elements of one zero-bordered image of `c` channels.
+pub fn padded_len(g: &ConvGeom, c: usize) -> usize {
+    (g.h + 2) * (g.w + 2) * c
+}
+
+/// Copy one (h, w, c) image into `dst` with a zero border of one pixel.
+pub fn pad_image<T: Real>(src: &[T], h: usize, w: usize, c: usize, dst: &mut [T]) {
+    let wp = w + 2;
+    let dst = &mut dst[..(h + 2) * wp * c];
+    dst[..wp * c].fill(T::zero());
+    dst[(h + 1) * wp * c..].fill(T::zero());
+    for y in 0..h {
+        let row = &mut dst[(y + 1) * wp * c..(y + 2) * wp * c];
+        row[..c].fill(T::zero());
+        row[(w + 1) * c..].fill(T::zero());
+        row[c..(w + 1) * c].copy_from_slice(&src[y * w * c..(y + 1) * w * c]);
+    }
+}
+
+/// Engine weights (co, tap, ci) → `[tap][ci][co]`.
+pub fn pack_forward<T: Real>(w: &[T], cout: usize, cin: usize, dst: &mut Vec<T>) {
+    dst.clear();
+    dst.resize(9 * cin * cout, T::zero());
+    for co in 0..cout {
+        for t in 0..9 {
+            for ci in 0..cin {
+                dst[(t * cin + ci) * cout + co] = w[(co * 9 + t) * cin + ci];
+            }
+        }
+    }
+}
+
+/// Engine weights (co, tap, ci) → `[8 − tap][co][ci]`: the kernel of the input gradient.
+pub fn pack_backward<T: Real>(w: &[T], cout: usize, cin: usize, dst: &mut Vec<T>) {
+    dst.clear();
+    dst.resize(9 * cin * cout, T::zero());
+    for co in 0..cout {
+        for t in 0..9 {
+            let d = ((8 - t) * cout + co) * cin;
+            dst[d..d + cin].copy_from_slice(&w[(co * 9 + t) * cin..(co * 9 + t + 1) * cin]);
+        }
+    }
+}
+
+/// `[tap][ci][co]` weight-gradient sums → the engine's (co, tap, ci), assigned.
+pub fn unpack_weight_grad<T: Real>(src: &[T], cout: usize, cin: usize, dw: &mut [T]) {
+    for co in 0..cout {
+        for t in 0..9 {
+            for ci in 0..cin {
+                dw[(co * 9 + t) * cin + ci] = src[(t * cin + ci) * cout + co];
+            }
+        }
+    }
+}
+
+/// One image: y (h, w, cout) = the 3×3 correlation of `xp` (padded, cin channels) with `wt`
+/// (`[tap][ci][cout]`), assigned. Requires `cout % 16 == 0` and [`available`].
+pub fn conv_image<T: Real>(
+    xp: &[T],
+    h: usize,
+    w: usize,
+    cin: usize,
+    wt: &[T],
+    cout: usize,
+    y: &mut [T],
+) {
+    let (Some(xp), Some(wt), Some(y)) = (T::as_f32(xp), T::as_f32(wt), T::as_f32_mut(y)) else {
+        unreachable!("the direct kernels run only on f32 (forward_applies)")
+    };
+    assert!(cout % 16 == 0 && available());
+    assert!(xp.len() >= (h + 2) * (w + 2) * cin && wt.len() >= 9 * cin * cout);
+    assert!(y.len() >= h * w * cout);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F is present (asserted); every index the kernel forms is inside the slices
+    // whose lengths are asserted above (see `avx::conv_image`).
+    unsafe {
+        avx::conv_image(xp.as_ptr(), h, w, cin, wt.as_ptr(), cout, y.as_mut_ptr())
+    }
+}
+
+/// One image: `acc[tap][ci][co] += Σ_p xp[p + tap, ci] · dy[p, co]` over its h·w pixels.
+/// Requires `cout % 16 == 0` and [`available`].
+#[allow(clippy::too_many_arguments)]
+pub fn weight_grad_image<T: Real>(
+    xp: &[T],
+    h: usize,
+    w: usize,
+    cin: usize,
+    dy: &[T],
+    cout: usize,
+    acc: &mut [T],
+) {
+    let (Some(xp), Some(dy), Some(acc)) = (T::as_f32(xp), T::as_f32(dy), T::as_f32_mut(acc)) else {
+        unreachable!("the direct kernels run only on f32 (forward_applies)")
+    };
+    assert!(cout % 16 == 0 && available());
+    assert!(xp.len() >= (h + 2) * (w + 2) * cin && dy.len() >= h * w * cout);
+    assert!(acc.len() >= 9 * cin * cout);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for `conv_image`.
+    unsafe {
+        avx::weight_grad_image(xp.as_ptr(), h, w, cin, dy.as_ptr(), cout, acc.as_mut_ptr())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    /// Output pixels per register block with one (two) 16-lane vectors of output channels.
+    const PB1: usize = 16;
+    const PB2: usize = 8;
+    /// Input channels per register block of the weight gradient, for one (two) vectors.
+    const CB1: usize = 16;
+    const CB2: usize = 8;
+
+    macro_rules! dispatch {
+        ($n:expr, $f:ident, $nv:literal, $($arg:expr),*) => {
+            match $n {
+                1 => $f::<1, $nv>($($arg),*),
+                2 => $f::<2, $nv>($($arg),*),
+                3 => $f::<3, $nv>($($arg),*),
+                4 => $f::<4, $nv>($($arg),*),
+                5 => $f::<5, $nv>($($arg),*),
+                6 => $f::<6, $nv>($($arg),*),
+                7 => $f::<7, $nv>($($arg),*),
+                8 => $f::<8, $nv>($($arg),*),
+                9 => $f::<9, $nv>($($arg),*),
+                10 => $f::<10, $nv>($($arg),*),
+                11 => $f::<11, $nv>($($arg),*),
+                12 => $f::<12, $nv>($($arg),*),
+                13 => $f::<13, $nv>($($arg),*),
+                14 => $f::<14, $nv>($($arg),*),
+                15 => $f::<15, $nv>($($arg),*),
+                16 => $f::<16, $nv>($($arg),*),
+                _ => unreachable!(),
+            }
+        };
+    }
+
+    /// SAFETY (callers): AVX-512F present; `xp` holds (h+2)(w+2)·cin, `wt` 9·cin·cout and `y`
+    /// h·w·cout floats; cout % 16 == 0.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn conv_image(
+        xp: *const f32,
+        h: usize,
+        w: usize,
+        cin: usize,
+        wt: *const f32,
+        cout: usize,
+        y: *mut f32,
+    ) {
+        let row = (w + 2) * cin;
+        let two = cout % 32 == 0;
+        let (nv, pb) = if two { (2, PB2) } else { (1, PB1) };
+        for cob in (0..cout).step_by(16 * nv) {
+            for oy in 0..h {
+                let mut ox = 0;
+                while ox < w {
+                    let nb = pb.min(w - ox);
+                    let x = xp.add((oy * (w + 2) + ox) * cin);
+                    let o = y.add((oy * w + ox) * cout + cob);
+                    let wt = wt.add(cob);
+                    if two {
+                        dispatch!(nb, pixels, 2, x, row, cin, wt, cout, o);
+                    } else {
+                        dispatch!(nb, pixels, 1, x, row, cin, wt, cout, o);
+                    }
+                    ox += nb;
+                }
+            }
+        }
+    }
+
+    /// NB consecutive output pixels × NV channel vectors: x points at the first pixel's window
+    /// corner, `row` is the padded row stride, `wt` and `o` are offset to the channel block.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn pixels<const NB: usize, const NV: usize>(
+        x: *const f32,
+        row: usize,
+        cin: usize,
+        wt: *const f32,
+        cout: usize,
+        o: *mut f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; NB];
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let xr = x.add(ky * row + kx * cin);
+                let wr = wt.add((ky * 3 + kx) * cin * cout);
+                for ci in 0..cin {
+                    let mut wv = [_mm512_setzero_ps(); NV];
+                    for (v, wv) in wv.iter_mut().enumerate() {
+                        *wv = _mm512_loadu_ps(wr.add(ci * cout + 16 * v));
+                    }
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        let xv = _mm512_set1_ps(*xr.add(j * cin + ci));
+                        for v in 0..NV {
+                            acc[v] = _mm512_fmadd_ps(xv, wv[v], acc[v]);
+                        }
+                    }
+                }
+            }
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            for (v, &a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(o.add(j * cout + 16 * v), a);
+            }
+        }
+    }
+
+    /// SAFETY (callers): AVX-512F present; `xp` holds (h+2)(w+2)·cin, `dy` h·w·cout and `acc`
+    /// 9·cin·cout floats; cout % 16 == 0.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weight_grad_image(
+        xp: *const f32,
+        h: usize,
+        w: usize,
+        cin: usize,
+        dy: *const f32,
+        cout: usize,
+        acc: *mut f32,
+    ) {
+        let two = cout % 32 == 0;
+        let (nv, cb) = if two { (2, CB2) } else { (1, CB1) };
+        for t in 0..9 {
+            let (ky, kx) = (t / 3, t % 3);
+            for cob in (0..cout).step_by(16 * nv) {
+                let mut ci = 0;
+                while ci < cin {
+                    let nc = cb.min(cin - ci);
+                    let x = xp.add((ky * (w + 2) + kx) * cin + ci);
+                    let a = acc.add((t * cin + ci) * cout + cob);
+                    let d = dy.add(cob);
+                    if two {
+                        dispatch!(nc, channels, 2, x, h, w, cin, d, cout, a);
+                    } else {
+                        dispatch!(nc, channels, 1, x, h, w, cin, d, cout, a);
+                    }
+                    ci += nc;
+                }
+            }
+        }
+    }
+
+    /// NC input channels × NV output-channel vectors of one tap, summed over every pixel.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn channels<const NC: usize, const NV: usize>(
+        x: *const f32,
+        h: usize,
+        w: usize,
+        cin: usize,
+        dy: *const f32,
+        cout: usize,
+        a: *mut f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; NC];
+        for (c, acc) in acc.iter_mut().enumerate() {
+            for (v, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_loadu_ps(a.add(c * cout + 16 * v));
+            }
+        }
+        for oy in 0..h {
+            let xr = x.add(oy * (w + 2) * cin);
+            let dr = dy.add(oy * w * cout);
+            for ox in 0..w {
+                let mut d = [_mm512_setzero_ps(); NV];
+                for (v, d) in d.iter_mut().enumerate() {
+                    *d = _mm512_loadu_ps(dr.add(ox * cout + 16 * v));
+                }
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(*xr.add(ox * cin + c));
+                    for v in 0..NV {
+                        acc[v] = _mm512_fmadd_ps(xv, d[v], acc[v]);
+                    }
+                }
+            }
+        }
+        for (c, acc) in acc.iter().enumerate() {
+            for (v, &s) in acc.iter().enumerate() {
+                _mm512_storeu_ps(a.add(c * cout + 16 * v), s);
+            }
+        }
+    }
+}
