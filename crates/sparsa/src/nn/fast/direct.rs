@@ -45,14 +45,14 @@ pub fn forward_applies<T: Real>(g: &ConvGeom) -> bool {
         && g.k == 3
         && g.stride == 1
         && g.pad == 1
-        && g.cout % 16 == 0
+        && g.cout.is_multiple_of(16)
         && g.cout <= MAX_COUT
         && available()
 }
 
 /// Whether `g`'s input gradient runs on the direct kernels (the roles of cin and cout swap).
 pub fn input_grad_applies<T: Real>(g: &ConvGeom) -> bool {
-    forward_applies::<T>(g) && g.cin % 16 == 0 && g.cin <= MAX_COUT
+    forward_applies::<T>(g) && g.cin.is_multiple_of(16) && g.cin <= MAX_COUT
 }
 
 /// Elements of one zero-bordered image of `c` channels.
@@ -111,7 +111,7 @@ pub fn unpack_weight_grad<T: Real>(src: &[T], cout: usize, cin: usize, dw: &mut 
 }
 
 /// One image: y (h, w, cout) = the 3×3 correlation of `xp` (padded, cin channels) with `wt`
-/// (`[tap][ci][cout]`), assigned. Requires `cout % 16 == 0` and [`available`].
+/// (`[tap][ci][cout]`), assigned. Requires `cout.is_multiple_of(16)` and [`available`].
 pub fn conv_image<T: Real>(
     xp: &[T],
     h: usize,
@@ -124,7 +124,7 @@ pub fn conv_image<T: Real>(
     let (Some(xp), Some(wt), Some(y)) = (T::as_f32(xp), T::as_f32(wt), T::as_f32_mut(y)) else {
         unreachable!("the direct kernels run only on f32 (forward_applies)")
     };
-    assert!(cout % 16 == 0 && available());
+    assert!(cout.is_multiple_of(16) && available());
     assert!(xp.len() >= (h + 2) * (w + 2) * cin && wt.len() >= 9 * cin * cout);
     assert!(y.len() >= h * w * cout);
     #[cfg(target_arch = "x86_64")]
@@ -136,7 +136,7 @@ pub fn conv_image<T: Real>(
 }
 
 /// One image: `acc[tap][ci][co] += Σ_p xp[p + tap, ci] · dy[p, co]` over its h·w pixels.
-/// Requires `cout % 16 == 0` and [`available`].
+/// Requires `cout.is_multiple_of(16)` and [`available`].
 #[allow(clippy::too_many_arguments)]
 pub fn weight_grad_image<T: Real>(
     xp: &[T],
@@ -150,7 +150,7 @@ pub fn weight_grad_image<T: Real>(
     let (Some(xp), Some(dy), Some(acc)) = (T::as_f32(xp), T::as_f32(dy), T::as_f32_mut(acc)) else {
         unreachable!("the direct kernels run only on f32 (forward_applies)")
     };
-    assert!(cout % 16 == 0 && available());
+    assert!(cout.is_multiple_of(16) && available());
     assert!(xp.len() >= (h + 2) * (w + 2) * cin && dy.len() >= h * w * cout);
     assert!(acc.len() >= 9 * cin * cout);
     #[cfg(target_arch = "x86_64")]
@@ -196,7 +196,7 @@ mod avx {
     }
 
     /// SAFETY (callers): AVX-512F present; `xp` holds (h+2)(w+2)·cin, `wt` 9·cin·cout and `y`
-    /// h·w·cout floats; cout % 16 == 0.
+    /// h·w·cout floats; cout.is_multiple_of(16).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn conv_image(
         xp: *const f32,
@@ -208,7 +208,7 @@ mod avx {
         y: *mut f32,
     ) {
         let row = (w + 2) * cin;
-        let two = cout % 32 == 0;
+        let two = cout.is_multiple_of(32);
         let (nv, pb) = if two { (2, PB2) } else { (1, PB1) };
         for cob in (0..cout).step_by(16 * nv) {
             for oy in 0..h {
@@ -268,7 +268,7 @@ mod avx {
     }
 
     /// SAFETY (callers): AVX-512F present; `xp` holds (h+2)(w+2)·cin, `dy` h·w·cout and `acc`
-    /// 9·cin·cout floats; cout % 16 == 0.
+    /// 9·cin·cout floats; cout.is_multiple_of(16).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn weight_grad_image(
         xp: *const f32,
@@ -279,7 +279,7 @@ mod avx {
         cout: usize,
         acc: *mut f32,
     ) {
-        let two = cout % 32 == 0;
+        let two = cout.is_multiple_of(32);
         let (nv, cb) = if two { (2, CB2) } else { (1, CB1) };
         for t in 0..9 {
             let (ky, kx) = (t / 3, t % 3);
