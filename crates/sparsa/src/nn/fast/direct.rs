@@ -60,7 +60,8 @@ pub fn padded_len(g: &ConvGeom, c: usize) -> usize {
     (g.h + 2) * (g.w + 2) * c
 }
 
-/// Copy one (h, w, c) image into `dst` with a zero border of one pixel.
+/// Copy one (h, w, c) image into `dst` with a zero border of one pixel, channels last
+/// ((h+2), (w+2), c): the layout the kernels read.
 pub fn pad_image<T: Real>(src: &[T], h: usize, w: usize, c: usize, dst: &mut [T]) {
     let wp = w + 2;
     let dst = &mut dst[..(h + 2) * wp * c];
@@ -110,7 +111,7 @@ pub fn unpack_weight_grad<T: Real>(src: &[T], cout: usize, cin: usize, dw: &mut 
     }
 }
 
-/// One image: y (h, w, cout) = the 3×3 correlation of `xp` (padded, cin channels) with `wt`
+/// One image: y (h, w, cout) = the 3×3 correlation of `xp` ([`pad_image`], cin channels) with `wt`
 /// (`[tap][ci][cout]`), assigned. Requires `cout.is_multiple_of(16)` and [`available`].
 pub fn conv_image<T: Real>(
     xp: &[T],
@@ -171,25 +172,26 @@ mod avx {
     const CB1: usize = 16;
     const CB2: usize = 8;
 
+    /// Call `$f::<n, $nv[, $extra]>(args)` for a runtime n in 1..=16.
     macro_rules! dispatch {
-        ($n:expr, $f:ident, $nv:literal, $($arg:expr),*) => {
+        ($n:expr, $f:ident, $($c:literal),+; $($arg:expr),*) => {
             match $n {
-                1 => $f::<1, $nv>($($arg),*),
-                2 => $f::<2, $nv>($($arg),*),
-                3 => $f::<3, $nv>($($arg),*),
-                4 => $f::<4, $nv>($($arg),*),
-                5 => $f::<5, $nv>($($arg),*),
-                6 => $f::<6, $nv>($($arg),*),
-                7 => $f::<7, $nv>($($arg),*),
-                8 => $f::<8, $nv>($($arg),*),
-                9 => $f::<9, $nv>($($arg),*),
-                10 => $f::<10, $nv>($($arg),*),
-                11 => $f::<11, $nv>($($arg),*),
-                12 => $f::<12, $nv>($($arg),*),
-                13 => $f::<13, $nv>($($arg),*),
-                14 => $f::<14, $nv>($($arg),*),
-                15 => $f::<15, $nv>($($arg),*),
-                16 => $f::<16, $nv>($($arg),*),
+                1 => $f::<1, $($c),+>($($arg),*),
+                2 => $f::<2, $($c),+>($($arg),*),
+                3 => $f::<3, $($c),+>($($arg),*),
+                4 => $f::<4, $($c),+>($($arg),*),
+                5 => $f::<5, $($c),+>($($arg),*),
+                6 => $f::<6, $($c),+>($($arg),*),
+                7 => $f::<7, $($c),+>($($arg),*),
+                8 => $f::<8, $($c),+>($($arg),*),
+                9 => $f::<9, $($c),+>($($arg),*),
+                10 => $f::<10, $($c),+>($($arg),*),
+                11 => $f::<11, $($c),+>($($arg),*),
+                12 => $f::<12, $($c),+>($($arg),*),
+                13 => $f::<13, $($c),+>($($arg),*),
+                14 => $f::<14, $($c),+>($($arg),*),
+                15 => $f::<15, $($c),+>($($arg),*),
+                16 => $f::<16, $($c),+>($($arg),*),
                 _ => unreachable!(),
             }
         };
@@ -218,10 +220,17 @@ mod avx {
                     let x = xp.add((oy * (w + 2) + ox) * cin);
                     let o = y.add((oy * w + ox) * cout + cob);
                     let wt = wt.add(cob);
-                    if two {
-                        dispatch!(nb, pixels, 2, x, row, cin, wt, cout, o);
-                    } else {
-                        dispatch!(nb, pixels, 1, x, row, cin, wt, cout, o);
+                    // The usual channel counts get their own code, so that the pixels' inputs
+                    // (cin apart) are constant offsets from one pointer.
+                    match (two, cin) {
+                        (false, 16) => dispatch!(nb, pixels, 1, 16; x, row, cin, wt, cout, o),
+                        (false, 32) => dispatch!(nb, pixels, 1, 32; x, row, cin, wt, cout, o),
+                        (false, 64) => dispatch!(nb, pixels, 1, 64; x, row, cin, wt, cout, o),
+                        (false, _) => dispatch!(nb, pixels, 1, 0; x, row, cin, wt, cout, o),
+                        (true, 16) => dispatch!(nb, pixels, 2, 16; x, row, cin, wt, cout, o),
+                        (true, 32) => dispatch!(nb, pixels, 2, 32; x, row, cin, wt, cout, o),
+                        (true, 64) => dispatch!(nb, pixels, 2, 64; x, row, cin, wt, cout, o),
+                        (true, _) => dispatch!(nb, pixels, 2, 0; x, row, cin, wt, cout, o),
                     }
                     ox += nb;
                 }
@@ -231,9 +240,10 @@ mod avx {
 
     /// NB consecutive output pixels × NV channel vectors: x points at the first pixel's window
     /// corner, `row` is the padded row stride, `wt` and `o` are offset to the channel block.
+    /// CIN is the input channel count when known at compile time (0: `cin`).
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn pixels<const NB: usize, const NV: usize>(
+    unsafe fn pixels<const NB: usize, const NV: usize, const CIN: usize>(
         x: *const f32,
         row: usize,
         cin: usize,
@@ -241,6 +251,7 @@ mod avx {
         cout: usize,
         o: *mut f32,
     ) {
+        let cin = if CIN > 0 { CIN } else { cin };
         let mut acc = [[_mm512_setzero_ps(); NV]; NB];
         for ky in 0..3 {
             for kx in 0..3 {
@@ -291,9 +302,9 @@ mod avx {
                     let a = acc.add((t * cin + ci) * cout + cob);
                     let d = dy.add(cob);
                     if two {
-                        dispatch!(nc, channels, 2, x, h, w, cin, d, cout, a);
+                        dispatch!(nc, channels, 2; x, h, w, cin, d, cout, a);
                     } else {
-                        dispatch!(nc, channels, 1, x, h, w, cin, d, cout, a);
+                        dispatch!(nc, channels, 1; x, h, w, cin, d, cout, a);
                     }
                     ci += nc;
                 }
