@@ -279,6 +279,79 @@ fn evaluation_and_its_dnr_equal_the_reference() {
     }
 }
 
+#[test]
+fn direct_linear_kernel_matches_an_f64_product() {
+    if !sparsa::nn::fast::direct::available() {
+        eprintln!("no AVX-512F: the direct linear kernel never runs here");
+        return;
+    }
+    use sparsa::nn::fast::direct;
+    // (n, fin, fout): row tails (n not a multiple of 8), column tails (fout not a multiple of
+    // 16 or 32), LeNet's shapes.
+    for &(n, fin, fout) in &[
+        (13usize, 37usize, 300usize),
+        (8, 784, 300),
+        (5, 300, 100),
+        (17, 100, 10),
+        (1, 3, 1),
+        (9, 64, 48),
+    ] {
+        let x: Vec<f32> = uniform(n * fin, 60);
+        let w: Vec<f32> = uniform(fout * fin, 61);
+        let (mut panel, mut xt) = (Vec::new(), Vec::new());
+        direct::pack_linear(&w, fout, fin, &mut panel);
+        // Sentinels past each row's fout must survive (the tail stores are masked).
+        let mut y = vec![f32::NAN; n * fout + 16];
+        direct::linear_rows(&x, n, fin, &panel, fout, &mut xt, &mut y);
+        assert!(
+            y[n * fout..].iter().all(|v| v.is_nan()),
+            "{n}×{fin}→{fout}: wrote past y"
+        );
+        let bound = (fin * fin) as f64 * 6e-8;
+        for r in 0..n {
+            for o in 0..fout {
+                let want: f64 = (0..fin)
+                    .map(|i| x[r * fin + i] as f64 * w[o * fin + i] as f64)
+                    .sum();
+                let got = y[r * fout + o] as f64;
+                assert!(
+                    (got - want).abs() <= bound,
+                    "{n}×{fin}→{fout} [{r},{o}]: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn evaluation_after_training_uses_the_updated_weights() {
+    // The evaluation path caches packed weights; after SGD steps it must see the new ones.
+    for (arch, input) in [
+        (Arch::Lenet300100, spec(1, 7, 5)),
+        (Arch::Resnet20, spec(3, 9, 9)),
+    ] {
+        let net = Net::new(arch, input, 5, DType::F32).unwrap();
+        let n = 6;
+        let x: Vec<f32> = uniform(n * input.channels * input.height * input.width, 12);
+        let y = labels(n, 13);
+        let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default()).unwrap();
+        let before = fast.forward(&x, n, Mode::Eval).unwrap().to_vec();
+        for _ in 0..3 {
+            fast.train_step(&x, &y, 0.1).unwrap();
+        }
+        let after = fast.forward(&x, n, Mode::Eval).unwrap().to_vec();
+        let mut trained = Net::new(arch, input, 5, DType::F32).unwrap();
+        fast.write_back(&mut trained).unwrap();
+        let mut fresh = FastNet::<f32>::from_net(&trained, SgdConfig::default()).unwrap();
+        let want = fresh.forward(&x, n, Mode::Eval).unwrap().to_vec();
+        assert_eq!(
+            after, want,
+            "{arch}: evaluation after training used stale weights"
+        );
+        assert_ne!(before, after, "{arch}: training changed nothing");
+    }
+}
+
 /// L(θ) of the f64 engine in training mode.
 fn loss64(net: &Net, x: &[f64], y: &[u32]) -> f64 {
     let mut f = FastNet::<f64>::from_net(net, SgdConfig::default()).unwrap();

@@ -55,6 +55,11 @@ pub fn input_grad_applies<T: Real>(g: &ConvGeom) -> bool {
     forward_applies::<T>(g) && g.cin.is_multiple_of(16) && g.cin <= MAX_COUT
 }
 
+/// Whether dense linear layers in element type T run [`linear_rows`].
+pub fn linear_applies<T: Real>() -> bool {
+    T::as_f32(&[]).is_some() && available()
+}
+
 /// Elements of one zero-bordered image of `c` channels.
 pub fn padded_len(g: &ConvGeom, c: usize) -> usize {
     (g.h + 2) * (g.w + 2) * c
@@ -160,6 +165,69 @@ pub fn weight_grad_image<T: Real>(
         avx::weight_grad_image(xp.as_ptr(), h, w, cin, dy.as_ptr(), cout, acc.as_mut_ptr())
     }
 }
+
+/// Engine linear weights (fout × fin) → `[fin][fout rounded up to 16]` (zero columns past fout):
+/// the panel [`linear_rows`] reads.
+pub fn pack_linear<T: Real>(w: &[T], fout: usize, fin: usize, dst: &mut Vec<T>) {
+    let f16 = fout.div_ceil(16) * 16;
+    dst.clear();
+    dst.resize(fin * f16, T::zero());
+    // 16 × 16 blocks, so both sides stay in cache.
+    for o0 in (0..fout).step_by(16) {
+        for i0 in (0..fin).step_by(16) {
+            for o in o0..(o0 + 16).min(fout) {
+                for i in i0..(i0 + 16).min(fin) {
+                    dst[i * f16 + o] = w[o * fin + i];
+                }
+            }
+        }
+    }
+}
+
+/// y (n × fout) = x (n × fin) · W̃ where `wt` is [`pack_linear`]'s panel of W: rows are taken
+/// eight at a time (copied transposed into `xt`, so their broadcasts are constant offsets) and
+/// multiplied with 32-column strips of the panel held in L2. Requires [`available`].
+pub fn linear_rows<T: Real>(
+    x: &[T],
+    n: usize,
+    fin: usize,
+    wt: &[T],
+    fout: usize,
+    xt: &mut Vec<T>,
+    y: &mut [T],
+) {
+    let (Some(x), Some(wt), Some(y)) = (T::as_f32(x), T::as_f32(wt), T::as_f32_mut(y)) else {
+        unreachable!("the direct kernels run only on f32")
+    };
+    let f16 = fout.div_ceil(16) * 16;
+    assert!(available() && x.len() >= n * fin && wt.len() >= fin * f16 && y.len() >= n * fout);
+    xt.resize(fin * LINEAR_ROWS, T::zero());
+    let xt = T::as_f32_mut(xt).expect("f32");
+    for r0 in (0..n).step_by(LINEAR_ROWS) {
+        let nb = LINEAR_ROWS.min(n - r0);
+        for j in 0..nb {
+            for (i, &v) in x[(r0 + j) * fin..(r0 + j + 1) * fin].iter().enumerate() {
+                xt[i * LINEAR_ROWS + j] = v;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F is present (asserted); `xt` holds fin·LINEAR_ROWS floats, `wt`
+        // fin·f16, and `y` rows r0..r0+nb of fout (asserted above; see `avx::linear_block`).
+        unsafe {
+            avx::linear_block(
+                xt.as_ptr(),
+                nb,
+                fin,
+                wt.as_ptr(),
+                fout,
+                y.as_mut_ptr().add(r0 * fout),
+            )
+        }
+    }
+}
+
+/// Rows per register block of [`linear_rows`].
+pub const LINEAR_ROWS: usize = 8;
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
@@ -274,6 +342,74 @@ mod avx {
         for (j, acc) in acc.iter().enumerate() {
             for (v, &a) in acc.iter().enumerate() {
                 _mm512_storeu_ps(o.add(j * cout + 16 * v), a);
+            }
+        }
+    }
+
+    /// SAFETY (callers): AVX-512F present; `xt` holds fin·LINEAR_ROWS floats (row j of the
+    /// block at lane j of each group of LINEAR_ROWS), `wt` fin × fout rounded up to 16, `y` nb
+    /// rows of fout.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn linear_block(
+        xt: *const f32,
+        nb: usize,
+        fin: usize,
+        wt: *const f32,
+        fout: usize,
+        y: *mut f32,
+    ) {
+        let f16 = fout.div_ceil(16) * 16;
+        let mut c = 0;
+        while c < f16 {
+            let two = c + 32 <= f16;
+            // Columns past fout are computed (zero weights) but not stored.
+            let valid = (fout - c).min(if two { 32 } else { 16 });
+            if two {
+                dispatch!(nb, strip, 2; xt, fin, wt.add(c), f16, y.add(c), fout, valid);
+            } else {
+                dispatch!(nb, strip, 1; xt, fin, wt.add(c), f16, y.add(c), fout, valid);
+            }
+            c += if two { 32 } else { 16 };
+        }
+    }
+
+    /// NB rows × NV 16-column vectors of the panel, over all fin inputs; stores the first
+    /// `valid` columns.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn strip<const NB: usize, const NV: usize>(
+        xt: *const f32,
+        fin: usize,
+        wt: *const f32,
+        f16: usize,
+        y: *mut f32,
+        fout: usize,
+        valid: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; NB];
+        for i in 0..fin {
+            let mut wv = [_mm512_setzero_ps(); NV];
+            for (v, wv) in wv.iter_mut().enumerate() {
+                *wv = _mm512_loadu_ps(wt.add(i * f16 + 16 * v));
+            }
+            let xr = xt.add(i * super::LINEAR_ROWS);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*xr.add(j));
+                for v in 0..NV {
+                    acc[v] = _mm512_fmadd_ps(xv, wv[v], acc[v]);
+                }
+            }
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            for (v, &a) in acc.iter().enumerate() {
+                let left = valid.saturating_sub(16 * v).min(16);
+                let o = y.add(j * fout + 16 * v);
+                if left == 16 {
+                    _mm512_storeu_ps(o, a);
+                } else if left > 0 {
+                    _mm512_mask_storeu_ps(o, ((1u32 << left) - 1) as __mmask16, a);
+                }
             }
         }
     }

@@ -154,6 +154,8 @@ struct Fwd<'a, T> {
     train: bool,
     eps: f64,
     momentum: f64,
+    /// [`FastNet`]'s weight generation: packed copies made at another generation are stale.
+    gen: u64,
     sh: &'a mut Shared<T>,
 }
 
@@ -395,6 +397,10 @@ struct LinearUnit<T> {
     /// Sparse path: the input transposed (fin × n), kept for the backward pass, and scratch.
     xt: Vec<T>,
     tmp: Vec<T>,
+    /// Dense path on the direct kernels: the weight panel ([`direct::pack_linear`]) and the
+    /// weight generation it was packed at (repacked only when the weights changed).
+    packed: Vec<T>,
+    packed_gen: Option<u64>,
 }
 
 impl<T: Real> LinearUnit<T> {
@@ -407,6 +413,24 @@ impl<T: Real> LinearUnit<T> {
             self.tmp.resize(fout * n, T::zero());
             csr.mul_rows(&fw.p[self.w].w, &self.xt, n, &mut self.tmp);
             kernels::transpose(&self.tmp, fout, n, &mut self.out);
+        } else if !fw.train && direct::linear_applies::<T>() {
+            // Evaluation: the panel is packed once per weight generation and reused by every
+            // batch. (Training keeps the GEMM: repacking W every step cost more than it saved.)
+            if self.packed_gen != Some(fw.gen) {
+                direct::pack_linear(&fw.p[self.w].w, fout, fin, &mut self.packed);
+                self.packed_gen = Some(fw.gen);
+            }
+            let ranges = kernels::group_ranges(n, fw.sh.scratch.len());
+            let parts = kernels::split_by(&mut self.out, &ranges, fout);
+            let wt = &self.packed;
+            parts
+                .into_par_iter()
+                .zip(fw.sh.scratch.par_iter_mut())
+                .zip(ranges.par_iter())
+                .for_each(|((y, xt), r)| {
+                    let xs = &x[r.start * fin..r.end * fin];
+                    direct::linear_rows(xs, r.len(), fin, wt, fout, xt, y);
+                });
         } else {
             let threads = rayon::current_num_threads();
             gemm_into(
@@ -768,6 +792,8 @@ impl Compiler<'_> {
                         sparse: None,
                         xt: Vec::new(),
                         tmp: Vec::new(),
+                        packed: Vec::new(),
+                        packed_gen: None,
                     }));
                 }
                 Op::MaxPool(k) => {
@@ -863,6 +889,8 @@ pub struct FastNet<T: Real> {
     bn_momentum: f64,
     bn_eps: f64,
     n: usize,
+    /// Bumped whenever the weights change (packed copies compare against it).
+    gen: u64,
 }
 
 /// Weight density below which a masked linear layer runs the sparse kernels (CSR × dense), from
@@ -952,6 +980,7 @@ impl<T: Real> FastNet<T> {
             bn_momentum: net.bn_momentum,
             bn_eps: net.bn_eps,
             n: 0,
+            gen: 0,
         }
         .with_sparse_threshold(SPARSE_LINEAR_BELOW))
     }
@@ -960,6 +989,7 @@ impl<T: Real> FastNet<T> {
     /// the others run dense GEMMs (0: never sparse; above 1: always, for tests). Results agree
     /// to float tolerance, and the sparse path's weight gradient is 0 off the mask.
     pub fn with_sparse_threshold(mut self, density: f64) -> Self {
+        self.gen += 1;
         for u in &mut self.units {
             if let Unit::Linear(l) = u {
                 let slot = &mut self.params[l.w];
@@ -1095,6 +1125,7 @@ impl<T: Real> FastNet<T> {
             train: mode == Mode::Train,
             eps: self.bn_eps,
             momentum: self.bn_momentum,
+            gen: self.gen,
             sh: &mut self.sh,
         };
         forward_seq(&mut self.units, &self.x, n, &mut fw);
@@ -1159,6 +1190,7 @@ impl<T: Real> FastNet<T> {
             T::from_f64(weight_decay),
         );
         const CH: usize = 1 << 14;
+        self.gen += 1;
         for (s, g) in self.params.iter_mut().zip(&self.grads) {
             if g.len() != s.w.len() {
                 continue;
