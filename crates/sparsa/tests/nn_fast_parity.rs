@@ -867,3 +867,29 @@ fn sparse_linear_kernels_equal_the_dense_ones() {
 fn mask_vectors(f: &FastNet<f32>) -> Vec<Option<Vec<f32>>> {
     f.masks()
 }
+
+#[test]
+fn transpose_is_exact_for_every_shape() {
+    // Full 16 × 16 blocks, edges on either side, and shapes smaller than one block.
+    for &(rows, cols) in &[
+        (128usize, 784usize),
+        (300, 128),
+        (37, 53),
+        (16, 16),
+        (5, 3),
+        (17, 33),
+    ] {
+        let a: Vec<f32> = uniform(rows * cols, 70);
+        let mut out = Vec::new();
+        kernels::transpose(&a, rows, cols, &mut out);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(
+                    out[c * rows + r],
+                    a[r * cols + c],
+                    "{rows}×{cols} [{r},{c}]"
+                );
+            }
+        }
+    }
+}

@@ -226,6 +226,38 @@ pub fn linear_rows<T: Real>(
     }
 }
 
+/// out (cols × rows) = aᵀ for a row-major `a` (rows × cols), in 16 × 16 register blocks
+/// (edges scalar). Returns false, doing nothing, without AVX-512F.
+pub fn transpose_f32(a: &[f32], rows: usize, cols: usize, out: &mut [f32]) -> bool {
+    if !available() {
+        return false;
+    }
+    assert!(a.len() >= rows * cols && out.len() >= rows * cols);
+    let (r16, c16) = (rows / 16 * 16, cols / 16 * 16);
+    for r0 in (0..r16).step_by(16) {
+        for c0 in (0..c16).step_by(16) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F is present; the block's rows r0..r0+16 and columns c0..c0+16 are
+            // inside a (rows × cols) and its transpose inside out (asserted lengths).
+            unsafe {
+                avx::transpose16(
+                    a.as_ptr().add(r0 * cols + c0),
+                    cols,
+                    out.as_mut_ptr().add(c0 * rows + r0),
+                    rows,
+                )
+            }
+        }
+    }
+    for r in 0..rows {
+        let cs = if r < r16 { c16 } else { 0 };
+        for c in cs..cols {
+            out[c * rows + r] = a[r * cols + c];
+        }
+    }
+    true
+}
+
 /// Rows per register block of [`linear_rows`].
 pub const LINEAR_ROWS: usize = 8;
 
@@ -343,6 +375,42 @@ mod avx {
             for (v, &a) in acc.iter().enumerate() {
                 _mm512_storeu_ps(o.add(j * cout + 16 * v), a);
             }
+        }
+    }
+
+    /// Transpose the 16 × 16 block at `a` (row stride `lda`) into `o` (row stride `ldo`).
+    /// SAFETY (callers): AVX-512F present; both blocks in bounds.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose16(a: *const f32, lda: usize, o: *mut f32, ldo: usize) {
+        let mut r = [_mm512_setzero_ps(); 16];
+        for (i, r) in r.iter_mut().enumerate() {
+            *r = _mm512_loadu_ps(a.add(i * lda));
+        }
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        for q in 0..4 {
+            let b = 4 * q;
+            r[b] = _mm512_shuffle_ps::<0x44>(t[b], t[b + 2]);
+            r[b + 1] = _mm512_shuffle_ps::<0xEE>(t[b], t[b + 2]);
+            r[b + 2] = _mm512_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
+            r[b + 3] = _mm512_shuffle_ps::<0xEE>(t[b + 1], t[b + 3]);
+        }
+        for h in 0..2 {
+            let b = 8 * h;
+            for i in 0..4 {
+                t[b + i] = _mm512_shuffle_f32x4::<0x88>(r[b + i], r[b + i + 4]);
+                t[b + i + 4] = _mm512_shuffle_f32x4::<0xDD>(r[b + i], r[b + i + 4]);
+            }
+        }
+        for i in 0..8 {
+            r[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[i + 8]);
+            r[i + 8] = _mm512_shuffle_f32x4::<0xDD>(t[i], t[i + 8]);
+        }
+        for (i, r) in r.iter().enumerate() {
+            _mm512_storeu_ps(o.add(i * ldo), *r);
         }
     }
 

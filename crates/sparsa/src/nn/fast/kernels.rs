@@ -981,6 +981,11 @@ pub fn softmax_ce<T: Real>(logits: &[T], labels: &[u32], k: usize, grad: &mut [T
 /// `out` (cols × rows) = `a` (rows × cols) transposed, in blocks that stay in cache.
 pub fn transpose<T: Real>(a: &[T], rows: usize, cols: usize, out: &mut Vec<T>) {
     out.resize(rows * cols, T::zero());
+    if let (Some(af), Some(of)) = (T::as_f32(a), T::as_f32_mut(out)) {
+        if direct::transpose_f32(af, rows, cols, of) {
+            return;
+        }
+    }
     const B: usize = 32;
     for r0 in (0..rows).step_by(B) {
         for c0 in (0..cols).step_by(B) {
