@@ -607,23 +607,29 @@ fn direct_conv_kernels_match_the_im2col_path() {
         eprintln!("no AVX-512F: the direct kernels never run here (im2col is used)");
         return;
     }
-    // (n, h, w, cin, cout): one and two channel vectors, pixel and channel tails (w not a
-    // multiple of the 16/8-pixel blocks, cin not a multiple of the 16/8-channel blocks), cin not
-    // a multiple of 16 (the input gradient falls back to im2col), the widest direct layer.
+    // (n, h, w, cin, cout, k, pad): one and two channel vectors, pixel and channel tails (w
+    // not a multiple of the 16/8-pixel blocks, cin not a multiple of the 16/8-channel blocks),
+    // channel counts below and between multiples of 16 (masked lanes, LeNet-5's 1→6 and 6→16
+    // 5×5 layers), padding 0, 1 and 2, the widest direct layer.
     let cases = [
-        (3usize, 7usize, 9usize, 3usize, 16usize),
-        (2, 8, 19, 16, 16),
-        (2, 5, 11, 32, 32),
-        (3, 6, 6, 48, 48),
-        (2, 9, 4, 64, 64),
-        (2, 5, 7, 20, 32),
-        (1, 3, 3, 16, 48),
+        (3usize, 7usize, 9usize, 3usize, 16usize, 3usize, 1usize),
+        (2, 8, 19, 16, 16, 3, 1),
+        (2, 5, 11, 32, 32, 3, 1),
+        (3, 6, 6, 48, 48, 3, 1),
+        (2, 9, 4, 64, 64, 3, 1),
+        (2, 5, 7, 20, 32, 3, 1),
+        (1, 3, 3, 16, 48, 3, 1),
+        (2, 12, 10, 1, 6, 5, 2),
+        (2, 9, 11, 6, 16, 5, 0),
+        (2, 7, 8, 5, 7, 3, 0),
+        (1, 6, 6, 40, 20, 5, 1),
     ];
     for threads in [1usize, 2, 3] {
-        for &(n, h, w, cin, cout) in &cases {
-            let g = ConvGeom::new(n, h, w, cin, cout, 3, 1, 1).unwrap();
+        for &(n, h, w, cin, cout, k, pad) in &cases {
+            let g = ConvGeom::new(n, h, w, cin, cout, k, 1, pad).unwrap();
+            assert!(sparsa::nn::fast::direct::forward_applies::<f32>(&g));
             let x: Vec<f32> = uniform(g.in_len(), 50);
-            let wt: Vec<f32> = uniform(cout * 9 * cin, 51);
+            let wt: Vec<f32> = uniform(cout * k * k * cin, 51);
             let dy: Vec<f32> = uniform(g.out_len(), 52);
             let (y, dx, dw) = conv_pass(&g, &x, &wt, &dy, threads);
             // The oracle: the im2col path in f64 on the same (f32-valued) inputs.
@@ -632,10 +638,10 @@ fn direct_conv_kernels_match_the_im2col_path() {
             let (y64, dx64, dw64) = conv_pass(&g64, &up(&x), &up(&wt), &up(&dy), 1);
             // Each output is a sum of `terms` products of values in [-1, 1]: f32 rounding
             // bounds its error by about terms · 2⁻²⁴ · Σ|products| ≤ terms² · 6e-8.
-            let what = format!("{n}×{h}×{w}×{cin}→{cout}, threads {threads}");
+            let what = format!("{n}×{h}×{w}×{cin}→{cout} k{k} p{pad}, threads {threads}");
             for (name, a, b, terms) in [
-                ("y", &y, &y64, 9 * cin),
-                ("dx", &dx, &dx64, 9 * cout),
+                ("y", &y, &y64, k * k * cin),
+                ("dx", &dx, &dx64, k * k * cout),
                 ("dW", &dw, &dw64, n * h * w),
             ] {
                 let bound = (terms * terms) as f64 * 6e-8;

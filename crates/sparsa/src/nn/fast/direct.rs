@@ -1,19 +1,20 @@
-//! Direct 3×3 convolution (stride 1, padding 1) on AVX-512, f32, for layers with few output
-//! channels (ResNet's 16/32/64, the first pairs of Conv-2/4/6 and VGG).
+//! Direct kernels on AVX-512 (f32) where im2col + GEMM or a general GEMM fits poorly:
+//! stride-1 convolutions with few output channels (ResNet's 16/32/64, LeNet-5's 6/16, the first
+//! pairs of Conv-2/4/6 and VGG), the evaluation product of dense linear layers, and 16 × 16
+//! transposes.
 //!
-//! im2col + GEMM is a poor fit there: the GEMM's output has only 16–64 columns, so the narrow
-//! microkernels run, and the 9×-expanded matrix is written and read once per pass. Here each
-//! image is copied once into a zero-bordered (h+2)×(w+2) buffer, and a register block of output
-//! pixels × 16-lane channel vectors accumulates over the 9 taps × input channels directly
-//! (one weight vector load per tap and input channel, one broadcast FMA per pixel), so no
-//! expanded matrix exists and every FMA is a full 16-lane one.
-//!
+//! Convolution: the GEMM's output would have only 6–64 columns, so the narrow microkernels run,
+//! and the k²-expanded matrix is written and read once per pass. Here each image is copied once
+//! into a zero-bordered buffer, and a register block of output pixels × 16-lane channel vectors
+//! accumulates over the k² taps × input channels directly (one weight vector load per tap and
+//! input channel, one broadcast FMA per pixel): no expanded matrix exists. Channel counts that
+//! are not a multiple of 16 use zero weight lanes and masked stores.
 //! - Forward: `y[p, co] = Σ_{tap, ci} xpad[p + tap, ci] · W[co, tap, ci]`, weights packed as
-//!   `[tap][ci][co]` ([`pack_forward`]).
-//! - Input gradient: the same kernel over the padded output gradient with the taps flipped and
-//!   the channel roles swapped, weights packed as `[tap][co][ci]` ([`pack_backward`]).
-//! - Weight gradient: `dW[tap][ci][co] += Σ_p xpad[p + tap, ci] · dy[p, co]`, a register block of
-//!   input channels × output-channel vectors accumulated over every pixel of an image
+//!   `[tap][ci][co16]` ([`pack_forward`]).
+//! - Input gradient: the same kernel over the output gradient padded by k − 1 − pad, with the
+//!   taps flipped and the channel roles swapped ([`pack_backward`]).
+//! - Weight gradient: `dW[tap][ci][co16] += Σ_p xpad[p + tap, ci] · dy[p, co]`, a register block
+//!   of input channels × output-channel vectors accumulated over every pixel of an image
 //!   ([`weight_grad_image`]); the caller transposes the sum to the engine's (co, tap, ci) layout.
 //!
 //! Exactness: the kernels compute the same sums as the im2col path in another order, so results
@@ -22,9 +23,11 @@
 
 use super::kernels::{ConvGeom, Real};
 
-/// Widest output channel count the direct kernels take (measured: beyond 64 channels the
-/// GEMM's wide microkernels win and the direct kernel's weight slice no longer stays in L2).
-pub const MAX_COUT: usize = 64;
+/// Widest channel count (in and out) the direct convolution takes (measured: beyond 64 channels
+/// the GEMM's wide microkernels win and the direct kernel's weight slice no longer stays in L2).
+pub const MAX_CHANNELS: usize = 64;
+/// Widest window the direct convolution takes.
+pub const MAX_K: usize = 7;
 
 /// Whether the CPU has the instructions the kernels need.
 pub fn available() -> bool {
@@ -38,21 +41,26 @@ pub fn available() -> bool {
     }
 }
 
+/// `c` rounded up to a whole number of 16-lane vectors.
+pub fn lanes16(c: usize) -> usize {
+    c.div_ceil(16) * 16
+}
+
 /// Whether `g`'s forward pass (and weight gradient) runs on the direct kernels for element type T.
 pub fn forward_applies<T: Real>(g: &ConvGeom) -> bool {
     g.direct
         && T::as_f32(&[]).is_some()
-        && g.k == 3
         && g.stride == 1
-        && g.pad == 1
-        && g.cout.is_multiple_of(16)
-        && g.cout <= MAX_COUT
+        && !g.pointwise()
+        && g.k <= MAX_K
+        && g.pad < g.k
+        && g.cout <= MAX_CHANNELS
         && available()
 }
 
 /// Whether `g`'s input gradient runs on the direct kernels (the roles of cin and cout swap).
 pub fn input_grad_applies<T: Real>(g: &ConvGeom) -> bool {
-    forward_applies::<T>(g) && g.cin.is_multiple_of(16) && g.cin <= MAX_COUT
+    forward_applies::<T>(g) && g.cin <= MAX_CHANNELS
 }
 
 /// Whether dense linear layers in element type T run [`linear_rows`].
@@ -60,109 +68,126 @@ pub fn linear_applies<T: Real>() -> bool {
     T::as_f32(&[]).is_some() && available()
 }
 
-/// Elements of one zero-bordered image of `c` channels.
-pub fn padded_len(g: &ConvGeom, c: usize) -> usize {
-    (g.h + 2) * (g.w + 2) * c
+/// Elements of one (h, w, c) image with a zero border of `pad` pixels.
+pub fn padded_len(h: usize, w: usize, c: usize, pad: usize) -> usize {
+    (h + 2 * pad) * (w + 2 * pad) * c
 }
 
-/// Copy one (h, w, c) image into `dst` with a zero border of one pixel, channels last
-/// ((h+2), (w+2), c): the layout the kernels read.
-pub fn pad_image<T: Real>(src: &[T], h: usize, w: usize, c: usize, dst: &mut [T]) {
-    let wp = w + 2;
-    let dst = &mut dst[..(h + 2) * wp * c];
-    dst[..wp * c].fill(T::zero());
-    dst[(h + 1) * wp * c..].fill(T::zero());
+/// Copy one (h, w, c) image into `dst` (at least [`padded_len`] long) with a zero border of
+/// `pad` pixels, channels last ((h+2p), (w+2p), c): the layout the kernels read.
+pub fn pad_image<T: Real>(src: &[T], h: usize, w: usize, c: usize, pad: usize, dst: &mut [T]) {
+    let wp = w + 2 * pad;
+    let dst = &mut dst[..padded_len(h, w, c, pad)];
+    dst[..pad * wp * c].fill(T::zero());
+    dst[(pad + h) * wp * c..].fill(T::zero());
     for y in 0..h {
-        let row = &mut dst[(y + 1) * wp * c..(y + 2) * wp * c];
-        row[..c].fill(T::zero());
-        row[(w + 1) * c..].fill(T::zero());
-        row[c..(w + 1) * c].copy_from_slice(&src[y * w * c..(y + 1) * w * c]);
+        let row = &mut dst[(y + pad) * wp * c..(y + pad + 1) * wp * c];
+        row[..pad * c].fill(T::zero());
+        row[(w + pad) * c..].fill(T::zero());
+        row[pad * c..(w + pad) * c].copy_from_slice(&src[y * w * c..(y + 1) * w * c]);
     }
 }
 
-/// Engine weights (co, tap, ci) → `[tap][ci][co]`.
-pub fn pack_forward<T: Real>(w: &[T], cout: usize, cin: usize, dst: &mut Vec<T>) {
+/// Engine weights (co, tap, ci) of a k×k window → `[tap][ci][co16]` (zero lanes past cout).
+pub fn pack_forward<T: Real>(w: &[T], cout: usize, cin: usize, k: usize, dst: &mut Vec<T>) {
+    let (kk, c16) = (k * k, lanes16(cout));
     dst.clear();
-    dst.resize(9 * cin * cout, T::zero());
+    dst.resize(kk * cin * c16, T::zero());
     for co in 0..cout {
-        for t in 0..9 {
+        for t in 0..kk {
             for ci in 0..cin {
-                dst[(t * cin + ci) * cout + co] = w[(co * 9 + t) * cin + ci];
+                dst[(t * cin + ci) * c16 + co] = w[(co * kk + t) * cin + ci];
             }
         }
     }
 }
 
-/// Engine weights (co, tap, ci) → `[8 − tap][co][ci]`: the kernel of the input gradient.
-pub fn pack_backward<T: Real>(w: &[T], cout: usize, cin: usize, dst: &mut Vec<T>) {
+/// Engine weights (co, tap, ci) → `[k² − 1 − tap][co][ci16]`: the kernel of the input gradient.
+pub fn pack_backward<T: Real>(w: &[T], cout: usize, cin: usize, k: usize, dst: &mut Vec<T>) {
+    let (kk, c16) = (k * k, lanes16(cin));
     dst.clear();
-    dst.resize(9 * cin * cout, T::zero());
+    dst.resize(kk * cout * c16, T::zero());
     for co in 0..cout {
-        for t in 0..9 {
-            let d = ((8 - t) * cout + co) * cin;
-            dst[d..d + cin].copy_from_slice(&w[(co * 9 + t) * cin..(co * 9 + t + 1) * cin]);
+        for t in 0..kk {
+            let d = ((kk - 1 - t) * cout + co) * c16;
+            dst[d..d + cin].copy_from_slice(&w[(co * kk + t) * cin..(co * kk + t + 1) * cin]);
         }
     }
 }
 
-/// `[tap][ci][co]` weight-gradient sums → the engine's (co, tap, ci), assigned.
-pub fn unpack_weight_grad<T: Real>(src: &[T], cout: usize, cin: usize, dw: &mut [T]) {
+/// `[tap][ci][co16]` weight-gradient sums → the engine's (co, tap, ci), assigned.
+pub fn unpack_weight_grad<T: Real>(src: &[T], cout: usize, cin: usize, k: usize, dw: &mut [T]) {
+    let (kk, c16) = (k * k, lanes16(cout));
     for co in 0..cout {
-        for t in 0..9 {
+        for t in 0..kk {
             for ci in 0..cin {
-                dw[(co * 9 + t) * cin + ci] = src[(t * cin + ci) * cout + co];
+                dw[(co * kk + t) * cin + ci] = src[(t * cin + ci) * c16 + co];
             }
         }
     }
 }
 
-/// One image: y (h, w, cout) = the 3×3 correlation of `xp` ([`pad_image`], cin channels) with `wt`
-/// (`[tap][ci][cout]`), assigned. Requires `cout.is_multiple_of(16)` and [`available`].
-pub fn conv_image<T: Real>(
-    xp: &[T],
-    h: usize,
-    w: usize,
-    cin: usize,
-    wt: &[T],
-    cout: usize,
-    y: &mut [T],
-) {
+/// The shape of one image's direct convolution: `oh × ow` outputs from a padded input of
+/// `(oh + k − 1) × (ow + k − 1) × cin`, `cout` output channels.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub oh: usize,
+    pub ow: usize,
+    pub k: usize,
+    pub cin: usize,
+    pub cout: usize,
+}
+
+impl Window {
+    fn padded_len(&self) -> usize {
+        (self.oh + self.k - 1) * (self.ow + self.k - 1) * self.cin
+    }
+}
+
+/// One image: y (oh, ow, cout) = the k×k correlation of `xp` ([`pad_image`]) with `wt`
+/// ([`pack_forward`]'s `[tap][ci][co16]`), assigned. Requires [`available`].
+pub fn conv_image<T: Real>(win: Window, xp: &[T], wt: &[T], y: &mut [T]) {
     let (Some(xp), Some(wt), Some(y)) = (T::as_f32(xp), T::as_f32(wt), T::as_f32_mut(y)) else {
         unreachable!("the direct kernels run only on f32 (forward_applies)")
     };
-    assert!(cout.is_multiple_of(16) && available());
-    assert!(xp.len() >= (h + 2) * (w + 2) * cin && wt.len() >= 9 * cin * cout);
-    assert!(y.len() >= h * w * cout);
+    let Window {
+        oh,
+        ow,
+        k,
+        cin,
+        cout,
+    } = win;
+    assert!(available() && (1..=MAX_K).contains(&k) && cout > 0);
+    assert!(xp.len() >= win.padded_len() && wt.len() >= k * k * cin * lanes16(cout));
+    assert!(y.len() >= oh * ow * cout);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F is present (asserted); every index the kernel forms is inside the slices
     // whose lengths are asserted above (see `avx::conv_image`).
     unsafe {
-        avx::conv_image(xp.as_ptr(), h, w, cin, wt.as_ptr(), cout, y.as_mut_ptr())
+        avx::conv_image(win, xp.as_ptr(), wt.as_ptr(), y.as_mut_ptr())
     }
 }
 
-/// One image: `acc[tap][ci][co] += Σ_p xp[p + tap, ci] · dy[p, co]` over its h·w pixels.
-/// Requires `cout.is_multiple_of(16)` and [`available`].
-#[allow(clippy::too_many_arguments)]
-pub fn weight_grad_image<T: Real>(
-    xp: &[T],
-    h: usize,
-    w: usize,
-    cin: usize,
-    dy: &[T],
-    cout: usize,
-    acc: &mut [T],
-) {
+/// One image: `acc[tap][ci][co16] += Σ_p xp[p + tap, ci] · dy[p, co]` over its oh·ow pixels.
+/// Requires [`available`].
+pub fn weight_grad_image<T: Real>(win: Window, xp: &[T], dy: &[T], acc: &mut [T]) {
     let (Some(xp), Some(dy), Some(acc)) = (T::as_f32(xp), T::as_f32(dy), T::as_f32_mut(acc)) else {
         unreachable!("the direct kernels run only on f32 (forward_applies)")
     };
-    assert!(cout.is_multiple_of(16) && available());
-    assert!(xp.len() >= (h + 2) * (w + 2) * cin && dy.len() >= h * w * cout);
-    assert!(acc.len() >= 9 * cin * cout);
+    let Window {
+        oh,
+        ow,
+        k,
+        cin,
+        cout,
+    } = win;
+    assert!(available() && (1..=MAX_K).contains(&k) && cout > 0);
+    assert!(xp.len() >= win.padded_len() && dy.len() >= oh * ow * cout);
+    assert!(acc.len() >= k * k * cin * lanes16(cout));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as for `conv_image`.
     unsafe {
-        avx::weight_grad_image(xp.as_ptr(), h, w, cin, dy.as_ptr(), cout, acc.as_mut_ptr())
+        avx::weight_grad_image(win, xp.as_ptr(), dy.as_ptr(), acc.as_mut_ptr())
     }
 }
 
@@ -265,6 +290,8 @@ pub const LINEAR_ROWS: usize = 8;
 mod avx {
     use std::arch::x86_64::*;
 
+    use super::Window;
+
     /// Output pixels per register block with one (two) 16-lane vectors of output channels.
     const PB1: usize = 16;
     const PB2: usize = 8;
@@ -297,40 +324,59 @@ mod avx {
         };
     }
 
-    /// SAFETY (callers): AVX-512F present; `xp` holds (h+2)(w+2)·cin, `wt` 9·cin·cout and `y`
-    /// h·w·cout floats; cout.is_multiple_of(16).
+    /// Lane mask of the first `n` (≤ 16) lanes.
+    #[inline]
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// SAFETY (callers): AVX-512F present; `xp` holds the window's padded input, `wt` k²·cin·co16
+    /// and `y` oh·ow·cout floats.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn conv_image(
-        xp: *const f32,
-        h: usize,
-        w: usize,
-        cin: usize,
-        wt: *const f32,
-        cout: usize,
-        y: *mut f32,
-    ) {
-        let row = (w + 2) * cin;
-        let two = cout.is_multiple_of(32);
+    pub(super) unsafe fn conv_image(win: Window, xp: *const f32, wt: *const f32, y: *mut f32) {
+        let Window {
+            oh,
+            ow,
+            k,
+            cin,
+            cout,
+        } = win;
+        let c16 = super::lanes16(cout);
+        let row = (ow + k - 1) * cin;
+        let two = c16.is_multiple_of(32);
         let (nv, pb) = if two { (2, PB2) } else { (1, PB1) };
-        for cob in (0..cout).step_by(16 * nv) {
-            for oy in 0..h {
+        for cob in (0..c16).step_by(16 * nv) {
+            let valid = cout - cob;
+            for oy in 0..oh {
                 let mut ox = 0;
-                while ox < w {
-                    let nb = pb.min(w - ox);
-                    let x = xp.add((oy * (w + 2) + ox) * cin);
-                    let o = y.add((oy * w + ox) * cout + cob);
+                while ox < ow {
+                    let nb = pb.min(ow - ox);
+                    let x = xp.add((oy * (ow + k - 1) + ox) * cin);
+                    let o = y.add((oy * ow + ox) * cout + cob);
                     let wt = wt.add(cob);
+                    let g = Geo {
+                        row,
+                        cin,
+                        k,
+                        c16,
+                        cout,
+                        valid,
+                    };
                     // The usual channel counts get their own code, so that the pixels' inputs
                     // (cin apart) are constant offsets from one pointer.
                     match (two, cin) {
-                        (false, 16) => dispatch!(nb, pixels, 1, 16; x, row, cin, wt, cout, o),
-                        (false, 32) => dispatch!(nb, pixels, 1, 32; x, row, cin, wt, cout, o),
-                        (false, 64) => dispatch!(nb, pixels, 1, 64; x, row, cin, wt, cout, o),
-                        (false, _) => dispatch!(nb, pixels, 1, 0; x, row, cin, wt, cout, o),
-                        (true, 16) => dispatch!(nb, pixels, 2, 16; x, row, cin, wt, cout, o),
-                        (true, 32) => dispatch!(nb, pixels, 2, 32; x, row, cin, wt, cout, o),
-                        (true, 64) => dispatch!(nb, pixels, 2, 64; x, row, cin, wt, cout, o),
-                        (true, _) => dispatch!(nb, pixels, 2, 0; x, row, cin, wt, cout, o),
+                        (false, 16) => dispatch!(nb, pixels, 1, 16; x, wt, o, g),
+                        (false, 32) => dispatch!(nb, pixels, 1, 32; x, wt, o, g),
+                        (false, 64) => dispatch!(nb, pixels, 1, 64; x, wt, o, g),
+                        (false, _) => dispatch!(nb, pixels, 1, 0; x, wt, o, g),
+                        (true, 16) => dispatch!(nb, pixels, 2, 16; x, wt, o, g),
+                        (true, 32) => dispatch!(nb, pixels, 2, 32; x, wt, o, g),
+                        (true, 64) => dispatch!(nb, pixels, 2, 64; x, wt, o, g),
+                        (true, _) => dispatch!(nb, pixels, 2, 0; x, wt, o, g),
                     }
                     ox += nb;
                 }
@@ -338,29 +384,42 @@ mod avx {
         }
     }
 
+    /// Strides and sizes the register blocks need.
+    #[derive(Clone, Copy)]
+    struct Geo {
+        /// Padded input row stride (floats).
+        row: usize,
+        cin: usize,
+        k: usize,
+        /// Weight row stride: cout rounded up to 16.
+        c16: usize,
+        /// Output row stride.
+        cout: usize,
+        /// Output channels left from this block's first one (stores are masked past them).
+        valid: usize,
+    }
+
     /// NB consecutive output pixels × NV channel vectors: x points at the first pixel's window
-    /// corner, `row` is the padded row stride, `wt` and `o` are offset to the channel block.
-    /// CIN is the input channel count when known at compile time (0: `cin`).
+    /// corner, `wt` and `o` are offset to the channel block. CIN is the input channel count when
+    /// known at compile time (0: `g.cin`).
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn pixels<const NB: usize, const NV: usize, const CIN: usize>(
         x: *const f32,
-        row: usize,
-        cin: usize,
         wt: *const f32,
-        cout: usize,
         o: *mut f32,
+        g: Geo,
     ) {
-        let cin = if CIN > 0 { CIN } else { cin };
+        let cin = if CIN > 0 { CIN } else { g.cin };
         let mut acc = [[_mm512_setzero_ps(); NV]; NB];
-        for ky in 0..3 {
-            for kx in 0..3 {
-                let xr = x.add(ky * row + kx * cin);
-                let wr = wt.add((ky * 3 + kx) * cin * cout);
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let xr = x.add(ky * g.row + kx * cin);
+                let wr = wt.add((ky * g.k + kx) * cin * g.c16);
                 for ci in 0..cin {
                     let mut wv = [_mm512_setzero_ps(); NV];
                     for (v, wv) in wv.iter_mut().enumerate() {
-                        *wv = _mm512_loadu_ps(wr.add(ci * cout + 16 * v));
+                        *wv = _mm512_loadu_ps(wr.add(ci * g.c16 + 16 * v));
                     }
                     for (j, acc) in acc.iter_mut().enumerate() {
                         let xv = _mm512_set1_ps(*xr.add(j * cin + ci));
@@ -373,7 +432,114 @@ mod avx {
         }
         for (j, acc) in acc.iter().enumerate() {
             for (v, &a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(o.add(j * cout + 16 * v), a);
+                let left = g.valid.saturating_sub(16 * v);
+                let p = o.add(j * g.cout + 16 * v);
+                if left >= 16 {
+                    _mm512_storeu_ps(p, a);
+                } else if left > 0 {
+                    _mm512_mask_storeu_ps(p, lanes(left), a);
+                }
+            }
+        }
+    }
+
+    /// SAFETY (callers): AVX-512F present; `xp` holds the window's padded input, `dy` oh·ow·cout
+    /// and `acc` k²·cin·co16 floats.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weight_grad_image(
+        win: Window,
+        xp: *const f32,
+        dy: *const f32,
+        acc: *mut f32,
+    ) {
+        let Window {
+            oh,
+            ow,
+            k,
+            cin,
+            cout,
+        } = win;
+        let c16 = super::lanes16(cout);
+        let two = c16.is_multiple_of(32);
+        let (nv, cb) = if two { (2, CB2) } else { (1, CB1) };
+        for t in 0..k * k {
+            let (ky, kx) = (t / k, t % k);
+            for cob in (0..c16).step_by(16 * nv) {
+                let m = [lanes(cout - cob), lanes((cout - cob).saturating_sub(16))];
+                let mut ci = 0;
+                while ci < cin {
+                    let nc = cb.min(cin - ci);
+                    let x = xp.add((ky * (ow + k - 1) + kx) * cin + ci);
+                    let a = acc.add((t * cin + ci) * c16 + cob);
+                    let d = dy.add(cob);
+                    let g = Grad {
+                        oh,
+                        ow,
+                        k,
+                        cin,
+                        cout,
+                        c16,
+                        m,
+                    };
+                    if two {
+                        dispatch!(nc, channels, 2; x, d, a, g);
+                    } else {
+                        dispatch!(nc, channels, 1; x, d, a, g);
+                    }
+                    ci += nc;
+                }
+            }
+        }
+    }
+
+    /// Sizes and lane masks of a weight-gradient block.
+    #[derive(Clone, Copy)]
+    struct Grad {
+        oh: usize,
+        ow: usize,
+        k: usize,
+        cin: usize,
+        cout: usize,
+        c16: usize,
+        /// Lanes of the block's two output-channel vectors that are inside cout.
+        m: [__mmask16; 2],
+    }
+
+    /// NC input channels × NV output-channel vectors of one tap, summed over every pixel.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn channels<const NC: usize, const NV: usize>(
+        x: *const f32,
+        dy: *const f32,
+        a: *mut f32,
+        g: Grad,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; NC];
+        for (c, acc) in acc.iter_mut().enumerate() {
+            for (v, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_loadu_ps(a.add(c * g.c16 + 16 * v));
+            }
+        }
+        let row = (g.ow + g.k - 1) * g.cin;
+        for oy in 0..g.oh {
+            let xr = x.add(oy * row);
+            let dr = dy.add(oy * g.ow * g.cout);
+            for ox in 0..g.ow {
+                let mut d = [_mm512_setzero_ps(); NV];
+                for (v, d) in d.iter_mut().enumerate() {
+                    *d = _mm512_maskz_loadu_ps(g.m[v], dr.add(ox * g.cout + 16 * v));
+                }
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(*xr.add(ox * g.cin + c));
+                    for v in 0..NV {
+                        acc[v] = _mm512_fmadd_ps(xv, d[v], acc[v]);
+                    }
+                }
+            }
+        }
+        for (c, acc) in acc.iter().enumerate() {
+            for (v, &s) in acc.iter().enumerate() {
+                _mm512_storeu_ps(a.add(c * g.c16 + 16 * v), s);
             }
         }
     }
@@ -476,84 +642,8 @@ mod avx {
                 if left == 16 {
                     _mm512_storeu_ps(o, a);
                 } else if left > 0 {
-                    _mm512_mask_storeu_ps(o, ((1u32 << left) - 1) as __mmask16, a);
+                    _mm512_mask_storeu_ps(o, lanes(left), a);
                 }
-            }
-        }
-    }
-
-    /// SAFETY (callers): AVX-512F present; `xp` holds (h+2)(w+2)·cin, `dy` h·w·cout and `acc`
-    /// 9·cin·cout floats; cout.is_multiple_of(16).
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn weight_grad_image(
-        xp: *const f32,
-        h: usize,
-        w: usize,
-        cin: usize,
-        dy: *const f32,
-        cout: usize,
-        acc: *mut f32,
-    ) {
-        let two = cout.is_multiple_of(32);
-        let (nv, cb) = if two { (2, CB2) } else { (1, CB1) };
-        for t in 0..9 {
-            let (ky, kx) = (t / 3, t % 3);
-            for cob in (0..cout).step_by(16 * nv) {
-                let mut ci = 0;
-                while ci < cin {
-                    let nc = cb.min(cin - ci);
-                    let x = xp.add((ky * (w + 2) + kx) * cin + ci);
-                    let a = acc.add((t * cin + ci) * cout + cob);
-                    let d = dy.add(cob);
-                    if two {
-                        dispatch!(nc, channels, 2; x, h, w, cin, d, cout, a);
-                    } else {
-                        dispatch!(nc, channels, 1; x, h, w, cin, d, cout, a);
-                    }
-                    ci += nc;
-                }
-            }
-        }
-    }
-
-    /// NC input channels × NV output-channel vectors of one tap, summed over every pixel.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn channels<const NC: usize, const NV: usize>(
-        x: *const f32,
-        h: usize,
-        w: usize,
-        cin: usize,
-        dy: *const f32,
-        cout: usize,
-        a: *mut f32,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); NV]; NC];
-        for (c, acc) in acc.iter_mut().enumerate() {
-            for (v, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm512_loadu_ps(a.add(c * cout + 16 * v));
-            }
-        }
-        for oy in 0..h {
-            let xr = x.add(oy * (w + 2) * cin);
-            let dr = dy.add(oy * w * cout);
-            for ox in 0..w {
-                let mut d = [_mm512_setzero_ps(); NV];
-                for (v, d) in d.iter_mut().enumerate() {
-                    *d = _mm512_loadu_ps(dr.add(ox * cout + 16 * v));
-                }
-                for (c, acc) in acc.iter_mut().enumerate() {
-                    let xv = _mm512_set1_ps(*xr.add(ox * cin + c));
-                    for v in 0..NV {
-                        acc[v] = _mm512_fmadd_ps(xv, d[v], acc[v]);
-                    }
-                }
-            }
-        }
-        for (c, acc) in acc.iter().enumerate() {
-            for (v, &s) in acc.iter().enumerate() {
-                _mm512_storeu_ps(a.add(c * cout + 16 * v), s);
             }
         }
     }

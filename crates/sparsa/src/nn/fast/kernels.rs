@@ -513,6 +513,17 @@ impl ConvGeom {
 }
 
 impl ConvGeom {
+    /// The direct kernels' window of the forward pass (and weight gradient).
+    fn window(&self) -> direct::Window {
+        direct::Window {
+            oh: self.oh,
+            ow: self.ow,
+            k: self.k,
+            cin: self.cin,
+            cout: self.cout,
+        }
+    }
+
     /// [`ConvGeom::forward`] on the direct kernels: per group of images, each image is padded
     /// into the group's scratch, convolved, and handed to `epi` while in cache.
     #[allow(clippy::too_many_arguments)]
@@ -528,8 +539,8 @@ impl ConvGeom {
     ) {
         let (cin, cout, ohw) = (self.cin, self.cout, self.ohw());
         let img = self.h * self.w * cin;
-        direct::pack_forward(w, cout, cin, pack);
-        let wt = &pack[..];
+        direct::pack_forward(w, cout, cin, self.k, pack);
+        let (wt, win) = (&pack[..], self.window());
         let ranges = group_ranges(self.n, accs.len());
         let parts = split_by(&mut y[..self.out_len()], &ranges, ohw * cout);
         parts
@@ -538,18 +549,20 @@ impl ConvGeom {
             .zip(scratch.par_iter_mut())
             .zip(ranges.par_iter())
             .for_each(|(((part, acc), xp), r)| {
-                xp.resize(direct::padded_len(self, cin), T::zero());
+                xp.resize(direct::padded_len(self.h, self.w, cin, self.pad), T::zero());
                 for (i, yi) in r.clone().zip(part.chunks_exact_mut(ohw * cout)) {
-                    direct::pad_image(&x[i * img..(i + 1) * img], self.h, self.w, cin, xp);
-                    direct::conv_image(xp, self.h, self.w, cin, wt, cout, yi);
+                    let xi = &x[i * img..(i + 1) * img];
+                    direct::pad_image(xi, self.h, self.w, cin, self.pad, xp);
+                    direct::conv_image(win, xp, wt, yi);
                     epi(acc, i * ohw, yi);
                 }
             });
     }
 
     /// [`ConvGeom::backward`] on the direct kernels: each group sums its images' weight
-    /// gradients in `[tap][ci][co]`; the partials are added in group order and transposed into
-    /// `dw`.
+    /// gradients in `[tap][ci][co16]`; the partials are added in group order and transposed
+    /// into `dw`. The input gradient convolves dy, padded by k − 1 − pad, with the flipped
+    /// weights.
     #[allow(clippy::too_many_arguments)]
     fn backward_direct<T: Real>(
         &self,
@@ -562,13 +575,21 @@ impl ConvGeom {
         scratch: &mut [Vec<T>],
         dw_parts: &mut [Vec<T>],
     ) {
-        let (h, wd, cin, cout, ohw) = (self.h, self.w, self.cin, self.cout, self.ohw());
-        let (img, wlen) = (h * wd * cin, 9 * cin * cout);
-        let want_dx = dx.is_some();
-        if want_dx {
-            direct::pack_backward(w, cout, cin, pack);
+        let (h, wd, k, cin, cout, ohw) = (self.h, self.w, self.k, self.cin, self.cout, self.ohw());
+        let (img, wlen) = (h * wd * cin, k * k * cin * direct::lanes16(cout));
+        if dx.is_some() {
+            direct::pack_backward(w, cout, cin, k, pack);
         }
         let wb = &pack[..];
+        let win = self.window();
+        // dx: oh × ow gradients padded to (h + k − 1) × (w + k − 1), cout in, cin out.
+        let back = direct::Window {
+            oh: h,
+            ow: wd,
+            k,
+            cin: cout,
+            cout: cin,
+        };
         let ranges = group_ranges(self.n, dw_parts.len());
         let dx_parts: Vec<Option<&mut [T]>> = match dx {
             Some(dx) => split_by(&mut dx[..self.in_len()], &ranges, img)
@@ -577,10 +598,9 @@ impl ConvGeom {
                 .collect(),
             None => (0..ranges.len()).map(|_| None).collect(),
         };
-        let (px, py) = (
-            direct::padded_len(self, cin),
-            direct::padded_len(self, cout),
-        );
+        let bpad = k - 1 - self.pad;
+        let px = direct::padded_len(h, wd, cin, self.pad);
+        let py = direct::padded_len(self.oh, self.ow, cout, bpad);
         dx_parts
             .into_par_iter()
             .zip(dw_parts.par_iter_mut())
@@ -592,13 +612,13 @@ impl ConvGeom {
                 buf.resize(px + py, T::zero());
                 let (xp, yp) = buf.split_at_mut(px);
                 for i in r.clone() {
-                    direct::pad_image(&x[i * img..(i + 1) * img], h, wd, cin, xp);
+                    direct::pad_image(&x[i * img..(i + 1) * img], h, wd, cin, self.pad, xp);
                     let dyi = &dy[i * ohw * cout..(i + 1) * ohw * cout];
-                    direct::weight_grad_image(xp, h, wd, cin, dyi, cout, dwp);
+                    direct::weight_grad_image(win, xp, dyi, dwp);
                     if let Some(d) = dxp.as_deref_mut() {
-                        direct::pad_image(dyi, h, wd, cout, yp);
+                        direct::pad_image(dyi, self.oh, self.ow, cout, bpad, yp);
                         let di = &mut d[(i - r.start) * img..(i - r.start + 1) * img];
-                        direct::conv_image(yp, h, wd, cout, wb, cin, di);
+                        direct::conv_image(back, yp, wb, di);
                     }
                 }
             });
@@ -608,7 +628,7 @@ impl ConvGeom {
                 *a += b;
             }
         }
-        direct::unpack_weight_grad(&first[..wlen], cout, cin, &mut dw[..wlen]);
+        direct::unpack_weight_grad(&first[..wlen], cout, cin, k, dw);
     }
 }
 
