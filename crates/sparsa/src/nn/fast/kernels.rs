@@ -756,11 +756,12 @@ pub fn relu_backward<T: Real>(g: &mut [T], out: Option<&[T]>, c: usize, accs: &m
             let mut p = vec![T::zero(); c];
             for (b, block) in gp.chunks_mut(SUM_BLOCK * c).enumerate() {
                 p.fill(T::zero());
-                let row0 = r.start + b * SUM_BLOCK;
-                for (i, grow) in block.chunks_exact_mut(c).enumerate() {
-                    if let Some(out) = out {
-                        relu_mask(grow, &out[(row0 + i) * c..(row0 + i + 1) * c]);
-                    }
+                let e0 = (r.start + b * SUM_BLOCK) * c;
+                if let Some(out) = out {
+                    // The whole block at once: rows of a few channels would not vectorise.
+                    relu_mask(block, &out[e0..e0 + block.len()]);
+                }
+                for grow in block.chunks_exact(c) {
                     for (s, &g) in p.iter_mut().zip(grow.iter()) {
                         *s += g;
                     }
@@ -923,13 +924,16 @@ pub fn max_pool_backward<T: Real>(
                 &g[i * img_out..(i + 1) * img_out],
                 &arg[i * img_out..(i + 1) * img_out],
             );
+            // Offset of each window position (the recorded code) from the window's corner.
+            let off: Vec<usize> = (0..k * k)
+                .map(|code| (code / k * w + code % k) * c)
+                .collect();
             for oy in 0..oh {
                 for ox in 0..ow {
                     let ob = (oy * ow + ox) * c;
+                    let corner = (oy * k * w + ox * k) * c;
                     for j in 0..c {
-                        let code = ai[ob + j] as usize;
-                        let (dy, dxx) = (code / k, code % k);
-                        d[((oy * k + dy) * w + ox * k + dxx) * c + j] = gi[ob + j];
+                        d[corner + off[ai[ob + j] as usize] + j] = gi[ob + j];
                     }
                 }
             }
