@@ -5,6 +5,9 @@
 //! on the data files. `identity.json` records
 //! - the sparsa version (`CARGO_PKG_VERSION`) and [`RUN_FORMAT`], a number bumped by hand whenever
 //!   a change alters what a run computes or the files it writes (training, pruning, DNR, layout);
+//! - the kernel set the engine ran on ([`crate::nn::fast::direct::kernel_set`]): the direct
+//!   AVX-512 kernels and their portable fallback sum in different orders, so their float results
+//!   differ in the last bits;
 //! - a fingerprint of the data: each file's name, size in bytes and SHA-256 of its bytes as stored.
 //!
 //! [`check_or_record`] refuses to resume or reuse a directory whose recorded identity differs
@@ -23,8 +26,10 @@ use crate::util::fs::atomic_write;
 /// Bumped by hand when a change alters what a run computes or writes. History: 1 = run
 /// directories before identities were recorded; 2 = identities, input ranges, `reinit`, iterative
 /// SNIP/SynFlow, start-state digests in `metrics.json`; 3 = training, evaluation and DNR probes
-/// on the fused `nn::fast` engine (float results differ from the candle path's).
-pub const RUN_FORMAT: u32 = 3;
+/// on the fused `nn::fast` engine (float results differ from the candle path's); 4 = direct
+/// AVX-512 kernels for small-channel convolutions and linear evaluation, and the kernel set in
+/// the identity.
+pub const RUN_FORMAT: u32 = 4;
 
 /// File name of the identity record inside a run directory.
 pub const IDENTITY_FILE: &str = "identity.json";
@@ -44,6 +49,9 @@ pub struct DataFile {
 pub struct RunIdentity {
     pub sparsa_version: String,
     pub run_format: u32,
+    /// The engine's kernel set ("" in records made before it was recorded).
+    #[serde(default)]
+    pub kernels: String,
     pub data: Vec<DataFile>,
 }
 
@@ -53,6 +61,7 @@ impl RunIdentity {
         RunIdentity {
             sparsa_version: env!("CARGO_PKG_VERSION").to_string(),
             run_format: RUN_FORMAT,
+            kernels: crate::nn::fast::direct::kernel_set().to_string(),
             data,
         }
     }
@@ -70,6 +79,17 @@ impl RunIdentity {
             out.push(format!(
                 "run format {} (recorded {})",
                 self.run_format, recorded.run_format
+            ));
+        }
+        if self.kernels != recorded.kernels {
+            out.push(format!(
+                "kernels {} (recorded {})",
+                self.kernels,
+                if recorded.kernels.is_empty() {
+                    "none"
+                } else {
+                    &recorded.kernels
+                }
             ));
         }
         let names = |v: &[DataFile]| v.iter().map(|f| f.name.clone()).collect::<Vec<_>>();
@@ -216,6 +236,7 @@ pub fn check_or_record(
                 created: RunIdentity {
                     sparsa_version: "unknown".into(),
                     run_format: 1,
+                    kernels: String::new(),
                     data: Vec::new(),
                 },
                 mixed_in: vec![current.clone()],
@@ -249,6 +270,7 @@ mod tests {
         RunIdentity {
             sparsa_version: v.into(),
             run_format: RUN_FORMAT,
+            kernels: crate::nn::fast::direct::kernel_set().into(),
             data: vec![DataFile {
                 name: "train.gz".into(),
                 bytes: 10,

@@ -41,6 +41,16 @@ pub fn available() -> bool {
     }
 }
 
+/// The kernel set this CPU runs: "avx512f" (the direct kernels) or "portable" (im2col + GEMM
+/// and the general GEMM only). Run directories record it (`prune::identity`).
+pub fn kernel_set() -> &'static str {
+    if available() {
+        "avx512f"
+    } else {
+        "portable"
+    }
+}
+
 /// `c` rounded up to a whole number of 16-lane vectors.
 pub fn lanes16(c: usize) -> usize {
     c.div_ceil(16) * 16

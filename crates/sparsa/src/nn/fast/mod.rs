@@ -10,8 +10,10 @@
 //!   never the batch's whole k²-expanded matrix); a 1×1 stride-1 conv is one plain GEMM. The
 //!   bias, ReLU and dead-unit count (or the batch-norm statistics) run on each output tile while
 //!   it is in cache; batch norm + ReLU is then one pass. Backward: batch norm + ReLU in two
-//!   passes, then per tile ∂W += dyᵀ·im2col(x) and dx += col2im(dy·W).
-//! - **linear unit**: `x Wᵀ + b` (→ ReLU), one GEMM each way.
+//!   passes, then per tile ∂W += dyᵀ·im2col(x) and dx += col2im(dy·W). Stride-1 convolutions
+//!   of at most 64 channels run the direct AVX-512 kernels instead ([`direct`]: no im2col).
+//! - **linear unit**: `x Wᵀ + b` (→ ReLU), one GEMM each way; evaluation runs [`direct`]'s
+//!   product on a Wᵀ panel packed once per weight generation (`FastNet::gen`).
 //! - max pooling (arg-max recorded), global average pooling, the residual join
 //!   `relu(main + shortcut)` with counting, and softmax cross-entropy with its gradient.
 //! - masked SGD fused per parameter: `g ← (g + λw)⊙m, v ← (μv + g)⊙m, w ← (w − ηv)⊙m`, so a
@@ -27,7 +29,8 @@
 //!
 //! Determinism: work is split into one group of images per rayon thread, each GEMM inside a
 //! group runs on that thread with fixed tile boundaries, and partial sums are combined in group
-//! order; a step is bit-reproducible for a given thread count (tested on one thread).
+//! order; a step is bit-reproducible for a given thread count and kernel set
+//! ([`direct::kernel_set`]; tested on one thread).
 
 pub mod direct;
 pub mod kernels;
