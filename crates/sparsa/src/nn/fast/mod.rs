@@ -703,174 +703,216 @@ struct Compiler<'a> {
 }
 
 impl Compiler<'_> {
+    /// Compile an op list into units; `shape` is the input's on entry and the output's on exit.
+    /// A conv or linear layer absorbs the batch norm and ReLU that follow it.
     fn seq<T: Real>(&mut self, ops: &[Op], shape: &mut Shape, first: bool) -> Result<Vec<Unit<T>>> {
         let mut units = Vec::new();
         let mut i = 0;
         while i < ops.len() {
             let need_gin = !(first && units.is_empty());
-            match &ops[i] {
+            let unit = match &ops[i] {
                 Op::Flatten => {
                     *shape = match *shape {
                         Shape::Spatial(h, w, c) => Shape::Flat(h * w * c, Some((h, w, c))),
                         s => s,
                     };
+                    None
                 }
                 Op::Conv { w, b, stride, pad } => {
-                    let Shape::Spatial(h, wd, cin) = *shape else {
-                        return Err(unsupported("a conv after a flatten"));
-                    };
-                    let dims = &self.shapes[*w];
-                    let (cout, k) = (dims[0], dims[2]);
-                    if dims[1] != cin || dims[3] != k {
-                        return Err(unsupported("conv weight shape does not fit its input"));
-                    }
-                    let geom = ConvGeom::new(0, h, wd, cin, cout, k, *stride, *pad)
-                        .ok_or_else(|| unsupported("conv window larger than its input"))?;
-                    self.layouts[*w] = PLayout::Conv { o: cout, i: cin, k };
-                    let mut bn = None;
-                    let mut relu = None;
-                    if let Some(Op::Bn(j)) = ops.get(i + 1) {
-                        bn = Some(*j);
-                        i += 1;
-                    }
-                    if let Some(Op::Relu(r)) = ops.get(i + 1) {
-                        relu = Some(*r);
-                        i += 1;
-                    }
-                    *shape = Shape::Spatial(geom.oh, geom.ow, cout);
-                    units.push(Unit::Conv(ConvUnit {
-                        geom,
-                        w: *w,
-                        b: *b,
-                        bn,
-                        relu,
-                        need_gin,
-                        z: Vec::new(),
-                        out: Vec::new(),
-                        gin: Vec::new(),
-                        mean: Vec::new(),
-                        inv: Vec::new(),
-                        pack: Vec::new(),
-                    }));
+                    Some(self.conv(ops, &mut i, (*w, *b, *stride, *pad), shape, need_gin)?)
                 }
-                Op::Linear { w, b } => {
-                    let dims = &self.shapes[*w];
-                    let (fout, fin) = (dims[0], dims[1]);
-                    let feats = match *shape {
-                        Shape::Flat(f, from) => {
-                            if let Some((h, wd, c)) = from {
-                                if c > 1 && h * wd > 1 {
-                                    self.layouts[*w] = PLayout::LinearHwc {
-                                        out: fout,
-                                        c,
-                                        h,
-                                        w: wd,
-                                    };
-                                }
-                            }
-                            f
-                        }
-                        Shape::Spatial(..) => {
-                            return Err(unsupported("a linear layer on a spatial input"))
-                        }
-                    };
-                    if feats != fin {
-                        return Err(unsupported("linear weight shape does not fit its input"));
-                    }
-                    let mut relu = None;
-                    if let Some(Op::Relu(r)) = ops.get(i + 1) {
-                        relu = Some(*r);
-                        i += 1;
-                    }
-                    *shape = Shape::Flat(fout, None);
-                    units.push(Unit::Linear(LinearUnit {
-                        w: *w,
-                        b: *b,
-                        relu,
-                        fin,
-                        fout,
-                        need_gin,
-                        out: Vec::new(),
-                        gin: Vec::new(),
-                        sparse: None,
-                        xt: Vec::new(),
-                        tmp: Vec::new(),
-                        packed: Vec::new(),
-                        packed_gen: None,
-                    }));
-                }
-                Op::MaxPool(k) => {
-                    let Shape::Spatial(h, w, c) = *shape else {
-                        return Err(unsupported("pooling after a flatten"));
-                    };
-                    if *k == 0 || h < *k || w < *k {
-                        return Err(unsupported("pooling window larger than its input"));
-                    }
-                    *shape = Shape::Spatial(h / k, w / k, c);
-                    units.push(Unit::Pool(PoolUnit {
-                        k: *k,
-                        h,
-                        w,
-                        c,
-                        out: Vec::new(),
-                        arg: Vec::new(),
-                        gin: Vec::new(),
-                    }));
-                }
+                Op::Linear { w, b } => Some(self.linear(ops, &mut i, (*w, *b), shape, need_gin)?),
+                Op::MaxPool(k) => Some(Self::max_pool(*k, shape)?),
                 Op::GlobalAvgPool => {
                     let Shape::Spatial(h, w, c) = *shape else {
                         return Err(unsupported("pooling after a flatten"));
                     };
                     *shape = Shape::Flat(c, None);
-                    units.push(Unit::Gap(GapUnit {
+                    Some(Unit::Gap(GapUnit {
                         hw: h * w,
                         c,
                         out: Vec::new(),
                         gin: Vec::new(),
-                    }));
+                    }))
                 }
                 Op::Residual {
                     main,
                     shortcut,
                     relu,
-                } => {
-                    let s0 = *shape;
-                    let mut sm = s0;
-                    let m = self.seq(main, &mut sm, false)?;
-                    let mut ss = s0;
-                    let s = self.seq(shortcut, &mut ss, false)?;
-                    let (Shape::Spatial(h, w, c), Shape::Spatial(h2, w2, c2)) = (sm, ss) else {
-                        return Err(unsupported("a residual block without spatial output"));
-                    };
-                    if (h, w, c) != (h2, w2, c2) || m.is_empty() {
-                        return Err(unsupported("residual branches of different shapes"));
-                    }
-                    *shape = sm;
-                    let in_len = match s0 {
-                        Shape::Spatial(a, b, c) => a * b * c,
-                        Shape::Flat(f, _) => f,
-                    };
-                    units.push(Unit::Res(Box::new(ResUnit {
-                        main: m,
-                        short: s,
-                        relu: *relu,
-                        c,
-                        hw: h * w,
-                        in_len,
-                        out: Vec::new(),
-                        gin: Vec::new(),
-                        gm: Vec::new(),
-                    })));
-                }
+                } => Some(self.residual(main, shortcut, *relu, shape)?),
                 Op::Bn(_) | Op::Relu(_) => {
                     return Err(unsupported(
                         "batch norm or ReLU not after a conv or linear layer",
                     ))
                 }
-            }
+            };
+            units.extend(unit);
             i += 1;
         }
         Ok(units)
+    }
+
+    /// The op after `ops[*i]` when it is a batch norm (consumed: `*i` moves past it).
+    fn take_bn(ops: &[Op], i: &mut usize) -> Option<usize> {
+        let Some(Op::Bn(j)) = ops.get(*i + 1) else {
+            return None;
+        };
+        *i += 1;
+        Some(*j)
+    }
+
+    /// The op after `ops[*i]` when it is a ReLU (consumed).
+    fn take_relu(ops: &[Op], i: &mut usize) -> Option<usize> {
+        let Some(Op::Relu(r)) = ops.get(*i + 1) else {
+            return None;
+        };
+        *i += 1;
+        Some(*r)
+    }
+
+    /// A conv unit for `ops[*i]` = conv (w, b, stride, pad) and the BN/ReLU after it.
+    fn conv<T: Real>(
+        &mut self,
+        ops: &[Op],
+        i: &mut usize,
+        (w, b, stride, pad): (usize, Option<usize>, usize, usize),
+        shape: &mut Shape,
+        need_gin: bool,
+    ) -> Result<Unit<T>> {
+        let Shape::Spatial(h, wd, cin) = *shape else {
+            return Err(unsupported("a conv after a flatten"));
+        };
+        let dims = &self.shapes[w];
+        let (cout, k) = (dims[0], dims[2]);
+        if dims[1] != cin || dims[3] != k {
+            return Err(unsupported("conv weight shape does not fit its input"));
+        }
+        let geom = ConvGeom::new(0, h, wd, cin, cout, k, stride, pad)
+            .ok_or_else(|| unsupported("conv window larger than its input"))?;
+        self.layouts[w] = PLayout::Conv { o: cout, i: cin, k };
+        let bn = Self::take_bn(ops, i);
+        let relu = Self::take_relu(ops, i);
+        *shape = Shape::Spatial(geom.oh, geom.ow, cout);
+        Ok(Unit::Conv(ConvUnit {
+            geom,
+            w,
+            b,
+            bn,
+            relu,
+            need_gin,
+            z: Vec::new(),
+            out: Vec::new(),
+            gin: Vec::new(),
+            mean: Vec::new(),
+            inv: Vec::new(),
+            pack: Vec::new(),
+        }))
+    }
+
+    /// A linear unit for `ops[*i]` = linear (w, b) and the ReLU after it. After a flatten of a
+    /// multi-channel map, its weight columns are kept in the engine's (y, x, c) order.
+    fn linear<T: Real>(
+        &mut self,
+        ops: &[Op],
+        i: &mut usize,
+        (w, b): (usize, Option<usize>),
+        shape: &mut Shape,
+        need_gin: bool,
+    ) -> Result<Unit<T>> {
+        let dims = &self.shapes[w];
+        let (fout, fin) = (dims[0], dims[1]);
+        let feats = match *shape {
+            Shape::Flat(f, from) => {
+                if let Some((h, wd, c)) = from {
+                    if c > 1 && h * wd > 1 {
+                        self.layouts[w] = PLayout::LinearHwc {
+                            out: fout,
+                            c,
+                            h,
+                            w: wd,
+                        };
+                    }
+                }
+                f
+            }
+            Shape::Spatial(..) => return Err(unsupported("a linear layer on a spatial input")),
+        };
+        if feats != fin {
+            return Err(unsupported("linear weight shape does not fit its input"));
+        }
+        let relu = Self::take_relu(ops, i);
+        *shape = Shape::Flat(fout, None);
+        Ok(Unit::Linear(LinearUnit {
+            w,
+            b,
+            relu,
+            fin,
+            fout,
+            need_gin,
+            out: Vec::new(),
+            gin: Vec::new(),
+            sparse: None,
+            xt: Vec::new(),
+            tmp: Vec::new(),
+            packed: Vec::new(),
+            packed_gen: None,
+        }))
+    }
+
+    fn max_pool<T: Real>(k: usize, shape: &mut Shape) -> Result<Unit<T>> {
+        let Shape::Spatial(h, w, c) = *shape else {
+            return Err(unsupported("pooling after a flatten"));
+        };
+        if k == 0 || h < k || w < k {
+            return Err(unsupported("pooling window larger than its input"));
+        }
+        *shape = Shape::Spatial(h / k, w / k, c);
+        Ok(Unit::Pool(PoolUnit {
+            k,
+            h,
+            w,
+            c,
+            out: Vec::new(),
+            arg: Vec::new(),
+            gin: Vec::new(),
+        }))
+    }
+
+    /// A residual unit: both branches compiled from the same input shape, which must agree.
+    fn residual<T: Real>(
+        &mut self,
+        main: &[Op],
+        shortcut: &[Op],
+        relu: usize,
+        shape: &mut Shape,
+    ) -> Result<Unit<T>> {
+        let s0 = *shape;
+        let mut sm = s0;
+        let m = self.seq(main, &mut sm, false)?;
+        let mut ss = s0;
+        let s = self.seq(shortcut, &mut ss, false)?;
+        let (Shape::Spatial(h, w, c), Shape::Spatial(h2, w2, c2)) = (sm, ss) else {
+            return Err(unsupported("a residual block without spatial output"));
+        };
+        if (h, w, c) != (h2, w2, c2) || m.is_empty() {
+            return Err(unsupported("residual branches of different shapes"));
+        }
+        *shape = sm;
+        let in_len = match s0 {
+            Shape::Spatial(a, b, c) => a * b * c,
+            Shape::Flat(f, _) => f,
+        };
+        Ok(Unit::Res(Box::new(ResUnit {
+            main: m,
+            short: s,
+            relu,
+            c,
+            hw: h * w,
+            in_len,
+            out: Vec::new(),
+            gin: Vec::new(),
+            gm: Vec::new(),
+        })))
     }
 }
 
