@@ -700,110 +700,149 @@ fn sorted_keys<'a>(keys: impl Iterator<Item = &'a Key>) -> Vec<Key> {
 /// difference vs remaining weights; and per method the dynamic DNR (training window of the
 /// round's last epoch) vs remaining weights, one panel per ReLU layer plus the global rate.
 pub fn charts(records: &[RoundRecord]) -> Vec<(String, Chart)> {
-    // (key, round) → per-seed records.
-    let mut groups: BTreeMap<(Key, usize), Vec<&RoundRecord>> = BTreeMap::new();
-    for r in records {
-        groups.entry((key(r), r.round)).or_default().push(r);
+    let data = ChartData::new(records);
+    let mut out = vec![data.accuracy_chart()];
+    out.extend(data.difference_chart());
+    out.extend(data.methods.iter().map(|m| data.dnr_chart(m)));
+    out
+}
+
+/// What the charts are drawn from: records grouped per (cell key, round), the cell keys and the
+/// (method, scope) pairs in report order.
+struct ChartData<'a> {
+    records: &'a [RoundRecord],
+    groups: BTreeMap<(Key, usize), Vec<&'a RoundRecord>>,
+    keys: Vec<Key>,
+    methods: Vec<(String, String)>,
+}
+
+const X_LABEL: &str = "remaining weights % (log scale)";
+
+impl<'a> ChartData<'a> {
+    fn new(records: &'a [RoundRecord]) -> Self {
+        let mut groups: BTreeMap<(Key, usize), Vec<&RoundRecord>> = BTreeMap::new();
+        for r in records {
+            groups.entry((key(r), r.round)).or_default().push(r);
+        }
+        let keys = sorted_keys(groups.keys().map(|(k, _)| k));
+        let mut methods: Vec<(String, String)> =
+            keys.iter().map(|k| (k.0.clone(), k.1.clone())).collect();
+        methods.dedup();
+        ChartData {
+            records,
+            groups,
+            keys,
+            methods,
+        }
     }
-    let keys = sorted_keys(groups.keys().map(|(k, _)| k));
-    let mut methods: Vec<(String, String)> =
-        keys.iter().map(|k| (k.0.clone(), k.1.clone())).collect();
-    methods.dedup();
-    let remaining = |rs: &[&RoundRecord]| {
+
+    /// Mean share of weights left (%) over a round's seeds.
+    fn remaining(rs: &[&RoundRecord]) -> f64 {
         100.0 * (1.0 - rs.iter().map(|r| r.global_sparsity).sum::<f64>() / rs.len() as f64)
-    };
-    let series_of = |k: &Key, f: &dyn Fn(&RoundRecord) -> Option<f64>| -> Series {
-        let points = groups
+    }
+
+    /// The cell keys of one (method, scope).
+    fn keys_of<'k>(&'k self, (m, sc): &'k (String, String)) -> impl Iterator<Item = &'k Key> {
+        self.keys.iter().filter(move |k| &k.0 == m && &k.1 == sc)
+    }
+
+    /// One point per round of cell `k`: mean ± CI of `f` over its seeds, at the remaining weights.
+    fn series(&self, k: &Key, f: &dyn Fn(&RoundRecord) -> Option<f64>) -> Series {
+        let points = self
+            .groups
             .iter()
             .filter(|((kk, _), _)| kk == k)
             .filter_map(|(_, rs)| {
                 let v: Vec<f64> = rs.iter().filter_map(|r| f(r)).collect();
-                (!v.is_empty()).then(|| point(remaining(rs), &v, 100.0))
+                (!v.is_empty()).then(|| point(Self::remaining(rs), &v, 100.0))
             })
             .collect();
         Series {
             label: format!("AP {}", k.2),
             points,
         }
-    };
-    let x_label = "remaining weights % (log scale)".to_string();
-    let mut out = Vec::new();
-
-    let acc_panels: Vec<Panel> = methods
-        .iter()
-        .map(|(m, sc)| Panel {
-            title: format!("{m} ({sc})"),
-            series: keys
-                .iter()
-                .filter(|k| &k.0 == m && &k.1 == sc)
-                .map(|k| series_of(k, &|r| Some(r.final_test_acc)))
-                .collect(),
-        })
-        .collect();
-    out.push((
-        "accuracy_vs_remaining.svg".to_string(),
-        Chart {
-            title: "Test accuracy vs remaining weights (mean ± 95 % CI over seeds)".into(),
-            x_label: x_label.clone(),
-            y_label: "test accuracy %".into(),
-            columns: acc_panels.len().min(2),
-            panels: acc_panels,
-            zero_line: false,
-            panel_size: (640, 420),
-        },
-    ));
-
-    let diffs = paired_differences(records);
-    let mut diff_panels = Vec::new();
-    for (m, sc) in &methods {
-        let mut series = Vec::new();
-        for k in keys
-            .iter()
-            .filter(|k| &k.0 == m && &k.1 == sc && k.2 != "off")
-        {
-            let mut by_round: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
-            for ((kk, _, round), d) in &diffs {
-                if kk == k {
-                    by_round.entry(*round).or_default().push(*d);
-                }
-            }
-            let points = by_round
-                .iter()
-                .filter_map(|(round, v)| {
-                    let rs = groups.get(&(k.clone(), *round))?;
-                    Some(point(remaining(rs), v, 100.0))
-                })
-                .collect();
-            series.push(Series {
-                label: format!("AP {} − off", k.2),
-                points,
-            });
-        }
-        if !series.is_empty() {
-            diff_panels.push(Panel {
-                title: format!("{m} ({sc})"),
-                series,
-            });
-        }
     }
-    if !diff_panels.is_empty() {
-        out.push((
-            "paired_difference.svg".to_string(),
+
+    fn accuracy_chart(&self) -> (String, Chart) {
+        let panels: Vec<Panel> = self
+            .methods
+            .iter()
+            .map(|m| Panel {
+                title: format!("{} ({})", m.0, m.1),
+                series: self
+                    .keys_of(m)
+                    .map(|k| self.series(k, &|r| Some(r.final_test_acc)))
+                    .collect(),
+            })
+            .collect();
+        (
+            "accuracy_vs_remaining.svg".to_string(),
             Chart {
-                title: "Paired accuracy difference AP − off (mean ± 95 % CI over seeds)".into(),
-                x_label: x_label.clone(),
-                y_label: "difference (percentage points)".into(),
-                columns: diff_panels.len().min(2),
-                panels: diff_panels,
-                zero_line: true,
+                title: "Test accuracy vs remaining weights (mean ± 95 % CI over seeds)".into(),
+                x_label: X_LABEL.into(),
+                y_label: "test accuracy %".into(),
+                columns: panels.len().min(2),
+                panels,
+                zero_line: false,
                 panel_size: (640, 420),
             },
-        ));
+        )
     }
 
-    for (m, sc) in &methods {
-        let mk: Vec<&Key> = keys.iter().filter(|k| &k.0 == m && &k.1 == sc).collect();
-        let layer_names: Vec<String> = records
+    /// AP − off per round for each AP arm (`None` when no method has both arms).
+    fn difference_chart(&self) -> Option<(String, Chart)> {
+        let diffs = paired_differences(self.records);
+        let mut panels = Vec::new();
+        for m in &self.methods {
+            let mut series = Vec::new();
+            for k in self.keys_of(m).filter(|k| k.2 != "off") {
+                let mut by_round: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+                for ((kk, _, round), d) in &diffs {
+                    if kk == k {
+                        by_round.entry(*round).or_default().push(*d);
+                    }
+                }
+                let points = by_round
+                    .iter()
+                    .filter_map(|(round, v)| {
+                        let rs = self.groups.get(&(k.clone(), *round))?;
+                        Some(point(Self::remaining(rs), v, 100.0))
+                    })
+                    .collect();
+                series.push(Series {
+                    label: format!("AP {} − off", k.2),
+                    points,
+                });
+            }
+            if !series.is_empty() {
+                panels.push(Panel {
+                    title: format!("{} ({})", m.0, m.1),
+                    series,
+                });
+            }
+        }
+        (!panels.is_empty()).then(|| {
+            (
+                "paired_difference.svg".to_string(),
+                Chart {
+                    title: "Paired accuracy difference AP − off (mean ± 95 % CI over seeds)".into(),
+                    x_label: X_LABEL.into(),
+                    y_label: "difference (percentage points)".into(),
+                    columns: panels.len().min(2),
+                    panels,
+                    zero_line: true,
+                    panel_size: (640, 420),
+                },
+            )
+        })
+    }
+
+    /// Dynamic DNR per layer and globally against the remaining weights, for one method.
+    fn dnr_chart(&self, method: &(String, String)) -> (String, Chart) {
+        let (m, sc) = method;
+        let mk: Vec<&Key> = self.keys_of(method).collect();
+        let layer_names: Vec<String> = self
+            .records
             .iter()
             .find(|r| r.cell.method.name() == m)
             .map(|r| {
@@ -821,7 +860,7 @@ pub fn charts(records: &[RoundRecord]) -> Vec<(String, Chart)> {
                 series: mk
                     .iter()
                     .map(|k| {
-                        series_of(k, &|r| {
+                        self.series(k, &|r| {
                             r.final_train_dnr
                                 .layers
                                 .iter()
@@ -836,26 +875,25 @@ pub fn charts(records: &[RoundRecord]) -> Vec<(String, Chart)> {
             title: "global dynamic DNR".into(),
             series: mk
                 .iter()
-                .map(|k| series_of(k, &|r| Some(r.final_train_dnr.global_dynamic)))
+                .map(|k| self.series(k, &|r| Some(r.final_train_dnr.global_dynamic)))
                 .collect(),
         });
-        out.push((
+        (
             format!("dnr_vs_sparsity_{m}_{sc}.svg"),
             Chart {
                 title: format!(
                     "{m} ({sc}): dynamic dead-neuron rate over the last training epoch \
                      (mean ± 95 % CI over seeds)"
                 ),
-                x_label: x_label.clone(),
+                x_label: X_LABEL.into(),
                 y_label: "DNR %".into(),
                 columns: panels.len().min(3),
                 panels,
                 zero_line: false,
                 panel_size: (480, 360),
             },
-        ));
+        )
     }
-    out
 }
 
 /// Render [`charts`] into `out` as SVG files; returns their paths.
