@@ -21,7 +21,7 @@
 //! Memory is O(Σ c_j + F) = O(k·N + F) floats, whatever the width; each pass costs one encoder
 //! product per batch.
 
-use super::allocation::Matching;
+use super::allocation::{Allocation, Matching};
 use super::config::{ThresholdMode, ThresholdSource};
 use super::io::SaeModel;
 use super::metrics::{encode_select, rule_for, Form};
@@ -119,8 +119,7 @@ pub fn calibrate(
     tokens: u64,
     progress: &dyn Progress,
 ) -> Result<Calibration, SaeError> {
-    let p = &model.params;
-    let (d, f) = (p.d, p.f);
+    let d = model.params.d;
     if !model.meta.trained_architecture.batch_dependent() {
         return Err(SaeError::config(
 "sae.architecture", format!(
@@ -136,10 +135,42 @@ pub fn calibrate(
     }
     let rule = rule_for(model, Form::Training)?;
     let mut x = vec![0f32; batch * d];
-    let mut m = Matching::default();
     progress.set_total(2 * tokens);
+    let (counts, n) = count_pass(model, rule.as_ref(), open, &mut x, batch, tokens, progress)?;
+    if n == 0 {
+        return Err(SaeError::config(
+            "sae.calibration_tokens",
+            "threshold calibration read no rows: the calibration source is empty",
+        ));
+    }
+    let total: u64 = counts.iter().sum();
+    let (feature, global) = value_pass(model, open, &mut x, batch, n, &counts, progress)?;
+    let global = if total == 0 { f32::INFINITY } else { global };
+    progress.finish();
+    Ok(Calibration {
+        tokens: n,
+        batch,
+        counts,
+        feature,
+        global,
+        target_l0: total as f64 / n as f64,
+    })
+}
 
-    // Pass 1: training-form counts.
+/// Pass 1: how often each feature is selected by the training-form rule over up to `tokens`
+/// rows; returns the counts and the rows read.
+#[allow(clippy::too_many_arguments)]
+fn count_pass(
+    model: &SaeModel,
+    rule: &dyn Allocation,
+    open: &mut dyn FnMut() -> Result<Box<dyn BatchSource>, SaeError>,
+    x: &mut [f32],
+    batch: usize,
+    tokens: u64,
+    progress: &dyn Progress,
+) -> Result<(Vec<u64>, u64), SaeError> {
+    let (d, f) = (model.params.d, model.params.f);
+    let mut m = Matching::default();
     let mut counts = vec![0u64; f];
     let mut src = open()?;
     check_width(src.as_ref(), d)?;
@@ -151,7 +182,7 @@ pub fn calibrate(
             break;
         }
         super::train::check_finite(&x[..got * d], d, n)?;
-        encode_select(model, rule.as_ref(), &x[..got * d], step, &mut m)?;
+        encode_select(model, rule, &x[..got * d], step, &mut m)?;
         for &j in &m.cols {
             counts[j as usize] += 1;
         }
@@ -159,15 +190,25 @@ pub fn calibrate(
         step += 1;
         progress.inc(got as u64);
     }
-    if n == 0 {
-        return Err(SaeError::config(
-            "sae.calibration_tokens",
-            "threshold calibration read no rows: the calibration source is empty",
-        ));
-    }
-    let total: u64 = counts.iter().sum();
+    Ok((counts, n))
+}
 
-    // Pass 2: the c_j + 1 largest values per feature, and the C + 1 largest overall.
+/// Pass 2 over the same `n` rows: the c_j + 1 largest positive pre-activations per feature and
+/// the C + 1 largest overall (C = Σ c_j); returns each feature's threshold (∞ for a feature
+/// never selected) and the global one.
+#[allow(clippy::too_many_arguments)]
+fn value_pass(
+    model: &SaeModel,
+    open: &mut dyn FnMut() -> Result<Box<dyn BatchSource>, SaeError>,
+    x: &mut [f32],
+    batch: usize,
+    n: u64,
+    counts: &[u64],
+    progress: &dyn Progress,
+) -> Result<(Vec<f32>, f32), SaeError> {
+    let p = &model.params;
+    let (d, f) = (p.d, p.f);
+    let total: u64 = counts.iter().sum();
     let mut keep: Vec<TopKeep> = counts
         .iter()
         .map(|&c| TopKeep::new(if c == 0 { 0 } else { c as usize + 1 }))
@@ -231,20 +272,7 @@ pub fn calibrate(
             }
         })
         .collect();
-    let global = if total == 0 {
-        f32::INFINITY
-    } else {
-        global.kth().unwrap_or(0.0)
-    };
-    progress.finish();
-    Ok(Calibration {
-        tokens: n,
-        batch,
-        counts,
-        feature,
-        global,
-        target_l0: total as f64 / n as f64,
-    })
+    Ok((feature, global.kth().unwrap_or(0.0)))
 }
 
 /// The SAE to deploy: the trainer's model (input scaling folded in) with its inference
