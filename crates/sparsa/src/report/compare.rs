@@ -30,16 +30,36 @@ pub fn render(
     notes: &[String],
     variants: &[CompareVariant],
 ) -> Result<String, ReportError> {
+    let sections = vec![
+        table_section(table_rows, notes),
+        density_section(variants)?,
+        l0_section(variants)?,
+    ];
+    Ok(Page {
+        title: title.into(),
+        subtitle: format!("{} variants", variants.len()),
+        sections,
+        script: String::new(),
+    }
+    .render())
+}
+
+/// The comparison table and its notes.
+fn table_section(table_rows: &[Vec<String>], notes: &[String]) -> Section {
     let mut body = table(table_rows);
     for n in notes {
         body.push_str(&note(n));
     }
-    let mut sections = vec![Section {
+    Section {
         id: "table".into(),
         title: "Comparison".into(),
         body,
-    }];
+    }
+}
 
+/// Held-out feature density: a quarter-decade histogram of log10 density (with the dead count
+/// per variant) and the rank–density curve, both in the training form.
+fn density_section(variants: &[CompareVariant]) -> Result<Section, ReportError> {
     let edges: Vec<f64> = (0..=32).map(|i| -8.0 + 0.25 * i as f64).collect();
     let mut bars = Vec::new();
     let mut lines = Vec::new();
@@ -110,12 +130,15 @@ pub fn render(
         ));
     }
     body.push_str("</div>\n");
-    sections.push(Section {
+    Ok(Section {
         id: "density".into(),
         title: "Feature density".into(),
         body,
-    });
+    })
+}
 
+/// Per-token L0 histograms, training form and (where evaluated) inference form.
+fn l0_section(variants: &[CompareVariant]) -> Result<Section, ReportError> {
     let mut body = String::from("<div class=\"grid\">\n");
     let train: Vec<(String, &[u64])> = variants
         .iter()
@@ -145,16 +168,9 @@ pub fn render(
         )?);
     }
     body.push_str("</div>\n");
-    sections.push(Section {
+    Ok(Section {
         id: "l0".into(),
         title: "Per-token L0".into(),
         body,
-    });
-    Ok(Page {
-        title: title.into(),
-        subtitle: format!("{} variants", variants.len()),
-        sections,
-        script: String::new(),
-    }
-    .render())
+    })
 }
