@@ -234,16 +234,28 @@ fn density_section(r: &SaeReport) -> Result<Section, ReportError> {
         ));
     }
     let mut body = String::new();
-    if sets.is_empty() {
-        body.push_str(&note(
+    match sets.last() {
+        None => body.push_str(&note(
             "No densities: sparsity.safetensors is missing or all zero, and no data was scanned.",
-        ));
-        return Ok(Section {
-            id: "density".into(),
-            title: "Feature density".into(),
-            body,
-        });
+        )),
+        Some((label, d)) => {
+            body.push_str("<div class=\"grid\">\n");
+            body.push_str(&density_histogram(&sets)?);
+            // Rank–density with the fitted law, for the last set (the data when given).
+            body.push_str(&rank_density_figure(label, d)?);
+            body.push_str("</div>\n");
+        }
     }
+    Ok(Section {
+        id: "density".into(),
+        title: "Feature density".into(),
+        body,
+    })
+}
+
+/// Quarter-decade histogram of log10 density, one bar series per set, with the never-fired
+/// counts in the caption.
+fn density_histogram(sets: &[(String, Vec<f32>)]) -> Result<String, ReportError> {
     let edges = density_edges();
     let mut bars = Vec::new();
     let mut dead_note = Vec::new();
@@ -256,8 +268,7 @@ fn density_section(r: &SaeReport) -> Result<Section, ReportError> {
             color: i,
         });
     }
-    body.push_str("<div class=\"grid\">\n");
-    body.push_str(&figure(
+    Ok(figure(
         "density-hist",
         &histogram(&HistChart {
             title: "log10 feature density".into(),
@@ -271,13 +282,12 @@ fn density_section(r: &SaeReport) -> Result<Section, ReportError> {
             "Features by how often they fire (quarter-decade bins); {}.",
             dead_note.join("; ")
         ),
-    ));
-    // Rank–density on log–log axes with the fitted law, for the last set (the data when given).
-    let (label, d) = sets
-        .last()
-        .map(|(l, d)| (l.clone(), d.clone()))
-        .unwrap_or_default();
-    let order = zipf::rank_order(&d);
+    ))
+}
+
+/// Density against rank on log–log axes with the fitted Zipf law ("" when nothing fires).
+fn rank_density_figure(label: &str, d: &[f32]) -> Result<String, ReportError> {
+    let order = zipf::rank_order(d);
     let pts: Vec<(f64, f64)> = order
         .iter()
         .enumerate()
@@ -285,7 +295,10 @@ fn density_section(r: &SaeReport) -> Result<Section, ReportError> {
         .filter(|p| p.1 > 0.0)
         .collect();
     let pts = log_thin(&pts, 500);
-    let fit = zipf::fit(&d, 0.5, &zipf::BETA_GRID);
+    if pts.is_empty() {
+        return Ok(String::new());
+    }
+    let fit = zipf::fit(d, 0.5, &zipf::BETA_GRID);
     let mut lines = vec![line(&format!("density ({label})"), pts.clone(), 0, false)];
     let caption = match fit {
         Some(z) => {
@@ -309,27 +322,19 @@ fn density_section(r: &SaeReport) -> Result<Section, ReportError> {
             "Density against rank (log–log), {label}. Too few firing features to fit a Zipf law."
         ),
     };
-    if !pts.is_empty() {
-        body.push_str(&figure(
-            "rank-density",
-            &line_chart(&LineChart {
-                title: "Rank–density (log–log) with Zipf fit".into(),
-                x_label: "rank".into(),
-                y_label: "density".into(),
-                lines,
-                log_x: true,
-                log_y: true,
-                size: (560, 340),
-            })?,
-            &caption,
-        ));
-    }
-    body.push_str("</div>\n");
-    Ok(Section {
-        id: "density".into(),
-        title: "Feature density".into(),
-        body,
-    })
+    Ok(figure(
+        "rank-density",
+        &line_chart(&LineChart {
+            title: "Rank–density (log–log) with Zipf fit".into(),
+            x_label: "rank".into(),
+            y_label: "density".into(),
+            lines,
+            log_x: true,
+            log_y: true,
+            size: (560, 340),
+        })?,
+        &caption,
+    ))
 }
 
 fn l0_section(r: &SaeReport) -> Result<Section, ReportError> {
