@@ -230,9 +230,7 @@ pub fn train(net: &mut Net, job: TrainJob) -> Result<TrainOutcome> {
     let mut perm: Vec<usize> = (0..n).collect();
     let mut aug_rng = ChaCha8Rng::seed_from_u64(job.data_seed ^ 0x05ee_da06);
     let mut probe = DnrProbe::new(net.relu_names(), false);
-    let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
-    let mut t0 = Instant::now();
-    let mut train_secs = 0f64;
+    let mut sums = EpochSums::new();
     if job.capture_at == Some(job.start_step) {
         engine.sync(net)?;
         captured = Some(net.state()?);
@@ -244,13 +242,7 @@ pub fn train(net: &mut Net, job: TrainJob) -> Result<TrainOutcome> {
         let epoch = step / spe;
         let within = step % spe;
         if within == 0 || step == job.start_step {
-            perm = (0..n).collect();
-            let mut rng = ChaCha8Rng::seed_from_u64(
-                job.data_seed
-                    .wrapping_mul(0x9e37_79b9)
-                    .wrapping_add(epoch as u64),
-            );
-            perm.shuffle(&mut rng);
+            perm = epoch_order(n, job.data_seed, epoch);
         }
         let idx = &perm[within * cfg.batch_size..((within + 1) * cfg.batch_size).min(n)];
         let ts = Instant::now();
@@ -262,42 +254,21 @@ pub fn train(net: &mut Net, job: TrainJob) -> Result<TrainOutcome> {
         };
         let lr = sched.at(step);
         let (lv, ok) = engine.step(net, (&x, &buf), &y, lr, &mut probe)?;
-        train_secs += ts.elapsed().as_secs_f64();
-        loss_sum += lv * idx.len() as f64;
-        correct += ok;
-        seen += idx.len();
+        sums.add(lv, ok, idx.len(), ts.elapsed().as_secs_f64());
         job.progress.inc(1);
         if job.capture_at == Some(step + 1) {
             engine.sync(net)?;
             captured = Some(net.state()?);
         }
         if within + 1 == spe {
-            if let Engine::Fast(f) = &mut engine {
-                probe.add_counts(&f.take_counts());
-            }
-            let train_dnr = probe.report()?;
-            probe.reset();
-            let (test_loss, test_acc, test_dnr) = match &mut engine {
-                Engine::Reference(_) => evaluate_reference(net, job.test, cfg.eval_batch)?,
-                Engine::Fast(f) => {
-                    let r = evaluate_fast(f, net.relu_names(), job.test, cfg.eval_batch)?;
-                    f.set_counting(Counting::Dynamic);
-                    r
-                }
-            };
-            let m = EpochMetrics {
-                epoch,
-                step: step + 1,
-                lr,
-                train_loss: loss_sum / seen.max(1) as f64,
-                train_acc: correct as f64 / seen.max(1) as f64,
-                test_loss,
-                test_acc,
-                train_dnr,
-                test_dnr,
-                seconds: t0.elapsed().as_secs_f64(),
-                images_per_s: seen as f64 / train_secs.max(1e-9),
-            };
+            let m = end_epoch(
+                &mut engine,
+                net,
+                &job,
+                &mut probe,
+                &sums,
+                (epoch, step + 1, lr),
+            )?;
             job.progress.message(&format!(
                 "epoch {} loss {:.3} test acc {:.2}% DNR {:.3}",
                 epoch + 1,
@@ -307,15 +278,90 @@ pub fn train(net: &mut Net, job: TrainJob) -> Result<TrainOutcome> {
             ));
             (job.on_epoch)(&m)?;
             epochs.push(m);
-            loss_sum = 0.0;
-            correct = 0;
-            seen = 0;
-            train_secs = 0.0;
-            t0 = Instant::now();
+            sums = EpochSums::new();
         }
     }
     engine.sync(net)?;
     Ok(TrainOutcome { epochs, captured })
+}
+
+/// The sample order of one epoch: a shuffle seeded by the data seed and the epoch.
+fn epoch_order(n: usize, data_seed: u64, epoch: usize) -> Vec<usize> {
+    let mut perm: Vec<usize> = (0..n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        data_seed
+            .wrapping_mul(0x9e37_79b9)
+            .wrapping_add(epoch as u64),
+    );
+    perm.shuffle(&mut rng);
+    perm
+}
+
+/// Running sums of the current epoch's training steps.
+struct EpochSums {
+    loss: f64,
+    correct: usize,
+    seen: usize,
+    train_secs: f64,
+    t0: Instant,
+}
+
+impl EpochSums {
+    fn new() -> Self {
+        EpochSums {
+            loss: 0.0,
+            correct: 0,
+            seen: 0,
+            train_secs: 0.0,
+            t0: Instant::now(),
+        }
+    }
+    /// One step: its mean loss and correct count over `n` images, `secs` of training time.
+    fn add(&mut self, loss: f64, correct: usize, n: usize, secs: f64) {
+        self.loss += loss * n as f64;
+        self.correct += correct;
+        self.seen += n;
+        self.train_secs += secs;
+    }
+}
+
+/// The end of an epoch: the training DNR over its steps, the test pass (loss, accuracy, DNR),
+/// and the epoch's metrics. `at` = (epoch, steps done, last learning rate).
+fn end_epoch(
+    engine: &mut Engine,
+    net: &mut Net,
+    job: &TrainJob,
+    probe: &mut DnrProbe,
+    sums: &EpochSums,
+    (epoch, step, lr): (usize, usize, f64),
+) -> Result<EpochMetrics> {
+    if let Engine::Fast(f) = engine {
+        probe.add_counts(&f.take_counts());
+    }
+    let train_dnr = probe.report()?;
+    probe.reset();
+    let eval_batch = job.config.eval_batch;
+    let (test_loss, test_acc, test_dnr) = match engine {
+        Engine::Reference(_) => evaluate_reference(net, job.test, eval_batch)?,
+        Engine::Fast(f) => {
+            let r = evaluate_fast(f, net.relu_names(), job.test, eval_batch)?;
+            f.set_counting(Counting::Dynamic);
+            r
+        }
+    };
+    Ok(EpochMetrics {
+        epoch,
+        step,
+        lr,
+        train_loss: sums.loss / sums.seen.max(1) as f64,
+        train_acc: sums.correct as f64 / sums.seen.max(1) as f64,
+        test_loss,
+        test_acc,
+        train_dnr,
+        test_dnr,
+        seconds: sums.t0.elapsed().as_secs_f64(),
+        images_per_s: sums.seen as f64 / sums.train_secs.max(1e-9),
+    })
 }
 
 /// The step implementation [`train`] runs: the candle reference or the fused engine.
