@@ -1,14 +1,9 @@
 //! `sparsa prune …`: run pruning grids, report them, and measure training throughput.
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor};
 use clap::Subcommand;
-use sparsa::nn::fast::{Counting, FastNet};
-use sparsa::nn::layers;
-use sparsa::nn::models::{Arch, InputSpec, Mode, Net};
-use sparsa::nn::optim::{Sgd, SgdConfig};
+use sparsa::nn::models::Arch;
 use sparsa::prune::ap::ApVariant;
 use sparsa::prune::identity::IdentityCheck;
 use sparsa::prune::report;
@@ -358,108 +353,26 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn bench_one(arch: Arch, sparsity: f64, a: &BenchArgs) -> anyhow::Result<BenchRow> {
-    use sparsa::prune::{mask, method};
-    let input = match arch {
-        Arch::Lenet300100 | Arch::Lenet5 | Arch::Conv2 | Arch::Conv4 | Arch::Conv6 => InputSpec {
-            channels: 1,
-            height: 28,
-            width: 28,
-            classes: 10,
-        },
-        _ => InputSpec {
-            channels: 3,
-            height: 32,
-            width: 32,
-            classes: 10,
-        },
-    };
+    use sparsa::prune::bench::{time_model, BenchSpec};
+    use sparsa::util::progress::Progress;
     super::bench::reset_peak_rss();
-    let mut net = Net::new(arch, input, 0, DType::F32)?;
-    if sparsity > 0.0 {
-        let mut masks = mask::host_masks(&net)?;
-        let total: usize = masks.iter().map(|m| m.len()).sum();
-        let keep = ((1.0 - sparsity / 100.0) * total as f64).round() as usize;
-        let scores = method::magnitude::scores(&net)?;
-        mask::prune_to_global(&mut masks, &scores, keep);
-        mask::set_host_masks(&mut net, &masks)?;
-    }
-    let nparams: usize = net
-        .params
-        .iter()
-        .map(|p| p.var.as_tensor().elem_count())
-        .sum();
-    let batch = a.batch;
-    let xs: Vec<f32> = Tensor::randn(
-        0f32,
-        1.0,
-        batch * input.channels * input.height * input.width,
-        &Device::Cpu,
-    )?
-    .to_vec1()?;
-    let ys: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
     let label = format!("{} {sparsity:.0}%", arch.name());
     let bar = ui::Bar::new((2 * a.steps + 2) as u64, &label, "step");
-    use sparsa::util::progress::Progress;
-    let (mut tt, mut te) = (Vec::new(), Vec::new());
-    let mut linear = Vec::new();
-    if a.reference {
-        let x = Tensor::from_slice(
-            &xs,
-            (batch, input.channels, input.height, input.width),
-            &Device::Cpu,
-        )?;
-        let y = Tensor::from_slice(&ys, batch, &Device::Cpu)?;
-        let mut opt = Sgd::new(SgdConfig::default())?;
-        for s in 0..=a.steps {
-            let t0 = Instant::now();
-            let logits = net.forward(&x, Mode::Train, None)?;
-            let loss = layers::cross_entropy(&logits, &y)?;
-            let grads = loss.backward()?;
-            opt.step(&net, &grads, 0.01)?;
-            if s > 0 {
-                tt.push(t0.elapsed().as_secs_f64());
-            }
-            bar.inc(1);
-        }
-        for s in 0..=a.steps {
-            let t0 = Instant::now();
-            let _ = net.forward(&x, Mode::Eval, None)?.to_vec2::<f32>()?;
-            if s > 0 {
-                te.push(t0.elapsed().as_secs_f64());
-            }
-            bar.inc(1);
-        }
-    } else {
-        let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default())?;
-        if let Some(t) = a.sparse_below {
-            fast = fast.with_sparse_threshold(t);
-        }
-        linear = fast.linear_densities();
-        fast.set_counting(Counting::Dynamic);
-        for s in 0..=a.steps {
-            let t0 = Instant::now();
-            fast.train_step(&xs, &ys, 0.01)?;
-            if s > 0 {
-                tt.push(t0.elapsed().as_secs_f64());
-            }
-            bar.inc(1);
-        }
-        for s in 0..=a.steps {
-            let t0 = Instant::now();
-            fast.forward(&xs, batch, Mode::Eval)?;
-            if s > 0 {
-                te.push(t0.elapsed().as_secs_f64());
-            }
-            bar.inc(1);
-        }
-    }
+    let spec = BenchSpec {
+        batch: a.batch,
+        steps: a.steps,
+        reference: a.reference,
+        sparse_below: a.sparse_below,
+    };
+    let t = time_model(arch, sparsity, spec, &|| bar.inc(1))?;
     bar.finish();
+    let i = t.input;
     Ok(BenchRow {
-        input: format!("{}×{}×{}", input.channels, input.height, input.width),
-        params: nparams,
-        train: batch as f64 / median(tt),
-        eval: batch as f64 / median(te),
+        input: format!("{}×{}×{}", i.channels, i.height, i.width),
+        params: t.params,
+        train: a.batch as f64 / median(t.train),
+        eval: a.batch as f64 / median(t.eval),
         rss: super::bench::peak_rss_mb(),
-        linear,
+        linear: t.linear,
     })
 }

@@ -13,6 +13,7 @@
 //! See `shared/spec/pruning.md` and `docs/pruning.md`.
 
 pub mod ap;
+pub mod bench;
 pub mod dnr;
 pub mod identity;
 pub mod layout;

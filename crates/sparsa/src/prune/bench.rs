@@ -1,0 +1,196 @@
+//! Throughput of the image classifiers, as `sparsa bench prune` prints it: one model at one
+//! global magnitude sparsity, random inputs of the model's usual shape, a warm-up step and then
+//! timed training steps (forward, backward, masked SGD) and evaluation passes, on the fused
+//! engine or the candle reference.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::{mask, method, Result};
+use crate::nn::fast::{Counting, FastNet};
+use crate::nn::layers;
+use crate::nn::models::{Arch, InputSpec, Mode, Net};
+use crate::nn::optim::{Sgd, SgdConfig};
+
+/// The input a model is usually trained on: 28×28×1 (MNIST-like) for LeNet and Conv-2/4/6,
+/// 32×32×3 (CIFAR-like) for ResNet and VGG; 10 classes.
+pub fn usual_input(arch: Arch) -> InputSpec {
+    let (channels, side) = match arch {
+        Arch::Lenet300100 | Arch::Lenet5 | Arch::Conv2 | Arch::Conv4 | Arch::Conv6 => (1, 28),
+        _ => (3, 32),
+    };
+    InputSpec {
+        channels,
+        height: side,
+        width: side,
+        classes: 10,
+    }
+}
+
+/// What to time.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchSpec {
+    /// Images per step.
+    pub batch: usize,
+    /// Timed training steps and evaluation passes (each after one untimed warm-up).
+    pub steps: usize,
+    /// Time the candle reference path instead of the fused engine.
+    pub reference: bool,
+    /// The engine's sparse-kernel threshold ([`FastNet::with_sparse_threshold`]); `None`: its
+    /// default.
+    pub sparse_below: Option<f64>,
+}
+
+/// Seconds per timed step.
+#[derive(Debug, Clone)]
+pub struct BenchTimes {
+    pub input: InputSpec,
+    /// Parameters of the model (masked ones included).
+    pub params: usize,
+    pub train: Vec<f64>,
+    pub eval: Vec<f64>,
+    /// Weight density of each masked linear layer, and whether it ran the sparse kernels
+    /// (empty on the reference path).
+    pub linear: Vec<(f64, bool)>,
+}
+
+/// The model pruned to `sparsity` % by global magnitude (the whole net, masks on every
+/// prunable tensor), seed 0.
+pub fn pruned_model(arch: Arch, sparsity: f64) -> Result<Net> {
+    let mut net = Net::new(arch, usual_input(arch), 0, DType::F32)?;
+    if sparsity > 0.0 {
+        let mut masks = mask::host_masks(&net)?;
+        let total: usize = masks.iter().map(|m| m.len()).sum();
+        let keep = ((1.0 - sparsity / 100.0) * total as f64).round() as usize;
+        let scores = method::magnitude::scores(&net)?;
+        mask::prune_to_global(&mut masks, &scores, keep);
+        mask::set_host_masks(&mut net, &masks)?;
+    }
+    Ok(net)
+}
+
+/// Time `spec.steps` training steps and evaluation passes of `arch` at `sparsity` %; `tick` is
+/// called after every step (warm-ups included: 2·steps + 2 calls).
+pub fn time_model(
+    arch: Arch,
+    sparsity: f64,
+    spec: BenchSpec,
+    tick: &dyn Fn(),
+) -> Result<BenchTimes> {
+    let input = usual_input(arch);
+    let mut net = pruned_model(arch, sparsity)?;
+    let params = net
+        .params
+        .iter()
+        .map(|p| p.var.as_tensor().elem_count())
+        .sum();
+    let batch = spec.batch;
+    let xs: Vec<f32> = Tensor::randn(
+        0f32,
+        1.0,
+        batch * input.channels * input.height * input.width,
+        &Device::Cpu,
+    )?
+    .to_vec1()?;
+    let ys: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
+    // Run `f` steps + 1 times, timing all but the first.
+    let timed = |f: &mut dyn FnMut() -> Result<()>| -> Result<Vec<f64>> {
+        let mut t = Vec::with_capacity(spec.steps);
+        for s in 0..=spec.steps {
+            let t0 = Instant::now();
+            f()?;
+            if s > 0 {
+                t.push(t0.elapsed().as_secs_f64());
+            }
+            tick();
+        }
+        Ok(t)
+    };
+    if spec.reference {
+        let shape = (batch, input.channels, input.height, input.width);
+        let x = Tensor::from_slice(&xs, shape, &Device::Cpu)?;
+        let y = Tensor::from_slice(&ys, batch, &Device::Cpu)?;
+        let mut opt = Sgd::new(SgdConfig::default())?;
+        let train = timed(&mut || {
+            let logits = net.forward(&x, Mode::Train, None)?;
+            let grads = layers::cross_entropy(&logits, &y)?.backward()?;
+            opt.step(&net, &grads, 0.01)?;
+            Ok(())
+        })?;
+        let eval = timed(&mut || {
+            net.forward(&x, Mode::Eval, None)?.to_vec2::<f32>()?;
+            Ok(())
+        })?;
+        return Ok(BenchTimes {
+            input,
+            params,
+            train,
+            eval,
+            linear: Vec::new(),
+        });
+    }
+    let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default())?;
+    if let Some(t) = spec.sparse_below {
+        fast = fast.with_sparse_threshold(t);
+    }
+    let linear = fast.linear_densities();
+    fast.set_counting(Counting::Dynamic);
+    let train = timed(&mut || {
+        fast.train_step(&xs, &ys, 0.01)?;
+        Ok(())
+    })?;
+    let eval = timed(&mut || {
+        fast.forward(&xs, batch, Mode::Eval)?;
+        Ok(())
+    })?;
+    Ok(BenchTimes {
+        input,
+        params,
+        train,
+        eval,
+        linear,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn times_both_paths_and_reports_the_pruned_layers() {
+        for reference in [false, true] {
+            let ticks = Cell::new(0);
+            let spec = BenchSpec {
+                batch: 8,
+                steps: 2,
+                reference,
+                sparse_below: None,
+            };
+            let t = time_model(Arch::Lenet300100, 95.0, spec, &|| {
+                ticks.set(ticks.get() + 1)
+            })
+            .unwrap();
+            assert_eq!(ticks.get(), 2 * 2 + 2, "a tick per step, warm-ups included");
+            assert_eq!((t.train.len(), t.eval.len()), (2, 2));
+            assert!(t.train.iter().chain(&t.eval).all(|&s| s > 0.0));
+            assert_eq!(t.params, 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10);
+            assert_eq!(t.input, usual_input(Arch::Lenet300100));
+            if reference {
+                assert!(t.linear.is_empty());
+            } else {
+                // 95 % global magnitude sparsity leaves fc1 below the sparse threshold.
+                assert_eq!(t.linear.len(), 3);
+                assert!(t.linear[0].1 && t.linear[0].0 < 0.1, "{:?}", t.linear);
+            }
+        }
+        let kept = |net: &Net| -> f64 {
+            let m = mask::host_masks(net).unwrap();
+            let n: usize = m.iter().map(|m| m.len()).sum();
+            m.iter().flatten().filter(|&&v| v != 0.0).count() as f64 / n as f64
+        };
+        assert!((kept(&pruned_model(Arch::Lenet300100, 90.0).unwrap()) - 0.1).abs() < 1e-3);
+        assert_eq!(kept(&pruned_model(Arch::Lenet300100, 0.0).unwrap()), 1.0);
+    }
+}
