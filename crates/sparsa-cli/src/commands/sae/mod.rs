@@ -549,23 +549,39 @@ fn compare(a: CompareArgs) -> Result<()> {
         a.variants.clone()
     };
     let data = DataSpec::open(&base)?;
-    let sample = data.init_sample(&base)?;
+    announce_compare(&base, &data, variants.len())?;
+    let cancel = ui::ctrl_c_cancel();
+    let t0 = std::time::Instant::now();
+    let mut results: Vec<VariantResult> = Vec::new();
+    for v in variants {
+        results.push(compare_one(&base, v, &a, &cancel)?);
+    }
+    println!("{}", ui::table(&compare_rows(&results)));
+    println!(
+        "held-out {} tokens per evaluation; FVU/dead/L0 in the training form (batch rule), inf. = inference form \
+         (TopK per token; JumpReLU with {}); dead = never active on the held-out tokens. Total {:.0} s.",
+        a.eval_tokens,
+        threshold_note(&base),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The settings on stderr, and for synthetic data the ground-truth L0 of the init sample.
+fn announce_compare(base: &RunConfig, data: &DataSpec, variants: usize) -> Result<()> {
+    let sample = data.init_sample(base)?;
     let d = data.d();
     let n = sample.len() / d;
     let mut l0s: Vec<f64> = Vec::new();
-    if let DataSpec::Synthetic(s) = &data {
+    if let DataSpec::Synthetic(s) = data {
         let mut row = vec![0f32; d];
         l0s = (0..n as u64)
             .map(|r| s.sample_row(r, &mut row) as f64)
             .collect();
     }
     eprintln!(
-        "comparing {} variants: d_in {d}, d_sae {}, k {}, {} steps × {} tokens",
-        variants.len(),
-        base.sae.d_sae,
-        base.sae.k,
-        base.train.steps,
-        base.train.batch_size
+        "comparing {variants} variants: d_in {d}, d_sae {}, k {}, {} steps × {} tokens",
+        base.sae.d_sae, base.sae.k, base.train.steps, base.train.batch_size
     );
     if !l0s.is_empty() {
         let m = l0s.iter().sum::<f64>() / l0s.len() as f64;
@@ -577,52 +593,59 @@ fn compare(a: CompareArgs) -> Result<()> {
             base.data.synthetic.as_ref().map_or(0, |s| s.n_features)
         );
     }
-    let cancel = ui::ctrl_c_cancel();
-    let t0 = std::time::Instant::now();
-    let mut results: Vec<VariantResult> = Vec::new();
-    for v in variants {
-        let cfg = variant_config(&base, v);
-        let out = a
-            .out
-            .as_ref()
-            .map(|o| o.join(v.label().replace(" + ", "+")));
-        let bar = Bar::new(
-            cfg.train.steps * cfg.train.batch_size as u64,
-            &v.label(),
-            "tok",
-        );
-        match train_and_evaluate(
-            &cfg,
-            out.as_deref(),
-            a.eval_tokens,
-            &bar,
-            &cancel,
-            &mut |_| Ok(()),
-        )? {
-            Some(r) => {
-                eprintln!(
-                    "{}: FVU {:.4}, L0 {:.2}, {:.1} s ({:.0} tokens/s)",
-                    v.label(),
-                    r.eval.fvu,
-                    r.eval.l0_mean,
-                    r.seconds,
-                    r.tokens_per_second
-                );
-                results.push(r)
+    Ok(())
+}
+
+/// Train and evaluate one variant (into `--out/<variant>` when given); an interruption is an
+/// error naming where its checkpoint is.
+fn compare_one(
+    base: &RunConfig,
+    v: Variant,
+    a: &CompareArgs,
+    cancel: &sparsa::util::progress::Cancel,
+) -> Result<VariantResult> {
+    let cfg = variant_config(base, v);
+    let out = a
+        .out
+        .as_ref()
+        .map(|o| o.join(v.label().replace(" + ", "+")));
+    let bar = Bar::new(
+        cfg.train.steps * cfg.train.batch_size as u64,
+        &v.label(),
+        "tok",
+    );
+    let Some(r) = train_and_evaluate(
+        &cfg,
+        out.as_deref(),
+        a.eval_tokens,
+        &bar,
+        cancel,
+        &mut |_| Ok(()),
+    )?
+    else {
+        return Err(ui::Interrupted(format!(
+            "{} was not finished{}",
+            v.label(),
+            match &out {
+                Some(o) => format!("; its checkpoint is in {}", o.display()),
+                None => String::new(),
             }
-            None => {
-                return Err(ui::Interrupted(format!(
-                    "{} was not finished{}",
-                    v.label(),
-                    match &out {
-                        Some(o) => format!("; its checkpoint is in {}", o.display()),
-                        None => String::new(),
-                    }
-                ))
-                .into());
-            }
-        }
-    }
+        ))
+        .into());
+    };
+    eprintln!(
+        "{}: FVU {:.4}, L0 {:.2}, {:.1} s ({:.0} tokens/s)",
+        v.label(),
+        r.eval.fvu,
+        r.eval.l0_mean,
+        r.seconds,
+        r.tokens_per_second
+    );
+    Ok(r)
+}
+
+/// The comparison table (first row the header).
+fn compare_rows(results: &[VariantResult]) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         "variant".to_string(),
         "FVU".into(),
@@ -636,7 +659,7 @@ fn compare(a: CompareArgs) -> Result<()> {
         "inf. L0".into(),
         "tok/s".into(),
     ]];
-    for r in &results {
+    for r in results {
         rows.push(vec![
             r.variant.label(),
             format!("{:.4}", r.eval.fvu),
@@ -652,13 +675,5 @@ fn compare(a: CompareArgs) -> Result<()> {
             format!("{:.0}", r.tokens_per_second),
         ]);
     }
-    println!("{}", ui::table(&rows));
-    println!(
-        "held-out {} tokens per evaluation; FVU/dead/L0 in the training form (batch rule), inf. = inference form \
-         (TopK per token; JumpReLU with {}); dead = never active on the held-out tokens. Total {:.0} s.",
-        a.eval_tokens,
-        threshold_note(&base),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
+    rows
 }
