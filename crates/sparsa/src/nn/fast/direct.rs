@@ -152,6 +152,22 @@ impl Window {
     fn padded_len(&self) -> usize {
         (self.oh + self.k - 1) * (self.ow + self.k - 1) * self.cin
     }
+
+    /// The kernels' preconditions: AVX-512F, a supported window, and slices at least as long
+    /// as the padded input, the `[tap][ci][co16]` weights (or sums) and the oh·ow·cout output
+    /// (or output gradient). The kernels' raw indexing relies on these.
+    fn check(&self, padded: usize, weights: usize, out: usize) {
+        let Window {
+            oh,
+            ow,
+            k,
+            cin,
+            cout,
+        } = *self;
+        assert!(available() && (1..=MAX_K).contains(&k) && cout > 0);
+        assert!(padded >= self.padded_len() && weights >= k * k * cin * lanes16(cout));
+        assert!(out >= oh * ow * cout);
+    }
 }
 
 /// One image: y (oh, ow, cout) = the k×k correlation of `xp` ([`pad_image`]) with `wt`
@@ -160,19 +176,10 @@ pub fn conv_image<T: Real>(win: Window, xp: &[T], wt: &[T], y: &mut [T]) {
     let (Some(xp), Some(wt), Some(y)) = (T::as_f32(xp), T::as_f32(wt), T::as_f32_mut(y)) else {
         unreachable!("the direct kernels run only on f32 (forward_applies)")
     };
-    let Window {
-        oh,
-        ow,
-        k,
-        cin,
-        cout,
-    } = win;
-    assert!(available() && (1..=MAX_K).contains(&k) && cout > 0);
-    assert!(xp.len() >= win.padded_len() && wt.len() >= k * k * cin * lanes16(cout));
-    assert!(y.len() >= oh * ow * cout);
+    win.check(xp.len(), wt.len(), y.len());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512F is present (asserted); every index the kernel forms is inside the slices
-    // whose lengths are asserted above (see `avx::conv_image`).
+    // SAFETY: AVX-512F is present and every index the kernel forms is inside the slices whose
+    // lengths `Window::check` asserted (see `avx::conv_image`).
     unsafe {
         avx::conv_image(win, xp.as_ptr(), wt.as_ptr(), y.as_mut_ptr())
     }
@@ -184,16 +191,7 @@ pub fn weight_grad_image<T: Real>(win: Window, xp: &[T], dy: &[T], acc: &mut [T]
     let (Some(xp), Some(dy), Some(acc)) = (T::as_f32(xp), T::as_f32(dy), T::as_f32_mut(acc)) else {
         unreachable!("the direct kernels run only on f32 (forward_applies)")
     };
-    let Window {
-        oh,
-        ow,
-        k,
-        cin,
-        cout,
-    } = win;
-    assert!(available() && (1..=MAX_K).contains(&k) && cout > 0);
-    assert!(xp.len() >= win.padded_len() && dy.len() >= oh * ow * cout);
-    assert!(acc.len() >= k * k * cin * lanes16(cout));
+    win.check(xp.len(), acc.len(), dy.len());
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as for `conv_image`.
     unsafe {

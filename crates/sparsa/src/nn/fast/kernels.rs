@@ -457,14 +457,7 @@ impl ConvGeom {
         let ohw = self.ohw();
         let groups = dw_parts.len();
         let ranges = group_ranges(self.n, groups);
-        let img_len = self.h * self.w * self.cin;
-        let dx_parts: Vec<Option<&mut [T]>> = match dx {
-            Some(dx) => split_by(&mut dx[..self.in_len()], &ranges, img_len)
-                .into_iter()
-                .map(Some)
-                .collect(),
-            None => (0..groups).map(|_| None).collect(),
-        };
+        let dx_parts = self.dx_parts(dx, &ranges);
         let tr = self.tile_rows();
         let used: Vec<bool> = dx_parts
             .into_par_iter()
@@ -513,6 +506,21 @@ impl ConvGeom {
 }
 
 impl ConvGeom {
+    /// The input gradient cut into one slice of images per group (all `None` when not wanted).
+    fn dx_parts<'a, T>(
+        &self,
+        dx: Option<&'a mut [T]>,
+        ranges: &[std::ops::Range<usize>],
+    ) -> Vec<Option<&'a mut [T]>> {
+        match dx {
+            Some(dx) => split_by(&mut dx[..self.in_len()], ranges, self.h * self.w * self.cin)
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => ranges.iter().map(|_| None).collect(),
+        }
+    }
+
     /// The direct kernels' window of the forward pass (and weight gradient).
     fn window(&self) -> direct::Window {
         direct::Window {
@@ -591,13 +599,7 @@ impl ConvGeom {
             cout: cin,
         };
         let ranges = group_ranges(self.n, dw_parts.len());
-        let dx_parts: Vec<Option<&mut [T]>> = match dx {
-            Some(dx) => split_by(&mut dx[..self.in_len()], &ranges, img)
-                .into_iter()
-                .map(Some)
-                .collect(),
-            None => (0..ranges.len()).map(|_| None).collect(),
-        };
+        let dx_parts = self.dx_parts(dx, &ranges);
         let bpad = k - 1 - self.pad;
         let px = direct::padded_len(h, wd, cin, self.pad);
         let py = direct::padded_len(self.oh, self.ow, cout, bpad);
@@ -915,6 +917,10 @@ pub fn max_pool_backward<T: Real>(
     let (oh, ow) = (h / k, w / k);
     let img_in = h * w * c;
     let img_out = oh * ow * c;
+    // Offset of each window position (the recorded code) from the window's corner.
+    let off: Vec<usize> = (0..k * k)
+        .map(|code| (code / k * w + code % k) * c)
+        .collect();
     dx[..n * img_in]
         .par_chunks_mut(img_in.max(1))
         .enumerate()
@@ -924,10 +930,6 @@ pub fn max_pool_backward<T: Real>(
                 &g[i * img_out..(i + 1) * img_out],
                 &arg[i * img_out..(i + 1) * img_out],
             );
-            // Offset of each window position (the recorded code) from the window's corner.
-            let off: Vec<usize> = (0..k * k)
-                .map(|code| (code / k * w + code % k) * c)
-                .collect();
             for oy in 0..oh {
                 for ox in 0..ow {
                     let ob = (oy * ow + ox) * c;
