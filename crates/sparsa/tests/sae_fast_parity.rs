@@ -29,6 +29,10 @@ const ARCHS: [&str; 3] = ["topk", "mutual_choice", "feature_choice"];
 const AUXES: [&str; 3] = ["none", "aux_k", "aux_zipf"];
 
 fn cfg(arch: &str, aux: &str, reference: bool) -> RunConfig {
+    cfg_with(arch, aux, reference, "f32")
+}
+
+fn cfg_with(arch: &str, aux: &str, reference: bool, matmul: &str) -> RunConfig {
     let text = format!(
         r#"
 [sae]
@@ -47,6 +51,7 @@ warmup_steps = 2
 seed = 5
 init_sample = 256
 reference = {reference}
+matmul = "{matmul}"
 [data.synthetic]
 d = {D}
 n_features = 40
@@ -118,8 +123,12 @@ fn assert_params_close(fast: &SaeParams, slow: &SaeParams, tol: f64, what: &str)
 }
 
 fn trainers(arch: &str, aux: &str) -> (Trainer, Trainer) {
-    let c_fast = cfg(arch, aux, false);
-    let c_ref = cfg(arch, aux, true);
+    trainers_with(arch, aux, "f32")
+}
+
+fn trainers_with(arch: &str, aux: &str, matmul: &str) -> (Trainer, Trainer) {
+    let c_fast = cfg_with(arch, aux, false, matmul);
+    let c_ref = cfg_with(arch, aux, true, matmul);
     let mut s = source();
     let mut sample = vec![0f32; 256 * D];
     s.next_batch(&mut sample).unwrap();
@@ -133,10 +142,29 @@ fn trainers(arch: &str, aux: &str) -> (Trainer, Trainer) {
 
 #[test]
 fn ten_fast_steps_match_ten_reference_steps() {
+    ten_steps("f32");
+}
+
+/// With `train.matmul = "bf16"`: the fast step (bf16 kernel, + b_enc and ReLU fused) against
+/// the reference step whose encoder product sees bf16-rounded X′ and W_enc, to the same
+/// tolerances. Only the encoder product is rounded in either path, so they stay together.
+#[test]
+fn ten_bf16_fast_steps_match_ten_bf16_reference_steps() {
+    let (probe, _) = trainers_with("topk", "none", "bf16");
+    match probe.matmul_fallback() {
+        Some(why) => eprintln!("skipped: {why}"),
+        None => {
+            assert!(probe.encoder_product().starts_with("bf16 ("));
+            ten_steps("bf16");
+        }
+    }
+}
+
+fn ten_steps(matmul: &str) {
     for arch in ARCHS {
         for aux in AUXES {
-            let what = format!("{arch}+{aux}");
-            let (mut fast, mut slow) = trainers(arch, aux);
+            let what = format!("{arch}+{aux} {matmul}");
+            let (mut fast, mut slow) = trainers_with(arch, aux, matmul);
             let mut src = source();
             let mut aux_steps = 0;
             let mut short_rows = false;

@@ -1,5 +1,7 @@
 //! Fast CPU kernels, each beside the reference it must match.
 //!
+//! - [`bf16`]: the same product with bf16 operands and f32 accumulation (AMX or AVX512-BF16,
+//!   chosen at run time), for `train.matmul = "bf16"`.
 //! - [`matmul`]: the encoder's dense product C = A·Bᵀ (the one dense product of an SAE step),
 //!   on the `gemm` crate with the exact call candle makes (bit-identical to candle's matmul,
 //!   which is the reference), without candle's per-call output allocation.
@@ -9,6 +11,7 @@
 //! - [`reduce`]: deterministic parallel reductions (fixed chunking, fixed combine order).
 //! - [`peak`]: a fused-multiply-add throughput microbenchmark (the machine's measured peak).
 
+pub mod bf16;
 pub mod matmul;
 pub mod peak;
 pub mod reduce;

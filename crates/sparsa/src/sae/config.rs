@@ -270,6 +270,28 @@ pub enum AuxNorm {
     Mse,
 }
 
+/// Precision of the encoder's dense product X′·W_encᵀ (`train.matmul`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Matmul {
+    /// f32 operands and accumulation.
+    #[default]
+    F32,
+    /// Operands rounded to bf16, f32 accumulation (`kernels::bf16`: AMX or AVX512-BF16;
+    /// CPUs with neither fall back to f32 with a message). Selection, decode, gradients and
+    /// Adam stay f32. Project choice, off by default.
+    Bf16,
+}
+
+impl Matmul {
+    pub fn name(self) -> &'static str {
+        match self {
+            Matmul::F32 => "f32",
+            Matmul::Bf16 => "bf16",
+        }
+    }
+}
+
 /// A Zipf parameter: a number, or `"fit"` from the running densities.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ZipfParam {
@@ -491,6 +513,9 @@ pub struct TrainConfig {
     /// several times slower and builds dense B×F gradients.
     #[serde(default)]
     pub reference: bool,
+    /// Precision of the encoder product: `"f32"` (default) or `"bf16"`.
+    #[serde(default)]
+    pub matmul: Matmul,
 }
 
 fn default_batch() -> usize {

@@ -78,13 +78,32 @@ pub fn total_variance(v: &[f32], d: usize) -> f64 {
         .sum()
 }
 
-/// Forward (and, with `want_grads`, backward) of the full loss in precision `dtype`.
+/// The arithmetic of a reference step: the element type, and whether the encoder product sees
+/// its operands rounded to bf16 (`train.matmul = "bf16"`).
+#[derive(Debug, Clone, Copy)]
+pub struct Precision {
+    pub dtype: DType,
+    /// The forward value of X′·W_encᵀ uses bf16-rounded X′ and W_enc; gradients flow as for
+    /// the unrounded product (straight through), as in the fast step, whose gradients are f32.
+    pub bf16_product: bool,
+}
+
+impl From<DType> for Precision {
+    fn from(dtype: DType) -> Self {
+        Precision {
+            dtype,
+            bf16_product: false,
+        }
+    }
+}
+
+/// Forward (and, with `want_grads`, backward) of the full loss in precision `prec`.
 /// `select` receives A (B×F, f32) and returns the matchings to use.
 pub fn forward_backward<S>(
     p: &SaeParams,
     x: &[f32],
     b: usize,
-    dtype: DType,
+    prec: impl Into<Precision>,
     aux: Option<AuxTerm<'_>>,
     want_grads: bool,
     select: S,
@@ -93,6 +112,8 @@ where
     S: FnOnce(&[f32]) -> Selections,
 {
     let (d, f) = (p.d, p.f);
+    let prec = prec.into();
+    let dtype = prec.dtype;
     let dev = Device::Cpu;
     let t = |v: &[f32], shape: &[usize]| -> Result<Tensor, SaeError> {
         Ok(Tensor::from_slice(v, shape, &dev)?.to_dtype(dtype)?)
@@ -103,10 +124,21 @@ where
     let b_dec = Var::from_tensor(&t(&p.b_dec, &[d])?)?;
     let xt = t(x, &[b, d])?;
 
-    let pre = xt
-        .broadcast_sub(b_dec.as_tensor())?
-        .matmul(&w_enc.as_tensor().t()?)?
-        .broadcast_add(b_enc.as_tensor())?;
+    let xc = xt.broadcast_sub(b_dec.as_tensor())?;
+    let mut product = xc.matmul(&w_enc.as_tensor().t()?)?;
+    if prec.bf16_product {
+        let rounded = |v: &Tensor, shape: &[usize]| -> Result<Tensor, SaeError> {
+            let host: Vec<f32> = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            let r: Vec<f32> = host
+                .into_iter()
+                .map(crate::kernels::bf16::round_bf16)
+                .collect();
+            t(&r, shape)
+        };
+        let low = rounded(&xc, &[b, d])?.matmul(&rounded(w_enc.as_tensor(), &[f, d])?.t()?)?;
+        product = (&product + (low - &product)?.detach())?;
+    }
+    let pre = product.broadcast_add(b_enc.as_tensor())?;
     let a = pre.relu()?;
     let a_host: Vec<f32> = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let sel = select(&a_host);

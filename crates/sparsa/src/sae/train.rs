@@ -2,7 +2,7 @@
 //! counters, thresholds, Adam), the run loop with logging, checkpoints and cancellation.
 
 use super::allocation::{self, AllocInput, Allocation, Matching};
-use super::config::{holdout_ranges, RunConfig, ThresholdMode};
+use super::config::{holdout_ranges, Matmul, RunConfig, ThresholdMode};
 use super::fast::{AuxSpec, FastStep};
 pub use super::io::TrainState;
 use super::io::{self, SaeMeta, SaeModel, SourceMeta};
@@ -17,6 +17,7 @@ use crate::data::activations::{
 };
 use crate::data::store::Manifest;
 use crate::data::synthetic::SyntheticSource;
+use crate::kernels::bf16::Bf16Kernel;
 use crate::util::progress::{Cancel, Progress};
 use candle_core::DType;
 use rand::SeedableRng;
@@ -72,6 +73,36 @@ pub struct Trainer {
     batch: Vec<f32>,
     /// Reused buffers of the fast step.
     fast: FastStep,
+    /// Why a bf16 encoder product asked for by `train.matmul` runs in f32 (no kernel here).
+    matmul_fallback: Option<String>,
+}
+
+/// The bf16 kernel that `train.matmul = m` runs on, given the `SPARSA_BF16_KERNEL` preference
+/// (see [`Bf16Kernel::choose`]): `(None, None)` for f32 by config, `(None, Some(why))` for
+/// bf16 asked for but not available here (the step falls back to f32), an error for a
+/// preference this CPU cannot honour.
+pub fn resolve_matmul(
+    m: Matmul,
+    preference: Option<&str>,
+) -> Result<(Option<Bf16Kernel>, Option<String>), SaeError> {
+    if m == Matmul::F32 {
+        return Ok((None, None));
+    }
+    match Bf16Kernel::choose(preference) {
+        Err(e) => Err(SaeError::config("train.matmul", e)),
+        Ok(Some(k)) => Ok((Some(k), None)),
+        Ok(None) => Ok((
+            None,
+            Some(if preference.is_some_and(|p| p.trim() == "none") {
+                "train.matmul = \"bf16\": SPARSA_BF16_KERNEL=none, so the encoder product runs in f32"
+                    .to_string()
+            } else {
+                "train.matmul = \"bf16\": this CPU has neither AMX-BF16 nor AVX512-BF16 (or the OS \
+                 does not allow AMX), so the encoder product runs in f32"
+                    .to_string()
+            }),
+        )),
+    }
 }
 
 /// Geometric median of the rows of `x` (B×d) by Weiszfeld iterations, starting at the mean.
@@ -183,6 +214,10 @@ impl Trainer {
         cfg.validate()?;
         let alloc = allocation::build(&cfg.sae, None)?;
         let aux = loss::build(&cfg.aux);
+        let preference = std::env::var("SPARSA_BF16_KERNEL").ok();
+        let (kernel, matmul_fallback) = resolve_matmul(cfg.train.matmul, preference.as_deref())?;
+        let mut fast = FastStep::new();
+        fast.set_bf16(kernel);
         Ok(Trainer {
             cfg,
             params,
@@ -191,7 +226,8 @@ impl Trainer {
             alloc,
             aux,
             batch: Vec::new(),
-            fast: FastStep::new(),
+            fast,
+            matmul_fallback,
         })
     }
 
@@ -215,6 +251,19 @@ impl Trainer {
                 0
             },
         )
+    }
+
+    /// The encoder product this trainer runs: `f32`, or `bf16 (amx-bf16)` and the like.
+    pub fn encoder_product(&self) -> String {
+        match self.fast.bf16_kernel() {
+            Some(k) => format!("bf16 ({})", k.name()),
+            None => "f32".to_string(),
+        }
+    }
+
+    /// Why `train.matmul = "bf16"` runs in f32 here, when it does.
+    pub fn matmul_fallback(&self) -> Option<&str> {
+        self.matmul_fallback.as_deref()
     }
 
     /// Phase timings of the last fast step (zero on the reference path).
@@ -379,8 +428,12 @@ impl Trainer {
             norm: self.cfg.aux.normalization,
             residual: None,
         };
+        let prec = reference::Precision {
+            dtype: DType::F32,
+            bf16_product: self.fast.bf16_kernel().is_some(),
+        };
         let (losses, grads, sel, a) =
-            reference::forward_backward(&self.params, x, b, DType::F32, Some(term), true, select)?;
+            reference::forward_backward(&self.params, x, b, prec, Some(term), true, select)?;
         let diverged = |what| SaeError::Diverged { step, what };
         let grads = grads.ok_or(diverged("gradient"))?;
         if !losses.total.is_finite() {

@@ -284,6 +284,10 @@ fn train(a: TrainArgs) -> Result<()> {
         cfg.train.steps,
         cfg.train.batch_size
     );
+    match trainer.matmul_fallback() {
+        Some(why) => eprintln!("note: {why}"),
+        None => eprintln!("encoder product: {}", trainer.encoder_product()),
+    }
     let t0 = std::time::Instant::now();
     let start_tokens = trainer.state.tokens;
     let end = trainer.run(
