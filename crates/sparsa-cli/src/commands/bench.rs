@@ -2,10 +2,11 @@
 //! One place for every benchmark: `bench sae`, `bench lm`, `bench prune` (the last two run the
 //! code of `lm` and `prune`; `sparsa lm bench` and `sparsa prune bench` remain as hidden aliases).
 //!
-//! `sparsa bench sae` prints one JSON line per (size, architecture, auxiliary loss): the encoder
-//! product alone and its share of the measured FMA peak, the full fast step, step/matmul, the
-//! reference step, and peak RSS — all measured in the same run, so the ratios are comparable
-//! even on a busy machine.
+//! `sparsa bench sae` prints one JSON line per (size, architecture, auxiliary loss, encoder
+//! precision): the encoder product alone in f32 and in bf16 with their shares of the measured
+//! f32 FMA and bf16 product peaks, the full fast step, step / f32 product, the reference step,
+//! and peak RSS — all measured in the same run, so the ratios are comparable even on a busy
+//! machine — then a summary table of the ratios.
 
 use crate::ui;
 use anyhow::{Context, Result};
@@ -13,8 +14,9 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use sparsa::data::activations::BatchSource;
 use sparsa::data::synthetic::{SyntheticConfig, SyntheticSource};
+use sparsa::kernels::bf16::{Bf16Gemm, Bf16Kernel};
 use sparsa::kernels::{matmul, peak};
-use sparsa::sae::config::RunConfig;
+use sparsa::sae::config::{Matmul, RunConfig};
 use sparsa::sae::fast::Phases;
 use sparsa::sae::train::{StepMetrics, Trainer};
 use std::time::Instant;
@@ -72,6 +74,16 @@ pub struct SaeBenchArgs {
     /// Timed reference steps per architecture (aux none; 0 = skip the reference path).
     #[arg(long, default_value_t = 1)]
     reference_steps: usize,
+    /// Encoder-product precisions to time the step with (comma separated; `train.matmul`).
+    /// bf16 needs AMX-BF16 or AVX512-BF16 (`SPARSA_BF16_KERNEL` picks one); without either
+    /// it is reported as unavailable and skipped.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = clap::builder::PossibleValuesParser::new(["f32", "bf16"]),
+        default_value = "f32,bf16"
+    )]
+    matmul: Vec<String>,
 }
 
 /// One output line.
@@ -83,19 +95,34 @@ struct Line {
     k: usize,
     arch: String,
     aux: String,
+    /// The step's encoder product: `f32` or `bf16 (<kernel>)`.
+    matmul: String,
     threads: usize,
     fma_isa: &'static str,
     fma_peak_gflops: f64,
     matmul_impl: &'static str,
-    /// Encoder product X·W_encᵀ alone (gemm into a reused buffer), median seconds.
+    /// Encoder product X·W_encᵀ alone in f32 (gemm into a reused buffer), median seconds.
     matmul_s: f64,
     matmul_gflops: f64,
     matmul_share_of_peak: f64,
     /// The same product through candle's Tensor::matmul (fresh output each call), median.
     matmul_candle_s: f64,
+    /// The bf16 product as the step runs it (round and pack both operands, product with
+    /// + b_enc and ReLU fused), median seconds; null without a bf16 kernel.
+    matmul_bf16_s: Option<f64>,
+    matmul_bf16_gflops: Option<f64>,
+    /// The bf16 product's kernel and its measured instruction peak over all threads.
+    bf16_kernel: Option<&'static str>,
+    bf16_peak_gflops: Option<f64>,
+    matmul_bf16_share_of_bf16_peak: Option<f64>,
+    /// bf16 product / f32 product.
+    matmul_bf16_over_f32: Option<f64>,
     /// Full fast training step (Trainer::step), median seconds.
     step_s: f64,
+    /// step_s / the f32 product (matmul_s), whatever the step's own precision.
     step_over_matmul: f64,
+    /// step_s / the same architecture's and precision's step without an auxiliary loss.
+    step_over_no_aux: Option<f64>,
     /// Whether the auxiliary loss ran in the timed steps.
     aux_active: bool,
     /// Matched pairs per step (main + auxiliary).
@@ -103,7 +130,8 @@ struct Line {
     matches_aux: usize,
     /// Phase times of the last timed step.
     phases: Phases,
-    /// (Sum of the phases) / (the encoder product inside that same step): the step/matmul
+    /// (Sum of the phases) / (the encoder product inside that same step, in its precision):
+    /// the step/matmul
     /// ratio with both measured back to back, less exposed to load from other processes than
     /// step_over_matmul (whose two figures are seconds apart).
     step_over_matmul_same_step: f64,
@@ -212,6 +240,34 @@ seed = 1
     Ok(RunConfig::from_toml(&text, &[], "bench config")?)
 }
 
+/// The bf16 kernel the bench uses (`None` with a note when there is none or bf16 is not asked
+/// for), and its measured instruction peak.
+fn bf16_setup(a: &SaeBenchArgs) -> Result<Option<(Bf16Kernel, peak::Bf16Peak)>> {
+    if !a.matmul.iter().any(|m| m == "bf16") {
+        return Ok(None);
+    }
+    let Some(kernel) = Bf16Kernel::from_env().map_err(ui::Usage)? else {
+        eprintln!(
+            "bf16: no AMX-BF16 or AVX512-BF16 kernel here (or SPARSA_BF16_KERNEL=none): skipped"
+        );
+        return Ok(None);
+    };
+    let pk = peak::measure_bf16(kernel, 200_000, 3).context("bf16 peak")?;
+    eprintln!(
+        "bf16 product peak: {:.1} GFLOP/s ({})",
+        pk.gflops,
+        kernel.name()
+    );
+    Ok(Some((kernel, pk)))
+}
+
+/// The f32 and bf16 encoder products of one size, median seconds.
+struct Products {
+    f32_s: f64,
+    candle_s: f64,
+    bf16_s: Option<f64>,
+}
+
 fn sae(a: SaeBenchArgs) -> Result<()> {
     let sizes: Vec<(usize, usize)> = a
         .sizes
@@ -225,7 +281,9 @@ fn sae(a: SaeBenchArgs) -> Result<()> {
     eprintln!("measuring the FMA peak on {threads} threads…");
     let pk = peak::measure(20_000_000, 3);
     eprintln!("FMA peak: {:.1} GFLOP/s ({})", pk.gflops, pk.isa.name());
+    let bf16 = bf16_setup(&a)?;
     let b = a.batch;
+    let mut lines = Vec::new();
     for (d, f) in sizes {
         reset_peak_rss();
         // Data: one synthetic batch, reused (copied) for every step.
@@ -236,54 +294,172 @@ fn sae(a: SaeBenchArgs) -> Result<()> {
             .map(|i| ((i as f32) * 0.618).fract() - 0.5)
             .collect();
         eprintln!("{d}x{f}: timing the encoder product ({b}×{d} · {d}×{f})…");
-        let mm_gemm = time_product(&a, &data, &w, f, d, false)?;
-        let fast = time_fast_steps(&a, &data, d, f, mm_gemm)?;
+        let f32_s = time_product(&a, &data, &w, f, d, false)?;
+        let bf16_s = match bf16 {
+            Some((kernel, _)) => Some(time_product_bf16(&a, &data, &w, f, d, kernel)?),
+            None => None,
+        };
+        let fast = time_fast_steps(&a, &data, d, f, f32_s, bf16.is_some())?;
         let rss_fast = peak_rss_mb();
         // candle's product (allocates its own output each call).
-        let mm_candle = time_product(&a, &data, &w, f, d, true)?;
+        let candle_s = time_product(&a, &data, &w, f, d, true)?;
         drop(w);
         let refs = time_reference_steps(&a, &data, d, f)?;
         let rss_all = peak_rss_mb();
-        let flops = 2.0 * b as f64 * d as f64 * f as f64;
-        for run in fast {
-            let reference = refs.get(&run.arch).copied().filter(|_| run.aux == "none");
-            let ph = run.phases;
-            let line = Line {
-                d,
-                f,
-                b,
-                k: a.k,
-                aux_active: run.metrics.aux_loss != 0.0,
-                arch: run.arch,
-                aux: run.aux,
-                threads,
-                fma_isa: pk.isa.name(),
-                fma_peak_gflops: pk.gflops,
-                matmul_impl: "gemm",
-                matmul_s: mm_gemm,
-                matmul_gflops: flops / mm_gemm / 1e9,
-                matmul_share_of_peak: flops / mm_gemm / 1e9 / pk.gflops,
-                matmul_candle_s: mm_candle,
-                step_s: run.step,
-                step_over_matmul: run.step / mm_gemm,
-                matches_main: run.matches.0,
-                matches_aux: run.matches.1,
-                phases: ph,
-                step_over_matmul_same_step: (ph.encode
-                    + ph.select
-                    + ph.decode
-                    + ph.backward
-                    + ph.adam)
-                    / ph.matmul,
-                reference_step_s: reference,
-                reference_over_fast: reference.map(|r| r / run.step),
-                peak_rss_mb: rss_fast,
-                peak_rss_with_reference_mb: rss_all,
-            };
+        let products = Products {
+            f32_s,
+            candle_s,
+            bf16_s,
+        };
+        let rss = (rss_fast, rss_all);
+        for run in &fast {
+            let line = line(&a, (d, f), run, &fast, &products, (pk, bf16), &refs, rss);
             println!("{}", serde_json::to_string(&line)?);
+            lines.push(line);
         }
     }
+    print_summary(&lines);
     Ok(())
+}
+
+/// One output line from a timed fast run and the figures of its size.
+#[allow(clippy::too_many_arguments)] // one line's inputs, all measured by the caller
+fn line(
+    a: &SaeBenchArgs,
+    (d, f): (usize, usize),
+    run: &FastRun,
+    all: &[FastRun],
+    products: &Products,
+    (pk, bf16): (peak::FmaPeak, Option<(Bf16Kernel, peak::Bf16Peak)>),
+    refs: &std::collections::HashMap<String, f64>,
+    (rss_fast, rss_all): (Option<f64>, Option<f64>),
+) -> Line {
+    let b = a.batch;
+    let flops = 2.0 * b as f64 * d as f64 * f as f64;
+    let reference = refs
+        .get(&run.arch)
+        .copied()
+        .filter(|_| run.aux == "none" && run.matmul == "f32");
+    let no_aux = all
+        .iter()
+        .find(|r| r.arch == run.arch && r.matmul == run.matmul && r.aux == "none")
+        .map(|r| run.step / r.step);
+    let bf16_gflops = products.bf16_s.map(|s| flops / s / 1e9);
+    let ph = run.phases;
+    Line {
+        d,
+        f,
+        b,
+        k: a.k,
+        aux_active: run.metrics.aux_loss != 0.0,
+        arch: run.arch.clone(),
+        aux: run.aux.clone(),
+        matmul: run.matmul.clone(),
+        threads: pk.threads,
+        fma_isa: pk.isa.name(),
+        fma_peak_gflops: pk.gflops,
+        matmul_impl: "gemm",
+        matmul_s: products.f32_s,
+        matmul_gflops: flops / products.f32_s / 1e9,
+        matmul_share_of_peak: flops / products.f32_s / 1e9 / pk.gflops,
+        matmul_candle_s: products.candle_s,
+        matmul_bf16_s: products.bf16_s,
+        matmul_bf16_gflops: bf16_gflops,
+        bf16_kernel: bf16.map(|(k, _)| k.name()),
+        bf16_peak_gflops: bf16.map(|(_, p)| p.gflops),
+        matmul_bf16_share_of_bf16_peak: bf16_gflops.zip(bf16).map(|(g, (_, p))| g / p.gflops),
+        matmul_bf16_over_f32: products.bf16_s.map(|s| s / products.f32_s),
+        step_s: run.step,
+        step_over_matmul: run.step / products.f32_s,
+        step_over_no_aux: no_aux,
+        matches_main: run.matches.0,
+        matches_aux: run.matches.1,
+        phases: ph,
+        step_over_matmul_same_step: (ph.encode + ph.select + ph.decode + ph.backward + ph.adam)
+            / ph.matmul,
+        reference_step_s: reference,
+        reference_over_fast: reference.map(|r| r / run.step),
+        peak_rss_mb: rss_fast,
+        peak_rss_with_reference_mb: rss_all,
+    }
+}
+
+/// The ratios the targets are stated in, one row per line.
+fn print_summary(lines: &[Line]) {
+    let mut sizes: Vec<(usize, usize)> = lines.iter().map(|l| (l.d, l.f)).collect();
+    sizes.dedup();
+    for (d, f) in sizes {
+        let Some(first) = lines.iter().find(|l| (l.d, l.f) == (d, f)) else {
+            continue;
+        };
+        println!();
+        println!(
+            "{d}×{f}, B {}: f32 product {:.3} s ({:.0} GFLOP/s, {:.0} % of the f32 FMA peak)",
+            first.b,
+            first.matmul_s,
+            first.matmul_gflops,
+            100.0 * first.matmul_share_of_peak
+        );
+        if let (Some(s), Some(g), Some(share), Some(k)) = (
+            first.matmul_bf16_s,
+            first.matmul_bf16_gflops,
+            first.matmul_bf16_share_of_bf16_peak,
+            first.bf16_kernel,
+        ) {
+            println!(
+                "{d}×{f}: bf16 product {s:.3} s ({g:.0} GFLOP/s, {:.0} % of the {k} peak) = {:.2}× the f32 product",
+                100.0 * share,
+                s / first.matmul_s
+            );
+        }
+        println!(
+            "| arch | aux | matmul | step s | step / f32 product | step / no-aux step | aux active |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for l in lines.iter().filter(|l| (l.d, l.f) == (d, f)) {
+            println!(
+                "| {} | {} | {} | {:.3} | {:.2} | {} | {} |",
+                l.arch,
+                l.aux,
+                l.matmul,
+                l.step_s,
+                l.step_over_matmul,
+                l.step_over_no_aux
+                    .map_or("–".to_string(), |r| format!("{r:.2}")),
+                if l.aux == "none" {
+                    "–"
+                } else if l.aux_active {
+                    "yes"
+                } else {
+                    "no"
+                }
+            );
+        }
+    }
+}
+
+/// Median seconds of the bf16 encoder product as the fast step runs it: round and pack X and
+/// W, product with + b_enc and ReLU fused.
+fn time_product_bf16(
+    a: &SaeBenchArgs,
+    data: &[f32],
+    w: &[f32],
+    f: usize,
+    d: usize,
+    kernel: Bf16Kernel,
+) -> Result<f64> {
+    let b = a.batch;
+    let mut c = vec![0f32; b * f];
+    let bias = vec![0.01f32; f];
+    let mut g = Bf16Gemm::new(kernel).context("bf16 kernel not supported")?;
+    let mut run = || {
+        g.pack_b(w, f, d);
+        g.pack_a(data, b, d);
+        g.product(&mut c, Some(&bias), true);
+        Ok(())
+    };
+    run()?;
+    time(a.matmul_reps, run)
 }
 
 /// Median seconds of the encoder product X·Wᵀ (`data` b×d, `w` f×d): gemm into a reused
@@ -314,6 +490,8 @@ fn time_product(
 struct FastRun {
     arch: String,
     aux: String,
+    /// The step's encoder product (`Trainer::encoder_product`).
+    matmul: String,
     /// Median step, seconds.
     step: f64,
     metrics: StepMetrics,
@@ -321,51 +499,73 @@ struct FastRun {
     matches: (usize, usize),
 }
 
-/// The fast training step of every (architecture, aux) pair: two warm-up steps, then the median
-/// of `a.steps`.
+/// The fast training step of every (architecture, precision, aux) triple: two warm-up steps,
+/// then the median of `a.steps`. bf16 runs only when `bf16` (a kernel exists).
 fn time_fast_steps(
     a: &SaeBenchArgs,
     data: &[f32],
     d: usize,
     f: usize,
     mm_gemm: f64,
+    bf16: bool,
 ) -> Result<Vec<FastRun>> {
     let mut out = Vec::new();
     for arch in &a.archs {
-        for aux in &a.aux {
-            let cfg = run_config(d, f, a, arch, aux, false)?;
-            let mut t = Trainer::new(cfg, d, data).with_context(|| format!("{arch}+{aux}"))?;
-            let mut x = vec![0f32; data.len()];
-            let mut ts = Vec::new();
-            let mut m_last = None;
-            for s in 0..2 + a.steps {
-                x.copy_from_slice(data);
-                let t0 = Instant::now();
-                let m = t.step(&mut x)?;
-                let dt = t0.elapsed().as_secs_f64();
-                if s >= 2 {
-                    ts.push(dt);
-                }
-                m_last = Some(m);
+        for matmul in a.matmul.iter().filter(|m| *m == "f32" || bf16) {
+            for aux in &a.aux {
+                let mut cfg = run_config(d, f, a, arch, aux, false)?;
+                cfg.train.matmul = if matmul == "bf16" {
+                    Matmul::Bf16
+                } else {
+                    Matmul::F32
+                };
+                let run = time_fast_run(a, cfg, data, d, (arch, aux))
+                    .with_context(|| format!("{arch}+{aux} {matmul}"))?;
+                eprintln!(
+                    "{d}x{f} {arch}+{aux} {}: step {:.3} s ({:.2}× the f32 product) aux loss {:.3e}",
+                    run.matmul,
+                    run.step,
+                    run.step / mm_gemm,
+                    run.metrics.aux_loss
+                );
+                out.push(run);
             }
-            let step = median(ts);
-            let m = m_last.context("no step ran")?;
-            eprintln!(
-                "{d}x{f} {arch}+{aux}: step {step:.3} s ({:.2}× matmul) aux loss {:.3e}",
-                step / mm_gemm,
-                m.aux_loss
-            );
-            out.push(FastRun {
-                arch: arch.clone(),
-                aux: aux.clone(),
-                step,
-                metrics: m,
-                phases: t.fast_phases(),
-                matches: t.fast_matches(),
-            });
         }
     }
     Ok(out)
+}
+
+/// Two warm-up steps of a trainer built from `cfg`, then the median of `a.steps`.
+fn time_fast_run(
+    a: &SaeBenchArgs,
+    cfg: RunConfig,
+    data: &[f32],
+    d: usize,
+    (arch, aux): (&str, &str),
+) -> Result<FastRun> {
+    let mut t = Trainer::new(cfg, d, data)?;
+    let mut x = vec![0f32; data.len()];
+    let mut ts = Vec::new();
+    let mut m_last = None;
+    for s in 0..2 + a.steps {
+        x.copy_from_slice(data);
+        let t0 = Instant::now();
+        let m = t.step(&mut x)?;
+        let dt = t0.elapsed().as_secs_f64();
+        if s >= 2 {
+            ts.push(dt);
+        }
+        m_last = Some(m);
+    }
+    Ok(FastRun {
+        arch: arch.to_string(),
+        aux: aux.to_string(),
+        matmul: t.encoder_product(),
+        step: median(ts),
+        metrics: m_last.context("no step ran")?,
+        phases: t.fast_phases(),
+        matches: t.fast_matches(),
+    })
 }
 
 /// The reference (candle autograd) step per architecture, aux none; empty with

@@ -150,6 +150,40 @@ fn amx_ready() -> bool {
     })
 }
 
+impl Bf16Kernel {
+    /// FLOPs of one round of [`Bf16Kernel::peak_round`] (a product counts 2: multiply, add).
+    pub fn flops_per_round(self) -> f64 {
+        match self {
+            // 4 tiles × 16 × 16 outputs × 32 products.
+            Bf16Kernel::Amx => (4 * 16 * 16 * 32 * 2) as f64,
+            // 16 instructions × 16 lanes × 2 products.
+            Bf16Kernel::Avx512Bf16 => (16 * 16 * 2 * 2) as f64,
+        }
+    }
+
+    /// Run `rounds` rounds of independent products on registers or tiles only (the
+    /// instruction's peak, for [`crate::kernels::peak::measure_bf16`]). `None` when the CPU
+    /// cannot run this kernel.
+    pub fn peak_round(self, rounds: u64, seed: f32) -> Option<f32> {
+        if !self.supported() {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: checked just above that the CPU (and OS) support the kernel.
+        unsafe {
+            Some(match self {
+                Bf16Kernel::Amx => amx::peak_loop(rounds) + seed,
+                Bf16Kernel::Avx512Bf16 => dp::peak_loop(rounds, seed),
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (rounds, seed);
+            None
+        }
+    }
+}
+
 /// f32 → bf16 bits: round to nearest even, NaN stays (quiet) NaN, subnormals become signed
 /// zero (what `vcvtne2ps2bf16` does, so the scalar and vector packings agree).
 pub fn to_bf16(x: f32) -> u16 {
@@ -502,6 +536,40 @@ mod amx {
         std::arch::asm!("tilerelease", options(nostack));
     }
 
+    /// `iters` rounds of 4 independent `tdpbf16ps` on zeroed tiles (the instruction's
+    /// throughput; nothing is read from memory). Returns a value that depends on the result.
+    ///
+    /// # Safety
+    /// As [`configure`] (which this calls).
+    pub unsafe fn peak_loop(iters: u64) -> f32 {
+        configure();
+        let mut out = [0f32; 256];
+        std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "tilezero tmm4",
+            "tilezero tmm5",
+            "tilezero tmm6",
+            "tilezero tmm7",
+            "2:",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{out} + {s64}*1], tmm0",
+            n = inout(reg) iters.max(1) => _,
+            s64 = in(reg) 64usize,
+            out = in(reg) out.as_mut_ptr(),
+            options(nostack)
+        );
+        release();
+        out[0]
+    }
+
     /// The 32 × 32 block of rows `a` (row stride `lda` values) × strips `b`, `b + strip`,
     /// over `chunks` 32-wide slices of k, into `out` (four 16 × 16 tiles), added to what `out`
     /// holds when `more`.
@@ -602,6 +670,27 @@ mod dp {
                 more,
             );
         }
+    }
+
+    /// `iters` rounds of 16 independent `vdpbf16ps` (the instruction's throughput).
+    ///
+    /// # Safety
+    /// The CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn peak_loop(iters: u64, seed: f32) -> f32 {
+        let mut acc = [_mm512_set1_ps(seed); 16];
+        let one: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
+        let tiny: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3380_3380));
+        for _ in 0..iters {
+            for r in acc.iter_mut() {
+                *r = _mm512_dpbf16_ps(*r, one, tiny);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for r in acc {
+            s = _mm512_add_ps(s, r);
+        }
+        _mm512_reduce_add_ps(s)
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
