@@ -6,6 +6,7 @@ use candle_core::{IndexOp, Tensor};
 use clap::{Args, Subcommand};
 use sparsa::data::corpus::{self, Document};
 use sparsa::data::fetch::{ensure, Asset};
+use sparsa::kernels::bf16::Bf16Kernel;
 use sparsa::lm::{Batch, Hook, HookPoint, Llama, Tokenizer};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -85,6 +86,16 @@ pub struct BenchArgs {
     /// Also time running only up to this layer's residual (what extraction does).
     #[arg(long, default_value_t = 15)]
     pub layer: usize,
+    /// Precisions of the linear layers to time, comma separated: `f32`, and `bf16` (bf16
+    /// weights, inputs split into two bf16 halves, f32 accumulation; needs AMX-BF16 or
+    /// AVX512-BF16, `SPARSA_BF16_KERNEL` picks one).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = clap::builder::PossibleValuesParser::new(["f32", "bf16"]),
+        default_value = "f32,bf16"
+    )]
+    pub matmul: Vec<String>,
 }
 
 /// The GGUF path: `--model` or the fetched SmolLM2.
@@ -234,31 +245,76 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         }
         Ok(t.elapsed().as_secs_f64() / a.reps as f64)
     };
-    let full = time(&|| {
-        m.forward(&batch.ids)?;
-        Ok(())
-    })?;
     let hook = Hook {
         layer: a.layer,
         point: HookPoint::ResidPost,
     };
-    let prefix = time(&|| {
-        m.run_to(&batch.ids, hook)?;
-        Ok(())
-    })?;
-    let rows = vec![
-        vec!["pass".into(), "s/batch".into(), "tokens/s".into()],
-        vec![
+    let mut rows = vec![vec![
+        "pass".into(),
+        "linear layers".into(),
+        "s/batch".into(),
+        "tokens/s".into(),
+        "× f32".into(),
+    ]];
+    let mut f32_secs: Option<(f64, f64)> = None;
+    let mut f32_logits: Option<Vec<f32>> = None;
+    let mut m = m;
+    for prec in &a.matmul {
+        let kernel = if prec == "bf16" {
+            match Bf16Kernel::from_env().map_err(ui::Usage)? {
+                Some(k) => Some(k),
+                None => {
+                    eprintln!("bf16: no AMX-BF16 or AVX512-BF16 kernel here: skipped");
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        m.use_bf16(kernel)?;
+        let label = kernel.map_or("f32".to_string(), |k| format!("bf16 ({})", k.name()));
+        let full = time(&|| {
+            m.forward(&batch.ids)?;
+            Ok(())
+        })?;
+        let prefix = time(&|| {
+            m.run_to(&batch.ids, hook)?;
+            Ok(())
+        })?;
+        let logits: Vec<f32> = m.forward(&batch.ids)?.flatten_all()?.to_vec1()?;
+        if let Some(base) = &f32_logits {
+            let max_d = base
+                .iter()
+                .zip(&logits)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            eprintln!("{label}: max |Δlogit| against f32 over the batch {max_d:.4}");
+        } else if kernel.is_none() {
+            f32_logits = Some(logits);
+        }
+        if kernel.is_none() {
+            f32_secs = Some((full, prefix));
+        }
+        let ratio = |i: usize, s: f64| {
+            f32_secs.map_or("–".to_string(), |base| {
+                format!("{:.2}", if i == 0 { base.0 } else { base.1 } / s)
+            })
+        };
+        rows.push(vec![
             format!("forward, all {} blocks + logits", m.config().n_layers),
+            label.clone(),
             format!("{full:.3}"),
             format!("{:.0}", n_tok / full),
-        ],
-        vec![
+            ratio(0, full),
+        ]);
+        rows.push(vec![
             format!("up to {hook} (extraction)"),
+            label,
             format!("{prefix:.3}"),
             format!("{:.0}", n_tok / prefix),
-        ],
-    ];
+            ratio(1, prefix),
+        ]);
+    }
     println!(
         "batch {} x {} tokens, {} reps, {threads} threads; tokenizer: {} SOTU documents, {:.1} MB -> {} tokens in {:.2}s ({:.0} tokens/s)",
         a.batch,

@@ -239,82 +239,69 @@ unsafe fn convert_row_avx512(src: &[f32], dst: &mut [u16]) {
     dst[n..].fill(0);
 }
 
-/// The packed bf16 operands of C = A·Bᵀ, reused across products (no allocation once sized).
-#[derive(Debug)]
-pub struct Bf16Gemm {
-    kernel: Bf16Kernel,
-    /// Rows of A (m) and of B (n) as packed, and the width each was packed with.
+/// A rounded and packed left operand A (m×k): row-major bf16, k padded to 32, m to 32.
+#[derive(Debug, Default, Clone)]
+pub struct PackedA {
     m: usize,
-    n: usize,
-    ka: usize,
-    kb: usize,
-    a: Vec<u16>,
-    b: Vec<u16>,
+    k: usize,
+    data: Vec<u16>,
 }
 
-impl Bf16Gemm {
-    /// Buffers for `kernel`; `None` when this CPU or OS cannot run it.
-    pub fn new(kernel: Bf16Kernel) -> Option<Self> {
-        kernel.supported().then(|| Bf16Gemm {
-            kernel,
-            m: 0,
-            n: 0,
-            ka: 0,
-            kb: 0,
-            a: Vec::new(),
-            b: Vec::new(),
-        })
-    }
-
-    pub fn kernel(&self) -> Bf16Kernel {
-        self.kernel
-    }
-
-    /// Whether the hardware conversion can be used for packing.
-    fn vector_convert() -> bool {
-        avx512_bf16()
-    }
-
-    /// Round and pack A (m×k row-major).
+impl PackedA {
+    /// Round and pack `a` (m×k row-major), reusing the buffer.
     ///
     /// # Panics
     /// If `a.len() != m·k`.
-    pub fn pack_a(&mut self, a: &[f32], m: usize, k: usize) {
-        assert_eq!(a.len(), m * k, "pack_a: shape mismatch");
+    pub fn pack(&mut self, a: &[f32], m: usize, k: usize) {
+        assert_eq!(a.len(), m * k, "PackedA::pack: shape mismatch");
         let kp = k.div_ceil(BLOCK) * BLOCK;
         let mp = m.div_ceil(BLOCK) * BLOCK;
         self.m = m;
-        self.ka = k;
-        resize(&mut self.a, mp * kp);
-        let vector = Self::vector_convert();
+        self.k = k;
+        resize(&mut self.data, mp * kp);
+        let vector = avx512_bf16();
         if k == 0 {
-            self.a.fill(0);
+            self.data.fill(0);
             return;
         }
-        self.a.par_chunks_mut(kp).enumerate().for_each(|(r, dst)| {
-            if r < m {
-                convert_row(&a[r * k..(r + 1) * k], dst, vector);
-            } else {
-                dst.fill(0);
-            }
-        });
+        self.data
+            .par_chunks_mut(kp)
+            .enumerate()
+            .for_each(|(r, dst)| {
+                if r < m {
+                    convert_row(&a[r * k..(r + 1) * k], dst, vector);
+                } else {
+                    dst.fill(0);
+                }
+            });
     }
+}
 
-    /// Round and pack B (n×k row-major) into 16-row VNNI strips.
+/// A rounded and packed right operand B (n×k, used transposed): 16-row VNNI strips, k padded to
+/// 32, n to 32. Pack constant weights once and reuse them for every product.
+#[derive(Debug, Default, Clone)]
+pub struct PackedB {
+    n: usize,
+    k: usize,
+    data: Vec<u16>,
+}
+
+impl PackedB {
+    /// Round and pack `b` (n×k row-major), reusing the buffer.
     ///
     /// # Panics
     /// If `b.len() != n·k`.
-    pub fn pack_b(&mut self, b: &[f32], n: usize, k: usize) {
-        assert_eq!(b.len(), n * k, "pack_b: shape mismatch");
+    pub fn pack(&mut self, b: &[f32], n: usize, k: usize) {
+        assert_eq!(b.len(), n * k, "PackedB::pack: shape mismatch");
         self.n = n;
-        self.kb = k;
+        self.k = k;
         let kp = k.div_ceil(BLOCK) * BLOCK;
         let np = n.div_ceil(BLOCK) * BLOCK;
         // A strip: kp/2 lines of 16 features × 2 values.
         let strip = kp * 16;
-        resize(&mut self.b, np * kp);
-        let vector = Self::vector_convert();
-        self.b.par_chunks_mut(strip).enumerate().for_each_init(
+        resize(&mut self.data, np * kp);
+        let vector = avx512_bf16();
+        self.data.par_chunks_mut(strip).enumerate().for_each_init(
             || vec![0u16; 16 * kp],
             |rows, (s, dst)| {
                 for (i, row) in rows.chunks_mut(kp).enumerate() {
@@ -337,20 +324,79 @@ impl Bf16Gemm {
         );
     }
 
-    /// C (m×n row-major, overwritten) = A·Bᵀ of the packed operands, then + `bias[j]` per
-    /// column and ReLU when asked. Runs on the current rayon pool.
+    /// Rows of B (the product's columns).
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 2
+    }
+}
+
+/// A supported bf16 kernel and one pair of reusable packed operands.
+#[derive(Debug)]
+pub struct Bf16Gemm {
+    kernel: Bf16Kernel,
+    a: PackedA,
+    b: PackedB,
+}
+
+impl Bf16Gemm {
+    /// Buffers for `kernel`; `None` when this CPU or OS cannot run it.
+    pub fn new(kernel: Bf16Kernel) -> Option<Self> {
+        kernel.supported().then(|| Bf16Gemm {
+            kernel,
+            a: PackedA::default(),
+            b: PackedB::default(),
+        })
+    }
+
+    pub fn kernel(&self) -> Bf16Kernel {
+        self.kernel
+    }
+
+    /// Round and pack A (m×k row-major) into the owned buffer.
+    pub fn pack_a(&mut self, a: &[f32], m: usize, k: usize) {
+        self.a.pack(a, m, k);
+    }
+
+    /// Round and pack B (n×k row-major) into the owned buffer.
+    pub fn pack_b(&mut self, b: &[f32], n: usize, k: usize) {
+        self.b.pack(b, n, k);
+    }
+
+    /// C (m×n row-major, overwritten) = A·Bᵀ of the owned packed operands, then + `bias[j]`
+    /// per column and ReLU when asked. Runs on the current rayon pool.
     ///
     /// # Panics
-    /// If the packed A and B disagree on k, `c.len() != m·n` or `bias` is not n long.
+    /// As [`Bf16Gemm::product_of`].
     pub fn product(&self, c: &mut [f32], bias: Option<&[f32]>, relu: bool) {
-        let (m, n) = (self.m, self.n);
-        let kp = self.ka.div_ceil(BLOCK) * BLOCK;
+        self.product_of(&self.a, &self.b, c, bias, relu);
+    }
+
+    /// C (m×n row-major, overwritten) = A·Bᵀ of packed operands held elsewhere (constant
+    /// weights packed once), then + `bias[j]` and ReLU when asked.
+    ///
+    /// # Panics
+    /// If `a` and `b` were packed with different k, `c.len() != m·n` or `bias` is not n long.
+    pub fn product_of(
+        &self,
+        a: &PackedA,
+        b: &PackedB,
+        c: &mut [f32],
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) {
+        let (m, n) = (a.m, b.n);
+        let kp = a.k.div_ceil(BLOCK) * BLOCK;
         assert!(
-            self.ka == self.kb
-                && self.a.len() == m.div_ceil(BLOCK) * BLOCK * kp
-                && self.b.len() == n.div_ceil(BLOCK) * BLOCK * kp
+            a.k == b.k
+                && a.data.len() == m.div_ceil(BLOCK) * BLOCK * kp
+                && b.data.len() == n.div_ceil(BLOCK) * BLOCK * kp
                 && c.len() == m * n
-                && bias.is_none_or(|b| b.len() == n),
+                && bias.is_none_or(|v| v.len() == n),
             "Bf16Gemm::product: operands not packed for this shape"
         );
         if m == 0 || n == 0 {
@@ -367,79 +413,82 @@ impl Bf16Gemm {
                 let rows = c_rows.len() / n;
                 // SAFETY: `Bf16Gemm::new` only accepts a supported kernel; the packed buffers
                 // are sized as asserted above.
-                unsafe { self.task(kernel, c_rows, r0, rows, bias, relu) };
+                unsafe { task(kernel, (a, b), c_rows, r0, rows, bias, relu) };
             });
     }
+}
 
-    /// One task: rows `r0..r0 + rows` of C (`c_rows`), every feature.
-    unsafe fn task(
-        &self,
-        kernel: Bf16Kernel,
-        c_rows: &mut [f32],
-        r0: usize,
-        rows: usize,
-        bias: Option<&[f32]>,
-        relu: bool,
-    ) {
-        let n = self.n;
-        let kp = self.ka.div_ceil(BLOCK) * BLOCK;
-        let np = n.div_ceil(BLOCK) * BLOCK;
-        let strip = kp * 16;
-        let row_blocks = rows.div_ceil(BLOCK);
-        let mut acc: Vec<Block> = (0..row_blocks * FEATURE_BLOCK / BLOCK)
-            .map(|_| Block([0f32; BLOCK * BLOCK]))
-            .collect();
-        #[cfg(target_arch = "x86_64")]
-        if kernel == Bf16Kernel::Amx {
-            amx::configure();
-        }
-        for f0 in (0..np).step_by(FEATURE_BLOCK) {
-            let f1 = (f0 + FEATURE_BLOCK).min(np);
-            // k in slices of KC: a block's 32 rows × KC of A stay in L1 while the block row
-            // sweeps the feature block's strips; partial sums wait in `acc`.
-            for k0 in (0..kp).step_by(KC) {
-                let chunks = (kp - k0).min(KC) / BLOCK;
-                for ib in 0..row_blocks {
-                    let a = self.a.as_ptr().add((r0 + ib * BLOCK) * kp + k0);
-                    for j0 in (f0..f1).step_by(BLOCK) {
-                        let b0 = self.b.as_ptr().add(j0 / 16 * strip + k0 * 16);
-                        let out = &mut acc[ib * (FEATURE_BLOCK / BLOCK) + (j0 - f0) / BLOCK].0;
-                        let more = k0 > 0;
-                        #[cfg(target_arch = "x86_64")]
-                        match kernel {
-                            Bf16Kernel::Amx => amx::block(a, kp, b0, strip, chunks, out, more),
-                            Bf16Kernel::Avx512Bf16 => {
-                                dp::block(a, kp, b0, strip, chunks * 16, out, more)
-                            }
-                        }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        unreachable!("no bf16 kernel off x86-64 ({a:?} {b0:?} {out:?} {more})");
-                    }
-                }
-            }
+/// One task: rows `r0..r0 + rows` of C (`c_rows`), every column.
+///
+/// # Safety
+/// `kernel` is supported; the packed operands have the sizes `Bf16Gemm::product_of` asserts.
+unsafe fn task(
+    kernel: Bf16Kernel,
+    (pa, pb): (&PackedA, &PackedB),
+    c_rows: &mut [f32],
+    r0: usize,
+    rows: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) {
+    let n = pb.n;
+    let kp = pa.k.div_ceil(BLOCK) * BLOCK;
+    let np = n.div_ceil(BLOCK) * BLOCK;
+    let strip = kp * 16;
+    let row_blocks = rows.div_ceil(BLOCK);
+    let mut acc: Vec<Block> = (0..row_blocks * FEATURE_BLOCK / BLOCK)
+        .map(|_| Block([0f32; BLOCK * BLOCK]))
+        .collect();
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Bf16Kernel::Amx {
+        amx::configure();
+    }
+    for f0 in (0..np).step_by(FEATURE_BLOCK) {
+        let f1 = (f0 + FEATURE_BLOCK).min(np);
+        // k in slices of KC: a block's 32 rows × KC of A stay in L1 while the block row
+        // sweeps the feature block's strips; partial sums wait in `acc`.
+        for k0 in (0..kp).step_by(KC) {
+            let chunks = (kp - k0).min(KC) / BLOCK;
             for ib in 0..row_blocks {
-                let i0 = ib * BLOCK;
+                let a = pa.data.as_ptr().add((r0 + ib * BLOCK) * kp + k0);
                 for j0 in (f0..f1).step_by(BLOCK) {
-                    if j0 >= n {
-                        break;
-                    }
+                    let b0 = pb.data.as_ptr().add(j0 / 16 * strip + k0 * 16);
+                    let out = &mut acc[ib * (FEATURE_BLOCK / BLOCK) + (j0 - f0) / BLOCK].0;
+                    let more = k0 > 0;
                     #[cfg(target_arch = "x86_64")]
-                    store_block(
-                        &acc[ib * (FEATURE_BLOCK / BLOCK) + (j0 - f0) / BLOCK].0,
-                        c_rows.as_mut_ptr().add(i0 * n + j0),
-                        n,
-                        (rows - i0).min(BLOCK),
-                        (n - j0).min(BLOCK),
-                        bias.map(|b| &b[j0..]),
-                        relu,
-                    );
+                    match kernel {
+                        Bf16Kernel::Amx => amx::block(a, kp, b0, strip, chunks, out, more),
+                        Bf16Kernel::Avx512Bf16 => {
+                            dp::block(a, kp, b0, strip, chunks * 16, out, more)
+                        }
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("no bf16 kernel off x86-64 ({a:?} {b0:?} {out:?} {more})");
                 }
             }
         }
-        #[cfg(target_arch = "x86_64")]
-        if kernel == Bf16Kernel::Amx {
-            amx::release();
+        for ib in 0..row_blocks {
+            let i0 = ib * BLOCK;
+            for j0 in (f0..f1).step_by(BLOCK) {
+                if j0 >= n {
+                    break;
+                }
+                #[cfg(target_arch = "x86_64")]
+                store_block(
+                    &acc[ib * (FEATURE_BLOCK / BLOCK) + (j0 - f0) / BLOCK].0,
+                    c_rows.as_mut_ptr().add(i0 * n + j0),
+                    n,
+                    (rows - i0).min(BLOCK),
+                    (n - j0).min(BLOCK),
+                    bias.map(|b| &b[j0..]),
+                    relu,
+                );
+            }
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Bf16Kernel::Amx {
+        amx::release();
     }
 }
 
