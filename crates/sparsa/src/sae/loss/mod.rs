@@ -66,12 +66,34 @@ pub fn aux_select(
     exclude: Option<&Matching>,
     out: &mut Matching,
 ) {
+    aux_select_with(a, b, f, u, k_aux, exclude, None, out);
+}
+
+/// [`aux_select`], visiting per row only the eligible columns (`compact`: the list of j with
+/// u_j > 0) or every column; `None` picks compact when at most a quarter of the features are
+/// eligible (aux_k late in training, when few features are dead). Both give the same matching:
+/// ineligible entries are never selected, and the compact list keeps the column order that
+/// breaks ties.
+#[allow(clippy::too_many_arguments)] // aux_select's arguments and the path switch
+fn aux_select_with(
+    a: &[f32],
+    b: usize,
+    f: usize,
+    u: &[f32],
+    k_aux: usize,
+    exclude: Option<&Matching>,
+    compact: Option<bool>,
+    out: &mut Matching,
+) {
     let tiered = u.iter().any(|&w| w > 1.0);
+    let eligible: Vec<u32> = (0..f as u32).filter(|&j| u[j as usize] > 0.0).collect();
+    let compact = compact.unwrap_or(eligible.len() * 4 <= f);
+    let width = if compact { eligible.len() } else { f };
     let rows: Vec<Vec<u32>> = a
         .par_chunks(f)
         .enumerate()
         .map_init(
-            || (Vec::new(), vec![0f32; f]),
+            || (Vec::new(), vec![0f32; width]),
             |(scratch, prod), (i, row)| {
                 // Tiered: a_ij + max_j a_ij exceeds every u·a with u ≤ 1, so the first tier is
                 // served first and keeps its order by a_ij.
@@ -80,22 +102,40 @@ pub fn aux_select(
                 } else {
                     0.0
                 };
-                for ((p, &x), &w) in prod.iter_mut().zip(row).zip(u) {
-                    *p = if w > 1.0 && x > 0.0 {
+                let value = |x: f32, w: f32| {
+                    if w > 1.0 && x > 0.0 {
                         x + lift
                     } else if w > 0.0 {
                         x * w
                     } else {
                         0.0
-                    };
-                }
-                if let Some(m) = exclude {
-                    for &j in m.row(i) {
-                        prod[j as usize] = 0.0;
                     }
-                }
+                };
                 let mut sel = Vec::with_capacity(k_aux);
-                top_k_positive(prod, k_aux, scratch, &mut sel);
+                if compact {
+                    for (p, &j) in prod.iter_mut().zip(&eligible) {
+                        *p = value(row[j as usize], u[j as usize]);
+                    }
+                    if let Some(m) = exclude {
+                        for j in m.row(i) {
+                            if let Ok(pos) = eligible.binary_search(j) {
+                                prod[pos] = 0.0;
+                            }
+                        }
+                    }
+                    top_k_positive(prod, k_aux, scratch, &mut sel);
+                    sel.iter_mut().for_each(|s| *s = eligible[*s as usize]);
+                } else {
+                    for ((p, &x), &w) in prod.iter_mut().zip(row).zip(u) {
+                        *p = value(x, w);
+                    }
+                    if let Some(m) = exclude {
+                        for &j in m.row(i) {
+                            prod[j as usize] = 0.0;
+                        }
+                    }
+                    top_k_positive(prod, k_aux, scratch, &mut sel);
+                }
                 sel
             },
         )
@@ -134,6 +174,55 @@ mod tests {
         // The under-used live feature is eligible but below 1; healthy head features are not.
         assert!(w.u[4] > 0.5 && w.u[4] < 1.0, "{:?}", w.u);
         assert_eq!(w.u[0], 0.0);
+    }
+
+    /// The compact path (eligible columns only) and the full-row path select the same matching,
+    /// for sparse and dense eligibility, tiers, exclusion and ties.
+    #[test]
+    fn compact_and_full_aux_selections_agree() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let (b, f) = (37usize, 203usize);
+        for trial in 0..24 {
+            let a: Vec<f32> = (0..b * f)
+                .map(|_| {
+                    let v: f32 = rng.random_range(-1.0..1.0);
+                    // Coarse values, so that ties occur.
+                    (v * 8.0).round() / 8.0
+                })
+                .collect();
+            let share = [0.05, 0.3, 0.9][trial % 3];
+            let u: Vec<f32> = (0..f)
+                .map(|_| {
+                    if rng.random_range(0.0..1.0) >= share {
+                        0.0
+                    } else if trial % 2 == 0 && rng.random_range(0.0..1.0) < 0.3 {
+                        DEAD_FIRST
+                    } else {
+                        rng.random_range(0.1..1.0)
+                    }
+                })
+                .collect();
+            let main_rows: Vec<Vec<u32>> = (0..b)
+                .map(|_| {
+                    let mut r: Vec<u32> = (0..3).map(|_| rng.random_range(0..f as u32)).collect();
+                    r.sort_unstable();
+                    r.dedup();
+                    r
+                })
+                .collect();
+            let mut main = Matching::default();
+            main.from_rows(f, &main_rows);
+            for exclude in [None, Some(&main)] {
+                let (mut x, mut y) = (Matching::default(), Matching::default());
+                aux_select_with(&a, b, f, &u, 9, exclude, Some(true), &mut x);
+                aux_select_with(&a, b, f, &u, 9, exclude, Some(false), &mut y);
+                for i in 0..b {
+                    assert_eq!(x.row(i), y.row(i), "trial {trial} row {i}");
+                }
+                assert!(y.nnz() > 0, "trial {trial}: nothing selected");
+            }
+        }
     }
 
     #[test]
