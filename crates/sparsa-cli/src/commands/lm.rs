@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use sparsa::data::corpus::{self, Document};
 use sparsa::data::fetch::{ensure, Asset};
 use sparsa::kernels::bf16::Bf16Kernel;
+use sparsa::lm::bench::ForwardTiming;
 use sparsa::lm::{Batch, Hook, HookPoint, Llama, Tokenizer};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -235,86 +236,39 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             .collect();
     anyhow::ensure!(seqs.len() == a.batch, "the corpus gave too few contexts");
     let batch = Batch::new(&seqs, 0)?;
-    let n_tok = (a.batch * a.seq_len) as f64;
     let threads = candle_core::utils::get_num_threads();
-    let time = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
-        f()?;
-        let t = Instant::now();
-        for _ in 0..a.reps {
-            f()?;
-        }
-        Ok(t.elapsed().as_secs_f64() / a.reps as f64)
-    };
     let hook = Hook {
         layer: a.layer,
         point: HookPoint::ResidPost,
     };
-    let mut rows = vec![vec![
-        "pass".into(),
-        "linear layers".into(),
-        "s/batch".into(),
-        "tokens/s".into(),
-        "× f32".into(),
-    ]];
-    let mut f32_secs: Option<(f64, f64)> = None;
-    let mut f32_logits: Option<Vec<f32>> = None;
     let mut m = m;
+    let mut runs: Vec<(String, ForwardTiming)> = Vec::new();
     for prec in &a.matmul {
-        let kernel = if prec == "bf16" {
-            match Bf16Kernel::from_env().map_err(ui::Usage)? {
+        let kernel = match prec.as_str() {
+            "bf16" => match Bf16Kernel::from_env().map_err(ui::Usage)? {
                 Some(k) => Some(k),
                 None => {
                     eprintln!("bf16: no AMX-BF16 or AVX512-BF16 kernel here: skipped");
                     continue;
                 }
-            }
-        } else {
-            None
+            },
+            _ => None,
         };
         m.use_bf16(kernel)?;
         let label = kernel.map_or("f32".to_string(), |k| format!("bf16 ({})", k.name()));
-        let full = time(&|| {
-            m.forward(&batch.ids)?;
-            Ok(())
-        })?;
-        let prefix = time(&|| {
-            m.run_to(&batch.ids, hook)?;
-            Ok(())
-        })?;
-        let logits: Vec<f32> = m.forward(&batch.ids)?.flatten_all()?.to_vec1()?;
-        if let Some(base) = &f32_logits {
-            let max_d = base
-                .iter()
-                .zip(&logits)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
-            eprintln!("{label}: max |Δlogit| against f32 over the batch {max_d:.4}");
-        } else if kernel.is_none() {
-            f32_logits = Some(logits);
+        let timing = sparsa::lm::bench::time_forward(&m, &batch.ids, hook, a.reps)?;
+        if let (Some(_), Some((_, base))) = (kernel, runs.iter().find(|(l, _)| l == "f32")) {
+            let d = sparsa::lm::bench::max_abs_diff(&base.logits, &timing.logits);
+            eprintln!("{label}: max |Δlogit| against f32 over the batch {d:.4}");
         }
-        if kernel.is_none() {
-            f32_secs = Some((full, prefix));
-        }
-        let ratio = |i: usize, s: f64| {
-            f32_secs.map_or("–".to_string(), |base| {
-                format!("{:.2}", if i == 0 { base.0 } else { base.1 } / s)
-            })
-        };
-        rows.push(vec![
-            format!("forward, all {} blocks + logits", m.config().n_layers),
-            label.clone(),
-            format!("{full:.3}"),
-            format!("{:.0}", n_tok / full),
-            ratio(0, full),
-        ]);
-        rows.push(vec![
-            format!("up to {hook} (extraction)"),
-            label,
-            format!("{prefix:.3}"),
-            format!("{:.0}", n_tok / prefix),
-            ratio(1, prefix),
-        ]);
+        runs.push((label, timing));
     }
+    let rows = bench_rows(
+        &runs,
+        (a.batch * a.seq_len) as f64,
+        m.config().n_layers,
+        hook,
+    );
     println!(
         "batch {} x {} tokens, {} reps, {threads} threads; tokenizer: {} SOTU documents, {:.1} MB -> {} tokens in {:.2}s ({:.0} tokens/s)",
         a.batch,
@@ -328,6 +282,46 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     );
     print!("{}", ui::table(&rows));
     Ok(())
+}
+
+/// The bench table: per precision the full forward and the prefix, tokens/s and × f32.
+fn bench_rows(
+    runs: &[(String, ForwardTiming)],
+    n_tok: f64,
+    n_layers: usize,
+    hook: Hook,
+) -> Vec<Vec<String>> {
+    let base = runs.iter().find(|(l, _)| l == "f32").map(|(_, t)| t);
+    let mut rows = vec![vec![
+        "pass".into(),
+        "linear layers".into(),
+        "s/batch".into(),
+        "tokens/s".into(),
+        "× f32".into(),
+    ]];
+    for (label, t) in runs {
+        for (pass, secs, base_secs) in [
+            (
+                format!("forward, all {n_layers} blocks + logits"),
+                t.full_s,
+                base.map(|b| b.full_s),
+            ),
+            (
+                format!("up to {hook} (extraction)"),
+                t.prefix_s,
+                base.map(|b| b.prefix_s),
+            ),
+        ] {
+            rows.push(vec![
+                pass,
+                label.clone(),
+                format!("{secs:.3}"),
+                format!("{:.0}", n_tok / secs),
+                base_secs.map_or("–".to_string(), |b| format!("{:.2}", b / secs)),
+            ]);
+        }
+    }
+    rows
 }
 
 fn ablate(a: &AblateArgs) -> Result<()> {

@@ -9,8 +9,10 @@
 //! - [`llama`]: the forward pass, batched, with [`llama::Hook`]s.
 //! - [`eval`]: clean / spliced / zero- / mean-ablated next-token cross-entropy, loss recovered, KL.
 //! - [`batch`]: right-padded batches of token sequences.
+//! - [`bench`]: forward-pass timing for `sparsa bench lm`.
 
 pub mod batch;
+pub mod bench;
 pub mod eval;
 pub mod gguf;
 pub mod llama;
