@@ -97,6 +97,25 @@ impl From<DType> for Precision {
     }
 }
 
+/// X′·W_encᵀ; with `prec.bf16_product` its value is that of the bf16-rounded operands and its
+/// gradient that of the unrounded product (straight through): P + (P_bf16 − P) detached.
+fn encoder_product(xc: &Tensor, w_enc: &Tensor, prec: Precision) -> Result<Tensor, SaeError> {
+    let product = xc.matmul(&w_enc.t()?)?;
+    if !prec.bf16_product {
+        return Ok(product);
+    }
+    let rounded = |v: &Tensor| -> Result<Tensor, SaeError> {
+        let host: Vec<f32> = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let r: Vec<f32> = host
+            .into_iter()
+            .map(crate::kernels::bf16::round_bf16)
+            .collect();
+        Ok(Tensor::from_vec(r, v.dims(), v.device())?.to_dtype(prec.dtype)?)
+    };
+    let low = rounded(xc)?.matmul(&rounded(w_enc)?.t()?)?;
+    Ok((&product + (low - &product)?.detach())?)
+}
+
 /// Forward (and, with `want_grads`, backward) of the full loss in precision `prec`.
 /// `select` receives A (B×F, f32) and returns the matchings to use.
 pub fn forward_backward<S>(
@@ -125,20 +144,7 @@ where
     let xt = t(x, &[b, d])?;
 
     let xc = xt.broadcast_sub(b_dec.as_tensor())?;
-    let mut product = xc.matmul(&w_enc.as_tensor().t()?)?;
-    if prec.bf16_product {
-        let rounded = |v: &Tensor, shape: &[usize]| -> Result<Tensor, SaeError> {
-            let host: Vec<f32> = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-            let r: Vec<f32> = host
-                .into_iter()
-                .map(crate::kernels::bf16::round_bf16)
-                .collect();
-            t(&r, shape)
-        };
-        let low = rounded(&xc, &[b, d])?.matmul(&rounded(w_enc.as_tensor(), &[f, d])?.t()?)?;
-        product = (&product + (low - &product)?.detach())?;
-    }
-    let pre = product.broadcast_add(b_enc.as_tensor())?;
+    let pre = encoder_product(&xc, w_enc.as_tensor(), prec)?.broadcast_add(b_enc.as_tensor())?;
     let a = pre.relu()?;
     let a_host: Vec<f32> = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let sel = select(&a_host);

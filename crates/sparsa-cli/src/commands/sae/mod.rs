@@ -235,6 +235,25 @@ fn check_fresh_out(out: &Path) -> Result<()> {
     .into())
 }
 
+/// What `sae train` is about to do, and the encoder product it runs (or why bf16 fell back).
+fn announce_training(trainer: &Trainer) {
+    let cfg = &trainer.cfg;
+    eprintln!(
+        "training {} (d_in {}, d_sae {}, k {}, aux {:?}) for {} steps × {} tokens",
+        cfg.sae.architecture.name(),
+        cfg.sae.d_in,
+        cfg.sae.d_sae,
+        cfg.sae.k,
+        cfg.aux.kind,
+        cfg.train.steps,
+        cfg.train.batch_size
+    );
+    match trainer.matmul_fallback() {
+        Some(why) => eprintln!("note: {why}"),
+        None => eprintln!("encoder product: {}", trainer.encoder_product()),
+    }
+}
+
 fn train(a: TrainArgs) -> Result<()> {
     let mut trainer = if a.resume {
         if a.config.is_some() || !a.set.is_empty() {
@@ -274,20 +293,7 @@ fn train(a: TrainArgs) -> Result<()> {
         "tok",
     );
     let cancel = ui::ctrl_c_cancel();
-    eprintln!(
-        "training {} (d_in {}, d_sae {}, k {}, aux {:?}) for {} steps × {} tokens",
-        cfg.sae.architecture.name(),
-        cfg.sae.d_in,
-        cfg.sae.d_sae,
-        cfg.sae.k,
-        cfg.aux.kind,
-        cfg.train.steps,
-        cfg.train.batch_size
-    );
-    match trainer.matmul_fallback() {
-        Some(why) => eprintln!("note: {why}"),
-        None => eprintln!("encoder product: {}", trainer.encoder_product()),
-    }
+    announce_training(&trainer);
     let t0 = std::time::Instant::now();
     let start_tokens = trainer.state.tokens;
     let end = trainer.run(
