@@ -365,26 +365,15 @@ fn parse_rows(s: &str) -> Result<(u64, u64)> {
     Ok((a, b))
 }
 
-fn eval(a: EvalArgs) -> Result<()> {
-    if a.batch == 0 {
-        return Err(ui::Usage("--batch must be at least 1".to_string()).into());
-    }
-    let mut model = load_sae(&a.sae)?;
-    if a.all_positions {
-        model.meta.exclude_positions.clear();
-    }
-    if sparsa::data::store::Manifest::read(&a.data).is_ok_and(|m| m.complete() == Some(false)) {
-        eprintln!(
-            "warning: {} is an incomplete activation store (its extraction was interrupted); \
-             rerun the same `sparsa activations extract` command to finish it",
-            a.data.display()
-        );
-    }
-    let forms: Vec<Form> = match a.form {
-        FormArg::Training => vec![Form::Training],
-        FormArg::Inference => vec![Form::Inference],
-        FormArg::Both => vec![Form::Training, Form::Inference],
-    };
+/// A half-open range of row indices.
+type RowRange = (u64, u64);
+
+/// The rows `sae eval` reads: the range (`--rows`: `held-out`, START:END or all) and the rows
+/// left out (outside the held-out ranges, and at the positions the SAE was trained without).
+fn eval_rows(
+    a: &EvalArgs,
+    model: &sparsa::sae::io::SaeModel,
+) -> Result<(Option<RowRange>, Vec<RowRange>)> {
     let (rows, exclude) = match a.rows.as_deref() {
         Some("held-out") => {
             if model.meta.holdout_rows.is_empty() {
@@ -415,6 +404,30 @@ fn eval(a: EvalArgs) -> Result<()> {
         );
         println!("rows at in-context positions {skip:?} left out, as in training (--all-positions to keep them)");
     }
+    Ok((rows, exclude))
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    if a.batch == 0 {
+        return Err(ui::Usage("--batch must be at least 1".to_string()).into());
+    }
+    let mut model = load_sae(&a.sae)?;
+    if a.all_positions {
+        model.meta.exclude_positions.clear();
+    }
+    if sparsa::data::store::Manifest::read(&a.data).is_ok_and(|m| m.complete() == Some(false)) {
+        eprintln!(
+            "warning: {} is an incomplete activation store (its extraction was interrupted); \
+             rerun the same `sparsa activations extract` command to finish it",
+            a.data.display()
+        );
+    }
+    let forms: Vec<Form> = match a.form {
+        FormArg::Training => vec![Form::Training],
+        FormArg::Inference => vec![Form::Inference],
+        FormArg::Both => vec![Form::Training, Form::Inference],
+    };
+    let (rows, exclude) = eval_rows(&a, &model)?;
     let mut reports = Vec::new();
     for form in forms {
         let opts = SourceOptions {
