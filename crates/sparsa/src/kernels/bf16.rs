@@ -258,7 +258,7 @@ impl PackedA {
         let mp = m.div_ceil(BLOCK) * BLOCK;
         self.m = m;
         self.k = k;
-        resize(&mut self.data, mp * kp);
+        self.data.resize(mp * kp, 0);
         let vector = avx512_bf16();
         if k == 0 {
             self.data.fill(0);
@@ -299,7 +299,7 @@ impl PackedB {
         let np = n.div_ceil(BLOCK) * BLOCK;
         // A strip: kp/2 lines of 16 features × 2 values.
         let strip = kp * 16;
-        resize(&mut self.data, np * kp);
+        self.data.resize(np * kp, 0);
         let vector = avx512_bf16();
         self.data.par_chunks_mut(strip).enumerate().for_each_init(
             || vec![0u16; 16 * kp],
@@ -408,17 +408,18 @@ impl Bf16Gemm {
         let kernel = self.kernel;
         c.par_chunks_mut(task_rows * n)
             .enumerate()
-            .for_each(|(t, c_rows)| {
-                let r0 = t * task_rows;
-                let rows = c_rows.len() / n;
+            .for_each_init(Vec::new, |acc, (t, c_rows)| {
+                let rows = (t * task_rows, c_rows.len() / n);
                 // SAFETY: `Bf16Gemm::new` only accepts a supported kernel; the packed buffers
                 // are sized as asserted above.
-                unsafe { task(kernel, (a, b), c_rows, r0, rows, bias, relu) };
+                unsafe { task(kernel, (a, b), c_rows, rows, acc, (bias, relu)) };
             });
     }
 }
 
-/// One task: rows `r0..r0 + rows` of C (`c_rows`), every column.
+/// One task: rows `r0..r0 + rows` of C (`c_rows`), every column. `acc` holds the partial
+/// sums between k slices; it is reused across the tasks of a thread and only grown (every
+/// block is written before it is read: the first k slice starts from zero).
 ///
 /// # Safety
 /// `kernel` is supported; the packed operands have the sizes `Bf16Gemm::product_of` asserts.
@@ -426,19 +427,19 @@ unsafe fn task(
     kernel: Bf16Kernel,
     (pa, pb): (&PackedA, &PackedB),
     c_rows: &mut [f32],
-    r0: usize,
-    rows: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
+    (r0, rows): (usize, usize),
+    acc: &mut Vec<Block>,
+    (bias, relu): (Option<&[f32]>, bool),
 ) {
     let n = pb.n;
     let kp = pa.k.div_ceil(BLOCK) * BLOCK;
     let np = n.div_ceil(BLOCK) * BLOCK;
     let strip = kp * 16;
     let row_blocks = rows.div_ceil(BLOCK);
-    let mut acc: Vec<Block> = (0..row_blocks * FEATURE_BLOCK / BLOCK)
-        .map(|_| Block([0f32; BLOCK * BLOCK]))
-        .collect();
+    let blocks = row_blocks * FEATURE_BLOCK / BLOCK;
+    if acc.len() < blocks {
+        acc.resize_with(blocks, || Block([0f32; BLOCK * BLOCK]));
+    }
     #[cfg(target_arch = "x86_64")]
     if kernel == Bf16Kernel::Amx {
         amx::configure();
@@ -536,12 +537,6 @@ unsafe fn store_block(
             let dst = c.add(i * ldc + c0);
             _mm512_mask_storeu_ps(dst, mask, v);
         }
-    }
-}
-
-fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
-    if v.len() != n {
-        v.resize(n, T::default());
     }
 }
 
