@@ -227,23 +227,12 @@ pub fn extract(
         let acts = model.run_to(&b.ids, cfg.hook)?; // [b, t, d]
         forwarded += seqs.iter().map(|s| s.len() as u64).sum::<u64>();
         let flat: Vec<f32> = acts.flatten_all()?.to_vec1()?;
-        let t = b.seq_len;
-        let skip = usize::from(cfg.prefix_token.is_some() && !cfg.include_bos);
-        for (ci, ctx) in batch.iter().enumerate() {
-            for (p, &id) in ctx.ids.iter().enumerate().skip(skip) {
-                if row >= cfg.n_tokens {
-                    break;
-                }
-                if row >= done {
-                    let at = (ci * t + p) * d;
-                    buf.acts.extend_from_slice(&flat[at..at + d]);
-                    buf.token_ids.push(id);
-                    buf.doc_ids.push(ctx.doc);
-                    buf.positions.push(p as u32);
-                }
-                row += 1;
-            }
-        }
+        let rows = BatchRows {
+            flat: &flat,
+            seq_len: b.seq_len,
+            d,
+        };
+        row = rows.append(&batch, cfg, row, done, &mut buf);
         while buf.token_ids.len() >= cfg.shard_tokens {
             let rest = buf.split_off(cfg.shard_tokens, d);
             write_shard(out, &mut manifest, shard_index, &buf, d, cfg.dtype)?;
@@ -260,22 +249,69 @@ pub fn extract(
     if !buf.token_ids.is_empty() {
         write_shard(out, &mut manifest, shard_index, &buf, d, cfg.dtype)?;
     }
-    manifest
-        .extra
-        .insert("complete".into(), serde_json::Value::Bool(true));
-    manifest.extra.insert(
-        "corpus_exhausted".into(),
-        serde_json::Value::Bool(exhausted),
-    );
-    manifest
-        .extra
-        .insert("contexts_used".into(), serde_json::json!(contexts_used));
-    write_manifest(out, &manifest)?;
+    mark_complete(out, &mut manifest, exhausted, contexts_used)?;
     progress.set_position(manifest.n_tokens);
     progress.finish();
     let mut s = summary(&manifest, done, forwarded);
     s.contexts_used = contexts_used;
     Ok(s)
+}
+
+/// One forwarded batch's activations, `[b, seq_len, d]` flattened.
+struct BatchRows<'a> {
+    flat: &'a [f32],
+    seq_len: usize,
+    d: usize,
+}
+
+impl BatchRows<'_> {
+    /// Append the batch's rows that lie at or after `done` (rows already in the store are
+    /// skipped) and before `cfg.n_tokens` to `buf`; `row` counts the stream's rows before this
+    /// batch, and the count after it is returned.
+    fn append(
+        &self,
+        batch: &[Context],
+        cfg: &ExtractConfig,
+        mut row: u64,
+        done: u64,
+        buf: &mut ShardBuf,
+    ) -> u64 {
+        let skip = usize::from(cfg.prefix_token.is_some() && !cfg.include_bos);
+        for (ci, ctx) in batch.iter().enumerate() {
+            for (p, &id) in ctx.ids.iter().enumerate().skip(skip) {
+                if row >= cfg.n_tokens {
+                    return row;
+                }
+                if row >= done {
+                    let at = (ci * self.seq_len + p) * self.d;
+                    buf.acts.extend_from_slice(&self.flat[at..at + self.d]);
+                    buf.token_ids.push(id);
+                    buf.doc_ids.push(ctx.doc);
+                    buf.positions.push(p as u32);
+                }
+                row += 1;
+            }
+        }
+        row
+    }
+}
+
+/// Record in the manifest that the store is complete (and whether the corpus ran out first),
+/// then write it.
+fn mark_complete(
+    out: &Path,
+    manifest: &mut Manifest,
+    exhausted: bool,
+    contexts_used: u64,
+) -> Result<(), ExtractError> {
+    let extra = &mut manifest.extra;
+    extra.insert("complete".into(), serde_json::Value::Bool(true));
+    extra.insert(
+        "corpus_exhausted".into(),
+        serde_json::Value::Bool(exhausted),
+    );
+    extra.insert("contexts_used".into(), serde_json::json!(contexts_used));
+    write_manifest(out, manifest)
 }
 
 fn summary(m: &Manifest, resumed_from: u64, forwarded: u64) -> ExtractSummary {

@@ -92,6 +92,30 @@ impl GgufModel {
                 arch: arch.to_string(),
             });
         }
+        let (d_model, n_heads, n_kv_heads, head_dim) = self.attention_shape()?;
+        let rope_base = match self.content.metadata.get("llama.rope.freq_base") {
+            Some(_) => self.f64("llama.rope.freq_base")?,
+            None => 10_000.0,
+        };
+        let cfg = LlamaConfig {
+            n_layers: self.usize("llama.block_count")?,
+            d_model,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            d_ff: self.usize("llama.feed_forward_length")?,
+            rms_eps: self.f64("llama.attention.layer_norm_rms_epsilon")?,
+            rope_base,
+            vocab: self.vocab_size()?,
+            context_length: self.usize("llama.context_length")?,
+        };
+        self.check_ranges(&cfg)?;
+        Ok(cfg)
+    }
+
+    /// Width, heads, KV heads and head dimension, checked against each other and against the
+    /// RoPE dimension (only full-head RoPE is implemented).
+    fn attention_shape(&self) -> Result<(usize, usize, usize, usize)> {
         let d_model = self.usize("llama.embedding_length")?;
         let n_heads = self.usize("llama.attention.head_count")?;
         let n_kv_heads = match self.content.metadata.get("llama.attention.head_count_kv") {
@@ -126,33 +150,27 @@ impl GgufModel {
                 ));
             }
         }
-        let rope_base = match self.content.metadata.get("llama.rope.freq_base") {
-            Some(_) => self.f64("llama.rope.freq_base")?,
-            None => 10_000.0,
-        };
-        let tokens_len = match self.content.metadata.get("tokenizer.ggml.tokens") {
-            Some(Value::Array(a)) => Some(a.len()),
-            _ => None,
-        };
-        let vocab = match self.content.metadata.get("llama.vocab_size") {
-            Some(_) => self.usize("llama.vocab_size")?,
-            None => match self.content.tensor_infos.get("token_embd.weight") {
-                Some(info) => info.shape.dims()[0],
-                None => tokens_len.unwrap_or(0),
-            },
-        };
-        let cfg = LlamaConfig {
-            n_layers: self.usize("llama.block_count")?,
-            d_model,
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            d_ff: self.usize("llama.feed_forward_length")?,
-            rms_eps: self.f64("llama.attention.layer_norm_rms_epsilon")?,
-            rope_base,
-            vocab,
-            context_length: self.usize("llama.context_length")?,
-        };
+        Ok((d_model, n_heads, n_kv_heads, head_dim))
+    }
+
+    /// The vocabulary size: `llama.vocab_size`, else the embedding's rows, else the tokenizer's
+    /// token count (0 when none is present; the weight loader then rejects the file).
+    fn vocab_size(&self) -> Result<usize> {
+        if self.content.metadata.contains_key("llama.vocab_size") {
+            return self.usize("llama.vocab_size");
+        }
+        if let Some(info) = self.content.tensor_infos.get("token_embd.weight") {
+            return Ok(info.shape.dims()[0]);
+        }
+        Ok(match self.content.metadata.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(a)) => a.len(),
+            _ => 0,
+        })
+    }
+
+    /// The range checks on a parsed configuration, each naming its metadata key.
+    fn check_ranges(&self, cfg: &LlamaConfig) -> Result<()> {
+        let positive = |x: f64| x.is_finite() && x > 0.0;
         let checks: [(&str, bool, &str); 6] = [
             ("llama.block_count", cfg.n_layers >= 1, "must be at least 1"),
             (
@@ -172,21 +190,19 @@ impl GgufModel {
             ),
             (
                 "llama.attention.layer_norm_rms_epsilon",
-                cfg.rms_eps.is_finite() && cfg.rms_eps > 0.0,
+                positive(cfg.rms_eps),
                 "must be a positive number",
             ),
             (
                 "llama.rope.freq_base",
-                cfg.rope_base.is_finite() && cfg.rope_base > 0.0,
+                positive(cfg.rope_base),
                 "must be a positive number",
             ),
         ];
-        for (key, ok, problem) in checks {
-            if !ok {
-                return Err(self.meta_err(key, problem.to_string()));
-            }
+        match checks.into_iter().find(|(_, ok, _)| !ok) {
+            Some((key, _, problem)) => Err(self.meta_err(key, problem.to_string())),
+            None => Ok(()),
         }
-        Ok(cfg)
     }
 
     /// Whether the file holds a tensor named `name`.

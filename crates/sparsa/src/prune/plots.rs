@@ -103,12 +103,12 @@ fn tick(v: f64) -> String {
 
 /// Render `chart` as an SVG document.
 pub fn render_svg(chart: &Chart) -> Result<String, PlotError> {
-    let err = |e: &dyn std::fmt::Debug| PlotError {
+    let err = |msg: String| PlotError {
         title: chart.title.clone(),
-        msg: format!("{e:?}"),
+        msg,
     };
     if chart.panels.is_empty() {
-        return Err(err(&"no panels"));
+        return Err(err("\"no panels\"".into()));
     }
     let cols = chart.columns.clamp(1, chart.panels.len());
     let rows = chart.panels.len().div_ceil(cols);
@@ -117,89 +117,112 @@ pub fn render_svg(chart: &Chart) -> Result<String, PlotError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
+        root.fill(&WHITE).map_err(debug).map_err(err)?;
         let root = root
             .titled(&chart.title, ("sans-serif", 18))
-            .map_err(|e| err(&e))?;
+            .map_err(debug)
+            .map_err(err)?;
         let areas = root.split_evenly((rows, cols));
         for (area, panel) in areas.iter().zip(&chart.panels) {
-            let Some((x0, x1, mut y0, mut y1)) = finite_bounds(panel) else {
-                continue;
-            };
-            if chart.zero_line {
-                y0 = y0.min(0.0);
-                y1 = y1.max(0.0);
-            }
-            let pad = ((y1 - y0) * 0.05).max(1e-9);
-            let (y0, y1) = (y0 - pad, y1 + pad);
-            let (x0, x1) = (x0 / 1.15, x1 * 1.15);
-            let mut c = ChartBuilder::on(area)
-                .caption(&panel.title, ("sans-serif", 14))
-                .margin(8)
-                .x_label_area_size(36)
-                .y_label_area_size(52)
-                .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
-                .map_err(|e| err(&e))?;
-            c.configure_mesh()
-                .x_desc(chart.x_label.as_str())
-                .y_desc(chart.y_label.as_str())
-                .x_label_formatter(&|v| tick(*v))
-                .light_line_style(WHITE.mix(0.0))
-                .draw()
-                .map_err(|e| err(&e))?;
-            if chart.zero_line {
-                c.draw_series(LineSeries::new(
-                    [(x0, 0.0), (x1, 0.0)],
-                    BLACK.mix(0.6).stroke_width(1),
-                ))
-                .map_err(|e| err(&e))?;
-            }
-            for (i, s) in panel.series.iter().enumerate() {
-                let col = color(i);
-                let pts: Vec<&Point> = s
-                    .points
-                    .iter()
-                    .filter(|p| p.x.is_finite() && p.x > 0.0 && p.mean.is_finite())
-                    .collect();
-                let band: Vec<(f64, f64)> = pts
-                    .iter()
-                    .filter(|p| p.lo.is_finite() && p.hi.is_finite())
-                    .map(|p| (p.x, p.lo))
-                    .chain(
-                        pts.iter()
-                            .rev()
-                            .filter(|p| p.lo.is_finite() && p.hi.is_finite())
-                            .map(|p| (p.x, p.hi)),
-                    )
-                    .collect();
-                if band.len() >= 4 {
-                    c.draw_series(std::iter::once(Polygon::new(band, col.mix(0.18))))
-                        .map_err(|e| err(&e))?;
-                }
-                c.draw_series(LineSeries::new(
-                    pts.iter().map(|p| (p.x, p.mean)),
-                    col.stroke_width(2),
-                ))
-                .map_err(|e| err(&e))?
-                .label(s.label.as_str())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], col.stroke_width(2)));
-                c.draw_series(
-                    pts.iter()
-                        .map(|p| Circle::new((p.x, p.mean), 2, col.filled())),
-                )
-                .map_err(|e| err(&e))?;
-            }
-            c.configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .label_font(("sans-serif", 12))
-                .draw()
-                .map_err(|e| err(&e))?;
+            draw_panel(area, chart, panel).map_err(err)?;
         }
-        root.present().map_err(|e| err(&e))?;
+        root.present().map_err(debug).map_err(err)?;
     }
     Ok(svg)
+}
+
+/// A plotters error as the message [`PlotError`] carries.
+fn debug(e: impl std::fmt::Debug) -> String {
+    format!("{e:?}")
+}
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+type Axes<'a, 'b> = ChartContext<
+    'b,
+    SVGBackend<'a>,
+    Cartesian2d<LogCoord<f64>, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// One panel: axes fitted to its finite points (with the zero line when the chart asks), a band
+/// and a line per series, and the legend. A panel with no finite point is left empty.
+fn draw_panel(area: &Area<'_>, chart: &Chart, panel: &Panel) -> Result<(), String> {
+    let Some((x0, x1, mut y0, mut y1)) = finite_bounds(panel) else {
+        return Ok(());
+    };
+    if chart.zero_line {
+        y0 = y0.min(0.0);
+        y1 = y1.max(0.0);
+    }
+    let pad = ((y1 - y0) * 0.05).max(1e-9);
+    let (y0, y1) = (y0 - pad, y1 + pad);
+    let (x0, x1) = (x0 / 1.15, x1 * 1.15);
+    let mut c = ChartBuilder::on(area)
+        .caption(&panel.title, ("sans-serif", 14))
+        .margin(8)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
+        .map_err(debug)?;
+    c.configure_mesh()
+        .x_desc(chart.x_label.as_str())
+        .y_desc(chart.y_label.as_str())
+        .x_label_formatter(&|v| tick(*v))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(debug)?;
+    if chart.zero_line {
+        c.draw_series(LineSeries::new(
+            [(x0, 0.0), (x1, 0.0)],
+            BLACK.mix(0.6).stroke_width(1),
+        ))
+        .map_err(debug)?;
+    }
+    for (i, s) in panel.series.iter().enumerate() {
+        draw_series(&mut c, s, color(i))?;
+    }
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font(("sans-serif", 12))
+        .draw()
+        .map_err(debug)?;
+    Ok(())
+}
+
+/// One series: its interval band (where at least two points have finite bounds), the mean line
+/// with its legend entry, and a dot per point. Points off the log axis or with a non-finite mean
+/// are left out.
+fn draw_series(c: &mut Axes<'_, '_>, s: &Series, col: RGBColor) -> Result<(), String> {
+    let pts: Vec<&Point> = s
+        .points
+        .iter()
+        .filter(|p| p.x.is_finite() && p.x > 0.0 && p.mean.is_finite())
+        .collect();
+    let bounded = |p: &&&Point| p.lo.is_finite() && p.hi.is_finite();
+    let band: Vec<(f64, f64)> = pts
+        .iter()
+        .filter(bounded)
+        .map(|p| (p.x, p.lo))
+        .chain(pts.iter().rev().filter(bounded).map(|p| (p.x, p.hi)))
+        .collect();
+    if band.len() >= 4 {
+        c.draw_series(std::iter::once(Polygon::new(band, col.mix(0.18))))
+            .map_err(debug)?;
+    }
+    c.draw_series(LineSeries::new(
+        pts.iter().map(|p| (p.x, p.mean)),
+        col.stroke_width(2),
+    ))
+    .map_err(debug)?
+    .label(s.label.as_str())
+    .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], col.stroke_width(2)));
+    c.draw_series(
+        pts.iter()
+            .map(|p| Circle::new((p.x, p.mean), 2, col.filled())),
+    )
+    .map_err(debug)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -491,25 +491,8 @@ struct SaeCfg {
 
 fn read_cfg(dir: &Path) -> Result<SaeCfg, SaeError> {
     let cfg_path = dir.join(CFG_FILE);
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            SaeError::file(&cfg_path, "missing; is this an SAE directory?")
-        } else {
-            SaeError::Io {
-                path: cfg_path.clone(),
-                source: e,
-            }
-        }
-    })?;
-    let cfg: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| SaeError::file(&cfg_path, format!("not valid JSON: {e}")))?;
+    let cfg = read_json(&cfg_path)?;
     let bad = |what: String| SaeError::file(&cfg_path, what);
-    let get_usize = |k: &str| -> Result<usize, SaeError> {
-        cfg.get(k)
-            .and_then(|v| v.as_u64())
-            .map(|v| v as usize)
-            .ok_or_else(|| bad(format!("missing or non-integer field `{k}`")))
-    };
     let get_bool = |k: &str, default: bool| -> Result<bool, SaeError> {
         match cfg.get(k) {
             None | Some(serde_json::Value::Null) => Ok(default),
@@ -518,7 +501,10 @@ fn read_cfg(dir: &Path) -> Result<SaeCfg, SaeError> {
                 .ok_or_else(|| bad(format!("field `{k}` = {v} must be true or false"))),
         }
     };
-    let (d, f) = (get_usize("d_in")?, get_usize("d_sae")?);
+    let (d, f) = (
+        cfg_usize(&cfg, "d_in").map_err(bad)?,
+        cfg_usize(&cfg, "d_sae").map_err(bad)?,
+    );
     if d == 0 || f == 0 {
         return Err(bad("d_in and d_sae must be positive".into()));
     }
@@ -526,28 +512,7 @@ fn read_cfg(dir: &Path) -> Result<SaeCfg, SaeError> {
         .get("architecture")
         .and_then(|v| v.as_str())
         .unwrap_or("standard");
-    if arch != "topk" && arch != "jumprelu" {
-        return Err(bad(format!(
-            "unsupported architecture `{arch}`; sparsa reads `topk` and `jumprelu` SAEs"
-        )));
-    }
-    if cfg
-        .get("normalize_activations")
-        .and_then(|v| v.as_str())
-        .is_some_and(|s| s != "none")
-    {
-        return Err(bad(
-            "normalize_activations other than \"none\" is not supported".into(),
-        ));
-    }
-    let dtype = match cfg.get("dtype") {
-        None | Some(serde_json::Value::Null) => WeightDtype::F32,
-        Some(v) => v.as_str().and_then(WeightDtype::parse).ok_or_else(|| {
-            bad(format!(
-                "field `dtype` = {v} is not supported; sparsa loads \"float32\", \"float16\" and \"bfloat16\" SAEs"
-            ))
-        })?,
-    };
+    let dtype = supported_form(&cfg, arch).map_err(bad)?;
     let apply_b_dec_to_input = get_bool("apply_b_dec_to_input", true)?;
     let rescale_acts_by_decoder_norm = get_bool("rescale_acts_by_decoder_norm", false)?;
     if rescale_acts_by_decoder_norm && arch != "topk" {
@@ -556,9 +521,73 @@ fn read_cfg(dir: &Path) -> Result<SaeCfg, SaeError> {
              `{arch}` ignores it); fold the decoder norms into the weights and set it to false"
         )));
     }
+    Ok(SaeCfg {
+        d,
+        f,
+        jumprelu: arch == "jumprelu",
+        meta: meta_of(&cfg, arch, f).map_err(bad)?,
+        dtype,
+        apply_b_dec_to_input,
+        rescale_acts_by_decoder_norm,
+    })
+}
+
+/// A cfg.json parsed, with "missing" and "not JSON" told apart.
+fn read_json(cfg_path: &Path) -> Result<serde_json::Value, SaeError> {
+    let text = std::fs::read_to_string(cfg_path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            SaeError::file(cfg_path, "missing; is this an SAE directory?")
+        } else {
+            SaeError::Io {
+                path: cfg_path.to_path_buf(),
+                source: e,
+            }
+        }
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| SaeError::file(cfg_path, format!("not valid JSON: {e}")))
+}
+
+/// A required non-negative integer field.
+fn cfg_usize(cfg: &serde_json::Value, k: &str) -> Result<usize, String> {
+    cfg.get(k)
+        .and_then(|v| v.as_u64())
+        .map(|v| v as usize)
+        .ok_or_else(|| format!("missing or non-integer field `{k}`"))
+}
+
+/// Checks that the architecture and normalisation are ones sparsa reads, and returns the weights'
+/// dtype (float32 when the field is absent).
+fn supported_form(cfg: &serde_json::Value, arch: &str) -> Result<WeightDtype, String> {
+    if arch != "topk" && arch != "jumprelu" {
+        return Err(format!(
+            "unsupported architecture `{arch}`; sparsa reads `topk` and `jumprelu` SAEs"
+        ));
+    }
+    if cfg
+        .get("normalize_activations")
+        .and_then(|v| v.as_str())
+        .is_some_and(|s| s != "none")
+    {
+        return Err("normalize_activations other than \"none\" is not supported".into());
+    }
+    match cfg.get("dtype") {
+        None | Some(serde_json::Value::Null) => Ok(WeightDtype::F32),
+        Some(v) => v.as_str().and_then(WeightDtype::parse).ok_or_else(|| {
+            format!(
+                "field `dtype` = {v} is not supported; sparsa loads \"float32\", \"float16\" and \"bfloat16\" SAEs"
+            )
+        }),
+    }
+}
+
+/// sparsa's own metadata (the `sparsa` block), or what a foreign SAE's fields imply; a TopK SAE's
+/// `k` must lie in 1..=d_sae.
+fn meta_of(cfg: &serde_json::Value, arch: &str, f: usize) -> Result<SaeMeta, String> {
     let mut meta: SaeMeta = match cfg.get("sparsa") {
-        Some(v) => serde_json::from_value(v.clone())
-            .map_err(|e| bad(format!("bad `sparsa` block: {e}")))?,
+        Some(v) => {
+            serde_json::from_value(v.clone()).map_err(|e| format!("bad `sparsa` block: {e}"))?
+        }
         None => SaeMeta {
             trained_architecture: if arch == "topk" {
                 Architecture::TopK
@@ -569,22 +598,14 @@ fn read_cfg(dir: &Path) -> Result<SaeCfg, SaeError> {
             ..Default::default()
         },
     };
-    fill_source(&mut meta.source, &cfg);
+    fill_source(&mut meta.source, cfg);
     if arch == "topk" {
-        meta.k = get_usize("k")?;
+        meta.k = cfg_usize(cfg, "k")?;
         if meta.k == 0 || meta.k > f {
-            return Err(bad(format!("k = {} must be in 1..=d_sae ({f})", meta.k)));
+            return Err(format!("k = {} must be in 1..=d_sae ({f})", meta.k));
         }
     }
-    Ok(SaeCfg {
-        d,
-        f,
-        jumprelu: arch == "jumprelu",
-        meta,
-        dtype,
-        apply_b_dec_to_input,
-        rescale_acts_by_decoder_norm,
-    })
+    Ok(meta)
 }
 
 /// The metadata of an SAE directory (its cfg.json only; the weights are not read).

@@ -213,16 +213,9 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
     let t_all = Instant::now();
     let cancel = ui::ctrl_c_cancel();
     let variants = a.variants.clone();
-    let base_text = match &a.config {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("cannot read config {}", p.display()))?,
-        None => SMOLLM2_TOML.to_string(),
-    };
     // Validate the SAE config before the long extraction.
     let store = a.out.join("activations");
-    let mut set = vec![format!("data.path={:?}", store.display().to_string())];
-    set.extend(a.set.iter().cloned());
-    let mut base = RunConfig::from_toml(&base_text, &set, "base config")?;
+    let mut base = base_config(&a, &store)?;
 
     let ext = extract_store(&a, &store, &cancel)?;
     let train_rows = DataSpec::open(&base)?.training_rows();
@@ -285,6 +278,29 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
         ext.rate,
         t_all.elapsed().as_secs_f64()
     );
+    write_page(&a.out, &table_rows, &notes, &trained)
+}
+
+/// The base SAE config (the given file or the built-in one) pointed at `store`, with `--set`
+/// applied.
+fn base_config(a: &LmCompareArgs, store: &Path) -> Result<RunConfig> {
+    let base_text = match &a.config {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read config {}", p.display()))?,
+        None => SMOLLM2_TOML.to_string(),
+    };
+    let mut set = vec![format!("data.path={:?}", store.display().to_string())];
+    set.extend(a.set.iter().cloned());
+    Ok(RunConfig::from_toml(&base_text, &set, "base config")?)
+}
+
+/// `out/compare.html`: the table, the notes and each variant's figures; its path is printed.
+fn write_page(
+    out: &Path,
+    table_rows: &[Vec<String>],
+    notes: &[String],
+    trained: &[Trained],
+) -> Result<()> {
     let variants: Vec<CompareVariant> = trained
         .iter()
         .map(|t| CompareVariant {
@@ -298,12 +314,12 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
         })
         .collect();
     let html = sparsa::report::compare::render(
-        &format!("SAE comparison: {}", a.out.display()),
-        &table_rows,
-        &notes,
+        &format!("SAE comparison: {}", out.display()),
+        table_rows,
+        notes,
         &variants,
     )?;
-    let path = sparsa::report::write(&a.out.join("compare.html"), &html)?;
+    let path = sparsa::report::write(&out.join("compare.html"), &html)?;
     println!("{}", path.display());
     Ok(())
 }
