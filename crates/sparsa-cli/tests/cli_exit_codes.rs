@@ -47,6 +47,27 @@ fn each_kind_of_failure_has_its_code() {
             "sae.k",
         ),
         (
+            "a --set value of the wrong type names the override, not the file",
+            &["sae", "compare", "--set", "train.lr=abc"],
+            2,
+            "--set train.lr",
+        ),
+        (
+            "a prune --set value of the wrong type names the override",
+            &[
+                "prune",
+                "run",
+                "--config",
+                SMOKE,
+                "--set",
+                "prune.rate=abc",
+                "--out",
+                "/tmp/sparsa-never",
+            ],
+            2,
+            "--set prune.rate",
+        ),
+        (
             "impossible config",
             &["sae", "compare", "--set", "sae.k=100000"],
             2,
@@ -244,43 +265,110 @@ fn sigint_during_sae_train_saves_and_exits_130() {
 
 #[cfg(unix)]
 #[test]
-fn sigint_during_prune_run_saves_and_exits_130() {
+fn sigint_during_prune_run_saves_and_exits_130_and_the_rerun_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     images::write_images(&data, 2048, 256);
     let cfg = dir.path().join("long.toml");
+    // Two rounds (dense, then one pruned), each long enough to be interrupted in.
     std::fs::write(
         &cfg,
         "name = \"long\"\n[data]\ndataset = \"mnist\"\n[model]\narch = \"lenet-300-100\"\n\
-         [train]\nepochs = 500\nbatch_size = 64\nlr = 0.05\n[prune]\nschedule = \"iterative\"\n\
-         methods = [\"magnitude\"]\nrate = 0.5\nrounds = 3\nap = [\"off\"]\nseeds = [0]\n",
+         [train]\nepochs = 60\nbatch_size = 64\nlr = 0.05\n[prune]\nschedule = \"iterative\"\n\
+         methods = [\"magnitude\"]\nrate = 0.5\nrounds = 1\nap = [\"off\"]\nseeds = [0]\n",
     )
     .unwrap();
     let runs = dir.path().join("runs");
+    let args = [
+        "prune",
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        runs.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--no-report",
+    ];
+    let round = |r: usize| -> Option<std::path::PathBuf> {
+        let run = std::fs::read_dir(&runs).ok()?.next()?.ok()?.path();
+        Some(run.join(format!(
+            "cells/magnitude-global-ap_off-seed0/round_{r:02}/metrics.json"
+        )))
+    };
     let child = sparsa()
-        .args([
-            "prune",
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            runs.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the run directory, then give the handler time to be installed.
+    // Interrupt during round 1, once round 0 is saved.
     let res = signal::interrupt_when(
         child,
-        "the run's start",
-        || std::fs::read_dir(&runs).is_ok_and(|mut d| d.next().is_some()),
-        Duration::from_millis(1500),
+        "round 0's record",
+        || round(0).is_some_and(|p| p.is_file()),
+        Duration::from_millis(100),
     );
     let err = String::from_utf8_lossy(&res.stderr);
     assert_eq!(res.status.code(), Some(130), "{err}");
     assert!(err.contains("resume") && !err.contains("panicked"), "{err}");
+    let r0 = round(0).unwrap();
+    let saved = std::fs::read(&r0).unwrap();
+    assert!(
+        !round(1).unwrap().is_file(),
+        "round 1 finished before the interrupt"
+    );
+
+    // The saved round reads back: the report shows it and says the run is incomplete.
+    let run = r0.ancestors().nth(4).unwrap().to_path_buf();
+    let rep = sparsa()
+        .args(["prune", "report", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (rep_out, rep_err) = (
+        String::from_utf8_lossy(&rep.stdout),
+        String::from_utf8_lossy(&rep.stderr),
+    );
+    assert_eq!(rep.status.code(), Some(0), "{rep_err}");
+    assert!(
+        format!("{rep_out}{rep_err}").contains("incomplete"),
+        "{rep_out}{rep_err}"
+    );
+
+    // The same command resumes: round 0 is kept as saved and round 1 is trained.
+    let again = sparsa().args(args).output().unwrap();
+    let again_err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(0), "{again_err}");
+    assert_eq!(std::fs::read(&r0).unwrap(), saved, "round 0 was recomputed");
+    assert!(round(1).unwrap().is_file(), "{again_err}");
+}
+
+#[test]
+fn mismatched_train_and_test_images_fail_before_a_run_directory_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    images::write_images(&data, 256, 64);
+    // Test images of 7×8 pixels beside 8×8 training images.
+    let img = vec![100u8; 64 * 7 * 8];
+    std::fs::write(
+        data.join("t10k-images-idx3-ubyte"),
+        sparsa::data::idx::encode_idx(&[64, 7, 8], &img),
+    )
+    .unwrap();
+    let runs = dir.path().join("runs");
+    let (c, e) = code(&[
+        "prune",
+        "run",
+        "--config",
+        SMOKE,
+        "--out",
+        runs.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(c, Some(1), "{e}");
+    assert!(e.contains("1×8×8") && e.contains("1×7×8"), "{e}");
+    assert!(!runs.exists(), "a run directory was left behind");
 }

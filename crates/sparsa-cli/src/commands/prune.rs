@@ -136,6 +136,7 @@ fn run_grid(
     };
     let (train, test) = runner::load_dataset(&cfg.data, &dir)
         .with_context(|| format!("loading {:?} from {}", cfg.data.dataset, dir.display()))?;
+    runner::check_against_data(&cfg, &train)?;
     let identity = runner::run_identity(&cfg.data, &dir)
         .with_context(|| format!("fingerprinting the data in {}", dir.display()))?;
     let (run_dir, check) = runner::prepare_run_dir(&cfg, out, &identity, allow_identity_mismatch)?;
@@ -216,7 +217,7 @@ fn print_report(
             );
         }
     }
-    let out = out_dir.unwrap_or_else(|| run_dir.join("report"));
+    let out = out_dir.unwrap_or_else(|| sparsa::prune::layout::RunLayout::new(run_dir).report());
     let mut files = report::write_csvs(&rep.records, &out)?;
     files.extend(report::write_paired_csvs(&rep, &out)?);
     if plots {

@@ -31,11 +31,37 @@ pub enum ImageDataError {
         what: &'static str,
         candidates: String,
     },
+    #[error("{dir}: the training and test sets do not match: training images are {train}, test images {test}")]
+    Mismatch {
+        dir: PathBuf,
+        train: String,
+        test: String,
+    },
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
 }
 
 type Result<T> = std::result::Result<T, ImageDataError>;
+
+/// Checks that a dataset's training and test sets have the same image shape and class count (a
+/// model built for one must run on the other).
+pub fn check_pair(dir: &Path, train: &ImageSet, test: &ImageSet) -> Result<()> {
+    let form = |s: &ImageSet| {
+        format!(
+            "{}×{}×{} in {} classes",
+            s.channels, s.height, s.width, s.classes
+        )
+    };
+    let (a, b) = (form(train), form(test));
+    if a != b {
+        return Err(ImageDataError::Mismatch {
+            dir: dir.to_path_buf(),
+            train: a,
+            test: b,
+        });
+    }
+    Ok(())
+}
 
 /// A decoded IDX array of unsigned bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -56,7 +56,7 @@ pub enum LmError {
     #[error("{path}: architecture `{arch}` is not supported (sparsa runs `llama`-architecture GGUF models such as SmolLM2)")]
     UnsupportedArchitecture { path: PathBuf, arch: String },
     /// A required metadata key is missing or has the wrong type.
-    #[error("{path}: metadata key `{key}` is {problem}")]
+    #[error("{path}: metadata key `{key}`: {problem}")]
     Metadata {
         path: PathBuf,
         key: String,

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::layout::RunLayout;
 use super::{io_err, PruneError, Result};
 use crate::util::fs::atomic_write;
 
@@ -30,9 +31,6 @@ use crate::util::fs::atomic_write;
 /// AVX-512 kernels for small-channel convolutions and linear evaluation, and the kernel set in
 /// the identity.
 pub const RUN_FORMAT: u32 = 4;
-
-/// File name of the identity record inside a run directory.
-pub const IDENTITY_FILE: &str = "identity.json";
 
 /// One data file's fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -129,7 +127,7 @@ pub struct IdentityRecord {
 impl IdentityRecord {
     /// Read `<run_dir>/identity.json`, `None` when absent.
     pub fn read(run_dir: &Path) -> Result<Option<Self>> {
-        let p = run_dir.join(IDENTITY_FILE);
+        let p = RunLayout::new(run_dir).identity();
         if !p.is_file() {
             return Ok(None);
         }
@@ -143,7 +141,7 @@ impl IdentityRecord {
     }
 
     fn write(&self, run_dir: &Path) -> Result<()> {
-        let p = run_dir.join(IDENTITY_FILE);
+        let p = RunLayout::new(run_dir).identity();
         let s = serde_json::to_vec_pretty(self).map_err(|e| PruneError::Corrupt {
             path: p.clone(),
             msg: e.to_string(),

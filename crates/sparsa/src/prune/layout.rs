@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 /// Every file name of a run directory, in one place:
 /// ```text
 /// RUN/config.toml                          the canonical configuration
+/// RUN/identity.json                        the run identity (code, data, kernels)
+/// RUN/report/                              `sparsa prune report`'s tables and plots (default)
 /// RUN/cells/CELL/rewind.safetensors        θ at the rewind step (captured in round 0)
 /// RUN/cells/CELL/round_RR/masks.safetensors    the round's masks
 /// RUN/cells/CELL/round_RR/epochs.jsonl         one line per epoch
@@ -27,6 +29,14 @@ impl RunLayout {
     /// The canonical configuration.
     pub fn config(&self) -> PathBuf {
         self.root.join("config.toml")
+    }
+    /// Where `sparsa prune report` writes its tables and plots unless told otherwise.
+    pub fn report(&self) -> PathBuf {
+        self.root.join("report")
+    }
+    /// The run identity record ([`super::identity`]).
+    pub fn identity(&self) -> PathBuf {
+        self.root.join("identity.json")
     }
     /// The directory of every cell.
     pub fn cells(&self) -> PathBuf {

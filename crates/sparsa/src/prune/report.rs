@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use super::ap::ApVariant;
 use super::identity::IdentityRecord;
+use super::layout::RunLayout;
 use super::plots::{self, Chart, Panel, Point, Series};
 use super::runner::{load_records, ExperimentConfig, RoundRecord};
 use super::stats::MeanCi;
@@ -495,7 +496,7 @@ impl Report {
     pub fn load_seeds(run_dir: &Path, n_last: usize, seeds: &[u64]) -> Result<Report> {
         let mut records = load_records(run_dir)?;
         records.retain(|r| seeds.is_empty() || seeds.contains(&r.cell.seed));
-        let cfg_path = run_dir.join("config.toml");
+        let cfg_path = RunLayout::new(run_dir).config();
         let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
         let mut config: ExperimentConfig =
             toml::from_str(&text).map_err(|e| super::PruneError::Corrupt {

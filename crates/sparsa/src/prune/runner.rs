@@ -193,23 +193,11 @@ impl ExperimentConfig {
     pub fn from_toml_file_with(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
         let origin = path.display().to_string();
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| PruneError::Config {
-            field: origin.clone(),
-            msg: e.to_string(),
-        })?;
-        for ov in overrides {
-            crate::util::toml_set::apply(&mut table, ov).map_err(|msg| PruneError::Config {
-                field: "--set".into(),
-                msg,
+        let cfg: ExperimentConfig = crate::util::toml_set::parse(&text, overrides, &origin)
+            .map_err(|f| PruneError::Config {
+                field: f.field,
+                msg: f.msg,
             })?;
-        }
-        let cfg: ExperimentConfig =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| PruneError::Config {
-                    field: origin,
-                    msg: e.to_string(),
-                })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -474,6 +462,7 @@ pub fn load_dataset(cfg: &DataConfig, dir: &Path) -> Result<(ImageSet, ImageSet)
         Dataset::Cifar10 => load_cifar_dir(dir, CifarKind::Cifar10)?,
         Dataset::Cifar100 => load_cifar_dir(dir, CifarKind::Cifar100)?,
     };
+    crate::data::idx::check_pair(dir, &tr, &te)?;
     if cfg.train_subset > 0 {
         tr.truncate(cfg.train_subset);
     }
@@ -588,6 +577,22 @@ pub fn select_cells(cfg: &ExperimentConfig, seeds: &[u64], aps: &[ApVariant]) ->
         .collect())
 }
 
+/// The checks that need the training set's size (the rewind step must lie within training); run
+/// them before creating a run directory.
+pub fn check_against_data(cfg: &ExperimentConfig, train: &ImageSet) -> Result<()> {
+    let total_steps = cfg.train.steps_per_epoch(train.len()) * cfg.train.epochs;
+    if cfg.prune.rewind_step > total_steps {
+        return Err(config_err(
+            "prune.rewind_step",
+            format!(
+                "{} is past the end of training ({total_steps} steps)",
+                cfg.prune.rewind_step
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Run (or resume) the given cells of the grid into `run_dir`.
 pub fn run_cells(
     cfg: &ExperimentConfig,
@@ -602,17 +607,8 @@ pub fn run_cells(
         width: ctx.train.width,
         classes: ctx.train.classes,
     };
-    let spe = cfg.train.steps_per_epoch(ctx.train.len());
-    let total_steps = spe * cfg.train.epochs;
-    if cfg.prune.rewind_step > total_steps {
-        return Err(config_err(
-            "prune.rewind_step",
-            format!(
-                "{} is past the end of training ({total_steps} steps)",
-                cfg.prune.rewind_step
-            ),
-        ));
-    }
+    check_against_data(cfg, ctx.train)?;
+    let total_steps = cfg.train.steps_per_epoch(ctx.train.len()) * cfg.train.epochs;
     // Progress in optimiser steps over the remaining rounds.
     let mut remaining = 0u64;
     for c in cells {

@@ -676,15 +676,8 @@ impl RunConfig {
     /// Parse TOML text, apply `key=value` overrides (dotted keys, TOML values; a bare word is a
     /// string), and validate. `origin` names the source in errors.
     pub fn from_toml(text: &str, overrides: &[String], origin: &str) -> Result<Self, SaeError> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| SaeError::config(origin, format!("{origin}: {e}")))?;
-        for ov in overrides {
-            crate::util::toml_set::apply(&mut table, ov)
-                .map_err(|m| SaeError::config(crate::util::toml_set::key(ov), m))?;
-        }
-        let cfg: RunConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| SaeError::config(origin, format!("{origin}: {e}")))?;
+        let cfg: RunConfig = crate::util::toml_set::parse(text, overrides, origin)
+            .map_err(|f| SaeError::config(&f.field, format!("{}: {}", f.field, f.msg)))?;
         cfg.validate()?;
         Ok(cfg)
     }
