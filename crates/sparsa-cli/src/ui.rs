@@ -138,6 +138,19 @@ pub fn ctrl_c_cancel() -> Cancel {
     cancel
 }
 
+/// A positive count (for clap's value_parser: 0 or a non-number is a usage error).
+pub fn positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{s}` is not a positive whole number")),
+    }
+}
+
+/// Say on stderr that `old` is a deprecated spelling of `new` (kept for one release).
+pub fn deprecated(old: &str, new: &str) {
+    eprintln!("note: `{old}` is deprecated and will be removed in the next release; use `{new}`");
+}
+
 /// Render rows as an aligned plain-text table (first row is the header).
 pub fn table(rows: &[Vec<String>]) -> String {
     let ncol = rows.iter().map(|r| r.len()).max().unwrap_or(0);

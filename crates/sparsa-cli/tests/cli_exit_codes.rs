@@ -140,6 +140,48 @@ fn each_kind_of_failure_has_its_code() {
             "prune.seeds",
         ),
         (
+            "bad --rows form (usage)",
+            &["sae", "eval", "--sae", "x", "--data", "y", "--rows", "abc"],
+            2,
+            "--rows",
+        ),
+        (
+            "bad --sizes entry (usage)",
+            &["bench", "sae", "--sizes", "8x"],
+            2,
+            "D_INxD_SAE",
+        ),
+        (
+            "k above a size's d_sae, refused before any timing",
+            &["bench", "sae", "--sizes", "8x16,4x2", "-k", "4"],
+            2,
+            "4x2",
+        ),
+        (
+            "zero timed steps (usage)",
+            &["bench", "sae", "--steps", "0"],
+            2,
+            "--steps",
+        ),
+        (
+            "bench lm batch 0 (usage)",
+            &["bench", "lm", "--batch", "0"],
+            2,
+            "positive",
+        ),
+        (
+            "bench prune with a list the help shows, spaces and all",
+            &["bench", "prune", "--arch", "conv-4, bogus"],
+            2,
+            "bogus",
+        ),
+        (
+            "missing run directory (runtime)",
+            &["prune", "report", "/nonexistent-run"],
+            1,
+            "nonexistent-run",
+        ),
+        (
             "missing config file (runtime)",
             &[
                 "sae",
@@ -371,4 +413,40 @@ fn mismatched_train_and_test_images_fail_before_a_run_directory_exists() {
     assert_eq!(c, Some(1), "{e}");
     assert!(e.contains("1×8×8") && e.contains("1×7×8"), "{e}");
     assert!(!runs.exists(), "a run directory was left behind");
+}
+
+#[test]
+fn old_bench_spellings_still_run_and_say_they_are_deprecated() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "prune",
+                "bench",
+                "--arch",
+                "lenet-300-100",
+                "--steps",
+                "1",
+                "--batch",
+                "8",
+                "--sparsity",
+                "0",
+            ],
+            "sparsa bench prune",
+        ),
+        (
+            &["lm", "bench", "--model", "/nonexistent.gguf"],
+            "sparsa bench lm",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (args, new) in cases {
+        let (c, e) = code(args);
+        // The note comes first; `lm bench` then fails on the missing model (1).
+        let want = if args[0] == "lm" { 1 } else { 0 };
+        let ok = c == Some(want) && e.contains("deprecated") && e.contains(new);
+        if !ok {
+            failures.push(format!("{args:?}: exit {c:?}, stderr:\n{e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
 }

@@ -19,22 +19,14 @@ fn tokenizer_matches_golden_ids() {
 #[test]
 fn logits_match_golden_top5() {
     let (m, _) = model();
-    let ids = Tensor::new(&[GOLDEN_IDS], &candle_core::Device::Cpu).unwrap();
-    let logits = m.forward(&ids).unwrap();
-    let last: Vec<f32> = logits.i((0, 4)).unwrap().to_vec1().unwrap();
-    let mut order: Vec<usize> = (0..last.len()).collect();
-    order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
-    let top: Vec<usize> = order[..5].to_vec();
-    assert_eq!(top, vec![7042, 260, 4528, 2250, 1315]);
+    let top = m.top_next(&GOLDEN_IDS, 5).unwrap();
+    let ids: Vec<u32> = top.iter().map(|t| t.0).collect();
+    assert_eq!(ids, vec![7042, 260, 4528, 2250, 1315]);
     let golden = [17.371f32, 14.889, 13.245, 13.009, 12.952];
-    for (i, g) in top.iter().zip(golden) {
-        assert!(
-            (last[*i] - g).abs() < 5e-3,
-            "logit {} = {} vs {g}",
-            i,
-            last[*i]
-        );
+    for ((i, l), g) in top.iter().zip(golden) {
+        assert!((l - g).abs() < 5e-3, "logit {i} = {l} vs {g}");
     }
+    assert!(m.top_next(&[], 5).is_err());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `sparsa activations extract`: run the language model over a corpus and store the activations
 //! at one hook as a sharded safetensors store (resumable).
-use super::lm::{load_corpus, load_model, ModelArg};
+use super::inputs::{load_corpus, load_model, ModelArg};
 use crate::ui;
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};

@@ -1,14 +1,9 @@
-//! `sparsa lm …`: the language model on its own (tokenize, next-token top-k, speed), plus the
-//! model/corpus resolution shared with `sparsa activations`.
+//! `sparsa lm …`: the language model on its own (info, tokenize, next-token top-k, ablation
+//! baselines; `lm bench` is a deprecated alias of `sparsa bench lm`).
+use crate::commands::inputs::{load_corpus, load_model, ModelArg};
 use crate::ui;
-use anyhow::{Context, Result};
-use candle_core::{IndexOp, Tensor};
+use anyhow::Result;
 use clap::{Args, Subcommand};
-use sparsa::data::corpus::{self, Document};
-use sparsa::data::fetch::{ensure, Asset};
-use sparsa::kernels::bf16::Bf16Kernel;
-use sparsa::lm::bench::ForwardTiming;
-use sparsa::lm::{Batch, Hook, HookPoint, Llama, Tokenizer};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -36,10 +31,9 @@ pub enum LmCommand {
         /// The prompt (no BOS is added).
         prompt: String,
     },
-    /// Measure forward-pass speed (tokens/s) on corpus text, full model and up to a hook (alias
-    /// of `sparsa bench lm`).
+    /// Deprecated alias of `sparsa bench lm` (kept for one release).
     #[command(hide = true)]
-    Bench(BenchArgs),
+    Bench(super::bench::lm::BenchArgs),
     /// Next-token CE on a store's held-out contexts: clean, and with the store's hook zero- or
     /// mean-ablated (the baselines of `sae eval`'s loss recovered).
     Ablate(AblateArgs),
@@ -63,81 +57,6 @@ pub struct AblateArgs {
     pub batch_size: usize,
 }
 
-/// Which GGUF model to load.
-#[derive(Args, Debug, Clone)]
-pub struct ModelArg {
-    /// GGUF model file (default: SmolLM2-135M-Instruct, fetched into the cache if missing).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[command(flatten)]
-    pub model: ModelArg,
-    /// Sequences per forward pass.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 128)]
-    pub seq_len: usize,
-    /// Timed repetitions (after one warm-up).
-    #[arg(long, default_value_t = 3)]
-    pub reps: usize,
-    /// Also time running only up to this layer's residual (what extraction does).
-    #[arg(long, default_value_t = 15)]
-    pub layer: usize,
-    /// Precisions of the linear layers to time, comma separated: `f32`, and `bf16` (bf16
-    /// weights, inputs split into two bf16 halves, f32 accumulation; needs AMX-BF16 or
-    /// AVX512-BF16, `SPARSA_BF16_KERNEL` picks one).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_parser = clap::builder::PossibleValuesParser::new(["f32", "bf16"]),
-        default_value = "f32,bf16"
-    )]
-    pub matmul: Vec<String>,
-}
-
-/// The GGUF path: `--model` or the fetched SmolLM2.
-pub fn model_path(arg: &ModelArg) -> Result<PathBuf> {
-    match &arg.model {
-        Some(p) => Ok(p.clone()),
-        None => ensure(Asset::SmolLm2Gguf).context("fetching the default model (SmolLM2-135M)"),
-    }
-}
-
-/// Load the model and tokenizer, saying how long it took.
-pub fn load_model(arg: &ModelArg) -> Result<(Llama, Tokenizer, PathBuf)> {
-    let path = model_path(arg)?;
-    let t = Instant::now();
-    let (m, tok) =
-        sparsa::lm::load(&path).with_context(|| format!("loading {}", path.display()))?;
-    tracing::info!(
-        "loaded {} in {:.2}s",
-        path.display(),
-        t.elapsed().as_secs_f64()
-    );
-    Ok((m, tok, path))
-}
-
-/// `sotu` / `wiki` (fetched) or a path, to (label, documents).
-pub fn load_corpus(spec: &str) -> Result<(String, Vec<Document>)> {
-    let path: PathBuf = match spec {
-        "sotu" => ensure(Asset::SotuCorpus).context("fetching the State of the Union corpus")?,
-        "wiki" | "wiki-summaries" => {
-            ensure(Asset::WikiSummaries).context("fetching the Wikipedia summaries")?
-        }
-        p => PathBuf::from(p),
-    };
-    let docs = corpus::load(&path).with_context(|| format!("reading corpus `{spec}`"))?;
-    let label = match spec {
-        "sotu" | "wiki" | "wiki-summaries" => spec.to_string(),
-        _ => path.display().to_string(),
-    };
-    Ok((label, docs))
-}
-
 pub fn run(cmd: LmCommand) -> Result<()> {
     match cmd {
         LmCommand::Info(m) => info(&m),
@@ -147,7 +66,10 @@ pub fn run(cmd: LmCommand) -> Result<()> {
             text,
         } => tokenize(&model, special, &text),
         LmCommand::Top { model, k, prompt } => top(&model, k, &prompt),
-        LmCommand::Bench(a) => bench(&a),
+        LmCommand::Bench(a) => {
+            ui::deprecated("sparsa lm bench", "sparsa bench lm");
+            super::bench::lm::bench(&a)
+        }
         LmCommand::Ablate(a) => ablate(&a),
     }
 }
@@ -195,133 +117,17 @@ fn tokenize(arg: &ModelArg, special: bool, text: &str) -> Result<()> {
 fn top(arg: &ModelArg, k: usize, prompt: &str) -> Result<()> {
     let (m, tok, _) = load_model(arg)?;
     let ids = tok.encode(prompt, true);
-    anyhow::ensure!(!ids.is_empty(), "the prompt is empty");
-    let x = Tensor::new(ids.as_slice(), &candle_core::Device::Cpu)?.unsqueeze(0)?;
-    let logits: Vec<f32> = m.forward(&x)?.i((0, ids.len() - 1))?.to_vec1()?;
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     let mut rows = vec![vec!["id".into(), "token".into(), "logit".into()]];
-    for &i in order.iter().take(k) {
+    for (i, logit) in m.top_next(&ids, k)? {
         rows.push(vec![
             i.to_string(),
-            format!("{:?}", tok.decode(&[i as u32])),
-            format!("{:.3}", logits[i]),
+            format!("{:?}", tok.decode(&[i])),
+            format!("{logit:.3}"),
         ]);
     }
     println!("ids {ids:?}");
     print!("{}", ui::table(&rows));
     Ok(())
-}
-
-pub fn bench(a: &BenchArgs) -> Result<()> {
-    anyhow::ensure!(
-        a.batch > 0 && a.seq_len > 0 && a.reps > 0,
-        "batch, seq-len and reps must be positive"
-    );
-    let (m, tok, _) = load_model(&a.model)?;
-    m.check_hook(Hook::resid_post(a.layer))?;
-    let (_, docs) = load_corpus("sotu")?;
-    let t = Instant::now();
-    let (mut n_text, mut n_bytes) = (0usize, 0usize);
-    for d in &docs {
-        n_text += tok.encode(&d.text, false).len();
-        n_bytes += d.text.len();
-    }
-    let tok_secs = t.elapsed().as_secs_f64();
-    let seqs: Vec<Vec<u32>> =
-        sparsa::extract::contexts(&docs, &tok, a.seq_len, tok.document_start_id())
-            .filter(|c| c.ids.len() == a.seq_len)
-            .take(a.batch)
-            .map(|c| c.ids)
-            .collect();
-    anyhow::ensure!(seqs.len() == a.batch, "the corpus gave too few contexts");
-    let batch = Batch::new(&seqs, 0)?;
-    let threads = candle_core::utils::get_num_threads();
-    let hook = Hook {
-        layer: a.layer,
-        point: HookPoint::ResidPost,
-    };
-    let mut m = m;
-    let mut runs: Vec<(String, ForwardTiming)> = Vec::new();
-    for prec in &a.matmul {
-        let kernel = match prec.as_str() {
-            "bf16" => match Bf16Kernel::from_env().map_err(ui::Usage)? {
-                Some(k) => Some(k),
-                None => {
-                    eprintln!("bf16: no AMX-BF16 or AVX512-BF16 kernel here: skipped");
-                    continue;
-                }
-            },
-            _ => None,
-        };
-        m.use_bf16(kernel)?;
-        let label = kernel.map_or("f32".to_string(), |k| format!("bf16 ({})", k.name()));
-        let timing = sparsa::lm::bench::time_forward(&m, &batch.ids, hook, a.reps)?;
-        if let (Some(_), Some((_, base))) = (kernel, runs.iter().find(|(l, _)| l == "f32")) {
-            let d = sparsa::lm::bench::max_abs_diff(&base.logits, &timing.logits);
-            eprintln!("{label}: max |Δlogit| against f32 over the batch {d:.4}");
-        }
-        runs.push((label, timing));
-    }
-    let rows = bench_rows(
-        &runs,
-        (a.batch * a.seq_len) as f64,
-        m.config().n_layers,
-        hook,
-    );
-    println!(
-        "batch {} x {} tokens, {} reps, {threads} threads; tokenizer: {} SOTU documents, {:.1} MB -> {} tokens in {:.2}s ({:.0} tokens/s)",
-        a.batch,
-        a.seq_len,
-        a.reps,
-        docs.len(),
-        n_bytes as f64 / 1e6,
-        n_text,
-        tok_secs,
-        n_text as f64 / tok_secs
-    );
-    print!("{}", ui::table(&rows));
-    Ok(())
-}
-
-/// The bench table: per precision the full forward and the prefix, tokens/s and × f32.
-fn bench_rows(
-    runs: &[(String, ForwardTiming)],
-    n_tok: f64,
-    n_layers: usize,
-    hook: Hook,
-) -> Vec<Vec<String>> {
-    let base = runs.iter().find(|(l, _)| l == "f32").map(|(_, t)| t);
-    let mut rows = vec![vec![
-        "pass".into(),
-        "linear layers".into(),
-        "s/batch".into(),
-        "tokens/s".into(),
-        "× f32".into(),
-    ]];
-    for (label, t) in runs {
-        for (pass, secs, base_secs) in [
-            (
-                format!("forward, all {n_layers} blocks + logits"),
-                t.full_s,
-                base.map(|b| b.full_s),
-            ),
-            (
-                format!("up to {hook} (extraction)"),
-                t.prefix_s,
-                base.map(|b| b.prefix_s),
-            ),
-        ] {
-            rows.push(vec![
-                pass,
-                label.clone(),
-                format!("{secs:.3}"),
-                format!("{:.0}", n_tok / secs),
-                base_secs.map_or("–".to_string(), |b| format!("{:.2}", b / secs)),
-            ]);
-        }
-    }
-    rows
 }
 
 fn ablate(a: &AblateArgs) -> Result<()> {

@@ -434,6 +434,17 @@ impl Llama {
         self.logits(&x)
     }
 
+    /// The `k` most likely next tokens after `ids` (one sequence, no BOS added): (id, logit),
+    /// highest logit first (ties by lower id). Empty `ids` is an error.
+    pub fn top_next(&self, ids: &[u32], k: usize) -> Result<Vec<(u32, f32)>> {
+        if ids.is_empty() {
+            return Err(LmError::Input("the prompt is empty (no tokens)".into()));
+        }
+        let x = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+        let logits: Vec<f32> = self.forward(&x)?.get(0)?.get(ids.len() - 1)?.to_vec1()?;
+        Ok(top_k(&logits, k))
+    }
+
     /// The activation at `hook`, `[b, t, d]`; blocks after the hook and the output head are not
     /// run.
     pub fn run_to(&self, ids: &Tensor, hook: Hook) -> Result<Tensor> {
@@ -647,4 +658,39 @@ pub(crate) fn log_softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
     let z = x.broadcast_sub(&m)?;
     let lse = z.exp()?.sum_keepdim(D::Minus1)?.log()?;
     z.broadcast_sub(&lse)
+}
+
+/// The `k` largest of `v` as (index, value), largest first, ties by lower index; one partial
+/// selection (O(n)) and a sort of the k.
+pub fn top_k(v: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let k = k.min(v.len());
+    let mut order: Vec<u32> = (0..v.len() as u32).collect();
+    let before = |a: &u32, b: &u32| v[*b as usize].total_cmp(&v[*a as usize]).then(a.cmp(b));
+    if k > 0 && k < order.len() {
+        order.select_nth_unstable_by(k - 1, before);
+    }
+    order.truncate(k);
+    order.sort_by(before);
+    order.into_iter().map(|i| (i, v[i as usize])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_k;
+
+    #[test]
+    fn top_k_is_the_k_largest_in_order_with_ties_by_index() {
+        let v = [0.5f32, 3.0, -1.0, 3.0, 2.0, f32::NEG_INFINITY];
+        assert_eq!(top_k(&v, 3), vec![(1, 3.0), (3, 3.0), (4, 2.0)]);
+        assert_eq!(top_k(&v, 0), vec![]);
+        assert_eq!(top_k(&v, 99).len(), 6);
+        assert_eq!(top_k(&v, 6)[5], (5, f32::NEG_INFINITY));
+        // Against a full sort on a longer vector.
+        let w: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1009) as f32).collect();
+        let mut all: Vec<u32> = (0..1000).collect();
+        all.sort_by(|a, b| w[*b as usize].total_cmp(&w[*a as usize]).then(a.cmp(b)));
+        let want: Vec<u32> = all[..17].to_vec();
+        let got: Vec<u32> = top_k(&w, 17).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(got, want);
+    }
 }

@@ -24,7 +24,7 @@ pub use eval::{
     Reconstruct,
 };
 pub use gguf::GgufModel;
-pub use llama::{Hook, HookPoint, Llama, LlamaConfig, Unembedding};
+pub use llama::{top_k, Hook, HookPoint, Llama, LlamaConfig, Unembedding};
 pub use tokenizer::Tokenizer;
 
 use std::path::PathBuf;

@@ -907,6 +907,12 @@ fn snip_batches(
 pub fn load_records(run_dir: &Path) -> Result<Vec<RoundRecord>> {
     let lay = RunLayout::new(run_dir);
     let cells = lay.cells();
+    if !run_dir.exists() {
+        return Err(PruneError::Io {
+            path: run_dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+        });
+    }
     if !lay.config().is_file() {
         return Err(config_err(
             "run_dir",

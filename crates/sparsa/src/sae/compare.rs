@@ -23,26 +23,8 @@ impl std::str::FromStr for Variant {
     /// aux_k, aux_zipf); a bare ARCH means aux none.
     fn from_str(s: &str) -> Result<Self, String> {
         let (arch, aux) = s.split_once('+').unwrap_or((s, "none"));
-        let architecture = match arch.trim() {
-            "topk" => Architecture::TopK,
-            "mutual_choice" | "batch_topk" => Architecture::MutualChoice,
-            "feature_choice" => Architecture::FeatureChoice,
-            other => {
-                return Err(format!(
-                    "unknown architecture `{other}` (topk, mutual_choice, feature_choice)"
-                ))
-            }
-        };
-        let aux = match aux.trim() {
-            "none" => AuxKind::None,
-            "aux_k" => AuxKind::AuxK,
-            "aux_zipf" => AuxKind::AuxZipf,
-            other => {
-                return Err(format!(
-                    "unknown auxiliary loss `{other}` (none, aux_k, aux_zipf)"
-                ))
-            }
-        };
+        let architecture = arch.parse()?;
+        let aux = aux.parse()?;
         Ok(Variant { architecture, aux })
     }
 }

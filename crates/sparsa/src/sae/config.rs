@@ -58,6 +58,23 @@ impl Architecture {
     }
 }
 
+impl std::str::FromStr for Architecture {
+    type Err = String;
+    /// A trainable architecture: `topk`, `mutual_choice` (alias `batch_topk`) or
+    /// `feature_choice` (spaces around the name are ignored). `jumprelu` is an inference form,
+    /// not trained, and is refused.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "topk" => Ok(Architecture::TopK),
+            "mutual_choice" | "batch_topk" => Ok(Architecture::MutualChoice),
+            "feature_choice" => Ok(Architecture::FeatureChoice),
+            other => Err(format!(
+                "unknown architecture `{other}` (topk, mutual_choice, feature_choice)"
+            )),
+        }
+    }
+}
+
 /// Which learned threshold the JumpReLU inference form uses (project choice).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -288,6 +305,43 @@ impl Matmul {
         match self {
             Matmul::F32 => "f32",
             Matmul::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Matmul {
+    type Err = String;
+    /// `f32` or `bf16` (spaces around the name are ignored).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "f32" => Ok(Matmul::F32),
+            "bf16" => Ok(Matmul::Bf16),
+            other => Err(format!("unknown encoder precision `{other}` (f32, bf16)")),
+        }
+    }
+}
+
+impl AuxKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AuxKind::None => "none",
+            AuxKind::AuxK => "aux_k",
+            AuxKind::AuxZipf => "aux_zipf",
+        }
+    }
+}
+
+impl std::str::FromStr for AuxKind {
+    type Err = String;
+    /// `none`, `aux_k` or `aux_zipf` (spaces around the name are ignored).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "none" => Ok(AuxKind::None),
+            "aux_k" => Ok(AuxKind::AuxK),
+            "aux_zipf" => Ok(AuxKind::AuxZipf),
+            other => Err(format!(
+                "unknown auxiliary loss `{other}` (none, aux_k, aux_zipf)"
+            )),
         }
     }
 }

@@ -8,6 +8,7 @@
 //!   form; [`metrics`]: evaluation; [`io`]: SAELens files.
 
 pub mod allocation;
+pub mod bench;
 pub mod calibrate;
 pub mod compare;
 pub mod config;

@@ -2,7 +2,7 @@
 //! next-token loss with the SAE spliced in) and `sparsa sae lm-compare`, the real-data pipeline
 //! fetch → extract → train → evaluate → one table.
 
-use crate::commands::lm::{load_corpus, load_model, ModelArg};
+use crate::commands::inputs::{load_corpus, load_model, ModelArg};
 use crate::ui::{self, Bar};
 use anyhow::{bail, Context, Result};
 use clap::Args;

@@ -85,8 +85,8 @@ pub struct EvalArgs {
     tensor: Option<String>,
     /// Evaluate rows START:END of the data, or `held-out`: the rows the SAE's training held
     /// out (recorded in its cfg.json).
-    #[arg(long, value_name = "START:END|held-out")]
-    rows: Option<String>,
+    #[arg(long, value_name = "START:END|held-out", value_parser = parse_rows)]
+    rows: Option<Rows>,
     /// Evaluate every row, also at the in-context positions the SAE was trained without (its
     /// cfg.json's `exclude_positions`); the downstream evaluation then splices there too.
     #[arg(long)]
@@ -110,7 +110,7 @@ pub struct EvalArgs {
     #[arg(long)]
     corpus: Option<String>,
     #[command(flatten)]
-    model: crate::commands::lm::ModelArg,
+    model: crate::commands::inputs::ModelArg,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -353,16 +353,30 @@ fn eval_table(reports: &[EvalReport]) -> String {
     ui::table(&sparsa::sae::metrics::eval_rows(reports))
 }
 
-fn parse_rows(s: &str) -> Result<(u64, u64)> {
-    let (a, b) = s
-        .split_once(':')
-        .context("--rows takes START:END, e.g. 90000:100000")?;
-    let a: u64 = a.trim().parse().context("--rows START is not a number")?;
-    let b: u64 = b.trim().parse().context("--rows END is not a number")?;
-    if b <= a {
-        return Err(ui::Usage(format!("--rows {a}:{b} is empty")).into());
+/// `--rows`: the SAE's held-out rows, or a half-open range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rows {
+    HeldOut,
+    Range(u64, u64),
+}
+
+/// A `--rows` value (for clap's value_parser: a bad one is a usage error).
+fn parse_rows(s: &str) -> std::result::Result<Rows, String> {
+    if s.trim() == "held-out" {
+        return Ok(Rows::HeldOut);
     }
-    Ok((a, b))
+    let form = "--rows takes START:END (e.g. 90000:100000) or held-out";
+    let (a, b) = s.split_once(':').ok_or_else(|| format!("`{s}`: {form}"))?;
+    let num = |t: &str| {
+        t.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("`{s}`: {form}"))
+    };
+    let (a, b) = (num(a)?, num(b)?);
+    if b <= a {
+        return Err(format!("`{s}`: the range {a}:{b} is empty"));
+    }
+    Ok(Rows::Range(a, b))
 }
 
 /// A half-open range of row indices.
@@ -374,8 +388,8 @@ fn eval_rows(
     a: &EvalArgs,
     model: &sparsa::sae::io::SaeModel,
 ) -> Result<(Option<RowRange>, Vec<RowRange>)> {
-    let (rows, exclude) = match a.rows.as_deref() {
-        Some("held-out") => {
+    let (rows, exclude) = match a.rows {
+        Some(Rows::HeldOut) => {
             if model.meta.holdout_rows.is_empty() {
                 bail!(
                     "--rows held-out: {} records no held-out rows (trained without \
@@ -387,7 +401,7 @@ fn eval_rows(
             let keep = &model.meta.holdout_rows;
             (Some((0, n)), subtract_ranges((0, n), keep))
         }
-        Some(r) => (Some(parse_rows(r)?), vec![]),
+        Some(Rows::Range(start, end)) => (Some((start, end)), vec![]),
         None => (None, vec![]),
     };
     let mut exclude = exclude;

@@ -2,7 +2,7 @@
 //! curves, densities with the Zipf fit, per-token L0, and with --data the feature dashboards).
 //! The library draws the page; this file loads the inputs, draws progress and prints the path.
 
-use crate::commands::lm::{model_path, ModelArg};
+use crate::commands::inputs::{model_path, ModelArg};
 use crate::ui::{self, Bar};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -164,6 +164,7 @@ fn load_text(store: &StoreReader, arg: &ModelArg) -> Option<(Tokenizer, Unembedd
 
 pub fn report(a: ReportArgs) -> Result<()> {
     let model = load_sae(&a.sae_dir)?;
+    check_features(&a, model.params.f)?;
     let metrics = read_metrics(&a.sae_dir)?;
     // The run's config, when the directory holds trainer state (not for SAELens downloads).
     let run = load_trainer_state(&a.sae_dir).ok().map(|t| t.0);
@@ -177,10 +178,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         None => None,
         Some(store) => match dashboards_for(&a, &model, store, batch)? {
             Some(d) => Some(d),
-            None => {
-                eprintln!("interrupted; no report written");
-                return Ok(());
-            }
+            None => return Err(ui::Interrupted("no report written".into()).into()),
         },
     };
     let html = render(&SaeReport {
@@ -197,6 +195,24 @@ pub fn report(a: ReportArgs) -> Result<()> {
         .unwrap_or_else(|| a.sae_dir.join("report.html"));
     let path = sparsa::report::write(&out, &html)?;
     println!("{}", path.display());
+    Ok(())
+}
+
+/// `--features` names features of this SAE, and dashboards need `--data`.
+fn check_features(a: &ReportArgs, f: usize) -> Result<()> {
+    if let Some(j) = a.features.iter().find(|&&j| j >= f) {
+        return Err(ui::Usage(format!(
+            "--features {j}: the SAE has {f} features (0..{})",
+            f.saturating_sub(1)
+        ))
+        .into());
+    }
+    if !a.features.is_empty() && a.data.is_none() {
+        return Err(ui::Usage(
+            "--features draws dashboards, which need activations: pass --data STORE".into(),
+        )
+        .into());
+    }
     Ok(())
 }
 

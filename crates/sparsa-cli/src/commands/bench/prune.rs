@@ -1,0 +1,146 @@
+//! `sparsa bench prune`: image classifiers' training and evaluation images/s and peak RSS per
+//! model and global magnitude sparsity (the timing loop is `sparsa::prune::bench`).
+
+use crate::ui;
+use anyhow::Context;
+use sparsa::nn::models::Arch;
+use sparsa::util::bench::{median, peak_rss_mb, reset_peak_rss};
+
+/// `--arch` entries, parsed by the library's `Arch: FromStr` (for clap's value_parser).
+fn parse_arch(s: &str) -> Result<Arch, String> {
+    s.trim()
+        .parse()
+        .map_err(|e: sparsa::nn::NnError| e.to_string())
+}
+
+pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let list: Vec<Arch> = if a.arch.is_empty() {
+        Arch::ALL.to_vec()
+    } else {
+        a.arch.clone()
+    };
+    if a.batch == 0 || a.steps == 0 {
+        return Err(ui::Usage("--batch and --steps must be at least 1".to_string()).into());
+    }
+    if let Some(bad) = a.sparsity.iter().find(|s| !(0.0..100.0).contains(*s)) {
+        return Err(ui::Usage(format!("--sparsity {bad}: give percentages in [0, 100)")).into());
+    }
+    let threads = if a.threads == 0 {
+        rayon::current_num_threads()
+    } else {
+        a.threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("building the thread pool")?;
+    let engine = if a.reference {
+        "reference (candle)"
+    } else {
+        "fused"
+    };
+    eprintln!(
+        "engine: {engine}, batch {}, {threads} threads, {} timed steps (median)",
+        a.batch, a.steps
+    );
+    let mut rows = vec![vec![
+        "model".to_string(),
+        "input".to_string(),
+        "params".to_string(),
+        "sparsity".to_string(),
+        "train img/s".to_string(),
+        "eval img/s".to_string(),
+        "peak RSS MB".to_string(),
+    ]];
+    for arch in list {
+        for &sp in &a.sparsity {
+            let row = pool.install(|| bench_one(arch, sp, &a))?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "impl": if a.reference { "sparsa-reference" } else { "sparsa" },
+                    "model": arch.name(), "batch": a.batch, "threads": threads,
+                    "sparsity": sp, "train_img_s": row.train, "eval_img_s": row.eval,
+                    "peak_rss_mb": row.rss,
+                    "linear_density_sparse": row.linear,
+                })
+            );
+            rows.push(vec![
+                arch.name().to_string(),
+                row.input,
+                row.params.to_string(),
+                format!("{sp:.0} %"),
+                format!("{:.0}", row.train),
+                format!("{:.0}", row.eval),
+                row.rss
+                    .map(|r| format!("{r:.0}"))
+                    .unwrap_or_else(|| "-".into()),
+            ]);
+        }
+    }
+    println!("{}", ui::table(&rows));
+    Ok(())
+}
+
+/// Arguments of `sparsa bench prune`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Architectures to measure (comma separated; default: all).
+    #[arg(long, alias = "archs", value_delimiter = ',', value_parser = parse_arch)]
+    arch: Vec<Arch>,
+    /// Images per step.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Timed training and evaluation steps per model (after one warm-up step); the figure is
+    /// the median step.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Global magnitude sparsities to measure, in percent (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "0,90,98")]
+    sparsity: Vec<f64>,
+    /// Threads (0: rayon's default, all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Time the candle reference path instead of the fused engine.
+    #[arg(long)]
+    reference: bool,
+    /// Weight density below which a masked linear layer runs the sparse kernels (default: the
+    /// engine's measured threshold; 0 = always dense, 2 = always sparse, to measure it).
+    #[arg(long)]
+    sparse_below: Option<f64>,
+}
+
+struct BenchRow {
+    input: String,
+    params: usize,
+    train: f64,
+    eval: f64,
+    rss: Option<f64>,
+    /// Weight density of each masked linear layer, and whether it ran the sparse kernels.
+    linear: Vec<(f64, bool)>,
+}
+
+fn bench_one(arch: Arch, sparsity: f64, a: &BenchArgs) -> anyhow::Result<BenchRow> {
+    use sparsa::prune::bench::{time_model, BenchSpec};
+    use sparsa::util::progress::Progress;
+    reset_peak_rss();
+    let label = format!("{} {sparsity:.0}%", arch.name());
+    let bar = ui::Bar::new((2 * a.steps + 2) as u64, &label, "step");
+    let spec = BenchSpec {
+        batch: a.batch,
+        steps: a.steps,
+        reference: a.reference,
+        sparse_below: a.sparse_below,
+    };
+    let t = time_model(arch, sparsity, spec, &|| bar.inc(1))?;
+    bar.finish();
+    let i = t.input;
+    Ok(BenchRow {
+        input: format!("{}×{}×{}", i.channels, i.height, i.width),
+        params: t.params,
+        train: a.batch as f64 / median(t.train),
+        eval: a.batch as f64 / median(t.eval),
+        rss: peak_rss_mb(),
+        linear: t.linear,
+    })
+}
