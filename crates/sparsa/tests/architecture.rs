@@ -140,18 +140,17 @@ fn module_path(rel: &Path) -> Vec<String> {
     parts
 }
 
-/// The sibling units (first path component below the top-level module) that a file of unit
-/// `path[1]` names in its non-test code: `crate::m::X`, and `super::X` / `super::super::X`
-/// resolved against the file's module path.
-fn unit_edges(text: &str, path: &[String]) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+/// The module paths the non-test code of a file at module path `path` names: `crate::a::b…` and
+/// `super::…` resolved against `path`, with `{…}` groups on one line expanded one level.
+fn named_paths(text: &str, path: &[String]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
     for code in code_lines(text) {
         let mut i = 0;
         while i < code.len() {
             let rest = &code[i..];
-            let (mut segs, mut tail) = if let Some(t) = rest.strip_prefix("crate::") {
+            let (base, tail) = if let Some(t) = rest.strip_prefix("crate::") {
                 (Vec::new(), t)
-            } else if rest.starts_with("super::") {
+            } else if rest.starts_with("super::") && !code[..i].ends_with("::") {
                 let mut base = path.to_vec();
                 let mut t = rest;
                 while let Some(t2) = t.strip_prefix("super::") {
@@ -163,82 +162,119 @@ fn unit_edges(text: &str, path: &[String]) -> BTreeSet<String> {
                 i += rest.chars().next().map_or(1, char::len_utf8);
                 continue;
             };
-            // Complete the path to at least two segments (top-level module, unit).
-            while segs.len() < 2 {
-                let name = ident(tail);
-                if name.is_empty() {
-                    break;
-                }
-                tail = &tail[name.len()..];
-                segs.push(name);
-                match tail.strip_prefix("::") {
-                    Some(t) => tail = t,
-                    None => break,
-                }
-            }
-            if segs.len() >= 2 && segs[0] == path[0] && segs[1] != path[1] {
-                out.insert(segs[1].clone());
-            }
-            i += "super::".len();
+            out.extend(expand(base, tail));
+            i += "crate::".len().min(rest.len());
         }
     }
     out
 }
 
-/// Inside each top-level module, no two units (files or sub-directories directly below it)
-/// use each other: a type lives with the unit that owns it and the others import it one way.
-#[test]
-fn no_two_units_of_a_module_import_each_other() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut edges: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    for f in files {
-        let rel = f.strip_prefix(&src).unwrap();
-        let path = module_path(rel);
-        if path.len() < 2 {
-            continue; // lib.rs, a top-level mod.rs (it declares and re-exports its units)
+/// `base` extended by the path `a::b::c…` at the start of `tail`; a `{x, y::z}` group (on the
+/// same line) gives one path per item.
+fn expand(mut base: Vec<String>, mut tail: &str) -> Vec<Vec<String>> {
+    loop {
+        if let Some(group) = tail.strip_prefix('{') {
+            let group = &group[..group.find('}').unwrap_or(group.len())];
+            return group
+                .split(',')
+                .flat_map(|item| expand(base.clone(), item.trim()))
+                .collect();
         }
-        let text = std::fs::read_to_string(&f).unwrap();
-        for to in unit_edges(&text, &path) {
-            edges
-                .entry((path[0].clone(), path[1].clone()))
-                .or_default()
-                .insert(to);
+        let name = ident(tail);
+        if name.is_empty() {
+            return vec![base];
+        }
+        tail = &tail[name.len()..];
+        base.push(name);
+        match tail.strip_prefix("::") {
+            Some(t) => tail = t,
+            None => return vec![base],
         }
     }
-    let mut circles = Vec::new();
-    for ((m, a), tos) in &edges {
-        for b in tos {
-            if a < b
-                && edges
-                    .get(&(m.clone(), b.clone()))
-                    .is_some_and(|back| back.contains(a))
-            {
-                circles.push(format!("{m}::{a} ↔ {m}::{b}"));
+}
+
+/// Pairs of sibling modules (same parent, any depth) whose non-test code uses each other, in the
+/// crate whose sources are under `src`.
+fn sibling_circles(src: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let paths: Vec<(PathBuf, Vec<String>)> = files
+        .into_iter()
+        .map(|f| {
+            let m = module_path(f.strip_prefix(src).unwrap());
+            (f, m)
+        })
+        .collect();
+    let modules: BTreeSet<Vec<String>> = paths.iter().map(|(_, m)| m.clone()).collect();
+    let mut edges: BTreeSet<(Vec<String>, Vec<String>)> = BTreeSet::new();
+    for (f, p) in &paths {
+        let text = std::fs::read_to_string(f).unwrap();
+        for q in named_paths(&text, p) {
+            let c = p.iter().zip(&q).take_while(|(a, b)| a == b).count();
+            if c < p.len() && c < q.len() && modules.contains(&q[..=c].to_vec()) {
+                edges.insert((p[..=c].to_vec(), q[..=c].to_vec()));
             }
         }
     }
+    edges
+        .iter()
+        .filter(|(a, b)| a < b && edges.contains(&(b.clone(), a.clone())))
+        .map(|(a, b)| format!("{} ↔ {}", a.join("::"), b.join("::")))
+        .collect()
+}
+
+/// No two sibling modules (files or directories with the same parent, at any depth, in the
+/// library and the CLI) use each other: a type lives with the module that owns it and the others
+/// import it one way.
+#[test]
+fn no_two_sibling_modules_import_each_other() {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let cli = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sparsa-cli/src");
+    let mut circles = sibling_circles(&lib);
+    circles.extend(
+        sibling_circles(&cli)
+            .into_iter()
+            .map(|c| format!("CLI {c}")),
+    );
     assert!(circles.is_empty(), "import circles: {}", circles.join(", "));
 }
 
 #[test]
-fn the_unit_scan_resolves_super_and_crate_paths() {
+fn the_path_scan_resolves_super_crate_and_groups() {
     let path: Vec<String> = ["sae", "allocation", "feature_choice"]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let text = "use super::{keep_largest, Matching};\n\
+    let text = "use super::{keep_largest, select::Matching};\n\
                 use super::super::config::Capacity;\n\
                 use crate::sae::select::top_k;\n\
-                use crate::data::store::Manifest;\n\
+                // use crate::lm::Llama;\n\
                 #[cfg(test)]\n\
                 mod tests { use crate::sae::io::load; }\n";
-    let got: Vec<String> = unit_edges(text, &path).into_iter().collect();
-    assert_eq!(got, vec!["config".to_string(), "select".to_string()]);
-    let top: Vec<String> = ["sae", "io"].iter().map(|s| s.to_string()).collect();
-    let got: Vec<String> = unit_edges("use super::train::TrainState;\n", &top)
+    let got: Vec<String> = named_paths(text, &path)
         .into_iter()
+        .map(|p| p.join("::"))
         .collect();
-    assert_eq!(got, vec!["train".to_string()]);
+    assert_eq!(
+        got,
+        vec![
+            "sae::allocation::keep_largest",
+            "sae::allocation::select::Matching",
+            "sae::config::Capacity",
+            "sae::select::top_k",
+        ]
+    );
+}
+
+#[test]
+fn a_planted_circle_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::write(src.join("a/b/mod.rs"), "pub mod x;\npub mod y;\n").unwrap();
+    std::fs::write(src.join("a/b/x.rs"), "use super::y::Y;\n").unwrap();
+    std::fs::write(src.join("a/b/y.rs"), "use crate::a::b::{x::X, z};\n").unwrap();
+    assert_eq!(sibling_circles(src), vec!["a::b::x ↔ a::b::y".to_string()]);
+    std::fs::write(src.join("a/b/y.rs"), "pub struct Y;\n").unwrap();
+    assert!(sibling_circles(src).is_empty());
 }

@@ -21,7 +21,7 @@
 //! agree to float rounding (tested against the f64 im2col path and the candle reference).
 //! Sums are in a fixed order for a given shape, so runs stay bit-reproducible.
 
-use super::kernels::{ConvGeom, Real};
+use super::geom::{ConvGeom, Real};
 
 /// Widest channel count (in and out) the direct convolution takes (measured: beyond 64 channels
 /// the GEMM's wide microkernels win and the direct kernel's weight slice no longer stays in L2).

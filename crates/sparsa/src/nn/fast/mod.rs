@@ -33,6 +33,7 @@
 //! ([`direct::kernel_set`]; tested on one thread).
 
 pub mod direct;
+pub mod geom;
 pub mod kernels;
 
 use candle_core::{Device, Tensor};
