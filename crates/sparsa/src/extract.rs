@@ -187,11 +187,7 @@ pub fn extract(
     let d = model.d_model();
     let mut manifest = open_or_create(out, model, tok, cfg, &corpus_digest(docs))?;
     let done = manifest.n_tokens;
-    let complete = manifest
-        .extra
-        .get("complete")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
+    let complete = manifest.complete().unwrap_or(false);
     progress.set_total(cfg.n_tokens);
     progress.set_position(done);
     if complete {
@@ -304,29 +300,18 @@ fn mark_complete(
     exhausted: bool,
     contexts_used: u64,
 ) -> Result<(), ExtractError> {
-    let extra = &mut manifest.extra;
-    extra.insert("complete".into(), serde_json::Value::Bool(true));
-    extra.insert(
-        "corpus_exhausted".into(),
-        serde_json::Value::Bool(exhausted),
-    );
-    extra.insert("contexts_used".into(), serde_json::json!(contexts_used));
+    manifest.mark_complete(exhausted, contexts_used);
     write_manifest(out, manifest)
 }
 
 fn summary(m: &Manifest, resumed_from: u64, forwarded: u64) -> ExtractSummary {
-    let flag = |k: &str| m.extra.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
     ExtractSummary {
         n_tokens: m.n_tokens,
         resumed_from,
         n_shards: m.shards.len(),
-        complete: flag("complete"),
-        corpus_exhausted: flag("corpus_exhausted"),
-        contexts_used: m
-            .extra
-            .get("contexts_used")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0),
+        complete: m.complete().unwrap_or(false),
+        corpus_exhausted: m.corpus_exhausted().unwrap_or(false),
+        contexts_used: m.contexts_used().unwrap_or(0),
         tokens_forwarded: forwarded,
     }
 }
@@ -458,13 +443,11 @@ fn open_or_create(
             reason: e.reason,
         })?;
         check_same_settings(out, &stored, &fresh)?;
-        for s in &stored.shards {
-            if !out.join(&s.file).is_file() {
-                return Err(ExtractError::NotAStore {
-                    path: out.to_path_buf(),
-                    reason: format!("listed shard {} is missing", s.file),
-                });
-            }
+        if let Some((s, _)) = stored.missing_shard(out) {
+            return Err(ExtractError::NotAStore {
+                path: out.to_path_buf(),
+                reason: format!("listed shard {} is missing", s.file),
+            });
         }
         return Ok(stored);
     }

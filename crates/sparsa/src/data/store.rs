@@ -182,6 +182,36 @@ impl Manifest {
     pub fn corpus(&self) -> Option<&str> {
         self.extra.get("corpus").and_then(|v| v.as_str())
     }
+
+    /// Whether extraction ran out of corpus before its target (`corpus_exhausted`), if recorded.
+    pub fn corpus_exhausted(&self) -> Option<bool> {
+        self.extra.get("corpus_exhausted").and_then(|v| v.as_bool())
+    }
+
+    /// Contexts of the corpus stream extraction consumed (`contexts_used`), if recorded: the
+    /// held-out contexts start after them.
+    pub fn contexts_used(&self) -> Option<u64> {
+        self.extra.get("contexts_used").and_then(|v| v.as_u64())
+    }
+
+    /// The first listed shard whose file is not in `dir` (the store directory), as (entry, path).
+    pub fn missing_shard(&self, dir: &Path) -> Option<(&ShardEntry, PathBuf)> {
+        self.shards
+            .iter()
+            .map(|s| (s, dir.join(&s.file)))
+            .find(|(_, p)| !p.is_file())
+    }
+
+    /// Record that extraction finished: `complete`, `corpus_exhausted` and `contexts_used`.
+    pub fn mark_complete(&mut self, corpus_exhausted: bool, contexts_used: u64) {
+        let extra = &mut self.extra;
+        extra.insert("complete".into(), serde_json::Value::Bool(true));
+        extra.insert(
+            "corpus_exhausted".into(),
+            serde_json::Value::Bool(corpus_exhausted),
+        );
+        extra.insert("contexts_used".into(), serde_json::json!(contexts_used));
+    }
 }
 
 /// One tensor's place inside a shard file.

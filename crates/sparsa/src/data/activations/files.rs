@@ -236,16 +236,16 @@ fn open_store(manifest_path: &Path, tensor: Option<&str>) -> Result<Vec<Segment>
     }
     let dir = manifest_path.parent().unwrap_or(Path::new("."));
     let tensor = tensor.unwrap_or(ACTIVATIONS_TENSOR);
+    if let Some((s, p)) = m.missing_shard(dir) {
+        return Err(DataError::ShardMissing {
+            manifest: manifest_path.to_path_buf(),
+            shard: s.file.clone(),
+            shard_path: p,
+        });
+    }
     let mut segs: Vec<Segment> = Vec::with_capacity(m.shards.len());
     for s in &m.shards {
         let p = dir.join(&s.file);
-        if !p.exists() {
-            return Err(DataError::ShardMissing {
-                manifest: manifest_path.to_path_buf(),
-                shard: s.file.clone(),
-                shard_path: p,
-            });
-        }
         let seg = open_safetensors(&p, Some(tensor))?;
         if let Some(first) = segs.first() {
             if first.d != seg.d {
