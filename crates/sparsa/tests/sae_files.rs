@@ -308,7 +308,11 @@ fn bad_inputs_give_clear_errors() {
         &["sae.architecture=gated".into()],
         "c.toml",
     ));
-    assert!(e.contains("gated") && e.contains("c.toml"), "{e}");
+    // The override is at fault, so the error names it and not the file (issue 12).
+    assert!(
+        e.contains("gated") && e.contains("--set sae.architecture") && !e.contains("c.toml"),
+        "{e}"
+    );
     let e = err_of(RunConfig::from_toml(
         &format!("{base}\n[aux]\nkin = \"aux_k\"\n"),
         &[],
