@@ -3,6 +3,7 @@
 //! differences), per model one training step (loss, every parameter gradient, batch-norm running
 //! statistics, the masked SGD update), DNR counts exactly, determinism, and the mask invariant.
 
+mod cases;
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -142,7 +143,7 @@ fn reference_step(net: &mut Net, x: &[f32], y: &[u32]) -> RefStep {
 
 #[test]
 fn one_training_step_equals_the_reference_for_every_model() {
-    for (arch, input) in small_models() {
+    cases::each(small_models(), |&(arch, input)| {
         let mut reference = Net::new(arch, input, 7, DType::F32).unwrap();
         random_masks(&mut reference, 0.7, 11);
         let mut net = reference.to_dtype(DType::F32).unwrap();
@@ -191,12 +192,12 @@ fn one_training_step_equals_the_reference_for_every_model() {
                 );
             }
         }
-    }
+    });
 }
 
 #[test]
 fn one_step_gradients_equal_the_reference_in_f64() {
-    for (arch, input) in small_models() {
+    cases::each(small_models(), |&(arch, input)| {
         let mut reference = Net::new(arch, input, 7, DType::F32)
             .unwrap()
             .to_dtype(DType::F64)
@@ -243,12 +244,12 @@ fn one_step_gradients_equal_the_reference_in_f64() {
                 p.name
             );
         }
-    }
+    });
 }
 
 #[test]
 fn evaluation_and_its_dnr_equal_the_reference() {
-    for (arch, input) in small_models() {
+    cases::each(small_models(), |&(arch, input)| {
         let mut reference = Net::new(arch, input, 5, DType::F32).unwrap();
         // Non-trivial running statistics: one training step first.
         let n = 6;
@@ -276,7 +277,7 @@ fn evaluation_and_its_dnr_equal_the_reference() {
         fp.add_counts(&fast.take_counts());
         assert_eq!(fp.counts(), probe.counts(), "{arch}: eval DNR counts");
         assert_eq!(fp.report().unwrap(), probe.report().unwrap(), "{arch}");
-    }
+    });
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! hashed run directory, exact sparsity per round, resuming after an interruption, one-shot
 //! methods, the report CSVs, and configuration errors.
 
+mod cases;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -446,7 +447,7 @@ seeds = [0]"#,
 
 #[test]
 fn run_names_cannot_escape_out() {
-    for bad in ["../../x", "/tmp/x", "a/b", ".hidden", "a\\b"] {
+    cases::each(["../../x", "/tmp/x", "a/b", ".hidden", "a\\b"], |&bad| {
         let mut cfg = config("schedule = \"iterative\"\nmethods = [\"magnitude\"]\nrounds = 1");
         cfg.name = bad.into();
         let e = cfg.validate().unwrap_err().to_string();
@@ -456,7 +457,7 @@ fn run_names_cannot_escape_out() {
         let out = tempfile::tempdir().unwrap();
         let id = run_identity(&cfg.data, data.path()).unwrap();
         assert!(prepare_run_dir(&cfg, out.path(), &id, true).is_err());
-    }
+    });
     let mut cfg = config("schedule = \"iterative\"\nmethods = [\"magnitude\"]\nrounds = 1");
     cfg.name = "fmnist-lenet_v2.1".into();
     cfg.validate().unwrap();

@@ -8,6 +8,7 @@
 //! after Adam: its first update is ±lr·sign(g) for any non-zero g, so a gradient entry that is
 //! zero up to rounding can move by 2·lr in one path and not the other.
 
+mod cases;
 use sparsa::data::activations::BatchSource;
 use sparsa::data::synthetic::{SyntheticConfig, SyntheticSource};
 use sparsa::sae::allocation::{self, AllocInput, Matching};
@@ -161,80 +162,81 @@ fn ten_bf16_fast_steps_match_ten_bf16_reference_steps() {
 }
 
 fn ten_steps(matmul: &str) {
-    for arch in ARCHS {
-        for aux in AUXES {
-            let what = format!("{arch}+{aux} {matmul}");
-            let (mut fast, mut slow) = trainers_with(arch, aux, matmul);
-            let mut src = source();
-            let mut aux_steps = 0;
-            let mut short_rows = false;
-            for step in 0..10 {
-                let x = batch(&mut src, &slow.params, slow.scale);
-                let mf = fast.step(&mut x.clone()).unwrap();
-                let ms = slow.step(&mut x.clone()).unwrap();
-                let at = format!("{what} step {step}");
+    let grid = ARCHS
+        .iter()
+        .flat_map(|&a| AUXES.iter().map(move |&x| (a, x)));
+    cases::each(grid, |&(arch, aux)| {
+        let what = format!("{arch}+{aux} {matmul}");
+        let (mut fast, mut slow) = trainers_with(arch, aux, matmul);
+        let mut src = source();
+        let mut aux_steps = 0;
+        let mut short_rows = false;
+        for step in 0..10 {
+            let x = batch(&mut src, &slow.params, slow.scale);
+            let mf = fast.step(&mut x.clone()).unwrap();
+            let ms = slow.step(&mut x.clone()).unwrap();
+            let at = format!("{what} step {step}");
+            assert!(
+                rel_scalar(mf.loss, ms.loss) <= 1e-5,
+                "{at}: loss {} vs {}",
+                mf.loss,
+                ms.loss
+            );
+            assert!(
+                rel_scalar(mf.fvu, ms.fvu) <= 1e-5,
+                "{at}: fvu {} vs {}",
+                mf.fvu,
+                ms.fvu
+            );
+            assert!(
+                rel_scalar(mf.mse, ms.mse) <= 1e-5,
+                "{at}: mse {} vs {}",
+                mf.mse,
+                ms.mse
+            );
+            if ms.aux_loss != 0.0 || mf.aux_loss != 0.0 {
+                aux_steps += 1;
                 assert!(
-                    rel_scalar(mf.loss, ms.loss) <= 1e-5,
-                    "{at}: loss {} vs {}",
-                    mf.loss,
-                    ms.loss
-                );
-                assert!(
-                    rel_scalar(mf.fvu, ms.fvu) <= 1e-5,
-                    "{at}: fvu {} vs {}",
-                    mf.fvu,
-                    ms.fvu
-                );
-                assert!(
-                    rel_scalar(mf.mse, ms.mse) <= 1e-5,
-                    "{at}: mse {} vs {}",
-                    mf.mse,
-                    ms.mse
-                );
-                if ms.aux_loss != 0.0 || mf.aux_loss != 0.0 {
-                    aux_steps += 1;
-                    assert!(
-                        rel_scalar(mf.aux_loss, ms.aux_loss) <= 1e-5,
-                        "{at}: aux {} vs {}",
-                        mf.aux_loss,
-                        ms.aux_loss
-                    );
-                }
-                assert_eq!(
-                    mf.l0_mean, ms.l0_mean,
-                    "{at}: the two paths selected differently"
-                );
-                assert_eq!(mf.l0_max, ms.l0_max, "{at}");
-                short_rows |= arch == "topk" && ms.l0_mean < K as f64;
-                assert_params_close(&fast.params, &slow.params, 1e-4, &at);
-                assert_eq!(fast.state.since_fired, slow.state.since_fired, "{at}");
-            }
-            if aux != "none" {
-                assert!(
-                    aux_steps >= 5,
-                    "{what}: the auxiliary loss ran on only {aux_steps} steps"
+                    rel_scalar(mf.aux_loss, ms.aux_loss) <= 1e-5,
+                    "{at}: aux {} vs {}",
+                    mf.aux_loss,
+                    ms.aux_loss
                 );
             }
-            if arch == "topk" {
-                assert!(short_rows, "{what}: no token had fewer than k positives");
-            }
-            let ma = &fast.state.adam;
-            let sa = &slow.state.adam;
-            assert_eq!(ma.t, sa.t);
-            for i in 0..4 {
-                assert!(
-                    rel(&ma.m[i], &sa.m[i]) <= 1e-4,
-                    "{what}: Adam m[{i}] {:e}",
-                    rel(&ma.m[i], &sa.m[i])
-                );
-                assert!(
-                    rel(&ma.v[i], &sa.v[i]) <= 1e-4,
-                    "{what}: Adam v[{i}] {:e}",
-                    rel(&ma.v[i], &sa.v[i])
-                );
-            }
+            assert_eq!(
+                mf.l0_mean, ms.l0_mean,
+                "{at}: the two paths selected differently"
+            );
+            assert_eq!(mf.l0_max, ms.l0_max, "{at}");
+            short_rows |= arch == "topk" && ms.l0_mean < K as f64;
+            assert_params_close(&fast.params, &slow.params, 1e-4, &at);
+            assert_eq!(fast.state.since_fired, slow.state.since_fired, "{at}");
         }
-    }
+        if aux != "none" {
+            assert!(
+                aux_steps >= 5,
+                "{what}: the auxiliary loss ran on only {aux_steps} steps"
+            );
+        }
+        if arch == "topk" {
+            assert!(short_rows, "{what}: no token had fewer than k positives");
+        }
+        let ma = &fast.state.adam;
+        let sa = &slow.state.adam;
+        assert_eq!(ma.t, sa.t);
+        for i in 0..4 {
+            assert!(
+                rel(&ma.m[i], &sa.m[i]) <= 1e-4,
+                "{what}: Adam m[{i}] {:e}",
+                rel(&ma.m[i], &sa.m[i])
+            );
+            assert!(
+                rel(&ma.v[i], &sa.v[i]) <= 1e-4,
+                "{what}: Adam v[{i}] {:e}",
+                rel(&ma.v[i], &sa.v[i])
+            );
+        }
+    });
 }
 
 /// With `train.grad_clip` on (a clip far below the gradient norm, so every step is clipped) the

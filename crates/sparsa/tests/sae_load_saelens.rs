@@ -9,6 +9,7 @@
 //! - JumpReLU: z_j = ReLU(h_j)·[h_j > θ_j];
 //! - x̂ = z·W_dec + b_dec; weights held in cfg `dtype`.
 
+mod cases;
 use half::{bf16, f16};
 use sparsa::sae::allocation::{AllocInput, Matching};
 use sparsa::sae::io::load_sae;
@@ -226,24 +227,28 @@ fn check(dir: &Path, w: &Weights, round: impl Fn(f32) -> f32 + Copy, cfg: &serde
 fn saelens_settings_are_honoured() {
     let w = weights();
     let id = |v: f32| v;
+    let mut grid = Vec::new();
     for arch in ["topk", "jumprelu"] {
         for apply in [true, false] {
             for rescale in [false, true] {
-                if rescale && arch == "jumprelu" {
-                    continue;
+                // rescale_acts_by_decoder_norm is defined for TopK SAEs only.
+                if !(rescale && arch == "jumprelu") {
+                    grid.push((arch, apply, rescale));
                 }
-                let dir = tempfile::tempdir().unwrap();
-                let mut c = base_cfg(arch);
-                c["apply_b_dec_to_input"] = serde_json::json!(apply);
-                if rescale {
-                    c["rescale_acts_by_decoder_norm"] = serde_json::json!(true);
-                }
-                write_cfg(dir.path(), c.clone());
-                write_weights(dir.path(), &w, "F32", arch == "jumprelu");
-                check(dir.path(), &w, id, &c);
             }
         }
     }
+    cases::each(grid, |&(arch, apply, rescale)| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = base_cfg(arch);
+        c["apply_b_dec_to_input"] = serde_json::json!(apply);
+        if rescale {
+            c["rescale_acts_by_decoder_norm"] = serde_json::json!(true);
+        }
+        write_cfg(dir.path(), c.clone());
+        write_weights(dir.path(), &w, "F32", arch == "jumprelu");
+        check(dir.path(), &w, id, &c);
+    });
 }
 
 /// Weights stored as F16 or BF16 are read exactly; a declared `float16`/`bfloat16` dtype rounds

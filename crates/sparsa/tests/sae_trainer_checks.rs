@@ -3,6 +3,7 @@
 //! the input-scaling fold of the export, the evaluation metrics on a tiny fixed example, and
 //! aux_zipf = aux_k through a whole training step when the Zipf target is flat.
 
+mod cases;
 use sparsa::data::activations::{BatchSource, DataError};
 use sparsa::sae::allocation::{self, AllocInput, Matching};
 use sparsa::sae::config::{Architecture, RunConfig};
@@ -118,82 +119,83 @@ fn learning_rate_schedule_matches_hand_values() {
 /// never selected stay +∞); the global θ likewise over all features.
 #[test]
 fn learned_thresholds_follow_the_ema_of_each_steps_matching() {
-    for arch in ["mutual_choice", "feature_choice"] {
-        for reference in [false, true] {
-            let mut c = cfg(arch, "aux_k");
-            c.train.reference = reference;
-            let what = format!("{arch} reference={reference}");
-            let (mut t, mut src) = trainer(&c);
-            let ema = c.sae.threshold_ema as f32;
-            let f = c.sae.d_sae;
-            let mut theta = vec![f32::INFINITY; f];
-            let mut global = f32::INFINITY;
-            let update = |th: &mut f32, obs: f32| {
-                let obs = obs.next_down();
-                *th = if th.is_finite() {
-                    ema * *th + (1.0 - ema) * obs
-                } else {
-                    obs
-                };
+    let grid = ["mutual_choice", "feature_choice"]
+        .into_iter()
+        .flat_map(|a| [false, true].map(move |r| (a, r)));
+    cases::each(grid, |&(arch, reference)| {
+        let mut c = cfg(arch, "aux_k");
+        c.train.reference = reference;
+        let what = format!("{arch} reference={reference}");
+        let (mut t, mut src) = trainer(&c);
+        let ema = c.sae.threshold_ema as f32;
+        let f = c.sae.d_sae;
+        let mut theta = vec![f32::INFINITY; f];
+        let mut global = f32::INFINITY;
+        let update = |th: &mut f32, obs: f32| {
+            let obs = obs.next_down();
+            *th = if th.is_finite() {
+                ema * *th + (1.0 - ema) * obs
+            } else {
+                obs
             };
-            for step in 0..6 {
-                let before = t.params.clone();
-                let density = t.density();
-                let mut x = next(&mut src, c.train.batch_size);
-                t.step(&mut x).unwrap(); // x is now the scaled batch the trainer saw
-                let b = c.train.batch_size;
-                let a = before.encode_pre(&x, b).unwrap();
-                let rule = allocation::build(&c.sae, None).unwrap();
-                let mut m = Matching::default();
-                rule.select(
-                    &AllocInput {
-                        a: &a,
-                        b,
-                        f,
-                        density: &density,
-                        step: 0,
-                    },
-                    &mut m,
-                );
-                let mut min_sel = vec![f32::INFINITY; f];
-                for i in 0..b {
-                    for &j in m.row(i) {
-                        min_sel[j as usize] = min_sel[j as usize].min(a[i * f + j as usize]);
-                    }
+        };
+        for step in 0..6 {
+            let before = t.params.clone();
+            let density = t.density();
+            let mut x = next(&mut src, c.train.batch_size);
+            t.step(&mut x).unwrap(); // x is now the scaled batch the trainer saw
+            let b = c.train.batch_size;
+            let a = before.encode_pre(&x, b).unwrap();
+            let rule = allocation::build(&c.sae, None).unwrap();
+            let mut m = Matching::default();
+            rule.select(
+                &AllocInput {
+                    a: &a,
+                    b,
+                    f,
+                    density: &density,
+                    step: 0,
+                },
+                &mut m,
+            );
+            let mut min_sel = vec![f32::INFINITY; f];
+            for i in 0..b {
+                for &j in m.row(i) {
+                    min_sel[j as usize] = min_sel[j as usize].min(a[i * f + j as usize]);
                 }
-                for (th, &obs) in theta.iter_mut().zip(&min_sel) {
-                    if obs.is_finite() {
-                        update(th, obs);
-                    }
-                }
-                let gmin = min_sel.iter().copied().fold(f32::INFINITY, f32::min);
-                update(&mut global, gmin);
-                let fired = (0..f).filter(|&j| min_sel[j].is_finite()).count();
-                assert!(fired > 5, "{what}: only {fired} features fired");
-                for (j, (&got, &want)) in t.state.thresholds.iter().zip(&theta).enumerate() {
-                    assert_eq!(
-                        got.is_finite(),
-                        want.is_finite(),
-                        "{what} step {step} feature {j}: {got} vs {want}"
-                    );
-                    if got.is_finite() {
-                        assert_eq!(got, want, "{what} step {step} feature {j}");
-                    }
-                }
-                assert_eq!(
-                    t.state.global_threshold, global,
-                    "{what} step {step}: global"
-                );
             }
-            // The export uses them as the configured mode says.
-            assert_eq!(t.model().thresholds.unwrap(), t.state.thresholds);
-            t.cfg.sae.threshold_mode = sparsa::sae::config::ThresholdMode::Global;
+            for (th, &obs) in theta.iter_mut().zip(&min_sel) {
+                if obs.is_finite() {
+                    update(th, obs);
+                }
+            }
+            let gmin = min_sel.iter().copied().fold(f32::INFINITY, f32::min);
+            update(&mut global, gmin);
+            let fired = (0..f).filter(|&j| min_sel[j].is_finite()).count();
+            assert!(fired > 5, "{what}: only {fired} features fired");
+            for (j, (&got, &want)) in t.state.thresholds.iter().zip(&theta).enumerate() {
+                assert_eq!(
+                    got.is_finite(),
+                    want.is_finite(),
+                    "{what} step {step} feature {j}: {got} vs {want}"
+                );
+                if got.is_finite() {
+                    assert_eq!(got, want, "{what} step {step} feature {j}");
+                }
+            }
             assert_eq!(
-                t.model().thresholds.unwrap(),
-                vec![t.state.global_threshold; f]
+                t.state.global_threshold, global,
+                "{what} step {step}: global"
             );
         }
-    }
+        // The export uses them as the configured mode says.
+        assert_eq!(t.model().thresholds.unwrap(), t.state.thresholds);
+        t.cfg.sae.threshold_mode = sparsa::sae::config::ThresholdMode::Global;
+        assert_eq!(
+            t.model().thresholds.unwrap(),
+            vec![t.state.global_threshold; f]
+        );
+    });
 }
 
 /// Rows handed out from memory.
@@ -219,7 +221,7 @@ impl BatchSource for Rows {
 /// (scaled inputs, unfolded weights) on the same rows, within 1e-5 relative.
 #[test]
 fn folded_export_has_the_trainers_fvu() {
-    for arch in ["topk", "mutual_choice", "feature_choice"] {
+    cases::each(["topk", "mutual_choice", "feature_choice"], |&arch| {
         let c = cfg(arch, "aux_k");
         let (mut t, mut src) = trainer(&c);
         for _ in 0..8 {
@@ -249,7 +251,7 @@ fn folded_export_has_the_trainers_fvu() {
             m.fvu
         );
         assert_eq!(exported.l0_mean, m.l0_mean, "{arch}");
-    }
+    });
 }
 
 /// A tiny SAE whose metrics are worked out by hand (d = 2, F = 4, TopK k = 1, no biases):
@@ -334,52 +336,53 @@ fn evaluation_metrics_match_hand_computation() {
 /// target (α = 1) the same state gives a different step, so the comparison has teeth.
 #[test]
 fn aux_zipf_step_equals_aux_k_step_when_the_target_is_flat() {
-    for arch in ["topk", "mutual_choice"] {
-        for reference in [false, true] {
-            let what = format!("{arch} reference={reference}");
-            let run = |aux: &str, alpha: f64| {
-                let mut c = cfg(arch, aux);
-                c.train.reference = reference;
-                c.aux.zipf_alpha = sparsa::sae::config::ZipfParam::Value(alpha);
-                c.aux.zipf_beta = sparsa::sae::config::ZipfParam::Value(0.0);
-                let (mut t, mut src) = trainer(&c);
-                // State: every third feature dead (never fired in dead_tokens), the others live
-                // at densities all above the flat target Σρ/F.
-                let f = c.sae.d_sae;
-                for j in 0..f {
-                    let dead = j % 3 == 0;
-                    t.state.since_fired[j] = if dead { c.aux.dead_tokens } else { 0 };
-                    t.state.density_ema[j] = if dead {
-                        0.0
-                    } else {
-                        0.05 + 0.01 * (j % 5) as f32
-                    };
-                }
-                t.state.density_updates = 1_000_000;
-                let mut x = next(&mut src, c.train.batch_size);
-                let m = t.step(&mut x).unwrap();
-                (m, t.params)
-            };
-            let (mk, pk) = run("aux_k", 0.0);
-            let (mz, pz) = run("aux_zipf", 0.0);
-            assert!(mk.aux_loss > 0.0, "{what}: aux_k did nothing");
-            assert_eq!(mk.aux_eligible, 16, "{what}");
-            assert_eq!(mz.aux_eligible, mk.aux_eligible, "{what}");
-            assert!(
-                rel(mz.aux_loss, mk.aux_loss) < 1e-12,
-                "{what}: aux loss {} vs {}",
-                mz.aux_loss,
-                mk.aux_loss
-            );
-            assert_eq!(mz.loss, mk.loss, "{what}");
-            assert_eq!(pz, pk, "{what}: the step moved the weights differently");
-            let (mz1, pz1) = run("aux_zipf", 1.0);
-            assert!(
-                mz1.aux_eligible != mk.aux_eligible || pz1 != pk,
-                "{what}: a Zipf target with α = 1 changed nothing"
-            );
-        }
-    }
+    let grid = ["topk", "mutual_choice"]
+        .into_iter()
+        .flat_map(|a| [false, true].map(move |r| (a, r)));
+    cases::each(grid, |&(arch, reference)| {
+        let what = format!("{arch} reference={reference}");
+        let run = |aux: &str, alpha: f64| {
+            let mut c = cfg(arch, aux);
+            c.train.reference = reference;
+            c.aux.zipf_alpha = sparsa::sae::config::ZipfParam::Value(alpha);
+            c.aux.zipf_beta = sparsa::sae::config::ZipfParam::Value(0.0);
+            let (mut t, mut src) = trainer(&c);
+            // State: every third feature dead (never fired in dead_tokens), the others live
+            // at densities all above the flat target Σρ/F.
+            let f = c.sae.d_sae;
+            for j in 0..f {
+                let dead = j % 3 == 0;
+                t.state.since_fired[j] = if dead { c.aux.dead_tokens } else { 0 };
+                t.state.density_ema[j] = if dead {
+                    0.0
+                } else {
+                    0.05 + 0.01 * (j % 5) as f32
+                };
+            }
+            t.state.density_updates = 1_000_000;
+            let mut x = next(&mut src, c.train.batch_size);
+            let m = t.step(&mut x).unwrap();
+            (m, t.params)
+        };
+        let (mk, pk) = run("aux_k", 0.0);
+        let (mz, pz) = run("aux_zipf", 0.0);
+        assert!(mk.aux_loss > 0.0, "{what}: aux_k did nothing");
+        assert_eq!(mk.aux_eligible, 16, "{what}");
+        assert_eq!(mz.aux_eligible, mk.aux_eligible, "{what}");
+        assert!(
+            rel(mz.aux_loss, mk.aux_loss) < 1e-12,
+            "{what}: aux loss {} vs {}",
+            mz.aux_loss,
+            mk.aux_loss
+        );
+        assert_eq!(mz.loss, mk.loss, "{what}");
+        assert_eq!(pz, pk, "{what}: the step moved the weights differently");
+        let (mz1, pz1) = run("aux_zipf", 1.0);
+        assert!(
+            mz1.aux_eligible != mk.aux_eligible || pz1 != pk,
+            "{what}: a Zipf target with α = 1 changed nothing"
+        );
+    });
 }
 
 /// Row ids (first column) of every row a finite source hands out, or the first `n` of an

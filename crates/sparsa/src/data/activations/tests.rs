@@ -1,3 +1,5 @@
+#[path = "../../../tests/cases/mod.rs"]
+mod cases;
 use super::*;
 use crate::data::npy::{header_bytes, write_npy_f32};
 use half::{bf16, f16};
@@ -318,9 +320,9 @@ fn corrupt_and_truncated_safetensors() {
             b
         }),
     ];
-    for (name, b) in cases {
+    cases::each(cases, |(name, b)| {
         let p = dir.path().join(format!("{name}.safetensors"));
-        std::fs::write(&p, &b).unwrap();
+        std::fs::write(&p, b).unwrap();
         let e = err_of(&p, opts(0, 0, None, false));
         assert!(
             matches!(e, DataError::CorruptSafetensors { .. }),
@@ -330,7 +332,7 @@ fn corrupt_and_truncated_safetensors() {
             &e,
             &[&format!("{name}.safetensors"), "corrupt or truncated"],
         );
-    }
+    });
 }
 
 #[test]
