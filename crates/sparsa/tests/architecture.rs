@@ -211,7 +211,7 @@ fn sibling_circles(src: &Path) -> Vec<String> {
         let text = std::fs::read_to_string(f).unwrap();
         for q in named_paths(&text, p) {
             let c = p.iter().zip(&q).take_while(|(a, b)| a == b).count();
-            if c < p.len() && c < q.len() && modules.contains(&q[..=c].to_vec()) {
+            if c < p.len() && c < q.len() && modules.contains(&q[..=c]) {
                 edges.insert((p[..=c].to_vec(), q[..=c].to_vec()));
             }
         }
