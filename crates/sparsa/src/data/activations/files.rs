@@ -79,6 +79,38 @@ fn open_safetensors(path: &Path, tensor: Option<&str>) -> Result<Segment, DataEr
             reason: e.to_string(),
         })?;
     let tensors = meta.tensors();
+    let name = choose_tensor(path, &tensors, tensor)?;
+    let info = tensors[&name];
+    if info.shape.len() != 2 {
+        return Err(DataError::WrongRank {
+            path: path.to_path_buf(),
+            tensor: name,
+            shape: info.shape.clone(),
+        });
+    }
+    let elem = Elem::from_safetensors(info.dtype).ok_or_else(|| DataError::WrongDtype {
+        path: path.to_path_buf(),
+        tensor: name.clone(),
+        dtype: info.dtype.to_string(),
+    })?;
+    Ok(Segment {
+        path: path.to_path_buf(),
+        offset: 8 + n + info.data_offsets.0,
+        n_rows: info.shape[0] as u64,
+        d: info.shape[1],
+        elem,
+        tensor: Some(name),
+        mmap,
+    })
+}
+
+/// The tensor to read: the one asked for, else `activations`, else the file's only matrix (a
+/// file of one tensor that is no matrix is returned and refused by the rank check).
+fn choose_tensor(
+    path: &Path,
+    tensors: &std::collections::HashMap<String, &safetensors::tensor::TensorInfo>,
+    tensor: Option<&str>,
+) -> Result<String, DataError> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let available = || {
@@ -95,7 +127,7 @@ fn open_safetensors(path: &Path, tensor: Option<&str>) -> Result<Segment, DataEr
                 .join(", ")
         }
     };
-    let name = match tensor {
+    Ok(match tensor {
         Some(t) => {
             if !tensors.contains_key(t) {
                 return Err(DataError::TensorNotFound {
@@ -133,28 +165,6 @@ fn open_safetensors(path: &Path, tensor: Option<&str>) -> Result<Segment, DataEr
                 }
             }
         }
-    };
-    let info = tensors[&name];
-    if info.shape.len() != 2 {
-        return Err(DataError::WrongRank {
-            path: path.to_path_buf(),
-            tensor: name,
-            shape: info.shape.clone(),
-        });
-    }
-    let elem = Elem::from_safetensors(info.dtype).ok_or_else(|| DataError::WrongDtype {
-        path: path.to_path_buf(),
-        tensor: name.clone(),
-        dtype: info.dtype.to_string(),
-    })?;
-    Ok(Segment {
-        path: path.to_path_buf(),
-        offset: 8 + n + info.data_offsets.0,
-        n_rows: info.shape[0] as u64,
-        d: info.shape[1],
-        elem,
-        tensor: Some(name),
-        mmap,
     })
 }
 
