@@ -254,8 +254,10 @@ fn announce_training(trainer: &Trainer) {
     }
 }
 
-fn train(a: TrainArgs) -> Result<()> {
-    let mut trainer = if a.resume {
+/// The trainer `sae train` runs: resumed from `--out`, or new from the config (then `--out` is
+/// created only once the config and data are known good, so a failure leaves nothing).
+fn open_trainer(a: &TrainArgs) -> Result<Trainer> {
+    Ok(if a.resume {
         if a.config.is_some() || !a.set.is_empty() {
             eprintln!(
                 "note: --resume continues with the config saved in {}; --config/--set are ignored",
@@ -279,7 +281,11 @@ fn train(a: TrainArgs) -> Result<()> {
         std::fs::create_dir_all(&a.out)
             .with_context(|| format!("cannot create {}", a.out.display()))?;
         t
-    };
+    })
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let mut trainer = open_trainer(&a)?;
     if a.reference {
         trainer.cfg.train.reference = true;
     }
