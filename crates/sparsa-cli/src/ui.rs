@@ -104,6 +104,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || matches!(e.downcast_ref(), Some(PruneError::Config { .. }))
             || matches!(e.downcast_ref(), Some(NnError::Config { .. }))
             || matches!(e.downcast_ref(), Some(ExtractError::Config { .. }))
+            || matches!(e.downcast_ref(), Some(LmError::LayerOutOfRange { .. }))
         {
             code = 2;
         }

@@ -170,10 +170,23 @@ fn each_kind_of_failure_has_its_code() {
             "positive",
         ),
         (
-            "bench prune with a list the help shows, spaces and all",
+            "bench prune with an unknown entry in a spaced list",
             &["bench", "prune", "--arch", "conv-4, bogus"],
             2,
             "bogus",
+        ),
+        ("unknown asset (usage)", &["fetch", "bogus"], 2, "bogus"),
+        (
+            "no candidates (usage)",
+            &["lm", "top", "-k", "0", "hi"],
+            2,
+            "-k",
+        ),
+        (
+            "ablation batch 0 (usage)",
+            &["lm", "ablate", "--store", "x", "--batch", "0"],
+            2,
+            "--batch",
         ),
         (
             "missing run directory (runtime)",
@@ -449,4 +462,44 @@ fn old_bench_spellings_still_run_and_say_they_are_deprecated() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
+#[test]
+fn list_flags_accept_spaces_after_commas() {
+    let cases: &[&[&str]] = &[
+        &[
+            "bench",
+            "sae",
+            "--arch",
+            "topk, mutual_choice",
+            "--aux",
+            "none, aux_k",
+        ],
+        &[
+            "bench",
+            "sae",
+            "--matmul",
+            "f32, bf16",
+            "--sizes",
+            "8x16, 4x8",
+        ],
+        &["bench", "prune", "--arch", "conv-4, lenet-300-100"],
+        &[
+            "sae",
+            "compare",
+            "--variants",
+            "topk+aux_k, mutual_choice + aux_zipf",
+        ],
+    ];
+    let mut failures = Vec::new();
+    for args in cases {
+        // Values met before `--help` are parsed and validated; `--help` then stops.
+        let mut argv = args.to_vec();
+        argv.push("--help");
+        let (c, e) = code(&argv);
+        if c != Some(0) {
+            failures.push(format!("{args:?}: exit {c:?}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -31,7 +31,7 @@
 use crate::data::activations::Elem;
 use crate::data::corpus::Document;
 use crate::data::store::{
-    Manifest, ShardEntry, ACTIVATIONS_TENSOR, MANIFEST_FILE, MANIFEST_FORMAT,
+    key, Manifest, ShardEntry, ACTIVATIONS_TENSOR, MANIFEST_FILE, MANIFEST_FORMAT,
 };
 use crate::lm::{Batch, Hook, Llama, LmError, Tokenizer};
 use crate::util::progress::{Cancel, Progress};
@@ -365,17 +365,23 @@ pub fn corpus_digest(docs: &[Document]) -> String {
 fn fresh_manifest(model: &Llama, tok: &Tokenizer, cfg: &ExtractConfig) -> Manifest {
     let mut extra = std::collections::BTreeMap::new();
     let j = |v: serde_json::Value| v;
-    extra.insert("producer".into(), j("sparsa activations extract".into()));
-    extra.insert("corpus".into(), j(cfg.corpus.clone().into()));
-    extra.insert("seq_len".into(), serde_json::json!(cfg.seq_len));
-    extra.insert("n_tokens_target".into(), serde_json::json!(cfg.n_tokens));
-    extra.insert("batch_size".into(), serde_json::json!(cfg.batch_size));
-    extra.insert("shard_tokens".into(), serde_json::json!(cfg.shard_tokens));
-    extra.insert("include_bos".into(), serde_json::json!(cfg.include_bos));
-    extra.insert("prefix_token".into(), serde_json::json!(cfg.prefix_token));
-    extra.insert("hook_point".into(), j(cfg.hook.point.as_str().into()));
+    extra.insert(key::PRODUCER.into(), j("sparsa activations extract".into()));
+    extra.insert(key::CORPUS.into(), j(cfg.corpus.clone().into()));
+    extra.insert(key::SEQ_LEN.into(), serde_json::json!(cfg.seq_len));
+    extra.insert(key::N_TOKENS_TARGET.into(), serde_json::json!(cfg.n_tokens));
+    extra.insert(key::BATCH_SIZE.into(), serde_json::json!(cfg.batch_size));
     extra.insert(
-        "tokenizer".into(),
+        key::SHARD_TOKENS.into(),
+        serde_json::json!(cfg.shard_tokens),
+    );
+    extra.insert(key::INCLUDE_BOS.into(), serde_json::json!(cfg.include_bos));
+    extra.insert(
+        key::PREFIX_TOKEN.into(),
+        serde_json::json!(cfg.prefix_token),
+    );
+    extra.insert(key::HOOK_POINT.into(), j(cfg.hook.point.as_str().into()));
+    extra.insert(
+        key::TOKENIZER.into(),
         serde_json::json!({
             "kind": "byte-level BPE from GGUF metadata",
             "pre": format!("{:?}", tok.pre_tokenizer()).to_lowercase(),
@@ -385,11 +391,11 @@ fn fresh_manifest(model: &Llama, tok: &Tokenizer, cfg: &ExtractConfig) -> Manife
         }),
     );
     extra.insert(
-        "model_config".into(),
+        key::MODEL_CONFIG.into(),
         serde_json::to_value(model.config()).unwrap_or(serde_json::Value::Null),
     );
     extra.insert(
-        "tensors".into(),
+        key::TENSORS.into(),
         serde_json::json!({
             "activations": ACTIVATIONS_TENSOR,
             "token_ids": TOKEN_IDS_TENSOR,
@@ -397,7 +403,7 @@ fn fresh_manifest(model: &Llama, tok: &Tokenizer, cfg: &ExtractConfig) -> Manife
             "positions": POSITIONS_TENSOR,
         }),
     );
-    extra.insert("complete".into(), serde_json::Value::Bool(false));
+    extra.insert(key::COMPLETE.into(), serde_json::Value::Bool(false));
     Manifest {
         format: MANIFEST_FORMAT.to_string(),
         d_model: model.d_model(),
@@ -413,16 +419,16 @@ fn fresh_manifest(model: &Llama, tok: &Tokenizer, cfg: &ExtractConfig) -> Manife
 
 /// Fields that must agree between a stored manifest and a fresh one for a resume.
 const IDENTITY: [&str; 10] = [
-    "corpus",
-    "seq_len",
-    "n_tokens_target",
-    "batch_size",
-    "shard_tokens",
-    "include_bos",
-    "prefix_token",
-    "hook_point",
-    "tokenizer",
-    "model_config",
+    key::CORPUS,
+    key::SEQ_LEN,
+    key::N_TOKENS_TARGET,
+    key::BATCH_SIZE,
+    key::SHARD_TOKENS,
+    key::INCLUDE_BOS,
+    key::PREFIX_TOKEN,
+    key::HOOK_POINT,
+    key::TOKENIZER,
+    key::MODEL_CONFIG,
 ];
 
 fn open_or_create(
@@ -435,7 +441,7 @@ fn open_or_create(
     let mut fresh = fresh_manifest(model, tok, cfg);
     fresh
         .extra
-        .insert("corpus_sha256".into(), corpus_sha256.into());
+        .insert(key::CORPUS_SHA256.into(), corpus_sha256.into());
     if out.join(MANIFEST_FILE).exists() {
         // Format, dtype and the shard sum are checked by `Manifest::read`.
         let stored = Manifest::read(out).map_err(|e| ExtractError::NotAStore {
@@ -505,8 +511,8 @@ fn check_same_settings(
         }
     }
     // Stores made before the digest was recorded carry none; only a recorded one is checked.
-    if let Some(s) = stored.extra.get("corpus_sha256") {
-        let r = &fresh.extra["corpus_sha256"];
+    if let Some(s) = stored.extra.get(key::CORPUS_SHA256) {
+        let r = &fresh.extra[key::CORPUS_SHA256];
         if s != r {
             return Err(mismatch(
                 "corpus_sha256 (the corpus text changed since the store was started)",
@@ -659,24 +665,21 @@ pub fn held_out(
     manifest: &Manifest,
     n: usize,
 ) -> Result<HeldOut, ExtractError> {
-    let field = |k: &'static str| -> Result<&serde_json::Value, ExtractError> {
-        manifest.extra.get(k).ok_or_else(|| ExtractError::Config {
-            field: k,
-            reason: "is missing from the store's manifest (not made by `sparsa activations extract`, or not complete)".into(),
-        })
-    };
-    let bad = |f: &'static str| ExtractError::Config {
+    let missing = |f: &'static str| ExtractError::Config {
         field: f,
-        reason: "has the wrong type in the store's manifest".into(),
+        reason: "is missing from the store's manifest or has the wrong type (not made by \
+                 `sparsa activations extract`, or not complete)"
+            .into(),
     };
-    let seq_len = field("seq_len")?.as_u64().ok_or_else(|| bad("seq_len"))? as usize;
-    let used = field("contexts_used")?
-        .as_u64()
-        .ok_or_else(|| bad("contexts_used"))?;
-    let prefix = match field("prefix_token")? {
-        serde_json::Value::Null => None,
-        v => Some(v.as_u64().ok_or_else(|| bad("prefix_token"))? as u32),
-    };
+    let seq_len = manifest
+        .context_size()
+        .ok_or_else(|| missing(key::SEQ_LEN))?;
+    let used = manifest
+        .contexts_used()
+        .ok_or_else(|| missing(key::CONTEXTS_USED))?;
+    let prefix = manifest
+        .prefix_token()
+        .ok_or_else(|| missing(key::PREFIX_TOKEN))?;
     let hook: Hook = manifest
         .hook
         .as_deref()

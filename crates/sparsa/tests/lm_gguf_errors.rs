@@ -82,3 +82,80 @@ fn unsupported_architecture() {
     );
     assert!(e.to_string().contains("llama"), "{e}");
 }
+
+/// A bad metadata value is named by its key, as "metadata key `KEY`: problem" (one case per
+/// check, every case run).
+#[test]
+fn bad_llama_metadata_names_the_key() {
+    use gguf_file::Value as V;
+    let base = || -> Vec<(&'static str, V)> {
+        vec![
+            ("general.architecture", V::String("llama".into())),
+            ("llama.block_count", V::U32(2)),
+            ("llama.embedding_length", V::U32(64)),
+            ("llama.attention.head_count", V::U32(4)),
+            ("llama.attention.head_count_kv", V::U32(2)),
+            ("llama.feed_forward_length", V::U32(128)),
+            ("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5)),
+            ("llama.context_length", V::U32(256)),
+            ("llama.rope.freq_base", V::F32(10000.0)),
+            ("llama.vocab_size", V::U32(32)),
+        ]
+    };
+    let open = |meta: &[(&'static str, V)]| {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.gguf");
+        let mut f = std::fs::File::create(&p).unwrap();
+        let refs: Vec<(&str, &V)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+        gguf_file::write(&mut f, &refs, &[]).unwrap();
+        f.flush().unwrap();
+        GgufModel::open(&p).unwrap().llama_config()
+    };
+    assert!(open(&base()).is_ok());
+    let cases: Vec<(&str, Option<V>, &str)> = vec![
+        (
+            "llama.rope.freq_base",
+            Some(V::F32(-1.0)),
+            "must be a positive number",
+        ),
+        ("llama.block_count", Some(V::U32(0)), "must be at least 1"),
+        ("llama.block_count", None, "missing"),
+        (
+            "llama.context_length",
+            Some(V::U32(0)),
+            "must be in 1..=1048576",
+        ),
+        (
+            "llama.attention.head_count",
+            Some(V::U32(3)),
+            "inconsistent",
+        ),
+        (
+            "llama.embedding_length",
+            Some(V::U32(12)),
+            "odd head dimension",
+        ),
+        (
+            "llama.feed_forward_length",
+            Some(V::String("x".into())),
+            "not an integer",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (key, value, problem) in cases {
+        let mut meta = base();
+        meta.retain(|(k, _)| *k != key);
+        if let Some(v) = value {
+            meta.push((key, v));
+        }
+        let msg = match open(&meta) {
+            Ok(_) => "accepted".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let want = format!("metadata key `{key}`: {problem}");
+        if !msg.contains(&want) || msg.contains(" is must") {
+            failures.push(format!("{key}: got `{msg}`, want `{want}`"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

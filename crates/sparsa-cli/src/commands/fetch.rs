@@ -1,5 +1,5 @@
 //! `sparsa fetch [asset…]`: download the pinned models and data sets into the cache.
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use sparsa::data::fetch::{cache_dir, ensure, Asset};
 
@@ -9,7 +9,7 @@ use sparsa::data::fetch::{cache_dir, ensure, Asset};
 pub struct FetchArgs {
     /// Assets to fetch: smollm2-135m, sotu, wiki-summaries, fashion-mnist, mnist-digits
     /// (default: the language-model set smollm2-135m, sotu, wiki-summaries).
-    pub assets: Vec<String>,
+    pub assets: Vec<Asset>,
     /// Fetch every asset.
     #[arg(long, conflicts_with = "assets")]
     pub all: bool,
@@ -21,17 +21,7 @@ pub fn run(args: FetchArgs) -> Result<()> {
     } else if args.assets.is_empty() {
         vec![Asset::SmolLm2Gguf, Asset::SotuCorpus, Asset::WikiSummaries]
     } else {
-        let mut v = Vec::new();
-        for name in &args.assets {
-            match Asset::from_name(name) {
-                Some(a) => v.push(a),
-                None => bail!(
-                    "unknown asset `{name}`; known: {}",
-                    Asset::ALL.map(|a| a.name()).join(", ")
-                ),
-            }
-        }
-        v
+        args.assets
     };
     eprintln!("cache: {}", cache_dir().display());
     for a in assets {

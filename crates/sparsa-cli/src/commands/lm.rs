@@ -26,7 +26,7 @@ pub enum LmCommand {
         #[command(flatten)]
         model: ModelArg,
         /// How many candidates.
-        #[arg(short, long, default_value_t = 5)]
+        #[arg(short, long, default_value_t = 5, value_parser = ui::positive)]
         k: usize,
         /// The prompt (no BOS is added).
         prompt: String,
@@ -50,10 +50,10 @@ pub struct AblateArgs {
     #[arg(long)]
     pub corpus: Option<String>,
     /// Held-out contexts to evaluate.
-    #[arg(long = "lm-sequences", alias = "sequences", default_value_t = 32)]
+    #[arg(long = "lm-sequences", alias = "sequences", default_value_t = 32, value_parser = ui::positive)]
     pub sequences: usize,
     /// Contexts per forward pass.
-    #[arg(long = "batch", alias = "batch-size", default_value_t = 8)]
+    #[arg(long = "batch", alias = "batch-size", default_value_t = 8, value_parser = ui::positive)]
     pub batch_size: usize,
 }
 
@@ -117,6 +117,9 @@ fn tokenize(arg: &ModelArg, special: bool, text: &str) -> Result<()> {
 fn top(arg: &ModelArg, k: usize, prompt: &str) -> Result<()> {
     let (m, tok, _) = load_model(arg)?;
     let ids = tok.encode(prompt, true);
+    if ids.is_empty() {
+        return Err(ui::Usage("the prompt is empty: give some text".into()).into());
+    }
     let mut rows = vec![vec!["id".into(), "token".into(), "logit".into()]];
     for (i, logit) in m.top_next(&ids, k)? {
         rows.push(vec![
@@ -138,9 +141,7 @@ fn ablate(a: &AblateArgs) -> Result<()> {
     let corpus = match &a.corpus {
         Some(c) => c.clone(),
         None => manifest
-            .extra
-            .get("corpus")
-            .and_then(|v| v.as_str())
+            .corpus()
             .map(str::to_string)
             .ok_or_else(|| anyhow::anyhow!("{} names no corpus; pass --corpus", mp.display()))?,
     };

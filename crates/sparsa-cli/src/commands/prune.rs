@@ -184,8 +184,8 @@ fn print_report(
     if last == 0 {
         return Err(ui::Usage("--last must be at least 1".to_string()).into());
     }
-    let rep = report::Report::load_seeds(run_dir, last, seeds)
-        .with_context(|| format!("reading {}", run_dir.display()))?;
+    // The library's errors name the file or directory at fault.
+    let rep = report::Report::load_seeds(run_dir, last, seeds)?;
     if rep.records.is_empty() {
         bail!("{} has no finished rounds yet", run_dir.display());
     }

@@ -81,7 +81,23 @@ impl Asset {
     pub fn from_name(name: &str) -> Option<Asset> {
         Asset::ALL.into_iter().find(|a| a.name() == name)
     }
+}
 
+impl std::str::FromStr for Asset {
+    type Err = String;
+    /// An asset by [`Asset::name`] (spaces around it are ignored).
+    fn from_str(s: &str) -> Result<Self, String> {
+        Asset::from_name(s.trim()).ok_or_else(|| {
+            format!(
+                "unknown asset `{}`; known: {}",
+                s.trim(),
+                Asset::ALL.map(|a| a.name()).join(", ")
+            )
+        })
+    }
+}
+
+impl Asset {
     fn spec(self) -> Spec {
         match self {
             Asset::SmolLm2Gguf => Spec {

@@ -64,6 +64,43 @@ pub struct Manifest {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+/// The keys extraction records in the manifest's `extra` map: one list, used by the writer
+/// (`extract`) and by the accessors below.
+pub mod key {
+    /// The program that wrote the store.
+    pub const PRODUCER: &str = "producer";
+    /// The corpus label (`sotu`, `wiki` or a path).
+    pub const CORPUS: &str = "corpus";
+    /// Tokens per context, prefix included.
+    pub const SEQ_LEN: &str = "seq_len";
+    /// Rows the extraction was asked for.
+    pub const N_TOKENS_TARGET: &str = "n_tokens_target";
+    /// Contexts per forward pass.
+    pub const BATCH_SIZE: &str = "batch_size";
+    /// Rows per shard.
+    pub const SHARD_TOKENS: &str = "shard_tokens";
+    /// Whether the prefix position's rows are stored.
+    pub const INCLUDE_BOS: &str = "include_bos";
+    /// The token prepended to every context (null: none).
+    pub const PREFIX_TOKEN: &str = "prefix_token";
+    /// The hook point within the layer.
+    pub const HOOK_POINT: &str = "hook_point";
+    /// The tokenizer's description.
+    pub const TOKENIZER: &str = "tokenizer";
+    /// The model's configuration.
+    pub const MODEL_CONFIG: &str = "model_config";
+    /// The names of the shards' tensors.
+    pub const TENSORS: &str = "tensors";
+    /// Whether extraction finished.
+    pub const COMPLETE: &str = "complete";
+    /// Whether the corpus ran out before the target.
+    pub const CORPUS_EXHAUSTED: &str = "corpus_exhausted";
+    /// Contexts of the corpus stream consumed (held-out contexts follow them).
+    pub const CONTEXTS_USED: &str = "contexts_used";
+    /// Digest of the corpus text (a resume checks it).
+    pub const CORPUS_SHA256: &str = "corpus_sha256";
+}
+
 /// A manifest that cannot be read.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {reason}", path = .path.display())]
@@ -153,7 +190,7 @@ impl Manifest {
     /// Tokens per context, prefix included (`seq_len`, recorded by extraction).
     pub fn context_size(&self) -> Option<usize> {
         self.extra
-            .get("seq_len")
+            .get(key::SEQ_LEN)
             .and_then(|v| v.as_u64())
             .map(|v| v as usize)
     }
@@ -161,7 +198,7 @@ impl Manifest {
     /// The token prepended to every context: `None` when the manifest does not say,
     /// `Some(None)` when contexts have no prefix, `Some(Some(id))` otherwise.
     pub fn prefix_token(&self) -> Option<Option<u32>> {
-        match self.extra.get("prefix_token")? {
+        match self.extra.get(key::PREFIX_TOKEN)? {
             serde_json::Value::Null => Some(None),
             v => v.as_u64().and_then(|id| u32::try_from(id).ok()).map(Some),
         }
@@ -169,29 +206,31 @@ impl Manifest {
 
     /// Whether the prefix (BOS) position's rows are stored (`include_bos`), if recorded.
     pub fn include_bos(&self) -> Option<bool> {
-        self.extra.get("include_bos").and_then(|v| v.as_bool())
+        self.extra.get(key::INCLUDE_BOS).and_then(|v| v.as_bool())
     }
 
     /// Whether extraction finished (`complete`, recorded by extraction; `None` for stores made
     /// by other writers). A store with `Some(false)` was left by an interrupted extraction.
     pub fn complete(&self) -> Option<bool> {
-        self.extra.get("complete").and_then(|v| v.as_bool())
+        self.extra.get(key::COMPLETE).and_then(|v| v.as_bool())
     }
 
     /// The corpus label, if recorded.
     pub fn corpus(&self) -> Option<&str> {
-        self.extra.get("corpus").and_then(|v| v.as_str())
+        self.extra.get(key::CORPUS).and_then(|v| v.as_str())
     }
 
     /// Whether extraction ran out of corpus before its target (`corpus_exhausted`), if recorded.
     pub fn corpus_exhausted(&self) -> Option<bool> {
-        self.extra.get("corpus_exhausted").and_then(|v| v.as_bool())
+        self.extra
+            .get(key::CORPUS_EXHAUSTED)
+            .and_then(|v| v.as_bool())
     }
 
     /// Contexts of the corpus stream extraction consumed (`contexts_used`), if recorded: the
     /// held-out contexts start after them.
     pub fn contexts_used(&self) -> Option<u64> {
-        self.extra.get("contexts_used").and_then(|v| v.as_u64())
+        self.extra.get(key::CONTEXTS_USED).and_then(|v| v.as_u64())
     }
 
     /// The first listed shard whose file is not in `dir` (the store directory), as (entry, path).
@@ -205,12 +244,12 @@ impl Manifest {
     /// Record that extraction finished: `complete`, `corpus_exhausted` and `contexts_used`.
     pub fn mark_complete(&mut self, corpus_exhausted: bool, contexts_used: u64) {
         let extra = &mut self.extra;
-        extra.insert("complete".into(), serde_json::Value::Bool(true));
+        extra.insert(key::COMPLETE.into(), serde_json::Value::Bool(true));
         extra.insert(
-            "corpus_exhausted".into(),
+            key::CORPUS_EXHAUSTED.into(),
             serde_json::Value::Bool(corpus_exhausted),
         );
-        extra.insert("contexts_used".into(), serde_json::json!(contexts_used));
+        extra.insert(key::CONTEXTS_USED.into(), serde_json::json!(contexts_used));
     }
 }
 

@@ -167,6 +167,23 @@ impl SyntheticSource {
         self.next_row += rows;
     }
 
+    /// Mean and standard deviation of the active features per row over rows `0..rows` (the
+    /// ground-truth L0 a comparison is measured against); (0, 0) for no rows.
+    pub fn active_features(&self, rows: u64) -> (f64, f64) {
+        if rows == 0 {
+            return (0.0, 0.0);
+        }
+        let mut row = vec![0f32; self.cfg.d];
+        let (mut s1, mut s2) = (0f64, 0f64);
+        for r in 0..rows {
+            let l0 = self.sample_row(r, &mut row) as f64;
+            s1 += l0;
+            s2 += l0 * l0;
+        }
+        let m = s1 / rows as f64;
+        (m, (s2 / rows as f64 - m * m).max(0.0).sqrt())
+    }
+
     /// Sample row `r` into `out` (length d); returns the number of present features.
     pub fn sample_row(&self, r: u64, out: &mut [f32]) -> usize {
         let cfg = &self.cfg;
@@ -246,6 +263,22 @@ pub fn recovery(truth: &[f32], learned: &[f32], d: usize, thresh: f32) -> (f64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn active_features_are_the_mean_and_spread_of_the_row_counts() {
+        let s = SyntheticSource::new(SyntheticConfig::new(16, 64, 3)).unwrap();
+        let mut row = vec![0f32; 16];
+        let l0: Vec<f64> = (0..200).map(|r| s.sample_row(r, &mut row) as f64).collect();
+        let m = l0.iter().sum::<f64>() / 200.0;
+        let sd = (l0.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 200.0).sqrt();
+        let (gm, gsd) = s.active_features(200);
+        assert!(
+            (gm - m).abs() < 1e-9 && (gsd - sd).abs() < 1e-9,
+            "{gm} {gsd} vs {m} {sd}"
+        );
+        assert!(sd > 0.0);
+        assert_eq!(s.active_features(0), (0.0, 0.0));
+    }
 
     #[test]
     fn rows_are_reproducible_and_seekable() {

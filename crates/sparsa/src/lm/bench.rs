@@ -1,7 +1,8 @@
-//! Forward-pass timing for `sparsa bench lm`: the full forward and the prefix up to a hook (what
-//! extraction runs), and the logits to compare precisions with.
+//! Timing for `sparsa bench lm`: the tokenizer, the full forward and the prefix up to a hook
+//! (what extraction runs), and the logits to compare precisions with.
 
 use super::llama::{Hook, Llama};
+use super::tokenizer::Tokenizer;
 use super::Result;
 use candle_core::Tensor;
 use std::time::Instant;
@@ -36,6 +37,35 @@ pub fn time_forward(m: &Llama, ids: &Tensor, hook: Hook, reps: usize) -> Result<
         prefix_s,
         logits,
     })
+}
+
+/// The tokenizer's speed over some texts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenizerTiming {
+    pub texts: usize,
+    pub bytes: usize,
+    pub tokens: usize,
+    pub secs: f64,
+}
+
+/// Encode every text once (no special tokens) and time it.
+pub fn time_tokenizer<'a>(
+    tok: &Tokenizer,
+    texts: impl IntoIterator<Item = &'a str>,
+) -> TokenizerTiming {
+    let t = Instant::now();
+    let (mut n, mut tokens, mut bytes) = (0, 0, 0);
+    for text in texts {
+        n += 1;
+        tokens += tok.encode(text, false).len();
+        bytes += text.len();
+    }
+    TokenizerTiming {
+        texts: n,
+        bytes,
+        tokens,
+        secs: t.elapsed().as_secs_f64(),
+    }
 }
 
 /// max |a − b| over two equally long slices (0 for empty ones).

@@ -135,7 +135,7 @@ impl GgufModel {
         if head_dim % 2 != 0 {
             return Err(self.meta_err(
                 "llama.embedding_length",
-                format!("gives an odd head dimension {head_dim}; RoPE needs an even one"),
+                format!("odd head dimension {head_dim} (width / heads); RoPE needs an even one"),
             ));
         }
         if let Some(v) = self.content.metadata.get("llama.rope.dimension_count") {

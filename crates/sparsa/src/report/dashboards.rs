@@ -309,7 +309,7 @@ pub fn select_features(
     for &j in &sel.requested {
         if j >= f {
             return Err(ReportError::Input(format!(
-                "--features {j}: the SAE has {f} features (0..{})",
+                "--features {j}: the SAE has {f} features, numbered 0 to {}",
                 f.saturating_sub(1)
             )));
         }

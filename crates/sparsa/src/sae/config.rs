@@ -316,7 +316,7 @@ impl std::str::FromStr for Matmul {
         match s.trim() {
             "f32" => Ok(Matmul::F32),
             "bf16" => Ok(Matmul::Bf16),
-            other => Err(format!("unknown encoder precision `{other}` (f32, bf16)")),
+            other => Err(format!("unknown precision `{other}` (f32, bf16)")),
         }
     }
 }

@@ -9,7 +9,6 @@ use sparsa::kernels::bf16::Bf16Kernel;
 use sparsa::lm::bench::ForwardTiming;
 use sparsa::lm::{Batch, Hook, HookPoint};
 use sparsa::sae::config::Matmul;
-use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -38,13 +37,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let (m, tok, _) = load_model(&a.model)?;
     m.check_hook(Hook::resid_post(a.layer))?;
     let (_, docs) = load_corpus("sotu")?;
-    let t = Instant::now();
-    let (mut n_text, mut n_bytes) = (0usize, 0usize);
-    for d in &docs {
-        n_text += tok.encode(&d.text, false).len();
-        n_bytes += d.text.len();
-    }
-    let tok_secs = t.elapsed().as_secs_f64();
+    let tt = sparsa::lm::bench::time_tokenizer(&tok, docs.iter().map(|d| d.text.as_str()));
     let seqs: Vec<Vec<u32>> =
         sparsa::extract::contexts(&docs, &tok, a.seq_len, tok.document_start_id())
             .filter(|c| c.ids.len() == a.seq_len)
@@ -91,11 +84,11 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         a.batch,
         a.seq_len,
         a.reps,
-        docs.len(),
-        n_bytes as f64 / 1e6,
-        n_text,
-        tok_secs,
-        n_text as f64 / tok_secs
+        tt.texts,
+        tt.bytes as f64 / 1e6,
+        tt.tokens,
+        tt.secs,
+        tt.tokens as f64 / tt.secs.max(1e-9)
     );
     print!("{}", ui::table(&rows));
     Ok(())

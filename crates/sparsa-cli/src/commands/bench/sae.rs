@@ -22,12 +22,12 @@ pub struct SaeBenchArgs {
     #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "768x24576,576x9216")]
     sizes: Vec<(usize, usize)>,
     /// Tokens per batch B.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
-    batch: u32,
+    #[arg(long, default_value_t = 4096, value_parser = ui::positive)]
+    batch: usize,
     /// k (TopK per token; k·B total budget for Mutual and Feature Choice); at most every
     /// size's d_sae.
-    #[arg(short, long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
-    k: u32,
+    #[arg(short, long, default_value_t = 32, value_parser = ui::positive)]
+    k: usize,
     /// Architectures to time, comma separated: topk, mutual_choice (alias batch_topk),
     /// feature_choice.
     #[arg(
@@ -41,14 +41,14 @@ pub struct SaeBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "none,aux_k,aux_zipf")]
     aux: Vec<AuxKind>,
     /// Timed fast steps per configuration (after 2 warm-up steps); the median is reported.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    steps: u32,
+    #[arg(long, default_value_t = 3, value_parser = ui::positive)]
+    steps: usize,
     /// Timed encoder products (the median is reported).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    matmul_reps: u32,
+    #[arg(long, default_value_t = 3, value_parser = ui::positive)]
+    matmul_reps: usize,
     /// Timed reference steps per architecture (aux none; 0 = skip the reference path).
     #[arg(long, default_value_t = 1)]
-    reference_steps: u32,
+    reference_steps: usize,
     /// Encoder-product precisions to time the step with, comma separated: f32, bf16
     /// (`train.matmul`). bf16 needs AMX-BF16 or AVX512-BF16 (`SPARSA_BF16_KERNEL` picks one);
     /// without either it is reported as unavailable and skipped.
@@ -163,15 +163,15 @@ pub fn run(a: SaeBenchArgs) -> Result<()> {
         .map(|&(d, f)| Shape {
             d,
             f,
-            b: a.batch as usize,
-            k: a.k as usize,
+            b: a.batch,
+            k: a.k,
         })
         .collect();
     for s in &shapes {
         for &arch in &a.archs {
             for &aux in &a.aux {
                 sb::config(*s, arch, aux, Matmul::F32, false)
-                    .map_err(|e| ui::Usage(format!("--sizes {}x{}: {e}", s.d, s.f)))?;
+                    .map_err(|e| ui::Usage(format!("bench configuration {}x{}: {e}", s.d, s.f)))?;
             }
         }
     }
@@ -185,7 +185,7 @@ pub fn run(a: SaeBenchArgs) -> Result<()> {
         reset_peak_rss();
         let (data, w) = sb::inputs(s)?;
         let (b, d, f) = (s.b, s.d, s.f);
-        let reps = a.matmul_reps as usize;
+        let reps = a.matmul_reps;
         eprintln!("{d}x{f}: timing the encoder product ({b}×{d} · {d}×{f})…");
         let f32_s = sb::time_product(s, &data, &w, reps);
         let bf16_s = bf16.and_then(|(kernel, _)| sb::time_product_bf16(s, &data, &w, kernel, reps));
@@ -233,8 +233,8 @@ fn time_fast_steps(
             for &aux in &a.aux {
                 let label = format!("{}+{} {}", arch.name(), aux.name(), matmul.name());
                 let cfg = sb::config(s, arch, aux, matmul, false)?;
-                let run = sb::time_fast_run(cfg, data, s.d, a.steps as usize)
-                    .with_context(|| label.clone())?;
+                let run =
+                    sb::time_fast_run(cfg, data, s.d, a.steps).with_context(|| label.clone())?;
                 eprintln!(
                     "{}x{} {}+{} {}: step {:.3} s ({:.2}× the f32 product) aux loss {:.3e}",
                     s.d,
@@ -272,7 +272,7 @@ fn time_reference_steps(
             arch.name()
         );
         let cfg = sb::config(s, arch, AuxKind::None, Matmul::F32, true)?;
-        let r = sb::time_steps(cfg, data, s.d, a.reference_steps as usize)?;
+        let r = sb::time_steps(cfg, data, s.d, a.reference_steps)?;
         eprintln!("{}x{} {}: reference step {r:.3} s", s.d, s.f, arch.name());
         refs.insert(arch.name(), r);
     }

@@ -52,9 +52,7 @@ pub fn prepare(
     let corpus = match corpus {
         Some(c) => c.to_string(),
         None => manifest
-            .extra
-            .get("corpus")
-            .and_then(|v| v.as_str())
+            .corpus()
             .map(str::to_string)
             .context("the store's manifest names no corpus; pass --corpus")?,
     };
@@ -284,14 +282,20 @@ pub fn lm_compare(a: LmCompareArgs) -> Result<()> {
 /// The base SAE config (the given file or the built-in one) pointed at `store`, with `--set`
 /// applied.
 fn base_config(a: &LmCompareArgs, store: &Path) -> Result<RunConfig> {
-    let base_text = match &a.config {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("cannot read config {}", p.display()))?,
-        None => SMOLLM2_TOML.to_string(),
+    let (base_text, origin) = match &a.config {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            SMOLLM2_TOML.to_string(),
+            "configs/sae/smollm2.toml (built in)".to_string(),
+        ),
     };
     let mut set = vec![format!("data.path={:?}", store.display().to_string())];
     set.extend(a.set.iter().cloned());
-    Ok(RunConfig::from_toml(&base_text, &set, "base config")?)
+    Ok(RunConfig::from_toml(&base_text, &set, &origin)?)
 }
 
 /// `out/compare.html`: the table, the notes and each variant's figures; its path is printed.

@@ -471,7 +471,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         model.params.f
     );
     let manifest = lm_compare::store_manifest(&a.data)?
-        .filter(|m| m.hook.is_some() && m.extra.contains_key("contexts_used"));
+        .filter(|m| m.hook.is_some() && m.contexts_used().is_some());
     match (a.lm_sequences, manifest) {
         (0, _) => println!("{}", eval_table(&reports)),
         (_, None) => {
@@ -612,28 +612,21 @@ fn compare(a: CompareArgs) -> Result<()> {
 
 /// The settings on stderr, and for synthetic data the ground-truth L0 of the init sample.
 fn announce_compare(base: &RunConfig, data: &DataSpec, variants: usize) -> Result<()> {
-    let sample = data.init_sample(base)?;
-    let d = data.d();
-    let n = sample.len() / d;
-    let mut l0s: Vec<f64> = Vec::new();
-    if let DataSpec::Synthetic(s) = data {
-        let mut row = vec![0f32; d];
-        l0s = (0..n as u64)
-            .map(|r| s.sample_row(r, &mut row) as f64)
-            .collect();
-    }
+    // The init sample is checked (size, memory) and read here, before any training.
+    let rows = (data.init_sample(base)?.len() / data.d()) as u64;
     eprintln!(
-        "comparing {variants} variants: d_in {d}, d_sae {}, k {}, {} steps × {} tokens",
-        base.sae.d_sae, base.sae.k, base.train.steps, base.train.batch_size
+        "comparing {variants} variants: d_in {}, d_sae {}, k {}, {} steps × {} tokens",
+        data.d(),
+        base.sae.d_sae,
+        base.sae.k,
+        base.train.steps,
+        base.train.batch_size
     );
-    if !l0s.is_empty() {
-        let m = l0s.iter().sum::<f64>() / l0s.len() as f64;
-        let sd = (l0s.iter().map(|x| (x - m).powi(2)).sum::<f64>() / l0s.len() as f64).sqrt();
+    if let DataSpec::Synthetic(s) = data {
+        let (m, sd) = s.active_features(rows);
         eprintln!(
-            "ground truth: {:.2} ± {:.2} active features per sample (of {})",
-            m,
-            sd,
-            base.data.synthetic.as_ref().map_or(0, |s| s.n_features)
+            "ground truth: {m:.2} ± {sd:.2} active features per sample (of {})",
+            s.config().n_features
         );
     }
     Ok(())

@@ -202,7 +202,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
 fn check_features(a: &ReportArgs, f: usize) -> Result<()> {
     if let Some(j) = a.features.iter().find(|&&j| j >= f) {
         return Err(ui::Usage(format!(
-            "--features {j}: the SAE has {f} features (0..{})",
+            "--features {j}: the SAE has {f} features, numbered 0 to {}",
             f.saturating_sub(1)
         ))
         .into());
