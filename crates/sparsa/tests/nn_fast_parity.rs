@@ -452,109 +452,110 @@ fn conv_kernel_matches_candle_for_every_geometry() {
         (2, 7, 7, 3, 4, 1, 2, 0),
         (5, 30, 30, 8, 6, 3, 1, 1),
     ];
-    for threads in [1usize, 2, 3] {
+    let grid: Vec<_> = [1usize, 2, 3]
+        .iter()
+        .flat_map(|&t| cases.iter().map(move |&c| (t, c)))
+        .collect();
+    cases::each(grid, |&(threads, (n, h, w, cin, cout, k, stride, pad))| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
-        for &(n, h, w, cin, cout, k, stride, pad) in &cases {
-            let g = ConvGeom::new(n, h, w, cin, cout, k, stride, pad).unwrap();
-            let x: Vec<f64> = uniform(n * cin * h * w, 40);
-            let wt: Vec<f64> = uniform(cout * cin * k * k, 41);
-            let xv = Var::from_tensor(
-                &Tensor::from_vec(x.clone(), (n, cin, h, w), &Device::Cpu).unwrap(),
-            )
-            .unwrap();
-            let wv = Var::from_tensor(
-                &Tensor::from_vec(wt.clone(), (cout, cin, k, k), &Device::Cpu).unwrap(),
-            )
-            .unwrap();
-            let y = candle_conv(xv.as_tensor(), wv.as_tensor(), stride, pad);
-            let r: Vec<f64> = uniform(y.elem_count(), 42);
-            let rt = Tensor::from_vec(r.clone(), y.dims(), &Device::Cpu).unwrap();
-            let grads = (&y * &rt).unwrap().sum_all().unwrap().backward().unwrap();
-            let y_ref = nchw_to_nhwc(
-                &y.flatten_all().unwrap().to_vec1().unwrap(),
-                n,
-                cout,
-                g.ohw(),
-            );
-            let dx_ref = nchw_to_nhwc(
-                &grads
-                    .get(xv.as_tensor())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap(),
-                n,
-                cin,
-                h * w,
-            );
-            let dw_ref: Vec<f64> = grads
-                .get(wv.as_tensor())
+        let g = ConvGeom::new(n, h, w, cin, cout, k, stride, pad).unwrap();
+        let x: Vec<f64> = uniform(n * cin * h * w, 40);
+        let wt: Vec<f64> = uniform(cout * cin * k * k, 41);
+        let xv =
+            Var::from_tensor(&Tensor::from_vec(x.clone(), (n, cin, h, w), &Device::Cpu).unwrap())
+                .unwrap();
+        let wv = Var::from_tensor(
+            &Tensor::from_vec(wt.clone(), (cout, cin, k, k), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let y = candle_conv(xv.as_tensor(), wv.as_tensor(), stride, pad);
+        let r: Vec<f64> = uniform(y.elem_count(), 42);
+        let rt = Tensor::from_vec(r.clone(), y.dims(), &Device::Cpu).unwrap();
+        let grads = (&y * &rt).unwrap().sum_all().unwrap().backward().unwrap();
+        let y_ref = nchw_to_nhwc(
+            &y.flatten_all().unwrap().to_vec1().unwrap(),
+            n,
+            cout,
+            g.ohw(),
+        );
+        let dx_ref = nchw_to_nhwc(
+            &grads
+                .get(xv.as_tensor())
                 .unwrap()
                 .flatten_all()
                 .unwrap()
                 .to_vec1()
-                .unwrap();
-            // Engine layouts: x NHWC, W (o, ky, kx, ci), dy NHWC.
-            let xn = nchw_to_nhwc(&x, n, cin, h * w);
-            let mut wn = vec![0.0; wt.len()];
-            for o in 0..cout {
-                for ci in 0..cin {
-                    for t in 0..k * k {
-                        wn[(o * k * k + t) * cin + ci] = wt[(o * cin + ci) * k * k + t];
-                    }
+                .unwrap(),
+            n,
+            cin,
+            h * w,
+        );
+        let dw_ref: Vec<f64> = grads
+            .get(wv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // Engine layouts: x NHWC, W (o, ky, kx, ci), dy NHWC.
+        let xn = nchw_to_nhwc(&x, n, cin, h * w);
+        let mut wn = vec![0.0; wt.len()];
+        for o in 0..cout {
+            for ci in 0..cin {
+                for t in 0..k * k {
+                    wn[(o * k * k + t) * cin + ci] = wt[(o * cin + ci) * k * k + t];
                 }
             }
-            let dy = nchw_to_nhwc(&r, n, cout, g.ohw());
-            let (mut yo, mut dx, mut dw) = (
-                vec![0.0; g.out_len()],
-                vec![0.0; g.in_len()],
-                vec![0.0; wt.len()],
-            );
-            pool.install(|| {
-                let mut scratch = vec![Vec::new(); threads];
-                let mut accs = vec![GroupAcc::default(); threads];
-                let mut parts = vec![Vec::new(); threads];
-                let mut pack = Vec::new();
-                g.forward(
-                    &xn,
-                    &wn,
-                    &mut yo,
-                    &mut pack,
-                    &mut scratch,
-                    &mut accs,
-                    &|_, _, _| {},
-                );
-                g.backward(
-                    &xn,
-                    &wn,
-                    &dy,
-                    &mut dw,
-                    Some(&mut dx),
-                    &mut pack,
-                    &mut scratch,
-                    &mut parts,
-                );
-            });
-            let what = format!("k{k} s{stride} p{pad} {h}×{w} threads {threads}");
-            let err =
-                |a: &[f64], b: &[f64]| a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
-            assert!(err(&yo, &y_ref) < 1e-12, "forward {what}");
-            assert!(err(&dx, &dx_ref) < 1e-12, "dx {what}");
-            let mut dw_ref_n = vec![0.0; wt.len()];
-            for o in 0..cout {
-                for ci in 0..cin {
-                    for t in 0..k * k {
-                        dw_ref_n[(o * k * k + t) * cin + ci] = dw_ref[(o * cin + ci) * k * k + t];
-                    }
-                }
-            }
-            assert!(err(&dw, &dw_ref_n) < 1e-11, "dW {what}");
         }
-    }
+        let dy = nchw_to_nhwc(&r, n, cout, g.ohw());
+        let (mut yo, mut dx, mut dw) = (
+            vec![0.0; g.out_len()],
+            vec![0.0; g.in_len()],
+            vec![0.0; wt.len()],
+        );
+        pool.install(|| {
+            let mut scratch = vec![Vec::new(); threads];
+            let mut accs = vec![GroupAcc::default(); threads];
+            let mut parts = vec![Vec::new(); threads];
+            let mut pack = Vec::new();
+            g.forward(
+                &xn,
+                &wn,
+                &mut yo,
+                &mut pack,
+                &mut scratch,
+                &mut accs,
+                &|_, _, _| {},
+            );
+            g.backward(
+                &xn,
+                &wn,
+                &dy,
+                &mut dw,
+                Some(&mut dx),
+                &mut pack,
+                &mut scratch,
+                &mut parts,
+            );
+        });
+        let what = format!("k{k} s{stride} p{pad} {h}×{w} threads {threads}");
+        let err =
+            |a: &[f64], b: &[f64]| a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(err(&yo, &y_ref) < 1e-12, "forward {what}");
+        assert!(err(&dx, &dx_ref) < 1e-12, "dx {what}");
+        let mut dw_ref_n = vec![0.0; wt.len()];
+        for o in 0..cout {
+            for ci in 0..cin {
+                for t in 0..k * k {
+                    dw_ref_n[(o * k * k + t) * cin + ci] = dw_ref[(o * cin + ci) * k * k + t];
+                }
+            }
+        }
+        assert!(err(&dw, &dw_ref_n) < 1e-11, "dW {what}");
+    });
 }
 
 /// One conv forward + backward through `ConvGeom` (output, input gradient, weight gradient).
@@ -625,36 +626,38 @@ fn direct_conv_kernels_match_the_im2col_path() {
         (2, 7, 8, 5, 7, 3, 0),
         (1, 6, 6, 40, 20, 5, 1),
     ];
-    for threads in [1usize, 2, 3] {
-        for &(n, h, w, cin, cout, k, pad) in &cases {
-            let g = ConvGeom::new(n, h, w, cin, cout, k, 1, pad).unwrap();
-            assert!(sparsa::nn::fast::direct::forward_applies::<f32>(&g));
-            let x: Vec<f32> = uniform(g.in_len(), 50);
-            let wt: Vec<f32> = uniform(cout * k * k * cin, 51);
-            let dy: Vec<f32> = uniform(g.out_len(), 52);
-            let (y, dx, dw) = conv_pass(&g, &x, &wt, &dy, threads);
-            // The oracle: the im2col path in f64 on the same (f32-valued) inputs.
-            let up = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
-            let g64 = ConvGeom { direct: false, ..g };
-            let (y64, dx64, dw64) = conv_pass(&g64, &up(&x), &up(&wt), &up(&dy), 1);
-            // Each output is a sum of `terms` products of values in [-1, 1]: f32 rounding
-            // bounds its error by about terms · 2⁻²⁴ · Σ|products| ≤ terms² · 6e-8.
-            let what = format!("{n}×{h}×{w}×{cin}→{cout} k{k} p{pad}, threads {threads}");
-            for (name, a, b, terms) in [
-                ("y", &y, &y64, k * k * cin),
-                ("dx", &dx, &dx64, k * k * cout),
-                ("dW", &dw, &dw64, n * h * w),
-            ] {
-                let bound = (terms * terms) as f64 * 6e-8;
-                let worst = a
-                    .iter()
-                    .zip(b)
-                    .fold(0f64, |m, (&p, &q)| m.max((p as f64 - q).abs()));
-                assert!(worst <= bound, "{name} {what}: error {worst} > {bound}");
-                assert!(a.iter().any(|&v| v != 0.0), "{name} {what}: all zero");
-            }
+    let grid: Vec<_> = [1usize, 2, 3]
+        .iter()
+        .flat_map(|&t| cases.iter().map(move |&c| (t, c)))
+        .collect();
+    cases::each(grid, |&(threads, (n, h, w, cin, cout, k, pad))| {
+        let g = ConvGeom::new(n, h, w, cin, cout, k, 1, pad).unwrap();
+        assert!(sparsa::nn::fast::direct::forward_applies::<f32>(&g));
+        let x: Vec<f32> = uniform(g.in_len(), 50);
+        let wt: Vec<f32> = uniform(cout * k * k * cin, 51);
+        let dy: Vec<f32> = uniform(g.out_len(), 52);
+        let (y, dx, dw) = conv_pass(&g, &x, &wt, &dy, threads);
+        // The oracle: the im2col path in f64 on the same (f32-valued) inputs.
+        let up = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+        let g64 = ConvGeom { direct: false, ..g };
+        let (y64, dx64, dw64) = conv_pass(&g64, &up(&x), &up(&wt), &up(&dy), 1);
+        // Each output is a sum of `terms` products of values in [-1, 1]: f32 rounding
+        // bounds its error by about terms · 2⁻²⁴ · Σ|products| ≤ terms² · 6e-8.
+        let what = format!("{n}×{h}×{w}×{cin}→{cout} k{k} p{pad}, threads {threads}");
+        for (name, a, b, terms) in [
+            ("y", &y, &y64, k * k * cin),
+            ("dx", &dx, &dx64, k * k * cout),
+            ("dW", &dw, &dw64, n * h * w),
+        ] {
+            let bound = (terms * terms) as f64 * 6e-8;
+            let worst = a
+                .iter()
+                .zip(b)
+                .fold(0f64, |m, (&p, &q)| m.max((p as f64 - q).abs()));
+            assert!(worst <= bound, "{name} {what}: error {worst} > {bound}");
+            assert!(a.iter().any(|&v| v != 0.0), "{name} {what}: all zero");
         }
-    }
+    });
 }
 
 #[test]
@@ -793,80 +796,88 @@ fn masked_weights_stay_zero_through_100_steps() {
 /// layers after its convolutions, so the sparse path also feeds a gradient back into them.
 #[test]
 fn sparse_linear_kernels_equal_the_dense_ones() {
-    for (arch, input) in [
+    let models = [
         (Arch::Lenet300100, spec(1, 7, 5)),
         (Arch::Conv2, spec(1, 9, 7)),
-    ] {
-        for (d, density) in [0.0, 0.02, 0.1, 0.5, 1.0].into_iter().enumerate() {
-            let mut net = Net::new(arch, input, 5, DType::F32).unwrap();
-            random_masks(&mut net, density, 40 + d as u64);
-            let mk = |t: f64| {
-                FastNet::<f32>::from_net(&net, SgdConfig::default())
-                    .unwrap()
-                    .with_sparse_threshold(t)
-            };
-            let (mut dense, mut sparse) = (mk(0.0), mk(2.0));
-            assert_eq!(dense.sparse_layers(), 0);
-            assert!(sparse.sparse_layers() >= 2, "{arch}: sparse path not taken");
-            let n = 6;
-            let sz = input.channels * input.height * input.width;
-            for step in 0..5u64 {
-                let x: Vec<f32> = uniform(n * sz, 900 + step);
-                let y = labels(n, 950 + step);
-                let ld = dense.forward(&x, n, Mode::Train).unwrap().to_vec();
-                let ls = sparse.forward(&x, n, Mode::Train).unwrap().to_vec();
-                for (a, b) in ld.iter().zip(&ls) {
-                    assert!(
-                        (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
-                        "{arch} {density}: logits {a} vs {b}"
-                    );
-                }
-                let (sd, ss) = (dense.backward(&y).unwrap(), sparse.backward(&y).unwrap());
+    ];
+    let grid: Vec<_> = models
+        .iter()
+        .flat_map(|&m| {
+            [0.0, 0.02, 0.1, 0.5, 1.0]
+                .into_iter()
+                .enumerate()
+                .map(move |dd| (m, dd))
+        })
+        .collect();
+    cases::each(grid, |&((arch, input), (d, density))| {
+        let mut net = Net::new(arch, input, 5, DType::F32).unwrap();
+        random_masks(&mut net, density, 40 + d as u64);
+        let mk = |t: f64| {
+            FastNet::<f32>::from_net(&net, SgdConfig::default())
+                .unwrap()
+                .with_sparse_threshold(t)
+        };
+        let (mut dense, mut sparse) = (mk(0.0), mk(2.0));
+        assert_eq!(dense.sparse_layers(), 0);
+        assert!(sparse.sparse_layers() >= 2, "{arch}: sparse path not taken");
+        let n = 6;
+        let sz = input.channels * input.height * input.width;
+        for step in 0..5u64 {
+            let x: Vec<f32> = uniform(n * sz, 900 + step);
+            let y = labels(n, 950 + step);
+            let ld = dense.forward(&x, n, Mode::Train).unwrap().to_vec();
+            let ls = sparse.forward(&x, n, Mode::Train).unwrap().to_vec();
+            for (a, b) in ld.iter().zip(&ls) {
                 assert!(
-                    (sd.loss - ss.loss).abs() <= 1e-5 * (1.0 + sd.loss.abs()),
-                    "{arch} {density}: loss"
+                    (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                    "{arch} {density}: logits {a} vs {b}"
                 );
-                let masks = mask_vectors(&sparse);
-                for (p, (gd, gs)) in dense.gradients().iter().zip(sparse.gradients()).enumerate() {
-                    // Relative to the parameter's largest gradient: the sums reach it through
-                    // different summation orders, and a few entries cancel to nearly 0.
-                    let scale = 1.0 + gd.iter().fold(0f32, |a, &v| a.max(v.abs()));
-                    for i in 0..gd.len() {
-                        let on = masks[p].as_ref().is_none_or(|m| m[i] != 0.0);
-                        // Off the support a sparse layer's gradient is 0 (the dense layers of
-                        // both engines, convolutions here, still compute it there).
-                        if !on && gs[i] == 0.0 {
-                            continue;
-                        }
-                        assert!(
-                            (gd[i] - gs[i]).abs() <= 1e-4 * scale,
-                            "{arch} {density} step {step}: param {p} grad[{i}] {} vs {}",
-                            gd[i],
-                            gs[i]
-                        );
-                    }
-                }
-                dense.sgd_step(0.05);
-                sparse.sgd_step(0.05);
             }
+            let (sd, ss) = (dense.backward(&y).unwrap(), sparse.backward(&y).unwrap());
+            assert!(
+                (sd.loss - ss.loss).abs() <= 1e-5 * (1.0 + sd.loss.abs()),
+                "{arch} {density}: loss"
+            );
             let masks = mask_vectors(&sparse);
-            for (p, (wd, ws)) in dense.weights().iter().zip(sparse.weights()).enumerate() {
-                for i in 0..wd.len() {
-                    assert!(
-                        (wd[i] - ws[i]).abs() <= 1e-4 * (1.0 + wd[i].abs()),
-                        "{arch} {density}: w"
-                    );
-                    if masks[p].as_ref().is_some_and(|m| m[i] == 0.0) {
-                        assert_eq!(
-                            ws[i], 0.0,
-                            "{arch} {density}: masked weight {p}[{i}] moved (dense {})",
-                            wd[i]
-                        );
+            for (p, (gd, gs)) in dense.gradients().iter().zip(sparse.gradients()).enumerate() {
+                // Relative to the parameter's largest gradient: the sums reach it through
+                // different summation orders, and a few entries cancel to nearly 0.
+                let scale = 1.0 + gd.iter().fold(0f32, |a, &v| a.max(v.abs()));
+                for i in 0..gd.len() {
+                    let on = masks[p].as_ref().is_none_or(|m| m[i] != 0.0);
+                    // Off the support a sparse layer's gradient is 0 (the dense layers of
+                    // both engines, convolutions here, still compute it there).
+                    if !on && gs[i] == 0.0 {
+                        continue;
                     }
+                    assert!(
+                        (gd[i] - gs[i]).abs() <= 1e-4 * scale,
+                        "{arch} {density} step {step}: param {p} grad[{i}] {} vs {}",
+                        gd[i],
+                        gs[i]
+                    );
+                }
+            }
+            dense.sgd_step(0.05);
+            sparse.sgd_step(0.05);
+        }
+        let masks = mask_vectors(&sparse);
+        for (p, (wd, ws)) in dense.weights().iter().zip(sparse.weights()).enumerate() {
+            for i in 0..wd.len() {
+                assert!(
+                    (wd[i] - ws[i]).abs() <= 1e-4 * (1.0 + wd[i].abs()),
+                    "{arch} {density}: w"
+                );
+                if masks[p].as_ref().is_some_and(|m| m[i] == 0.0) {
+                    assert_eq!(
+                        ws[i], 0.0,
+                        "{arch} {density}: masked weight {p}[{i}] moved (dense {})",
+                        wd[i]
+                    );
                 }
             }
         }
-    }
+    });
 }
 
 /// Each parameter's mask in the candle layout, as `weights()` and `gradients()` (None when

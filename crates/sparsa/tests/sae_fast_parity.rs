@@ -245,159 +245,160 @@ fn ten_steps(matmul: &str) {
 #[test]
 fn fast_matches_reference_with_grad_clip() {
     const CLIP: f64 = 1e-3;
-    for arch in ARCHS {
-        for aux in ["none", "aux_k"] {
-            let what = format!("{arch}+{aux} clip {CLIP}");
-            let (mut fast, mut slow) = trainers(arch, aux);
-            let (mut free, _) = trainers(arch, aux);
-            fast.cfg.train.grad_clip = CLIP;
-            slow.cfg.train.grad_clip = CLIP;
-            let mut src = source();
-            for step in 0..10 {
-                let x = batch(&mut src, &slow.params, slow.scale);
-                let mf = fast.step(&mut x.clone()).unwrap();
-                let ms = slow.step(&mut x.clone()).unwrap();
-                free.step(&mut x.clone()).unwrap();
-                let at = format!("{what} step {step}");
-                assert!(
-                    rel_scalar(mf.loss, ms.loss) <= 1e-5,
-                    "{at}: loss {} vs {}",
-                    mf.loss,
-                    ms.loss
-                );
-                assert_eq!(mf.l0_mean, ms.l0_mean, "{at}");
-                assert_params_close(&fast.params, &slow.params, 1e-4, &at);
-            }
-            let moved = rel(&free.params.w_enc, &fast.params.w_enc);
+    let grid = ARCHS
+        .iter()
+        .flat_map(|&a| ["none", "aux_k"].map(move |x| (a, x)));
+    cases::each(grid, |&(arch, aux)| {
+        let what = format!("{arch}+{aux} clip {CLIP}");
+        let (mut fast, mut slow) = trainers(arch, aux);
+        let (mut free, _) = trainers(arch, aux);
+        fast.cfg.train.grad_clip = CLIP;
+        slow.cfg.train.grad_clip = CLIP;
+        let mut src = source();
+        for step in 0..10 {
+            let x = batch(&mut src, &slow.params, slow.scale);
+            let mf = fast.step(&mut x.clone()).unwrap();
+            let ms = slow.step(&mut x.clone()).unwrap();
+            free.step(&mut x.clone()).unwrap();
+            let at = format!("{what} step {step}");
             assert!(
-                moved > 1e-3,
-                "{what}: clipping changed the encoder by only {moved:e}; is it applied?"
+                rel_scalar(mf.loss, ms.loss) <= 1e-5,
+                "{at}: loss {} vs {}",
+                mf.loss,
+                ms.loss
             );
+            assert_eq!(mf.l0_mean, ms.l0_mean, "{at}");
+            assert_params_close(&fast.params, &slow.params, 1e-4, &at);
         }
-    }
+        let moved = rel(&free.params.w_enc, &fast.params.w_enc);
+        assert!(
+            moved > 1e-3,
+            "{what}: clipping changed the encoder by only {moved:e}; is it applied?"
+        );
+    });
 }
 
 /// One step's gradients, fast vs reference, on the same matchings; the batch has tokens with
 /// fewer positives than k and features with fewer positives than their capacity.
 #[test]
 fn gradients_match_reference_on_short_rows_and_columns() {
-    for arch in ARCHS {
-        for (aux, norm, exclude) in [
-            (None, AuxNorm::Nmse, false),
-            (Some(0.5f32), AuxNorm::Nmse, false),
-            (Some(0.5f32), AuxNorm::Nmse, true),
-            (Some(1.0), AuxNorm::Mse, false),
-        ] {
-            let what = format!("{arch} aux {aux:?} {norm:?} exclude {exclude}");
-            let c = cfg(arch, "none", false);
-            let (fast_t, _) = trainers(arch, "none");
-            let p = fast_t.params.clone();
-            let mut src = source();
-            let mut x = batch(&mut src, &p, fast_t.scale);
-            x.iter_mut().for_each(|v| *v *= fast_t.scale);
-            let alloc = allocation::build(&c.sae, None).unwrap();
-            let density: Vec<f32> = (0..F).map(|j| 1.0 / (1.0 + j as f32)).collect();
-            // aux_k-like eligibility (0/1) or aux_zipf-like graded eligibility.
-            let u: Vec<f32> = (0..F)
-                .map(|j| match aux {
-                    Some(v) if v >= 1.0 => f32::from(j % 3 == 0),
-                    Some(v) => v * ((j % 4) as f32) / 3.0,
-                    None => 0.0,
-                })
-                .collect();
-            let k_aux = 4;
-            let mut fs = FastStep::new();
-            let spec = aux.map(|_| AuxSpec {
-                u: &u,
-                k_aux,
-                coeff: 1.0 / 32.0,
-                norm,
-                exclude_matched: exclude,
-            });
-            let lf = fs
-                .forward_backward(&p, &x, B, alloc.as_ref(), &density, 0, spec)
-                .unwrap();
-            let gf = fs.dense_grads();
-
-            let select = |a: &[f32]| {
-                let mut main = Matching::default();
-                alloc.select(
-                    &AllocInput {
-                        a,
-                        b: B,
-                        f: F,
-                        density: &density,
-                        step: 0,
-                    },
-                    &mut main,
-                );
-                let auxm = aux.map(|_| {
-                    let mut m = Matching::default();
-                    aux_select(a, B, F, &u, k_aux, exclude.then_some(&main), &mut m);
-                    m
-                });
-                Selections { main, aux: auxm }
-            };
-            let term = AuxTerm {
-                coeff: 1.0 / 32.0,
-                norm,
-                residual: None,
-            };
-            let (lr, gr, sel, _) = reference::forward_backward(
-                &p,
-                &x,
-                B,
-                candle_core::DType::F32,
-                Some(term),
-                true,
-                select,
-            )
+    let settings = [
+        (None, AuxNorm::Nmse, false),
+        (Some(0.5f32), AuxNorm::Nmse, false),
+        (Some(0.5f32), AuxNorm::Nmse, true),
+        (Some(1.0), AuxNorm::Mse, false),
+    ];
+    let grid = ARCHS.iter().flat_map(|&a| settings.map(move |s| (a, s)));
+    cases::each(grid, |&(arch, (aux, norm, exclude))| {
+        let what = format!("{arch} aux {aux:?} {norm:?} exclude {exclude}");
+        let c = cfg(arch, "none", false);
+        let (fast_t, _) = trainers(arch, "none");
+        let p = fast_t.params.clone();
+        let mut src = source();
+        let mut x = batch(&mut src, &p, fast_t.scale);
+        x.iter_mut().for_each(|v| *v *= fast_t.scale);
+        let alloc = allocation::build(&c.sae, None).unwrap();
+        let density: Vec<f32> = (0..F).map(|j| 1.0 / (1.0 + j as f32)).collect();
+        // aux_k-like eligibility (0/1) or aux_zipf-like graded eligibility.
+        let u: Vec<f32> = (0..F)
+            .map(|j| match aux {
+                Some(v) if v >= 1.0 => f32::from(j % 3 == 0),
+                Some(v) => v * ((j % 4) as f32) / 3.0,
+                None => 0.0,
+            })
+            .collect();
+        let k_aux = 4;
+        let mut fs = FastStep::new();
+        let spec = aux.map(|_| AuxSpec {
+            u: &u,
+            k_aux,
+            coeff: 1.0 / 32.0,
+            norm,
+            exclude_matched: exclude,
+        });
+        let lf = fs
+            .forward_backward(&p, &x, B, alloc.as_ref(), &density, 0, spec)
             .unwrap();
-            let mut gr = gr.unwrap();
-            sparsa::sae::optim::project_decoder_grad(&p.w_dec, &mut gr.w_dec, D);
+        let gf = fs.dense_grads();
 
-            assert_eq!(sel.main, fs.main, "{what}");
-            // The construction gives short rows and short columns.
-            let l0 = fs.main.l0_per_row();
-            assert!(l0.iter().any(|&n| n < K), "{what}: no short row {l0:?}");
-            let counts = fs.main.per_feature_counts();
-            assert!(
-                (0..F).filter(|j| j % 7 == 0).all(|j| counts[j] == 0),
-                "{what}"
+        let select = |a: &[f32]| {
+            let mut main = Matching::default();
+            alloc.select(
+                &AllocInput {
+                    a,
+                    b: B,
+                    f: F,
+                    density: &density,
+                    step: 0,
+                },
+                &mut main,
             );
-            if aux.is_some() {
-                assert!(fs.aux_active(), "{what}: auxiliary selection empty");
-                assert!(lr.aux > 0.0);
-            }
-            for (name, a, b) in [
-                ("rec", lf.rec, lr.rec),
-                ("aux", lf.aux, lr.aux),
-                ("total", lf.total, lr.total),
-            ] {
-                assert!(rel_scalar(a, b) <= 1e-5, "{what}: {name} {a} vs {b}");
-            }
-            for (name, a, b) in [
-                ("W_enc", &gf.w_enc, &gr.w_enc),
-                ("b_enc", &gf.b_enc, &gr.b_enc),
-                ("W_dec", &gf.w_dec, &gr.w_dec),
-                ("b_dec", &gf.b_dec, &gr.b_dec),
-            ] {
-                let r = rel(a, b);
-                assert!(r <= 1e-5, "{what}: grad {name} differs by {r:e}");
-                // Zero exactly where the reference is exactly zero (untouched features).
-                if name.starts_with('W') {
-                    for (row_f, row_r) in a.chunks(D).zip(b.chunks(D)) {
-                        if row_r.iter().all(|&v| v == 0.0) {
-                            assert!(
-                                row_f.iter().all(|&v| v == 0.0),
-                                "{what}: {name} row should be zero"
-                            );
-                        }
+            let auxm = aux.map(|_| {
+                let mut m = Matching::default();
+                aux_select(a, B, F, &u, k_aux, exclude.then_some(&main), &mut m);
+                m
+            });
+            Selections { main, aux: auxm }
+        };
+        let term = AuxTerm {
+            coeff: 1.0 / 32.0,
+            norm,
+            residual: None,
+        };
+        let (lr, gr, sel, _) = reference::forward_backward(
+            &p,
+            &x,
+            B,
+            candle_core::DType::F32,
+            Some(term),
+            true,
+            select,
+        )
+        .unwrap();
+        let mut gr = gr.unwrap();
+        sparsa::sae::optim::project_decoder_grad(&p.w_dec, &mut gr.w_dec, D);
+
+        assert_eq!(sel.main, fs.main, "{what}");
+        // The construction gives short rows and short columns.
+        let l0 = fs.main.l0_per_row();
+        assert!(l0.iter().any(|&n| n < K), "{what}: no short row {l0:?}");
+        let counts = fs.main.per_feature_counts();
+        assert!(
+            (0..F).filter(|j| j % 7 == 0).all(|j| counts[j] == 0),
+            "{what}"
+        );
+        if aux.is_some() {
+            assert!(fs.aux_active(), "{what}: auxiliary selection empty");
+            assert!(lr.aux > 0.0);
+        }
+        for (name, a, b) in [
+            ("rec", lf.rec, lr.rec),
+            ("aux", lf.aux, lr.aux),
+            ("total", lf.total, lr.total),
+        ] {
+            assert!(rel_scalar(a, b) <= 1e-5, "{what}: {name} {a} vs {b}");
+        }
+        for (name, a, b) in [
+            ("W_enc", &gf.w_enc, &gr.w_enc),
+            ("b_enc", &gf.b_enc, &gr.b_enc),
+            ("W_dec", &gf.w_dec, &gr.w_dec),
+            ("b_dec", &gf.b_dec, &gr.b_dec),
+        ] {
+            let r = rel(a, b);
+            assert!(r <= 1e-5, "{what}: grad {name} differs by {r:e}");
+            // Zero exactly where the reference is exactly zero (untouched features).
+            if name.starts_with('W') {
+                for (row_f, row_r) in a.chunks(D).zip(b.chunks(D)) {
+                    if row_r.iter().all(|&v| v == 0.0) {
+                        assert!(
+                            row_f.iter().all(|&v| v == 0.0),
+                            "{what}: {name} row should be zero"
+                        );
                     }
                 }
             }
         }
-    }
+    });
 }
 
 fn run_fast(arch: &str, aux: &str) -> Trainer {
@@ -420,14 +421,15 @@ fn fast_path_on_one_thread_is_bit_identical_across_runs() {
         .num_threads(1)
         .build()
         .unwrap();
-    for (arch, aux) in [
+    let grid = [
         ("topk", "aux_k"),
         ("mutual_choice", "aux_zipf"),
         ("feature_choice", "aux_zipf"),
-    ] {
+    ];
+    cases::each(grid, |&(arch, aux)| {
         let a = pool.install(|| run_fast(arch, aux));
         let b = pool.install(|| run_fast(arch, aux));
         assert_eq!(a.params, b.params, "{arch}+{aux}");
         assert_eq!(a.state, b.state, "{arch}+{aux}");
-    }
+    });
 }

@@ -258,7 +258,7 @@ fn half_precision_weights_and_dtypes_are_honoured() {
     let w = weights();
     let to_bf16 = |v: f32| bf16::from_f32(v).to_f32();
     let to_f16 = |v: f32| f16::from_f32(v).to_f32();
-    for arch in ["topk", "jumprelu"] {
+    cases::each(["topk", "jumprelu"], |&arch| {
         // Stored BF16, declared bfloat16 (apply_b_dec_to_input false, Gemma-Scope style).
         let dir = tempfile::tempdir().unwrap();
         let mut c = base_cfg(arch);
@@ -283,7 +283,7 @@ fn half_precision_weights_and_dtypes_are_honoured() {
         let m = load_sae(dir.path()).unwrap();
         assert!(m.params.b_dec.iter().all(|&v| to_f16(v) == v));
         assert_ne!(to_f16(w.w_enc[1]), w.w_enc[1], "the rounding is visible");
-    }
+    });
 }
 
 #[test]
