@@ -1,5 +1,6 @@
 //! Save → load, exact resume, and bad input: each bad input gives a clear error, never a panic.
 
+mod cases;
 use sparsa::data::activations::{write_safetensors_2d, Elem};
 use sparsa::data::npy::write_npy_f32;
 use sparsa::sae::config::RunConfig;
@@ -216,133 +217,169 @@ fn bad_inputs_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
 
-    // Missing file.
-    let e = err_of(train_on(&p("nope.safetensors")));
-    assert!(
-        e.contains("nope.safetensors") && e.contains("no such file"),
-        "{e}"
-    );
-
-    // Corrupt safetensors.
-    std::fs::write(
-        p("bad.safetensors"),
-        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json",
-    )
-    .unwrap();
-    let e = err_of(train_on(&p("bad.safetensors")));
-    assert!(
-        e.contains("bad.safetensors") && e.contains("safetensors"),
-        "{e}"
-    );
-
-    // Wrong rank: a 1-D tensor.
-    let one_d: Vec<u8> = (0..8).flat_map(|i| (i as f32).to_le_bytes()).collect();
-    sparsa::data::activations::write_safetensors(
-        &p("rank.safetensors"),
-        &[sparsa::data::activations::RawTensor {
-            name: "activations",
-            dtype: safetensors::Dtype::F32,
-            shape: vec![8],
-            data: &one_d,
-        }],
-    )
-    .unwrap();
-    let e = err_of(train_on(&p("rank.safetensors")));
-    assert!(
-        e.contains("rank.safetensors") && (e.contains("2-D") || e.contains("rank")),
-        "{e}"
-    );
-
-    // Wrong dtype: i64.
-    let ints: Vec<u8> = (0..16i64).flat_map(|i| i.to_le_bytes()).collect();
-    sparsa::data::activations::write_safetensors(
-        &p("dtype.safetensors"),
-        &[sparsa::data::activations::RawTensor {
-            name: "activations",
-            dtype: safetensors::Dtype::I64,
-            shape: vec![4, 4],
-            data: &ints,
-        }],
-    )
-    .unwrap();
-    let e = err_of(train_on(&p("dtype.safetensors")));
-    assert!(e.contains("dtype.safetensors") && e.contains("I64"), "{e}");
-
-    // NaN in a batch (beyond the init sample, so it is the training batch that catches it).
-    let mut vals: Vec<f32> = (0..2000 * 4).map(|i| (i % 7) as f32 - 3.0).collect();
-    vals[1500 * 4 + 2] = f32::NAN;
-    write_safetensors_2d(
-        &p("nan.safetensors"),
-        "activations",
-        2000,
-        4,
-        &vals,
-        Elem::F32,
-    )
-    .unwrap();
-    let e = err_of(train_on(&p("nan.safetensors")));
-    assert!(e.contains("NaN") || e.contains("nan"), "{e}");
-    // Inf in the init sample.
-    vals[1500 * 4 + 2] = 0.0;
-    vals[3] = f32::INFINITY;
-    write_safetensors_2d(
-        &p("inf.safetensors"),
-        "activations",
-        2000,
-        4,
-        &vals,
-        Elem::F32,
-    )
-    .unwrap();
-    let e = err_of(train_on(&p("inf.safetensors")));
-    assert!(e.to_lowercase().contains("inf"), "{e}");
-
-    // Config errors: k = 0, k > F, unknown architecture, unreadable key.
-    let base = "[sae]\narchitecture = \"topk\"\nd_sae = 8\nk = 2\n[train]\nsteps = 1\n[data]\npath = \"x.npy\"\n";
-    let e = err_of(RunConfig::from_toml(base, &["sae.k=0".into()], "c.toml"));
-    assert!(e.contains("sae.k") && e.contains("at least 1"), "{e}");
-    let e = err_of(RunConfig::from_toml(base, &["sae.k=9".into()], "c.toml"));
-    assert!(e.contains("exceeds sae.d_sae"), "{e}");
-    let e = err_of(RunConfig::from_toml(
-        base,
-        &["sae.architecture=gated".into()],
-        "c.toml",
-    ));
-    // The override is at fault, so the error names it and not the file (issue 12).
-    assert!(
-        e.contains("gated") && e.contains("--set sae.architecture") && !e.contains("c.toml"),
-        "{e}"
-    );
-    let e = err_of(RunConfig::from_toml(
-        &format!("{base}\n[aux]\nkin = \"aux_k\"\n"),
-        &[],
-        "c.toml",
-    ));
-    assert!(e.contains("kin"), "{e}");
-    let e = err_of(RunConfig::from_toml("[sae\narchitecture=", &[], "c.toml"));
-    assert!(e.contains("c.toml"), "{e}");
-
-    // Loading a broken SAE directory.
-    let e = err_of(load_sae(&p("no-sae")));
-    assert!(e.contains("cfg.json"), "{e}");
-    let sae_dir = p("sae");
-    std::fs::create_dir_all(&sae_dir).unwrap();
-    std::fs::write(
-        sae_dir.join("cfg.json"),
-        r#"{"architecture":"gated","d_in":4,"d_sae":8}"#,
-    )
-    .unwrap();
-    let e = err_of(load_sae(&sae_dir));
-    assert!(e.contains("unsupported architecture `gated`"), "{e}");
-    std::fs::write(
-        sae_dir.join("cfg.json"),
-        r#"{"architecture":"topk","d_in":4,"d_sae":8,"k":2}"#,
-    )
-    .unwrap();
-    std::fs::write(sae_dir.join("sae_weights.safetensors"), b"truncated").unwrap();
-    let e = err_of(load_sae(&sae_dir));
-    assert!(
-        e.contains("sae_weights.safetensors") && e.contains("corrupt"),
-        "{e}"
-    );
+    // One case per kind of bad input; every case runs (table-driven).
+    type Case<'a> = Box<dyn Fn() + 'a>;
+    let table: Vec<(&str, Case)> = vec![
+        (
+            "missing file",
+            Box::new(|| {
+                // Missing file.
+                let e = err_of(train_on(&p("nope.safetensors")));
+                assert!(
+                    e.contains("nope.safetensors") && e.contains("no such file"),
+                    "{e}"
+                );
+            }),
+        ),
+        (
+            "corrupt safetensors",
+            Box::new(|| {
+                // Corrupt safetensors.
+                std::fs::write(
+                    p("bad.safetensors"),
+                    b"\x10\x00\x00\x00\x00\x00\x00\x00{not json",
+                )
+                .unwrap();
+                let e = err_of(train_on(&p("bad.safetensors")));
+                assert!(
+                    e.contains("bad.safetensors") && e.contains("safetensors"),
+                    "{e}"
+                );
+            }),
+        ),
+        (
+            "wrong rank",
+            Box::new(|| {
+                // Wrong rank: a 1-D tensor.
+                let one_d: Vec<u8> = (0..8).flat_map(|i| (i as f32).to_le_bytes()).collect();
+                sparsa::data::activations::write_safetensors(
+                    &p("rank.safetensors"),
+                    &[sparsa::data::activations::RawTensor {
+                        name: "activations",
+                        dtype: safetensors::Dtype::F32,
+                        shape: vec![8],
+                        data: &one_d,
+                    }],
+                )
+                .unwrap();
+                let e = err_of(train_on(&p("rank.safetensors")));
+                assert!(
+                    e.contains("rank.safetensors") && (e.contains("2-D") || e.contains("rank")),
+                    "{e}"
+                );
+            }),
+        ),
+        (
+            "wrong dtype",
+            Box::new(|| {
+                // Wrong dtype: i64.
+                let ints: Vec<u8> = (0..16i64).flat_map(|i| i.to_le_bytes()).collect();
+                sparsa::data::activations::write_safetensors(
+                    &p("dtype.safetensors"),
+                    &[sparsa::data::activations::RawTensor {
+                        name: "activations",
+                        dtype: safetensors::Dtype::I64,
+                        shape: vec![4, 4],
+                        data: &ints,
+                    }],
+                )
+                .unwrap();
+                let e = err_of(train_on(&p("dtype.safetensors")));
+                assert!(e.contains("dtype.safetensors") && e.contains("I64"), "{e}");
+            }),
+        ),
+        (
+            "non-finite values",
+            Box::new(|| {
+                // NaN in a batch (beyond the init sample, so it is the training batch that catches it).
+                let mut vals: Vec<f32> = (0..2000 * 4).map(|i| (i % 7) as f32 - 3.0).collect();
+                vals[1500 * 4 + 2] = f32::NAN;
+                write_safetensors_2d(
+                    &p("nan.safetensors"),
+                    "activations",
+                    2000,
+                    4,
+                    &vals,
+                    Elem::F32,
+                )
+                .unwrap();
+                let e = err_of(train_on(&p("nan.safetensors")));
+                assert!(e.contains("NaN") || e.contains("nan"), "{e}");
+                // Inf in the init sample.
+                vals[1500 * 4 + 2] = 0.0;
+                vals[3] = f32::INFINITY;
+                write_safetensors_2d(
+                    &p("inf.safetensors"),
+                    "activations",
+                    2000,
+                    4,
+                    &vals,
+                    Elem::F32,
+                )
+                .unwrap();
+                let e = err_of(train_on(&p("inf.safetensors")));
+                assert!(e.to_lowercase().contains("inf"), "{e}");
+            }),
+        ),
+        (
+            "config errors",
+            Box::new(|| {
+                // Config errors: k = 0, k > F, unknown architecture, unreadable key.
+                let base = "[sae]\narchitecture = \"topk\"\nd_sae = 8\nk = 2\n[train]\nsteps = 1\n[data]\npath = \"x.npy\"\n";
+                let e = err_of(RunConfig::from_toml(base, &["sae.k=0".into()], "c.toml"));
+                assert!(e.contains("sae.k") && e.contains("at least 1"), "{e}");
+                let e = err_of(RunConfig::from_toml(base, &["sae.k=9".into()], "c.toml"));
+                assert!(e.contains("exceeds sae.d_sae"), "{e}");
+                let e = err_of(RunConfig::from_toml(
+                    base,
+                    &["sae.architecture=gated".into()],
+                    "c.toml",
+                ));
+                // The override is at fault, so the error names it and not the file (issue 12).
+                assert!(
+                    e.contains("gated")
+                        && e.contains("--set sae.architecture")
+                        && !e.contains("c.toml"),
+                    "{e}"
+                );
+                let e = err_of(RunConfig::from_toml(
+                    &format!("{base}\n[aux]\nkin = \"aux_k\"\n"),
+                    &[],
+                    "c.toml",
+                ));
+                assert!(e.contains("kin"), "{e}");
+                let e = err_of(RunConfig::from_toml("[sae\narchitecture=", &[], "c.toml"));
+                assert!(e.contains("c.toml"), "{e}");
+            }),
+        ),
+        (
+            "broken SAE directory",
+            Box::new(|| {
+                // Loading a broken SAE directory.
+                let e = err_of(load_sae(&p("no-sae")));
+                assert!(e.contains("cfg.json"), "{e}");
+                let sae_dir = p("sae");
+                std::fs::create_dir_all(&sae_dir).unwrap();
+                std::fs::write(
+                    sae_dir.join("cfg.json"),
+                    r#"{"architecture":"gated","d_in":4,"d_sae":8}"#,
+                )
+                .unwrap();
+                let e = err_of(load_sae(&sae_dir));
+                assert!(e.contains("unsupported architecture `gated`"), "{e}");
+                std::fs::write(
+                    sae_dir.join("cfg.json"),
+                    r#"{"architecture":"topk","d_in":4,"d_sae":8,"k":2}"#,
+                )
+                .unwrap();
+                std::fs::write(sae_dir.join("sae_weights.safetensors"), b"truncated").unwrap();
+                let e = err_of(load_sae(&sae_dir));
+                assert!(
+                    e.contains("sae_weights.safetensors") && e.contains("corrupt"),
+                    "{e}"
+                );
+            }),
+        ),
+    ];
+    cases::each_named(table, |check| check());
 }

@@ -413,11 +413,6 @@ fn inconsistent_manifests() {
     let root = tempfile::tempdir().unwrap();
     let d = 4;
     let data = rows_data(30, d);
-    let make = |name: &str| {
-        let dir = root.path().join(name);
-        write_store(&dir, d, Elem::F32, &[&data[..10 * d], &data[10 * d..]]).unwrap();
-        dir
-    };
     let edit = |dir: &Path, f: &dyn Fn(&mut serde_json::Value)| {
         let mp = dir.join("manifest.json");
         let mut v: serde_json::Value =
@@ -425,103 +420,166 @@ fn inconsistent_manifests() {
         f(&mut v);
         std::fs::write(&mp, serde_json::to_vec(&v).unwrap()).unwrap();
     };
-
-    let s = make("missing");
-    std::fs::remove_file(s.join("shard-00001.safetensors")).unwrap();
-    let e = err_of(&s, opts(0, 0, None, false));
-    assert!(matches!(e, DataError::ShardMissing { .. }), "{e}");
-    assert_msg(
-        &e,
-        &["manifest.json", "shard-00001.safetensors", "re-extract"],
-    );
-
-    let s = make("wrong_d");
-    edit(&s, &|v| v["d_model"] = 5.into());
-    let e = err_of(&s, opts(0, 0, None, false));
-    assert!(
-        matches!(
-            e,
-            DataError::ShardMismatch {
-                field: "d_model",
-                ..
-            }
+    type Break<'a> = Box<dyn Fn(&Path) + 'a>;
+    type Check = Box<dyn Fn(&DataError)>;
+    // (name, how the good store is broken, what the error must say)
+    let table: Vec<(&str, (Break, Check))> = vec![
+        (
+            "missing",
+            (
+                Box::new(|s| std::fs::remove_file(s.join("shard-00001.safetensors")).unwrap()),
+                Box::new(|e| {
+                    assert!(matches!(e, DataError::ShardMissing { .. }), "{e}");
+                    assert_msg(
+                        e,
+                        &["manifest.json", "shard-00001.safetensors", "re-extract"],
+                    );
+                }),
+            ),
         ),
-        "{e}"
-    );
-    assert_msg(&e, &["shard-00000.safetensors", "d_model = 4", "says 5"]);
-
-    let s = make("rows");
-    edit(&s, &|v| {
-        v["shards"][1]["n_tokens"] = 21.into();
-        v["n_tokens"] = 31.into();
-    });
-    let e = err_of(&s, opts(0, 0, None, false));
-    assert!(
-        matches!(
-            e,
-            DataError::ShardMismatch {
-                field: "n_tokens",
-                ..
-            }
+        (
+            "wrong_d",
+            (
+                Box::new(|s| edit(s, &|v| v["d_model"] = 5.into())),
+                Box::new(|e| {
+                    assert!(
+                        matches!(
+                            e,
+                            DataError::ShardMismatch {
+                                field: "d_model",
+                                ..
+                            }
+                        ),
+                        "{e}"
+                    );
+                    assert_msg(e, &["shard-00000.safetensors", "d_model = 4", "says 5"]);
+                }),
+            ),
         ),
-        "{e}"
-    );
-    assert_msg(&e, &["shard-00001.safetensors", "n_tokens = 20", "says 21"]);
-
-    let s = make("total");
-    edit(&s, &|v| v["n_tokens"] = 99.into());
-    let e = err_of(&s, opts(0, 0, None, false));
-    assert!(matches!(e, DataError::Manifest { .. }), "{e}");
-    assert_msg(&e, &["n_tokens", "99", "30"]);
-
-    let s = make("dtype");
-    edit(&s, &|v| v["dtype"] = "bf16".into());
-    let e = err_of(&s, opts(0, 0, None, false));
-    assert!(
-        matches!(e, DataError::ShardMismatch { field: "dtype", .. }),
-        "{e}"
-    );
-
-    let s = make("dtype_bad");
-    edit(&s, &|v| v["dtype"] = "int8".into());
-    let e = err_of(&s, opts(0, 0, None, false));
-    assert_msg(&e, &["dtype", "int8", "f32, f16, bf16"]);
-
-    let s = make("format");
-    edit(&s, &|v| v["format"] = "something-else/2".into());
-    let e = err_of(&s, opts(0, 0, None, false));
-    assert_msg(&e, &["format", "something-else/2", MANIFEST_FORMAT]);
-
-    let s = make("no_shards");
-    edit(&s, &|v| {
-        v["shards"] = serde_json::json!([]);
-        v["n_tokens"] = 0.into();
+        (
+            "rows",
+            (
+                Box::new(|s| {
+                    edit(s, &|v| {
+                        v["shards"][1]["n_tokens"] = 21.into();
+                        v["n_tokens"] = 31.into();
+                    })
+                }),
+                Box::new(|e| {
+                    assert!(
+                        matches!(
+                            e,
+                            DataError::ShardMismatch {
+                                field: "n_tokens",
+                                ..
+                            }
+                        ),
+                        "{e}"
+                    );
+                    assert_msg(e, &["shard-00001.safetensors", "n_tokens = 20", "says 21"]);
+                }),
+            ),
+        ),
+        (
+            "total",
+            (
+                Box::new(|s| edit(s, &|v| v["n_tokens"] = 99.into())),
+                Box::new(|e| {
+                    assert!(matches!(e, DataError::Manifest { .. }), "{e}");
+                    assert_msg(e, &["n_tokens", "99", "30"]);
+                }),
+            ),
+        ),
+        (
+            "dtype",
+            (
+                Box::new(|s| edit(s, &|v| v["dtype"] = "bf16".into())),
+                Box::new(|e| {
+                    assert!(
+                        matches!(e, DataError::ShardMismatch { field: "dtype", .. }),
+                        "{e}"
+                    );
+                }),
+            ),
+        ),
+        (
+            "dtype_bad",
+            (
+                Box::new(|s| edit(s, &|v| v["dtype"] = "int8".into())),
+                Box::new(|e| assert_msg(e, &["dtype", "int8", "f32, f16, bf16"])),
+            ),
+        ),
+        (
+            "format",
+            (
+                Box::new(|s| edit(s, &|v| v["format"] = "something-else/2".into())),
+                Box::new(|e| assert_msg(e, &["format", "something-else/2", MANIFEST_FORMAT])),
+            ),
+        ),
+        (
+            "no_shards",
+            (
+                Box::new(|s| {
+                    edit(s, &|v| {
+                        v["shards"] = serde_json::json!([]);
+                        v["n_tokens"] = 0.into();
+                    })
+                }),
+                Box::new(|e| assert_msg(e, &["shards", "empty"])),
+            ),
+        ),
+        (
+            "json",
+            (
+                Box::new(|s| std::fs::write(s.join("manifest.json"), "{ not json").unwrap()),
+                Box::new(|e| assert!(matches!(e, DataError::Manifest { .. }), "{e}")),
+            ),
+        ),
+        (
+            // Shards that disagree with each other on d.
+            "d_between",
+            (
+                Box::new(|s| {
+                    let p = s.join("shard-00001.safetensors");
+                    write_safetensors_2d(&p, "activations", 10, 2, &rows_data(10, 2), Elem::F32)
+                        .unwrap();
+                }),
+                Box::new(|e| {
+                    assert!(
+                        matches!(e, DataError::DMismatch { d_a: 4, d_b: 2, .. }),
+                        "{e}"
+                    );
+                    assert_msg(e, &["shard-00000.safetensors", "shard-00001.safetensors"]);
+                }),
+            ),
+        ),
+        (
+            // A corrupt shard is reported by its own path.
+            "corrupt_shard",
+            (
+                Box::new(|s| {
+                    std::fs::write(s.join("shard-00000.safetensors"), b"xxxxxxxxxxxxxxxx").unwrap()
+                }),
+                Box::new(|e| {
+                    assert!(matches!(e, DataError::CorruptSafetensors { .. }), "{e}");
+                    assert_msg(e, &["shard-00000.safetensors"]);
+                }),
+            ),
+        ),
+    ];
+    cases::each_named(table, |(corrupt, check)| {
+        // Each case breaks its own copy of a good two-shard store.
+        let dir = tempfile::tempdir_in(root.path()).unwrap();
+        write_store(
+            dir.path(),
+            d,
+            Elem::F32,
+            &[&data[..10 * d], &data[10 * d..]],
+        )
+        .unwrap();
+        corrupt(dir.path());
+        check(&err_of(dir.path(), opts(0, 0, None, false)));
     });
-    let e = err_of(&s, opts(0, 0, None, false));
-    assert_msg(&e, &["shards", "empty"]);
-
-    let s = make("json");
-    std::fs::write(s.join("manifest.json"), "{ not json").unwrap();
-    let e = err_of(&s, opts(0, 0, None, false));
-    assert!(matches!(e, DataError::Manifest { .. }), "{e}");
-
-    // Shards that disagree with each other on d.
-    let s = make("d_between");
-    let p = s.join("shard-00001.safetensors");
-    write_safetensors_2d(&p, "activations", 10, 2, &rows_data(10, 2), Elem::F32).unwrap();
-    let e = err_of(&s, opts(0, 0, None, false));
-    assert!(
-        matches!(e, DataError::DMismatch { d_a: 4, d_b: 2, .. }),
-        "{e}"
-    );
-    assert_msg(&e, &["shard-00000.safetensors", "shard-00001.safetensors"]);
-
-    // A corrupt shard is reported by its own path.
-    let s = make("corrupt_shard");
-    std::fs::write(s.join("shard-00000.safetensors"), b"xxxxxxxxxxxxxxxx").unwrap();
-    let e = err_of(&s, opts(0, 0, None, false));
-    assert!(matches!(e, DataError::CorruptSafetensors { .. }), "{e}");
-    assert_msg(&e, &["shard-00000.safetensors"]);
 }
 
 #[test]
