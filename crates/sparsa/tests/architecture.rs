@@ -144,7 +144,10 @@ fn module_path(rel: &Path) -> Vec<String> {
 /// `super::…` resolved against `path`, with `{…}` groups on one line expanded one level.
 fn named_paths(text: &str, path: &[String]) -> Vec<Vec<String>> {
     let mut out = Vec::new();
-    for code in code_lines(text) {
+    // One string, so that a `use a::{…}` group spread over several lines is read whole.
+    let code: String = code_lines(text).collect::<Vec<_>>().join(" ");
+    {
+        let code = code.as_str();
         let mut i = 0;
         while i < code.len() {
             let rest = &code[i..];
@@ -169,15 +172,33 @@ fn named_paths(text: &str, path: &[String]) -> Vec<Vec<String>> {
     out
 }
 
-/// `base` extended by the path `a::b::c…` at the start of `tail`; a `{x, y::z}` group (on the
-/// same line) gives one path per item.
+/// `base` extended by the path `a::b::c…` at the start of `tail`; a `{x, y::{z, w}}` group gives
+/// one path per item (nested groups included).
 fn expand(mut base: Vec<String>, mut tail: &str) -> Vec<Vec<String>> {
     loop {
         if let Some(group) = tail.strip_prefix('{') {
-            let group = &group[..group.find('}').unwrap_or(group.len())];
-            return group
-                .split(',')
-                .flat_map(|item| expand(base.clone(), item.trim()))
+            // The group's items: split on commas at depth 0, up to the matching `}`.
+            let (mut items, mut depth, mut start) = (Vec::new(), 0usize, 0usize);
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        items.push(&group[start..i]);
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        items.push(&group[start..i]);
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+            return items
+                .into_iter()
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .flat_map(|item| expand(base.clone(), item))
                 .collect();
         }
         let name = ident(tail);
@@ -246,6 +267,7 @@ fn the_path_scan_resolves_super_crate_and_groups() {
         .map(|s| s.to_string())
         .collect();
     let text = "use super::{keep_largest, select::Matching};\n\
+                use crate::sae::{\n    io::load,\n    stats::{a, b},\n};\n\
                 use super::super::config::Capacity;\n\
                 use crate::sae::select::top_k;\n\
                 // use crate::lm::Llama;\n\
@@ -260,6 +282,9 @@ fn the_path_scan_resolves_super_crate_and_groups() {
         vec![
             "sae::allocation::keep_largest",
             "sae::allocation::select::Matching",
+            "sae::io::load",
+            "sae::stats::a",
+            "sae::stats::b",
             "sae::config::Capacity",
             "sae::select::top_k",
         ]

@@ -1,4 +1,5 @@
-//! One file per top-level subcommand.
+//! One file or directory per top-level subcommand (`sae/` and `bench/` are directories), plus
+//! `inputs`: the model and corpus resolution several of them share.
 pub mod activations;
 pub mod bench;
 pub mod fetch;
