@@ -275,6 +275,40 @@ impl PackedA {
                 }
             });
     }
+
+    /// Pack `a` (m×k row-major) split into two bf16 halves, reusing the buffer: row r becomes
+    /// `[hi(a_r), 0…, lo(a_r), 0…]` of 2·kp columns (kp = k rounded up to 32), with
+    /// hi = bf16(x) and lo = bf16(x − hi), so a product with B packed as `[w, 0…, w, 0…]`
+    /// computes (hi + lo)·w: x to a relative 2⁻¹⁶ instead of bf16's 2⁻⁸.
+    ///
+    /// # Panics
+    /// If `a.len() != m·k`.
+    pub fn pack_split(&mut self, a: &[f32], m: usize, k: usize) {
+        assert_eq!(a.len(), m * k, "PackedA::pack_split: shape mismatch");
+        let half = k.div_ceil(BLOCK) * BLOCK;
+        let k2 = 2 * half;
+        let mp = m.div_ceil(BLOCK) * BLOCK;
+        self.m = m;
+        self.k = k2;
+        self.data.resize(mp * k2, 0);
+        self.data
+            .par_chunks_mut(k2)
+            .enumerate()
+            .for_each(|(r, dst)| {
+                if r >= m || k == 0 {
+                    dst.fill(0);
+                    return;
+                }
+                let (hi, lo) = dst.split_at_mut(half);
+                for ((h, l), &x) in hi.iter_mut().zip(lo.iter_mut()).zip(&a[r * k..(r + 1) * k]) {
+                    let b = to_bf16(x);
+                    *h = b;
+                    *l = to_bf16(x - from_bf16(b));
+                }
+                hi[k..].fill(0);
+                lo[k..].fill(0);
+            });
+    }
 }
 
 /// A rounded and packed right operand B (n×k, used transposed): 16-row VNNI strips, k padded to
@@ -819,6 +853,33 @@ mod tests {
         for (i, (a, b)) in v.iter().zip(&s).enumerate() {
             let both_nan = from_bf16(*a).is_nan() && from_bf16(*b).is_nan();
             assert!(a == b || both_nan, "element {i}: {a:#x} vs {b:#x}");
+        }
+    }
+
+    /// The split packing equals packing the explicit `[hi, 0…, lo, 0…]` rows, and hi + lo
+    /// carries x to a relative 2⁻¹⁶.
+    #[test]
+    fn split_packing_equals_packing_the_explicit_halves() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for (m, k) in [(1, 1), (3, 31), (5, 32), (33, 70)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
+            let half = k.div_ceil(BLOCK) * BLOCK;
+            let mut explicit = vec![0f32; m * 2 * half];
+            for (dst, row) in explicit.chunks_mut(2 * half).zip(a.chunks(k)) {
+                for (t, &x) in row.iter().enumerate() {
+                    let hi = round_bf16(x);
+                    dst[t] = hi;
+                    dst[half + t] = x - hi;
+                    let lo = round_bf16(x - hi);
+                    assert!((hi + lo - x).abs() <= x.abs() * 2f32.powi(-16), "{x}");
+                }
+            }
+            let (mut want, mut got) = (PackedA::default(), PackedA::default());
+            want.pack(&explicit, m, 2 * half);
+            got.data = vec![9; 7]; // reused buffers are rewritten whole
+            got.pack_split(&a, m, k);
+            assert_eq!((got.m, got.k), (want.m, want.k), "{m}x{k}");
+            assert!(got.data == want.data, "{m}x{k}");
         }
     }
 

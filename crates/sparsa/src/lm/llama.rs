@@ -19,7 +19,7 @@
 
 use super::gguf::GgufModel;
 use super::{LmError, Result};
-use crate::kernels::bf16::{round_bf16, Bf16Gemm, Bf16Kernel, PackedA, PackedB};
+use crate::kernels::bf16::{Bf16Gemm, Bf16Kernel, PackedA, PackedB};
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -192,6 +192,8 @@ struct Bf16Weights {
     /// Per block: wq, wk, wv, wo, w_gate, w_up, w_down.
     blocks: Vec<[PackedB; 7]>,
     lm_head: PackedB,
+    /// The split input of the product in progress, its buffer reused across calls.
+    input: std::sync::Mutex<PackedA>,
 }
 
 /// Index of a block's weight in [`Bf16Weights::blocks`].
@@ -345,6 +347,7 @@ impl Llama {
             gemm,
             blocks,
             lm_head,
+            input: std::sync::Mutex::new(PackedA::default()),
         });
         Ok(true)
     }
@@ -366,20 +369,18 @@ impl Llama {
         };
         let pb = packed(bw);
         let (n, k) = x.dims2()?;
-        let host: Vec<f32> = x.contiguous()?.flatten_all()?.to_vec1()?;
-        let kp = split_width(k);
-        let mut split = vec![0f32; n * 2 * kp];
-        for (dst, row) in split.chunks_mut(2 * kp).zip(host.chunks(k.max(1))) {
-            for (t, &v) in row.iter().enumerate() {
-                let hi = round_bf16(v);
-                dst[t] = hi;
-                dst[kp + t] = v - hi;
-            }
-        }
-        let mut pa = PackedA::default();
-        pa.pack(&split, n, 2 * kp);
+        let x = x.contiguous()?;
         let mut out = vec![0f32; n * pb.rows()];
-        bw.gemm.product_of(&pa, pb, &mut out, None, false);
+        {
+            // A poisoned lock only means another forward panicked; the buffer is rewritten.
+            let mut pa = bw.input.lock().unwrap_or_else(|p| p.into_inner());
+            let packed_ok = with_f32(&x, |host| pa.pack_split(host, n, k)).is_some();
+            if !packed_ok {
+                let host: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                pa.pack_split(&host, n, k);
+            }
+            bw.gemm.product_of(&pa, pb, &mut out, None, false);
+        }
         Tensor::from_vec(out, (n, pb.rows()), x.device())
     }
 
@@ -606,6 +607,18 @@ impl Llama {
 }
 
 /// Width of one half of a split bf16 operand: `k` rounded up to the kernel's 32.
+/// Run `f` on the contiguous f32 CPU data of `t` without copying it; `None` for any other
+/// tensor.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    use candle_core::{CpuStorage, Storage};
+    let (st, layout) = t.storage_and_layout();
+    let (o0, o1) = layout.contiguous_offsets()?;
+    match &*st {
+        Storage::Cpu(CpuStorage::F32(v)) => Some(f(&v[o0..o1])),
+        _ => None,
+    }
+}
+
 fn split_width(k: usize) -> usize {
     k.div_ceil(32) * 32
 }
