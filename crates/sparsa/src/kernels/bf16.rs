@@ -861,7 +861,7 @@ mod tests {
     #[test]
     fn split_packing_equals_packing_the_explicit_halves() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        for (m, k) in [(1, 1), (3, 31), (5, 32), (33, 70)] {
+        for (m, k) in [(1usize, 1usize), (3, 31), (5, 32), (33, 70)] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
             let half = k.div_ceil(BLOCK) * BLOCK;
             let mut explicit = vec![0f32; m * 2 * half];
