@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
     long_about = None,
     propagate_version = true,
     after_help = "Exit status: 0 success, 1 runtime error, 2 usage or configuration error, \
-                  130 interrupted (state saved; rerun to resume)."
+                  130 interrupted (any state saved first; rerun to resume)."
 )]
 struct Cli {
     /// More log output (repeat for more); logs go to stderr.
@@ -48,7 +48,7 @@ enum Command {
 }
 
 /// Exit status: 0 success, 1 runtime error, 2 usage or configuration error, 130 interrupted
-/// (after the checkpoint or finished work was saved; rerun to resume).
+/// (after the checkpoint or finished work, if any, was saved; rerun to resume).
 fn main() -> std::process::ExitCode {
     ui::quiet_on_closed_pipe();
     let cli = Cli::parse();

@@ -40,8 +40,8 @@ fn subcommands(text: &str) -> Vec<String> {
     out
 }
 
-/// (flag, every value the help shows for it: its default, split on commas where the flag takes a
-/// list, and each possible value).
+/// (flag, every value the help shows for it: its default exactly as shown (a list default is
+/// passed whole, as a user would copy it), and each possible value).
 fn shown_values(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut flag: Option<String> = None;

@@ -230,4 +230,26 @@ fn bf16_forward_keeps_the_golden_top5() {
     // Not a tautology: the rounded forward must differ, and by less than half a logit (the
     // golden top-2 gap is 2.5).
     assert!(max_d > 0.0 && max_d < 0.5, "max |Δlogit| {max_d}");
+
+    // Concurrent forwards on one bf16 model share the reused input buffer safely (no deadlock
+    // from rayon work re-entering the lock) and give the sequential logits exactly.
+    let short = Tensor::new(&GOLDEN_IDS[..3], &candle_core::Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let (a, b) = rayon::join(
+        || m16.forward(&ids).unwrap(),
+        || m16.forward(&short).unwrap(),
+    );
+    let a: Vec<Vec<f32>> = a.i(0).unwrap().to_vec2().unwrap();
+    assert_eq!(a, l16);
+    let b: Vec<Vec<f32>> = b.i(0).unwrap().to_vec2().unwrap();
+    let b_seq: Vec<Vec<f32>> = m16
+        .forward(&short)
+        .unwrap()
+        .i(0)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    assert_eq!(b, b_seq);
 }

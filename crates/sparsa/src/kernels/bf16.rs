@@ -291,11 +291,14 @@ impl PackedA {
         self.m = m;
         self.k = k2;
         self.data.resize(mp * k2, 0);
+        if k2 == 0 {
+            return; // k = 0: nothing to pack (and no rows to cut the buffer into)
+        }
         self.data
             .par_chunks_mut(k2)
             .enumerate()
             .for_each(|(r, dst)| {
-                if r >= m || k == 0 {
+                if r >= m {
                     dst.fill(0);
                     return;
                 }
@@ -861,6 +864,9 @@ mod tests {
     #[test]
     fn split_packing_equals_packing_the_explicit_halves() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut empty = PackedA::default();
+        empty.pack_split(&[], 4, 0); // k = 0 packs nothing and does not panic
+        assert_eq!((empty.m, empty.k, empty.data.len()), (4, 0, 0));
         for (m, k) in [(1usize, 1usize), (3, 31), (5, 32), (33, 70)] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
             let half = k.div_ceil(BLOCK) * BLOCK;

@@ -371,16 +371,19 @@ impl Llama {
         let (n, k) = x.dims2()?;
         let x = x.contiguous()?;
         let mut out = vec![0f32; n * pb.rows()];
-        {
-            // A poisoned lock only means another forward panicked; the buffer is rewritten.
-            let mut pa = bw.input.lock().unwrap_or_else(|p| p.into_inner());
-            let packed_ok = with_f32(&x, |host| pa.pack_split(host, n, k)).is_some();
-            if !packed_ok {
-                let host: Vec<f32> = x.flatten_all()?.to_vec1()?;
-                pa.pack_split(&host, n, k);
-            }
-            bw.gemm.product_of(&pa, pb, &mut out, None, false);
+        // The reused buffer is taken out and the lock released at once, so concurrent forwards
+        // never wait on each other or re-enter the lock from rayon work (a concurrent one finds
+        // the slot empty and packs into a fresh buffer). A poisoned lock only means another
+        // forward panicked; the buffer is rewritten anyway.
+        let take = || std::mem::take(&mut *bw.input.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut pa = take();
+        let packed_ok = with_f32(&x, |host| pa.pack_split(host, n, k)).is_some();
+        if !packed_ok {
+            let host: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            pa.pack_split(&host, n, k);
         }
+        bw.gemm.product_of(&pa, pb, &mut out, None, false);
+        *bw.input.lock().unwrap_or_else(|p| p.into_inner()) = pa;
         Tensor::from_vec(out, (n, pb.rows()), x.device())
     }
 
@@ -606,7 +609,6 @@ impl Llama {
     }
 }
 
-/// Width of one half of a split bf16 operand: `k` rounded up to the kernel's 32.
 /// Run `f` on the contiguous f32 CPU data of `t` without copying it; `None` for any other
 /// tensor.
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
@@ -619,6 +621,7 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     }
 }
 
+/// Width of one half of a split bf16 operand: `k` rounded up to the kernel's 32.
 fn split_width(k: usize) -> usize {
     k.div_ceil(32) * 32
 }
