@@ -245,7 +245,8 @@ pub fn extract(
     if !buf.token_ids.is_empty() {
         write_shard(out, &mut manifest, shard_index, &buf, d, cfg.dtype)?;
     }
-    mark_complete(out, &mut manifest, exhausted, contexts_used)?;
+    manifest.mark_complete(exhausted, contexts_used);
+    write_manifest(out, &manifest)?;
     progress.set_position(manifest.n_tokens);
     progress.finish();
     let mut s = summary(&manifest, done, forwarded);
@@ -290,18 +291,6 @@ impl BatchRows<'_> {
         }
         row
     }
-}
-
-/// Record in the manifest that the store is complete (and whether the corpus ran out first),
-/// then write it.
-fn mark_complete(
-    out: &Path,
-    manifest: &mut Manifest,
-    exhausted: bool,
-    contexts_used: u64,
-) -> Result<(), ExtractError> {
-    manifest.mark_complete(exhausted, contexts_used);
-    write_manifest(out, manifest)
 }
 
 fn summary(m: &Manifest, resumed_from: u64, forwarded: u64) -> ExtractSummary {
@@ -364,9 +353,8 @@ pub fn corpus_digest(docs: &[Document]) -> String {
 
 fn fresh_manifest(model: &Llama, tok: &Tokenizer, cfg: &ExtractConfig) -> Manifest {
     let mut extra = std::collections::BTreeMap::new();
-    let j = |v: serde_json::Value| v;
-    extra.insert(key::PRODUCER.into(), j("sparsa activations extract".into()));
-    extra.insert(key::CORPUS.into(), j(cfg.corpus.clone().into()));
+    extra.insert(key::PRODUCER.into(), "sparsa activations extract".into());
+    extra.insert(key::CORPUS.into(), cfg.corpus.clone().into());
     extra.insert(key::SEQ_LEN.into(), serde_json::json!(cfg.seq_len));
     extra.insert(key::N_TOKENS_TARGET.into(), serde_json::json!(cfg.n_tokens));
     extra.insert(key::BATCH_SIZE.into(), serde_json::json!(cfg.batch_size));
@@ -379,7 +367,7 @@ fn fresh_manifest(model: &Llama, tok: &Tokenizer, cfg: &ExtractConfig) -> Manife
         key::PREFIX_TOKEN.into(),
         serde_json::json!(cfg.prefix_token),
     );
-    extra.insert(key::HOOK_POINT.into(), j(cfg.hook.point.as_str().into()));
+    extra.insert(key::HOOK_POINT.into(), cfg.hook.point.as_str().into());
     extra.insert(
         key::TOKENIZER.into(),
         serde_json::json!({

@@ -56,7 +56,7 @@ pub enum PruneCommand {
         #[arg(long, alias = "csv-dir")]
         out_dir: Option<PathBuf>,
         /// The summary averages each seed's paired differences over this many last rounds.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = ui::positive)]
         last: usize,
         /// Do not write the SVG plots.
         #[arg(long)]
@@ -181,9 +181,6 @@ fn print_report(
     plots: bool,
     seeds: &[u64],
 ) -> anyhow::Result<()> {
-    if last == 0 {
-        return Err(ui::Usage("--last must be at least 1".to_string()).into());
-    }
     // The library's errors name the file or directory at fault.
     let rep = report::Report::load_seeds(run_dir, last, seeds)?;
     if rep.records.is_empty() {

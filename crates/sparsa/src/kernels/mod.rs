@@ -16,3 +16,15 @@ pub mod matmul;
 pub mod peak;
 pub mod reduce;
 pub mod vector;
+
+/// Run `f` on the contiguous f32 CPU data of `t` without copying it; `None` for any other
+/// tensor (another dtype or device, or a strided view).
+pub fn with_f32<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    use candle_core::{CpuStorage, Storage};
+    let (st, layout) = t.storage_and_layout();
+    let (o0, o1) = layout.contiguous_offsets()?;
+    match &*st {
+        Storage::Cpu(CpuStorage::F32(v)) => Some(f(&v[o0..o1])),
+        _ => None,
+    }
+}

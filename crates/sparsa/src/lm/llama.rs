@@ -20,6 +20,7 @@
 use super::gguf::GgufModel;
 use super::{LmError, Result};
 use crate::kernels::bf16::{Bf16Gemm, Bf16Kernel, PackedA, PackedB};
+use crate::kernels::with_f32;
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -606,18 +607,6 @@ impl Llama {
         let u = self.block_linear(l, Lin::Up, &n)?;
         let mlp = self.block_linear(l, Lin::Down, &(g * u)?)?;
         Ok((mid.reshape((b, t, d))?, mlp.reshape((b, t, d))?))
-    }
-}
-
-/// Run `f` on the contiguous f32 CPU data of `t` without copying it; `None` for any other
-/// tensor.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    use candle_core::{CpuStorage, Storage};
-    let (st, layout) = t.storage_and_layout();
-    let (o0, o1) = layout.contiguous_offsets()?;
-    match &*st {
-        Storage::Cpu(CpuStorage::F32(v)) => Some(f(&v[o0..o1])),
-        _ => None,
     }
 }
 

@@ -16,8 +16,9 @@
 
 use std::sync::Mutex;
 
+use crate::kernels::with_f32;
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor};
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor};
 
 use super::models::Net;
 use super::{NnError, Result};
@@ -99,16 +100,6 @@ impl InplaceOp1 for FusedSgd<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// Run `f` on the contiguous f32 CPU data of `t`, or return `None` when it is not such a tensor.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    let (st, layout) = t.storage_and_layout();
-    let (o0, o1) = layout.contiguous_offsets()?;
-    match &*st {
-        Storage::Cpu(CpuStorage::F32(v)) => Some(f(&v[o0..o1])),
-        _ => None,
     }
 }
 

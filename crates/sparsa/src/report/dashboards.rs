@@ -292,6 +292,17 @@ impl Default for Selection {
     }
 }
 
+/// Requested features must exist in an SAE of `f` features (callers check before a scan).
+pub fn check_requested(requested: &[usize], f: usize) -> Result<(), ReportError> {
+    match requested.iter().find(|&&j| j >= f) {
+        Some(j) => Err(ReportError::Input(format!(
+            "--features {j}: the SAE has {f} features, numbered 0 to {}",
+            f.saturating_sub(1)
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The features to draw, each once, in the order requested → dense → random → rare → dead.
 pub fn select_features(
     density: &[f32],
@@ -306,13 +317,8 @@ pub fn select_features(
             out.push((j, g));
         }
     };
+    check_requested(&sel.requested, f)?;
     for &j in &sel.requested {
-        if j >= f {
-            return Err(ReportError::Input(format!(
-                "--features {j}: the SAE has {f} features, numbered 0 to {}",
-                f.saturating_sub(1)
-            )));
-        }
         take(j, Group::Requested, &mut out);
     }
     let order = crate::sae::zipf::rank_order(density);

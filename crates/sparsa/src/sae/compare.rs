@@ -31,12 +31,10 @@ impl std::str::FromStr for Variant {
 
 impl Variant {
     pub fn label(&self) -> String {
-        let aux = match self.aux {
-            AuxKind::None => "",
-            AuxKind::AuxK => " + aux_k",
-            AuxKind::AuxZipf => " + aux_zipf",
-        };
-        format!("{}{}", self.architecture.name(), aux)
+        match self.aux {
+            AuxKind::None => self.architecture.name().to_string(),
+            aux => format!("{} + {}", self.architecture.name(), aux.name()),
+        }
     }
     /// The variants of the paper's comparison.
     pub fn standard() -> Vec<Variant> {

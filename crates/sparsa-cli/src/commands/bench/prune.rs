@@ -19,9 +19,6 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     } else {
         a.arch.clone()
     };
-    if a.batch == 0 || a.steps == 0 {
-        return Err(ui::Usage("--batch and --steps must be at least 1".to_string()).into());
-    }
     if let Some(bad) = a.sparsity.iter().find(|s| !(0.0..100.0).contains(*s)) {
         return Err(ui::Usage(format!("--sparsity {bad}: give percentages in [0, 100)")).into());
     }
@@ -89,11 +86,11 @@ pub struct BenchArgs {
     #[arg(long, alias = "archs", value_delimiter = ',', value_parser = parse_arch)]
     arch: Vec<Arch>,
     /// Images per step.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = ui::positive)]
     batch: usize,
     /// Timed training and evaluation steps per model (after one warm-up step); the figure is
     /// the median step.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = ui::positive)]
     steps: usize,
     /// Global magnitude sparsities to measure, in percent (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "0,90,98")]

@@ -95,7 +95,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 65536)]
     tokens: u64,
     /// Batch size (matters for the batch-dependent training forms).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = ui::positive)]
     batch: usize,
     #[arg(long, value_enum, default_value_t = FormArg::Both)]
     form: FormArg,
@@ -428,9 +428,6 @@ fn eval_rows(
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    if a.batch == 0 {
-        return Err(ui::Usage("--batch must be at least 1".to_string()).into());
-    }
     let mut model = load_sae(&a.sae)?;
     if a.all_positions {
         model.meta.exclude_positions.clear();

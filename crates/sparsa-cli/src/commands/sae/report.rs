@@ -200,13 +200,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
 
 /// `--features` names features of this SAE, and dashboards need `--data`.
 fn check_features(a: &ReportArgs, f: usize) -> Result<()> {
-    if let Some(j) = a.features.iter().find(|&&j| j >= f) {
-        return Err(ui::Usage(format!(
-            "--features {j}: the SAE has {f} features, numbered 0 to {}",
-            f.saturating_sub(1)
-        ))
-        .into());
-    }
+    dashboards::check_requested(&a.features, f).map_err(|e| ui::Usage(e.to_string()))?;
     if !a.features.is_empty() && a.data.is_none() {
         return Err(ui::Usage(
             "--features draws dashboards, which need activations: pass --data STORE".into(),
