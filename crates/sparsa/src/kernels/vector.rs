@@ -52,9 +52,10 @@ unsafe fn axpy_avx512(alpha: f32, x: &[f32], y: &mut [f32]) {
     axpy_body(alpha, x, y)
 }
 
+/// Whether the CPU runs AVX-512F (the kernels' wide path).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn has_avx512() -> bool {
+pub(crate) fn has_avx512() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
 }
 

@@ -37,7 +37,10 @@ use super::reference::Losses;
 use super::SaeError;
 use crate::kernels::bf16::{Bf16Gemm, Bf16Kernel};
 use crate::kernels::{matmul, reduce, vector};
+use csc::{FeatureView, Pairs, NONE};
 use rayon::prelude::*;
+
+mod csc;
 
 /// The auxiliary loss of a step: eligibilities u (length F), k_aux, weight α, normalisation.
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +53,6 @@ pub struct AuxSpec<'a> {
     pub exclude_matched: bool,
 }
 
-const NONE: u32 = u32::MAX;
 /// Tokens per parallel task of the per-token passes.
 const ROW_CHUNK: usize = 16;
 /// Rows per parallel task of the Adam pass.
@@ -76,18 +78,6 @@ pub struct Phases {
     pub adam: f64,
 }
 
-/// One matched pair in the per-feature (CSC) view.
-#[derive(Debug, Clone, Copy, Default)]
-struct Entry {
-    row: u32,
-    /// 0: main matching (decoder gradient uses g_i), 1: auxiliary (uses h_i).
-    aux: u32,
-    /// a_ij.
-    a: f32,
-    /// ∂L/∂pre_ij.
-    c: f32,
-}
-
 /// The fast step's reusable buffers, and the outputs the trainer reads after a step
 /// (`a`, `main`, `aux`).
 #[derive(Debug, Default)]
@@ -108,11 +98,7 @@ pub struct FastStep {
     c_aux: Vec<f32>,
     row_sse: Vec<f64>,
     row_sse_aux: Vec<f64>,
-    col_ptr: Vec<usize>,
-    fill: Vec<usize>,
-    entries: Vec<Entry>,
-    touched: Vec<u32>,
-    slot: Vec<u32>,
+    view: FeatureView,
     g_wenc: Vec<f32>,
     g_wdec: Vec<f32>,
     g_benc_t: Vec<f32>,
@@ -134,6 +120,24 @@ fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
         v.resize(n, T::default());
     } else {
         v.truncate(n);
+    }
+}
+
+/// y ← y + Σ_t a[js[t]]·W[js[t]] in the order of `js` (rows of width y.len()).
+fn gather_axpy(a: &[f32], js: &[u32], w: &[f32], y: &mut [f32]) {
+    let d = y.len();
+    for &j in js {
+        let j = j as usize;
+        vector::axpy(a[j], &w[j * d..(j + 1) * d], y);
+    }
+}
+
+/// out[t] = W[js[t]]·v (rows of width v.len()).
+fn gather_dot(js: &[u32], w: &[f32], v: &[f32], out: &mut [f32]) {
+    let d = v.len();
+    for (&j, o) in js.iter().zip(out) {
+        let j = j as usize;
+        *o = vector::dot(&w[j * d..(j + 1) * d], v);
     }
 }
 
@@ -333,10 +337,7 @@ impl FastStep {
                         let i = ci * ROW_CHUNK + r;
                         let e = &mut e[r * d..(r + 1) * d];
                         e.fill(0.0);
-                        for &j in main.row(i) {
-                            let j = j as usize;
-                            vector::axpy(a[i * f + j], &w_dec[j * d..(j + 1) * d], e);
-                        }
+                        gather_axpy(&a[i * f..(i + 1) * f], main.row(i), w_dec, e);
                         let mut s = 0f64;
                         for ((e, &xv), &bd) in
                             e.iter_mut().zip(&x[i * d..(i + 1) * d]).zip(&p.b_dec)
@@ -350,19 +351,14 @@ impl FastStep {
                         g.iter_mut()
                             .zip(e.iter())
                             .for_each(|(g, &e)| *g = -s_rec * e);
-                        for &j in main.row(i) {
-                            let j = j as usize;
-                            cm[cm_at] = vector::dot(&w_dec[j * d..(j + 1) * d], g);
-                            cm_at += 1;
-                        }
+                        let js = main.row(i);
+                        gather_dot(js, w_dec, g, &mut cm[cm_at..cm_at + js.len()]);
+                        cm_at += js.len();
                         sa[r] = 0.0;
                         if let Some(ca) = ca.as_deref_mut() {
                             let h = &mut h[r * d..(r + 1) * d];
                             h.fill(0.0);
-                            for &j in auxm.row(i) {
-                                let j = j as usize;
-                                vector::axpy(a[i * f + j], &w_dec[j * d..(j + 1) * d], h);
-                            }
+                            gather_axpy(&a[i * f..(i + 1) * f], auxm.row(i), w_dec, h);
                             let mut s = 0f64;
                             for (h, &e) in h.iter_mut().zip(e.iter()) {
                                 let res = e - *h;
@@ -370,11 +366,9 @@ impl FastStep {
                                 *h = res;
                             }
                             sa[r] = s;
-                            for &j in auxm.row(i) {
-                                let j = j as usize;
-                                ca[ca_at] = vector::dot(&w_dec[j * d..(j + 1) * d], h);
-                                ca_at += 1;
-                            }
+                            let js = auxm.row(i);
+                            gather_dot(js, w_dec, h, &mut ca[ca_at..ca_at + js.len()]);
+                            ca_at += js.len();
                         }
                     }
                 },
@@ -419,102 +413,42 @@ impl FastStep {
         (coeff, aux_loss)
     }
 
-    /// Phase 5, the per-feature view of both matchings: `col_ptr`, `touched`, `entries`.
+    /// Phase 5, the per-feature view of both matchings (entries sorted by token).
     fn feature_view(&mut self, b: usize, f: usize) {
-        let (a, main, auxm, aux_on) = (&self.a, &self.main, &self.aux, self.aux_on);
-        // Per-feature view (counting sort by feature; within a feature, by token).
-        resize(&mut self.col_ptr, f + 1);
-        self.col_ptr.fill(0);
-        for &j in &main.cols {
-            self.col_ptr[j as usize + 1] += 1;
-        }
-        if aux_on {
-            for &j in &auxm.cols {
-                self.col_ptr[j as usize + 1] += 1;
-            }
-        }
-        resize(&mut self.slot, f);
-        self.touched.clear();
-        for j in 0..f {
-            if self.col_ptr[j + 1] > 0 {
-                self.slot[j] = self.touched.len() as u32;
-                self.touched.push(j as u32);
-            } else {
-                self.slot[j] = NONE;
-            }
-            self.col_ptr[j + 1] += self.col_ptr[j];
-        }
-        resize(&mut self.entries, self.col_ptr[f]);
-        self.fill.clear();
-        self.fill.extend_from_slice(&self.col_ptr[..f]);
-        for i in 0..b {
-            let (r0, r1) = (main.row_ptr[i], main.row_ptr[i + 1]);
-            for (t, &j) in main.cols[r0..r1].iter().enumerate() {
-                let j = j as usize;
-                self.entries[self.fill[j]] = Entry {
-                    row: i as u32,
-                    aux: 0,
-                    a: a[i * f + j],
-                    c: self.c_main[r0 + t],
-                };
-                self.fill[j] += 1;
-            }
-            if aux_on {
-                let (r0, r1) = (auxm.row_ptr[i], auxm.row_ptr[i + 1]);
-                for (t, &j) in auxm.cols[r0..r1].iter().enumerate() {
-                    let j = j as usize;
-                    self.entries[self.fill[j]] = Entry {
-                        row: i as u32,
-                        aux: 1,
-                        a: a[i * f + j],
-                        c: self.c_aux[r0 + t],
-                    };
-                    self.fill[j] += 1;
-                }
-            }
-        }
+        let main = Pairs {
+            row_ptr: &self.main.row_ptr,
+            cols: &self.main.cols,
+            c: &self.c_main,
+        };
+        let aux = self.aux_on.then(|| Pairs {
+            row_ptr: &self.aux.row_ptr,
+            cols: &self.aux.cols,
+            c: &self.c_aux,
+        });
+        self.view.build(&self.a, b, f, &main, aux.as_ref());
     }
 
     /// Phase 5b, the gradients of the touched features (W_enc, W_dec projected, b_enc).
     fn feature_gradients(&mut self, p: &SaeParams) {
         let (d, f) = (p.d, p.f);
-        let w_dec = &p.w_dec;
-        let nt = self.touched.len();
+        let nt = self.view.touched.len();
         resize(&mut self.g_wenc, nt * d);
         resize(&mut self.g_wdec, nt * d);
         resize(&mut self.g_benc_t, nt);
-        let (entries, col_ptr, xc, g_rec, g_aux) = (
-            &self.entries,
-            &self.col_ptr,
+        let h = self.aux_on.then_some(&self.g_aux[..]);
+        self.view.gradients(
             &self.xc,
             &self.g_rec,
-            &self.g_aux,
+            h,
+            &p.w_dec,
+            d,
+            &mut self.g_wenc,
+            &mut self.g_wdec,
+            &mut self.g_benc_t,
         );
-        self.g_wenc
-            .par_chunks_mut(d)
-            .zip(self.g_wdec.par_chunks_mut(d))
-            .zip(self.g_benc_t.par_iter_mut())
-            .zip(self.touched.par_iter())
-            .for_each(|(((ge, gd), gb), &j)| {
-                let j = j as usize;
-                ge.fill(0.0);
-                gd.fill(0.0);
-                let mut sb = 0f32;
-                for en in &entries[col_ptr[j]..col_ptr[j + 1]] {
-                    let i = en.row as usize;
-                    sb += en.c;
-                    vector::axpy(en.c, &xc[i * d..(i + 1) * d], ge);
-                    let src = if en.aux == 0 { g_rec } else { g_aux };
-                    vector::axpy(en.a, &src[i * d..(i + 1) * d], gd);
-                }
-                *gb = sb;
-                let w = &w_dec[j * d..(j + 1) * d];
-                let dot = vector::dot(gd, w);
-                vector::axpy(-dot, w, gd);
-            });
         resize(&mut self.g_benc, f);
         self.g_benc.fill(0.0);
-        for (&j, &g) in self.touched.iter().zip(&self.g_benc_t) {
+        for (&j, &g) in self.view.touched.iter().zip(&self.g_benc_t) {
             self.g_benc[j as usize] = g;
         }
     }
@@ -525,6 +459,7 @@ impl FastStep {
         let dec = reduce::column_sums_f64(&self.g_rec, d);
         let w_enc = &p.w_enc;
         let parts: Vec<Vec<f64>> = self
+            .view
             .touched
             .par_chunks(FEAT_CHUNK)
             .zip(self.g_benc_t.par_chunks(FEAT_CHUNK))
@@ -561,7 +496,7 @@ impl FastStep {
         let (_, d, f) = self.dims;
         let mut w_enc = vec![0f32; f * d];
         let mut w_dec = vec![0f32; f * d];
-        for (t, &j) in self.touched.iter().enumerate() {
+        for (t, &j) in self.view.touched.iter().enumerate() {
             let j = j as usize;
             w_enc[j * d..(j + 1) * d].copy_from_slice(&self.g_wenc[t * d..(t + 1) * d]);
             w_dec[j * d..(j + 1) * d].copy_from_slice(&self.g_wdec[t * d..(t + 1) * d]);
@@ -621,7 +556,7 @@ impl FastStep {
             m0,
             v0,
             d,
-            &self.slot,
+            &self.view.slot,
             &self.g_wenc,
             &self.zero_row,
             c,
@@ -633,7 +568,7 @@ impl FastStep {
             m2,
             v2,
             d,
-            &self.slot,
+            &self.view.slot,
             &self.g_wdec,
             &self.zero_row,
             c,
