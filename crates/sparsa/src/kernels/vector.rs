@@ -22,15 +22,7 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
         tail += x * y;
     }
-    // Fixed pairwise combine.
-    let mut w = L;
-    while w > 1 {
-        w /= 2;
-        for l in 0..w {
-            acc[l] += acc[l + w];
-        }
-    }
-    acc[0] + tail
+    combine(acc) + tail
 }
 
 #[inline(always)]
@@ -81,6 +73,156 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     axpy_body(alpha, x, y)
 }
 
+/// [`dot`] of four rows with one vector: `[rows[0]·v, …, rows[3]·v]`, each bit-identical to
+/// [`dot`] (the same 32-lane sums and combine). The AVX-512 path runs the four dots' eight
+/// accumulator chains together, hiding the add latency a single dot waits on.
+pub fn dot4(rows: [&[f32]; 4], v: &[f32]) -> [f32; 4] {
+    let n = v.len();
+    assert!(
+        rows.iter().all(|r| r.len() == n),
+        "dot4: rows of the vector's length"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F (checked above).
+        return unsafe { dot4_avx512(rows, v) };
+    }
+    rows.map(|r| dot_body(r, v))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot4_avx512(rows: [&[f32]; 4], v: &[f32]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = v.len();
+    let full = n / L * L;
+    let mut lo = [_mm512_setzero_ps(); 4];
+    let mut hi = [_mm512_setzero_ps(); 4];
+    let mut c = 0;
+    while c < full {
+        let y0 = _mm512_loadu_ps(v.as_ptr().add(c));
+        let y1 = _mm512_loadu_ps(v.as_ptr().add(c + 16));
+        for r in 0..4 {
+            let x0 = _mm512_loadu_ps(rows[r].as_ptr().add(c));
+            let x1 = _mm512_loadu_ps(rows[r].as_ptr().add(c + 16));
+            lo[r] = _mm512_add_ps(lo[r], _mm512_mul_ps(x0, y0));
+            hi[r] = _mm512_add_ps(hi[r], _mm512_mul_ps(x1, y1));
+        }
+        c += L;
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        let mut acc = [0f32; L];
+        _mm512_storeu_ps(acc.as_mut_ptr(), lo[r]);
+        _mm512_storeu_ps(acc.as_mut_ptr().add(16), hi[r]);
+        let mut tail = 0f32;
+        for (x, y) in rows[r][full..].iter().zip(&v[full..]) {
+            tail += x * y;
+        }
+        out[r] = combine(acc) + tail;
+    }
+    out
+}
+
+/// The fixed pairwise combine of [`dot`]'s lane accumulators.
+#[inline(always)]
+fn combine(mut acc: [f32; L]) -> f32 {
+    let mut w = L;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+    }
+    acc[0]
+}
+
+/// Columns per call of [`gather_sum`]: 16 AVX-512 registers of accumulators.
+pub const GATHER_TILE: usize = 256;
+
+/// out[l] = Σ_t vals[t]·W[js[t]][c0 + l] for l < out.len() ≤ [`GATHER_TILE`], summed in the
+/// order of `js` from 0 (W is row-major with rows of width d). Each lane's sum is the same
+/// sequence of multiplies and adds as `out.fill(0)` then one [`axpy`] per row, so the result is
+/// bit-identical to that; the AVX-512 path keeps the accumulators in registers and reads each
+/// row's columns once.
+pub fn gather_sum(w: &[f32], d: usize, c0: usize, js: &[u32], vals: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    assert!(
+        n <= GATHER_TILE && c0 + n <= d,
+        "gather_sum: columns {c0}..{} of {d}",
+        c0 + n
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        let nz = n / 16;
+        // SAFETY: the CPU supports AVX-512F (checked above); every row read is bounds-checked.
+        unsafe {
+            match nz {
+                16 => gather_sum_avx512::<16>(w, d, c0, js, vals, out),
+                15 => gather_sum_avx512::<15>(w, d, c0, js, vals, out),
+                14 => gather_sum_avx512::<14>(w, d, c0, js, vals, out),
+                13 => gather_sum_avx512::<13>(w, d, c0, js, vals, out),
+                12 => gather_sum_avx512::<12>(w, d, c0, js, vals, out),
+                11 => gather_sum_avx512::<11>(w, d, c0, js, vals, out),
+                10 => gather_sum_avx512::<10>(w, d, c0, js, vals, out),
+                9 => gather_sum_avx512::<9>(w, d, c0, js, vals, out),
+                8 => gather_sum_avx512::<8>(w, d, c0, js, vals, out),
+                7 => gather_sum_avx512::<7>(w, d, c0, js, vals, out),
+                6 => gather_sum_avx512::<6>(w, d, c0, js, vals, out),
+                5 => gather_sum_avx512::<5>(w, d, c0, js, vals, out),
+                4 => gather_sum_avx512::<4>(w, d, c0, js, vals, out),
+                3 => gather_sum_avx512::<3>(w, d, c0, js, vals, out),
+                2 => gather_sum_avx512::<2>(w, d, c0, js, vals, out),
+                1 => gather_sum_avx512::<1>(w, d, c0, js, vals, out),
+                _ => {}
+            }
+        }
+        let done = nz * 16;
+        if done < n {
+            let rest = &mut out[done..];
+            rest.fill(0.0);
+            for (&j, &v) in js.iter().zip(vals) {
+                let r = j as usize * d + c0 + done;
+                axpy(v, &w[r..r + rest.len()], rest);
+            }
+        }
+        return;
+    }
+    out.fill(0.0);
+    for (&j, &v) in js.iter().zip(vals) {
+        let r = j as usize * d + c0;
+        axpy_body(v, &w[r..r + n], out);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_sum_avx512<const NZ: usize>(
+    w: &[f32],
+    d: usize,
+    c0: usize,
+    js: &[u32],
+    vals: &[f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); NZ];
+    for (&j, &v) in js.iter().zip(vals) {
+        let r = j as usize * d + c0;
+        let row = &w[r..r + 16 * NZ];
+        let va = _mm512_set1_ps(v);
+        for (z, acc) in acc.iter_mut().enumerate() {
+            // Multiply, then add (no fused multiply-add): the same rounding as `axpy`.
+            let x = _mm512_loadu_ps(row.as_ptr().add(16 * z));
+            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(va, x));
+        }
+    }
+    let out = &mut out[..16 * NZ];
+    for (z, acc) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.as_mut_ptr().add(16 * z), *acc);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +248,59 @@ mod tests {
             for i in 0..n {
                 assert_eq!(y[i], b[i] + 0.5 * a[i]);
             }
+        }
+    }
+
+    /// `dot4` equals four `dot`s bit for bit, with and without a tail past the 32 lanes.
+    #[test]
+    fn dot4_equals_dot_bit_for_bit() {
+        for n in [0usize, 5, 32, 45, 768, 770] {
+            let rows: Vec<Vec<f32>> = (0..4)
+                .map(|r| {
+                    (0..n)
+                        .map(|i| ((i * 13 + r * 7) % 29) as f32 / 9.0 - 1.5)
+                        .collect()
+                })
+                .collect();
+            let v: Vec<f32> = (0..n).map(|i| ((i * 5 % 17) as f32 - 8.0) / 3.0).collect();
+            let got = dot4([&rows[0], &rows[1], &rows[2], &rows[3]], &v);
+            for r in 0..4 {
+                assert_eq!(
+                    got[r].to_bits(),
+                    dot(&rows[r], &v).to_bits(),
+                    "n {n}, row {r}"
+                );
+            }
+        }
+    }
+
+    /// `gather_sum` equals zero-fill + one axpy per row bit for bit, for every tile width
+    /// (whole registers and a scalar tail), column offset and the generic path.
+    #[test]
+    fn gather_sum_equals_axpy_rows_bit_for_bit() {
+        let (d, f) = (300usize, 9usize);
+        let w: Vec<f32> = (0..f * d)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
+        let js = [3u32, 0, 8, 3, 5];
+        let vals = [0.7f32, -1.3, 0.01, 2.5, -0.4];
+        for (c0, n) in [
+            (0usize, 256usize),
+            (44, 256),
+            (0, 17),
+            (5, 16),
+            (290, 10),
+            (0, 0),
+        ] {
+            let mut want = vec![0f32; n];
+            for (&j, &v) in js.iter().zip(&vals) {
+                let r = j as usize * d + c0;
+                axpy_body(v, &w[r..r + n], &mut want);
+            }
+            let mut got = vec![f32::NAN; n];
+            gather_sum(&w, d, c0, &js, &vals, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "columns {c0}+{n}");
         }
     }
 }

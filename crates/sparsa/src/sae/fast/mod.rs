@@ -40,6 +40,7 @@ use crate::kernels::{matmul, reduce, vector};
 use csc::{FeatureView, Pairs, NONE};
 use rayon::prelude::*;
 
+mod aux_decode;
 mod csc;
 
 /// The auxiliary loss of a step: eligibilities u (length F), k_aux, weight α, normalisation.
@@ -299,9 +300,9 @@ impl FastStep {
         let (d, f) = (p.d, p.f);
         let aux_on = self.aux_on;
         // 3–4. One pass per token over its matched decoder rows (read once, while they are in
-        // cache): x̂_i and e_i, g_i = −2·e_i/var, ∂L/∂pre for the main entries; with the
-        // auxiliary loss also ê_i, r_i = e_i − ê_i and the unscaled W_dec[j]·r_i, scaled by
-        // −2α/denom afterwards (denom needs every e_i).
+        // cache): x̂_i and e_i, g_i = −2·e_i/var, ∂L/∂pre for the main entries. With the
+        // auxiliary loss, then by token blocks (`aux_decode`): ê_i, r_i = e_i − ê_i and the
+        // unscaled W_dec[j]·r_i, scaled by −2α/denom afterwards (denom needs every e_i).
         let (a, main, auxm) = (&self.a, &self.main, &self.aux);
         let w_dec = &p.w_dec;
         let var = reduce::total_variance(x, d).max(f64::MIN_POSITIVE);
@@ -310,29 +311,18 @@ impl FastStep {
         resize(&mut self.c_aux, if aux_on { auxm.nnz() } else { 0 });
         {
             let c_main = split_rows(&mut self.c_main, &main.row_ptr, b);
-            let c_aux = if aux_on {
-                split_rows(&mut self.c_aux, &auxm.row_ptr, b)
-            } else {
-                Vec::new()
-            };
-            let mut c_aux = c_aux.into_iter();
             let chunks: Vec<_> = self
                 .e
                 .chunks_mut(ROW_CHUNK * d)
                 .zip(self.g_rec.chunks_mut(ROW_CHUNK * d))
-                .zip(self.g_aux.chunks_mut(ROW_CHUNK * d))
-                .zip(
-                    self.row_sse
-                        .chunks_mut(ROW_CHUNK)
-                        .zip(self.row_sse_aux.chunks_mut(ROW_CHUNK)),
-                )
+                .zip(self.row_sse.chunks_mut(ROW_CHUNK))
                 .zip(c_main)
-                .map(|(t, cm)| (t, cm, c_aux.next()))
                 .collect();
-            chunks.into_par_iter().enumerate().for_each(
-                |(ci, ((((e, g), h), (se, sa)), cm, mut ca))| {
+            chunks
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(ci, (((e, g), se), cm))| {
                     let mut cm_at = 0;
-                    let mut ca_at = 0;
                     for r in 0..se.len() {
                         let i = ci * ROW_CHUNK + r;
                         let e = &mut e[r * d..(r + 1) * d];
@@ -354,25 +344,23 @@ impl FastStep {
                         let js = main.row(i);
                         gather_dot(js, w_dec, g, &mut cm[cm_at..cm_at + js.len()]);
                         cm_at += js.len();
-                        sa[r] = 0.0;
-                        if let Some(ca) = ca.as_deref_mut() {
-                            let h = &mut h[r * d..(r + 1) * d];
-                            h.fill(0.0);
-                            gather_axpy(&a[i * f..(i + 1) * f], auxm.row(i), w_dec, h);
-                            let mut s = 0f64;
-                            for (h, &e) in h.iter_mut().zip(e.iter()) {
-                                let res = e - *h;
-                                s += (res as f64) * (res as f64);
-                                *h = res;
-                            }
-                            sa[r] = s;
-                            let js = auxm.row(i);
-                            gather_dot(js, w_dec, h, &mut ca[ca_at..ca_at + js.len()]);
-                            ca_at += js.len();
-                        }
                     }
-                },
+                });
+        }
+        if aux_on {
+            aux_decode::aux_decode(
+                &self.a,
+                f,
+                &self.aux,
+                w_dec,
+                &self.e,
+                d,
+                &mut self.g_aux,
+                &mut self.row_sse_aux,
+                &mut self.c_aux,
             );
+        } else {
+            self.row_sse_aux.fill(0.0);
         }
         let sse: f64 = self.row_sse.iter().sum();
         let rec = sse / var;
