@@ -223,6 +223,31 @@ unsafe fn gather_sum_avx512<const NZ: usize>(
     }
 }
 
+/// out[t] = W[js[t]]·v for rows of width v.len() of the row-major W, each bit-identical to
+/// [`dot`]; four at a time through [`dot4`].
+pub fn gather_dots(w: &[f32], js: &[u32], v: &[f32], out: &mut [f32]) {
+    let d = v.len();
+    let row = |j: u32| &w[j as usize * d..(j as usize + 1) * d];
+    let mut quads = js.chunks_exact(4).zip(out.chunks_exact_mut(4));
+    for (j4, o4) in &mut quads {
+        o4.copy_from_slice(&dot4([row(j4[0]), row(j4[1]), row(j4[2]), row(j4[3])], v));
+    }
+    let done = js.len().min(out.len()) / 4 * 4;
+    for (&j, o) in js[done..].iter().zip(&mut out[done..]) {
+        *o = dot(row(j), v);
+    }
+}
+
+/// out = Σ_t vals[t]·W[js[t]] for rows of width out.len() of the row-major W, by column tiles
+/// of [`gather_sum`]: bit-identical to `out.fill(0)` then one [`axpy`] per row.
+pub fn gather_rows_sum(w: &[f32], js: &[u32], vals: &[f32], out: &mut [f32]) {
+    let d = out.len();
+    for c0 in (0..d).step_by(GATHER_TILE) {
+        let c1 = (c0 + GATHER_TILE).min(d);
+        gather_sum(w, d, c0, js, vals, &mut out[c0..c1]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,19 +79,7 @@ pub fn aux_decode(
             for (il, h) in h.chunks(d).enumerate() {
                 let i = i0 + il;
                 let (r0, r1) = (aux.row_ptr[i], aux.row_ptr[i + 1]);
-                let row = |j: u32| &w_dec[j as usize * d..(j as usize + 1) * d];
-                let (js, cs) = (&aux.cols[r0..r1], &mut c[r0 - p0..r1 - p0]);
-                let mut quads = js.chunks_exact(4).zip(cs.chunks_exact_mut(4));
-                for (j4, c4) in &mut quads {
-                    c4.copy_from_slice(&vector::dot4(
-                        [row(j4[0]), row(j4[1]), row(j4[2]), row(j4[3])],
-                        h,
-                    ));
-                }
-                let done = js.len() / 4 * 4;
-                for (&j, c) in js[done..].iter().zip(&mut cs[done..]) {
-                    *c = vector::dot(row(j), h);
-                }
+                vector::gather_dots(w_dec, &aux.cols[r0..r1], h, &mut c[r0 - p0..r1 - p0]);
             }
         });
 }

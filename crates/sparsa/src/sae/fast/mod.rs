@@ -124,24 +124,6 @@ fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
     }
 }
 
-/// y ← y + Σ_t a[js[t]]·W[js[t]] in the order of `js` (rows of width y.len()).
-fn gather_axpy(a: &[f32], js: &[u32], w: &[f32], y: &mut [f32]) {
-    let d = y.len();
-    for &j in js {
-        let j = j as usize;
-        vector::axpy(a[j], &w[j * d..(j + 1) * d], y);
-    }
-}
-
-/// out[t] = W[js[t]]·v (rows of width v.len()).
-fn gather_dot(js: &[u32], w: &[f32], v: &[f32], out: &mut [f32]) {
-    let d = v.len();
-    for (&j, o) in js.iter().zip(out) {
-        let j = j as usize;
-        *o = vector::dot(&w[j * d..(j + 1) * d], v);
-    }
-}
-
 /// Cut a CSR-aligned buffer into the segments of consecutive `ROW_CHUNK`-row groups.
 fn split_rows<'a, T>(mut buf: &'a mut [T], row_ptr: &[usize], b: usize) -> Vec<&'a mut [T]> {
     let mut out = Vec::with_capacity(b.div_ceil(ROW_CHUNK));
@@ -321,13 +303,15 @@ impl FastStep {
             chunks
                 .into_par_iter()
                 .enumerate()
-                .for_each(|(ci, (((e, g), se), cm))| {
+                .for_each_init(Vec::new, |vals, (ci, (((e, g), se), cm))| {
                     let mut cm_at = 0;
                     for r in 0..se.len() {
                         let i = ci * ROW_CHUNK + r;
                         let e = &mut e[r * d..(r + 1) * d];
-                        e.fill(0.0);
-                        gather_axpy(&a[i * f..(i + 1) * f], main.row(i), w_dec, e);
+                        let js = main.row(i);
+                        vals.clear();
+                        vals.extend(js.iter().map(|&j| a[i * f + j as usize]));
+                        vector::gather_rows_sum(w_dec, js, vals, e);
                         let mut s = 0f64;
                         for ((e, &xv), &bd) in
                             e.iter_mut().zip(&x[i * d..(i + 1) * d]).zip(&p.b_dec)
@@ -341,8 +325,7 @@ impl FastStep {
                         g.iter_mut()
                             .zip(e.iter())
                             .for_each(|(g, &e)| *g = -s_rec * e);
-                        let js = main.row(i);
-                        gather_dot(js, w_dec, g, &mut cm[cm_at..cm_at + js.len()]);
+                        vector::gather_dots(w_dec, js, g, &mut cm[cm_at..cm_at + js.len()]);
                         cm_at += js.len();
                     }
                 });
