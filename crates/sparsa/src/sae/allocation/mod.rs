@@ -138,6 +138,19 @@ pub trait Allocation: Send + Sync {
     fn batch_dependent(&self) -> bool;
     /// Write the matching of `input` into `out`.
     fn select(&self, input: &AllocInput, out: &mut Matching);
+    /// The rule as a per-row selection, when it selects each token from its own row alone
+    /// (TopK), so that a pass over the rows can do more work per row while it is in cache;
+    /// `None` for batch rules.
+    fn by_row(&self) -> Option<&dyn RowRule> {
+        None
+    }
+}
+
+/// A rule that selects each token from its own row of A alone.
+pub trait RowRule: Sync {
+    /// The row's selection, ascending, appended to `out` (`scratch` reused between calls);
+    /// the same as that token's row of [`Allocation::select`].
+    fn select_row(&self, row: &[f32], scratch: &mut Vec<u32>, out: &mut Vec<u32>);
 }
 
 /// The per-token cap of a batch rule, ⌈c·k⌉ features (project choice); `None` for c = 0.

@@ -1,6 +1,6 @@
 //! TopK (Gao et al. 2024): each token keeps its k largest pre-activations.
 
-use super::{AllocInput, Allocation, Matching};
+use super::{AllocInput, Allocation, Matching, RowRule};
 use crate::sae::select::top_k_positive;
 use rayon::prelude::*;
 
@@ -24,11 +24,20 @@ impl Allocation for TopK {
             .par_chunks(f)
             .map_init(Vec::new, |scratch, row| {
                 let mut sel = Vec::with_capacity(self.k);
-                top_k_positive(row, self.k, scratch, &mut sel);
+                self.select_row(row, scratch, &mut sel);
                 sel
             })
             .collect();
         debug_assert_eq!(rows.len(), b);
         out.from_rows(f, &rows);
+    }
+    fn by_row(&self) -> Option<&dyn RowRule> {
+        Some(self)
+    }
+}
+
+impl RowRule for TopK {
+    fn select_row(&self, row: &[f32], scratch: &mut Vec<u32>, out: &mut Vec<u32>) {
+        top_k_positive(row, self.k, scratch, out);
     }
 }

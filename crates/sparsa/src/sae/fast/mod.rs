@@ -30,7 +30,7 @@
 
 use super::allocation::{AllocInput, Allocation, Matching};
 use super::config::AuxNorm;
-use super::loss::aux_select;
+use super::loss::{aux_select, AuxRowScratch, AuxRowSelector};
 use super::optim::{Adam, AdamStep, Grads};
 use super::params::SaeParams;
 use super::reference::Losses;
@@ -259,6 +259,35 @@ impl FastStep {
         step: u64,
         aux: Option<&AuxSpec<'_>>,
     ) {
+        self.aux.reset(b, f);
+        if let (Some(s), Some(rule)) = (aux, alloc.by_row()) {
+            // A per-row rule: both selections in one pass over the rows of A, the auxiliary
+            // one while the row is still in cache.
+            let selector = AuxRowSelector::new(&s.u[..f], s.k_aux, None);
+            let rows: Vec<(Vec<u32>, Vec<u32>)> = self
+                .a
+                .par_chunks(f)
+                .map_init(
+                    || (Vec::new(), AuxRowScratch::default()),
+                    |(scratch, aux_scratch), row| {
+                        let (mut main, mut aux) = (Vec::new(), Vec::with_capacity(s.k_aux));
+                        rule.select_row(row, scratch, &mut main);
+                        let exclude = if s.exclude_matched { &main[..] } else { &[] };
+                        selector.select(row, exclude, aux_scratch, &mut aux);
+                        (main, aux)
+                    },
+                )
+                .collect();
+            self.main.reset(b, f);
+            for (main, aux) in &rows {
+                self.main.cols.extend_from_slice(main);
+                self.main.end_row();
+                self.aux.cols.extend_from_slice(aux);
+                self.aux.end_row();
+            }
+            self.aux_on = self.aux.nnz() > 0;
+            return;
+        }
         alloc.select(
             &AllocInput {
                 a: &self.a,
@@ -269,7 +298,6 @@ impl FastStep {
             },
             &mut self.main,
         );
-        self.aux.reset(b, f);
         if let Some(s) = aux {
             let exclude = s.exclude_matched.then_some(&self.main);
             aux_select(&self.a, b, f, s.u, s.k_aux, exclude, &mut self.aux);
@@ -300,10 +328,9 @@ impl FastStep {
                 .zip(self.row_sse.chunks_mut(ROW_CHUNK))
                 .zip(c_main)
                 .collect();
-            chunks
-                .into_par_iter()
-                .enumerate()
-                .for_each_init(Vec::new, |vals, (ci, (((e, g), se), cm))| {
+            chunks.into_par_iter().enumerate().for_each_init(
+                Vec::new,
+                |vals, (ci, (((e, g), se), cm))| {
                     let mut cm_at = 0;
                     for r in 0..se.len() {
                         let i = ci * ROW_CHUNK + r;
@@ -328,7 +355,8 @@ impl FastStep {
                         vector::gather_dots(w_dec, js, g, &mut cm[cm_at..cm_at + js.len()]);
                         cm_at += js.len();
                     }
-                });
+                },
+            );
         }
         if aux_on {
             aux_decode::aux_decode(

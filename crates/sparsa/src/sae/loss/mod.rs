@@ -69,11 +69,91 @@ pub fn aux_select(
     aux_select_with(a, b, f, u, k_aux, exclude, None, out);
 }
 
-/// [`aux_select`], visiting per row only the eligible columns (`compact`: the list of j with
-/// u_j > 0) or every column; `None` picks compact when at most a quarter of the features are
-/// eligible (aux_k late in training, when few features are dead). Both give the same matching:
-/// ineligible entries are never selected, and the compact list keeps the column order that
-/// breaks ties.
+/// One token's auxiliary selection, shared by [`aux_select`] and passes that select the main
+/// matching row by row as well (the fast step fuses both for TopK, while the row is in cache).
+pub struct AuxRowSelector<'a> {
+    u: &'a [f32],
+    k_aux: usize,
+    tiered: bool,
+    /// The eligible columns (u_j > 0), ascending, when only they are visited.
+    eligible: Option<Vec<u32>>,
+}
+
+/// Per-thread scratch of [`AuxRowSelector::select`].
+#[derive(Default)]
+pub struct AuxRowScratch {
+    scratch: Vec<u32>,
+    prod: Vec<f32>,
+}
+
+impl<'a> AuxRowSelector<'a> {
+    /// `compact`: visit only the eligible columns (`None`: when at most a quarter of the
+    /// features are eligible, as aux_k late in training). Both visits select the same entries:
+    /// ineligible entries are never selected, and the compact list keeps the column order that
+    /// breaks ties.
+    pub fn new(u: &'a [f32], k_aux: usize, compact: Option<bool>) -> Self {
+        let f = u.len();
+        let eligible: Vec<u32> = (0..f as u32).filter(|&j| u[j as usize] > 0.0).collect();
+        let compact = compact.unwrap_or(eligible.len() * 4 <= f);
+        AuxRowSelector {
+            u,
+            k_aux,
+            tiered: u.iter().any(|&w| w > 1.0),
+            eligible: compact.then_some(eligible),
+        }
+    }
+
+    /// The auxiliary selection of one row of A (columns ascending) into `sel` (cleared first),
+    /// skipping the columns in `exclude` (ascending).
+    pub fn select(&self, row: &[f32], exclude: &[u32], s: &mut AuxRowScratch, sel: &mut Vec<u32>) {
+        let u = self.u;
+        // Tiered: a_ij + max_j a_ij exceeds every u·a with u ≤ 1, so the first tier is served
+        // first and keeps its order by a_ij.
+        let lift = if self.tiered {
+            row.iter().copied().fold(0f32, f32::max)
+        } else {
+            0.0
+        };
+        let value = |x: f32, w: f32| {
+            if w > 1.0 && x > 0.0 {
+                x + lift
+            } else if w > 0.0 {
+                x * w
+            } else {
+                0.0
+            }
+        };
+        sel.clear();
+        let prod = &mut s.prod;
+        match &self.eligible {
+            Some(eligible) => {
+                prod.clear();
+                prod.extend(
+                    eligible
+                        .iter()
+                        .map(|&j| value(row[j as usize], u[j as usize])),
+                );
+                for j in exclude {
+                    if let Ok(pos) = eligible.binary_search(j) {
+                        prod[pos] = 0.0;
+                    }
+                }
+                top_k_positive(prod, self.k_aux, &mut s.scratch, sel);
+                sel.iter_mut().for_each(|p| *p = eligible[*p as usize]);
+            }
+            None => {
+                prod.clear();
+                prod.extend(row.iter().zip(u).map(|(&x, &w)| value(x, w)));
+                for &j in exclude {
+                    prod[j as usize] = 0.0;
+                }
+                top_k_positive(prod, self.k_aux, &mut s.scratch, sel);
+            }
+        }
+    }
+}
+
+/// [`aux_select`] with the column visit chosen (`compact`, see [`AuxRowSelector::new`]).
 #[allow(clippy::too_many_arguments)] // aux_select's arguments and the path switch
 fn aux_select_with(
     a: &[f32],
@@ -85,60 +165,16 @@ fn aux_select_with(
     compact: Option<bool>,
     out: &mut Matching,
 ) {
-    let tiered = u.iter().any(|&w| w > 1.0);
-    let eligible: Vec<u32> = (0..f as u32).filter(|&j| u[j as usize] > 0.0).collect();
-    let compact = compact.unwrap_or(eligible.len() * 4 <= f);
-    let width = if compact { eligible.len() } else { f };
+    let selector = AuxRowSelector::new(&u[..f], k_aux, compact);
     let rows: Vec<Vec<u32>> = a
         .par_chunks(f)
         .enumerate()
-        .map_init(
-            || (Vec::new(), vec![0f32; width]),
-            |(scratch, prod), (i, row)| {
-                // Tiered: a_ij + max_j a_ij exceeds every u·a with u ≤ 1, so the first tier is
-                // served first and keeps its order by a_ij.
-                let lift = if tiered {
-                    row.iter().copied().fold(0f32, f32::max)
-                } else {
-                    0.0
-                };
-                let value = |x: f32, w: f32| {
-                    if w > 1.0 && x > 0.0 {
-                        x + lift
-                    } else if w > 0.0 {
-                        x * w
-                    } else {
-                        0.0
-                    }
-                };
-                let mut sel = Vec::with_capacity(k_aux);
-                if compact {
-                    for (p, &j) in prod.iter_mut().zip(&eligible) {
-                        *p = value(row[j as usize], u[j as usize]);
-                    }
-                    if let Some(m) = exclude {
-                        for j in m.row(i) {
-                            if let Ok(pos) = eligible.binary_search(j) {
-                                prod[pos] = 0.0;
-                            }
-                        }
-                    }
-                    top_k_positive(prod, k_aux, scratch, &mut sel);
-                    sel.iter_mut().for_each(|s| *s = eligible[*s as usize]);
-                } else {
-                    for ((p, &x), &w) in prod.iter_mut().zip(row).zip(u) {
-                        *p = value(x, w);
-                    }
-                    if let Some(m) = exclude {
-                        for &j in m.row(i) {
-                            prod[j as usize] = 0.0;
-                        }
-                    }
-                    top_k_positive(prod, k_aux, scratch, &mut sel);
-                }
-                sel
-            },
-        )
+        .map_init(AuxRowScratch::default, |s, (i, row)| {
+            let mut sel = Vec::with_capacity(k_aux);
+            let ex = exclude.map_or(&[][..], |m| m.row(i));
+            selector.select(row, ex, s, &mut sel);
+            sel
+        })
         .collect();
     debug_assert_eq!(rows.len(), b);
     out.from_rows(f, &rows);
