@@ -19,7 +19,8 @@ use rayon::prelude::*;
 const BLOCK: usize = 128;
 
 /// For every token i: `h[i]` = e_i − ê_i and `sse[i]` = ‖e_i − ê_i‖² (summed in f64 in lane
-/// order); for every auxiliary pair at position p: `c[p]` = W_dec[j]·(e_i − ê_i).
+/// order); for every auxiliary pair at position p: `c[p]` = W_dec[j]·(e_i − ê_i) and
+/// `vals[p]` = a_ij.
 #[allow(clippy::too_many_arguments)] // the inputs and the three outputs
 pub fn aux_decode(
     a: &[f32],
@@ -31,30 +32,36 @@ pub fn aux_decode(
     h: &mut [f32],
     sse: &mut [f64],
     c: &mut [f32],
+    vals: &mut [f32],
 ) {
     let b = sse.len();
-    // Each block's part of c (pairs of its tokens are contiguous in the matching).
-    let mut c_parts = Vec::with_capacity(b.div_ceil(BLOCK));
-    let mut rest = &mut c[..];
+    // Each block's part of c and vals (pairs of its tokens are contiguous in the matching).
+    let mut parts = Vec::with_capacity(b.div_ceil(BLOCK));
+    let (mut rc, mut rv) = (&mut c[..], &mut vals[..]);
     for i0 in (0..b).step_by(BLOCK) {
         let i1 = (i0 + BLOCK).min(b);
-        let (head, tail) = rest.split_at_mut(aux.row_ptr[i1] - aux.row_ptr[i0]);
-        c_parts.push(head);
-        rest = tail;
+        let n = aux.row_ptr[i1] - aux.row_ptr[i0];
+        let (hc, tc) = rc.split_at_mut(n);
+        let (hv, tv) = rv.split_at_mut(n);
+        parts.push((hc, hv));
+        (rc, rv) = (tc, tv);
     }
     h.par_chunks_mut(BLOCK * d)
         .zip(sse.par_chunks_mut(BLOCK))
-        .zip(c_parts)
+        .zip(parts)
         .enumerate()
-        .for_each_init(Vec::new, |vals, (blk, ((h, sse), c))| {
+        .for_each(|(blk, ((h, sse), (c, vals)))| {
             let i0 = blk * BLOCK;
             let p0 = aux.row_ptr[i0];
             let n = sse.len();
             // a_ij of the block's pairs, in the matching's order.
-            vals.clear();
             for i in i0..i0 + n {
-                vals.extend(aux.row(i).iter().map(|&j| a[i * f + j as usize]));
+                let (r0, r1) = (aux.row_ptr[i], aux.row_ptr[i + 1]);
+                for (v, &j) in vals[r0 - p0..r1 - p0].iter_mut().zip(&aux.cols[r0..r1]) {
+                    *v = a[i * f + j as usize];
+                }
             }
+            let vals = &*vals;
             let pairs = |i: usize| {
                 let (r0, r1) = (aux.row_ptr[i], aux.row_ptr[i + 1]);
                 (&aux.cols[r0..r1], &vals[r0 - p0..r1 - p0])
@@ -128,7 +135,13 @@ mod tests {
                 }
             }
             let (mut h, mut s, mut c) = (vec![0f32; b * d], vec![0f64; b], vec![0f32; aux.nnz()]);
-            aux_decode(&a, f, &aux, &w, &e, d, &mut h, &mut s, &mut c);
+            let mut vals = vec![0f32; aux.nnz()];
+            aux_decode(&a, f, &aux, &w, &e, d, &mut h, &mut s, &mut c, &mut vals);
+            let want_vals: Vec<f32> = (0..b)
+                .flat_map(|i| aux.row(i).iter().map(move |&j| (i, j)))
+                .map(|(i, j)| a[i * f + j as usize])
+                .collect();
+            assert_eq!(vals, want_vals, "a_ij, d {d}");
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&h), bits(&want_h), "r = e − ê, d {d}");
             assert_eq!(s, want_s, "‖r‖², d {d}");

@@ -54,17 +54,18 @@ pub struct FeatureView {
     gs: Vec<f32>,
 }
 
-/// One matching with its per-pair ∂L/∂pre (aligned with `cols`).
+/// One matching with its per-pair a_ij and ∂L/∂pre (aligned with `cols`).
 pub struct Pairs<'a> {
     pub row_ptr: &'a [usize],
     pub cols: &'a [u32],
+    pub a: &'a [f32],
     pub c: &'a [f32],
 }
 
 impl<'a> Pairs<'a> {
-    fn row(&self, i: usize) -> (&'a [u32], &'a [f32]) {
+    fn row(&self, i: usize) -> (&'a [u32], &'a [f32], &'a [f32]) {
         let (r0, r1) = (self.row_ptr[i], self.row_ptr[i + 1]);
-        (&self.cols[r0..r1], &self.c[r0..r1])
+        (&self.cols[r0..r1], &self.a[r0..r1], &self.c[r0..r1])
     }
 }
 
@@ -77,10 +78,10 @@ fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
 }
 
 impl FeatureView {
-    /// Build the view of `main` and (when on) `aux` over pre-activations `a` (B×F): a counting
-    /// sort by feature, filled in parallel by feature ranges, each range scanning the tokens in
-    /// order, so the layout does not depend on the thread count.
-    pub fn build(&mut self, a: &[f32], b: usize, f: usize, main: &Pairs, aux: Option<&Pairs>) {
+    /// Build the view of `main` and (when on) `aux` (B tokens, F features): a counting sort by
+    /// feature, filled in parallel by feature ranges, each range scanning the tokens in order,
+    /// so the layout does not depend on the thread count.
+    pub fn build(&mut self, b: usize, f: usize, main: &Pairs, aux: Option<&Pairs>) {
         resize(&mut self.counts, f);
         self.counts.fill(0);
         for m in std::iter::once(main).chain(aux) {
@@ -125,15 +126,15 @@ impl FeatureView {
             for i in 0..b {
                 let sets = std::iter::once((main, 0)).chain(aux.map(|m| (m, b)));
                 for (m, off) in sets {
-                    let (js, cs) = m.row(i);
-                    for (&j, &c) in js.iter().zip(cs) {
+                    let (js, vs, cs) = m.row(i);
+                    for ((&j, &a), &c) in js.iter().zip(vs).zip(cs) {
                         if j < j0 || j > j1 {
                             continue;
                         }
                         let t = slot[j as usize] as usize - t0;
                         out[fill[t]] = Entry {
                             src: (off + i) as u32,
-                            a: a[i * f + j as usize],
+                            a,
                             c,
                         };
                         fill[t] += 1;
@@ -385,14 +386,23 @@ mod tests {
                 let (mp, mc) = matching(&mut rng, b, f, 3);
                 let (ap, ac) = matching(&mut rng, b, f, 5);
                 let (cm, ca) = (r(&mut rng, mc.len()), r(&mut rng, ac.len()));
+                let vals = |p: &[usize], c: &[u32]| -> Vec<f32> {
+                    (0..b)
+                        .flat_map(|i| c[p[i]..p[i + 1]].iter().map(move |&j| (i, j)))
+                        .map(|(i, j)| a[i * f + j as usize])
+                        .collect()
+                };
+                let (am, aa) = (vals(&mp, &mc), vals(&ap, &ac));
                 let main = Pairs {
                     row_ptr: &mp,
                     cols: &mc,
+                    a: &am,
                     c: &cm,
                 };
                 let aux = Pairs {
                     row_ptr: &ap,
                     cols: &ac,
+                    a: &aa,
                     c: &ca,
                 };
                 let mut flat = Vec::new();
@@ -417,7 +427,7 @@ mod tests {
                     let (mut ge, mut gd, mut gb) =
                         (vec![0f32; nt * d], vec![0f32; nt * d], vec![0f32; nt]);
                     pool.install(|| {
-                        view.build(&a, b, f, &main, with_aux.then_some(&aux));
+                        view.build(b, f, &main, with_aux.then_some(&aux));
                         let hh = with_aux.then_some(&h[..]);
                         view.gradients(&xc, &g, hh, &w_dec, d, &mut ge, &mut gd, &mut gb);
                     });

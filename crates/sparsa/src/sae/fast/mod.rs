@@ -96,6 +96,9 @@ pub struct FastStep {
     g_rec: Vec<f32>,
     g_aux: Vec<f32>,
     c_main: Vec<f32>,
+    /// a_ij of the main and auxiliary pairs, aligned with the matchings' columns.
+    a_main: Vec<f32>,
+    a_aux: Vec<f32>,
     c_aux: Vec<f32>,
     row_sse: Vec<f64>,
     row_sse_aux: Vec<f64>,
@@ -318,26 +321,32 @@ impl FastStep {
         let var = reduce::total_variance(x, d).max(f64::MIN_POSITIVE);
         let s_rec = (2.0 / var) as f32;
         resize(&mut self.c_main, main.nnz());
+        resize(&mut self.a_main, main.nnz());
         resize(&mut self.c_aux, if aux_on { auxm.nnz() } else { 0 });
+        resize(&mut self.a_aux, if aux_on { auxm.nnz() } else { 0 });
         {
             let c_main = split_rows(&mut self.c_main, &main.row_ptr, b);
+            let a_main = split_rows(&mut self.a_main, &main.row_ptr, b);
             let chunks: Vec<_> = self
                 .e
                 .chunks_mut(ROW_CHUNK * d)
                 .zip(self.g_rec.chunks_mut(ROW_CHUNK * d))
                 .zip(self.row_sse.chunks_mut(ROW_CHUNK))
-                .zip(c_main)
+                .zip(c_main.into_iter().zip(a_main))
                 .collect();
-            chunks.into_par_iter().enumerate().for_each_init(
-                Vec::new,
-                |vals, (ci, (((e, g), se), cm))| {
+            chunks
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(ci, (((e, g), se), (cm, am)))| {
                     let mut cm_at = 0;
                     for r in 0..se.len() {
                         let i = ci * ROW_CHUNK + r;
                         let e = &mut e[r * d..(r + 1) * d];
                         let js = main.row(i);
-                        vals.clear();
-                        vals.extend(js.iter().map(|&j| a[i * f + j as usize]));
+                        let vals = &mut am[cm_at..cm_at + js.len()];
+                        vals.iter_mut()
+                            .zip(js)
+                            .for_each(|(v, &j)| *v = a[i * f + j as usize]);
                         vector::gather_rows_sum(w_dec, js, vals, e);
                         let mut s = 0f64;
                         for ((e, &xv), &bd) in
@@ -355,8 +364,7 @@ impl FastStep {
                         vector::gather_dots(w_dec, js, g, &mut cm[cm_at..cm_at + js.len()]);
                         cm_at += js.len();
                     }
-                },
-            );
+                });
         }
         if aux_on {
             aux_decode::aux_decode(
@@ -369,6 +377,7 @@ impl FastStep {
                 &mut self.g_aux,
                 &mut self.row_sse_aux,
                 &mut self.c_aux,
+                &mut self.a_aux,
             );
         } else {
             self.row_sse_aux.fill(0.0);
@@ -417,14 +426,16 @@ impl FastStep {
         let main = Pairs {
             row_ptr: &self.main.row_ptr,
             cols: &self.main.cols,
+            a: &self.a_main,
             c: &self.c_main,
         };
         let aux = self.aux_on.then(|| Pairs {
             row_ptr: &self.aux.row_ptr,
             cols: &self.aux.cols,
+            a: &self.a_aux,
             c: &self.c_aux,
         });
-        self.view.build(&self.a, b, f, &main, aux.as_ref());
+        self.view.build(b, f, &main, aux.as_ref());
     }
 
     /// Phase 5b, the gradients of the touched features (W_enc, W_dec projected, b_enc).
