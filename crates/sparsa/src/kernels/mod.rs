@@ -1,5 +1,6 @@
 //! Fast CPU kernels, each beside the reference it must match.
 //!
+//! - [`aligned`]: buffers that start on a cache line (the wide kernels' operands).
 //! - [`bf16`]: the same product with bf16 operands and f32 accumulation (AMX or AVX512-BF16,
 //!   chosen at run time), for `train.matmul = "bf16"`.
 //! - [`matmul`]: the encoder's dense product C = A·Bᵀ (the one dense product of an SAE step),
@@ -11,6 +12,7 @@
 //! - [`reduce`]: deterministic parallel reductions (fixed chunking, fixed combine order).
 //! - [`peak`]: a fused-multiply-add throughput microbenchmark (the machine's measured peak).
 
+pub mod aligned;
 pub mod bf16;
 pub mod matmul;
 pub mod peak;

@@ -9,6 +9,7 @@ use super::train::{StepMetrics, Trainer};
 use super::SaeError;
 use crate::data::activations::BatchSource;
 use crate::data::synthetic::{SyntheticConfig, SyntheticSource};
+use crate::kernels::aligned::Aligned;
 use crate::kernels::bf16::{Bf16Gemm, Bf16Kernel};
 use crate::kernels::matmul;
 use crate::util::bench::{median, time_median};
@@ -89,9 +90,16 @@ pub fn inputs(s: Shape) -> Result<(Vec<f32>, Vec<f32>), SaeError> {
     Ok((data, w))
 }
 
+/// An output for the product on whole cache lines, as the fast step's pre-activations.
+fn product_output(s: Shape) -> Aligned<f32> {
+    let mut c = Aligned::default();
+    c.resize(s.b * s.f);
+    c
+}
+
 /// Median seconds of X·Wᵀ in f32 through gemm into a reused output (after one warm-up).
 pub fn time_product(s: Shape, data: &[f32], w: &[f32], reps: usize) -> f64 {
-    let mut c = vec![0f32; s.b * s.f];
+    let mut c = product_output(s);
     matmul::matmul_abt(data, w, &mut c, s.b, s.f, s.d);
     let t = time_median::<()>(reps, || {
         matmul::matmul_abt(data, w, &mut c, s.b, s.f, s.d);
@@ -124,7 +132,7 @@ pub fn time_product_bf16(
     kernel: Bf16Kernel,
     reps: usize,
 ) -> Option<f64> {
-    let mut c = vec![0f32; s.b * s.f];
+    let mut c = product_output(s);
     let bias = vec![0.01f32; s.f];
     let mut g = Bf16Gemm::new(kernel)?;
     let mut run = || -> Result<(), ()> {

@@ -35,6 +35,7 @@ use super::optim::{Adam, AdamStep, Grads};
 use super::params::SaeParams;
 use super::reference::Losses;
 use super::SaeError;
+use crate::kernels::aligned::Aligned;
 use crate::kernels::bf16::{Bf16Gemm, Bf16Kernel};
 use crate::kernels::{matmul, reduce, vector};
 use csc::{FeatureView, Pairs, NONE};
@@ -83,8 +84,9 @@ pub struct Phases {
 /// (`a`, `main`, `aux`).
 #[derive(Debug, Default)]
 pub struct FastStep {
-    /// Pre-activations A (B×F) of the last step.
-    pub a: Vec<f32>,
+    /// Pre-activations A (B×F) of the last step, on whole cache lines (the bf16 product
+    /// stores 64-byte rows into it).
+    pub a: Aligned<f32>,
     /// Main matching of the last step.
     pub main: Matching,
     /// Auxiliary matching of the last step (empty when the auxiliary loss did not run).
@@ -182,7 +184,7 @@ impl FastStep {
         self.ready = false;
         self.dims = (b, d, f);
         resize(&mut self.xc, b * d);
-        resize(&mut self.a, b * f);
+        self.a.resize(b * f);
         resize(&mut self.e, b * d);
         resize(&mut self.g_rec, b * d);
         resize(&mut self.g_aux, b * d);
