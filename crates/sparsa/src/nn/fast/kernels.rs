@@ -918,9 +918,76 @@ fn row<T>(m: &[T], r: usize, n: usize) -> &[T] {
 
 /// y += a · x, element by element in order (generic over f32/f64; `kernels::vector::axpy` is the
 /// f32 one).
+#[inline(always)]
 fn axpy_t<T: Real>(a: T, x: &[T], y: &mut [T]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y += a * x;
+    }
+}
+
+/// One row of [`Csr::mul_rows`]: y = Σ_c w_row[c] · xt[c, :] over `support`, in order.
+#[inline(always)]
+fn mul_row<T: Real>(w_row: &[T], support: &[u32], xt: &[T], n: usize, y: &mut [T]) {
+    y.fill(T::zero());
+    for &c in support {
+        axpy_t(w_row[c as usize], row(xt, c as usize, n), y);
+    }
+}
+
+/// One row of [`Csr::grad_on_support`]: drow[c] = g · xt[c, :] on `support` (16-lane sums, then
+/// the lanes in order, then the tail), 0 elsewhere.
+#[inline(always)]
+fn grad_row<T: Real>(g: &[T], support: &[u32], xt: &[T], n: usize, drow: &mut [T]) {
+    drow.fill(T::zero());
+    for &c in support {
+        let xr = row(xt, c as usize, n);
+        let mut acc = [T::zero(); 16];
+        let mut gi = g.chunks_exact(16);
+        let mut xi = xr.chunks_exact(16);
+        for (gc, xc) in (&mut gi).zip(&mut xi) {
+            for l in 0..16 {
+                acc[l] += gc[l] * xc[l];
+            }
+        }
+        let mut s = acc.iter().fold(T::zero(), |a, &b| a + b);
+        for (&a, &b) in gi.remainder().iter().zip(xi.remainder()) {
+            s += a * b;
+        }
+        drow[c as usize] = s;
+    }
+}
+
+/// The sparse kernels' rows compiled for AVX-512F (the same operations in the same order as the
+/// generic build, on 512-bit registers), chosen at run time.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use super::Real;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn mul_row<T: Real>(w: &[T], sup: &[u32], xt: &[T], n: usize, y: &mut [T]) {
+        super::mul_row(w, sup, xt, n, y)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn grad_row<T: Real>(g: &[T], sup: &[u32], xt: &[T], n: usize, drow: &mut [T]) {
+        super::grad_row(g, sup, xt, n, drow)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn axpy<T: Real>(a: T, x: &[T], y: &mut [T]) {
+        super::axpy_t(a, x, y)
+    }
+}
+
+/// Whether the wide builds of the sparse kernels run here.
+fn wide_ok() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::kernels::vector::has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -968,10 +1035,13 @@ impl Csr {
             .par_chunks_mut(n)
             .enumerate()
             .for_each(|(j, y)| {
-                y.fill(T::zero());
-                for &c in self.support(j) {
-                    axpy_t(w[j * cols_n + c as usize], row(xt, c as usize, n), y);
+                let w_row = &w[j * cols_n..(j + 1) * cols_n];
+                #[cfg(target_arch = "x86_64")]
+                if wide_ok() {
+                    // SAFETY: the CPU supports AVX-512F (checked).
+                    return unsafe { wide::mul_row(w_row, self.support(j), xt, n, y) };
                 }
+                mul_row(w_row, self.support(j), xt, n, y)
             });
     }
 
@@ -987,11 +1057,19 @@ impl Csr {
     ) {
         dxt.clear();
         dxt.resize(cols * n, T::zero());
+        let wide = wide_ok();
         for j in 0..self.rows {
             let g = &gt[j * n..(j + 1) * n];
             for &c in self.support(j) {
                 let c = c as usize;
-                axpy_t(w[j * self.cols_n + c], g, &mut dxt[c * n..(c + 1) * n]);
+                let (a, y) = (w[j * self.cols_n + c], &mut dxt[c * n..(c + 1) * n]);
+                #[cfg(target_arch = "x86_64")]
+                if wide {
+                    // SAFETY: the CPU supports AVX-512F (checked).
+                    unsafe { wide::axpy(a, g, y) };
+                    continue;
+                }
+                axpy_t(a, g, y);
             }
         }
     }
@@ -1003,24 +1081,13 @@ impl Csr {
             .par_chunks_mut(cols_n)
             .enumerate()
             .for_each(|(j, drow)| {
-                drow.fill(T::zero());
                 let g = &gt[j * n..(j + 1) * n];
-                for &c in self.support(j) {
-                    let xr = row(xt, c as usize, n);
-                    let mut acc = [T::zero(); 16];
-                    let mut gi = g.chunks_exact(16);
-                    let mut xi = xr.chunks_exact(16);
-                    for (gc, xc) in (&mut gi).zip(&mut xi) {
-                        for l in 0..16 {
-                            acc[l] += gc[l] * xc[l];
-                        }
-                    }
-                    let mut s = acc.iter().fold(T::zero(), |a, &b| a + b);
-                    for (&a, &b) in gi.remainder().iter().zip(xi.remainder()) {
-                        s += a * b;
-                    }
-                    drow[c as usize] = s;
+                #[cfg(target_arch = "x86_64")]
+                if wide_ok() {
+                    // SAFETY: the CPU supports AVX-512F (checked).
+                    return unsafe { wide::grad_row(g, self.support(j), xt, n, drow) };
                 }
+                grad_row(g, self.support(j), xt, n, drow)
             });
     }
 }
