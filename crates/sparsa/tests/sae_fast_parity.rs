@@ -359,6 +359,14 @@ fn gradients_match_reference_on_short_rows_and_columns() {
         sparsa::sae::optim::project_decoder_grad(&p.w_dec, &mut gr.w_dec, D);
 
         assert_eq!(sel.main, fs.main, "{what}");
+        if aux.is_some() {
+            // TopK selects both matchings in one pass: the same auxiliary matching.
+            assert_eq!(
+                sel.aux.as_ref(),
+                Some(&fs.aux),
+                "{what}: auxiliary matching"
+            );
+        }
         // The construction gives short rows and short columns.
         let l0 = fs.main.l0_per_row();
         assert!(l0.iter().any(|&n| n < K), "{what}: no short row {l0:?}");

@@ -66,7 +66,9 @@ impl<T: Plain> Aligned<T> {
     /// Set the length to `n`, keeping the capacity and the first min(n, old length) values.
     /// Values past the old length are unspecified (stale or 0): callers overwrite them.
     pub fn resize(&mut self, n: usize) {
-        let bytes = n * std::mem::size_of::<T>();
+        let bytes = n
+            .checked_mul(std::mem::size_of::<T>())
+            .expect("Aligned::resize: length overflows the address space");
         self.lines.resize(bytes.div_ceil(64), Line([0; 64]));
         self.len = n;
     }

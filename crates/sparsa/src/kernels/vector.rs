@@ -1,8 +1,10 @@
 //! Small dense-vector kernels for the sparse decode and backward (rows of width d).
 //!
-//! Each keeps 32 independent lane accumulators and combines them in a fixed order, so the
-//! result is a fixed function of the inputs: the same on every instruction set (the AVX-512
-//! build of the same code does the same per-lane arithmetic) and every thread count.
+//! `dot` (and `dot4`, four at once) keeps 32 independent lane accumulators and combines them in
+//! a fixed order; `axpy` and the row sums `gather_sum` / `gather_rows_sum` add each row's
+//! products lane by lane in row order. Every result is a fixed function of the inputs: the same
+//! on every instruction set (the AVX-512 paths do the same per-lane multiplies and adds, never a
+//! fused multiply-add) and every thread count.
 
 const L: usize = 32;
 

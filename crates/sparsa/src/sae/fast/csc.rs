@@ -162,6 +162,9 @@ impl FeatureView {
         gb: &mut [f32],
     ) {
         let b = xc.len() / d.max(1);
+        if b == 0 || d == 0 {
+            return;
+        }
         let ns = d.div_ceil(SLICE);
         let gsrc: Vec<&[f32]> = std::iter::once(g).chain(h).collect();
         let grows = b * gsrc.len();

@@ -275,7 +275,7 @@ impl FastStep {
                 .map_init(
                     || (Vec::new(), AuxRowScratch::default()),
                     |(scratch, aux_scratch), row| {
-                        let (mut main, mut aux) = (Vec::new(), Vec::with_capacity(s.k_aux));
+                        let (mut main, mut aux) = (Vec::new(), Vec::with_capacity(s.k_aux.min(f)));
                         rule.select_row(row, scratch, &mut main);
                         let exclude = if s.exclude_matched { &main[..] } else { &[] };
                         selector.select(row, exclude, aux_scratch, &mut aux);

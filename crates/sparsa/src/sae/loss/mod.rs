@@ -170,7 +170,7 @@ fn aux_select_with(
         .par_chunks(f)
         .enumerate()
         .map_init(AuxRowScratch::default, |s, (i, row)| {
-            let mut sel = Vec::with_capacity(k_aux);
+            let mut sel = Vec::with_capacity(k_aux.min(f));
             let ex = exclude.map_or(&[][..], |m| m.row(i));
             selector.select(row, ex, s, &mut sel);
             sel
