@@ -11,7 +11,7 @@
 //! matching's (ascending) order from zero, so ê_i, r_i and every W_dec[j]·r_i are bit-identical
 //! to zero-fill + one axpy per pair.
 
-use super::Matching;
+use super::{split_rows, Matching};
 use crate::kernels::vector::{self, GATHER_TILE};
 use rayon::prelude::*;
 
@@ -36,16 +36,10 @@ pub fn aux_decode(
 ) {
     let b = sse.len();
     // Each block's part of c and vals (pairs of its tokens are contiguous in the matching).
-    let mut parts = Vec::with_capacity(b.div_ceil(BLOCK));
-    let (mut rc, mut rv) = (&mut c[..], &mut vals[..]);
-    for i0 in (0..b).step_by(BLOCK) {
-        let i1 = (i0 + BLOCK).min(b);
-        let n = aux.row_ptr[i1] - aux.row_ptr[i0];
-        let (hc, tc) = rc.split_at_mut(n);
-        let (hv, tv) = rv.split_at_mut(n);
-        parts.push((hc, hv));
-        (rc, rv) = (tc, tv);
-    }
+    let parts: Vec<_> = split_rows(c, &aux.row_ptr, b, BLOCK)
+        .into_iter()
+        .zip(split_rows(vals, &aux.row_ptr, b, BLOCK))
+        .collect();
     h.par_chunks_mut(BLOCK * d)
         .zip(sse.par_chunks_mut(BLOCK))
         .zip(parts)

@@ -12,6 +12,7 @@
 //! from it, accumulators in registers. Each element's sum is the same sequence of multiplies
 //! and adds, in the same order, as a whole-row axpy per entry: the result is bit-identical.
 
+use super::resize;
 use crate::kernels::vector;
 use rayon::prelude::*;
 
@@ -66,14 +67,6 @@ impl<'a> Pairs<'a> {
     fn row(&self, i: usize) -> (&'a [u32], &'a [f32], &'a [f32]) {
         let (r0, r1) = (self.row_ptr[i], self.row_ptr[i + 1]);
         (&self.cols[r0..r1], &self.a[r0..r1], &self.c[r0..r1])
-    }
-}
-
-fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
-    if v.len() < n {
-        v.resize(n, T::default());
-    } else {
-        v.truncate(n);
     }
 }
 

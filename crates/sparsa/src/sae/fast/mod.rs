@@ -121,7 +121,7 @@ pub struct FastStep {
 
 /// Set the length to `n`, keeping the capacity and not re-zeroing what is kept: every buffer
 /// of the step is fully overwritten before it is read.
-fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+pub(super) fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
     if v.len() < n {
         v.resize(n, T::default());
     } else {
@@ -129,12 +129,17 @@ fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
     }
 }
 
-/// Cut a CSR-aligned buffer into the segments of consecutive `ROW_CHUNK`-row groups.
-fn split_rows<'a, T>(mut buf: &'a mut [T], row_ptr: &[usize], b: usize) -> Vec<&'a mut [T]> {
-    let mut out = Vec::with_capacity(b.div_ceil(ROW_CHUNK));
+/// Cut a CSR-aligned buffer into the segments of consecutive `rows`-row groups.
+pub(super) fn split_rows<'a, T>(
+    mut buf: &'a mut [T],
+    row_ptr: &[usize],
+    b: usize,
+    rows: usize,
+) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(b.div_ceil(rows));
     let mut r0 = 0;
     while r0 < b {
-        let r1 = (r0 + ROW_CHUNK).min(b);
+        let r1 = (r0 + rows).min(b);
         let (head, tail) = buf.split_at_mut(row_ptr[r1] - row_ptr[r0]);
         out.push(head);
         buf = tail;
@@ -327,8 +332,8 @@ impl FastStep {
         resize(&mut self.c_aux, if aux_on { auxm.nnz() } else { 0 });
         resize(&mut self.a_aux, if aux_on { auxm.nnz() } else { 0 });
         {
-            let c_main = split_rows(&mut self.c_main, &main.row_ptr, b);
-            let a_main = split_rows(&mut self.a_main, &main.row_ptr, b);
+            let c_main = split_rows(&mut self.c_main, &main.row_ptr, b, ROW_CHUNK);
+            let a_main = split_rows(&mut self.a_main, &main.row_ptr, b, ROW_CHUNK);
             let chunks: Vec<_> = self
                 .e
                 .chunks_mut(ROW_CHUNK * d)
