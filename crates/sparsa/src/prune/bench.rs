@@ -40,6 +40,8 @@ pub struct BenchSpec {
     /// The engine's sparse-kernel threshold ([`FastNet::with_sparse_threshold`]); `None`: its
     /// default.
     pub sparse_below: Option<f64>,
+    /// The same for convolutions ([`FastNet::with_sparse_conv_threshold`]).
+    pub sparse_conv_below: Option<f64>,
 }
 
 /// Seconds per timed step.
@@ -53,6 +55,8 @@ pub struct BenchTimes {
     /// Weight density of each masked linear layer, and whether it ran the sparse kernels
     /// (empty on the reference path).
     pub linear: Vec<(f64, bool)>,
+    /// The same for the masked convolutions.
+    pub conv: Vec<(f64, bool)>,
 }
 
 /// The model pruned to `sparsity` % by global magnitude (the whole net, masks on every
@@ -128,13 +132,17 @@ pub fn time_model(
             train,
             eval,
             linear: Vec::new(),
+            conv: Vec::new(),
         });
     }
     let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default())?;
     if let Some(t) = spec.sparse_below {
         fast = fast.with_sparse_threshold(t);
     }
-    let linear = fast.linear_densities();
+    if let Some(t) = spec.sparse_conv_below {
+        fast = fast.with_sparse_conv_threshold(t);
+    }
+    let (linear, conv) = (fast.linear_densities(), fast.conv_densities());
     fast.set_counting(Counting::Dynamic);
     let train = timed(&mut || {
         fast.train_step(&xs, &ys, 0.01)?;
@@ -150,6 +158,7 @@ pub fn time_model(
         train,
         eval,
         linear,
+        conv,
     })
 }
 
@@ -167,6 +176,7 @@ mod tests {
                 steps: 2,
                 reference,
                 sparse_below: None,
+                sparse_conv_below: None,
             };
             let t = time_model(Arch::Lenet300100, 95.0, spec, &|| {
                 ticks.set(ticks.get() + 1)

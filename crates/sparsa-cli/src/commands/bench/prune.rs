@@ -60,6 +60,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                     "sparsity": sp, "train_img_s": row.train, "eval_img_s": row.eval,
                     "peak_rss_mb": row.rss,
                     "linear_density_sparse": row.linear,
+                    "conv_density_sparse": row.conv,
                 })
             );
             rows.push(vec![
@@ -105,6 +106,10 @@ pub struct BenchArgs {
     /// engine's measured threshold; 0 = always dense, 2 = always sparse, to measure it).
     #[arg(long)]
     sparse_below: Option<f64>,
+    /// Weight density below which a masked stride-1 convolution runs the sparse kernels
+    /// (default: the engine's measured threshold; 0 = always dense, 2 = always sparse).
+    #[arg(long)]
+    sparse_conv_below: Option<f64>,
 }
 
 struct BenchRow {
@@ -115,6 +120,8 @@ struct BenchRow {
     rss: Option<f64>,
     /// Weight density of each masked linear layer, and whether it ran the sparse kernels.
     linear: Vec<(f64, bool)>,
+    /// The same for the masked convolutions.
+    conv: Vec<(f64, bool)>,
 }
 
 fn bench_one(arch: Arch, sparsity: f64, a: &BenchArgs) -> anyhow::Result<BenchRow> {
@@ -128,6 +135,7 @@ fn bench_one(arch: Arch, sparsity: f64, a: &BenchArgs) -> anyhow::Result<BenchRo
         steps: a.steps,
         reference: a.reference,
         sparse_below: a.sparse_below,
+        sparse_conv_below: a.sparse_conv_below,
     };
     let t = time_model(arch, sparsity, spec, &|| bar.inc(1))?;
     bar.finish();
@@ -139,5 +147,6 @@ fn bench_one(arch: Arch, sparsity: f64, a: &BenchArgs) -> anyhow::Result<BenchRo
         eval: a.batch as f64 / median(t.eval),
         rss: peak_rss_mb(),
         linear: t.linear,
+        conv: t.conv,
     })
 }

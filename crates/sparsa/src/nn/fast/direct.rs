@@ -291,6 +291,48 @@ pub fn transpose_f32(a: &[f32], rows: usize, cols: usize, out: &mut [f32]) -> bo
     true
 }
 
+/// `out[j·ldo + i] = a[i·lda + j]` for i < rows, j < cols: a strided transpose in 16 × 16
+/// register blocks, the edge blocks with lane masks (nothing outside the rows × cols block is
+/// read or written). Returns false, doing nothing, without AVX-512F.
+pub fn transpose_strided_f32(
+    a: &[f32],
+    lda: usize,
+    rows: usize,
+    cols: usize,
+    out: &mut [f32],
+    ldo: usize,
+) -> bool {
+    if !available() {
+        return false;
+    }
+    if rows == 0 || cols == 0 {
+        return true;
+    }
+    assert!(lda >= cols && ldo >= rows);
+    assert!(a.len() >= (rows - 1) * lda + cols && out.len() >= (cols - 1) * ldo + rows);
+    for r0 in (0..rows).step_by(16) {
+        let nr = (rows - r0).min(16);
+        for c0 in (0..cols).step_by(16) {
+            let nc = (cols - c0).min(16);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F is present; the block reads rows r0..r0+nr, columns c0..c0+nc of
+            // `a` and writes rows c0..c0+nc, columns r0..r0+nr of `out`, inside the lengths
+            // asserted above (masked lanes are not touched).
+            unsafe {
+                avx::transpose_block(
+                    a.as_ptr().add(r0 * lda + c0),
+                    lda,
+                    nr,
+                    nc,
+                    out.as_mut_ptr().add(c0 * ldo + r0),
+                    ldo,
+                )
+            }
+        }
+    }
+    true
+}
+
 /// Rows per register block of [`linear_rows`].
 pub const LINEAR_ROWS: usize = 8;
 
@@ -560,6 +602,43 @@ mod avx {
         for (i, r) in r.iter_mut().enumerate() {
             *r = _mm512_loadu_ps(a.add(i * lda));
         }
+        transpose_regs(&mut r);
+        for (i, r) in r.iter().enumerate() {
+            _mm512_storeu_ps(o.add(i * ldo), *r);
+        }
+    }
+
+    /// [`transpose16`] of the top-left nr × nc corner (nr, nc ≤ 16): rows past nr are not read,
+    /// lanes past nc are masked on load and lanes past nr on store.
+    /// SAFETY (callers): AVX-512F present; the nr × nc block at `a` and the nc × nr block at `o`
+    /// in bounds.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose_block(
+        a: *const f32,
+        lda: usize,
+        nr: usize,
+        nc: usize,
+        o: *mut f32,
+        ldo: usize,
+    ) {
+        if nr == 16 && nc == 16 {
+            return transpose16(a, lda, o, ldo);
+        }
+        let (lm, sm) = (lanes(nc), lanes(nr));
+        let mut r = [_mm512_setzero_ps(); 16];
+        for (i, r) in r.iter_mut().enumerate().take(nr) {
+            *r = _mm512_maskz_loadu_ps(lm, a.add(i * lda));
+        }
+        transpose_regs(&mut r);
+        for (i, r) in r.iter().enumerate().take(nc) {
+            _mm512_mask_storeu_ps(o.add(i * ldo), sm, *r);
+        }
+    }
+
+    /// Sixteen rows of sixteen lanes transposed in registers.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose_regs(r: &mut [__m512; 16]) {
         let mut t = [_mm512_setzero_ps(); 16];
         for i in 0..8 {
             t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
@@ -582,9 +661,6 @@ mod avx {
         for i in 0..8 {
             r[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[i + 8]);
             r[i + 8] = _mm512_shuffle_f32x4::<0xDD>(t[i], t[i + 8]);
-        }
-        for (i, r) in r.iter().enumerate() {
-            _mm512_storeu_ps(o.add(i * ldo), *r);
         }
     }
 

@@ -35,6 +35,7 @@
 pub mod direct;
 pub mod geom;
 pub mod kernels;
+pub mod sparse_conv;
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -233,6 +234,26 @@ struct ConvUnit<T> {
     inv: Vec<T>,
     /// Packed weights of the direct kernels (reused from step to step).
     pack: Vec<T>,
+    /// The mask's kept weights when the layer runs the sparse kernels.
+    sparse: Option<Box<sparse_conv::SparseConv>>,
+}
+
+/// [`ConvGeom::forward`], or the sparse kernels when the layer has them.
+#[allow(clippy::too_many_arguments)]
+fn conv_forward<T: Real>(
+    g: &ConvGeom,
+    sparse: &mut Option<Box<sparse_conv::SparseConv>>,
+    x: &[T],
+    w: &[T],
+    y: &mut [T],
+    pack: &mut Vec<T>,
+    sh: &mut Shared<T>,
+    epi: &(dyn Fn(&mut GroupAcc, usize, &mut [T]) + Sync),
+) {
+    match sparse {
+        Some(s) => s.forward(g, x, w, y, &mut sh.accs, epi),
+        None => g.forward(x, w, y, pack, &mut sh.scratch, &mut sh.accs, epi),
+    }
 }
 
 impl<T: Real> ConvUnit<T> {
@@ -249,13 +270,14 @@ impl<T: Real> ConvUnit<T> {
                 let epi = |acc: &mut GroupAcc, r0: usize, tile: &mut [T]| {
                     bias_relu(acc, tile, bias, relu, c, r0, ohw)
                 };
-                g.forward(
+                conv_forward(
+                    &g,
+                    &mut self.sparse,
                     x,
                     w,
                     &mut self.out,
                     &mut self.pack,
-                    &mut fw.sh.scratch,
-                    &mut fw.sh.accs,
+                    fw.sh,
                     &epi,
                 );
             }
@@ -264,13 +286,14 @@ impl<T: Real> ConvUnit<T> {
                 let epi = |acc: &mut GroupAcc, _r0: usize, tile: &mut [T]| {
                     kernels::accumulate_stats(acc, tile, c)
                 };
-                g.forward(
+                conv_forward(
+                    &g,
+                    &mut self.sparse,
                     x,
                     w,
                     &mut self.z,
                     &mut self.pack,
-                    &mut fw.sh.scratch,
-                    &mut fw.sh.accs,
+                    fw.sh,
                     &epi,
                 );
                 let (s1, s2) = kernels::merge_sums(&fw.sh.accs, c);
@@ -313,13 +336,14 @@ impl<T: Real> ConvUnit<T> {
                         kernels::relu_count(acc, tile, c, r0, ohw);
                     }
                 };
-                g.forward(
+                conv_forward(
+                    &g,
+                    &mut self.sparse,
                     x,
                     w,
                     &mut self.out,
                     &mut self.pack,
-                    &mut fw.sh.scratch,
-                    &mut fw.sh.accs,
+                    fw.sh,
                     &epi,
                 );
             }
@@ -369,16 +393,19 @@ impl<T: Real> ConvUnit<T> {
         };
         let dw = &mut bw.grads[self.w];
         dw.resize(g.cout * g.ckk(), T::zero());
-        g.backward(
-            x,
-            &bw.p[self.w].w,
-            gout,
-            dw,
-            dx,
-            &mut self.pack,
-            &mut bw.sh.scratch,
-            &mut bw.sh.parts,
-        );
+        match &mut self.sparse {
+            Some(s) => s.backward(&g, x, &bw.p[self.w].w, gout, dw, dx, bw.sh.parts.len()),
+            None => g.backward(
+                x,
+                &bw.p[self.w].w,
+                gout,
+                dw,
+                dx,
+                &mut self.pack,
+                &mut bw.sh.scratch,
+                &mut bw.sh.parts,
+            ),
+        }
     }
 }
 
@@ -807,6 +834,7 @@ impl Compiler<'_> {
             mean: Vec::new(),
             inv: Vec::new(),
             pack: Vec::new(),
+            sparse: None,
         }))
     }
 
@@ -943,6 +971,45 @@ pub struct FastNet<T: Real> {
 /// the measurement in docs/pruning.md ("Sparse linear layers").
 pub const SPARSE_LINEAR_BELOW: f64 = 0.1;
 
+/// Weight density below which a masked stride-1 convolution runs the sparse kernels
+/// ([`sparse_conv`]), from the measurement in docs/pruning.md ("Sparse convolutions").
+pub const SPARSE_CONV_BELOW: f64 = 0.4;
+
+/// Every conv unit of `units`, residual blocks included, in order.
+fn conv_units<T>(units: &mut [Unit<T>], f: &mut impl FnMut(&mut ConvUnit<T>)) {
+    for u in units {
+        match u {
+            Unit::Conv(c) => f(c),
+            Unit::Res(r) => {
+                conv_units(&mut r.main, f);
+                conv_units(&mut r.short, f);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Every conv unit of `units`, residual blocks included, in order (shared).
+fn conv_refs<'a, T>(units: &'a [Unit<T>], out: &mut Vec<&'a ConvUnit<T>>) {
+    for u in units {
+        match u {
+            Unit::Conv(c) => out.push(c),
+            Unit::Res(r) => {
+                conv_refs(&r.main, out);
+                conv_refs(&r.short, out);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The flat indices of a mask's kept entries.
+fn support_of<T: Real>(m: &[T]) -> Vec<u32> {
+    (0..m.len() as u32)
+        .filter(|&i| m[i as usize] != T::zero())
+        .collect()
+}
+
 /// Share of a mask's entries that are kept (non-zero).
 fn mask_density<T: Real>(m: &[T]) -> f64 {
     m.iter().filter(|&&v| v != T::zero()).count() as f64 / m.len().max(1) as f64
@@ -1028,7 +1095,37 @@ impl<T: Real> FastNet<T> {
             n: 0,
             gen: 0,
         }
-        .with_sparse_threshold(SPARSE_LINEAR_BELOW))
+        .with_sparse_threshold(SPARSE_LINEAR_BELOW)
+        .with_sparse_conv_threshold(SPARSE_CONV_BELOW))
+    }
+
+    /// Masked convolutions whose weight density is below `density` run the sparse kernels where
+    /// they apply (f32 on AVX-512F, stride 1; [`sparse_conv::applies`]); the others the dense
+    /// ones (0: never sparse; above 1: always, for tests). Results agree to float tolerance, and
+    /// the sparse path's weight gradient is 0 off the mask.
+    pub fn with_sparse_conv_threshold(mut self, density: f64) -> Self {
+        self.gen += 1;
+        let params = &mut self.params;
+        conv_units(&mut self.units, &mut |c| {
+            let slot = &mut params[c.w];
+            c.sparse = slot.mask.as_deref().and_then(|m| {
+                (mask_density(m) < density && sparse_conv::applies::<T>(&c.geom))
+                    .then(|| Box::new(sparse_conv::SparseConv::new(&c.geom, m)))
+            });
+            slot.support = c.sparse.as_ref().map(|_| {
+                let m = slot.mask.as_deref().expect("sparse only when masked");
+                // SGD will touch only the support: make the rest exactly 0 now, as the dense
+                // path's first masked update would.
+                for (w, &m) in slot.w.iter_mut().zip(m) {
+                    *w *= m;
+                }
+                for (v, &m) in slot.mom.iter_mut().zip(m) {
+                    *v *= m;
+                }
+                support_of(m)
+            });
+        });
+        self
     }
 
     /// Masked linear layers whose weight density is below `density` run the sparse kernels;
@@ -1090,12 +1187,28 @@ impl<T: Real> FastNet<T> {
             .collect()
     }
 
-    /// How many linear layers run the sparse kernels.
+    /// Per masked convolution, in order (residual blocks included): its weight density and
+    /// whether it runs the sparse kernels.
+    pub fn conv_densities(&self) -> Vec<(f64, bool)> {
+        let mut convs = Vec::new();
+        conv_refs(&self.units, &mut convs);
+        convs
+            .iter()
+            .filter_map(|c| {
+                let m = self.params[c.w].mask.as_deref()?;
+                Some((mask_density(m), c.sparse.is_some()))
+            })
+            .collect()
+    }
+
+    /// How many linear and conv layers run the sparse kernels.
     pub fn sparse_layers(&self) -> usize {
-        self.units
+        let linear = self
+            .units
             .iter()
             .filter(|u| matches!(u, Unit::Linear(l) if l.sparse.is_some()))
-            .count()
+            .count();
+        linear + self.conv_densities().iter().filter(|d| d.1).count()
     }
 
     /// Copy the weights and batch-norm running statistics back into `net` (candle layout).

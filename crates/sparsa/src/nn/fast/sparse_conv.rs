@@ -1,0 +1,555 @@
+//! Sparse-weight convolution for pruned conv layers (f32, AVX-512F, stride 1): the work is
+//! proportional to the weights the mask keeps.
+//!
+//! Dense kernels vectorise over output channels, so a pruned weight still costs its lane. Here
+//! each image is copied into zero-bordered *planes* (one per channel, row stride `wp` = padded
+//! width) and the kernels vectorise over output pixels instead. With `q = oy·wp + ox`, a kept
+//! weight `W[co, ky, kx, ci]` adds `W · xp[ci][q + ky·wp + kx]` to `out[co][q]` for every q at
+//! once: one broadcast and one FMA per 16 pixels, with the 16 pixels a contiguous (unaligned)
+//! load. Columns `ox ≥ ow` of each output row are computed and thrown away (the trick that makes
+//! a row's taps one contiguous run). A register block of 8 × 16 pixels accumulates over one
+//! output channel's kept weights ([`Entries`]: the offset `ci·plane + ky·wp + kx` and the weight,
+//! in CSR order).
+//! - Forward: the entries of each output channel over the input planes; the output planes are
+//!   transposed back to NHWC and handed to the unit's epilogue (bias, ReLU, counting, statistics).
+//! - Input gradient: the same kernel over the output gradient's planes padded by k − 1 − pad,
+//!   with each input channel's entries (taps flipped).
+//! - Weight gradient, on the mask's support only: `dW[e] = Σ_q dy[co][q] · xp[ci][q + off]` over
+//!   the output gradient's planes laid out like the forward output (zeros in the thrown-away
+//!   columns), eight entries at a time sharing each dy load; 0 off the support (masked SGD
+//!   updates the support only, [`super::FastNet`]'s `Slot::support`).
+//!
+//! Exactness: the same sums as the dense kernels in another order, so results agree to float
+//! rounding (tested against the dense path at densities 0–100 %). Sums are in a fixed order for a
+//! given shape and thread count, so runs stay bit-reproducible.
+
+use rayon::prelude::*;
+
+use super::direct;
+use super::geom::{ConvGeom, Real};
+use super::kernels::{group_ranges, split_by, GroupAcc};
+
+/// Whether a masked convolution of shape `g` in element type T can run these kernels.
+pub fn applies<T: Real>(g: &ConvGeom) -> bool {
+    T::as_f32(&[]).is_some() && direct::available() && g.stride == 1 && g.pad < g.k
+}
+
+/// Zero-bordered channel planes of one image: `c` planes of `hp × wp` (the input padded by
+/// `pad`), read by a k×k window into `rows × wp` output positions, `qv` vectors of 16.
+#[derive(Debug, Clone, Copy)]
+struct Planes {
+    h: usize,
+    w: usize,
+    c: usize,
+    pad: usize,
+    wp: usize,
+    plane: usize,
+    /// Output rows (the output width is `wp − k + 1`).
+    rows: usize,
+    cols: usize,
+    /// 16-lane vectors per output plane (rows·wp rounded up).
+    qv: usize,
+}
+
+impl Planes {
+    fn new(h: usize, w: usize, c: usize, pad: usize, k: usize) -> Planes {
+        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        let rows = hp + 1 - k;
+        Planes {
+            h,
+            w,
+            c,
+            pad,
+            wp,
+            plane: hp * wp,
+            rows,
+            cols: wp + 1 - k,
+            qv: (rows * wp).div_ceil(16),
+        }
+    }
+    /// Elements of the input planes, with slack past the last plane for the thrown-away
+    /// positions' reads (at most 16·qv + (k − 1)(wp + 1) past a plane's start).
+    fn in_len(&self, k: usize) -> usize {
+        self.c * self.plane + 16 + k * (self.wp + 1)
+    }
+    /// Floats of one channel's plane a register block of the forward kernel reads.
+    fn span(&self, k: usize) -> usize {
+        16 * avx_block() + (k - 1) * (self.wp + 1)
+    }
+    /// Elements of one output plane.
+    fn out_plane(&self) -> usize {
+        16 * self.qv
+    }
+    /// Copy one NHWC image (h, w, c) into the planes' interiors (the borders stay as they are:
+    /// zero from the buffer's allocation).
+    fn fill(&self, src: &[f32], dst: &mut [f32]) {
+        let (w, c, wp) = (self.w, self.c, self.wp);
+        for y in 0..self.h {
+            let o = (y + self.pad) * wp + self.pad;
+            let done = direct::transpose_strided_f32(
+                &src[y * w * c..(y + 1) * w * c],
+                c,
+                w,
+                c,
+                &mut dst[o..],
+                self.plane,
+            );
+            debug_assert!(done);
+        }
+    }
+}
+
+/// Kept weights of a conv layer grouped by the planes they read (chunks of `per_chunk`
+/// channels, so that a block's reads stay in L1) and then by the plane they write:
+/// `ptr[c·outs + j]..ptr[c·outs + j + 1]` are the entries of chunk c writing plane j, each an
+/// offset into the planes it reads and the index of its weight in the engine's (co, ky, kx, ci)
+/// layout; `w` holds the weights gathered at the last refresh.
+#[derive(Debug, Clone, Default)]
+struct Entries {
+    outs: usize,
+    chunks: usize,
+    ptr: Vec<usize>,
+    off: Vec<u32>,
+    idx: Vec<u32>,
+    w: Vec<f32>,
+}
+
+/// L1 bytes a chunk of read planes may take per register block of the forward kernel.
+const CHUNK_BYTES: usize = 24 << 10;
+
+impl Entries {
+    /// From `(j, channel read, offset, weight index)` items in the order wanted within each
+    /// (chunk, j); `span` is the floats of one channel a register block reads.
+    fn build(
+        outs: usize,
+        chans: usize,
+        span: usize,
+        mut items: Vec<(usize, usize, u32, u32)>,
+    ) -> Entries {
+        let per_chunk = (CHUNK_BYTES / (4 * span)).clamp(1, chans.max(1));
+        let chunks = chans.div_ceil(per_chunk).max(1);
+        items.sort_by_key(|&(j, ch, ..)| (ch / per_chunk, j));
+        let mut ptr = vec![0; chunks * outs + 1];
+        for &(j, ch, ..) in &items {
+            ptr[(ch / per_chunk) * outs + j + 1] += 1;
+        }
+        for i in 1..ptr.len() {
+            ptr[i] += ptr[i - 1];
+        }
+        Entries {
+            outs,
+            chunks,
+            ptr,
+            off: items.iter().map(|e| e.2).collect(),
+            idx: items.iter().map(|e| e.3).collect(),
+            w: Vec::new(),
+        }
+    }
+
+    fn refresh(&mut self, w: &[f32]) {
+        self.w.clear();
+        self.w.extend(self.idx.iter().map(|&i| w[i as usize]));
+    }
+
+    /// The entries of chunk c writing plane j.
+    fn range(&self, c: usize, j: usize) -> std::ops::Range<usize> {
+        self.ptr[c * self.outs + j]..self.ptr[c * self.outs + j + 1]
+    }
+}
+
+/// One group's buffers, allocated zeroed once: only plane interiors are ever written, so the
+/// borders and thrown-away columns the kernels read stay 0.
+#[derive(Debug, Default)]
+struct Buf {
+    /// Input planes (forward and weight gradient).
+    xp: Vec<f32>,
+    /// Output planes of the forward pass or of the input gradient.
+    yp: Vec<f32>,
+    /// Output gradient laid out like the forward output (weight gradient).
+    dyw: Vec<f32>,
+    /// Output gradient padded by k − 1 − pad (input gradient).
+    dyb: Vec<f32>,
+    /// Weight-gradient sums of the group's images, one per kept weight.
+    gacc: Vec<f32>,
+}
+
+/// A masked convolution running the sparse kernels (built from its mask, fixed for the
+/// engine's lifetime; weights are re-gathered at every pass).
+#[derive(Debug)]
+pub struct SparseConv {
+    k: usize,
+    fwd: Entries,
+    bwd: Entries,
+    fp: Planes,
+    bp: Planes,
+    bufs: Vec<Buf>,
+}
+
+impl SparseConv {
+    /// The kernels of `g` (stride 1, [`applies`]) for the kept weights of `mask` (engine layout
+    /// (co, ky, kx, ci)).
+    pub fn new<T: Real>(g: &ConvGeom, mask: &[T]) -> SparseConv {
+        let (k, cin, cout) = (g.k, g.cin, g.cout);
+        let fp = Planes::new(g.h, g.w, cin, g.pad, k);
+        let bp = Planes::new(g.oh, g.ow, cout, k - 1 - g.pad, k);
+        debug_assert_eq!((fp.rows, fp.cols), (g.oh, g.ow));
+        debug_assert_eq!((bp.rows, bp.cols), (g.h, g.w));
+        let kept = |co: usize, t: usize, ci: usize| mask[(co * k * k + t) * cin + ci] != T::zero();
+        let idx = |co: usize, t: usize, ci: usize| ((co * k * k + t) * cin + ci) as u32;
+        let mut items = Vec::new();
+        for co in 0..cout {
+            for ci in 0..cin {
+                for t in 0..k * k {
+                    if kept(co, t, ci) {
+                        let off = ci * fp.plane + t / k * fp.wp + t % k;
+                        items.push((co, ci, off as u32, idx(co, t, ci)));
+                    }
+                }
+            }
+        }
+        let fwd = Entries::build(cout, cin, fp.span(k), items);
+        let mut items = Vec::new();
+        for ci in 0..cin {
+            for co in 0..cout {
+                for t in 0..k * k {
+                    if kept(co, t, ci) {
+                        let (ky, kx) = (k - 1 - t / k, k - 1 - t % k);
+                        let off = co * bp.plane + ky * bp.wp + kx;
+                        items.push((ci, co, off as u32, idx(co, t, ci)));
+                    }
+                }
+            }
+        }
+        let bwd = Entries::build(cin, cout, bp.span(k), items);
+        SparseConv {
+            k,
+            fwd,
+            bwd,
+            fp,
+            bp,
+            bufs: Vec::new(),
+        }
+    }
+
+    /// Kept weights.
+    pub fn nnz(&self) -> usize {
+        self.fwd.idx.len()
+    }
+
+    /// The flat (co, ky, kx, ci) indices of the kept weights.
+    pub fn support(&self) -> Vec<u32> {
+        let mut s = self.fwd.idx.clone();
+        s.sort_unstable();
+        s
+    }
+
+    fn bufs(&mut self, groups: usize) {
+        if self.bufs.len() != groups {
+            self.bufs = (0..groups).map(|_| Buf::default()).collect();
+        }
+    }
+
+    /// y (NHWC) = the convolution of x with the kept weights of `w`; `epi(acc, row0, image)`
+    /// runs on each image's output while it is in cache, as [`ConvGeom::forward`]'s does.
+    pub fn forward<T: Real>(
+        &mut self,
+        g: &ConvGeom,
+        x: &[T],
+        w: &[T],
+        y: &mut [T],
+        accs: &mut [GroupAcc],
+        epi: &(dyn Fn(&mut GroupAcc, usize, &mut [T]) + Sync),
+    ) {
+        let (Some(x), Some(w)) = (T::as_f32(x), T::as_f32(w)) else {
+            unreachable!("the sparse convolution runs only on f32 (applies)")
+        };
+        self.fwd.refresh(w);
+        self.bufs(accs.len());
+        let (fp, k, cout, ohw) = (self.fp, self.k, g.cout, g.ohw());
+        let img = g.h * g.w * g.cin;
+        let ent = &self.fwd;
+        let ranges = group_ranges(g.n, accs.len());
+        let parts = split_by(&mut y[..g.out_len()], &ranges, ohw * cout);
+        parts
+            .into_par_iter()
+            .zip(accs.par_iter_mut())
+            .zip(self.bufs.par_iter_mut())
+            .zip(ranges.par_iter())
+            .for_each(|(((part, acc), b), r)| {
+                zeroed(&mut b.xp, fp.in_len(k));
+                zeroed(&mut b.yp, cout * fp.out_plane());
+                for (i, yi) in r.clone().zip(part.chunks_exact_mut(ohw * cout)) {
+                    fp.fill(&x[i * img..(i + 1) * img], &mut b.xp);
+                    conv_planes(&b.xp, ent, fp.qv, &mut b.yp);
+                    let yf = T::as_f32_mut(yi).expect("f32");
+                    unplane(&b.yp, fp.out_plane(), fp.wp, fp.rows, fp.cols, cout, yf);
+                    epi(acc, i * ohw, yi);
+                }
+            });
+    }
+
+    /// Gradients from dy (NHWC): `dw` = dyᵀ·im2col(x) on the kept weights (0 elsewhere) and,
+    /// when wanted, `dx` = the input gradient. Per-group partial sums are added in group order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<T: Real>(
+        &mut self,
+        g: &ConvGeom,
+        x: &[T],
+        w: &[T],
+        dy: &[T],
+        dw: &mut [T],
+        dx: Option<&mut [T]>,
+        groups: usize,
+    ) {
+        let (Some(x), Some(w), Some(dy)) = (T::as_f32(x), T::as_f32(w), T::as_f32(dy)) else {
+            unreachable!("the sparse convolution runs only on f32 (applies)")
+        };
+        let want_dx = dx.is_some();
+        if want_dx {
+            self.bwd.refresh(w);
+        }
+        self.bufs(groups.max(1));
+        let (fp, bp, k) = (self.fp, self.bp, self.k);
+        let (cin, cout, ohw) = (g.cin, g.cout, g.ohw());
+        let (img, nnz) = (g.h * g.w * cin, self.fwd.idx.len());
+        let (fwd, bwd) = (&self.fwd, &self.bwd);
+        let ranges = group_ranges(g.n, self.bufs.len());
+        let dx_parts: Vec<Option<&mut [T]>> = match dx {
+            Some(d) => split_by(&mut d[..g.in_len()], &ranges, img)
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => ranges.iter().map(|_| None).collect(),
+        };
+        // The output gradient as the forward output's planes: row stride fp.wp, columns past ow
+        // and the tail past rows·wp zero.
+        let dyw_len = cout * fp.out_plane() + 16;
+        dx_parts
+            .into_par_iter()
+            .zip(self.bufs.par_iter_mut())
+            .zip(ranges.par_iter())
+            .for_each(|((mut dxp, b), r)| {
+                zeroed(&mut b.xp, fp.in_len(k));
+                zeroed(&mut b.dyw, dyw_len);
+                b.gacc.clear();
+                b.gacc.resize(nnz, 0.0);
+                if want_dx {
+                    zeroed(&mut b.dyb, bp.in_len(k));
+                    zeroed(&mut b.yp, cin * bp.out_plane());
+                }
+                for i in r.clone() {
+                    fp.fill(&x[i * img..(i + 1) * img], &mut b.xp);
+                    let dyi = &dy[i * ohw * cout..(i + 1) * ohw * cout];
+                    for oy in 0..g.oh {
+                        let done = direct::transpose_strided_f32(
+                            &dyi[oy * g.ow * cout..(oy + 1) * g.ow * cout],
+                            cout,
+                            g.ow,
+                            cout,
+                            &mut b.dyw[oy * fp.wp..],
+                            fp.out_plane(),
+                        );
+                        debug_assert!(done);
+                    }
+                    grad_planes(&b.xp, &b.dyw, fp.out_plane(), fwd, fp.qv, &mut b.gacc);
+                    if let Some(d) = dxp.as_deref_mut() {
+                        bp.fill(dyi, &mut b.dyb);
+                        conv_planes(&b.dyb, bwd, bp.qv, &mut b.yp);
+                        let di =
+                            T::as_f32_mut(&mut d[(i - r.start) * img..(i - r.start + 1) * img])
+                                .expect("f32");
+                        unplane(&b.yp, bp.out_plane(), bp.wp, bp.rows, bp.cols, cin, di);
+                    }
+                }
+            });
+        dw.fill(T::zero());
+        for (e, &i) in fwd.idx.iter().enumerate() {
+            // Groups without images hold zeros.
+            let mut s = 0f32;
+            for b in &self.bufs {
+                s += b.gacc[e];
+            }
+            dw[i as usize] = T::from_f64(s as f64);
+        }
+    }
+}
+
+/// `v` resized to `len`, zero-filled only when its length changes (borders stay 0 otherwise).
+fn zeroed(v: &mut Vec<f32>, len: usize) {
+    if v.len() != len {
+        v.clear();
+        v.resize(len, 0.0);
+    }
+}
+
+/// Output planes (`c` planes of `plane` elements, row stride `wp`) → NHWC (rows, cols, c).
+fn unplane(yp: &[f32], plane: usize, wp: usize, rows: usize, cols: usize, c: usize, y: &mut [f32]) {
+    for oy in 0..rows {
+        let done = direct::transpose_strided_f32(
+            &yp[oy * wp..],
+            plane,
+            c,
+            cols,
+            &mut y[oy * cols * c..(oy + 1) * cols * c],
+            c,
+        );
+        debug_assert!(done);
+    }
+}
+
+/// out[j][q] = Σ_{e of j} w_e · xp[off_e + q] for every output plane j and q < 16·qv.
+fn conv_planes(xp: &[f32], ent: &Entries, qv: usize, out: &mut [f32]) {
+    let planes = ent.outs;
+    let max_off = ent.off.iter().max().map_or(0, |&o| o as usize);
+    assert!(ent.w.len() == ent.off.len() && ent.ptr.len() == ent.chunks * planes + 1);
+    assert!(ent.ptr[ent.chunks * planes] == ent.off.len());
+    assert!(max_off + 16 * qv <= xp.len() && out.len() >= planes * 16 * qv);
+    assert!(direct::available());
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F is present; every read is at off_e + q < max_off + 16·qv ≤ xp.len() and
+    // every write inside plane j < planes of 16·qv (asserted above).
+    unsafe {
+        avx::conv_planes(xp.as_ptr(), ent, qv, out.as_mut_ptr())
+    }
+}
+
+/// acc[e] += Σ_{q < 16·qv} dy[j][q] · xp[off_e + q] for the entries e of every plane j (dy's
+/// planes `ld` apart).
+fn grad_planes(xp: &[f32], dy: &[f32], ld: usize, ent: &Entries, qv: usize, acc: &mut [f32]) {
+    let planes = ent.outs;
+    let max_off = ent.off.iter().max().map_or(0, |&o| o as usize);
+    assert!(ent.ptr.len() == ent.chunks * planes + 1 && acc.len() >= ent.off.len());
+    assert!(ent.ptr[ent.chunks * planes] == ent.off.len());
+    assert!(max_off + 16 * qv <= xp.len() && 16 * qv <= ld);
+    assert!(planes == 0 || (planes - 1) * ld + 16 * qv <= dy.len());
+    assert!(direct::available());
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F is present; reads of xp as in `conv_planes`, of dy inside plane j's first
+    // 16·qv elements, writes to acc[e] for e < nnz (asserted above).
+    unsafe {
+        avx::grad_planes(xp.as_ptr(), dy.as_ptr(), ld, ent, qv, acc.as_mut_ptr())
+    }
+}
+
+/// Vectors of 16 output pixels per register block of the forward kernel.
+const fn avx_block() -> usize {
+    8
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    use super::Entries;
+
+    /// Output vectors (of 16 pixels) per register block of the forward kernel, and entries per
+    /// block of the weight gradient.
+    const NV: usize = super::avx_block();
+    const NE: usize = 8;
+
+    /// SAFETY (callers): AVX-512F present; bounds as asserted by `super::conv_planes`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn conv_planes(xp: *const f32, ent: &Entries, qv: usize, out: *mut f32) {
+        let ld = 16 * qv;
+        let mut v0 = 0;
+        while v0 < qv {
+            let nv = (qv - v0).min(NV);
+            let (x, o) = (xp.add(16 * v0), out.add(16 * v0));
+            match nv {
+                8 => block::<8>(x, ent, o, ld),
+                7 => block::<7>(x, ent, o, ld),
+                6 => block::<6>(x, ent, o, ld),
+                5 => block::<5>(x, ent, o, ld),
+                4 => block::<4>(x, ent, o, ld),
+                3 => block::<3>(x, ent, o, ld),
+                2 => block::<2>(x, ent, o, ld),
+                _ => block::<1>(x, ent, o, ld),
+            }
+            v0 += nv;
+        }
+    }
+
+    /// One block of V vectors of every output plane.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block<const V: usize>(x: *const f32, ent: &Entries, out: *mut f32, ld: usize) {
+        let (off, w) = (ent.off.as_ptr(), ent.w.as_ptr());
+        for (c, j) in (0..ent.chunks).flat_map(|c| (0..ent.outs).map(move |j| (c, j))) {
+            let o = out.add(j * ld);
+            let mut acc = [_mm512_setzero_ps(); V];
+            if c > 0 {
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(o.add(16 * v));
+                }
+            }
+            for e in ent.range(c, j) {
+                let wv = _mm512_set1_ps(*w.add(e));
+                let p = x.add(*off.add(e) as usize);
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(p.add(16 * v)), wv, *a);
+                }
+            }
+            for (v, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(o.add(16 * v), *a);
+            }
+        }
+    }
+
+    /// SAFETY (callers): AVX-512F present; bounds as asserted by `super::grad_planes`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn grad_planes(
+        xp: *const f32,
+        dy: *const f32,
+        ld: usize,
+        ent: &Entries,
+        qv: usize,
+        acc: *mut f32,
+    ) {
+        for (c, j) in (0..ent.chunks).flat_map(|c| (0..ent.outs).map(move |j| (c, j))) {
+            let d = dy.add(j * ld);
+            let r = ent.range(c, j);
+            let (mut e, end) = (r.start, r.end);
+            while e < end {
+                let ne = (end - e).min(NE);
+                match ne {
+                    8 => dots::<8>(xp, d, ent, e, qv, acc),
+                    7 => dots::<7>(xp, d, ent, e, qv, acc),
+                    6 => dots::<6>(xp, d, ent, e, qv, acc),
+                    5 => dots::<5>(xp, d, ent, e, qv, acc),
+                    4 => dots::<4>(xp, d, ent, e, qv, acc),
+                    3 => dots::<3>(xp, d, ent, e, qv, acc),
+                    2 => dots::<2>(xp, d, ent, e, qv, acc),
+                    _ => dots::<1>(xp, d, ent, e, qv, acc),
+                }
+                e += ne;
+            }
+        }
+    }
+
+    /// acc[e0 + i] += Σ_q d[q] · xp[off + q] for E entries from e0, sharing each load of d.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dots<const E: usize>(
+        xp: *const f32,
+        d: *const f32,
+        ent: &Entries,
+        e0: usize,
+        qv: usize,
+        acc: *mut f32,
+    ) {
+        let mut p = [xp; E];
+        for (i, p) in p.iter_mut().enumerate() {
+            *p = xp.add(*ent.off.as_ptr().add(e0 + i) as usize);
+        }
+        let mut s = [_mm512_setzero_ps(); E];
+        for v in 0..qv {
+            let dv = _mm512_loadu_ps(d.add(16 * v));
+            for i in 0..E {
+                s[i] = _mm512_fmadd_ps(_mm512_loadu_ps(p[i].add(16 * v)), dv, s[i]);
+            }
+        }
+        for (i, s) in s.iter().enumerate() {
+            *acc.add(e0 + i) += _mm512_reduce_add_ps(*s);
+        }
+    }
+}
