@@ -28,6 +28,7 @@ use rayon::prelude::*;
 use super::direct;
 use super::geom::{ConvGeom, Real};
 use super::kernels::{group_ranges, split_by, GroupAcc};
+use crate::kernels::aligned::Aligned;
 
 /// Whether a masked convolution of shape `g` in element type T can run these kernels.
 pub fn applies<T: Real>(g: &ConvGeom) -> bool {
@@ -35,53 +36,66 @@ pub fn applies<T: Real>(g: &ConvGeom) -> bool {
 }
 
 /// Zero-bordered channel planes of one image: `c` planes of `hp × wp` (the input padded by
-/// `pad`), read by a k×k window into `rows × wp` output positions, `qv` vectors of 16.
+/// `pad`, rows padded on the right to a multiple of 16 floats so that every row starts on a cache
+/// line), read by a k×k window into `rows × cols` outputs at positions `q = oy·wp + ox`, `qv`
+/// vectors of 16 per output plane. The planes are stored k times, copy `kx` shifted left by kx
+/// floats, so the read of tap (ky, kx) at q is the aligned `copy[kx][ci·plane + ky·wp + q]`.
 #[derive(Debug, Clone, Copy)]
 struct Planes {
     h: usize,
     w: usize,
     c: usize,
+    k: usize,
     pad: usize,
     wp: usize,
     plane: usize,
-    /// Output rows (the output width is `wp − k + 1`).
     rows: usize,
     cols: usize,
-    /// 16-lane vectors per output plane (rows·wp rounded up).
     qv: usize,
+    /// Floats of one copy (all c planes and the slack the thrown-away positions read), a
+    /// multiple of 16.
+    copy: usize,
 }
 
 impl Planes {
     fn new(h: usize, w: usize, c: usize, pad: usize, k: usize) -> Planes {
-        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        let (hp, wp) = (h + 2 * pad, (w + 2 * pad).div_ceil(16) * 16);
         let rows = hp + 1 - k;
+        let qv = (rows * wp).div_ceil(16);
+        // The last plane's reads reach 16·qv + (k − 1)·wp ≤ plane + 16 past its start.
+        let plane = hp * wp;
         Planes {
             h,
             w,
             c,
+            k,
             pad,
             wp,
-            plane: hp * wp,
+            plane,
             rows,
-            cols: wp + 1 - k,
-            qv: (rows * wp).div_ceil(16),
+            cols: w + 2 * pad + 1 - k,
+            qv,
+            copy: c * plane + 16,
         }
     }
-    /// Elements of the input planes, with slack past the last plane for the thrown-away
-    /// positions' reads (at most 16·qv + (k − 1)(wp + 1) past a plane's start).
-    fn in_len(&self, k: usize) -> usize {
-        self.c * self.plane + 16 + k * (self.wp + 1)
+    /// Elements of the k copies.
+    fn in_len(&self) -> usize {
+        self.k * self.copy
     }
-    /// Floats of one channel's plane a register block of the forward kernel reads.
-    fn span(&self, k: usize) -> usize {
-        16 * avx_block() + (k - 1) * (self.wp + 1)
+    /// Offset of tap (ky, kx) of channel ch.
+    fn offset(&self, ch: usize, ky: usize, kx: usize) -> u32 {
+        (kx * self.copy + ch * self.plane + ky * self.wp) as u32
+    }
+    /// Floats of one channel (all copies) a register block of the forward kernel reads.
+    fn span(&self) -> usize {
+        self.k * (16 * avx_block() + (self.k - 1) * self.wp)
     }
     /// Elements of one output plane.
     fn out_plane(&self) -> usize {
         16 * self.qv
     }
-    /// Copy one NHWC image (h, w, c) into the planes' interiors (the borders stay as they are:
-    /// zero from the buffer's allocation).
+    /// Copy one NHWC image (h, w, c) into the planes' interiors, then make the shifted copies
+    /// (the borders stay as they are: zero from the buffer's allocation).
     fn fill(&self, src: &[f32], dst: &mut [f32]) {
         let (w, c, wp) = (self.w, self.c, self.wp);
         for y in 0..self.h {
@@ -95,6 +109,10 @@ impl Planes {
                 self.plane,
             );
             debug_assert!(done);
+        }
+        let (first, rest) = dst[..self.in_len()].split_at_mut(self.copy);
+        for (kx, d) in (1..self.k).zip(rest.chunks_exact_mut(self.copy)) {
+            d[..self.copy - kx].copy_from_slice(&first[kx..]);
         }
     }
 }
@@ -115,7 +133,7 @@ struct Entries {
 }
 
 /// L1 bytes a chunk of read planes may take per register block of the forward kernel.
-const CHUNK_BYTES: usize = 24 << 10;
+const CHUNK_BYTES: usize = 32 << 10;
 
 impl Entries {
     /// From `(j, channel read, offset, weight index)` items in the order wanted within each
@@ -162,13 +180,13 @@ impl Entries {
 #[derive(Debug, Default)]
 struct Buf {
     /// Input planes (forward and weight gradient).
-    xp: Vec<f32>,
+    xp: Aligned<f32>,
     /// Output planes of the forward pass or of the input gradient.
-    yp: Vec<f32>,
+    yp: Aligned<f32>,
     /// Output gradient laid out like the forward output (weight gradient).
-    dyw: Vec<f32>,
+    dyw: Aligned<f32>,
     /// Output gradient padded by k − 1 − pad (input gradient).
-    dyb: Vec<f32>,
+    dyb: Aligned<f32>,
     /// Weight-gradient sums of the group's images, one per kept weight.
     gacc: Vec<f32>,
 }
@@ -177,7 +195,6 @@ struct Buf {
 /// engine's lifetime; weights are re-gathered at every pass).
 #[derive(Debug)]
 pub struct SparseConv {
-    k: usize,
     fwd: Entries,
     bwd: Entries,
     fp: Planes,
@@ -201,28 +218,26 @@ impl SparseConv {
             for ci in 0..cin {
                 for t in 0..k * k {
                     if kept(co, t, ci) {
-                        let off = ci * fp.plane + t / k * fp.wp + t % k;
-                        items.push((co, ci, off as u32, idx(co, t, ci)));
+                        let off = fp.offset(ci, t / k, t % k);
+                        items.push((co, ci, off, idx(co, t, ci)));
                     }
                 }
             }
         }
-        let fwd = Entries::build(cout, cin, fp.span(k), items);
+        let fwd = Entries::build(cout, cin, fp.span(), items);
         let mut items = Vec::new();
         for ci in 0..cin {
             for co in 0..cout {
                 for t in 0..k * k {
                     if kept(co, t, ci) {
                         let (ky, kx) = (k - 1 - t / k, k - 1 - t % k);
-                        let off = co * bp.plane + ky * bp.wp + kx;
-                        items.push((ci, co, off as u32, idx(co, t, ci)));
+                        items.push((ci, co, bp.offset(co, ky, kx), idx(co, t, ci)));
                     }
                 }
             }
         }
-        let bwd = Entries::build(cin, cout, bp.span(k), items);
+        let bwd = Entries::build(cin, cout, bp.span(), items);
         SparseConv {
-            k,
             fwd,
             bwd,
             fp,
@@ -265,7 +280,7 @@ impl SparseConv {
         };
         self.fwd.refresh(w);
         self.bufs(accs.len());
-        let (fp, k, cout, ohw) = (self.fp, self.k, g.cout, g.ohw());
+        let (fp, cout, ohw) = (self.fp, g.cout, g.ohw());
         let img = g.h * g.w * g.cin;
         let ent = &self.fwd;
         let ranges = group_ranges(g.n, accs.len());
@@ -276,7 +291,7 @@ impl SparseConv {
             .zip(self.bufs.par_iter_mut())
             .zip(ranges.par_iter())
             .for_each(|(((part, acc), b), r)| {
-                zeroed(&mut b.xp, fp.in_len(k));
+                zeroed(&mut b.xp, fp.in_len());
                 zeroed(&mut b.yp, cout * fp.out_plane());
                 for (i, yi) in r.clone().zip(part.chunks_exact_mut(ohw * cout)) {
                     fp.fill(&x[i * img..(i + 1) * img], &mut b.xp);
@@ -309,7 +324,7 @@ impl SparseConv {
             self.bwd.refresh(w);
         }
         self.bufs(groups.max(1));
-        let (fp, bp, k) = (self.fp, self.bp, self.k);
+        let (fp, bp) = (self.fp, self.bp);
         let (cin, cout, ohw) = (g.cin, g.cout, g.ohw());
         let (img, nnz) = (g.h * g.w * cin, self.fwd.idx.len());
         let (fwd, bwd) = (&self.fwd, &self.bwd);
@@ -329,12 +344,12 @@ impl SparseConv {
             .zip(self.bufs.par_iter_mut())
             .zip(ranges.par_iter())
             .for_each(|((mut dxp, b), r)| {
-                zeroed(&mut b.xp, fp.in_len(k));
+                zeroed(&mut b.xp, fp.in_len());
                 zeroed(&mut b.dyw, dyw_len);
                 b.gacc.clear();
                 b.gacc.resize(nnz, 0.0);
                 if want_dx {
-                    zeroed(&mut b.dyb, bp.in_len(k));
+                    zeroed(&mut b.dyb, bp.in_len());
                     zeroed(&mut b.yp, cin * bp.out_plane());
                 }
                 for i in r.clone() {
@@ -375,10 +390,10 @@ impl SparseConv {
 }
 
 /// `v` resized to `len`, zero-filled only when its length changes (borders stay 0 otherwise).
-fn zeroed(v: &mut Vec<f32>, len: usize) {
+fn zeroed(v: &mut Aligned<f32>, len: usize) {
     if v.len() != len {
-        v.clear();
-        v.resize(len, 0.0);
+        v.resize(0);
+        v.resize(len);
     }
 }
 
