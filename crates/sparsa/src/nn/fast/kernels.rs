@@ -775,12 +775,13 @@ pub fn max_pool<T: Real>(
                             }
                             let s = ((oy * k + dy) * w + ox * k + dx) * c;
                             let code = (dy * k + dx) as u8;
-                            for j in 0..c {
-                                let v = xi[s + j];
-                                if v > o[ob + j] {
-                                    o[ob + j] = v;
-                                    a[ob + j] = code;
-                                }
+                            // Selects, not branches: which input wins is data-dependent and
+                            // mispredicted branches cost more than the pass itself.
+                            let (ov, av) = (&mut o[ob..ob + c], &mut a[ob..ob + c]);
+                            for ((o, a), &v) in ov.iter_mut().zip(av).zip(&xi[s..s + c]) {
+                                let gt = v > *o;
+                                *o = if gt { v } else { *o };
+                                *a = if gt { code } else { *a };
                             }
                         }
                     }
