@@ -775,6 +775,44 @@ fn sparse_conv_kernels_match_the_im2col_path() {
     );
 }
 
+/// The AVX-512 max pooling (f32) against the portable loop, bit for bit: values on a coarse
+/// grid (ties everywhere: the first maximum must win), a few NaNs (never chosen over the
+/// window's first value, as `>` does), channel counts below, at and past a vector, odd sizes.
+#[test]
+fn max_pool_kernel_equals_the_portable_loop() {
+    if !sparsa::nn::fast::direct::available() {
+        eprintln!("no AVX-512F: the portable loop is the only one");
+        return;
+    }
+    let grid: Vec<(usize, usize, usize, usize)> = [1usize, 6, 16, 20, 64]
+        .iter()
+        .flat_map(|&c| {
+            [(2usize, 7usize, 9usize), (3, 9, 7), (2, 4, 4)].map(|(k, h, w)| (c, k, h, w))
+        })
+        .collect();
+    cases::each(grid, |&(c, k, h, w)| {
+        let n = 3;
+        let mut x: Vec<f32> = uniform::<f32>(n * h * w * c, 70)
+            .iter()
+            .map(|v| (v * 3.0).round())
+            .collect();
+        for i in (0..x.len()).step_by(37) {
+            x[i] = f32::NAN;
+        }
+        let len = n * (h / k) * (w / k) * c;
+        let (mut o1, mut a1) = (vec![0f32; len], vec![0u8; len]);
+        let (mut o2, mut a2) = (vec![0f32; len], vec![0u8; len]);
+        kernels::max_pool(&x, n, h, w, c, k, &mut o1, &mut a1);
+        kernels::max_pool_portable(&x, n, h, w, c, k, &mut o2, &mut a2);
+        assert_eq!(a1, a2, "c {c} k {k} {h}×{w}: arg");
+        assert!(
+            o1.iter().zip(&o2).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "c {c} k {k} {h}×{w}: values"
+        );
+        assert!(a1.iter().any(|&v| v > 0));
+    });
+}
+
 #[test]
 fn pooling_kernels_match_candle() {
     let (n, h, w, c) = (2usize, 7usize, 5usize, 3usize);

@@ -333,6 +333,29 @@ pub fn transpose_strided_f32(
     true
 }
 
+/// One NHWC image (h, w, c) max-pooled by k×k windows with stride k into `o` (h/k, w/k, c), the
+/// window offset of each maximum in `a` (the first on ties: a later value wins only when
+/// greater, as in [`super::kernels::max_pool`]'s portable loop). Requires [`available`].
+pub fn max_pool_image(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    o: &mut [f32],
+    a: &mut [u8],
+) {
+    let (oh, ow) = (h / k, w / k);
+    assert!(available() && k >= 1 && k * k <= 256);
+    assert!(x.len() >= h * w * c && o.len() >= oh * ow * c && a.len() >= oh * ow * c);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F is present; every window read is inside the h × w × c image and every
+    // write inside the (h/k) × (w/k) × c outputs (asserted above; lane masks cover the tail of c).
+    unsafe {
+        avx::max_pool_image(x.as_ptr(), w, c, k, oh, ow, o.as_mut_ptr(), a.as_mut_ptr())
+    }
+}
+
 /// Rows per register block of [`linear_rows`].
 pub const LINEAR_ROWS: usize = 8;
 
@@ -590,6 +613,42 @@ mod avx {
         for (c, acc) in acc.iter().enumerate() {
             for (v, &s) in acc.iter().enumerate() {
                 _mm512_storeu_ps(a.add(c * g.c16 + 16 * v), s);
+            }
+        }
+    }
+
+    /// SAFETY (callers): AVX-512F present; `x` an image of at least (oh·k) × w × c floats with
+    /// w ≥ ow·k, `o` and `a` oh·ow·c elements.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn max_pool_image(
+        x: *const f32,
+        w: usize,
+        c: usize,
+        k: usize,
+        oh: usize,
+        ow: usize,
+        o: *mut f32,
+        a: *mut u8,
+    ) {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let ob = (oy * ow + ox) * c;
+                let corner = (oy * k * w + ox * k) * c;
+                for j in (0..c).step_by(16) {
+                    let m = lanes(c - j);
+                    let mut best = _mm512_maskz_loadu_ps(m, x.add(corner + j));
+                    let mut code = _mm512_setzero_si512();
+                    for t in 1..k * k {
+                        let s = corner + (t / k * w + t % k) * c + j;
+                        let v = _mm512_maskz_loadu_ps(m, x.add(s));
+                        let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best);
+                        best = _mm512_mask_mov_ps(best, gt, v);
+                        code = _mm512_mask_mov_epi32(code, gt, _mm512_set1_epi32(t as i32));
+                    }
+                    _mm512_mask_storeu_ps(o.add(ob + j), m, best);
+                    _mm512_mask_cvtepi32_storeu_epi8(a.add(ob + j) as *mut i8, m, code);
+                }
             }
         }
     }

@@ -741,7 +741,8 @@ pub fn bn_backward<T: Real>(
 }
 
 /// k×k max pooling with stride k over NHWC (floor: trailing rows/columns dropped); `arg` gets the
-/// window offset of each output's maximum (the first one on ties).
+/// window offset of each output's maximum (the first one on ties). f32 runs an AVX-512 kernel
+/// where the CPU has one ([`direct::max_pool_image`]; the same selects, sixteen channels at once).
 #[allow(clippy::too_many_arguments)]
 pub fn max_pool<T: Real>(
     x: &[T],
@@ -753,6 +754,36 @@ pub fn max_pool<T: Real>(
     out: &mut [T],
     arg: &mut [u8],
 ) {
+    max_pool_with(x, n, h, w, c, k, out, arg, direct::available());
+}
+
+/// [`max_pool`] on the portable code only (the oracle of the AVX-512 kernel's test).
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool_portable<T: Real>(
+    x: &[T],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    out: &mut [T],
+    arg: &mut [u8],
+) {
+    max_pool_with(x, n, h, w, c, k, out, arg, false);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn max_pool_with<T: Real>(
+    x: &[T],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    out: &mut [T],
+    arg: &mut [u8],
+    wide: bool,
+) {
     let (oh, ow) = (h / k, w / k);
     let img_in = h * w * c;
     let img_out = oh * ow * c;
@@ -762,6 +793,12 @@ pub fn max_pool<T: Real>(
         .enumerate()
         .for_each(|(i, (o, a))| {
             let xi = &x[i * img_in..(i + 1) * img_in];
+            if wide {
+                if let (Some(xf), Some(of)) = (T::as_f32(xi), T::as_f32_mut(o)) {
+                    direct::max_pool_image(xf, h, w, c, k, of, a);
+                    return;
+                }
+            }
             for oy in 0..oh {
                 for ox in 0..ow {
                     let ob = (oy * ow + ox) * c;
@@ -775,8 +812,7 @@ pub fn max_pool<T: Real>(
                             }
                             let s = ((oy * k + dy) * w + ox * k + dx) * c;
                             let code = (dy * k + dx) as u8;
-                            // Selects, not branches: which input wins is data-dependent and
-                            // mispredicted branches cost more than the pass itself.
+                            // Selects, not branches: which input wins is data-dependent.
                             let (ov, av) = (&mut o[ob..ob + c], &mut a[ob..ob + c]);
                             for ((o, a), &v) in ov.iter_mut().zip(av).zip(&xi[s..s + c]) {
                                 let gt = v > *o;

@@ -356,13 +356,21 @@ impl SparseConv {
         // The output gradient as the forward output's planes: row stride fp.wp, columns past ow
         // and the tail past rows·wp zero.
         let dyw_len = cout * fp.out_plane() + 16;
+        // With a symmetric window (k = 2·pad + 1) the input gradient's padded planes are those
+        // planes moved down and right by `pad`: their copy `pad` read from row `pad` on (the
+        // thrown-away columns land on its zero border), so dy is transposed once.
+        let shared = want_dx && 2 * g.pad + 1 == g.k;
+        debug_assert!(!shared || (bp.wp == fp.wp && bp.pad == g.pad));
+        let shared_at = bp.pad * bp.copy + bp.pad * bp.wp;
         dx_parts
             .into_par_iter()
             .zip(self.bufs.par_iter_mut())
             .zip(ranges.par_iter())
             .for_each(|((mut dxp, b), r)| {
                 zeroed(&mut b.xp, fp.in_len());
-                zeroed(&mut b.dyw, dyw_len);
+                if !shared {
+                    zeroed(&mut b.dyw, dyw_len);
+                }
                 b.gacc.clear();
                 b.gacc.resize(nnz, 0.0);
                 if want_dx {
@@ -372,20 +380,28 @@ impl SparseConv {
                 for i in r.clone() {
                     fp.fill(&x[i * img..(i + 1) * img], &mut b.xp);
                     let dyi = &dy[i * ohw * cout..(i + 1) * ohw * cout];
-                    for oy in 0..g.oh {
-                        let done = direct::transpose_strided_f32(
-                            &dyi[oy * g.ow * cout..(oy + 1) * g.ow * cout],
-                            cout,
-                            g.ow,
-                            cout,
-                            &mut b.dyw[oy * fp.wp..],
-                            fp.out_plane(),
-                        );
-                        debug_assert!(done);
-                    }
-                    grad_planes(&b.xp, &b.dyw, fp.out_plane(), grad, fp.qv, &mut b.gacc);
-                    if let Some(d) = dxp.as_deref_mut() {
+                    if shared {
                         bp.fill(dyi, &mut b.dyb);
+                        let dyv = &b.dyb[shared_at..];
+                        grad_planes(&b.xp, dyv, bp.plane, grad, fp.qv, &mut b.gacc);
+                    } else {
+                        for oy in 0..g.oh {
+                            let done = direct::transpose_strided_f32(
+                                &dyi[oy * g.ow * cout..(oy + 1) * g.ow * cout],
+                                cout,
+                                g.ow,
+                                cout,
+                                &mut b.dyw[oy * fp.wp..],
+                                fp.out_plane(),
+                            );
+                            debug_assert!(done);
+                        }
+                        grad_planes(&b.xp, &b.dyw, fp.out_plane(), grad, fp.qv, &mut b.gacc);
+                    }
+                    if let Some(d) = dxp.as_deref_mut() {
+                        if !shared {
+                            bp.fill(dyi, &mut b.dyb);
+                        }
                         conv_planes(&b.dyb, bwd, bp.qv, bp.block(), &mut b.yp);
                         let di =
                             T::as_f32_mut(&mut d[(i - r.start) * img..(i - r.start + 1) * img])
