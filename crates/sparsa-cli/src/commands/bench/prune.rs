@@ -106,8 +106,9 @@ pub struct BenchArgs {
     /// engine's measured threshold; 0 = always dense, 2 = always sparse, to measure it).
     #[arg(long)]
     sparse_below: Option<f64>,
-    /// Weight density below which a masked stride-1 convolution runs the sparse kernels
-    /// (default: the engine's measured threshold; 0 = always dense, 2 = always sparse).
+    /// A masked stride-1 convolution runs the sparse kernels when its weight density times
+    /// the kernels' wasted-position factor is below this (default: the engine's measured
+    /// threshold; 0 = always dense, 1 = always sparse).
     #[arg(long)]
     sparse_conv_below: Option<f64>,
 }

@@ -971,9 +971,11 @@ pub struct FastNet<T: Real> {
 /// the measurement in docs/pruning.md ("Sparse linear layers").
 pub const SPARSE_LINEAR_BELOW: f64 = 0.1;
 
-/// Weight density below which a masked stride-1 convolution runs the sparse kernels
-/// ([`sparse_conv`]), from the measurement in docs/pruning.md ("Sparse convolutions").
-pub const SPARSE_CONV_BELOW: f64 = 0.4;
+/// A masked stride-1 convolution runs the sparse kernels when its weight density times the
+/// kernels' [`sparse_conv::waste`] is below this, from the measurement in docs/pruning.md
+/// ("Sparse convolutions"): density below 0.39 on 28×28 and 14×14 maps, 0.3 on 32×32, 0.225 on
+/// 16×16 and 8×8.
+pub const SPARSE_CONV_BELOW: f64 = 0.45;
 
 /// Every conv unit of `units`, residual blocks included, in order.
 fn conv_units<T>(units: &mut [Unit<T>], f: &mut impl FnMut(&mut ConvUnit<T>)) {
@@ -1099,17 +1101,18 @@ impl<T: Real> FastNet<T> {
         .with_sparse_conv_threshold(SPARSE_CONV_BELOW))
     }
 
-    /// Masked convolutions whose weight density is below `density` run the sparse kernels where
-    /// they apply (f32 on AVX-512F, stride 1; [`sparse_conv::applies`]); the others the dense
-    /// ones (0: never sparse; above 1: always, for tests). Results agree to float tolerance, and
-    /// the sparse path's weight gradient is 0 off the mask.
-    pub fn with_sparse_conv_threshold(mut self, density: f64) -> Self {
+    /// Masked convolutions whose weight density times [`sparse_conv::waste`] is below `t` run
+    /// the sparse kernels where they apply (f32 on AVX-512F, stride 1; [`sparse_conv::applies`]);
+    /// the others the dense ones (0: never sparse; 1 or more: always, for tests). Results agree
+    /// to float tolerance, and the sparse path's weight gradient is 0 off the mask.
+    pub fn with_sparse_conv_threshold(mut self, t: f64) -> Self {
         self.gen += 1;
         let params = &mut self.params;
         conv_units(&mut self.units, &mut |c| {
             let slot = &mut params[c.w];
             c.sparse = slot.mask.as_deref().and_then(|m| {
-                (mask_density(m) < density && sparse_conv::applies::<T>(&c.geom))
+                let cost = mask_density(m) * sparse_conv::waste(&c.geom);
+                ((t >= 1.0 || cost < t) && sparse_conv::applies::<T>(&c.geom))
                     .then(|| Box::new(sparse_conv::SparseConv::new(&c.geom, m)))
             });
             slot.support = c.sparse.as_ref().map(|_| {
