@@ -813,6 +813,35 @@ fn max_pool_kernel_equals_the_portable_loop() {
     });
 }
 
+/// Which convolutions the default threshold puts on the sparse kernels: density times the
+/// positions the kernels compute per output (1.14 on 28×28 maps, 1.5 on 32×32, 4 on 4×4).
+#[test]
+fn sparse_conv_threshold_weighs_the_wasted_positions() {
+    use sparsa::nn::fast::sparse_conv::waste;
+    let g = |h: usize, k: usize, pad: usize| ConvGeom::new(1, h, h, 8, 8, k, 1, pad).unwrap();
+    for (geom, w) in [
+        (g(28, 3, 1), 896.0 / 784.0),
+        (g(32, 3, 1), 1.5),
+        (g(4, 3, 1), 4.0),
+        (g(14, 1, 0), 224.0 / 196.0),
+    ] {
+        assert!((waste(&geom) - w).abs() < 1e-12, "{geom:?}");
+    }
+    if !sparsa::nn::fast::direct::available() {
+        return;
+    }
+    // Conv-2 on 28×28: its second convolution (28×28, 64 → 64) is sparse at density 0.3
+    // (0.34 < 0.45) and dense at 0.45 (0.51); the first (one input channel) likewise.
+    for (density, sparse) in [(0.3, true), (0.45, false)] {
+        let mut net = Net::new(Arch::Conv2, spec(1, 28, 28), 1, DType::F32).unwrap();
+        random_masks(&mut net, density, 7);
+        let fast = FastNet::<f32>::from_net(&net, SgdConfig::default()).unwrap();
+        let d = fast.conv_densities();
+        assert_eq!(d.len(), 2);
+        assert!(d.iter().all(|&(_, s)| s == sparse), "{density}: {d:?}");
+    }
+}
+
 #[test]
 fn pooling_kernels_match_candle() {
     let (n, h, w, c) = (2usize, 7usize, 5usize, 3usize);
@@ -867,7 +896,15 @@ fn pooling_kernels_match_candle() {
     assert!(o.iter().zip(&g).all(|(a, b)| (a - b).abs() < 1e-12));
 }
 
-fn run_steps(arch: Arch, input: InputSpec, threads: usize, steps: usize) -> Vec<Vec<f32>> {
+/// Weights after `steps` training steps; `sparse` runs every masked convolution on the sparse
+/// kernels (else none).
+fn run_steps(
+    arch: Arch,
+    input: InputSpec,
+    threads: usize,
+    steps: usize,
+    sparse: bool,
+) -> Vec<Vec<f32>> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -875,7 +912,9 @@ fn run_steps(arch: Arch, input: InputSpec, threads: usize, steps: usize) -> Vec<
     pool.install(|| {
         let mut net = Net::new(arch, input, 3, DType::F32).unwrap();
         random_masks(&mut net, 0.5, 4);
-        let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default()).unwrap();
+        let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default())
+            .unwrap()
+            .with_sparse_conv_threshold(if sparse { 1.0 } else { 0.0 });
         let n = 16;
         for s in 0..steps {
             let x: Vec<f32> = uniform(
@@ -895,14 +934,16 @@ fn one_thread_runs_are_bit_identical_and_so_are_two_thread_runs() {
         (Arch::Resnet20, spec(3, 12, 12)),
         (Arch::Conv4, spec(1, 12, 12)),
     ] {
-        assert!(
-            run_steps(arch, input, 1, 3) == run_steps(arch, input, 1, 3),
-            "{arch} 1 thread"
-        );
-        assert!(
-            run_steps(arch, input, 2, 3) == run_steps(arch, input, 2, 3),
-            "{arch} 2 threads"
-        );
+        for sparse in [false, true] {
+            assert!(
+                run_steps(arch, input, 1, 3, sparse) == run_steps(arch, input, 1, 3, sparse),
+                "{arch} 1 thread, sparse convolutions {sparse}"
+            );
+            assert!(
+                run_steps(arch, input, 2, 3, sparse) == run_steps(arch, input, 2, 3, sparse),
+                "{arch} 2 threads, sparse convolutions {sparse}"
+            );
+        }
     }
 }
 
@@ -912,7 +953,12 @@ fn masked_weights_stay_zero_through_100_steps() {
     let mut net = Net::new(Arch::Conv2, input, 1, DType::F32).unwrap();
     random_masks(&mut net, 0.3, 2);
     let before = net.state().unwrap();
-    let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default()).unwrap();
+    // Its convolutions on the sparse kernels (SGD over the support only), the linear layers
+    // dense.
+    let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default())
+        .unwrap()
+        .with_sparse_conv_threshold(1.0);
+    assert_eq!(fast.conv_densities().iter().filter(|d| d.1).count(), 2);
     let n = 8;
     for s in 0..100u64 {
         let x: Vec<f32> = uniform(n * 100, 300 + s);
