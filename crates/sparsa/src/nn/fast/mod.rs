@@ -12,6 +12,9 @@
 //!   it is in cache; batch norm + ReLU is then one pass. Backward: batch norm + ReLU in two
 //!   passes, then per tile ∂W += dyᵀ·im2col(x) and dx += col2im(dy·W). Stride-1 convolutions
 //!   of at most 64 channels run the direct AVX-512 kernels instead ([`direct`]: no im2col).
+//!   Masked stride-1 convolutions whose density × wasted positions is below
+//!   [`SPARSE_CONV_BELOW`] run [`sparse_conv`] (work in proportion to the kept weights; the
+//!   weight gradient on the mask's support, SGD over the support only).
 //! - **linear unit**: `x Wᵀ + b` (→ ReLU), one GEMM each way; evaluation runs [`direct`]'s
 //!   product on a Wᵀ panel packed once per weight generation (`FastNet::gen`).
 //! - max pooling (arg-max recorded), global average pooling, the residual join
