@@ -2,14 +2,16 @@
 //! proportional to the weights the mask keeps.
 //!
 //! Dense kernels vectorise over output channels, so a pruned weight still costs its lane. Here
-//! each image is copied into zero-bordered *planes* (one per channel, row stride `wp` = padded
-//! width) and the kernels vectorise over output pixels instead. With `q = oy·wp + ox`, a kept
-//! weight `W[co, ky, kx, ci]` adds `W · xp[ci][q + ky·wp + kx]` to `out[co][q]` for every q at
-//! once: one broadcast and one FMA per 16 pixels, with the 16 pixels a contiguous (unaligned)
-//! load. Columns `ox ≥ ow` of each output row are computed and thrown away (the trick that makes
-//! a row's taps one contiguous run). A register block of 8 × 16 pixels accumulates over one
-//! output channel's kept weights ([`Entries`]: the offset `ci·plane + ky·wp + kx` and the weight,
-//! in CSR order).
+//! each image is copied into zero-bordered *planes* (one per channel, rows padded to a whole
+//! number of cache lines: row stride `wp`) and the kernels vectorise over output pixels instead.
+//! With `q = oy·wp + ox`, a kept weight `W[co, ky, kx, ci]` adds `W · xp[ci][q + ky·wp + kx]` to
+//! `out[co][q]` for every q at once: one broadcast and one FMA per 16 pixels. The planes are
+//! stored k times, copy kx shifted left by kx floats, so those 16 pixels are one aligned load
+//! at `copy[kx][ci·plane + ky·wp + q]`. Columns `ox ≥ ow` of each output row are computed and
+//! thrown away (the trick that makes a row's taps one contiguous run). A register block of up
+//! to 16 vectors of 16 pixels accumulates over one output channel's kept weights ([`Entries`]:
+//! the offset `kx·copy + ci·plane + ky·wp` and the weight, in CSR order), the input planes taken
+//! in chunks that stay in L1.
 //! - Forward: the entries of each output channel over the input planes; the output planes are
 //!   transposed back to NHWC and handed to the unit's epilogue (bias, ReLU, counting, statistics).
 //! - Input gradient: the same kernel over the output gradient's planes padded by k − 1 − pad,
@@ -70,7 +72,8 @@ impl Planes {
         let (hp, wp) = (h + 2 * pad, (w + 2 * pad).div_ceil(16) * 16);
         let rows = hp + 1 - k;
         let qv = (rows * wp).div_ceil(16);
-        // The last plane's reads reach 16·qv + (k − 1)·wp ≤ plane + 16 past its start.
+        // The furthest read of a plane is 16·qv + (k − 1)·wp = plane floats past its start
+        // (16·qv = rows·wp, wp being whole vectors); 16 floats of slack on top.
         let plane = hp * wp;
         Planes {
             h,
@@ -193,14 +196,18 @@ impl Entries {
     }
 }
 
-/// One group's buffers, allocated zeroed once: only plane interiors are ever written, so the
-/// borders and thrown-away columns the kernels read stay 0.
+/// One group's buffers, zeroed whenever their length changes (the first pass): only plane
+/// interiors are written afterwards, so the borders and thrown-away columns the kernels read
+/// stay 0. They live as long as the layer (per group: the k input copies, the output planes
+/// and the output gradient's planes, ≈ 0.7 MB for 16 channels at 32×32).
 #[derive(Debug, Default)]
 struct Buf {
     /// Input planes (forward and weight gradient).
     xp: Aligned<f32>,
-    /// Output planes of the forward pass or of the input gradient.
+    /// Output planes of the forward pass.
     yp: Aligned<f32>,
+    /// Output planes of the input gradient.
+    dxp: Aligned<f32>,
     /// Output gradient laid out like the forward output (weight gradient).
     dyw: Aligned<f32>,
     /// Output gradient padded by k − 1 − pad (input gradient).
@@ -213,6 +220,8 @@ struct Buf {
 /// engine's lifetime; weights are re-gathered at every pass).
 #[derive(Debug)]
 pub struct SparseConv {
+    /// The layer's geometry (any batch size).
+    geom: ConvGeom,
     /// By output channel, for the forward pass.
     fwd: Entries,
     /// The same entries chunked for the weight gradient (its sums are in this order).
@@ -228,7 +237,16 @@ impl SparseConv {
     /// The kernels of `g` (stride 1, [`applies`]) for the kept weights of `mask` (engine layout
     /// (co, ky, kx, ci)).
     pub fn new<T: Real>(g: &ConvGeom, mask: &[T]) -> SparseConv {
+        assert!(
+            g.stride == 1 && g.pad < g.k,
+            "sparse convolution: stride 1, pad < k"
+        );
         let (k, cin, cout) = (g.k, g.cin, g.cout);
+        assert_eq!(
+            mask.len(),
+            cout * k * k * cin,
+            "sparse convolution: mask shape"
+        );
         let fp = Planes::new(g.h, g.w, cin, g.pad, k);
         let bp = Planes::new(g.oh, g.ow, cout, k - 1 - g.pad, k);
         debug_assert_eq!((fp.rows, fp.cols), (g.oh, g.ow));
@@ -262,6 +280,7 @@ impl SparseConv {
         }
         let bwd = Entries::build(cin, cout, bp.span(), items);
         SparseConv {
+            geom: ConvGeom { n: 0, ..*g },
             fwd,
             grad,
             bwd,
@@ -281,6 +300,15 @@ impl SparseConv {
         let mut s = self.fwd.idx.clone();
         s.sort_unstable();
         s
+    }
+
+    /// Panics unless `g` is the geometry the kernels were built for (any batch size).
+    fn check(&self, g: &ConvGeom) {
+        assert!(
+            ConvGeom { n: 0, ..*g } == self.geom,
+            "sparse convolution built for {:?}, called with {g:?}",
+            self.geom
+        );
     }
 
     fn bufs(&mut self, groups: usize) {
@@ -303,6 +331,7 @@ impl SparseConv {
         let (Some(x), Some(w)) = (T::as_f32(x), T::as_f32(w)) else {
             unreachable!("the sparse convolution runs only on f32 (applies)")
         };
+        self.check(g);
         self.fwd.refresh(w);
         self.bufs(accs.len());
         let (fp, cout, ohw) = (self.fp, g.cout, g.ohw());
@@ -344,6 +373,7 @@ impl SparseConv {
         let (Some(x), Some(w), Some(dy)) = (T::as_f32(x), T::as_f32(w), T::as_f32(dy)) else {
             unreachable!("the sparse convolution runs only on f32 (applies)")
         };
+        self.check(g);
         let want_dx = dx.is_some();
         if want_dx {
             self.bwd.refresh(w);
@@ -383,7 +413,7 @@ impl SparseConv {
                 b.gacc.resize(nnz, 0.0);
                 if want_dx {
                     zeroed(&mut b.dyb, bp.in_len());
-                    zeroed(&mut b.yp, cin * bp.out_plane());
+                    zeroed(&mut b.dxp, cin * bp.out_plane());
                 }
                 for i in r.clone() {
                     fp.fill(&x[i * img..(i + 1) * img], &mut b.xp);
@@ -410,11 +440,11 @@ impl SparseConv {
                         if !shared {
                             bp.fill(dyi, &mut b.dyb);
                         }
-                        conv_planes(&b.dyb, bwd, bp.qv, bp.block(), &mut b.yp);
+                        conv_planes(&b.dyb, bwd, bp.qv, bp.block(), &mut b.dxp);
                         let di =
                             T::as_f32_mut(&mut d[(i - r.start) * img..(i - r.start + 1) * img])
                                 .expect("f32");
-                        unplane(&b.yp, bp.out_plane(), bp.wp, bp.rows, bp.cols, cin, di);
+                        unplane(&b.dxp, bp.out_plane(), bp.wp, bp.rows, bp.cols, cin, di);
                     }
                 }
             });
@@ -433,8 +463,8 @@ impl SparseConv {
 /// `v` resized to `len`, zero-filled only when its length changes (borders stay 0 otherwise).
 fn zeroed(v: &mut Aligned<f32>, len: usize) {
     if v.len() != len {
-        v.resize(0);
         v.resize(len);
+        v.fill(0.0);
     }
 }
 
