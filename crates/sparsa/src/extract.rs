@@ -358,6 +358,10 @@ fn fresh_manifest(model: &Llama, tok: &Tokenizer, cfg: &ExtractConfig) -> Manife
     extra.insert(key::SEQ_LEN.into(), serde_json::json!(cfg.seq_len));
     extra.insert(key::N_TOKENS_TARGET.into(), serde_json::json!(cfg.n_tokens));
     extra.insert(key::BATCH_SIZE.into(), serde_json::json!(cfg.batch_size));
+    extra.insert(key::MATMUL.into(), matmul_of(model).into());
+    if let Some(k) = model.bf16_kernel() {
+        extra.insert(key::MATMUL_KERNEL.into(), k.name().into());
+    }
     extra.insert(
         key::SHARD_TOKENS.into(),
         serde_json::json!(cfg.shard_tokens),
@@ -402,6 +406,16 @@ fn fresh_manifest(model: &Llama, tok: &Tokenizer, cfg: &ExtractConfig) -> Manife
         hook: Some(cfg.hook.name()),
         layer: Some(cfg.hook.layer),
         extra,
+    }
+}
+
+/// The precision the model's linear layers run in ([`Llama::use_bf16`]), as the manifest
+/// records it.
+fn matmul_of(model: &Llama) -> &'static str {
+    if model.bf16_kernel().is_some() {
+        "bf16"
+    } else {
+        "f32"
     }
 }
 
@@ -497,6 +511,17 @@ fn check_same_settings(
         if s != r {
             return Err(mismatch(key, s.to_string(), r.to_string()));
         }
+    }
+    // Stores made before the precision was recorded ran in f32.
+    let precision = |m: &Manifest| {
+        m.extra
+            .get(key::MATMUL)
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "f32".into())
+    };
+    let (s, r) = (precision(stored), precision(fresh));
+    if s != r {
+        return Err(mismatch("matmul", s, r));
     }
     // Stores made before the digest was recorded carry none; only a recorded one is checked.
     if let Some(s) = stored.extra.get(key::CORPUS_SHA256) {

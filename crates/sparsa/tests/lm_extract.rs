@@ -232,6 +232,59 @@ fn resume_with_other_settings_and_bad_inputs_are_errors() {
     assert!(e.to_string().contains("sparsa fetch"), "{e}");
 }
 
+/// Extraction with the linear layers in bf16: the manifest records the precision, the rows stay
+/// close to the f32 ones, and a store started in one precision refuses a resume in the other.
+#[test]
+fn bf16_extraction_is_recorded_and_not_mixed_with_f32() {
+    let Some(kernel) = sparsa::kernels::bf16::Bf16Kernel::from_env().unwrap() else {
+        eprintln!("no AMX-BF16 or AVX512-BF16 here: bf16 extraction is not available");
+        return;
+    };
+    let (m, tok) = lm_common::model();
+    let (mut mb, _) = sparsa::lm::load(&lm_common::gguf_path()).unwrap();
+    assert!(mb.use_bf16(Some(kernel)).unwrap());
+    let docs = docs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg();
+    c.n_tokens = 60;
+    let (f, b) = (dir.path().join("f32"), dir.path().join("bf16"));
+    extract(m, tok, &docs, &c, &f, &NoProgress, &Cancel::new()).unwrap();
+    extract(&mb, tok, &docs, &c, &b, &NoProgress, &Cancel::new()).unwrap();
+    let (mf, mbm) = (read_manifest(&f), read_manifest(&b));
+    assert_eq!(mf.extra["matmul"], "f32");
+    assert_eq!(mbm.extra["matmul"], "bf16");
+    assert_eq!(mbm.extra["matmul_kernel"], kernel.name());
+    // The rows: the split inputs carry x to 2⁻¹⁶ and the weights are rounded to bf16, so each
+    // row is within a few bf16 roundings of the f32 one (relative to the row's norm).
+    let rows = |dir: &Path| -> Vec<f32> {
+        let shard = &read_manifest(dir).shards[0].file;
+        let t = candle_core::safetensors::load(dir.join(shard), &candle_core::Device::Cpu).unwrap();
+        t["activations"].flatten_all().unwrap().to_vec1().unwrap()
+    };
+    let (rf, rb) = (rows(&f), rows(&b));
+    assert_eq!(rf.len(), rb.len());
+    let d = m.d_model();
+    for (x, y) in rf.chunks(d).zip(rb.chunks(d)) {
+        let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let diff = x
+            .iter()
+            .zip(y)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f32>()
+            .sqrt();
+        assert!(diff <= 0.05 * norm, "row differs by {diff} (norm {norm})");
+        assert!(x != y, "bf16 rows equal to the f32 ones: bf16 did not run");
+    }
+    // Reopening either store in the other precision is refused, naming the field.
+    for (model, dir) in [(&mb, &f), (m, &b)] {
+        let e = extract(model, tok, &docs, &c, dir, &NoProgress, &Cancel::new()).unwrap_err();
+        assert!(
+            matches!(&e, ExtractError::Mismatch { field, .. } if field == "matmul"),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn corpus_exhaustion_is_recorded() {
     let (m, tok) = lm_common::model();

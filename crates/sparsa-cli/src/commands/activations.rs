@@ -6,7 +6,9 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use sparsa::data::activations::Elem;
 use sparsa::extract::{extract, ExtractConfig};
+use sparsa::kernels::bf16::Bf16Kernel;
 use sparsa::lm::{Hook, HookPoint};
+use sparsa::sae::config::Matmul;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -74,6 +76,11 @@ pub struct ExtractArgs {
     /// Rows per shard.
     #[arg(long, default_value_t = 65_536)]
     pub shard_tokens: usize,
+    /// Precision of the model's linear layers: `f32`, or `bf16` (bf16 weights, inputs split
+    /// into two bf16 halves, f32 accumulation, on AMX-BF16 or AVX512-BF16; a CPU with neither
+    /// extracts in f32 and says so). Recorded in the manifest: a resume must use the same.
+    #[arg(long, default_value = "f32")]
+    pub matmul: Matmul,
 }
 
 pub fn run(cmd: ActivationsCommand) -> Result<()> {
@@ -83,7 +90,19 @@ pub fn run(cmd: ActivationsCommand) -> Result<()> {
 }
 
 fn run_extract(a: ExtractArgs) -> Result<()> {
-    let (model, tok, _) = load_model(&a.model)?;
+    let (mut model, tok, _) = load_model(&a.model)?;
+    if a.matmul == Matmul::Bf16 {
+        match Bf16Kernel::from_env().map_err(ui::Usage)? {
+            Some(k) => {
+                model.use_bf16(Some(k))?;
+                eprintln!("linear layers in bf16 on {}", k.name());
+            }
+            None => eprintln!(
+                "--matmul bf16: this CPU has neither AMX-BF16 nor AVX512-BF16 (or \
+                 SPARSA_BF16_KERNEL=none): extracting in f32"
+            ),
+        }
+    }
     let (label, docs) = load_corpus(&a.corpus)?;
     let hook = Hook {
         layer: a.layer,

@@ -77,6 +77,11 @@ pub mod key {
     pub const N_TOKENS_TARGET: &str = "n_tokens_target";
     /// Contexts per forward pass.
     pub const BATCH_SIZE: &str = "batch_size";
+    /// Precision of the model's linear layers during extraction: `f32` or `bf16` (stores
+    /// made before it was recorded are f32).
+    pub const MATMUL: &str = "matmul";
+    /// The bf16 kernel that ran them (`amx-bf16`, `avx512-bf16`; informational).
+    pub const MATMUL_KERNEL: &str = "matmul_kernel";
     /// Rows per shard.
     pub const SHARD_TOKENS: &str = "shard_tokens";
     /// Whether the prefix position's rows are stored.
