@@ -603,6 +603,20 @@ fn conv_pass<T: sparsa::nn::fast::kernels::Real>(
     (y, dx, dw)
 }
 
+/// Each f32 result against its f64 oracle: an output that is a sum of `terms` products of
+/// values in [-1, 1] carries an f32 rounding error of at most about terms · 2⁻²⁴ · Σ|products|
+/// ≤ terms² · 6e-8.
+fn assert_within_f32_rounding(what: &str, results: [(&str, &[f32], &[f64], usize); 3]) {
+    for (name, a, b, terms) in results {
+        let bound = (terms * terms) as f64 * 6e-8;
+        let worst = a
+            .iter()
+            .zip(b)
+            .fold(0f64, |m, (&p, &q)| m.max((p as f64 - q).abs()));
+        assert!(worst <= bound, "{name} {what}: error {worst} > {bound}");
+    }
+}
+
 #[test]
 fn direct_conv_kernels_match_the_im2col_path() {
     if !sparsa::nn::fast::direct::available() {
@@ -641,20 +655,14 @@ fn direct_conv_kernels_match_the_im2col_path() {
         let up = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
         let g64 = ConvGeom { direct: false, ..g };
         let (y64, dx64, dw64) = conv_pass(&g64, &up(&x), &up(&wt), &up(&dy), 1);
-        // Each output is a sum of `terms` products of values in [-1, 1]: f32 rounding
-        // bounds its error by about terms · 2⁻²⁴ · Σ|products| ≤ terms² · 6e-8.
         let what = format!("{n}×{h}×{w}×{cin}→{cout} k{k} p{pad}, threads {threads}");
-        for (name, a, b, terms) in [
-            ("y", &y, &y64, k * k * cin),
-            ("dx", &dx, &dx64, k * k * cout),
-            ("dW", &dw, &dw64, n * h * w),
-        ] {
-            let bound = (terms * terms) as f64 * 6e-8;
-            let worst = a
-                .iter()
-                .zip(b)
-                .fold(0f64, |m, (&p, &q)| m.max((p as f64 - q).abs()));
-            assert!(worst <= bound, "{name} {what}: error {worst} > {bound}");
+        let results = [
+            ("y", &y[..], &y64[..], k * k * cin),
+            ("dx", &dx[..], &dx64[..], k * k * cout),
+            ("dW", &dw[..], &dw64[..], n * h * w),
+        ];
+        assert_within_f32_rounding(&what, results);
+        for (name, a, ..) in results {
             assert!(a.iter().any(|&v| v != 0.0), "{name} {what}: all zero");
         }
     });
@@ -742,17 +750,13 @@ fn sparse_conv_kernels_match_the_im2col_path() {
             let (y64, dx64, dw64) = conv_pass(&g64, &up(&x), &up(&wt), &up(&dy), 1);
             // The dense gradient off the support is not computed: 0 there.
             let dw64: Vec<f64> = dw64.iter().zip(&mask).map(|(d, m)| d * *m as f64).collect();
-            for (name, a, b, terms) in [
-                ("y", &y, &y64, k * k * cin),
-                ("dx", &dx, &dx64, k * k * cout),
-                ("dW", &dw, &dw64, n * h * w),
-            ] {
-                let bound = (terms * terms) as f64 * 6e-8;
-                let worst = a
-                    .iter()
-                    .zip(b)
-                    .fold(0f64, |m, (&p, &q)| m.max((p as f64 - q).abs()));
-                assert!(worst <= bound, "{name} {what}: error {worst} > {bound}");
+            let results = [
+                ("y", &y[..], &y64[..], k * k * cin),
+                ("dx", &dx[..], &dx64[..], k * k * cout),
+                ("dW", &dw[..], &dw64[..], n * h * w),
+            ];
+            assert_within_f32_rounding(&what, results);
+            for (name, a, ..) in results {
                 if density > 0.2 {
                     assert!(a.iter().any(|&v| v != 0.0), "{name} {what}: all zero");
                 }
@@ -799,21 +803,14 @@ fn sparse_conv_kernels_match_the_im2col_path() {
             };
             let (y64, dx64, dw64) = conv_pass(&g64, &up(&x1), &up(&wt), &up(&dy1), 1);
             let dw64: Vec<f64> = dw64.iter().zip(&mask).map(|(d, m)| d * *m as f64).collect();
-            for (name, a, b, terms) in [
-                ("y", &y1, &y64, k * k * cin),
-                ("dx", &dx1, &dx64, k * k * cout),
-                ("dW", &dw1, &dw64, (n + 1) * h * w),
-            ] {
-                let bound = (terms * terms) as f64 * 6e-8;
-                let worst = a
-                    .iter()
-                    .zip(b)
-                    .fold(0f64, |m, (&p, &q)| m.max((p as f64 - q).abs()));
-                assert!(
-                    worst <= bound,
-                    "{name} {what}, second batch: error {worst} > {bound}"
-                );
-            }
+            assert_within_f32_rounding(
+                &format!("{what}, second batch"),
+                [
+                    ("y", &y1[..], &y64[..], k * k * cin),
+                    ("dx", &dx1[..], &dx64[..], k * k * cout),
+                    ("dW", &dw1[..], &dw64[..], (n + 1) * h * w),
+                ],
+            );
         },
     );
 }
