@@ -29,8 +29,9 @@ use crate::util::fs::atomic_write;
 /// SNIP/SynFlow, start-state digests in `metrics.json`; 3 = training, evaluation and DNR probes
 /// on the fused `nn::fast` engine (float results differ from the candle path's); 4 = direct
 /// AVX-512 kernels for small-channel convolutions and linear evaluation, and the kernel set in
-/// the identity.
-pub const RUN_FORMAT: u32 = 4;
+/// the identity; 5 = sparse-weight kernels for pruned convolutions (`nn::fast::sparse_conv`:
+/// another summation order for layers below the density threshold).
+pub const RUN_FORMAT: u32 = 5;
 
 /// One data file's fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
