@@ -617,6 +617,17 @@ fn assert_within_f32_rounding(what: &str, results: [(&str, &[f32], &[f64], usize
     }
 }
 
+/// The oracle of the f32 convolution kernels: the im2col path in f64 on the same (f32-valued)
+/// inputs, one thread.
+fn im2col_f64(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let up = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    let g64 = ConvGeom {
+        direct: false,
+        ..*g
+    };
+    conv_pass(&g64, &up(x), &up(w), &up(dy), 1)
+}
+
 #[test]
 fn direct_conv_kernels_match_the_im2col_path() {
     if !sparsa::nn::fast::direct::available() {
@@ -651,10 +662,7 @@ fn direct_conv_kernels_match_the_im2col_path() {
         let wt: Vec<f32> = uniform(cout * k * k * cin, 51);
         let dy: Vec<f32> = uniform(g.out_len(), 52);
         let (y, dx, dw) = conv_pass(&g, &x, &wt, &dy, threads);
-        // The oracle: the im2col path in f64 on the same (f32-valued) inputs.
-        let up = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
-        let g64 = ConvGeom { direct: false, ..g };
-        let (y64, dx64, dw64) = conv_pass(&g64, &up(&x), &up(&wt), &up(&dy), 1);
+        let (y64, dx64, dw64) = im2col_f64(&g, &x, &wt, &dy);
         let what = format!("{n}×{h}×{w}×{cin}→{cout} k{k} p{pad}, threads {threads}");
         let results = [
             ("y", &y[..], &y64[..], k * k * cin),
@@ -745,9 +753,7 @@ fn sparse_conv_kernels_match_the_im2col_path() {
                 assert_eq!(seen, (0..n).map(|i| i * g.ohw()).collect::<Vec<_>>());
                 sc.backward(&g, &x, &wt, &dy, &mut dw, Some(&mut dx), threads);
             });
-            let up = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
-            let g64 = ConvGeom { direct: false, ..g };
-            let (y64, dx64, dw64) = conv_pass(&g64, &up(&x), &up(&wt), &up(&dy), 1);
+            let (y64, dx64, dw64) = im2col_f64(&g, &x, &wt, &dy);
             // The dense gradient off the support is not computed: 0 there.
             let dw64: Vec<f64> = dw64.iter().zip(&mask).map(|(d, m)| d * *m as f64).collect();
             let results = [
@@ -797,11 +803,7 @@ fn sparse_conv_kernels_match_the_im2col_path() {
                 sc.forward(&g1, &x1, &wt, &mut y1, &mut accs, &|_, _, _| {});
                 sc.backward(&g1, &x1, &wt, &dy1, &mut dw1, Some(&mut dx1), threads);
             });
-            let g64 = ConvGeom {
-                direct: false,
-                ..g1
-            };
-            let (y64, dx64, dw64) = conv_pass(&g64, &up(&x1), &up(&wt), &up(&dy1), 1);
+            let (y64, dx64, dw64) = im2col_f64(&g1, &x1, &wt, &dy1);
             let dw64: Vec<f64> = dw64.iter().zip(&mask).map(|(d, m)| d * *m as f64).collect();
             assert_within_f32_rounding(
                 &format!("{what}, second batch"),
@@ -843,7 +845,18 @@ fn max_pool_kernel_equals_the_portable_loop() {
         let (mut o1, mut a1) = (vec![0f32; len], vec![0u8; len]);
         let (mut o2, mut a2) = (vec![0f32; len], vec![0u8; len]);
         kernels::max_pool(&x, n, h, w, c, k, &mut o1, &mut a1);
-        kernels::max_pool_portable(&x, n, h, w, c, k, &mut o2, &mut a2);
+        let (img_in, img_out) = (h * w * c, len / n);
+        for i in 0..n {
+            kernels::max_pool_image(
+                &x[i * img_in..(i + 1) * img_in],
+                h,
+                w,
+                c,
+                k,
+                &mut o2[i * img_out..(i + 1) * img_out],
+                &mut a2[i * img_out..(i + 1) * img_out],
+            );
+        }
         assert_eq!(a1, a2, "c {c} k {k} {h}×{w}: arg");
         assert!(
             o1.iter().zip(&o2).all(|(p, q)| p.to_bits() == q.to_bits()),

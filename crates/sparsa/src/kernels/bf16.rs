@@ -252,13 +252,18 @@ fn split_row(src: &[f32], hi: &mut [u16], lo: &mut [u16], vector: bool) {
         return;
     }
     let _ = vector;
+    split_scalar(src, hi, lo);
+    hi[src.len()..].fill(0);
+    lo[src.len()..].fill(0);
+}
+
+/// The split of `src` into the first `src.len()` entries of `hi` and `lo`, one value at a time.
+fn split_scalar(src: &[f32], hi: &mut [u16], lo: &mut [u16]) {
     for ((h, l), &x) in hi.iter_mut().zip(lo.iter_mut()).zip(src) {
         let b = to_bf16(x);
         *h = b;
         *l = to_bf16(x - from_bf16(b));
     }
-    hi[src.len()..].fill(0);
-    lo[src.len()..].fill(0);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -284,11 +289,7 @@ unsafe fn split_row_avx512(src: &[f32], hi: &mut [u16], lo: &mut [u16]) {
         _mm512_storeu_si512(lo.as_mut_ptr().add(i) as *mut _, l);
         i += 32;
     }
-    for j in i..n {
-        let b = to_bf16(src[j]);
-        hi[j] = b;
-        lo[j] = to_bf16(src[j] - from_bf16(b));
-    }
+    split_scalar(&src[i..], &mut hi[i..], &mut lo[i..]);
     hi[n..].fill(0);
     lo[n..].fill(0);
 }

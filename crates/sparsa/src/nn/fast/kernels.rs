@@ -394,7 +394,7 @@ impl ConvGeom {
 
 impl ConvGeom {
     /// The input gradient cut into one slice of images per group (all `None` when not wanted).
-    fn dx_parts<'a, T>(
+    pub(super) fn dx_parts<'a, T>(
         &self,
         dx: Option<&'a mut [T]>,
         ranges: &[std::ops::Range<usize>],
@@ -742,7 +742,8 @@ pub fn bn_backward<T: Real>(
 
 /// k×k max pooling with stride k over NHWC (floor: trailing rows/columns dropped); `arg` gets the
 /// window offset of each output's maximum (the first one on ties). f32 runs an AVX-512 kernel
-/// where the CPU has one ([`direct::max_pool_image`]; the same selects, sixteen channels at once).
+/// where the CPU has one ([`direct::max_pool_image`]; the same selects, sixteen channels at
+/// once), else [`max_pool_image`].
 #[allow(clippy::too_many_arguments)]
 pub fn max_pool<T: Real>(
     x: &[T],
@@ -754,39 +755,9 @@ pub fn max_pool<T: Real>(
     out: &mut [T],
     arg: &mut [u8],
 ) {
-    max_pool_with(x, n, h, w, c, k, out, arg, direct::available());
-}
-
-/// [`max_pool`] on the portable code only (the oracle of the AVX-512 kernel's test).
-#[allow(clippy::too_many_arguments)]
-pub fn max_pool_portable<T: Real>(
-    x: &[T],
-    n: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    k: usize,
-    out: &mut [T],
-    arg: &mut [u8],
-) {
-    max_pool_with(x, n, h, w, c, k, out, arg, false);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn max_pool_with<T: Real>(
-    x: &[T],
-    n: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    k: usize,
-    out: &mut [T],
-    arg: &mut [u8],
-    wide: bool,
-) {
-    let (oh, ow) = (h / k, w / k);
     let img_in = h * w * c;
-    let img_out = oh * ow * c;
+    let img_out = (h / k) * (w / k) * c;
+    let wide = direct::available();
     out[..n * img_out]
         .par_chunks_mut(img_out.max(1))
         .zip(arg[..n * img_out].par_chunks_mut(img_out.max(1)))
@@ -795,35 +766,48 @@ fn max_pool_with<T: Real>(
             let xi = &x[i * img_in..(i + 1) * img_in];
             if wide {
                 if let (Some(xf), Some(of)) = (T::as_f32(xi), T::as_f32_mut(o)) {
-                    direct::max_pool_image(xf, h, w, c, k, of, a);
-                    return;
+                    return direct::max_pool_image(xf, h, w, c, k, of, a);
                 }
             }
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let ob = (oy * ow + ox) * c;
-                    let first = ((oy * k) * w + ox * k) * c;
-                    o[ob..ob + c].copy_from_slice(&xi[first..first + c]);
-                    a[ob..ob + c].fill(0);
-                    for dy in 0..k {
-                        for dx in 0..k {
-                            if dy == 0 && dx == 0 {
-                                continue;
-                            }
-                            let s = ((oy * k + dy) * w + ox * k + dx) * c;
-                            let code = (dy * k + dx) as u8;
-                            // Selects, not branches: which input wins is data-dependent.
-                            let (ov, av) = (&mut o[ob..ob + c], &mut a[ob..ob + c]);
-                            for ((o, a), &v) in ov.iter_mut().zip(av).zip(&xi[s..s + c]) {
-                                let gt = v > *o;
-                                *o = if gt { v } else { *o };
-                                *a = if gt { code } else { *a };
-                            }
-                        }
+            max_pool_image(xi, h, w, c, k, o, a);
+        });
+}
+
+/// [`max_pool`] of one image, portable (and the AVX-512 kernel's test oracle).
+pub fn max_pool_image<T: Real>(
+    xi: &[T],
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    o: &mut [T],
+    a: &mut [u8],
+) {
+    let (oh, ow) = (h / k, w / k);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let ob = (oy * ow + ox) * c;
+            let first = ((oy * k) * w + ox * k) * c;
+            o[ob..ob + c].copy_from_slice(&xi[first..first + c]);
+            a[ob..ob + c].fill(0);
+            for dy in 0..k {
+                for dx in 0..k {
+                    if dy == 0 && dx == 0 {
+                        continue;
+                    }
+                    let s = ((oy * k + dy) * w + ox * k + dx) * c;
+                    let code = (dy * k + dx) as u8;
+                    // Selects, not branches: which input wins is data-dependent.
+                    let (ov, av) = (&mut o[ob..ob + c], &mut a[ob..ob + c]);
+                    for ((o, a), &v) in ov.iter_mut().zip(av).zip(&xi[s..s + c]) {
+                        let gt = v > *o;
+                        *o = if gt { v } else { *o };
+                        *a = if gt { code } else { *a };
                     }
                 }
             }
-        });
+        }
+    }
 }
 
 /// The max-pool backward: each output's gradient goes to its recorded maximum; the rest is 0.

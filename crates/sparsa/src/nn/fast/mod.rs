@@ -140,6 +140,25 @@ struct Slot<T> {
     mom: Vec<T>,
 }
 
+impl<T: Real> Slot<T> {
+    /// `sparse`: SGD touches only the mask's support (the weight's layer runs sparse kernels,
+    /// whose gradient is 0 off it); the rest of the weight and momentum is made exactly 0 now,
+    /// as the dense path's first masked update would. Otherwise SGD runs over the whole tensor.
+    fn restrict_sgd(&mut self, sparse: bool) {
+        self.support = None;
+        let (true, Some(m)) = (sparse, self.mask.as_deref()) else {
+            return;
+        };
+        for (w, &m) in self.w.iter_mut().zip(m) {
+            *w *= m;
+        }
+        for (v, &m) in self.mom.iter_mut().zip(m) {
+            *v *= m;
+        }
+        self.support = Some(support_of(m));
+    }
+}
+
 struct BnRun<T> {
     gamma: usize,
     beta: usize,
@@ -1118,18 +1137,7 @@ impl<T: Real> FastNet<T> {
                 ((t >= 1.0 || cost < t) && sparse_conv::applies::<T>(&c.geom))
                     .then(|| Box::new(sparse_conv::SparseConv::new(&c.geom, m)))
             });
-            slot.support = c.sparse.as_ref().map(|_| {
-                let m = slot.mask.as_deref().expect("sparse only when masked");
-                // SGD will touch only the support: make the rest exactly 0 now, as the dense
-                // path's first masked update would.
-                for (w, &m) in slot.w.iter_mut().zip(m) {
-                    *w *= m;
-                }
-                for (v, &m) in slot.mom.iter_mut().zip(m) {
-                    *v *= m;
-                }
-                support_of(m)
-            });
+            slot.restrict_sgd(c.sparse.is_some());
         });
         self
     }
@@ -1145,25 +1153,7 @@ impl<T: Real> FastNet<T> {
                 l.sparse = slot.mask.as_deref().and_then(|m| {
                     (mask_density(m) < density).then(|| kernels::Csr::from_mask(m, l.fout, l.fin))
                 });
-                if let (Some(_), Some(m)) = (&l.sparse, &slot.mask) {
-                    // SGD will touch only the support: make the rest exactly 0 now, as the
-                    // dense path's first masked update would.
-                    for (w, &m) in slot.w.iter_mut().zip(m) {
-                        *w *= m;
-                    }
-                    for (v, &m) in slot.mom.iter_mut().zip(m) {
-                        *v *= m;
-                    }
-                }
-                slot.support = l.sparse.as_ref().map(|c| {
-                    (0..c.rows)
-                        .flat_map(|j| {
-                            c.cols[c.row_ptr[j]..c.row_ptr[j + 1]]
-                                .iter()
-                                .map(move |&k| (j * c.cols_n) as u32 + k)
-                        })
-                        .collect()
-                });
+                slot.restrict_sgd(l.sparse.is_some());
             }
         }
         self

@@ -148,6 +148,8 @@ struct Entries {
     chunks: usize,
     ptr: Vec<usize>,
     off: Vec<u32>,
+    /// The largest offset (0 without entries): the kernels' reads end 16·qv past it.
+    max_off: usize,
     idx: Vec<u32>,
     w: Vec<f32>,
 }
@@ -180,6 +182,7 @@ impl Entries {
             chunks,
             ptr,
             off: items.iter().map(|e| e.2).collect(),
+            max_off: items.iter().map(|e| e.2 as usize).max().unwrap_or(0),
             idx: items.iter().map(|e| e.3).collect(),
             w: Vec::new(),
         }
@@ -295,13 +298,6 @@ impl SparseConv {
         self.fwd.idx.len()
     }
 
-    /// The flat (co, ky, kx, ci) indices of the kept weights.
-    pub fn support(&self) -> Vec<u32> {
-        let mut s = self.fwd.idx.clone();
-        s.sort_unstable();
-        s
-    }
-
     /// Panics unless `g` is the geometry the kernels were built for (any batch size).
     fn check(&self, g: &ConvGeom) {
         assert!(
@@ -384,13 +380,7 @@ impl SparseConv {
         let (img, nnz) = (g.h * g.w * cin, self.fwd.idx.len());
         let (grad, bwd) = (&self.grad, &self.bwd);
         let ranges = group_ranges(g.n, self.bufs.len());
-        let dx_parts: Vec<Option<&mut [T]>> = match dx {
-            Some(d) => split_by(&mut d[..g.in_len()], &ranges, img)
-                .into_iter()
-                .map(Some)
-                .collect(),
-            None => ranges.iter().map(|_| None).collect(),
-        };
+        let dx_parts = g.dx_parts(dx, &ranges);
         // The output gradient as the forward output's planes: row stride fp.wp, columns past ow
         // and the tail past rows·wp zero.
         let dyw_len = cout * fp.out_plane() + 16;
@@ -486,7 +476,7 @@ fn unplane(yp: &[f32], plane: usize, wp: usize, rows: usize, cols: usize, c: usi
 /// out[j][q] = Σ_{e of j} w_e · xp[off_e + q] for every output plane j and q < 16·qv.
 fn conv_planes(xp: &[f32], ent: &Entries, qv: usize, block: usize, out: &mut [f32]) {
     let planes = ent.outs;
-    let max_off = ent.off.iter().max().map_or(0, |&o| o as usize);
+    let max_off = ent.max_off;
     assert!(ent.w.len() == ent.off.len() && ent.ptr.len() == ent.chunks * planes + 1);
     assert!(ent.ptr[ent.chunks * planes] == ent.off.len());
     assert!(max_off + 16 * qv <= xp.len() && out.len() >= planes * 16 * qv);
@@ -503,7 +493,7 @@ fn conv_planes(xp: &[f32], ent: &Entries, qv: usize, block: usize, out: &mut [f3
 /// planes `ld` apart).
 fn grad_planes(xp: &[f32], dy: &[f32], ld: usize, ent: &Entries, qv: usize, acc: &mut [f32]) {
     let planes = ent.outs;
-    let max_off = ent.off.iter().max().map_or(0, |&o| o as usize);
+    let max_off = ent.max_off;
     assert!(ent.ptr.len() == ent.chunks * planes + 1 && acc.len() >= ent.off.len());
     assert!(ent.ptr[ent.chunks * planes] == ent.off.len());
     assert!(max_off + 16 * qv <= xp.len() && 16 * qv <= ld);
