@@ -279,18 +279,22 @@ fn fast_matches_reference_with_grad_clip() {
 }
 
 /// One step's gradients, fast vs reference, on the same matchings; the batch has tokens with
-/// fewer positives than k and features with fewer positives than their capacity.
+/// fewer positives than k and features with fewer positives than their capacity. The
+/// auxiliary loss runs both pair by pair and as dense products over its features.
 #[test]
 fn gradients_match_reference_on_short_rows_and_columns() {
     let settings = [
-        (None, AuxNorm::Nmse, false),
-        (Some(0.5f32), AuxNorm::Nmse, false),
-        (Some(0.5f32), AuxNorm::Nmse, true),
-        (Some(1.0), AuxNorm::Mse, false),
+        (None, AuxNorm::Nmse, false, false),
+        (Some(0.5f32), AuxNorm::Nmse, false, false),
+        (Some(0.5f32), AuxNorm::Nmse, true, false),
+        (Some(1.0), AuxNorm::Mse, false, false),
+        (Some(0.5f32), AuxNorm::Nmse, false, true),
+        (Some(0.5f32), AuxNorm::Nmse, true, true),
+        (Some(1.0), AuxNorm::Mse, false, true),
     ];
     let grid = ARCHS.iter().flat_map(|&a| settings.map(move |s| (a, s)));
-    cases::each(grid, |&(arch, (aux, norm, exclude))| {
-        let what = format!("{arch} aux {aux:?} {norm:?} exclude {exclude}");
+    cases::each(grid, |&(arch, (aux, norm, exclude, dense))| {
+        let what = format!("{arch} aux {aux:?} {norm:?} exclude {exclude} dense {dense}");
         let c = cfg(arch, "none", false);
         let (fast_t, _) = trainers(arch, "none");
         let p = fast_t.params.clone();
@@ -309,6 +313,7 @@ fn gradients_match_reference_on_short_rows_and_columns() {
             .collect();
         let k_aux = 4;
         let mut fs = FastStep::new();
+        fs.set_aux_dense_above(if dense { 0.0 } else { f64::INFINITY });
         let spec = aux.map(|_| AuxSpec {
             u: &u,
             k_aux,
@@ -377,6 +382,7 @@ fn gradients_match_reference_on_short_rows_and_columns() {
         );
         if aux.is_some() {
             assert!(fs.aux_active(), "{what}: auxiliary selection empty");
+            assert_eq!(fs.aux_dense(), dense, "{what}: auxiliary path");
             assert!(lr.aux > 0.0);
         }
         for (name, a, b) in [
@@ -409,15 +415,20 @@ fn gradients_match_reference_on_short_rows_and_columns() {
     });
 }
 
-fn run_fast(arch: &str, aux: &str) -> Trainer {
+/// Ten fast steps; `aux_dense_above` sets the switch to the dense auxiliary products. Returns
+/// the trainer and on how many steps the auxiliary loss ran dense.
+fn run_fast(arch: &str, aux: &str, aux_dense_above: f64) -> (Trainer, usize) {
     let (mut t, _) = trainers(arch, aux);
+    t.set_aux_dense_above(aux_dense_above);
     let mut src = source();
+    let mut dense = 0;
     for _ in 0..10 {
         let p = t.params.clone();
         let mut x = batch(&mut src, &p, t.scale);
         t.step(&mut x).unwrap();
+        dense += usize::from(t.fast_aux_dense());
     }
-    t
+    (t, dense)
 }
 
 /// On one thread the fast path is bit-reproducible (the encoder product's summation order
@@ -433,11 +444,16 @@ fn fast_path_on_one_thread_is_bit_identical_across_runs() {
         ("topk", "aux_k"),
         ("mutual_choice", "aux_zipf"),
         ("feature_choice", "aux_zipf"),
-    ];
-    cases::each(grid, |&(arch, aux)| {
-        let a = pool.install(|| run_fast(arch, aux));
-        let b = pool.install(|| run_fast(arch, aux));
-        assert_eq!(a.params, b.params, "{arch}+{aux}");
-        assert_eq!(a.state, b.state, "{arch}+{aux}");
+    ]
+    .into_iter()
+    .flat_map(|c| [(c, false), (c, true)]);
+    cases::each(grid, |&((arch, aux), dense)| {
+        let what = format!("{arch}+{aux} dense auxiliary {dense}");
+        let above = if dense { 0.0 } else { f64::INFINITY };
+        let (a, na) = pool.install(|| run_fast(arch, aux, above));
+        let (b, _) = pool.install(|| run_fast(arch, aux, above));
+        assert_eq!(a.params, b.params, "{what}");
+        assert_eq!(a.state, b.state, "{what}");
+        assert!(dense == (na > 0), "{what}: {na} dense steps");
     });
 }

@@ -158,17 +158,24 @@ pub struct FastRun {
     pub phases: Phases,
     /// Matched pairs of the last step: (main, auxiliary).
     pub matches: (usize, usize),
+    /// Whether the last step ran the auxiliary loss as dense products.
+    pub aux_dense: bool,
 }
 
 /// Two warm-up steps of a trainer built from `cfg` on `data` (B × d, copied afresh for every
-/// step), then the median of `steps` (at least one).
+/// step), then the median of `steps` (at least one). `aux_dense_above` overrides the switch to
+/// the dense auxiliary products ([`crate::sae::fast::AUX_DENSE_ABOVE`]).
 pub fn time_fast_run(
     cfg: RunConfig,
     data: &[f32],
     d: usize,
     steps: usize,
+    aux_dense_above: Option<f64>,
 ) -> Result<FastRun, SaeError> {
     let mut t = Trainer::new(cfg, d, data)?;
+    if let Some(x) = aux_dense_above {
+        t.set_aux_dense_above(x);
+    }
     let mut x = vec![0f32; data.len()];
     let mut ts = Vec::new();
     let mut last = None;
@@ -187,6 +194,7 @@ pub fn time_fast_run(
         metrics: last.expect("at least one step ran"),
         phases: t.fast_phases(),
         matches: t.fast_matches(),
+        aux_dense: t.fast_aux_dense(),
     })
 }
 
@@ -218,7 +226,7 @@ mod tests {
         assert!(time_product_candle(s, &data, &w, 1).unwrap() >= 0.0);
         for arch in [Architecture::TopK, Architecture::FeatureChoice] {
             let cfg = config(s, arch, AuxKind::AuxK, Matmul::F32, false).unwrap();
-            let run = time_fast_run(cfg, &data, s.d, 1).unwrap();
+            let run = time_fast_run(cfg, &data, s.d, 1, None).unwrap();
             assert_eq!(run.matmul, "f32");
             assert!(run.step > 0.0 && run.matches.0 > 0);
             let cfg = config(s, arch, AuxKind::None, Matmul::F32, true).unwrap();

@@ -253,6 +253,17 @@ impl Trainer {
         )
     }
 
+    /// Run the auxiliary loss as dense products when its pairs fill at least `t` of their
+    /// block ([`super::fast::FastStep::set_aux_dense_above`]).
+    pub fn set_aux_dense_above(&mut self, t: f64) {
+        self.fast.set_aux_dense_above(t);
+    }
+
+    /// Whether the last fast step ran the auxiliary loss as dense products.
+    pub fn fast_aux_dense(&self) -> bool {
+        self.fast.aux_dense()
+    }
+
     /// The encoder product this trainer runs: `f32`, or `bf16 (amx-bf16)` and the like.
     pub fn encoder_product(&self) -> String {
         match self.fast.bf16_kernel() {

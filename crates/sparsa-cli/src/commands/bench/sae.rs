@@ -54,6 +54,11 @@ pub struct SaeBenchArgs {
     /// without either it is reported as unavailable and skipped.
     #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
     matmul: Vec<Matmul>,
+    /// Run the auxiliary loss as dense products over its features when its pairs fill at least
+    /// this share of their block (0: always, above 1: never; default: the trainer's
+    /// `AUX_DENSE_ABOVE`). For measuring the switch.
+    #[arg(long)]
+    aux_dense_above: Option<f64>,
 }
 
 /// A `--sizes` entry `D_INxD_SAE` (for clap's value_parser: a bad entry is a usage error).
@@ -110,6 +115,10 @@ struct Line {
     /// Matched pairs per step (main + auxiliary).
     matches_main: usize,
     matches_aux: usize,
+    /// Features the auxiliary loss could use in the last timed step (aux_k: the dead ones).
+    aux_eligible: usize,
+    /// Whether the auxiliary loss ran as dense products over its features (not pair by pair).
+    aux_dense: bool,
     /// Phase times of the last timed step.
     phases: Phases,
     /// (Sum of the phases) / (the encoder product inside that same step, in its precision):
@@ -233,8 +242,8 @@ fn time_fast_steps(
             for &aux in &a.aux {
                 let label = format!("{}+{} {}", arch.name(), aux.name(), matmul.name());
                 let cfg = sb::config(s, arch, aux, matmul, false)?;
-                let run =
-                    sb::time_fast_run(cfg, data, s.d, a.steps).with_context(|| label.clone())?;
+                let run = sb::time_fast_run(cfg, data, s.d, a.steps, a.aux_dense_above)
+                    .with_context(|| label.clone())?;
                 eprintln!(
                     "{}x{} {}+{} {}: step {:.3} s ({:.2}× the f32 product) aux loss {:.3e}",
                     s.d,
@@ -331,6 +340,8 @@ fn line(
         step_over_no_aux: no_aux,
         matches_main: run.matches.0,
         matches_aux: run.matches.1,
+        aux_eligible: run.metrics.aux_eligible,
+        aux_dense: run.aux_dense,
         phases: ph,
         step_over_matmul_same_step: (ph.encode + ph.select + ph.decode + ph.backward + ph.adam)
             / ph.matmul,

@@ -19,46 +19,32 @@ use rayon::prelude::*;
 const BLOCK: usize = 128;
 
 /// For every token i: `h[i]` = e_i − ê_i and `sse[i]` = ‖e_i − ê_i‖² (summed in f64 in lane
-/// order); for every auxiliary pair at position p: `c[p]` = W_dec[j]·(e_i − ê_i) and
-/// `vals[p]` = a_ij.
+/// order); for every auxiliary pair at position p (a_ij = `vals[p]`): `c[p]` =
+/// W_dec[j]·(e_i − ê_i).
 #[allow(clippy::too_many_arguments)] // the inputs and the three outputs
 pub fn aux_decode(
-    a: &[f32],
-    f: usize,
     aux: &Matching,
+    vals: &[f32],
     w_dec: &[f32],
     e: &[f32],
     d: usize,
     h: &mut [f32],
     sse: &mut [f64],
     c: &mut [f32],
-    vals: &mut [f32],
 ) {
     let b = sse.len();
-    // Each block's part of c and vals (pairs of its tokens are contiguous in the matching).
-    let parts: Vec<_> = split_rows(c, &aux.row_ptr, b, BLOCK)
-        .into_iter()
-        .zip(split_rows(vals, &aux.row_ptr, b, BLOCK))
-        .collect();
+    // Each block's part of c (pairs of its tokens are contiguous in the matching).
+    let parts = split_rows(c, &aux.row_ptr, b, BLOCK);
     h.par_chunks_mut(BLOCK * d)
         .zip(sse.par_chunks_mut(BLOCK))
         .zip(parts)
         .enumerate()
-        .for_each(|(blk, ((h, sse), (c, vals)))| {
+        .for_each(|(blk, ((h, sse), c))| {
             let i0 = blk * BLOCK;
             let p0 = aux.row_ptr[i0];
-            let n = sse.len();
-            // a_ij of the block's pairs, in the matching's order.
-            for i in i0..i0 + n {
-                let (r0, r1) = (aux.row_ptr[i], aux.row_ptr[i + 1]);
-                for (v, &j) in vals[r0 - p0..r1 - p0].iter_mut().zip(&aux.cols[r0..r1]) {
-                    *v = a[i * f + j as usize];
-                }
-            }
-            let vals = &*vals;
             let pairs = |i: usize| {
                 let (r0, r1) = (aux.row_ptr[i], aux.row_ptr[i + 1]);
-                (&aux.cols[r0..r1], &vals[r0 - p0..r1 - p0])
+                (&aux.cols[r0..r1], &vals[r0..r1])
             };
             for c0 in (0..d).step_by(GATHER_TILE) {
                 let c1 = (c0 + GATHER_TILE).min(d);
@@ -129,13 +115,11 @@ mod tests {
                 }
             }
             let (mut h, mut s, mut c) = (vec![0f32; b * d], vec![0f64; b], vec![0f32; aux.nnz()]);
-            let mut vals = vec![0f32; aux.nnz()];
-            aux_decode(&a, f, &aux, &w, &e, d, &mut h, &mut s, &mut c, &mut vals);
-            let want_vals: Vec<f32> = (0..b)
+            let vals: Vec<f32> = (0..b)
                 .flat_map(|i| aux.row(i).iter().map(move |&j| (i, j)))
                 .map(|(i, j)| a[i * f + j as usize])
                 .collect();
-            assert_eq!(vals, want_vals, "a_ij, d {d}");
+            aux_decode(&aux, &vals, &w, &e, d, &mut h, &mut s, &mut c);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&h), bits(&want_h), "r = e − ê, d {d}");
             assert_eq!(s, want_s, "‖r‖², d {d}");

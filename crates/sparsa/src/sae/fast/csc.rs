@@ -12,6 +12,7 @@
 //! from it, accumulators in registers. Each element's sum is the same sequence of multiplies
 //! and adds, in the same order, as a whole-row axpy per entry: the result is bit-identical.
 
+use super::aux_dense::AuxDense;
 use super::resize;
 use crate::kernels::vector;
 use rayon::prelude::*;
@@ -73,8 +74,16 @@ impl<'a> Pairs<'a> {
 impl FeatureView {
     /// Build the view of `main` and (when on) `aux` (B tokens, F features): a counting sort by
     /// feature, filled in parallel by feature ranges, each range scanning the tokens in order,
-    /// so the layout does not depend on the thread count.
-    pub fn build(&mut self, b: usize, f: usize, main: &Pairs, aux: Option<&Pairs>) {
+    /// so the layout does not depend on the thread count. Features of `extra` (per feature:
+    /// [`NONE`] or not) are touched even without an entry: the dense auxiliary block's.
+    pub fn build(
+        &mut self,
+        b: usize,
+        f: usize,
+        main: &Pairs,
+        aux: Option<&Pairs>,
+        extra: Option<&[u32]>,
+    ) {
         resize(&mut self.counts, f);
         self.counts.fill(0);
         for m in std::iter::once(main).chain(aux) {
@@ -88,7 +97,7 @@ impl FeatureView {
         self.ptr.push(0);
         let mut total = 0;
         for (j, &n) in self.counts.iter().enumerate() {
-            if n > 0 {
+            if n > 0 || extra.is_some_and(|x| x[j] != NONE) {
                 self.slot[j] = self.touched.len() as u32;
                 self.touched.push(j as u32);
                 total += n;
@@ -141,13 +150,15 @@ impl FeatureView {
     /// Σ a·(g or h)_i with its component along W_dec[j] then removed (∂W_dec), `gb[t]` = Σ c
     /// (∂b_enc), in entry order. `g` is B×d; `h` (B×d) when the auxiliary matching is in the
     /// view. Features with at least [`SLICED_MIN`] entries are summed by d-slices, the others
-    /// row by row (both the same arithmetic).
+    /// row by row (both the same arithmetic). The dense auxiliary block's gradients (`dense`)
+    /// are added to its features' sums before the projection.
     #[allow(clippy::too_many_arguments)] // the inputs and the three outputs
     pub fn gradients(
         &mut self,
         xc: &[f32],
         g: &[f32],
         h: Option<&[f32]>,
+        dense: Option<&AuxDense>,
         w_dec: &[f32],
         d: usize,
         ge: &mut [f32],
@@ -217,6 +228,11 @@ impl FeatureView {
                     }
                 }
                 let j = touched[t] as usize;
+                if let Some((de, dd, db)) = dense.and_then(|x| x.feature(j, d)) {
+                    vector::axpy(1.0, de, ge);
+                    vector::axpy(1.0, dd, gd);
+                    gb[t - t0] += db;
+                }
                 let w = &w_dec[j * d..(j + 1) * d];
                 let dot = vector::dot(gd, w);
                 vector::axpy(-dot, w, gd);
@@ -423,9 +439,9 @@ mod tests {
                     let (mut ge, mut gd, mut gb) =
                         (vec![0f32; nt * d], vec![0f32; nt * d], vec![0f32; nt]);
                     pool.install(|| {
-                        view.build(b, f, &main, with_aux.then_some(&aux));
+                        view.build(b, f, &main, with_aux.then_some(&aux), None);
                         let hh = with_aux.then_some(&h[..]);
-                        view.gradients(&xc, &g, hh, &w_dec, d, &mut ge, &mut gd, &mut gb);
+                        view.gradients(&xc, &g, hh, None, &w_dec, d, &mut ge, &mut gd, &mut gb);
                     });
                     let heavy = (0..nt)
                         .filter(|&t| view.ptr[t + 1] - view.ptr[t] >= SLICED_MIN)

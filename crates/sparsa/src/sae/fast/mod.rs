@@ -30,7 +30,7 @@
 
 use super::allocation::{AllocInput, Allocation, Matching};
 use super::config::AuxNorm;
-use super::loss::{aux_select, AuxRowScratch, AuxRowSelector};
+use super::loss::{aux_select_values, AuxRowScratch, AuxRowSelector};
 use super::optim::{Adam, AdamStep, Grads};
 use super::params::SaeParams;
 use super::reference::Losses;
@@ -42,7 +42,11 @@ use csc::{FeatureView, Pairs, NONE};
 use rayon::prelude::*;
 
 mod aux_decode;
+mod aux_dense;
 mod csc;
+
+use aux_dense::AuxDense;
+pub use aux_dense::AUX_DENSE_ABOVE;
 
 /// The auxiliary loss of a step: eligibilities u (length F), k_aux, weight α, normalisation.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +96,12 @@ pub struct FastStep {
     /// Auxiliary matching of the last step (empty when the auxiliary loss did not run).
     pub aux: Matching,
     aux_on: bool,
+    /// Whether the last step ran the auxiliary loss as dense products ([`AuxDense`]).
+    dense_on: bool,
+    /// The pairs' density from which it does (`None`: [`AUX_DENSE_ABOVE`]).
+    aux_dense_above: Option<f64>,
+    dense: AuxDense,
+    feature_scratch: Vec<u32>,
     dims: (usize, usize, usize),
     xc: Vec<f32>,
     e: Vec<f32>,
@@ -158,6 +168,17 @@ impl FastStep {
     pub fn set_bf16(&mut self, kernel: Option<Bf16Kernel>) -> bool {
         self.bf16 = kernel.and_then(Bf16Gemm::new);
         self.bf16.is_some() == kernel.is_some()
+    }
+
+    /// Run the auxiliary loss as dense products over its features when its pairs fill at least
+    /// `t` of their B × n block (0: always, above 1: never; default [`AUX_DENSE_ABOVE`]).
+    pub fn set_aux_dense_above(&mut self, t: f64) {
+        self.aux_dense_above = Some(t);
+    }
+
+    /// Whether the last step ran the auxiliary loss as dense products.
+    pub fn aux_dense(&self) -> bool {
+        self.aux_on && self.dense_on
     }
 
     /// The bf16 kernel the encoder product runs on (`None`: f32).
@@ -274,26 +295,29 @@ impl FastStep {
             // A per-row rule: both selections in one pass over the rows of A, the auxiliary
             // one while the row is still in cache.
             let selector = AuxRowSelector::new(&s.u[..f], s.k_aux, None);
-            let rows: Vec<(Vec<u32>, Vec<u32>)> = self
+            let rows: Vec<(Vec<u32>, Vec<u32>, Vec<f32>)> = self
                 .a
                 .par_chunks(f)
                 .map_init(
                     || (Vec::new(), AuxRowScratch::default()),
                     |(scratch, aux_scratch), row| {
                         let (mut main, mut aux) = (Vec::new(), Vec::with_capacity(s.k_aux.min(f)));
+                        let mut vals = Vec::with_capacity(s.k_aux.min(f));
                         rule.select_row(row, scratch, &mut main);
                         let exclude = if s.exclude_matched { &main[..] } else { &[] };
-                        selector.select(row, exclude, aux_scratch, &mut aux);
-                        (main, aux)
+                        selector.select_values(row, exclude, aux_scratch, &mut aux, &mut vals);
+                        (main, aux, vals)
                     },
                 )
                 .collect();
             self.main.reset(b, f);
-            for (main, aux) in &rows {
+            self.a_aux.clear();
+            for (main, aux, vals) in &rows {
                 self.main.cols.extend_from_slice(main);
                 self.main.end_row();
                 self.aux.cols.extend_from_slice(aux);
                 self.aux.end_row();
+                self.a_aux.extend_from_slice(vals);
             }
             self.aux_on = self.aux.nnz() > 0;
             return;
@@ -310,7 +334,16 @@ impl FastStep {
         );
         if let Some(s) = aux {
             let exclude = s.exclude_matched.then_some(&self.main);
-            aux_select(&self.a, b, f, s.u, s.k_aux, exclude, &mut self.aux);
+            aux_select_values(
+                &self.a,
+                b,
+                f,
+                s.u,
+                s.k_aux,
+                exclude,
+                &mut self.aux,
+                &mut self.a_aux,
+            );
         }
         self.aux_on = aux.is_some() && self.aux.nnz() > 0;
     }
@@ -329,8 +362,14 @@ impl FastStep {
         let s_rec = (2.0 / var) as f32;
         resize(&mut self.c_main, main.nnz());
         resize(&mut self.a_main, main.nnz());
-        resize(&mut self.c_aux, if aux_on { auxm.nnz() } else { 0 });
-        resize(&mut self.a_aux, if aux_on { auxm.nnz() } else { 0 });
+        self.dense_on = aux_on
+            && AuxDense::worth_it(
+                auxm,
+                &mut self.feature_scratch,
+                self.aux_dense_above.unwrap_or(AUX_DENSE_ABOVE),
+            );
+        let sparse_aux = aux_on && !self.dense_on;
+        resize(&mut self.c_aux, if sparse_aux { auxm.nnz() } else { 0 });
         {
             let c_main = split_rows(&mut self.c_main, &main.row_ptr, b, ROW_CHUNK);
             let a_main = split_rows(&mut self.a_main, &main.row_ptr, b, ROW_CHUNK);
@@ -373,18 +412,20 @@ impl FastStep {
                     }
                 });
         }
-        if aux_on {
+        if self.dense_on {
+            self.dense.gather(&self.aux, &self.a_aux, w_dec, d);
+            self.dense
+                .decode(&self.e, d, &mut self.g_aux, &mut self.row_sse_aux);
+        } else if aux_on {
             aux_decode::aux_decode(
-                &self.a,
-                f,
                 &self.aux,
+                &self.a_aux,
                 w_dec,
                 &self.e,
                 d,
                 &mut self.g_aux,
                 &mut self.row_sse_aux,
                 &mut self.c_aux,
-                &mut self.a_aux,
             );
         } else {
             self.row_sse_aux.fill(0.0);
@@ -412,9 +453,13 @@ impl FastStep {
         if aux_on {
             // h_i = ∂L/∂ê_i = −2α·r_i/denom, and ∂L/∂pre_ij = W_dec[j]·h_i.
             let s_aux = -((2.0 * coeff / denom) as f32);
-            self.c_aux
-                .par_chunks_mut(4096)
-                .for_each(|c| c.iter_mut().for_each(|v| *v *= s_aux));
+            if self.dense_on {
+                self.dense.scale(s_aux);
+            } else {
+                self.c_aux
+                    .par_chunks_mut(4096)
+                    .for_each(|c| c.iter_mut().for_each(|v| *v *= s_aux));
+            }
             self.g_aux
                 .par_chunks_mut(4096)
                 .for_each(|c| c.iter_mut().for_each(|v| *v *= s_aux));
@@ -436,13 +481,14 @@ impl FastStep {
             a: &self.a_main,
             c: &self.c_main,
         };
-        let aux = self.aux_on.then(|| Pairs {
+        let aux = (self.aux_on && !self.dense_on).then(|| Pairs {
             row_ptr: &self.aux.row_ptr,
             cols: &self.aux.cols,
             a: &self.a_aux,
             c: &self.c_aux,
         });
-        self.view.build(b, f, &main, aux.as_ref());
+        let extra = self.dense_on.then_some(&self.dense.pos[..]);
+        self.view.build(b, f, &main, aux.as_ref(), extra);
     }
 
     /// Phase 5b, the gradients of the touched features (W_enc, W_dec projected, b_enc).
@@ -452,11 +498,16 @@ impl FastStep {
         resize(&mut self.g_wenc, nt * d);
         resize(&mut self.g_wdec, nt * d);
         resize(&mut self.g_benc_t, nt);
-        let h = self.aux_on.then_some(&self.g_aux[..]);
+        if self.dense_on {
+            self.dense.gradients(&self.xc, &self.g_aux, d);
+        }
+        let h = (self.aux_on && !self.dense_on).then_some(&self.g_aux[..]);
+        let dense = self.dense_on.then_some(&self.dense);
         self.view.gradients(
             &self.xc,
             &self.g_rec,
             h,
+            dense,
             &p.w_dec,
             d,
             &mut self.g_wenc,

@@ -66,7 +66,23 @@ pub fn aux_select(
     exclude: Option<&Matching>,
     out: &mut Matching,
 ) {
-    aux_select_with(a, b, f, u, k_aux, exclude, None, out);
+    aux_select_with(a, b, f, u, k_aux, exclude, None, out, None);
+}
+
+/// [`aux_select`], and the selected a_ij in `vals` (aligned with `out.cols`), read while each
+/// row is in cache (the fast step's decode then never reads A at the pairs).
+#[allow(clippy::too_many_arguments)] // aux_select's arguments and the values
+pub fn aux_select_values(
+    a: &[f32],
+    b: usize,
+    f: usize,
+    u: &[f32],
+    k_aux: usize,
+    exclude: Option<&Matching>,
+    out: &mut Matching,
+    vals: &mut Vec<f32>,
+) {
+    aux_select_with(a, b, f, u, k_aux, exclude, None, out, Some(vals));
 }
 
 /// One token's auxiliary selection, shared by [`aux_select`] and passes that select the main
@@ -101,6 +117,20 @@ impl<'a> AuxRowSelector<'a> {
             tiered: u.iter().any(|&w| w > 1.0),
             eligible: compact.then_some(eligible),
         }
+    }
+
+    /// [`AuxRowSelector::select`], and the selected entries of `row` in `vals` (cleared first).
+    pub fn select_values(
+        &self,
+        row: &[f32],
+        exclude: &[u32],
+        s: &mut AuxRowScratch,
+        sel: &mut Vec<u32>,
+        vals: &mut Vec<f32>,
+    ) {
+        self.select(row, exclude, s, sel);
+        vals.clear();
+        vals.extend(sel.iter().map(|&j| row[j as usize]));
     }
 
     /// The auxiliary selection of one row of A (columns ascending) into `sel` (cleared first),
@@ -153,8 +183,9 @@ impl<'a> AuxRowSelector<'a> {
     }
 }
 
-/// [`aux_select`] with the column visit chosen (`compact`, see [`AuxRowSelector::new`]).
-#[allow(clippy::too_many_arguments)] // aux_select's arguments and the path switch
+/// [`aux_select`] with the column visit chosen (`compact`, see [`AuxRowSelector::new`]) and,
+/// with `vals`, the selected values.
+#[allow(clippy::too_many_arguments)] // aux_select's arguments, the path switch, the values
 fn aux_select_with(
     a: &[f32],
     b: usize,
@@ -164,20 +195,37 @@ fn aux_select_with(
     exclude: Option<&Matching>,
     compact: Option<bool>,
     out: &mut Matching,
+    vals: Option<&mut Vec<f32>>,
 ) {
     let selector = AuxRowSelector::new(&u[..f], k_aux, compact);
-    let rows: Vec<Vec<u32>> = a
+    let with_values = vals.is_some();
+    let rows: Vec<(Vec<u32>, Vec<f32>)> = a
         .par_chunks(f)
         .enumerate()
         .map_init(AuxRowScratch::default, |s, (i, row)| {
             let mut sel = Vec::with_capacity(k_aux.min(f));
+            let mut v = Vec::new();
             let ex = exclude.map_or(&[][..], |m| m.row(i));
-            selector.select(row, ex, s, &mut sel);
-            sel
+            if with_values {
+                selector.select_values(row, ex, s, &mut sel, &mut v);
+            } else {
+                selector.select(row, ex, s, &mut sel);
+            }
+            (sel, v)
         })
         .collect();
     debug_assert_eq!(rows.len(), b);
-    out.from_rows(f, &rows);
+    out.reset(b, f);
+    for (sel, _) in &rows {
+        out.cols.extend_from_slice(sel);
+        out.end_row();
+    }
+    if let Some(vals) = vals {
+        vals.clear();
+        for (_, v) in &rows {
+            vals.extend_from_slice(v);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -251,8 +299,8 @@ mod tests {
             main.from_rows(f, &main_rows);
             for exclude in [None, Some(&main)] {
                 let (mut x, mut y) = (Matching::default(), Matching::default());
-                aux_select_with(&a, b, f, &u, 9, exclude, Some(true), &mut x);
-                aux_select_with(&a, b, f, &u, 9, exclude, Some(false), &mut y);
+                aux_select_with(&a, b, f, &u, 9, exclude, Some(true), &mut x, None);
+                aux_select_with(&a, b, f, &u, 9, exclude, Some(false), &mut y, None);
                 for i in 0..b {
                     assert_eq!(x.row(i), y.row(i), "trial {trial} row {i}");
                 }
