@@ -280,21 +280,29 @@ fn fast_matches_reference_with_grad_clip() {
 
 /// One step's gradients, fast vs reference, on the same matchings; the batch has tokens with
 /// fewer positives than k and features with fewer positives than their capacity. The
-/// auxiliary loss runs both pair by pair and as dense products over its features.
+/// auxiliary loss runs pair by pair, as dense products over all its features, and split
+/// (the features with many pairs dense, the others pair by pair).
 #[test]
 fn gradients_match_reference_on_short_rows_and_columns() {
-    let settings = [
-        (None, AuxNorm::Nmse, false, false),
-        (Some(0.5f32), AuxNorm::Nmse, false, false),
-        (Some(0.5f32), AuxNorm::Nmse, true, false),
-        (Some(1.0), AuxNorm::Mse, false, false),
-        (Some(0.5f32), AuxNorm::Nmse, false, true),
-        (Some(0.5f32), AuxNorm::Nmse, true, true),
-        (Some(1.0), AuxNorm::Mse, false, true),
-    ];
-    let grid = ARCHS.iter().flat_map(|&a| settings.map(move |s| (a, s)));
-    cases::each(grid, |&(arch, (aux, norm, exclude, dense))| {
-        let what = format!("{arch} aux {aux:?} {norm:?} exclude {exclude} dense {dense}");
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Path {
+        Pairwise,
+        Dense,
+        Split,
+    }
+    let mut settings = vec![(None, AuxNorm::Nmse, false, Path::Pairwise)];
+    for path in [Path::Pairwise, Path::Dense, Path::Split] {
+        settings.extend([
+            (Some(0.5f32), AuxNorm::Nmse, false, path),
+            (Some(0.5f32), AuxNorm::Nmse, true, path),
+            (Some(1.0), AuxNorm::Mse, false, path),
+        ]);
+    }
+    let grid = ARCHS
+        .iter()
+        .flat_map(|&a| settings.iter().map(move |&s| (a, s)));
+    cases::each(grid, |&(arch, (aux, norm, exclude, path))| {
+        let what = format!("{arch} aux {aux:?} {norm:?} exclude {exclude} {path:?}");
         let c = cfg(arch, "none", false);
         let (fast_t, _) = trainers(arch, "none");
         let p = fast_t.params.clone();
@@ -313,7 +321,12 @@ fn gradients_match_reference_on_short_rows_and_columns() {
             .collect();
         let k_aux = 4;
         let mut fs = FastStep::new();
-        fs.set_aux_dense_above(if dense { 0.0 } else { f64::INFINITY });
+        fs.set_aux_dense_above(match path {
+            Path::Pairwise => f64::INFINITY,
+            Path::Dense => 0.0,
+            // A feature joins the block with at least 3 pairs of the 48 tokens.
+            Path::Split => 2.5 / B as f64,
+        });
         let spec = aux.map(|_| AuxSpec {
             u: &u,
             k_aux,
@@ -382,7 +395,16 @@ fn gradients_match_reference_on_short_rows_and_columns() {
         );
         if aux.is_some() {
             assert!(fs.aux_active(), "{what}: auxiliary selection empty");
-            assert_eq!(fs.aux_dense(), dense, "{what}: auxiliary path");
+            let (block, rest) = fs.aux_dense_split();
+            let ran = match (block, rest) {
+                (0, _) => Path::Pairwise,
+                (_, 0) => Path::Dense,
+                _ => Path::Split,
+            };
+            assert_eq!(
+                ran, path,
+                "{what}: auxiliary path ({block} block features, {rest} rest)"
+            );
             assert!(lr.aux > 0.0);
         }
         for (name, a, b) in [
@@ -446,14 +468,15 @@ fn fast_path_on_one_thread_is_bit_identical_across_runs() {
         ("feature_choice", "aux_zipf"),
     ]
     .into_iter()
-    .flat_map(|c| [(c, false), (c, true)]);
-    cases::each(grid, |&((arch, aux), dense)| {
-        let what = format!("{arch}+{aux} dense auxiliary {dense}");
-        let above = if dense { 0.0 } else { f64::INFINITY };
+    .flat_map(|c| [(c, f64::INFINITY), (c, 0.0), (c, 0.1)]);
+    cases::each(grid, |&((arch, aux), above)| {
+        let what = format!("{arch}+{aux} dense auxiliary from {above}");
         let (a, na) = pool.install(|| run_fast(arch, aux, above));
         let (b, _) = pool.install(|| run_fast(arch, aux, above));
         assert_eq!(a.params, b.params, "{what}");
         assert_eq!(a.state, b.state, "{what}");
-        assert!(dense == (na > 0), "{what}: {na} dense steps");
+        if above == 0.0 || above == f64::INFINITY {
+            assert!((above == 0.0) == (na > 0), "{what}: {na} dense steps");
+        }
     });
 }

@@ -14,26 +14,33 @@
 //! - ∂W_enc[E] = C_Eᵀ·X′, ∂W_dec[E] = A_Eᵀ·H, ∂b_enc[E] = the column sums of C_E.
 //!
 //! The zeros of A_E and C_E add exact zeros, so the results equal the pairwise sums up to the
-//! order of the additions (the products' blocking). Which path runs is decided per step by the
-//! pairs' density in the block ([`AuxDense::worth_it`]).
+//! order of the additions (the products' blocking).
+//!
+//! A product costs the same for a feature whatever its pairs, the pairwise path costs per
+//! pair: a feature joins the block when its pairs fill at least [`AUX_DENSE_ABOVE`] of its
+//! column (B tokens). The other features' pairs (the rest) stay pairwise: the decode first
+//! subtracts the block's Ê from e, then runs the pairwise decode of the rest on that
+//! ([`super::aux_decode`]), so R and H are the whole auxiliary residual and gradient.
 
+use super::aux_decode::aux_decode;
 use super::csc::NONE;
 use super::{resize, Matching};
 use crate::kernels::matmul::{gemm_into, Operand};
 use rayon::prelude::*;
 
-/// The pairs' density in the B × n block (n: features with an auxiliary pair) from which the
-/// dense products run. Project choice, measured (`sparsa bench sae --aux-dense-above`): at
-/// 768 × 24576, B 4096, on two threads, see docs/sae.md section 5.
-pub const AUX_DENSE_ABOVE: f64 = 0.3;
+/// The share of a feature's column (B tokens) its auxiliary pairs must fill for the feature to
+/// join the dense block. Project choice, measured (`sparsa bench sae --aux-dense-above`, and
+/// all-dense against all-pairwise at 768 × 24576, B 4096, two threads: equal cost at ≈ 0.24 of
+/// the block filled): docs/sae.md section 5.
+pub const AUX_DENSE_ABOVE: f64 = 0.25;
 
 /// Rows per parallel task of the row passes.
 const ROWS: usize = 64;
 
-/// The dense auxiliary block of one step and its gradients.
+/// The dense auxiliary block of one step, the pairwise rest, and the block's gradients.
 #[derive(Debug, Default)]
 pub struct AuxDense {
-    /// Features with at least one auxiliary pair, ascending.
+    /// The block's features, ascending.
     pub cols: Vec<u32>,
     /// Per feature: its position in `cols`, or [`NONE`].
     pub pos: Vec<u32>,
@@ -47,45 +54,62 @@ pub struct AuxDense {
     pub ge: Vec<f32>,
     pub gd: Vec<f32>,
     pub gb: Vec<f32>,
+    /// The pairs of the other features, and their a_ij (aligned with `rest.cols`).
+    pub rest: Matching,
+    pub rest_vals: Vec<f32>,
+    /// e − A_E·W_E (B × d), when there is a rest.
+    ep: Vec<f32>,
+    counts: Vec<u32>,
 }
 
 impl AuxDense {
-    /// Whether the dense products pay for `aux` (B tokens, F features) at `threshold` (the
-    /// pairs' density in their block; 0 always, above 1 never).
-    pub fn worth_it(aux: &Matching, counts: &mut Vec<u32>, threshold: f64) -> bool {
-        let n = feature_count(aux, counts);
-        n > 0 && aux.nnz() as f64 >= threshold * (aux.b * n) as f64
-    }
-
-    /// Gather the block: the features of `aux`, A_E from the pairs' a_ij (`vals`, aligned with
-    /// `aux.cols`) and W_E from `w_dec` (F×d).
-    pub fn gather(&mut self, aux: &Matching, vals: &[f32], w_dec: &[f32], d: usize) {
+    /// Split `aux` (a_ij in `vals`, aligned with `aux.cols`): features whose pairs fill at least
+    /// `threshold` of their column join the block (A_E, W_E gathered from `w_dec`, F × d); the
+    /// others' pairs go to `rest`. Returns whether the block has a feature (0: every feature
+    /// with a pair joins; above 1: none does).
+    pub fn split(
+        &mut self,
+        aux: &Matching,
+        vals: &[f32],
+        threshold: f64,
+        w_dec: &[f32],
+        d: usize,
+    ) -> bool {
         let (b, f) = (aux.b, aux.f);
-        resize(&mut self.pos, f);
-        self.pos.fill(NONE);
+        resize(&mut self.counts, f);
+        self.counts.fill(0);
         for &j in &aux.cols {
-            self.pos[j as usize] = 0;
+            self.counts[j as usize] += 1;
         }
+        let min = (threshold * b as f64).ceil().max(1.0);
+        resize(&mut self.pos, f);
         self.cols.clear();
-        for j in 0..f {
-            if self.pos[j] != NONE {
-                self.pos[j] = self.cols.len() as u32;
+        for (j, &c) in self.counts.iter().enumerate() {
+            self.pos[j] = if c > 0 && c as f64 >= min {
                 self.cols.push(j as u32);
-            }
+                (self.cols.len() - 1) as u32
+            } else {
+                NONE
+            };
+        }
+        if self.cols.is_empty() {
+            return false;
         }
         let n = self.cols.len();
         resize(&mut self.a, b * n);
         let pos = &self.pos;
         self.a
-            .par_chunks_mut(ROWS * n.max(1))
+            .par_chunks_mut(ROWS * n)
             .enumerate()
             .for_each(|(ci, block)| {
-                for (r, row) in block.chunks_mut(n.max(1)).enumerate() {
+                for (r, row) in block.chunks_mut(n).enumerate() {
                     let i = ci * ROWS + r;
                     row.fill(0.0);
                     let (r0, r1) = (aux.row_ptr[i], aux.row_ptr[i + 1]);
                     for (&j, &v) in aux.cols[r0..r1].iter().zip(&vals[r0..r1]) {
-                        row[pos[j as usize] as usize] = v;
+                        if pos[j as usize] != NONE {
+                            row[pos[j as usize] as usize] = v;
+                        }
                     }
                 }
             });
@@ -95,35 +119,77 @@ impl AuxDense {
             .par_chunks_mut(d.max(1))
             .zip(cols.par_iter())
             .for_each(|(w, &j)| w.copy_from_slice(&w_dec[j as usize * d..(j as usize + 1) * d]));
+        self.rest.reset(b, f);
+        self.rest_vals.clear();
+        for i in 0..b {
+            let (r0, r1) = (aux.row_ptr[i], aux.row_ptr[i + 1]);
+            for (&j, &v) in aux.cols[r0..r1].iter().zip(&vals[r0..r1]) {
+                if pos[j as usize] == NONE {
+                    self.rest.cols.push(j);
+                    self.rest_vals.push(v);
+                }
+            }
+            self.rest.end_row();
+        }
+        true
     }
 
-    /// The decode: `r` (B×d) = e − A_E·W_E, `sse[i]` = ‖r_i‖² (f64, lane order), and C_E =
-    /// (R·W_Eᵀ) masked to the pairs (unscaled).
-    pub fn decode(&mut self, e: &[f32], d: usize, r: &mut [f32], sse: &mut [f64]) {
+    /// The decode: `r` (B×d) = e − A_E·W_E − (the rest's Ê), `sse[i]` = ‖r_i‖² (f64, lane
+    /// order), C_E = (R·W_Eᵀ) masked to the pairs (unscaled) and, per pair of the rest,
+    /// `c_rest` = W_dec[j]·r_i (unscaled).
+    #[allow(clippy::too_many_arguments)] // the inputs and the three outputs
+    pub fn decode(
+        &mut self,
+        e: &[f32],
+        w_dec: &[f32],
+        d: usize,
+        r: &mut [f32],
+        sse: &mut [f64],
+        c_rest: &mut [f32],
+    ) {
         let b = sse.len();
         let n = self.cols.len();
         let threads = rayon::current_num_threads();
+        let has_rest = self.rest.nnz() > 0;
+        // Ê of the block into r (no rest) or ep (then the rest's pairwise decode on e − Ê).
+        let out: &mut [f32] = if has_rest {
+            resize(&mut self.ep, b * d);
+            &mut self.ep
+        } else {
+            r
+        };
         gemm_into(
-            r,
+            out,
             Operand::n(&self.a, b, n),
             Operand::n(&self.w, n, d),
             false,
             threads,
             1.0,
         );
-        r.par_chunks_mut(ROWS * d)
+        out.par_chunks_mut(ROWS * d)
             .zip(e.par_chunks(ROWS * d))
             .zip(sse.par_chunks_mut(ROWS))
             .for_each(|((r, e), sse)| {
                 for ((r, e), s) in r.chunks_mut(d).zip(e.chunks(d)).zip(sse.iter_mut()) {
-                    let mut acc = 0f64;
-                    for (r, &e) in r.iter_mut().zip(e) {
-                        *r = e - *r;
-                        acc += (*r as f64) * (*r as f64);
+                    r.iter_mut().zip(e).for_each(|(r, &e)| *r = e - *r);
+                    // With a rest, its decode takes the norms of the final residual.
+                    if !has_rest {
+                        *s = r.iter().map(|&v| (v as f64) * (v as f64)).sum();
                     }
-                    *s = acc;
                 }
             });
+        if has_rest {
+            aux_decode(
+                &self.rest,
+                &self.rest_vals,
+                w_dec,
+                &self.ep,
+                d,
+                r,
+                sse,
+                c_rest,
+            );
+        }
         resize(&mut self.c, b * n);
         gemm_into(
             &mut self.c,
@@ -201,17 +267,4 @@ impl AuxDense {
             _ => None,
         }
     }
-}
-
-/// Features with at least one pair in `m` (`counts`: scratch of length F).
-fn feature_count(m: &Matching, counts: &mut Vec<u32>) -> usize {
-    resize(counts, m.f);
-    counts.fill(0);
-    let mut n = 0;
-    for &j in &m.cols {
-        let c = &mut counts[j as usize];
-        n += usize::from(*c == 0);
-        *c = 1;
-    }
-    n
 }

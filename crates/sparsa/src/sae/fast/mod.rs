@@ -101,7 +101,6 @@ pub struct FastStep {
     /// The pairs' density from which it does (`None`: [`AUX_DENSE_ABOVE`]).
     aux_dense_above: Option<f64>,
     dense: AuxDense,
-    feature_scratch: Vec<u32>,
     dims: (usize, usize, usize),
     xc: Vec<f32>,
     e: Vec<f32>,
@@ -176,9 +175,19 @@ impl FastStep {
         self.aux_dense_above = Some(t);
     }
 
-    /// Whether the last step ran the auxiliary loss as dense products.
+    /// Whether the last step ran the auxiliary loss as dense products (for some features).
     pub fn aux_dense(&self) -> bool {
         self.aux_on && self.dense_on
+    }
+
+    /// The last step's dense auxiliary block: (its features, the pairs left pairwise); (0, 0)
+    /// without one.
+    pub fn aux_dense_split(&self) -> (usize, usize) {
+        if self.aux_dense() {
+            (self.dense.cols.len(), self.dense.rest.nnz())
+        } else {
+            (0, 0)
+        }
     }
 
     /// The bf16 kernel the encoder product runs on (`None`: f32).
@@ -363,13 +372,20 @@ impl FastStep {
         resize(&mut self.c_main, main.nnz());
         resize(&mut self.a_main, main.nnz());
         self.dense_on = aux_on
-            && AuxDense::worth_it(
+            && self.dense.split(
                 auxm,
-                &mut self.feature_scratch,
+                &self.a_aux,
                 self.aux_dense_above.unwrap_or(AUX_DENSE_ABOVE),
+                w_dec,
+                d,
             );
-        let sparse_aux = aux_on && !self.dense_on;
-        resize(&mut self.c_aux, if sparse_aux { auxm.nnz() } else { 0 });
+        // c_aux: ∂L/∂pre of the pairwise auxiliary pairs (all of them, or the dense block's rest).
+        let pairwise = match (aux_on, self.dense_on) {
+            (false, _) => 0,
+            (true, false) => auxm.nnz(),
+            (true, true) => self.dense.rest.nnz(),
+        };
+        resize(&mut self.c_aux, pairwise);
         {
             let c_main = split_rows(&mut self.c_main, &main.row_ptr, b, ROW_CHUNK);
             let a_main = split_rows(&mut self.a_main, &main.row_ptr, b, ROW_CHUNK);
@@ -413,9 +429,14 @@ impl FastStep {
                 });
         }
         if self.dense_on {
-            self.dense.gather(&self.aux, &self.a_aux, w_dec, d);
-            self.dense
-                .decode(&self.e, d, &mut self.g_aux, &mut self.row_sse_aux);
+            self.dense.decode(
+                &self.e,
+                w_dec,
+                d,
+                &mut self.g_aux,
+                &mut self.row_sse_aux,
+                &mut self.c_aux,
+            );
         } else if aux_on {
             aux_decode::aux_decode(
                 &self.aux,
@@ -455,11 +476,10 @@ impl FastStep {
             let s_aux = -((2.0 * coeff / denom) as f32);
             if self.dense_on {
                 self.dense.scale(s_aux);
-            } else {
-                self.c_aux
-                    .par_chunks_mut(4096)
-                    .for_each(|c| c.iter_mut().for_each(|v| *v *= s_aux));
             }
+            self.c_aux
+                .par_chunks_mut(4096)
+                .for_each(|c| c.iter_mut().for_each(|v| *v *= s_aux));
             self.g_aux
                 .par_chunks_mut(4096)
                 .for_each(|c| c.iter_mut().for_each(|v| *v *= s_aux));
@@ -481,12 +501,22 @@ impl FastStep {
             a: &self.a_main,
             c: &self.c_main,
         };
-        let aux = (self.aux_on && !self.dense_on).then(|| Pairs {
-            row_ptr: &self.aux.row_ptr,
-            cols: &self.aux.cols,
-            a: &self.a_aux,
-            c: &self.c_aux,
-        });
+        // The pairwise auxiliary pairs: all of them, or the dense block's rest.
+        let aux = match (self.aux_on, self.dense_on) {
+            (true, false) => Some(Pairs {
+                row_ptr: &self.aux.row_ptr,
+                cols: &self.aux.cols,
+                a: &self.a_aux,
+                c: &self.c_aux,
+            }),
+            (true, true) if self.dense.rest.nnz() > 0 => Some(Pairs {
+                row_ptr: &self.dense.rest.row_ptr,
+                cols: &self.dense.rest.cols,
+                a: &self.dense.rest_vals,
+                c: &self.c_aux,
+            }),
+            _ => None,
+        };
         let extra = self.dense_on.then_some(&self.dense.pos[..]);
         self.view.build(b, f, &main, aux.as_ref(), extra);
     }
@@ -501,7 +531,8 @@ impl FastStep {
         if self.dense_on {
             self.dense.gradients(&self.xc, &self.g_aux, d);
         }
-        let h = (self.aux_on && !self.dense_on).then_some(&self.g_aux[..]);
+        let pairwise = self.aux_on && (!self.dense_on || self.dense.rest.nnz() > 0);
+        let h = pairwise.then_some(&self.g_aux[..]);
         let dense = self.dense_on.then_some(&self.dense);
         self.view.gradients(
             &self.xc,
