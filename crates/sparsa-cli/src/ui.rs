@@ -147,6 +147,15 @@ pub fn positive(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A non-negative number (for clap's value_parser: a negative number, NaN or a non-number is a
+/// usage error).
+pub fn non_negative(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x >= 0.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a non-negative number")),
+    }
+}
+
 /// Say on stderr that `old` is a deprecated spelling of `new` (kept for one release).
 pub fn deprecated(old: &str, new: &str) {
     eprintln!("note: `{old}` is deprecated and will be removed in the next release; use `{new}`");

@@ -164,6 +164,12 @@ fn each_kind_of_failure_has_its_code() {
             "--steps",
         ),
         (
+            "negative dense-auxiliary switch (usage)",
+            &["bench", "sae", "--aux-dense-above=-0.5"],
+            2,
+            "non-negative",
+        ),
+        (
             "bench lm batch 0 (usage)",
             &["bench", "lm", "--batch", "0"],
             2,

@@ -253,8 +253,8 @@ impl Trainer {
         )
     }
 
-    /// Run the auxiliary loss as dense products when its pairs fill at least `t` of their
-    /// block ([`super::fast::FastStep::set_aux_dense_above`]).
+    /// Run the auxiliary loss as dense products over the features whose pairs fill at least `t`
+    /// of their column ([`super::fast::FastStep::set_aux_dense_above`]).
     pub fn set_aux_dense_above(&mut self, t: f64) {
         self.fast.set_aux_dense_above(t);
     }

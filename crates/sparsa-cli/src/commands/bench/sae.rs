@@ -54,10 +54,10 @@ pub struct SaeBenchArgs {
     /// without either it is reported as unavailable and skipped.
     #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
     matmul: Vec<Matmul>,
-    /// Run the auxiliary loss as dense products over its features when its pairs fill at least
-    /// this share of their block (0: always, above 1: never; default: the trainer's
-    /// `AUX_DENSE_ABOVE`). For measuring the switch.
-    #[arg(long)]
+    /// Run the auxiliary loss as dense products over the features whose pairs fill at least
+    /// this share of their column (0: every feature, above 1: none; default: the trainer's
+    /// `AUX_DENSE_ABOVE`, 0.25). For measuring the switch.
+    #[arg(long, value_parser = ui::non_negative)]
     aux_dense_above: Option<f64>,
 }
 

@@ -96,9 +96,10 @@ pub struct FastStep {
     /// Auxiliary matching of the last step (empty when the auxiliary loss did not run).
     pub aux: Matching,
     aux_on: bool,
-    /// Whether the last step ran the auxiliary loss as dense products ([`AuxDense`]).
+    /// Whether the last step ran the auxiliary loss as dense products ([`AuxDense`]) for
+    /// some of its features.
     dense_on: bool,
-    /// The pairs' density from which it does (`None`: [`AUX_DENSE_ABOVE`]).
+    /// A feature's column fill from which it does (`None`: [`AUX_DENSE_ABOVE`]).
     aux_dense_above: Option<f64>,
     dense: AuxDense,
     dims: (usize, usize, usize),
@@ -169,8 +170,9 @@ impl FastStep {
         self.bf16.is_some() == kernel.is_some()
     }
 
-    /// Run the auxiliary loss as dense products over its features when its pairs fill at least
-    /// `t` of their B × n block (0: always, above 1: never; default [`AUX_DENSE_ABOVE`]).
+    /// Run the auxiliary loss as dense products over the features whose auxiliary pairs fill at
+    /// least `t` of their column of B tokens (0: every feature with a pair, above 1: none;
+    /// default [`AUX_DENSE_ABOVE`]).
     pub fn set_aux_dense_above(&mut self, t: f64) {
         self.aux_dense_above = Some(t);
     }
