@@ -28,18 +28,25 @@ pub fn any_above(block: &[f32], t: f32) -> bool {
 /// Indices (ascending) of the `k` largest positive entries of `values`, appended to `out`.
 /// `scratch` is reused between calls to avoid allocation.
 ///
-/// One pass with a rising threshold: candidates above the threshold are buffered; when the
-/// buffer holds 2k + 32 of them it is cut to its best k (a select, not a sort) and the
-/// threshold becomes the k-th best value. Entries are visited in index order, so a later entry
-/// equal to the threshold loses its tie and can be skipped. Blocks of 16 entries none of which
-/// beats the threshold are skipped with one vectorisable test. O(n) overall.
-pub fn top_k_positive(values: &[f32], k: usize, scratch: &mut Vec<u32>, out: &mut Vec<u32>) {
+/// Candidates are held as one integer key each (the value's bits above the complemented index:
+/// positive floats order like their bit patterns, so a larger key is a larger value or, among
+/// equal values, a lower index), and selected by key. Rows of at most [`SHORT_ROW`]·k entries
+/// (an auxiliary selection over its eligible features: hundreds of a few thousand) take every
+/// positive entry at once, branch-free, select the k-th key and collect the indices in order.
+/// Longer rows take one pass with a rising threshold: candidates above the threshold are
+/// buffered; when the buffer holds 2k + 32 of them it is cut to its best k (a select, not a
+/// sort) and the threshold becomes the k-th best value. Entries are visited in index order, so
+/// a later entry equal to the threshold loses its tie and can be skipped. Blocks of 16 entries
+/// none of which beats the threshold are skipped with one vectorisable test. O(n) overall.
+pub fn top_k_positive(values: &[f32], k: usize, scratch: &mut Vec<u64>, out: &mut Vec<u32>) {
     scratch.clear();
     if k == 0 {
         return;
     }
+    if values.len() <= SHORT_ROW * k {
+        return top_k_short(values, k, scratch, out);
+    }
     let cap = 2 * k + 32;
-    let cmp = |i: &u32, j: &u32| better((values[*i as usize], *i), (values[*j as usize], *j));
     let mut thr = 0f32;
     for (c, chunk) in values.chunks(16).enumerate() {
         if !any_above(chunk, thr) {
@@ -47,21 +54,64 @@ pub fn top_k_positive(values: &[f32], k: usize, scratch: &mut Vec<u32>, out: &mu
         }
         for (o, &v) in chunk.iter().enumerate() {
             if v > thr {
-                scratch.push((c * 16 + o) as u32);
+                scratch.push(rank_key(v, (c * 16 + o) as u32));
                 if scratch.len() >= cap {
-                    scratch.select_nth_unstable_by(k - 1, cmp);
+                    scratch.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
                     scratch.truncate(k);
-                    thr = values[scratch[k - 1] as usize];
+                    thr = f32::from_bits((scratch[k - 1] >> 32) as u32);
                 }
             }
         }
     }
     if scratch.len() > k {
-        scratch.select_nth_unstable_by(k - 1, cmp);
+        scratch.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
         scratch.truncate(k);
     }
-    scratch.sort_unstable();
-    out.extend_from_slice(scratch);
+    let start = out.len();
+    out.extend(scratch.iter().map(|&key| !(key as u32)));
+    out[start..].sort_unstable();
+}
+
+/// Rows up to this many times k take [`top_k_short`]: measured on an auxiliary selection of
+/// k = 384 among 1,800 entries, half of them positive, 6.3 µs a row against 16 µs with the
+/// rising threshold; on a main TopK row (k = 32 of 24,576) the threshold skips most blocks.
+pub const SHORT_ROW: usize = 8;
+
+/// The key of a value at an index; see [`top_k_positive`].
+#[inline(always)]
+fn rank_key(v: f32, i: u32) -> u64 {
+    ((v.to_bits() as u64) << 32) | (!i) as u64
+}
+
+/// [`top_k_positive`] for a short row: every positive entry's key (branch-free compaction),
+/// the k-th largest key, then the indices whose key reaches it, in order (branch-free).
+fn top_k_short(values: &[f32], k: usize, keys: &mut Vec<u64>, out: &mut Vec<u32>) {
+    let n = values.len();
+    keys.clear();
+    keys.resize(n, 0);
+    let mut len = 0;
+    for (i, &v) in values.iter().enumerate() {
+        keys[len] = rank_key(v, i as u32);
+        len += usize::from(v > 0.0);
+    }
+    let start = out.len();
+    let take = len.min(k);
+    // One spare slot: the scan writes every index and advances past the taken ones.
+    out.resize(start + take + 1, 0);
+    let kth = if len > k {
+        *keys[..len].select_nth_unstable_by(k - 1, |a, b| b.cmp(a)).1
+    } else {
+        0
+    };
+    let mut m = start;
+    for (i, &v) in values.iter().enumerate() {
+        if m == start + take {
+            break;
+        }
+        out[m] = i as u32;
+        m += usize::from((v > 0.0) & (rank_key(v, i as u32) >= kth));
+    }
+    out.truncate(start + take);
 }
 
 /// Per column of a block: for columns `col0 .. col0 + caps.len()` of the row-major n×stride

@@ -150,7 +150,7 @@ pub trait Allocation: Send + Sync {
 pub trait RowRule: Sync {
     /// The row's selection, ascending, appended to `out` (`scratch` reused between calls);
     /// the same as that token's row of [`Allocation::select`].
-    fn select_row(&self, row: &[f32], scratch: &mut Vec<u32>, out: &mut Vec<u32>);
+    fn select_row(&self, row: &[f32], scratch: &mut Vec<u64>, out: &mut Vec<u32>);
 }
 
 /// The per-token cap of a batch rule, ⌈c·k⌉ features (project choice); `None` for c = 0.

@@ -37,7 +37,7 @@ impl Allocation for TopK {
 }
 
 impl RowRule for TopK {
-    fn select_row(&self, row: &[f32], scratch: &mut Vec<u32>, out: &mut Vec<u32>) {
+    fn select_row(&self, row: &[f32], scratch: &mut Vec<u64>, out: &mut Vec<u32>) {
         top_k_positive(row, self.k, scratch, out);
     }
 }

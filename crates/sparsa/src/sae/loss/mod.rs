@@ -93,12 +93,14 @@ pub struct AuxRowSelector<'a> {
     tiered: bool,
     /// The eligible columns (u_j > 0), ascending, when only they are visited.
     eligible: Option<Vec<u32>>,
+    /// Their u_j, in the same order.
+    u_eligible: Vec<f32>,
 }
 
 /// Per-thread scratch of [`AuxRowSelector::select`].
 #[derive(Default)]
 pub struct AuxRowScratch {
-    scratch: Vec<u32>,
+    scratch: Vec<u64>,
     prod: Vec<f32>,
 }
 
@@ -115,6 +117,7 @@ impl<'a> AuxRowSelector<'a> {
             u,
             k_aux,
             tiered: u.iter().any(|&w| w > 1.0),
+            u_eligible: eligible.iter().map(|&j| u[j as usize]).collect(),
             eligible: compact.then_some(eligible),
         }
     }
@@ -158,11 +161,21 @@ impl<'a> AuxRowSelector<'a> {
         match &self.eligible {
             Some(eligible) => {
                 prod.clear();
-                prod.extend(
-                    eligible
-                        .iter()
-                        .map(|&j| value(row[j as usize], u[j as usize])),
-                );
+                if self.tiered {
+                    prod.extend(
+                        eligible
+                            .iter()
+                            .map(|&j| value(row[j as usize], u[j as usize])),
+                    );
+                } else {
+                    // Every eligible u_j is in (0, 1]: the value is x·u_j.
+                    prod.extend(
+                        eligible
+                            .iter()
+                            .zip(&self.u_eligible)
+                            .map(|(&j, &w)| row[j as usize] * w),
+                    );
+                }
                 for j in exclude {
                     if let Ok(pos) = eligible.binary_search(j) {
                         prod[pos] = 0.0;
@@ -173,7 +186,12 @@ impl<'a> AuxRowSelector<'a> {
             }
             None => {
                 prod.clear();
-                prod.extend(row.iter().zip(u).map(|(&x, &w)| value(x, w)));
+                if self.tiered {
+                    prod.extend(row.iter().zip(u).map(|(&x, &w)| value(x, w)));
+                } else {
+                    // u_j in [0, 1]: x·u_j, which is not positive where u_j = 0.
+                    prod.extend(row.iter().zip(u).map(|(&x, &w)| x * w));
+                }
                 for &j in exclude {
                     prod[j as usize] = 0.0;
                 }
