@@ -143,7 +143,10 @@ fn trainers_with(arch: &str, aux: &str, matmul: &str) -> (Trainer, Trainer) {
 
 #[test]
 fn ten_fast_steps_match_ten_reference_steps() {
-    ten_steps("f32");
+    // The default switch of the dense auxiliary block, then all dense and all pairwise.
+    for above in [None, Some(0.0), Some(f64::INFINITY)] {
+        ten_steps("f32", above);
+    }
 }
 
 /// With `train.matmul = "bf16"`: the fast step (bf16 kernel, + b_enc and ReLU fused) against
@@ -156,18 +159,24 @@ fn ten_bf16_fast_steps_match_ten_bf16_reference_steps() {
         Some(why) => eprintln!("skipped: {why}"),
         None => {
             assert!(probe.encoder_product().starts_with("bf16 ("));
-            ten_steps("bf16");
+            ten_steps("bf16", None);
         }
     }
 }
 
-fn ten_steps(matmul: &str) {
+/// Ten steps of every architecture × auxiliary loss on both paths; `aux_dense_above` forces
+/// the switch of the dense auxiliary block (`None`: the default).
+fn ten_steps(matmul: &str, aux_dense_above: Option<f64>) {
     let grid = ARCHS
         .iter()
         .flat_map(|&a| AUXES.iter().map(move |&x| (a, x)));
     cases::each(grid, |&(arch, aux)| {
-        let what = format!("{arch}+{aux} {matmul}");
+        let what = format!("{arch}+{aux} {matmul} dense auxiliary from {aux_dense_above:?}");
         let (mut fast, mut slow) = trainers_with(arch, aux, matmul);
+        if let Some(t) = aux_dense_above {
+            fast.set_aux_dense_above(t);
+        }
+        let mut dense_steps = 0;
         let mut src = source();
         let mut aux_steps = 0;
         let mut short_rows = false;
@@ -175,6 +184,7 @@ fn ten_steps(matmul: &str) {
             let x = batch(&mut src, &slow.params, slow.scale);
             let mf = fast.step(&mut x.clone()).unwrap();
             let ms = slow.step(&mut x.clone()).unwrap();
+            dense_steps += usize::from(fast.fast_aux_dense());
             let at = format!("{what} step {step}");
             assert!(
                 rel_scalar(mf.loss, ms.loss) <= 1e-5,
@@ -217,6 +227,11 @@ fn ten_steps(matmul: &str) {
                 aux_steps >= 5,
                 "{what}: the auxiliary loss ran on only {aux_steps} steps"
             );
+        }
+        match aux_dense_above {
+            Some(t) if t == 0.0 => assert_eq!(dense_steps, aux_steps, "{what}: dense steps"),
+            Some(_) => assert_eq!(dense_steps, 0, "{what}: dense steps"),
+            None => {}
         }
         if arch == "topk" {
             assert!(short_rows, "{what}: no token had fewer than k positives");

@@ -81,6 +81,9 @@ impl AuxDense {
         for &j in &aux.cols {
             self.counts[j as usize] += 1;
         }
+        if threshold.is_nan() {
+            return false;
+        }
         let min = (threshold * b as f64).ceil().max(1.0);
         resize(&mut self.pos, f);
         self.cols.clear();
@@ -135,8 +138,8 @@ impl AuxDense {
     }
 
     /// The decode: `r` (B×d) = e − A_E·W_E − (the rest's Ê), `sse[i]` = ‖r_i‖² (f64, lane
-    /// order), C_E = (R·W_Eᵀ) masked to the pairs (unscaled) and, per pair of the rest,
-    /// `c_rest` = W_dec[j]·r_i (unscaled).
+    /// order), C_E = R·W_Eᵀ on the whole block (masked to the pairs and scaled by
+    /// [`AuxDense::scale`]) and, per pair of the rest, `c_rest` = W_dec[j]·r_i (unscaled).
     #[allow(clippy::too_many_arguments)] // the inputs and the three outputs
     pub fn decode(
         &mut self,

@@ -42,7 +42,8 @@ struct Entry {
 /// The per-feature view of both matchings, and the slice-major copies its sums read.
 #[derive(Debug, Default)]
 pub struct FeatureView {
-    /// Features with at least one entry, ascending.
+    /// Features with at least one entry, and those of `extra` (the dense auxiliary block),
+    /// ascending.
     pub touched: Vec<u32>,
     /// Per feature: its position in `touched`, or [`NONE`].
     pub slot: Vec<u32>,

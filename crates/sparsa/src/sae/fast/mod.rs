@@ -18,15 +18,17 @@
 //!    selected entry, so the ReLU passes the gradient);
 //! 5. per touched feature j (a CSC view of both matchings, fixed order):
 //!    ∂W_dec[j] = Σ a_ij·g_i + Σ_aux a_ij·h_i (then its component along W_dec[j] removed),
-//!    ∂b_enc[j] = Σ ∂pre_ij, ∂W_enc[j] = Σ ∂pre_ij·x′_i; untouched features have zero gradient;
+//!    ∂b_enc[j] = Σ ∂pre_ij, ∂W_enc[j] = Σ ∂pre_ij·x′_i; untouched features have zero gradient.
+//!    Features whose auxiliary pairs fill at least [`AUX_DENSE_ABOVE`] of their column take the
+//!    auxiliary terms of steps 3–5 from four dense products instead (`aux_dense`);
 //! 6. ∂b_dec = Σ_i g_i − Σ_j ∂b_enc[j]·W_enc[j] (the decoder bias, plus the encoder input X − b_dec);
 //! 7. Adam on every parameter (moments of untouched rows decay exactly as in the dense
 //!    optimiser: m ← β1·m, v ← β2·v, and the row still moves), fused per row with the decoder
 //!    renormalisation, in parallel.
 //!
 //! Determinism: every reduction has a fixed order independent of the thread count; the encoder
-//! product's order depends only on `gemm`'s blocking. On a fixed thread count the step is
-//! bit-reproducible (tested on one thread).
+//! product's and the dense auxiliary products' orders depend only on `gemm`'s blocking. On a
+//! fixed thread count the step is bit-reproducible (tested on one thread).
 
 use super::allocation::{AllocInput, Allocation, Matching};
 use super::config::AuxNorm;
@@ -171,8 +173,8 @@ impl FastStep {
     }
 
     /// Run the auxiliary loss as dense products over the features whose auxiliary pairs fill at
-    /// least `t` of their column of B tokens (0: every feature with a pair, above 1: none;
-    /// default [`AUX_DENSE_ABOVE`]).
+    /// least `t` of their column of B tokens (0: every feature with a pair, above 1 or NaN:
+    /// none; default [`AUX_DENSE_ABOVE`]).
     pub fn set_aux_dense_above(&mut self, t: f64) {
         self.aux_dense_above = Some(t);
     }
@@ -366,7 +368,9 @@ impl FastStep {
         // 3–4. One pass per token over its matched decoder rows (read once, while they are in
         // cache): x̂_i and e_i, g_i = −2·e_i/var, ∂L/∂pre for the main entries. With the
         // auxiliary loss, then by token blocks (`aux_decode`): ê_i, r_i = e_i − ê_i and the
-        // unscaled W_dec[j]·r_i, scaled by −2α/denom afterwards (denom needs every e_i).
+        // unscaled W_dec[j]·r_i, scaled by −2α/denom afterwards (denom needs every e_i); the
+        // features of the dense block (`aux_dense`) by products, the rest by `aux_decode` on
+        // e − Ê of the block.
         let (a, main, auxm) = (&self.a, &self.main, &self.aux);
         let w_dec = &p.w_dec;
         let var = reduce::total_variance(x, d).max(f64::MIN_POSITIVE);
