@@ -229,7 +229,7 @@ fn ten_steps(matmul: &str, aux_dense_above: Option<f64>) {
             );
         }
         match aux_dense_above {
-            Some(t) if t == 0.0 => assert_eq!(dense_steps, aux_steps, "{what}: dense steps"),
+            Some(0.0) => assert_eq!(dense_steps, aux_steps, "{what}: dense steps"),
             Some(_) => assert_eq!(dense_steps, 0, "{what}: dense steps"),
             None => {}
         }

@@ -23,7 +23,7 @@
 //! ([`super::aux_decode`]), so R and H are the whole auxiliary residual and gradient.
 
 use super::aux_decode::aux_decode;
-use super::csc::NONE;
+use super::csc::{Extra, NONE};
 use super::{resize, Matching};
 use crate::kernels::matmul::{gemm_into, Operand};
 use rayon::prelude::*;
@@ -256,18 +256,13 @@ impl AuxDense {
             });
     }
 
-    /// The block's gradients of feature j, if it is in the block: (∂W_enc, ∂W_dec, ∂b_enc).
-    pub fn feature(&self, j: usize, d: usize) -> Option<(&[f32], &[f32], f32)> {
-        match self.pos.get(j) {
-            Some(&p) if p != NONE => {
-                let p = p as usize;
-                Some((
-                    &self.ge[p * d..(p + 1) * d],
-                    &self.gd[p * d..(p + 1) * d],
-                    self.gb[p],
-                ))
-            }
-            _ => None,
+    /// The block's gradients, for the per-feature sums.
+    pub fn extra(&self) -> Extra<'_> {
+        Extra {
+            pos: &self.pos,
+            ge: &self.ge,
+            gd: &self.gd,
+            gb: &self.gb,
         }
     }
 }

@@ -12,7 +12,6 @@
 //! from it, accumulators in registers. Each element's sum is the same sequence of multiplies
 //! and adds, in the same order, as a whole-row axpy per entry: the result is bit-identical.
 
-use super::aux_dense::AuxDense;
 use super::resize;
 use crate::kernels::vector;
 use rayon::prelude::*;
@@ -55,6 +54,33 @@ pub struct FeatureView {
     xs: Vec<f32>,
     /// Slice-major stacked gradients: slice s holds the rows of g, then (auxiliary) of h.
     gs: Vec<f32>,
+}
+
+/// Gradients computed elsewhere for some features (the dense auxiliary block), added to their
+/// sums before the projection: feature j's are row `pos[j]` of `ge` (∂W_enc) and `gd` (∂W_dec),
+/// and `gb[pos[j]]` (∂b_enc), or none when `pos[j]` is [`NONE`].
+#[derive(Clone, Copy)]
+pub struct Extra<'a> {
+    pub pos: &'a [u32],
+    pub ge: &'a [f32],
+    pub gd: &'a [f32],
+    pub gb: &'a [f32],
+}
+
+impl<'a> Extra<'a> {
+    fn feature(self, j: usize, d: usize) -> Option<(&'a [f32], &'a [f32], f32)> {
+        match self.pos.get(j) {
+            Some(&p) if p != NONE => {
+                let p = p as usize;
+                Some((
+                    &self.ge[p * d..(p + 1) * d],
+                    &self.gd[p * d..(p + 1) * d],
+                    self.gb[p],
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One matching with its per-pair a_ij and ∂L/∂pre (aligned with `cols`).
@@ -151,15 +177,15 @@ impl FeatureView {
     /// Σ a·(g or h)_i with its component along W_dec[j] then removed (∂W_dec), `gb[t]` = Σ c
     /// (∂b_enc), in entry order. `g` is B×d; `h` (B×d) when the auxiliary matching is in the
     /// view. Features with at least [`SLICED_MIN`] entries are summed by d-slices, the others
-    /// row by row (both the same arithmetic). The dense auxiliary block's gradients (`dense`)
-    /// are added to its features' sums before the projection.
+    /// row by row (both the same arithmetic). The gradients of `extra` (the dense auxiliary
+    /// block's) are added to its features' sums before the projection.
     #[allow(clippy::too_many_arguments)] // the inputs and the three outputs
     pub fn gradients(
         &mut self,
         xc: &[f32],
         g: &[f32],
         h: Option<&[f32]>,
-        dense: Option<&AuxDense>,
+        extra: Option<Extra<'_>>,
         w_dec: &[f32],
         d: usize,
         ge: &mut [f32],
@@ -229,7 +255,7 @@ impl FeatureView {
                     }
                 }
                 let j = touched[t] as usize;
-                if let Some((de, dd, db)) = dense.and_then(|x| x.feature(j, d)) {
+                if let Some((de, dd, db)) = extra.and_then(|x| x.feature(j, d)) {
                     vector::axpy(1.0, de, ge);
                     vector::axpy(1.0, dd, gd);
                     gb[t - t0] += db;

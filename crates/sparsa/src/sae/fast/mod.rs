@@ -539,12 +539,12 @@ impl FastStep {
         }
         let pairwise = self.aux_on && (!self.dense_on || self.dense.rest.nnz() > 0);
         let h = pairwise.then_some(&self.g_aux[..]);
-        let dense = self.dense_on.then_some(&self.dense);
+        let extra = self.dense_on.then(|| self.dense.extra());
         self.view.gradients(
             &self.xc,
             &self.g_rec,
             h,
-            dense,
+            extra,
             &p.w_dec,
             d,
             &mut self.g_wenc,
