@@ -24,7 +24,7 @@
 
 use super::aux_decode::aux_decode;
 use super::csc::{Extra, NONE};
-use super::{resize, Matching};
+use super::{resize, split_rows, Matching};
 use crate::kernels::matmul::{gemm_into, Operand};
 use rayon::prelude::*;
 
@@ -122,18 +122,41 @@ impl AuxDense {
             .par_chunks_mut(d.max(1))
             .zip(cols.par_iter())
             .for_each(|(w, &j)| w.copy_from_slice(&w_dec[j as usize * d..(j as usize + 1) * d]));
-        self.rest.reset(b, f);
-        self.rest_vals.clear();
-        for i in 0..b {
+        // The rest, in parallel by rows: per-row counts, their prefix sums, then each row
+        // range fills its own part.
+        let keep = |i: usize| {
             let (r0, r1) = (aux.row_ptr[i], aux.row_ptr[i + 1]);
-            for (&j, &v) in aux.cols[r0..r1].iter().zip(&vals[r0..r1]) {
-                if pos[j as usize] == NONE {
-                    self.rest.cols.push(j);
-                    self.rest_vals.push(v);
-                }
-            }
-            self.rest.end_row();
+            aux.cols[r0..r1]
+                .iter()
+                .zip(&vals[r0..r1])
+                .filter(|(&j, _)| pos[j as usize] == NONE)
+        };
+        let counts: Vec<usize> = (0..b).into_par_iter().map(|i| keep(i).count()).collect();
+        self.rest.reset(b, f);
+        for c in counts {
+            let last = *self.rest.row_ptr.last().expect("reset leaves row 0");
+            self.rest.row_ptr.push(last + c);
         }
+        let total = self.rest.row_ptr[b];
+        resize(&mut self.rest.cols, total);
+        resize(&mut self.rest_vals, total);
+        let row_ptr = &self.rest.row_ptr;
+        let cols = split_rows(&mut self.rest.cols, row_ptr, b, ROWS);
+        let vs = split_rows(&mut self.rest_vals, row_ptr, b, ROWS);
+        cols.into_par_iter()
+            .zip(vs)
+            .enumerate()
+            .for_each(|(ci, (cs, vs))| {
+                let i0 = ci * ROWS;
+                let mut at = 0;
+                for i in i0..(i0 + ROWS).min(b) {
+                    for (&j, &v) in keep(i) {
+                        cs[at] = j;
+                        vs[at] = v;
+                        at += 1;
+                    }
+                }
+            });
         true
     }
 
