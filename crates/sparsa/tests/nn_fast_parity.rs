@@ -603,18 +603,32 @@ fn conv_pass<T: sparsa::nn::fast::kernels::Real>(
     (y, dx, dw)
 }
 
-/// Each f32 result against its f64 oracle: an output that is a sum of `terms` products of
-/// values in [-1, 1] carries an f32 rounding error of at most about terms · 2⁻²⁴ · Σ|products|
-/// ≤ terms² · 6e-8.
-fn assert_within_f32_rounding(what: &str, results: [(&str, &[f32], &[f64], usize); 3]) {
-    for (name, a, b, terms) in results {
-        let bound = (terms * terms) as f64 * 6e-8;
-        let worst = a
+/// A conv pass's y, dx and dW (f32) against their f64 oracle: an output that is a sum of
+/// `terms` products of values in [-1, 1] (k²·cin for y, k²·cout for dx, at most n·h·w for dW)
+/// carries an f32 rounding error of at most about terms · 2⁻²⁴ · Σ|products| ≤ terms² · 6e-8.
+/// Returns the results by name, for further checks.
+fn assert_conv_within_f32_rounding<'a>(
+    what: &str,
+    g: &ConvGeom,
+    got: [&'a [f32]; 3],
+    want: [&[f64]; 3],
+) -> [(&'static str, &'a [f32]); 3] {
+    let kk = g.k * g.k;
+    let terms = [kk * g.cin, kk * g.cout, g.n * g.h * g.w];
+    let names = ["y", "dx", "dW"];
+    for i in 0..3 {
+        let bound = (terms[i] * terms[i]) as f64 * 6e-8;
+        let worst = got[i]
             .iter()
-            .zip(b)
+            .zip(want[i])
             .fold(0f64, |m, (&p, &q)| m.max((p as f64 - q).abs()));
-        assert!(worst <= bound, "{name} {what}: error {worst} > {bound}");
+        assert!(
+            worst <= bound,
+            "{} {what}: error {worst} > {bound}",
+            names[i]
+        );
     }
+    [(names[0], got[0]), (names[1], got[1]), (names[2], got[2])]
 }
 
 /// The oracle of the f32 convolution kernels: the im2col path in f64 on the same (f32-valued)
@@ -664,13 +678,9 @@ fn direct_conv_kernels_match_the_im2col_path() {
         let (y, dx, dw) = conv_pass(&g, &x, &wt, &dy, threads);
         let (y64, dx64, dw64) = im2col_f64(&g, &x, &wt, &dy);
         let what = format!("{n}×{h}×{w}×{cin}→{cout} k{k} p{pad}, threads {threads}");
-        let results = [
-            ("y", &y[..], &y64[..], k * k * cin),
-            ("dx", &dx[..], &dx64[..], k * k * cout),
-            ("dW", &dw[..], &dw64[..], n * h * w),
-        ];
-        assert_within_f32_rounding(&what, results);
-        for (name, a, ..) in results {
+        let results =
+            assert_conv_within_f32_rounding(&what, &g, [&y, &dx, &dw], [&y64, &dx64, &dw64]);
+        for (name, a) in results {
             assert!(a.iter().any(|&v| v != 0.0), "{name} {what}: all zero");
         }
     });
@@ -756,13 +766,9 @@ fn sparse_conv_kernels_match_the_im2col_path() {
             let (y64, dx64, dw64) = im2col_f64(&g, &x, &wt, &dy);
             // The dense gradient off the support is not computed: 0 there.
             let dw64: Vec<f64> = dw64.iter().zip(&mask).map(|(d, m)| d * *m as f64).collect();
-            let results = [
-                ("y", &y[..], &y64[..], k * k * cin),
-                ("dx", &dx[..], &dx64[..], k * k * cout),
-                ("dW", &dw[..], &dw64[..], n * h * w),
-            ];
-            assert_within_f32_rounding(&what, results);
-            for (name, a, ..) in results {
+            let results =
+                assert_conv_within_f32_rounding(&what, &g, [&y, &dx, &dw], [&y64, &dx64, &dw64]);
+            for (name, a) in results {
                 if density > 0.2 {
                     assert!(a.iter().any(|&v| v != 0.0), "{name} {what}: all zero");
                 }
@@ -805,13 +811,11 @@ fn sparse_conv_kernels_match_the_im2col_path() {
             });
             let (y64, dx64, dw64) = im2col_f64(&g1, &x1, &wt, &dy1);
             let dw64: Vec<f64> = dw64.iter().zip(&mask).map(|(d, m)| d * *m as f64).collect();
-            assert_within_f32_rounding(
+            assert_conv_within_f32_rounding(
                 &format!("{what}, second batch"),
-                [
-                    ("y", &y1[..], &y64[..], k * k * cin),
-                    ("dx", &dx1[..], &dx64[..], k * k * cout),
-                    ("dW", &dw1[..], &dw64[..], (n + 1) * h * w),
-                ],
+                &g1,
+                [&y1, &dx1, &dw1],
+                [&y64, &dx64, &dw64],
             );
         },
     );

@@ -175,7 +175,6 @@ impl AuxDense {
     ) {
         let b = sse.len();
         let n = self.cols.len();
-        let threads = rayon::current_num_threads();
         let has_rest = self.rest.nnz() > 0;
         // Ê of the block into r (no rest) or ep (then the rest's pairwise decode on e − Ê).
         let out: &mut [f32] = if has_rest {
@@ -184,14 +183,7 @@ impl AuxDense {
         } else {
             r
         };
-        gemm_into(
-            out,
-            Operand::n(&self.a, b, n),
-            Operand::n(&self.w, n, d),
-            false,
-            threads,
-            1.0,
-        );
+        product(out, Operand::n(&self.a, b, n), Operand::n(&self.w, n, d));
         out.par_chunks_mut(ROWS * d)
             .zip(e.par_chunks(ROWS * d))
             .zip(sse.par_chunks_mut(ROWS))
@@ -217,14 +209,7 @@ impl AuxDense {
             );
         }
         resize(&mut self.c, b * n);
-        gemm_into(
-            &mut self.c,
-            Operand::n(r, b, d),
-            Operand::t(&self.w, n, d),
-            false,
-            threads,
-            1.0,
-        );
+        product(&mut self.c, Operand::n(r, b, d), Operand::t(&self.w, n, d));
     }
 
     /// C_E ← s·C_E on the pairs, 0 elsewhere (the ReLU passes the gradient where a_ij > 0).
@@ -243,25 +228,14 @@ impl AuxDense {
     pub fn gradients(&mut self, xc: &[f32], h: &[f32], d: usize) {
         let n = self.cols.len();
         let b = xc.len() / d.max(1);
-        let threads = rayon::current_num_threads();
         resize(&mut self.ge, n * d);
         resize(&mut self.gd, n * d);
-        gemm_into(
+        product(
             &mut self.ge,
             Operand::t(&self.c, b, n),
             Operand::n(xc, b, d),
-            false,
-            threads,
-            1.0,
         );
-        gemm_into(
-            &mut self.gd,
-            Operand::t(&self.a, b, n),
-            Operand::n(h, b, d),
-            false,
-            threads,
-            1.0,
-        );
+        product(&mut self.gd, Operand::t(&self.a, b, n), Operand::n(h, b, d));
         // Column sums of C_E, token order, by column blocks.
         resize(&mut self.gb, n);
         let c = &self.c;
@@ -288,4 +262,9 @@ impl AuxDense {
             gb: &self.gb,
         }
     }
+}
+
+/// C = A·B on `gemm` over every thread of the current pool.
+fn product(c: &mut [f32], a: Operand<'_, f32>, b: Operand<'_, f32>) {
+    gemm_into(c, a, b, false, rayon::current_num_threads(), 1.0);
 }

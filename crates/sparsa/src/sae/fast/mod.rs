@@ -32,7 +32,7 @@
 
 use super::allocation::{AllocInput, Allocation, Matching};
 use super::config::AuxNorm;
-use super::loss::{aux_select_values, AuxRowScratch, AuxRowSelector};
+use super::loss::{aux_select_with, AuxRowScratch, AuxRowSelector};
 use super::optim::{Adam, AdamStep, Grads};
 use super::params::SaeParams;
 use super::reference::Losses;
@@ -181,7 +181,7 @@ impl FastStep {
 
     /// Whether the last step ran the auxiliary loss as dense products (for some features).
     pub fn aux_dense(&self) -> bool {
-        self.aux_on && self.dense_on
+        self.dense_on
     }
 
     /// The last step's dense auxiliary block: (its features, the pairs left pairwise); (0, 0)
@@ -347,15 +347,16 @@ impl FastStep {
         );
         if let Some(s) = aux {
             let exclude = s.exclude_matched.then_some(&self.main);
-            aux_select_values(
+            aux_select_with(
                 &self.a,
                 b,
                 f,
                 s.u,
                 s.k_aux,
                 exclude,
+                None,
                 &mut self.aux,
-                &mut self.a_aux,
+                Some(&mut self.a_aux),
             );
         }
         self.aux_on = aux.is_some() && self.aux.nnz() > 0;
@@ -385,12 +386,8 @@ impl FastStep {
                 w_dec,
                 d,
             );
-        // c_aux: ∂L/∂pre of the pairwise auxiliary pairs (all of them, or the dense block's rest).
-        let pairwise = match (aux_on, self.dense_on) {
-            (false, _) => 0,
-            (true, false) => auxm.nnz(),
-            (true, true) => self.dense.rest.nnz(),
-        };
+        // c_aux: ∂L/∂pre of the pairwise auxiliary pairs.
+        let pairwise = self.pairwise_aux().map_or(0, |(m, _)| m.nnz());
         resize(&mut self.c_aux, pairwise);
         {
             let c_main = split_rows(&mut self.c_main, &main.row_ptr, b, ROW_CHUNK);
@@ -501,30 +498,35 @@ impl FastStep {
 
     /// Phase 5, the per-feature view of both matchings (entries sorted by token).
     fn feature_view(&mut self, b: usize, f: usize) {
+        // The view is taken out while the pairs borrow the rest of the step.
+        let mut view = std::mem::take(&mut self.view);
         let main = Pairs {
             row_ptr: &self.main.row_ptr,
             cols: &self.main.cols,
             a: &self.a_main,
             c: &self.c_main,
         };
-        // The pairwise auxiliary pairs: all of them, or the dense block's rest.
-        let aux = match (self.aux_on, self.dense_on) {
-            (true, false) => Some(Pairs {
-                row_ptr: &self.aux.row_ptr,
-                cols: &self.aux.cols,
-                a: &self.a_aux,
-                c: &self.c_aux,
-            }),
-            (true, true) if self.dense.rest.nnz() > 0 => Some(Pairs {
-                row_ptr: &self.dense.rest.row_ptr,
-                cols: &self.dense.rest.cols,
-                a: &self.dense.rest_vals,
-                c: &self.c_aux,
-            }),
-            _ => None,
-        };
+        let aux = self.pairwise_aux().map(|(m, a)| Pairs {
+            row_ptr: &m.row_ptr,
+            cols: &m.cols,
+            a,
+            c: &self.c_aux,
+        });
         let extra = self.dense_on.then_some(&self.dense.pos[..]);
-        self.view.build(b, f, &main, aux.as_ref(), extra);
+        view.build(b, f, &main, aux.as_ref(), extra);
+        self.view = view;
+    }
+
+    /// The auxiliary pairs that run pairwise, with their a_ij: all of them, or the dense
+    /// block's rest (`None`: no auxiliary loss this step, or every pair in the block).
+    fn pairwise_aux(&self) -> Option<(&Matching, &[f32])> {
+        match (self.aux_on, self.dense_on) {
+            (true, false) => Some((&self.aux, &self.a_aux)),
+            (true, true) if self.dense.rest.nnz() > 0 => {
+                Some((&self.dense.rest, &self.dense.rest_vals))
+            }
+            _ => None,
+        }
     }
 
     /// Phase 5b, the gradients of the touched features (W_enc, W_dec projected, b_enc).
@@ -537,7 +539,7 @@ impl FastStep {
         if self.dense_on {
             self.dense.gradients(&self.xc, &self.g_aux, d);
         }
-        let pairwise = self.aux_on && (!self.dense_on || self.dense.rest.nnz() > 0);
+        let pairwise = self.pairwise_aux().is_some();
         let h = pairwise.then_some(&self.g_aux[..]);
         let extra = self.dense_on.then(|| self.dense.extra());
         self.view.gradients(

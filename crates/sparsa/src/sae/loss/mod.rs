@@ -69,22 +69,6 @@ pub fn aux_select(
     aux_select_with(a, b, f, u, k_aux, exclude, None, out, None);
 }
 
-/// [`aux_select`], and the selected a_ij in `vals` (aligned with `out.cols`), read while each
-/// row is in cache (the fast step's decode then never reads A at the pairs).
-#[allow(clippy::too_many_arguments)] // aux_select's arguments and the values
-pub fn aux_select_values(
-    a: &[f32],
-    b: usize,
-    f: usize,
-    u: &[f32],
-    k_aux: usize,
-    exclude: Option<&Matching>,
-    out: &mut Matching,
-    vals: &mut Vec<f32>,
-) {
-    aux_select_with(a, b, f, u, k_aux, exclude, None, out, Some(vals));
-}
-
 /// One token's auxiliary selection, shared by [`aux_select`] and passes that select the main
 /// matching row by row as well (the fast step fuses both for TopK, while the row is in cache).
 pub struct AuxRowSelector<'a> {
@@ -93,7 +77,7 @@ pub struct AuxRowSelector<'a> {
     tiered: bool,
     /// The eligible columns (u_j > 0), ascending, when only they are visited.
     eligible: Option<Vec<u32>>,
-    /// Their u_j, in the same order.
+    /// Their u_j, in the same order (empty when every column is visited).
     u_eligible: Vec<f32>,
 }
 
@@ -117,7 +101,11 @@ impl<'a> AuxRowSelector<'a> {
             u,
             k_aux,
             tiered: u.iter().any(|&w| w > 1.0),
-            u_eligible: eligible.iter().map(|&j| u[j as usize]).collect(),
+            u_eligible: if compact {
+                eligible.iter().map(|&j| u[j as usize]).collect()
+            } else {
+                Vec::new()
+            },
             eligible: compact.then_some(eligible),
         }
     }
@@ -201,10 +189,12 @@ impl<'a> AuxRowSelector<'a> {
     }
 }
 
-/// [`aux_select`] with the column visit chosen (`compact`, see [`AuxRowSelector::new`]) and,
-/// with `vals`, the selected values.
+/// [`aux_select`] with the column visit chosen (`compact`, see [`AuxRowSelector::new`];
+/// `None`: by the share of eligible features) and, with `vals`, the selected a_ij aligned with
+/// `out.cols`, read while each row is in cache (the fast step's decode then never reads A at
+/// the pairs).
 #[allow(clippy::too_many_arguments)] // aux_select's arguments, the path switch, the values
-fn aux_select_with(
+pub(crate) fn aux_select_with(
     a: &[f32],
     b: usize,
     f: usize,
