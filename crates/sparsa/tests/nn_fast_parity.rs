@@ -451,6 +451,8 @@ fn conv_kernel_matches_candle_for_every_geometry() {
         (2, 6, 5, 3, 4, 1, 1, 0),
         (2, 7, 7, 3, 4, 1, 2, 0),
         (5, 30, 30, 8, 6, 3, 1, 1),
+        // More than 64 output channels, 3×3, stride 1, padding 1: the Winograd kernels.
+        (2, 5, 7, 3, 66, 3, 1, 1),
     ];
     let grid: Vec<_> = [1usize, 2, 3]
         .iter()
@@ -678,6 +680,41 @@ fn direct_conv_kernels_match_the_im2col_path() {
         let (y, dx, dw) = conv_pass(&g, &x, &wt, &dy, threads);
         let (y64, dx64, dw64) = im2col_f64(&g, &x, &wt, &dy);
         let what = format!("{n}×{h}×{w}×{cin}→{cout} k{k} p{pad}, threads {threads}");
+        let results =
+            assert_conv_within_f32_rounding(&what, &g, [&y, &dx, &dw], [&y64, &dx64, &dw64]);
+        for (name, a) in results {
+            assert!(a.iter().any(|&v| v != 0.0), "{name} {what}: all zero");
+        }
+    });
+}
+
+#[test]
+fn winograd_conv_kernels_match_the_im2col_path() {
+    use sparsa::nn::fast::winograd;
+    // (n, h, w, cin, cout): odd map sizes (a last row and column of half-empty tiles), 1×1 and
+    // 2×2 maps (one tile per image, mostly padding), channel counts off the 16-lane chunks, an
+    // input gradient with few output channels (cin 3), and enough images for several blocks
+    // per group (40 images of 4 tiles, 32 per block).
+    let cases = [
+        (3usize, 7usize, 9usize, 3usize, 65usize),
+        (2, 1, 1, 17, 66),
+        (2, 2, 2, 70, 80),
+        (3, 6, 5, 20, 72),
+        (40, 4, 3, 128, 72),
+    ];
+    let grid: Vec<_> = [1usize, 2, 3]
+        .iter()
+        .flat_map(|&t| cases.iter().map(move |&c| (t, c)))
+        .collect();
+    cases::each(grid, |&(threads, (n, h, w, cin, cout))| {
+        let g = ConvGeom::new(n, h, w, cin, cout, 3, 1, 1).unwrap();
+        assert!(winograd::applies(&g));
+        let x: Vec<f32> = uniform(g.in_len(), 53);
+        let wt: Vec<f32> = uniform(cout * 9 * cin, 54);
+        let dy: Vec<f32> = uniform(g.out_len(), 55);
+        let (y, dx, dw) = conv_pass(&g, &x, &wt, &dy, threads);
+        let (y64, dx64, dw64) = im2col_f64(&g, &x, &wt, &dy);
+        let what = format!("{n}×{h}×{w}×{cin}→{cout}, threads {threads}");
         let results =
             assert_conv_within_f32_rounding(&what, &g, [&y, &dx, &dw], [&y64, &dx64, &dw64]);
         for (name, a) in results {

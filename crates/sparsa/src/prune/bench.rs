@@ -42,6 +42,9 @@ pub struct BenchSpec {
     pub sparse_below: Option<f64>,
     /// The same for convolutions ([`FastNet::with_sparse_conv_threshold`]).
     pub sparse_conv_below: Option<f64>,
+    /// Output channels above which 3×3 convolutions run the Winograd kernels
+    /// ([`FastNet::with_winograd_above`]); `None`: the engine's default.
+    pub winograd_above: Option<usize>,
 }
 
 /// Seconds per timed step.
@@ -142,6 +145,9 @@ pub fn time_model(
     if let Some(t) = spec.sparse_conv_below {
         fast = fast.with_sparse_conv_threshold(t);
     }
+    if let Some(c) = spec.winograd_above {
+        fast = fast.with_winograd_above(c);
+    }
     let (linear, conv) = (fast.linear_densities(), fast.conv_densities());
     fast.set_counting(Counting::Dynamic);
     let train = timed(&mut || {
@@ -177,6 +183,7 @@ mod tests {
                 reference,
                 sparse_below: None,
                 sparse_conv_below: None,
+                winograd_above: None,
             };
             let t = time_model(Arch::Lenet300100, 95.0, spec, &|| {
                 ticks.set(ticks.get() + 1)

@@ -111,6 +111,10 @@ pub struct BenchArgs {
     /// threshold; 0 = always dense, 1 = always sparse).
     #[arg(long)]
     sparse_conv_below: Option<f64>,
+    /// 3×3 stride-1 convolutions with more output channels than this run the Winograd kernels
+    /// (default: the engine's measured switch; a huge value = never, to measure it).
+    #[arg(long)]
+    winograd_above: Option<usize>,
 }
 
 struct BenchRow {
@@ -137,6 +141,7 @@ fn bench_one(arch: Arch, sparsity: f64, a: &BenchArgs) -> anyhow::Result<BenchRo
         reference: a.reference,
         sparse_below: a.sparse_below,
         sparse_conv_below: a.sparse_conv_below,
+        winograd_above: a.winograd_above,
     };
     let t = time_model(arch, sparsity, spec, &|| bar.inc(1))?;
     bar.finish();

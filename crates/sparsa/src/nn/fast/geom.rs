@@ -41,6 +41,9 @@ pub struct ConvGeom {
     /// Allow the direct 3×3 kernels ([`super::direct`]) where they apply (default true; false
     /// forces im2col + GEMM, to compare the two).
     pub direct: bool,
+    /// Output channels above which a 3×3 stride-1 padding-1 layer runs the Winograd kernels
+    /// ([`super::winograd`]; default [`super::winograd::MIN_CHANNELS`], `usize::MAX` never).
+    pub winograd_above: usize,
 }
 
 /// Elements of an im2col tile (≈1 MiB of f32): rows per tile = this / (k·k·cin), at least
@@ -76,6 +79,7 @@ impl ConvGeom {
             oh: (h + 2 * pad - k) / stride + 1,
             ow: (w + 2 * pad - k) / stride + 1,
             direct: true,
+            winograd_above: super::winograd::MIN_CHANNELS,
         })
     }
 

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use super::direct;
 use super::geom::MIN_TILE_ROWS;
 pub use super::geom::{ConvGeom, Real};
+use super::winograd;
 use crate::kernels::matmul::{gemm_into, Operand};
 
 /// Contiguous ranges cutting `items` into `groups` parts (some empty when items < groups).
@@ -236,6 +237,11 @@ impl ConvGeom {
         accs: &mut [GroupAcc],
         epi: &(dyn Fn(&mut GroupAcc, usize, &mut [T]) + Sync),
     ) {
+        if winograd::applies(self) {
+            winograd::transform_weights(w, self.cout, self.cin, false, pack);
+            let f = winograd::Filters::OutMajor;
+            return winograd::forward(self, x, pack, f, y, scratch, accs, epi);
+        }
         if direct::forward_applies::<T>(self) {
             return self.forward_direct(x, w, y, pack, scratch, accs, epi);
         }
@@ -307,11 +313,29 @@ impl ConvGeom {
         w: &[T],
         dy: &[T],
         dw: &mut [T],
-        dx: Option<&mut [T]>,
+        mut dx: Option<&mut [T]>,
         pack: &mut Vec<T>,
         scratch: &mut [Vec<T>],
         dw_parts: &mut [Vec<T>],
     ) {
+        if let (true, Some(dx)) = (winograd::applies(self), dx.as_deref_mut()) {
+            // dW on im2col + GEMM; dx = dy convolved with the flipped filters (Winograd).
+            self.backward(x, w, dy, dw, None, pack, scratch, dw_parts);
+            let gt = ConvGeom {
+                h: self.oh,
+                w: self.ow,
+                cin: self.cout,
+                cout: self.cin,
+                oh: self.h,
+                ow: self.w,
+                ..*self
+            };
+            winograd::transform_weights(w, self.cout, self.cin, true, pack);
+            let mut groups = vec![(); dw_parts.len().max(1)];
+            let f = winograd::Filters::InMajor;
+            winograd::forward(&gt, dy, pack, f, dx, scratch, &mut groups, &|_, _, _| {});
+            return;
+        }
         if direct::forward_applies::<T>(self)
             && (dx.is_none() || direct::input_grad_applies::<T>(self))
         {

@@ -39,6 +39,7 @@ pub mod direct;
 pub mod geom;
 pub mod kernels;
 pub mod sparse_conv;
+pub mod winograd;
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -1139,6 +1140,14 @@ impl<T: Real> FastNet<T> {
             });
             slot.restrict_sgd(c.sparse.is_some());
         });
+        self
+    }
+
+    /// 3×3 stride-1 padding-1 convolutions with more than `c` output channels run the Winograd
+    /// kernels ([`winograd`]; default [`winograd::MIN_CHANNELS`]; `usize::MAX`: never, to
+    /// measure the switch). Results agree to float tolerance.
+    pub fn with_winograd_above(mut self, c: usize) -> Self {
+        conv_units(&mut self.units, &mut |u| u.geom.winograd_above = c);
         self
     }
 

@@ -298,10 +298,17 @@ impl SparseConv {
         self.fwd.idx.len()
     }
 
-    /// Panics unless `g` is the geometry the kernels were built for (any batch size).
+    /// Panics unless `g` is the shape the kernels were built for (any batch size and choice of
+    /// dense kernels).
     fn check(&self, g: &ConvGeom) {
+        let dense = (self.geom.direct, self.geom.winograd_above);
         assert!(
-            ConvGeom { n: 0, ..*g } == self.geom,
+            ConvGeom {
+                n: 0,
+                direct: dense.0,
+                winograd_above: dense.1,
+                ..*g
+            } == self.geom,
             "sparse convolution built for {:?}, called with {g:?}",
             self.geom
         );
