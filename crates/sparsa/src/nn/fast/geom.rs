@@ -42,9 +42,14 @@ pub struct ConvGeom {
     /// forces im2col + GEMM, to compare the two).
     pub direct: bool,
     /// Output channels above which a 3×3 stride-1 padding-1 layer runs the Winograd kernels
-    /// ([`super::winograd`]; default [`super::winograd::MIN_CHANNELS`], `usize::MAX` never).
+    /// (the `winograd` module; default [`WINOGRAD_ABOVE`], `usize::MAX` never).
     pub winograd_above: usize,
 }
+
+/// Output channels above which a 3×3 stride-1 padding-1 layer runs the Winograd kernels by
+/// default (the direct kernels take up to 64 and are faster there; measured in
+/// docs/pruning.md, "Winograd").
+pub const WINOGRAD_ABOVE: usize = 64;
 
 /// Elements of an im2col tile (≈1 MiB of f32): rows per tile = this / (k·k·cin), at least
 /// [`MIN_TILE_ROWS`].
@@ -79,7 +84,7 @@ impl ConvGeom {
             oh: (h + 2 * pad - k) / stride + 1,
             ow: (w + 2 * pad - k) / stride + 1,
             direct: true,
-            winograd_above: super::winograd::MIN_CHANNELS,
+            winograd_above: WINOGRAD_ABOVE,
         })
     }
 
@@ -121,4 +126,25 @@ impl ConvGeom {
             self.tile_rows() * self.ckk()
         }
     }
+}
+
+/// Contiguous ranges cutting `items` into `groups` parts (some empty when items < groups).
+pub fn group_ranges(items: usize, groups: usize) -> Vec<std::ops::Range<usize>> {
+    let g = groups.max(1);
+    (0..g).map(|i| i * items / g..(i + 1) * items / g).collect()
+}
+
+/// Split `data` (items of `unit` elements each) along `ranges` (contiguous, in order).
+pub fn split_by<'a, T>(
+    mut data: &'a mut [T],
+    ranges: &[std::ops::Range<usize>],
+    unit: usize,
+) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let (head, tail) = data.split_at_mut(r.len() * unit);
+        out.push(head);
+        data = tail;
+    }
+    out
 }

@@ -11,30 +11,9 @@ use rayon::prelude::*;
 
 use super::direct;
 use super::geom::MIN_TILE_ROWS;
-pub use super::geom::{ConvGeom, Real};
+pub use super::geom::{group_ranges, split_by, ConvGeom, Real};
 use super::winograd;
 use crate::kernels::matmul::{gemm_into, Operand};
-
-/// Contiguous ranges cutting `items` into `groups` parts (some empty when items < groups).
-pub fn group_ranges(items: usize, groups: usize) -> Vec<std::ops::Range<usize>> {
-    let g = groups.max(1);
-    (0..g).map(|i| i * items / g..(i + 1) * items / g).collect()
-}
-
-/// Split `data` (items of `unit` elements each) along `ranges` (contiguous, in order).
-pub fn split_by<'a, T>(
-    mut data: &'a mut [T],
-    ranges: &[std::ops::Range<usize>],
-    unit: usize,
-) -> Vec<&'a mut [T]> {
-    let mut out = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        let (head, tail) = data.split_at_mut(r.len() * unit);
-        out.push(head);
-        data = tail;
-    }
-    out
-}
 
 /// What a group of rows accumulates during a fused pass: per-channel sums (batch-norm
 /// statistics or gradient sums) and dead-unit counts.

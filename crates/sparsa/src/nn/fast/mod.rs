@@ -1144,7 +1144,7 @@ impl<T: Real> FastNet<T> {
     }
 
     /// 3×3 stride-1 padding-1 convolutions with more than `c` output channels run the Winograd
-    /// kernels ([`winograd`]; default [`winograd::MIN_CHANNELS`]; `usize::MAX`: never, to
+    /// kernels ([`winograd`]; default [`winograd::WINOGRAD_ABOVE`]; `usize::MAX`: never, to
     /// measure the switch). Results agree to float tolerance.
     pub fn with_winograd_above(mut self, c: usize) -> Self {
         conv_units(&mut self.units, &mut |u| u.geom.winograd_above = c);

@@ -1,7 +1,7 @@
-//! Winograd F(2×2, 3×3) convolution for the wide 3×3 layers (stride 1, padding 1, more than
-//! [`MIN_CHANNELS`] output channels): VGG's 128–512-channel layers and the second pairs of
-//! Conv-4/6, where im2col + GEMM spends 36 multiply-adds per 2×2 block of outputs and input
-//! channel, and this spends 16.
+//! Winograd F(2×2, 3×3) convolution for the wide 3×3 layers (stride 1, padding 1, by default
+//! more than [`WINOGRAD_ABOVE`] output channels): VGG's 128–512-channel layers and the second
+//! pairs of Conv-4/6, where im2col + GEMM spends 36 multiply-adds per 2×2 block of outputs and
+//! input channel, and this spends 16.
 //!
 //! Each 2×2 block of outputs (a *tile*) reads a 4×4 patch d of the zero-padded input. With
 //!
@@ -31,14 +31,9 @@
 
 use rayon::prelude::*;
 
-use super::geom::{ConvGeom, Real};
-use super::kernels::{group_ranges, split_by};
+pub use super::geom::WINOGRAD_ABOVE;
+use super::geom::{group_ranges, split_by, ConvGeom, Real};
 use crate::kernels::matmul::{gemm_into, Operand};
-
-/// Output channels above which a 3×3 stride-1 padding-1 layer runs these kernels by default
-/// ([`ConvGeom::winograd_above`]; the direct kernels take up to 64; measured in
-/// docs/pruning.md).
-pub const MIN_CHANNELS: usize = 64;
 
 /// Whether `g` runs the Winograd kernels (its forward pass and input gradient).
 pub fn applies(g: &ConvGeom) -> bool {
