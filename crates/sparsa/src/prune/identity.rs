@@ -30,8 +30,10 @@ use crate::util::fs::atomic_write;
 /// on the fused `nn::fast` engine (float results differ from the candle path's); 4 = direct
 /// AVX-512 kernels for small-channel convolutions and linear evaluation, and the kernel set in
 /// the identity; 5 = sparse-weight kernels for pruned convolutions (`nn::fast::sparse_conv`:
-/// another summation order for layers below the density threshold).
-pub const RUN_FORMAT: u32 = 5;
+/// another summation order for layers below the density threshold); 6 = Winograd F(2×2, 3×3)
+/// for 3×3 convolutions of more than 64 output channels (`nn::fast::winograd`: another
+/// summation order for VGG's and Conv-4/6's wide layers).
+pub const RUN_FORMAT: u32 = 6;
 
 /// One data file's fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
