@@ -171,6 +171,9 @@ struct BnRun<T> {
 
 /// Per-thread-group scratch shared by all units.
 struct Shared<T> {
+    /// Weights packed or transformed for the dense conv kernels ([`direct`], [`winograd`]):
+    /// every pass rebuilds them before use, so the layers share one buffer.
+    pack: Vec<T>,
     scratch: Vec<Vec<T>>,
     accs: Vec<GroupAcc>,
     parts: Vec<Vec<T>>,
@@ -257,8 +260,6 @@ struct ConvUnit<T> {
     gin: Vec<T>,
     mean: Vec<T>,
     inv: Vec<T>,
-    /// Packed weights of the direct kernels (reused from step to step).
-    pack: Vec<T>,
     /// The mask's kept weights when the layer runs the sparse kernels.
     sparse: Option<Box<sparse_conv::SparseConv>>,
 }
@@ -271,13 +272,12 @@ fn conv_forward<T: Real>(
     x: &[T],
     w: &[T],
     y: &mut [T],
-    pack: &mut Vec<T>,
     sh: &mut Shared<T>,
     epi: &(dyn Fn(&mut GroupAcc, usize, &mut [T]) + Sync),
 ) {
     match sparse {
         Some(s) => s.forward(g, x, w, y, &mut sh.accs, epi),
-        None => g.forward(x, w, y, pack, &mut sh.scratch, &mut sh.accs, epi),
+        None => g.forward(x, w, y, &mut sh.pack, &mut sh.scratch, &mut sh.accs, epi),
     }
 }
 
@@ -295,32 +295,14 @@ impl<T: Real> ConvUnit<T> {
                 let epi = |acc: &mut GroupAcc, r0: usize, tile: &mut [T]| {
                     bias_relu(acc, tile, bias, relu, c, r0, ohw)
                 };
-                conv_forward(
-                    &g,
-                    &mut self.sparse,
-                    x,
-                    w,
-                    &mut self.out,
-                    &mut self.pack,
-                    fw.sh,
-                    &epi,
-                );
+                conv_forward(&g, &mut self.sparse, x, w, &mut self.out, fw.sh, &epi);
             }
             Some(bi) if fw.train => {
                 self.z.resize(g.out_len(), T::zero());
                 let epi = |acc: &mut GroupAcc, _r0: usize, tile: &mut [T]| {
                     kernels::accumulate_stats(acc, tile, c)
                 };
-                conv_forward(
-                    &g,
-                    &mut self.sparse,
-                    x,
-                    w,
-                    &mut self.z,
-                    &mut self.pack,
-                    fw.sh,
-                    &epi,
-                );
+                conv_forward(&g, &mut self.sparse, x, w, &mut self.z, fw.sh, &epi);
                 let (s1, s2) = kernels::merge_sums(&fw.sh.accs, c);
                 let nf = g.rows() as f64;
                 let bn = &mut fw.bns[bi];
@@ -361,16 +343,7 @@ impl<T: Real> ConvUnit<T> {
                         kernels::relu_count(acc, tile, c, r0, ohw);
                     }
                 };
-                conv_forward(
-                    &g,
-                    &mut self.sparse,
-                    x,
-                    w,
-                    &mut self.out,
-                    &mut self.pack,
-                    fw.sh,
-                    &epi,
-                );
+                conv_forward(&g, &mut self.sparse, x, w, &mut self.out, fw.sh, &epi);
             }
         }
         if let Some(r) = self.relu {
@@ -426,7 +399,7 @@ impl<T: Real> ConvUnit<T> {
                 gout,
                 dw,
                 dx,
-                &mut self.pack,
+                &mut bw.sh.pack,
                 &mut bw.sh.scratch,
                 &mut bw.sh.parts,
             ),
@@ -858,7 +831,6 @@ impl Compiler<'_> {
             gin: Vec::new(),
             mean: Vec::new(),
             inv: Vec::new(),
-            pack: Vec::new(),
             sparse: None,
         }))
     }
@@ -1108,6 +1080,7 @@ impl<T: Real> FastNet<T> {
             bns,
             units,
             sh: Shared {
+                pack: Vec::new(),
                 scratch: vec![Vec::new(); groups],
                 accs: vec![GroupAcc::default(); groups],
                 parts: vec![Vec::new(); groups],
