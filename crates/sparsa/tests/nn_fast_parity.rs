@@ -694,13 +694,13 @@ fn winograd_conv_kernels_match_the_im2col_path() {
     // (n, h, w, cin, cout): odd map sizes (a last row and column of half-empty tiles), 1×1 and
     // 2×2 maps (one tile per image, mostly padding), channel counts off the 16-lane chunks, an
     // input gradient with few output channels (cin 3), and enough images for several blocks
-    // per group (40 images of 4 tiles, 32 per block).
+    // per group at one to three threads (100 images of 4 tiles, 32 per block).
     let cases = [
         (3usize, 7usize, 9usize, 3usize, 65usize),
         (2, 1, 1, 17, 66),
         (2, 2, 2, 70, 80),
         (3, 6, 5, 20, 72),
-        (40, 4, 3, 128, 72),
+        (100, 4, 3, 128, 72),
     ];
     let grid: Vec<_> = [1usize, 2, 3]
         .iter()

@@ -41,8 +41,9 @@ pub fn available() -> bool {
     }
 }
 
-/// The kernel set this CPU runs: "avx512f" (the direct kernels) or "portable" (im2col + GEMM
-/// and the general GEMM only). Run directories record it (`prune::identity`).
+/// The kernel set this CPU runs: "avx512f" (the direct kernels) or "portable" (im2col + GEMM,
+/// Winograd and the general GEMM, no direct kernels). Run directories record it
+/// (`prune::identity`).
 pub fn kernel_set() -> &'static str {
     if available() {
         "avx512f"

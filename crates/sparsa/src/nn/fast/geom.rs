@@ -38,11 +38,12 @@ pub struct ConvGeom {
     pub pad: usize,
     pub oh: usize,
     pub ow: usize,
-    /// Allow the direct 3×3 kernels ([`super::direct`]) where they apply (default true; false
-    /// forces im2col + GEMM, to compare the two).
+    /// Allow the direct kernels ([`super::direct`]) and Winograd where they apply (default
+    /// true; false forces im2col + GEMM, the oracle the tests compare them with).
     pub direct: bool,
     /// Output channels above which a 3×3 stride-1 padding-1 layer runs the Winograd kernels
-    /// (the `winograd` module; default [`WINOGRAD_ABOVE`], `usize::MAX` never).
+    /// (the `winograd` module, forward, input and weight gradient; only when `direct` is true;
+    /// default [`WINOGRAD_ABOVE`], `usize::MAX` never).
     pub winograd_above: usize,
 }
 

@@ -203,7 +203,9 @@ impl ConvGeom {
     /// y (rows × cout) = im2col(x) · Wᵀ, tile by tile; `epi(acc, row0, tile)` runs on each output
     /// tile while it is in cache (bias, ReLU, statistics, counting). One group per entry of
     /// `scratch`/`accs`.
-    /// A 3×3 stride-1 layer with few output channels runs the direct kernels instead
+    /// A 3×3 stride-1 padding-1 layer with more than `winograd_above` output channels runs
+    /// Winograd instead ([`winograd`]; `pack` holds the transformed filters), calling `epi` once
+    /// per block of whole images; a stride-1 layer with few channels runs the direct kernels
     /// ([`super::direct`]; `pack` holds their packed weights), calling `epi` once per image.
     #[allow(clippy::too_many_arguments)]
     pub fn forward<T: Real>(
@@ -283,8 +285,8 @@ impl ConvGeom {
 
     /// Gradients from dy (rows × cout): dW (cout × ckk) = dyᵀ · im2col(x), and when `dx` is
     /// given, dx = col2im(dy · W). `dw_parts` holds one partial dW per group (summed in order).
-    /// Runs the direct kernels when the forward pass does and, if `dx` is wanted, its input
-    /// gradient can too.
+    /// Runs Winograd (dW and dx) when the forward pass does, else the direct kernels when the
+    /// forward pass does and, if `dx` is wanted, its input gradient can too.
     #[allow(clippy::too_many_arguments)]
     pub fn backward<T: Real>(
         &self,
@@ -292,14 +294,15 @@ impl ConvGeom {
         w: &[T],
         dy: &[T],
         dw: &mut [T],
-        mut dx: Option<&mut [T]>,
+        dx: Option<&mut [T]>,
         pack: &mut Vec<T>,
         scratch: &mut [Vec<T>],
         dw_parts: &mut [Vec<T>],
     ) {
-        if let (true, Some(dx)) = (winograd::applies(self), dx.as_deref_mut()) {
-            // dW on im2col + GEMM; dx = dy convolved with the flipped filters (Winograd).
-            self.backward(x, w, dy, dw, None, pack, scratch, dw_parts);
+        if winograd::applies(self) {
+            // dW by Winograd; dx = dy convolved with the flipped filters, by Winograd too.
+            winograd::weight_grad(self, x, dy, dw, scratch, dw_parts);
+            let Some(dx) = dx else { return };
             let gt = ConvGeom {
                 h: self.oh,
                 w: self.ow,

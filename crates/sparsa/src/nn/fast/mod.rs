@@ -13,7 +13,8 @@
 //!   passes, then per tile ∂W += dyᵀ·im2col(x) and dx += col2im(dy·W). Stride-1 convolutions
 //!   of at most 64 channels run the direct AVX-512 kernels instead ([`direct`]: no im2col);
 //!   3×3 stride-1 padding-1 convolutions with more output channels run Winograd F(2×2, 3×3)
-//!   forward and input gradient ([`winograd`]: 16 instead of 36 multiply-adds per 2×2 outputs).
+//!   forward, input gradient and weight gradient ([`winograd`]: 16 instead of 36 multiply-adds
+//!   per 2×2 outputs).
 //!   Masked stride-1 convolutions whose density × wasted positions is below
 //!   [`SPARSE_CONV_BELOW`] run [`sparse_conv`] (work in proportion to the kept weights; the
 //!   weight gradient on the mask's support, SGD over the support only).
