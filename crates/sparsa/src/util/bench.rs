@@ -32,8 +32,15 @@ pub fn peak_rss_mb() -> Option<f64> {
 }
 
 /// Reset VmHWM to the current resident set (Linux: write 5 to /proc/self/clear_refs); false
-/// where the kernel does not allow it.
+/// where the kernel does not allow it. The heap's free memory is handed back to the system first
+/// (glibc's `malloc_trim`): otherwise what an earlier measurement freed but the allocator kept
+/// counts as resident (Conv-6 measured after VGG-19 in one process read 628–645 MB, alone 280).
 pub fn reset_peak_rss() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the system; no live allocation moves.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
