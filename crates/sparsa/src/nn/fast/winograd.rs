@@ -139,10 +139,33 @@ pub enum Filters {
 /// Channels per step of the transforms (a 4×4 patch of them stays in registers or L1).
 const CH: usize = 16;
 
+/// The images `r` of one group in blocks of [`block_images`], the group's buffer cut into the
+/// block's transformed inputs (16·tb·cin) and its transformed outputs or output gradients
+/// (16·tb·cout), tb tiles apart per position: `f(first image, end, tiles used, v, other)`.
+fn blocks<T: Real>(
+    g: &ConvGeom,
+    r: &std::ops::Range<usize>,
+    buf: &mut Vec<T>,
+    mut f: impl FnMut(usize, usize, usize, usize, &mut [T], &mut [T]),
+) {
+    let (per_image, _) = tiles(g);
+    let bi = block_images(g);
+    let tb = bi.min(r.len()) * per_image;
+    buf.resize(16 * tb * (g.cin + g.cout), T::zero());
+    let (v, other) = buf.split_at_mut(16 * tb * g.cin);
+    let mut i0 = r.start;
+    while i0 < r.end {
+        let i1 = (i0 + bi).min(r.end);
+        f(i0, i1, (i1 - i0) * per_image, tb, v, other);
+        i0 = i1;
+    }
+}
+
 /// y (NHWC, n × oh × ow × cout) = the convolution of x (NHWC) with the filters whose transform
-/// is `u` ([`transform_weights`], read as `filters` says); `epi(state, row0, rows)` runs on each block's output while it
-/// is in cache, one `states` entry per group of images (the caller makes one per rayon thread),
-/// called once per block of whole images with the block's first global row.
+/// is `u` ([`transform_weights`], read as `filters` says); `epi(state, row0, rows)` runs on each
+/// block's output while it is in cache, one `states` entry per group of images (the caller makes
+/// one per rayon thread), called once per block of whole images with the block's first global
+/// row.
 #[allow(clippy::too_many_arguments)]
 pub fn forward<T: Real, S: Send>(
     g: &ConvGeom,
@@ -162,7 +185,6 @@ pub fn forward<T: Real, S: Send>(
     assert!(x.len() >= g.in_len() && u.len() == 16 * cin * cout);
     assert!(scratch.len() >= states.len());
     let (per_image, _) = tiles(g);
-    let bi = block_images(g);
     let ranges = group_ranges(g.n, states.len());
     let parts = split_by(&mut y[..g.out_len()], &ranges, ohw * cout);
     parts
@@ -171,13 +193,7 @@ pub fn forward<T: Real, S: Send>(
         .zip(scratch.par_iter_mut())
         .zip(ranges.par_iter())
         .for_each(|(((part, st), buf), r)| {
-            let tb = bi.min(r.len()) * per_image;
-            buf.resize(16 * tb * (cin + cout), T::zero());
-            let (v, m) = buf.split_at_mut(16 * tb * cin);
-            let mut i0 = r.start;
-            while i0 < r.end {
-                let i1 = (i0 + bi).min(r.end);
-                let t = (i1 - i0) * per_image;
+            blocks(g, r, buf, |i0, i1, t, tb, v, m| {
                 for i in i0..i1 {
                     input_transform(g, x, i, (i - i0) * per_image, tb, v);
                 }
@@ -204,8 +220,7 @@ pub fn forward<T: Real, S: Send>(
                     output_transform(g, m, (i - i0) * per_image, tb, yi);
                 }
                 epi(st, i0 * ohw, out);
-                i0 = i1;
-            }
+            });
         });
 }
 
@@ -231,7 +246,6 @@ pub fn weight_grad<T: Real>(
     assert!(x.len() >= g.in_len() && dy.len() >= g.out_len() && dw.len() == cout * 9 * cin);
     assert!(scratch.len() >= parts.len() && !parts.is_empty());
     let (per_image, _) = tiles(g);
-    let bi = block_images(g);
     let plen = 16 * cout * cin;
     let ranges = group_ranges(g.n, parts.len());
     parts
@@ -241,13 +255,7 @@ pub fn weight_grad<T: Real>(
         .for_each(|((du, buf), r)| {
             du.clear();
             du.resize(plen, T::zero());
-            let tb = bi.min(r.len()) * per_image;
-            buf.resize(16 * tb * (cin + cout), T::zero());
-            let (v, dm) = buf.split_at_mut(16 * tb * cin);
-            let mut i0 = r.start;
-            while i0 < r.end {
-                let i1 = (i0 + bi).min(r.end);
-                let t = (i1 - i0) * per_image;
+            blocks(g, r, buf, |i0, i1, t, tb, v, dm| {
                 for i in i0..i1 {
                     let t0 = (i - i0) * per_image;
                     input_transform(g, x, i, t0, tb, v);
@@ -263,8 +271,7 @@ pub fn weight_grad<T: Real>(
                         T::one(),
                     );
                 }
-                i0 = i1;
-            }
+            });
         });
     // Partials in group order, then dW = Gᵀ dU G per (co, ci), parallel over output channels.
     let (first, rest) = parts.split_first_mut().expect("at least one group");
@@ -308,49 +315,56 @@ pub fn weight_grad<T: Real>(
 /// (oh × ow × cout; positions `tb` tiles apart).
 fn grad_transform<T: Real>(g: &ConvGeom, dy: &[T], t0: usize, tb: usize, d: &mut [T]) {
     let (oh, ow, cout) = (g.oh, g.ow, g.cout);
-    let (_, tw) = tiles(g);
-    let th = oh.div_ceil(2);
     let zero = [T::zero(); CH];
-    for ty in 0..th {
+    each_tile_chunk(g, cout, |ty, tx, tile, c0, len| {
+        let t = t0 + tile;
+        let mut q = [[T::zero(); CH]; 4];
+        for (ij, qv) in q.iter_mut().enumerate() {
+            let (oy, ox) = (2 * ty + ij / 2, 2 * tx + ij % 2);
+            let src = if oy < oh && ox < ow {
+                let s = (oy * ow + ox) * cout + c0;
+                &dy[s..s + len]
+            } else {
+                &zero[..len]
+            };
+            copy_n(qv, src, len);
+        }
+        // Rows (A: r0 = q0, r1 = q0 + q1, r2 = q0 − q1, r3 = −q1), per column j.
+        let mut rr = [[[T::zero(); CH]; 2]; 4];
+        for j in 0..2 {
+            for l in 0..CH {
+                let (a, b) = (q[j][l], q[2 + j][l]);
+                rr[0][j][l] = a;
+                rr[1][j][l] = a + b;
+                rr[2][j][l] = a - b;
+                rr[3][j][l] = T::zero() - b;
+            }
+        }
+        for (a, row) in rr.iter().enumerate() {
+            let cols: [[T; CH]; 4] = [
+                row[0],
+                std::array::from_fn(|l| row[0][l] + row[1][l]),
+                std::array::from_fn(|l| row[0][l] - row[1][l]),
+                std::array::from_fn(|l| T::zero() - row[1][l]),
+            ];
+            for (b, col) in cols.iter().enumerate() {
+                let at = ((a * 4 + b) * tb + t) * cout + c0;
+                copy_n(&mut d[at..], col, len);
+            }
+        }
+    });
+}
+
+/// Every 2×2 output tile of one image and chunk of [`CH`] of its `c` channels:
+/// `f(ty, tx, tile index in the image, first channel, channels)`.
+fn each_tile_chunk(g: &ConvGeom, c: usize, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+    let (_, tw) = tiles(g);
+    for ty in 0..g.oh.div_ceil(2) {
         for tx in 0..tw {
-            let t = t0 + ty * tw + tx;
             let mut c0 = 0;
-            while c0 < cout {
-                let len = CH.min(cout - c0);
-                let mut q = [[T::zero(); CH]; 4];
-                for (ij, qv) in q.iter_mut().enumerate() {
-                    let (oy, ox) = (2 * ty + ij / 2, 2 * tx + ij % 2);
-                    let src = if oy < oh && ox < ow {
-                        let s = (oy * ow + ox) * cout + c0;
-                        &dy[s..s + len]
-                    } else {
-                        &zero[..len]
-                    };
-                    copy_n(qv, src, len);
-                }
-                // Rows (A: r0 = q0, r1 = q0 + q1, r2 = q0 − q1, r3 = −q1), per column j.
-                let mut rr = [[[T::zero(); CH]; 2]; 4];
-                for j in 0..2 {
-                    for l in 0..CH {
-                        let (a, b) = (q[j][l], q[2 + j][l]);
-                        rr[0][j][l] = a;
-                        rr[1][j][l] = a + b;
-                        rr[2][j][l] = a - b;
-                        rr[3][j][l] = T::zero() - b;
-                    }
-                }
-                for (a, row) in rr.iter().enumerate() {
-                    let cols: [[T; CH]; 4] = [
-                        row[0],
-                        std::array::from_fn(|l| row[0][l] + row[1][l]),
-                        std::array::from_fn(|l| row[0][l] - row[1][l]),
-                        std::array::from_fn(|l| T::zero() - row[1][l]),
-                    ];
-                    for (b, col) in cols.iter().enumerate() {
-                        let at = ((a * 4 + b) * tb + t) * cout + c0;
-                        copy_n(&mut d[at..], col, len);
-                    }
-                }
+            while c0 < c {
+                let len = CH.min(c - c0);
+                f(ty, tx, ty * tw + tx, c0, len);
                 c0 += len;
             }
         }
@@ -360,60 +374,51 @@ fn grad_transform<T: Real>(g: &ConvGeom, dy: &[T], t0: usize, tb: usize, d: &mut
 /// V[ξ][t0 + t][·] for the tiles t of image i (V's positions `tb` tiles apart).
 fn input_transform<T: Real>(g: &ConvGeom, x: &[T], i: usize, t0: usize, tb: usize, v: &mut [T]) {
     let (h, w, cin) = (g.h, g.w, g.cin);
-    let (_, tw) = tiles(g);
     let img = &x[i * h * w * cin..(i + 1) * h * w * cin];
-    let th = g.oh.div_ceil(2);
     let zero = [T::zero(); CH];
-    for ty in 0..th {
-        for tx in 0..tw {
-            let t = t0 + ty * tw + tx;
-            let mut c0 = 0;
-            while c0 < cin {
-                let len = CH.min(cin - c0);
-                // The 4×4 patch of this channel chunk (zero outside the image).
-                let mut d = [[T::zero(); CH]; 16];
-                for r in 0..4 {
-                    let iy = (2 * ty + r) as isize - 1;
-                    for c in 0..4 {
-                        let ix = (2 * tx + c) as isize - 1;
-                        let src = if iy < 0 || iy as usize >= h || ix < 0 || ix as usize >= w {
-                            &zero[..len]
-                        } else {
-                            let s = (iy as usize * w + ix as usize) * cin + c0;
-                            &img[s..s + len]
-                        };
-                        copy_n(&mut d[r * 4 + c], src, len);
-                    }
-                }
-                // Bᵀ d: rows.
-                let mut e = [[T::zero(); CH]; 16];
-                for c in 0..4 {
-                    for l in 0..CH {
-                        let (d0, d1, d2, d3) = (d[c][l], d[4 + c][l], d[8 + c][l], d[12 + c][l]);
-                        e[c][l] = d0 - d2;
-                        e[4 + c][l] = d1 + d2;
-                        e[8 + c][l] = d2 - d1;
-                        e[12 + c][l] = d1 - d3;
-                    }
-                }
-                // (Bᵀ d) B: columns, written to the 16 positions.
-                for r in 0..4 {
-                    let row = &e[r * 4..r * 4 + 4];
-                    let cols: [[T; CH]; 4] = [
-                        std::array::from_fn(|l| row[0][l] - row[2][l]),
-                        std::array::from_fn(|l| row[1][l] + row[2][l]),
-                        std::array::from_fn(|l| row[2][l] - row[1][l]),
-                        std::array::from_fn(|l| row[1][l] - row[3][l]),
-                    ];
-                    for (c, col) in cols.iter().enumerate() {
-                        let at = ((r * 4 + c) * tb + t) * cin + c0;
-                        copy_n(&mut v[at..], col, len);
-                    }
-                }
-                c0 += len;
+    each_tile_chunk(g, cin, |ty, tx, tile, c0, len| {
+        let t = t0 + tile;
+        // The 4×4 patch of this channel chunk (zero outside the image).
+        let mut d = [[T::zero(); CH]; 16];
+        for r in 0..4 {
+            let iy = (2 * ty + r) as isize - 1;
+            for c in 0..4 {
+                let ix = (2 * tx + c) as isize - 1;
+                let src = if iy < 0 || iy as usize >= h || ix < 0 || ix as usize >= w {
+                    &zero[..len]
+                } else {
+                    let s = (iy as usize * w + ix as usize) * cin + c0;
+                    &img[s..s + len]
+                };
+                copy_n(&mut d[r * 4 + c], src, len);
             }
         }
-    }
+        // Bᵀ d: rows.
+        let mut e = [[T::zero(); CH]; 16];
+        for c in 0..4 {
+            for l in 0..CH {
+                let (d0, d1, d2, d3) = (d[c][l], d[4 + c][l], d[8 + c][l], d[12 + c][l]);
+                e[c][l] = d0 - d2;
+                e[4 + c][l] = d1 + d2;
+                e[8 + c][l] = d2 - d1;
+                e[12 + c][l] = d1 - d3;
+            }
+        }
+        // (Bᵀ d) B: columns, written to the 16 positions.
+        for r in 0..4 {
+            let row = &e[r * 4..r * 4 + 4];
+            let cols: [[T; CH]; 4] = [
+                std::array::from_fn(|l| row[0][l] - row[2][l]),
+                std::array::from_fn(|l| row[1][l] + row[2][l]),
+                std::array::from_fn(|l| row[2][l] - row[1][l]),
+                std::array::from_fn(|l| row[1][l] - row[3][l]),
+            ];
+            for (c, col) in cols.iter().enumerate() {
+                let at = ((r * 4 + c) * tb + t) * cin + c0;
+                copy_n(&mut v[at..], col, len);
+            }
+        }
+    });
 }
 
 /// dst[..len] = src[..len], with a constant length for whole chunks (a call to `memcpy` per
@@ -431,50 +436,41 @@ fn copy_n<T: Copy>(dst: &mut [T], src: &[T], len: usize) {
 /// apart).
 fn output_transform<T: Real>(g: &ConvGeom, m: &[T], t0: usize, tb: usize, y: &mut [T]) {
     let (oh, ow, cout) = (g.oh, g.ow, g.cout);
-    let (_, tw) = tiles(g);
-    let th = oh.div_ceil(2);
-    for ty in 0..th {
-        for tx in 0..tw {
-            let t = t0 + ty * tw + tx;
-            let mut c0 = 0;
-            while c0 < cout {
-                let len = CH.min(cout - c0);
-                let at = |xi: usize| &m[(xi * tb + t) * cout + c0..(xi * tb + t) * cout + c0 + len];
-                // Aᵀ M: s0 = m0 + m1 + m2, s1 = m1 − m2 − m3 along the rows, per column b.
-                let mut s = [[T::zero(); CH]; 8];
-                for b in 0..4 {
-                    let (m0, m1, m2, m3) = (at(b), at(4 + b), at(8 + b), at(12 + b));
-                    for l in 0..len {
-                        s[b][l] = m0[l] + m1[l] + m2[l];
-                        s[4 + b][l] = m1[l] - m2[l] - m3[l];
-                    }
-                }
-                for i in 0..2 {
-                    let oy = 2 * ty + i;
-                    if oy >= oh {
-                        continue;
-                    }
-                    let r = &s[i * 4..i * 4 + 4];
-                    for j in 0..2 {
-                        let ox = 2 * tx + j;
-                        if ox >= ow {
-                            continue;
-                        }
-                        let o = (oy * ow + ox) * cout + c0;
-                        let dst = &mut y[o..o + len];
-                        for (l, d) in dst.iter_mut().enumerate() {
-                            *d = if j == 0 {
-                                r[0][l] + r[1][l] + r[2][l]
-                            } else {
-                                r[1][l] - r[2][l] - r[3][l]
-                            };
-                        }
-                    }
-                }
-                c0 += len;
+    each_tile_chunk(g, cout, |ty, tx, tile, c0, len| {
+        let t = t0 + tile;
+        let at = |xi: usize| &m[(xi * tb + t) * cout + c0..(xi * tb + t) * cout + c0 + len];
+        // Aᵀ M: s0 = m0 + m1 + m2, s1 = m1 − m2 − m3 along the rows, per column b.
+        let mut s = [[T::zero(); CH]; 8];
+        for b in 0..4 {
+            let (m0, m1, m2, m3) = (at(b), at(4 + b), at(8 + b), at(12 + b));
+            for l in 0..len {
+                s[b][l] = m0[l] + m1[l] + m2[l];
+                s[4 + b][l] = m1[l] - m2[l] - m3[l];
             }
         }
-    }
+        for i in 0..2 {
+            let oy = 2 * ty + i;
+            if oy >= oh {
+                continue;
+            }
+            let r = &s[i * 4..i * 4 + 4];
+            for j in 0..2 {
+                let ox = 2 * tx + j;
+                if ox >= ow {
+                    continue;
+                }
+                let o = (oy * ow + ox) * cout + c0;
+                let dst = &mut y[o..o + len];
+                for (l, d) in dst.iter_mut().enumerate() {
+                    *d = if j == 0 {
+                        r[0][l] + r[1][l] + r[2][l]
+                    } else {
+                        r[1][l] - r[2][l] - r[3][l]
+                    };
+                }
+            }
+        }
+    });
 }
 
 #[cfg(test)]
