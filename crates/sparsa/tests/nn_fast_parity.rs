@@ -938,6 +938,27 @@ fn sparse_conv_threshold_weighs_the_wasted_positions() {
 }
 
 #[test]
+fn conv_kernels_name_what_each_layer_runs() {
+    // Conv-4: conv1 (1 → 64) and conv2 (64 → 64) on the direct kernels (im2col without
+    // AVX-512F), conv3 (64 → 128) and conv4 (128 → 128) on Winograd unless the switch is moved;
+    // at density 0.3 on 28×28 inputs every layer goes sparse (0.3 × 1.14 wasted positions <
+    // 0.45, where the sparse kernels run).
+    let direct = sparsa::nn::fast::direct::available();
+    let small = if direct { "direct" } else { "im2col" };
+    let net = Net::new(Arch::Conv4, spec(1, 28, 28), 1, DType::F32).unwrap();
+    let fast = FastNet::<f32>::from_net(&net, SgdConfig::default()).unwrap();
+    assert_eq!(fast.conv_kernels(), [small, small, "winograd", "winograd"]);
+    let fast = fast.with_winograd_above(usize::MAX);
+    assert_eq!(fast.conv_kernels(), [small, small, "im2col", "im2col"]);
+    let mut net = Net::new(Arch::Conv4, spec(1, 28, 28), 1, DType::F32).unwrap();
+    random_masks(&mut net, 0.3, 8);
+    let fast = FastNet::<f32>::from_net(&net, SgdConfig::default()).unwrap();
+    if direct {
+        assert_eq!(fast.conv_kernels(), ["sparse"; 4]);
+    }
+}
+
+#[test]
 fn pooling_kernels_match_candle() {
     let (n, h, w, c) = (2usize, 7usize, 5usize, 3usize);
     let x: Vec<f64> = uniform(n * c * h * w, 50);

@@ -60,6 +60,9 @@ pub struct BenchTimes {
     pub linear: Vec<(f64, bool)>,
     /// The same for the masked convolutions.
     pub conv: Vec<(f64, bool)>,
+    /// The kernels each convolution ran ([`FastNet::conv_kernels`]; empty on the reference
+    /// path).
+    pub conv_kernels: Vec<&'static str>,
 }
 
 /// The model pruned to `sparsity` % by global magnitude (the whole net, masks on every
@@ -136,6 +139,7 @@ pub fn time_model(
             eval,
             linear: Vec::new(),
             conv: Vec::new(),
+            conv_kernels: Vec::new(),
         });
     }
     let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default())?;
@@ -149,6 +153,7 @@ pub fn time_model(
         fast = fast.with_winograd_above(c);
     }
     let (linear, conv) = (fast.linear_densities(), fast.conv_densities());
+    let conv_kernels = fast.conv_kernels();
     fast.set_counting(Counting::Dynamic);
     let train = timed(&mut || {
         fast.train_step(&xs, &ys, 0.01)?;
@@ -165,6 +170,7 @@ pub fn time_model(
         eval,
         linear,
         conv,
+        conv_kernels,
     })
 }
 

@@ -61,6 +61,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                     "peak_rss_mb": row.rss,
                     "linear_density_sparse": row.linear,
                     "conv_density_sparse": row.conv,
+                    "conv_kernels": row.conv_kernels,
                 })
             );
             rows.push(vec![
@@ -127,6 +128,8 @@ struct BenchRow {
     linear: Vec<(f64, bool)>,
     /// The same for the masked convolutions.
     conv: Vec<(f64, bool)>,
+    /// The kernels each convolution ran (sparse, winograd, direct, pointwise, im2col).
+    conv_kernels: Vec<&'static str>,
 }
 
 fn bench_one(arch: Arch, sparsity: f64, a: &BenchArgs) -> anyhow::Result<BenchRow> {
@@ -154,5 +157,6 @@ fn bench_one(arch: Arch, sparsity: f64, a: &BenchArgs) -> anyhow::Result<BenchRo
         rss: peak_rss_mb(),
         linear: t.linear,
         conv: t.conv,
+        conv_kernels: t.conv_kernels,
     })
 }

@@ -1182,6 +1182,30 @@ impl<T: Real> FastNet<T> {
             .collect()
     }
 
+    /// The kernels each convolution runs, in layer order: "sparse" ([`sparse_conv`]), "winograd",
+    /// "direct", "pointwise" (one GEMM) or "im2col" (tiled im2col + GEMM).
+    pub fn conv_kernels(&self) -> Vec<&'static str> {
+        let mut convs = Vec::new();
+        conv_refs(&self.units, &mut convs);
+        convs
+            .iter()
+            .map(|c| {
+                let g = &c.geom;
+                if c.sparse.is_some() {
+                    "sparse"
+                } else if winograd::applies(g) {
+                    "winograd"
+                } else if direct::forward_applies::<T>(g) {
+                    "direct"
+                } else if g.pointwise() {
+                    "pointwise"
+                } else {
+                    "im2col"
+                }
+            })
+            .collect()
+    }
+
     /// How many linear and conv layers run the sparse kernels.
     pub fn sparse_layers(&self) -> usize {
         let linear = self
