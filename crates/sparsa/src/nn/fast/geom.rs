@@ -1,6 +1,9 @@
-//! The types the fused engine's kernels share: the float types it runs in and the geometry of
-//! a convolution (shapes, im2col tiling). The kernels that use them are in `kernels` (im2col +
-//! GEMM) and `direct` (AVX-512 direct convolution).
+//! What the fused engine's kernels share: the float types it runs in, the geometry of a
+//! convolution (shapes, im2col tiling), and the splitting of work into groups of images with
+//! partial sums added in group order. The kernels that use them are in `kernels` (im2col +
+//! GEMM), `direct` (AVX-512 direct convolution), `winograd` and `sparse_conv`.
+
+use rayon::prelude::*;
 
 /// The float types the engine runs in: f32 for training, f64 for gradient checks.
 /// (`zero`/`one` come from `num_traits` through `WithDType`.)
@@ -148,4 +151,20 @@ pub fn split_by<'a, T>(
         data = tail;
     }
     out
+}
+
+/// out = Σ_g parts[g] over the groups marked used, in group order (0 when none is).
+pub fn sum_parts<T: Real>(out: &mut [T], parts: &[Vec<T>], used: &[bool]) {
+    const CH: usize = 4096;
+    out.par_chunks_mut(CH).enumerate().for_each(|(ci, o)| {
+        o.fill(T::zero());
+        for (p, &u) in parts.iter().zip(used) {
+            if u {
+                let len = o.len();
+                for (a, &b) in o.iter_mut().zip(&p[ci * CH..ci * CH + len]) {
+                    *a += b;
+                }
+            }
+        }
+    });
 }

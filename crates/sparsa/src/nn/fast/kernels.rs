@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::direct;
 use super::geom::MIN_TILE_ROWS;
-pub use super::geom::{group_ranges, split_by, ConvGeom, Real};
+pub use super::geom::{group_ranges, split_by, sum_parts, ConvGeom, Real};
 use super::winograd;
 use crate::kernels::matmul::{gemm_into, Operand};
 
@@ -134,7 +134,47 @@ fn copy_small<T: Real>(dst: &mut [T], src: &[T]) {
     }
 }
 
+/// The dense kernels a convolution runs ([`ConvGeom::dense_kernel`]), in the order they are
+/// tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseKernel {
+    /// [`winograd`]: 3×3, stride 1, padding 1, more than `winograd_above` output channels.
+    Winograd,
+    /// [`super::direct`]: stride 1, at most 64 channels, f32 on AVX-512F.
+    Direct,
+    /// A 1×1 stride-1 unpadded convolution: one GEMM.
+    Pointwise,
+    /// Tiled im2col + GEMM.
+    Im2col,
+}
+
+impl DenseKernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            DenseKernel::Winograd => "winograd",
+            DenseKernel::Direct => "direct",
+            DenseKernel::Pointwise => "pointwise",
+            DenseKernel::Im2col => "im2col",
+        }
+    }
+}
+
 impl ConvGeom {
+    /// The dense kernels this convolution runs in element type T (its forward pass; the
+    /// backward pass of a direct layer falls back to im2col when its input gradient cannot run
+    /// them).
+    pub fn dense_kernel<T: Real>(&self) -> DenseKernel {
+        if winograd::applies(self) {
+            DenseKernel::Winograd
+        } else if direct::forward_applies::<T>(self) {
+            DenseKernel::Direct
+        } else if self.pointwise() {
+            DenseKernel::Pointwise
+        } else {
+            DenseKernel::Im2col
+        }
+    }
+
     /// col[(r − r0)][(ky·k + kx)·cin + ci] = x[n][oy·s + ky − p][ox·s + kx − p][ci] (0 outside),
     /// for global output rows r = (n·OH + oy)·OW + ox in [r0, r1).
     pub fn im2col<T: Real>(&self, x: &[T], r0: usize, r1: usize, col: &mut [T]) {
@@ -218,17 +258,19 @@ impl ConvGeom {
         accs: &mut [GroupAcc],
         epi: &(dyn Fn(&mut GroupAcc, usize, &mut [T]) + Sync),
     ) {
-        if winograd::applies(self) {
-            winograd::transform_weights(w, self.cout, self.cin, false, pack);
-            let f = winograd::Filters::OutMajor;
-            return winograd::forward(self, x, pack, f, y, scratch, accs, epi);
-        }
-        if direct::forward_applies::<T>(self) {
-            return self.forward_direct(x, w, y, pack, scratch, accs, epi);
+        let kernel = self.dense_kernel::<T>();
+        match kernel {
+            DenseKernel::Winograd => {
+                winograd::transform_weights(w, self.cout, self.cin, false, pack);
+                let f = winograd::Filters::OutMajor;
+                return winograd::forward(self, x, pack, f, y, scratch, accs, epi);
+            }
+            DenseKernel::Direct => return self.forward_direct(x, w, y, pack, scratch, accs, epi),
+            DenseKernel::Pointwise | DenseKernel::Im2col => {}
         }
         let (ckk, cout) = (self.ckk(), self.cout);
         let y = &mut y[..self.out_len()];
-        if self.pointwise() {
+        if kernel == DenseKernel::Pointwise {
             let threads = rayon::current_num_threads();
             gemm_into(
                 y,
@@ -299,9 +341,10 @@ impl ConvGeom {
         scratch: &mut [Vec<T>],
         dw_parts: &mut [Vec<T>],
     ) {
-        if winograd::applies(self) {
+        let kernel = self.dense_kernel::<T>();
+        if kernel == DenseKernel::Winograd {
             // dW by Winograd; dx = dy convolved with the flipped filters, by Winograd too.
-            winograd::weight_grad(self, x, dy, dw, scratch, dw_parts);
+            winograd::weight_grad(self, x, dy, dw, pack, scratch, dw_parts);
             let Some(dx) = dx else { return };
             let gt = ConvGeom {
                 h: self.oh,
@@ -318,14 +361,13 @@ impl ConvGeom {
             winograd::forward(&gt, dy, pack, f, dx, scratch, &mut groups, &|_, _, _| {});
             return;
         }
-        if direct::forward_applies::<T>(self)
-            && (dx.is_none() || direct::input_grad_applies::<T>(self))
+        if kernel == DenseKernel::Direct && (dx.is_none() || direct::input_grad_applies::<T>(self))
         {
             return self.backward_direct(x, w, dy, dw, dx, pack, scratch, dw_parts);
         }
         let (ckk, cout) = (self.ckk(), self.cout);
         let rows = self.rows();
-        if self.pointwise() {
+        if kernel == DenseKernel::Pointwise {
             let threads = rayon::current_num_threads();
             gemm_into(
                 dw,
@@ -525,22 +567,6 @@ impl ConvGeom {
         }
         direct::unpack_weight_grad(&first[..wlen], cout, cin, k, dw);
     }
-}
-
-/// out = Σ_g parts[g] over the groups marked used, in group order (0 when none is).
-pub fn sum_parts<T: Real>(out: &mut [T], parts: &[Vec<T>], used: &[bool]) {
-    const CH: usize = 4096;
-    out.par_chunks_mut(CH).enumerate().for_each(|(ci, o)| {
-        o.fill(T::zero());
-        for (p, &u) in parts.iter().zip(used) {
-            if u {
-                let len = o.len();
-                for (a, &b) in o.iter_mut().zip(&p[ci * CH..ci * CH + len]) {
-                    *a += b;
-                }
-            }
-        }
-    });
 }
 
 /// Rows summed in the working precision before a block's partial is added to the f64 total

@@ -1189,19 +1189,9 @@ impl<T: Real> FastNet<T> {
         conv_refs(&self.units, &mut convs);
         convs
             .iter()
-            .map(|c| {
-                let g = &c.geom;
-                if c.sparse.is_some() {
-                    "sparse"
-                } else if winograd::applies(g) {
-                    "winograd"
-                } else if direct::forward_applies::<T>(g) {
-                    "direct"
-                } else if g.pointwise() {
-                    "pointwise"
-                } else {
-                    "im2col"
-                }
+            .map(|c| match c.sparse {
+                Some(_) => "sparse",
+                None => c.geom.dense_kernel::<T>().name(),
             })
             .collect()
     }

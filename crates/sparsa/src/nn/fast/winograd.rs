@@ -34,7 +34,7 @@
 use rayon::prelude::*;
 
 pub use super::geom::WINOGRAD_ABOVE;
-use super::geom::{group_ranges, split_by, ConvGeom, Real};
+use super::geom::{group_ranges, split_by, sum_parts, ConvGeom, Real};
 use crate::kernels::matmul::{gemm_into, Operand};
 
 /// Whether `g` runs the Winograd kernels (its forward pass and input gradient).
@@ -229,12 +229,13 @@ pub fn forward<T: Real, S: Send>(
 /// `D_t = A dy_t Aᵀ` (the 2×2 output gradient of tile t spread onto the 16 positions; outputs
 /// past an odd edge do not exist and count 0), then `dW[co][·][·][ci] = Gᵀ dU[co][ci] G`.
 /// Each group of images sums into its own `parts` entry (16·cout·cin); the partials are added
-/// in group order, so the result depends only on the thread count.
+/// in group order into `du`, so the result depends only on the thread count.
 pub fn weight_grad<T: Real>(
     g: &ConvGeom,
     x: &[T],
     dy: &[T],
     dw: &mut [T],
+    du: &mut Vec<T>,
     scratch: &mut [Vec<T>],
     parts: &mut [Vec<T>],
 ) {
@@ -274,38 +275,31 @@ pub fn weight_grad<T: Real>(
             });
         });
     // Partials in group order, then dW = Gᵀ dU G per (co, ci), parallel over output channels.
-    let (first, rest) = parts.split_first_mut().expect("at least one group");
-    first[..plen]
-        .par_chunks_mut(4096)
-        .enumerate()
-        .for_each(|(c, o)| {
-            for p in rest.iter() {
-                for (a, &b) in o.iter_mut().zip(&p[c * 4096..]) {
-                    *a += b;
-                }
-            }
-        });
-    let du = &first[..plen];
+    du.resize(plen, T::zero());
+    sum_parts(du, parts, &vec![true; parts.len()]);
+    let du = &du[..];
     let half = T::from_f64(0.5);
+    // Gᵀ applied to four values along one axis: the three taps' sums.
+    let gt = |x: [T; 4]| {
+        [
+            x[0] + half * (x[1] + x[2]),
+            half * (x[1] - x[2]),
+            half * (x[1] + x[2]) + x[3],
+        ]
+    };
     dw.par_chunks_mut(9 * cin)
         .enumerate()
         .for_each(|(co, dwc)| {
             let at = |a: usize, b: usize, ci: usize| du[((a * 4 + b) * cout + co) * cin + ci];
             for ci in 0..cin {
-                // Gᵀ X G with G's columns (taps): tap 0 = X0 + ½(X1 + X2), tap 1 = ½(X1 − X2),
-                // tap 2 = ½(X1 + X2) + X3, applied to rows then columns.
-                let mut r = [[T::zero(); 4]; 3];
-                for b in 0..4 {
-                    let (x0, x1, x2, x3) = (at(0, b, ci), at(1, b, ci), at(2, b, ci), at(3, b, ci));
-                    r[0][b] = x0 + half * (x1 + x2);
-                    r[1][b] = half * (x1 - x2);
-                    r[2][b] = half * (x1 + x2) + x3;
-                }
-                for (ky, row) in r.iter().enumerate() {
-                    let [x0, x1, x2, x3] = *row;
-                    dwc[(ky * 3) * cin + ci] = x0 + half * (x1 + x2);
-                    dwc[(ky * 3 + 1) * cin + ci] = half * (x1 - x2);
-                    dwc[(ky * 3 + 2) * cin + ci] = half * (x1 + x2) + x3;
+                // Rows (the four positions a of each column b), then columns.
+                let cols: [[T; 3]; 4] =
+                    std::array::from_fn(|b| gt(std::array::from_fn(|a| at(a, b, ci))));
+                for ky in 0..3 {
+                    let taps = gt(std::array::from_fn(|b| cols[b][ky]));
+                    for (kx, v) in taps.into_iter().enumerate() {
+                        dwc[(ky * 3 + kx) * cin + ci] = v;
+                    }
                 }
             }
         });
@@ -589,7 +583,8 @@ mod tests {
                 let mut dw = vec![f64::NAN; want.len()];
                 let mut scratch = vec![Vec::new(); groups];
                 let mut parts = vec![vec![f64::NAN; 5]; groups];
-                weight_grad(&g, &x, &dy, &mut dw, &mut scratch, &mut parts);
+                let mut du = vec![f64::NAN; 3];
+                weight_grad(&g, &x, &dy, &mut dw, &mut du, &mut scratch, &mut parts);
                 for (a, b) in dw.iter().zip(&want) {
                     assert!((a - b).abs() < 1e-9, "{n}×{h}×{w}×{cin}→{cout}: {a} vs {b}");
                 }
