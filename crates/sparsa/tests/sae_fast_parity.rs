@@ -14,7 +14,7 @@ use sparsa::data::synthetic::{SyntheticConfig, SyntheticSource};
 use sparsa::sae::allocation::{self, AllocInput, Matching};
 use sparsa::sae::config::{AuxNorm, RunConfig};
 use sparsa::sae::fast::{AuxSpec, FastStep};
-use sparsa::sae::loss::aux_select;
+use sparsa::sae::loss::{aux_select, DEAD_FIRST};
 use sparsa::sae::params::SaeParams;
 use sparsa::sae::reference::{self, AuxTerm, Selections};
 use sparsa::sae::train::Trainer;
@@ -448,6 +448,141 @@ fn gradients_match_reference_on_short_rows_and_columns() {
                     }
                 }
             }
+        }
+    });
+}
+
+/// The batch rules with few eligible features (at most a quarter: the selector's compact route,
+/// as aux_k late in training and aux_zipf in the benchmark): the fast step's auxiliary matching
+/// equals a brute-force selection on A (not the library's selector), and its losses and
+/// gradients equal the reference step's; with and without skipping the main matches (some
+/// eligible features are main matches too), with graded and with dead-first (tiered)
+/// eligibilities; Mutual Choice with and without a token cap (B 512: its sampled route).
+#[test]
+fn batch_rules_with_few_eligible_features_match_a_brute_force_selection() {
+    const BIG: usize = 512;
+    let grid = [
+        ("mutual_choice", 0.0),
+        ("mutual_choice", 2.0),
+        ("feature_choice", 0.0),
+    ]
+    .into_iter()
+    .flat_map(|r| [(false, false), (true, false), (true, true)].map(move |s| (r, s)));
+    cases::each(grid, |&((arch, cap), (exclude, tiered))| {
+        let what = format!("{arch} cap {cap} exclude {exclude} tiered {tiered}");
+        let mut c = cfg(arch, "none", false);
+        c.sae.token_cap = cap;
+        let alloc = allocation::build(&c.sae, None).unwrap();
+        let (t, _) = trainers(arch, "none");
+        let mut p = t.params.clone();
+        // Some eligible features fire often, so that the main matching takes them too.
+        for j in (3..F).step_by(24) {
+            p.b_enc[j] += 1.0;
+        }
+        let mut x = vec![0f32; BIG * D];
+        source().next_batch(&mut x).unwrap();
+        x.iter_mut().for_each(|v| *v *= t.scale);
+        let density: Vec<f32> = (0..F).map(|j| 1.0 / (1.0 + j as f32)).collect();
+        // Every 8th feature eligible (F/8 ≤ F/4: the compact route), some of them dead-first.
+        let u: Vec<f32> = (0..F)
+            .map(|j| match j % 8 {
+                3 if tiered && j % 16 == 3 => DEAD_FIRST,
+                3 => 0.25 + (j % 5) as f32 / 8.0,
+                _ => 0.0,
+            })
+            .collect();
+        let k_aux = 5;
+        let spec = AuxSpec {
+            u: &u,
+            k_aux,
+            coeff: 1.0 / 32.0,
+            norm: AuxNorm::Nmse,
+            exclude_matched: exclude,
+        };
+        let mut fs = FastStep::new();
+        let lf = fs
+            .forward_backward(&p, &x, BIG, alloc.as_ref(), &density, 0, Some(spec))
+            .unwrap();
+        let gf = fs.dense_grads();
+        assert!(fs.aux_active(), "{what}: no auxiliary pair");
+        let both = fs.main.cols.iter().filter(|&&j| j % 8 == 3).count();
+        assert!(both > 0, "{what}: no eligible feature in the main matching");
+        let select = |a: &[f32]| {
+            let mut main = Matching::default();
+            let input = AllocInput {
+                a,
+                b: BIG,
+                f: F,
+                density: &density,
+                step: 0,
+            };
+            alloc.select(&input, &mut main);
+            // The auxiliary matching by brute force (not the library's selector): per token,
+            // eligible positive entries off its main matches, dead-first ones (ranked by a_ij)
+            // before the others (ranked by u_j·a_ij), ties to the lower index.
+            let rows: Vec<Vec<u32>> = (0..BIG)
+                .map(|i| {
+                    let row = &a[i * F..(i + 1) * F];
+                    let mut c: Vec<(bool, f32, u32)> = (0..F)
+                        .filter(|&j| u[j] > 0.0 && row[j] > 0.0)
+                        .filter(|&j| !(exclude && main.row(i).contains(&(j as u32))))
+                        .map(|j| {
+                            (
+                                u[j] > 1.0,
+                                if u[j] > 1.0 { row[j] } else { row[j] * u[j] },
+                                j as u32,
+                            )
+                        })
+                        .collect();
+                    c.sort_by(|x, y| y.0.cmp(&x.0).then(y.1.total_cmp(&x.1)).then(x.2.cmp(&y.2)));
+                    let mut r: Vec<u32> = c.iter().take(k_aux).map(|e| e.2).collect();
+                    r.sort_unstable();
+                    r
+                })
+                .collect();
+            let mut m = Matching::default();
+            m.from_rows(F, &rows);
+            Selections { main, aux: Some(m) }
+        };
+        let term = AuxTerm {
+            coeff: 1.0 / 32.0,
+            norm: AuxNorm::Nmse,
+            residual: None,
+        };
+        let (lr, gr, sel, _) = reference::forward_backward(
+            &p,
+            &x,
+            BIG,
+            candle_core::DType::F32,
+            Some(term),
+            true,
+            select,
+        )
+        .unwrap();
+        let mut gr = gr.unwrap();
+        sparsa::sae::optim::project_decoder_grad(&p.w_dec, &mut gr.w_dec, D);
+        assert_eq!(sel.main, fs.main, "{what}");
+        assert_eq!(
+            sel.aux.as_ref(),
+            Some(&fs.aux),
+            "{what}: auxiliary matching"
+        );
+        if tiered {
+            // The dead-first features are served first wherever they are positive.
+            let served = fs.aux.cols.iter().filter(|&&j| j % 16 == 3).count();
+            assert!(served > 0, "{what}: no dead-first feature served");
+        }
+        for (name, a, b) in [("aux", lf.aux, lr.aux), ("total", lf.total, lr.total)] {
+            assert!(rel_scalar(a, b) <= 1e-5, "{what}: {name} {a} vs {b}");
+        }
+        for (name, a, b) in [
+            ("W_enc", &gf.w_enc, &gr.w_enc),
+            ("b_enc", &gf.b_enc, &gr.b_enc),
+            ("W_dec", &gf.w_dec, &gr.w_dec),
+            ("b_dec", &gf.b_dec, &gr.b_dec),
+        ] {
+            let r = rel(a, b);
+            assert!(r <= 1e-5, "{what}: grad {name} differs by {r:e}");
         }
     });
 }

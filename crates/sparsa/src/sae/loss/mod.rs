@@ -307,11 +307,18 @@ mod tests {
             main.from_rows(f, &main_rows);
             for exclude in [None, Some(&main)] {
                 let (mut x, mut y) = (Matching::default(), Matching::default());
-                aux_select_with(&a, b, f, &u, 9, exclude, Some(true), &mut x, None);
-                aux_select_with(&a, b, f, &u, 9, exclude, Some(false), &mut y, None);
+                let (mut vx, mut vy) = (Vec::new(), Vec::new());
+                aux_select_with(&a, b, f, &u, 9, exclude, Some(true), &mut x, Some(&mut vx));
+                aux_select_with(&a, b, f, &u, 9, exclude, Some(false), &mut y, Some(&mut vy));
                 for i in 0..b {
                     assert_eq!(x.row(i), y.row(i), "trial {trial} row {i}");
                 }
+                assert_eq!(vx, vy, "trial {trial}: selected values");
+                let a = &a;
+                let want: Vec<f32> = (0..b)
+                    .flat_map(|i| y.row(i).iter().map(move |&j| a[i * f + j as usize]))
+                    .collect();
+                assert_eq!(vy, want, "trial {trial}: values are the selected a_ij");
                 assert!(y.nnz() > 0, "trial {trial}: nothing selected");
             }
         }
