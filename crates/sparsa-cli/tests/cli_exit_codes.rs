@@ -181,6 +181,26 @@ fn each_kind_of_failure_has_its_code() {
             2,
             "bogus",
         ),
+        (
+            "bench prune by SNIP (needs training batches)",
+            &["bench", "prune", "--arch", "conv-4", "--method", "snip"],
+            2,
+            "snip needs training batches",
+        ),
+        (
+            "bench prune: LAMP per layer",
+            &[
+                "bench", "prune", "--arch", "conv-4", "--method", "lamp", "--scope", "layer",
+            ],
+            2,
+            "lamp is a global method",
+        ),
+        (
+            "bench prune: unknown scope",
+            &["bench", "prune", "--scope", "net"],
+            2,
+            "give global or layer",
+        ),
         ("unknown asset (usage)", &["fetch", "bogus"], 2, "bogus"),
         (
             "no candidates (usage)",

@@ -18,8 +18,8 @@ pub enum BenchCommand {
     Sae(sae::SaeBenchArgs),
     /// Language-model forward speed (tokens/s) on corpus text, full model and up to a hook.
     Lm(lm::BenchArgs),
-    /// Image classifiers: training and evaluation images/s and peak RSS per model and global
-    /// magnitude sparsity, on random inputs of the model's usual shape (28×28×1 for LeNet and
+    /// Image classifiers: training and evaluation images/s and peak RSS per model and sparsity
+    /// (pruned at initialisation, global magnitude by default), on random inputs of the model's usual shape (28×28×1 for LeNet and
     /// Conv-2/4/6, 32×32×3 for ResNet and VGG). One JSON line per row, then a table; compare
     /// with `bench/torch_cnn.py` run alternately in the same sitting.
     Prune(prune::BenchArgs),

@@ -1,9 +1,12 @@
 //! `sparsa bench prune`: image classifiers' training and evaluation images/s and peak RSS per
-//! model and global magnitude sparsity (the timing loop is `sparsa::prune::bench`).
+//! model and sparsity, pruned at initialisation by global magnitude unless `--method` /
+//! `--scope` say otherwise (the timing loop is `sparsa::prune::bench`).
 
 use crate::ui;
 use anyhow::Context;
 use sparsa::nn::models::Arch;
+use sparsa::prune::bench::BenchPruning;
+use sparsa::prune::method::{Method, Scope};
 use sparsa::util::bench::{median, peak_rss_mb, reset_peak_rss};
 
 /// `--arch` entries, parsed by the library's `Arch: FromStr` (for clap's value_parser).
@@ -11,6 +14,29 @@ fn parse_arch(s: &str) -> Result<Arch, String> {
     s.trim()
         .parse()
         .map_err(|e: sparsa::nn::NnError| e.to_string())
+}
+
+/// `--method`: the pruning methods the benchmark can run at initialisation (SNIP needs training
+/// batches).
+fn parse_method(s: &str) -> Result<Method, String> {
+    match s.trim() {
+        "magnitude" => Ok(Method::Magnitude),
+        "lamp" => Ok(Method::Lamp),
+        "random" => Ok(Method::Random),
+        "synflow" => Ok(Method::Synflow),
+        other => Err(format!(
+            "`{other}`: the benchmark prunes by magnitude, lamp, random or synflow (snip needs training batches)"
+        )),
+    }
+}
+
+/// `--scope`: global or layer.
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    match s.trim() {
+        "global" => Ok(Scope::Global),
+        "layer" => Ok(Scope::Layer),
+        other => Err(format!("`{other}`: give global or layer")),
+    }
 }
 
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
@@ -22,6 +48,18 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if let Some(bad) = a.sparsity.iter().find(|s| !(0.0..100.0).contains(*s)) {
         return Err(ui::Usage(format!("--sparsity {bad}: give percentages in [0, 100)")).into());
     }
+    if a.scope == Scope::Layer && !a.method.allows_layer_scope() {
+        return Err(ui::Usage(format!(
+            "--scope layer: {} is a global method; a per-layer scope takes magnitude or random",
+            a.method.name()
+        ))
+        .into());
+    }
+    let scope = match a.scope {
+        Scope::Global => "global",
+        Scope::Layer => "layer",
+    };
+    let pruning = format!("{} {scope}", a.method.name());
     let threads = if a.threads == 0 {
         rayon::current_num_threads()
     } else {
@@ -37,7 +75,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         "fused"
     };
     eprintln!(
-        "engine: {engine}, batch {}, {threads} threads, {} timed steps (median)",
+        "engine: {engine}, batch {}, {threads} threads, {} timed steps (median), pruned by {pruning} at initialisation",
         a.batch, a.steps
     );
     let mut rows = vec![vec![
@@ -57,7 +95,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 serde_json::json!({
                     "impl": if a.reference { "sparsa-reference" } else { "sparsa" },
                     "model": arch.name(), "batch": a.batch, "threads": threads,
-                    "sparsity": sp, "train_img_s": row.train, "eval_img_s": row.eval,
+                    "sparsity": sp, "method": a.method.name(), "scope": scope,
+                    "train_img_s": row.train, "eval_img_s": row.eval,
                     "peak_rss_mb": row.rss,
                     "linear_density_sparse": row.linear,
                     "conv_density_sparse": row.conv,
@@ -68,7 +107,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 arch.name().to_string(),
                 row.input,
                 row.params.to_string(),
-                format!("{sp:.0} %"),
+                format!("{sp:.0} % {pruning}"),
                 format!("{:.0}", row.train),
                 format!("{:.0}", row.eval),
                 row.rss
@@ -94,9 +133,16 @@ pub struct BenchArgs {
     /// the median step.
     #[arg(long, default_value_t = 10, value_parser = ui::positive)]
     steps: usize,
-    /// Global magnitude sparsities to measure, in percent (comma separated).
+    /// Sparsities to measure, in percent (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "0,90,98")]
     sparsity: Vec<f64>,
+    /// Pruning method at initialisation: magnitude, lamp, random or synflow (100 iterations).
+    #[arg(long, default_value = "magnitude", value_parser = parse_method)]
+    method: Method,
+    /// `global`: one threshold for the whole net (the sparsity's distribution over the layers
+    /// is the method's); `layer`: every layer pruned to the sparsity (magnitude or random).
+    #[arg(long, default_value = "global", value_parser = parse_scope)]
+    scope: Scope,
     /// Threads (0: rayon's default, all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -145,6 +191,10 @@ fn bench_one(arch: Arch, sparsity: f64, a: &BenchArgs) -> anyhow::Result<BenchRo
         sparse_below: a.sparse_below,
         sparse_conv_below: a.sparse_conv_below,
         winograd_above: a.winograd_above,
+        pruning: BenchPruning {
+            method: a.method,
+            scope: a.scope,
+        },
     };
     let t = time_model(arch, sparsity, spec, &|| bar.inc(1))?;
     bar.finish();
