@@ -655,7 +655,7 @@ fn direct_conv_kernels_match_the_im2col_path() {
     // channel counts below and between multiples of 16 (masked lanes, LeNet-5's 1→6 and 6→16
     // 5×5 layers), padding 0, 1 and 2, the widest direct layer.
     let cases = [
-        (3usize, 7usize, 9usize, 3usize, 16usize, 3usize, 1usize),
+        (3, 7, 9, 3, 16, 3, 1),
         (2, 8, 19, 16, 16, 3, 1),
         (2, 5, 11, 32, 32, 3, 1),
         (3, 6, 6, 48, 48, 3, 1),
@@ -733,9 +733,15 @@ fn sparse_conv_kernels_match_the_im2col_path() {
     // (n, h, w, cin, cout, k, pad): 1×1; 3×3 with padding 0, 1 and 2 (output wider than the
     // input); 5×5; rows narrower and wider than a vector (the thrown-away columns and the tail
     // of the 8-vector blocks); channel counts past 64 and not multiples of 16 (the transposes'
-    // masked edges); one image and more images than groups.
+    // masked edges); one image and more images than groups; batches that fill several sets of
+    // planes of images side by side, with images left over for the one-image planes at every
+    // thread count (4×4 and 2×2 maps: 8 images a set; 7×9 with padding 0: its own count).
     let cases = [
-        (3usize, 7usize, 9usize, 3usize, 16usize, 3usize, 1usize),
+        (19usize, 4usize, 4usize, 8usize, 16usize, 3usize, 1usize),
+        (21, 2, 2, 24, 8, 3, 1),
+        (11, 7, 9, 5, 12, 3, 0),
+        (13, 6, 5, 6, 16, 5, 2),
+        (3, 7, 9, 3, 16, 3, 1),
         (2, 14, 14, 64, 80, 3, 1),
         (2, 28, 28, 17, 5, 3, 1),
         (1, 5, 11, 32, 33, 3, 0),
@@ -782,6 +788,7 @@ fn sparse_conv_kernels_match_the_im2col_path() {
                 .unwrap();
             let mut sc = SparseConv::new(&g, &mask);
             assert_eq!(sc.nnz(), mask.iter().filter(|&&m| m != 0.0).count());
+            assert_eq!(sc.images_per_planes(), sparse_conv::images_per_planes(&g));
             let (mut y, mut dx, mut dw) = (
                 vec![f32::NAN; g.out_len()],
                 vec![f32::NAN; g.in_len()],
@@ -911,15 +918,26 @@ fn max_pool_kernel_equals_the_portable_loop() {
 /// positions the kernels compute per output (1.14 on 28×28 maps, 1.5 on 32×32, 4 on 4×4).
 #[test]
 fn sparse_conv_threshold_weighs_the_wasted_positions() {
-    use sparsa::nn::fast::sparse_conv::waste;
+    use sparsa::nn::fast::sparse_conv::{images_per_planes, waste};
     let g = |h: usize, k: usize, pad: usize| ConvGeom::new(1, h, h, 8, 8, k, 1, pad).unwrap();
-    for (geom, w) in [
-        (g(28, 3, 1), 896.0 / 784.0),
-        (g(32, 3, 1), 1.5),
-        (g(4, 3, 1), 4.0),
-        (g(14, 1, 0), 224.0 / 196.0),
+    // Images side by side: each takes w + 2·pad columns of a row padded to whole vectors.
+    for (geom, n, w) in [
+        // Rows of at most 128 floats: 28×28 stays alone (4 images: 120 → 128, no better).
+        (g(28, 3, 1), 1, 32.0 / 28.0),
+        (g(32, 3, 1), 3, 112.0 / 96.0),
+        (g(16, 3, 1), 7, 128.0 / 112.0),
+        (g(14, 3, 1), 1, 16.0 / 14.0),
+        (g(8, 3, 1), 8, 10.0 / 8.0),
+        (g(4, 3, 1), 8, 1.5),
+        (g(2, 3, 1), 4, 2.0),
+        (g(14, 1, 0), 8, 1.0),
     ] {
-        assert!((waste(&geom) - w).abs() < 1e-12, "{geom:?}");
+        assert_eq!(images_per_planes(&geom), n, "{geom:?}");
+        assert!(
+            (waste(&geom) - w).abs() < 1e-12,
+            "{geom:?}: {}",
+            waste(&geom)
+        );
     }
     if !sparsa::nn::fast::direct::available() {
         return;

@@ -21,6 +21,14 @@
 //!   columns), eight entries at a time sharing each dy load; 0 off the support (masked SGD
 //!   updates the support only, [`super::FastNet`]'s `Slot::support`).
 //!
+//! Small maps waste most: a 4×4 output row padded to 16 floats computes 4 positions per valid
+//! one. So several images sit side by side in one set of planes (each image `w + 2·pad` columns,
+//! the row padded to whole cache lines once for all of them): the columns a window straddling two
+//! images computes are thrown away like the row's tail, and the waste falls to (w + 2·pad)/w
+//! (4×4: 4 → 1.5; 16×16: 2 → 1.14; 32×32: 1.5 → 1.17; rows stay within [`MAX_ROW`]). A layer
+//! keeps two layouts: the one-image planes for the
+//! images left over, and planes of [`images_per_planes`] images for the rest of each group.
+//!
 //! Exactness: the same sums as the dense kernels in another order, so results agree to float
 //! rounding (tested against the dense path at densities 0–100 %). Sums are in a fixed order for a
 //! given shape and thread count, so runs stay bit-reproducible.
@@ -37,19 +45,53 @@ pub fn applies<T: Real>(g: &ConvGeom) -> bool {
     T::as_f32(&[]).is_some() && direct::available() && g.stride == 1 && g.pad < g.k
 }
 
-/// Output positions the kernels compute per valid output of `g` (≥ 1): rows padded to whole
-/// cache lines and the thrown-away columns cost as much as real outputs (1.14 for 28×28 and
-/// 14×14 maps, 1.5 for 32×32, 2 for 16×16 and 8×8, 4 for 4×4).
+/// Output positions the kernels compute per valid output of `g` (≥ 1) on the planes most of a
+/// batch runs on ([`images_per_planes`] images side by side): rows padded to whole cache lines
+/// and the thrown-away columns cost as much as real outputs (with padding 1: 1.14 for 28×28,
+/// 14×14 and 16×16, 1.17 for 32×32, 1.25 for 8×8, 1.5 for 4×4, 2 for 2×2 maps).
 pub fn waste(g: &ConvGeom) -> f64 {
-    let p = Planes::new(g.h, g.w, g.cin, g.pad, g.k);
-    (16 * p.qv) as f64 / g.ohw().max(1) as f64
+    let n = images_per_planes(g);
+    let p = Planes::new(g.h, g.w, g.cin, g.pad, g.k, n);
+    (16 * p.qv) as f64 / (n * g.ohw()).max(1) as f64
 }
 
-/// Zero-bordered channel planes of one image: `c` planes of `hp × wp` (the input padded by
-/// `pad`, rows padded on the right to a multiple of 16 floats so that every row starts on a cache
-/// line), read by a k×k window into `rows × cols` outputs at positions `q = oy·wp + ox`, `qv`
+/// Images side by side in one set of planes, at most.
+pub const MAX_IMAGES: usize = 8;
+
+/// Floats a row of images side by side may take. A register block's reads span its positions
+/// and k − 1 rows more, so wide rows fill L1 with fewer channels per chunk: with 8 images of
+/// 28×28 (rows of 240) Conv-4 and Conv-6 trained 15–25 % slower at 95 % sparsity than with one
+/// image (rows of 32), while the small maps of VGG gained. Project choice, measured
+/// (docs/pruning.md, "Images side by side").
+pub const MAX_ROW: usize = 128;
+
+/// Images per set of planes for a batch of `g`'s shape: the count up to [`MAX_IMAGES`] whose
+/// images fit in a row of [`MAX_ROW`] floats with the fewest computed positions per valid
+/// output, the smallest on ties (1 for 28×28 and 14×14 maps; 3 for 32×32, 7 for 16×16, 8 for
+/// 8×8 and 4×4).
+pub fn images_per_planes(g: &ConvGeom) -> usize {
+    let cost = |n: usize| {
+        let p = Planes::new(g.h, g.w, 1, g.pad, g.k, n);
+        // Compared as exact fractions: 16·qv(n)·best_n against 16·qv(best)·n.
+        16 * p.qv
+    };
+    let wi = g.w + 2 * g.pad;
+    let mut best = 1;
+    for n in (2..=MAX_IMAGES).take_while(|&n| n * wi <= MAX_ROW) {
+        if cost(n) * best < cost(best) * n {
+            best = n;
+        }
+    }
+    best
+}
+
+/// Zero-bordered channel planes of `n` images side by side: `c` planes of `hp × wp` (each image
+/// padded by `pad` takes `wi = w + 2·pad` columns, image m from column m·wi; rows padded on the
+/// right to a multiple of 16 floats so that every row starts on a cache line), read by a k×k
+/// window into `rows × cols` outputs per image at positions `q = oy·wp + m·wi + ox`, `qv`
 /// vectors of 16 per output plane. The planes are stored k times, copy `kx` shifted left by kx
 /// floats, so the read of tap (ky, kx) at q is the aligned `copy[kx][ci·plane + ky·wp + q]`.
+/// A window at an output column ox < cols reads only its own image's columns.
 #[derive(Debug, Clone, Copy)]
 struct Planes {
     h: usize,
@@ -57,6 +99,8 @@ struct Planes {
     c: usize,
     k: usize,
     pad: usize,
+    n: usize,
+    wi: usize,
     wp: usize,
     plane: usize,
     rows: usize,
@@ -68,8 +112,9 @@ struct Planes {
 }
 
 impl Planes {
-    fn new(h: usize, w: usize, c: usize, pad: usize, k: usize) -> Planes {
-        let (hp, wp) = (h + 2 * pad, (w + 2 * pad).div_ceil(16) * 16);
+    fn new(h: usize, w: usize, c: usize, pad: usize, k: usize, n: usize) -> Planes {
+        let (hp, wi) = (h + 2 * pad, w + 2 * pad);
+        let wp = (n * wi).div_ceil(16) * 16;
         let rows = hp + 1 - k;
         let qv = (rows * wp).div_ceil(16);
         // The furthest read of a plane is 16·qv + (k − 1)·wp = plane floats past its start
@@ -81,10 +126,12 @@ impl Planes {
             c,
             k,
             pad,
+            n,
+            wi,
             wp,
             plane,
             rows,
-            cols: w + 2 * pad + 1 - k,
+            cols: wi + 1 - k,
             qv,
             copy: c * plane + 16,
         }
@@ -114,25 +161,64 @@ impl Planes {
     fn out_plane(&self) -> usize {
         16 * self.qv
     }
-    /// Copy one NHWC image (h, w, c) into the planes' interiors, then make the shifted copies
+    /// Copy `n` NHWC images (h, w, c) into the planes' interiors, then make the shifted copies
     /// (the borders stay as they are: zero from the buffer's allocation).
     fn fill(&self, src: &[f32], dst: &mut [f32]) {
         let (w, c, wp) = (self.w, self.c, self.wp);
-        for y in 0..self.h {
-            let o = (y + self.pad) * wp + self.pad;
-            let done = direct::transpose_strided_f32(
-                &src[y * w * c..(y + 1) * w * c],
-                c,
-                w,
-                c,
-                &mut dst[o..],
-                self.plane,
-            );
-            debug_assert!(done);
+        let img = self.h * w * c;
+        debug_assert_eq!(src.len(), self.n * img);
+        for (m, src) in src.chunks_exact(img).enumerate() {
+            for y in 0..self.h {
+                let o = (y + self.pad) * wp + m * self.wi + self.pad;
+                let done = direct::transpose_strided_f32(
+                    &src[y * w * c..(y + 1) * w * c],
+                    c,
+                    w,
+                    c,
+                    &mut dst[o..],
+                    self.plane,
+                );
+                debug_assert!(done);
+            }
         }
         let (first, rest) = dst[..self.in_len()].split_at_mut(self.copy);
         for (kx, d) in (1..self.k).zip(rest.chunks_exact_mut(self.copy)) {
             d[..self.copy - kx].copy_from_slice(&first[kx..]);
+        }
+    }
+    /// `n` NHWC images (rows, cols, c) into output-shaped planes (`c` planes of
+    /// [`Planes::out_plane`], row stride wp; the thrown-away columns are left as they are).
+    fn fill_out(&self, src: &[f32], c: usize, dst: &mut [f32]) {
+        let img = self.rows * self.cols * c;
+        for (m, src) in src.chunks_exact(img).enumerate() {
+            for oy in 0..self.rows {
+                let done = direct::transpose_strided_f32(
+                    &src[oy * self.cols * c..(oy + 1) * self.cols * c],
+                    c,
+                    self.cols,
+                    c,
+                    &mut dst[oy * self.wp + m * self.wi..],
+                    self.out_plane(),
+                );
+                debug_assert!(done);
+            }
+        }
+    }
+    /// Output planes (`c` planes of [`Planes::out_plane`]) → `n` NHWC images (rows, cols, c).
+    fn unplane(&self, yp: &[f32], c: usize, y: &mut [f32]) {
+        let img = self.rows * self.cols * c;
+        for (m, y) in y.chunks_exact_mut(img).enumerate() {
+            for oy in 0..self.rows {
+                let done = direct::transpose_strided_f32(
+                    &yp[oy * self.wp + m * self.wi..],
+                    self.out_plane(),
+                    c,
+                    self.cols,
+                    &mut y[oy * self.cols * c..(oy + 1) * self.cols * c],
+                    c,
+                );
+                debug_assert!(done);
+            }
         }
     }
 }
@@ -199,10 +285,11 @@ impl Entries {
     }
 }
 
-/// One group's buffers, zeroed whenever their length changes (the first pass): only plane
-/// interiors are written afterwards, so the borders and thrown-away columns the kernels read
-/// stay 0. They live as long as the layer (per group: the k input copies, the output planes
-/// and the output gradient's planes, ≈ 0.7 MB for 16 channels at 32×32).
+/// One group's buffers for one layout, zeroed whenever their length changes (the first pass):
+/// only plane interiors are written afterwards, so the borders and thrown-away columns the
+/// kernels read stay 0. They live as long as the layer (per group and layout: the k input
+/// copies, the output planes and the output gradient's planes, ≈ 0.7 MB for 16 channels at
+/// 32×32 and one image).
 #[derive(Debug, Default)]
 struct Buf {
     /// Input planes (forward and weight gradient).
@@ -219,12 +306,9 @@ struct Buf {
     gacc: Vec<f32>,
 }
 
-/// A masked convolution running the sparse kernels (built from its mask, fixed for the
-/// engine's lifetime; weights are re-gathered at every pass).
+/// The kept weights' entries for planes of `fp.n` images.
 #[derive(Debug)]
-pub struct SparseConv {
-    /// The layer's geometry (any batch size).
-    geom: ConvGeom,
+struct Layout {
     /// By output channel, for the forward pass.
     fwd: Entries,
     /// The same entries chunked for the weight gradient (its sums are in this order).
@@ -233,25 +317,15 @@ pub struct SparseConv {
     bwd: Entries,
     fp: Planes,
     bp: Planes,
-    bufs: Vec<Buf>,
+    /// For each entry of the one-image layout's `grad`, the same weight's entry in this one.
+    grad_from_one: Vec<u32>,
 }
 
-impl SparseConv {
-    /// The kernels of `g` (stride 1, [`applies`]) for the kept weights of `mask` (engine layout
-    /// (co, ky, kx, ci)).
-    pub fn new<T: Real>(g: &ConvGeom, mask: &[T]) -> SparseConv {
-        assert!(
-            g.stride == 1 && g.pad < g.k,
-            "sparse convolution: stride 1, pad < k"
-        );
+impl Layout {
+    fn new<T: Real>(g: &ConvGeom, mask: &[T], n: usize) -> Layout {
         let (k, cin, cout) = (g.k, g.cin, g.cout);
-        assert_eq!(
-            mask.len(),
-            cout * k * k * cin,
-            "sparse convolution: mask shape"
-        );
-        let fp = Planes::new(g.h, g.w, cin, g.pad, k);
-        let bp = Planes::new(g.oh, g.ow, cout, k - 1 - g.pad, k);
+        let fp = Planes::new(g.h, g.w, cin, g.pad, k, n);
+        let bp = Planes::new(g.oh, g.ow, cout, k - 1 - g.pad, k, n);
         debug_assert_eq!((fp.rows, fp.cols), (g.oh, g.ow));
         debug_assert_eq!((bp.rows, bp.cols), (g.h, g.w));
         let kept = |co: usize, t: usize, ci: usize| mask[(co * k * k + t) * cin + ci] != T::zero();
@@ -282,20 +356,73 @@ impl SparseConv {
             }
         }
         let bwd = Entries::build(cin, cout, bp.span(), items);
-        SparseConv {
-            geom: ConvGeom { n: 0, ..*g },
+        Layout {
             fwd,
             grad,
             bwd,
             fp,
             bp,
+            grad_from_one: Vec::new(),
+        }
+    }
+}
+
+/// A masked convolution running the sparse kernels (built from its mask, fixed for the
+/// engine's lifetime; weights are re-gathered at every pass).
+#[derive(Debug)]
+pub struct SparseConv {
+    /// The layer's geometry (any batch size).
+    geom: ConvGeom,
+    /// Planes of one image, then (when it wastes fewer positions) of [`images_per_planes`].
+    layouts: Vec<Layout>,
+    /// Per group, one buffer set per layout.
+    bufs: Vec<Vec<Buf>>,
+}
+
+impl SparseConv {
+    /// The kernels of `g` (stride 1, [`applies`]) for the kept weights of `mask` (engine layout
+    /// (co, ky, kx, ci)).
+    pub fn new<T: Real>(g: &ConvGeom, mask: &[T]) -> SparseConv {
+        assert!(
+            g.stride == 1 && g.pad < g.k,
+            "sparse convolution: stride 1, pad < k"
+        );
+        assert_eq!(
+            mask.len(),
+            g.cout * g.k * g.k * g.cin,
+            "sparse convolution: mask shape"
+        );
+        let mut layouts = vec![Layout::new(g, mask, 1)];
+        let n = images_per_planes(g);
+        if n > 1 {
+            let mut multi = Layout::new(g, mask, n);
+            let mut at = vec![0u32; mask.len()];
+            for (e, &i) in multi.grad.idx.iter().enumerate() {
+                at[i as usize] = e as u32;
+            }
+            multi.grad_from_one = layouts[0]
+                .grad
+                .idx
+                .iter()
+                .map(|&i| at[i as usize])
+                .collect();
+            layouts.push(multi);
+        }
+        SparseConv {
+            geom: ConvGeom { n: 0, ..*g },
+            layouts,
             bufs: Vec::new(),
         }
     }
 
     /// Kept weights.
     pub fn nnz(&self) -> usize {
-        self.fwd.idx.len()
+        self.layouts[0].fwd.idx.len()
+    }
+
+    /// Images the kernels put side by side in one set of planes for most of a batch.
+    pub fn images_per_planes(&self) -> usize {
+        self.layouts.last().map_or(1, |l| l.fp.n)
     }
 
     /// Panics unless `g` is the shape the kernels were built for (any batch size and choice of
@@ -316,7 +443,10 @@ impl SparseConv {
 
     fn bufs(&mut self, groups: usize) {
         if self.bufs.len() != groups {
-            self.bufs = (0..groups).map(|_| Buf::default()).collect();
+            let layouts = self.layouts.len();
+            self.bufs = (0..groups)
+                .map(|_| (0..layouts).map(|_| Buf::default()).collect())
+                .collect();
         }
     }
 
@@ -335,11 +465,13 @@ impl SparseConv {
             unreachable!("the sparse convolution runs only on f32 (applies)")
         };
         self.check(g);
-        self.fwd.refresh(w);
+        for l in &mut self.layouts {
+            l.fwd.refresh(w);
+        }
         self.bufs(accs.len());
-        let (fp, cout, ohw) = (self.fp, g.cout, g.ohw());
+        let (cout, ohw) = (g.cout, g.ohw());
         let img = g.h * g.w * g.cin;
-        let ent = &self.fwd;
+        let layouts = &self.layouts;
         let ranges = group_ranges(g.n, accs.len());
         let parts = split_by(&mut y[..g.out_len()], &ranges, ohw * cout);
         parts
@@ -347,21 +479,27 @@ impl SparseConv {
             .zip(accs.par_iter_mut())
             .zip(self.bufs.par_iter_mut())
             .zip(ranges.par_iter())
-            .for_each(|(((part, acc), b), r)| {
-                zeroed(&mut b.xp, fp.in_len());
-                zeroed(&mut b.yp, cout * fp.out_plane());
-                for (i, yi) in r.clone().zip(part.chunks_exact_mut(ohw * cout)) {
-                    fp.fill(&x[i * img..(i + 1) * img], &mut b.xp);
-                    conv_planes(&b.xp, ent, fp.qv, fp.block(), &mut b.yp);
-                    let yf = T::as_f32_mut(yi).expect("f32");
-                    unplane(&b.yp, fp.out_plane(), fp.wp, fp.rows, fp.cols, cout, yf);
-                    epi(acc, i * ohw, yi);
-                }
+            .for_each(|(((part, acc), bufs), r)| {
+                for_chunks(layouts, r.clone(), |li, i0, n| {
+                    let (l, b) = (&layouts[li], &mut bufs[li]);
+                    let fp = l.fp;
+                    zeroed(&mut b.xp, fp.in_len());
+                    zeroed(&mut b.yp, cout * fp.out_plane());
+                    fp.fill(&x[i0 * img..(i0 + n) * img], &mut b.xp);
+                    conv_planes(&b.xp, &l.fwd, fp.qv, fp.block(), &mut b.yp);
+                    let at = (i0 - r.start) * ohw * cout;
+                    let yn = &mut part[at..at + n * ohw * cout];
+                    fp.unplane(&b.yp, cout, T::as_f32_mut(yn).expect("f32"));
+                    for (m, yi) in yn.chunks_exact_mut(ohw * cout).enumerate() {
+                        epi(acc, (i0 + m) * ohw, yi);
+                    }
+                });
             });
     }
 
     /// Gradients from dy (NHWC): `dw` = dyᵀ·im2col(x) on the kept weights (0 elsewhere) and,
-    /// when wanted, `dx` = the input gradient. Per-group partial sums are added in group order.
+    /// when wanted, `dx` = the input gradient. Per-group partial sums are added in group order
+    /// (within a group, the one-image layout's then the other's).
     #[allow(clippy::too_many_arguments)]
     pub fn backward<T: Real>(
         &mut self,
@@ -379,80 +517,95 @@ impl SparseConv {
         self.check(g);
         let want_dx = dx.is_some();
         if want_dx {
-            self.bwd.refresh(w);
+            for l in &mut self.layouts {
+                l.bwd.refresh(w);
+            }
         }
         self.bufs(groups.max(1));
-        let (fp, bp) = (self.fp, self.bp);
         let (cin, cout, ohw) = (g.cin, g.cout, g.ohw());
-        let (img, nnz) = (g.h * g.w * cin, self.fwd.idx.len());
-        let (grad, bwd) = (&self.grad, &self.bwd);
+        let img = g.h * g.w * cin;
+        let layouts = &self.layouts;
         let ranges = group_ranges(g.n, self.bufs.len());
         let dx_parts = g.dx_parts(dx, &ranges);
-        // The output gradient as the forward output's planes: row stride fp.wp, columns past ow
-        // and the tail past rows·wp zero.
-        let dyw_len = cout * fp.out_plane() + 16;
-        // With a symmetric window (k = 2·pad + 1) the input gradient's padded planes are those
-        // planes moved down and right by `pad`: their copy `pad` read from row `pad` on (the
-        // thrown-away columns land on its zero border), so dy is transposed once.
+        // With a symmetric window (k = 2·pad + 1) the input gradient's padded planes are the
+        // forward output's planes moved down and right by `pad` (each image's block is as wide
+        // in both): their copy `pad` read from row `pad` on (the thrown-away columns land on the
+        // zero borders), so dy is transposed once.
         let shared = want_dx && 2 * g.pad + 1 == g.k;
-        debug_assert!(!shared || (bp.wp == fp.wp && bp.pad == g.pad));
-        let shared_at = bp.pad * bp.copy + bp.pad * bp.wp;
         dx_parts
             .into_par_iter()
             .zip(self.bufs.par_iter_mut())
             .zip(ranges.par_iter())
-            .for_each(|((mut dxp, b), r)| {
-                zeroed(&mut b.xp, fp.in_len());
-                if !shared {
-                    zeroed(&mut b.dyw, dyw_len);
+            .for_each(|((mut dxp, bufs), r)| {
+                for (l, b) in layouts.iter().zip(bufs.iter_mut()) {
+                    b.gacc.clear();
+                    b.gacc.resize(l.grad.idx.len(), 0.0);
                 }
-                b.gacc.clear();
-                b.gacc.resize(nnz, 0.0);
-                if want_dx {
-                    zeroed(&mut b.dyb, bp.in_len());
-                    zeroed(&mut b.dxp, cin * bp.out_plane());
-                }
-                for i in r.clone() {
-                    fp.fill(&x[i * img..(i + 1) * img], &mut b.xp);
-                    let dyi = &dy[i * ohw * cout..(i + 1) * ohw * cout];
+                for_chunks(layouts, r.clone(), |li, i0, n| {
+                    let (l, b) = (&layouts[li], &mut bufs[li]);
+                    let (fp, bp) = (l.fp, l.bp);
+                    debug_assert!(!shared || (bp.wp == fp.wp && bp.pad == g.pad));
+                    zeroed(&mut b.xp, fp.in_len());
+                    fp.fill(&x[i0 * img..(i0 + n) * img], &mut b.xp);
+                    let dyn_ = &dy[i0 * ohw * cout..(i0 + n) * ohw * cout];
                     if shared {
-                        bp.fill(dyi, &mut b.dyb);
-                        let dyv = &b.dyb[shared_at..];
-                        grad_planes(&b.xp, dyv, bp.plane, grad, fp.qv, &mut b.gacc);
+                        zeroed(&mut b.dyb, bp.in_len());
+                        bp.fill(dyn_, &mut b.dyb);
+                        let dyv = &b.dyb[bp.pad * bp.copy + bp.pad * bp.wp..];
+                        grad_planes(&b.xp, dyv, bp.plane, &l.grad, fp.qv, &mut b.gacc);
                     } else {
-                        for oy in 0..g.oh {
-                            let done = direct::transpose_strided_f32(
-                                &dyi[oy * g.ow * cout..(oy + 1) * g.ow * cout],
-                                cout,
-                                g.ow,
-                                cout,
-                                &mut b.dyw[oy * fp.wp..],
-                                fp.out_plane(),
-                            );
-                            debug_assert!(done);
-                        }
-                        grad_planes(&b.xp, &b.dyw, fp.out_plane(), grad, fp.qv, &mut b.gacc);
+                        // The output gradient as the forward output's planes: row stride wp,
+                        // thrown-away columns and the tail past rows·wp zero.
+                        zeroed(&mut b.dyw, cout * fp.out_plane() + 16);
+                        fp.fill_out(dyn_, cout, &mut b.dyw);
+                        grad_planes(&b.xp, &b.dyw, fp.out_plane(), &l.grad, fp.qv, &mut b.gacc);
                     }
                     if let Some(d) = dxp.as_deref_mut() {
                         if !shared {
-                            bp.fill(dyi, &mut b.dyb);
+                            zeroed(&mut b.dyb, bp.in_len());
+                            bp.fill(dyn_, &mut b.dyb);
                         }
-                        conv_planes(&b.dyb, bwd, bp.qv, bp.block(), &mut b.dxp);
-                        let di =
-                            T::as_f32_mut(&mut d[(i - r.start) * img..(i - r.start + 1) * img])
-                                .expect("f32");
-                        unplane(&b.dxp, bp.out_plane(), bp.wp, bp.rows, bp.cols, cin, di);
+                        zeroed(&mut b.dxp, cin * bp.out_plane());
+                        conv_planes(&b.dyb, &l.bwd, bp.qv, bp.block(), &mut b.dxp);
+                        let at = (i0 - r.start) * img;
+                        let dn = T::as_f32_mut(&mut d[at..at + n * img]).expect("f32");
+                        bp.unplane(&b.dxp, cin, dn);
                     }
-                }
+                });
             });
         dw.fill(T::zero());
-        for (e, &i) in grad.idx.iter().enumerate() {
+        let one = &layouts[0];
+        for (e, &i) in one.grad.idx.iter().enumerate() {
             // Groups without images hold zeros.
             let mut s = 0f32;
             for b in &self.bufs {
-                s += b.gacc[e];
+                s += b[0].gacc[e];
+                if let (Some(l), Some(bm)) = (layouts.get(1), b.get(1)) {
+                    s += bm.gacc[l.grad_from_one[e] as usize];
+                }
             }
             dw[i as usize] = T::from_f64(s as f64);
+        }
+    }
+}
+
+/// The images `r` of a group in chunks for the layouts: whole sets of planes of the last
+/// layout's images, then the rest one at a time; `f(layout, first image, images)`.
+fn for_chunks(
+    layouts: &[Layout],
+    r: std::ops::Range<usize>,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let multi = layouts.len() - 1;
+    let n = layouts[multi].fp.n;
+    let mut i = r.start;
+    while i < r.end {
+        if multi > 0 && r.end - i >= n {
+            f(multi, i, n);
+            i += n;
+        } else {
+            f(0, i, 1);
+            i += 1;
         }
     }
 }
@@ -462,21 +615,6 @@ fn zeroed(v: &mut Aligned<f32>, len: usize) {
     if v.len() != len {
         v.resize(len);
         v.fill(0.0);
-    }
-}
-
-/// Output planes (`c` planes of `plane` elements, row stride `wp`) → NHWC (rows, cols, c).
-fn unplane(yp: &[f32], plane: usize, wp: usize, rows: usize, cols: usize, c: usize, y: &mut [f32]) {
-    for oy in 0..rows {
-        let done = direct::transpose_strided_f32(
-            &yp[oy * wp..],
-            plane,
-            c,
-            cols,
-            &mut y[oy * cols * c..(oy + 1) * cols * c],
-            c,
-        );
-        debug_assert!(done);
     }
 }
 
