@@ -32,8 +32,10 @@ use crate::util::fs::atomic_write;
 /// the identity; 5 = sparse-weight kernels for pruned convolutions (`nn::fast::sparse_conv`:
 /// another summation order for layers below the density threshold); 6 = Winograd F(2×2, 3×3)
 /// for 3×3 convolutions of more than 64 output channels (`nn::fast::winograd`: another
-/// summation order for VGG's and Conv-4/6's wide layers).
-pub const RUN_FORMAT: u32 = 6;
+/// summation order for VGG's and Conv-4/6's wide layers); 7 = sparse convolutions of small maps
+/// on planes of several images side by side (another summation order for their weight
+/// gradient, and the sparse switch reads their smaller waste).
+pub const RUN_FORMAT: u32 = 7;
 
 /// One data file's fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
