@@ -15,8 +15,9 @@ use sparsa::sae::allocation::{self, AllocInput, Matching};
 use sparsa::sae::config::{AuxNorm, RunConfig};
 use sparsa::sae::fast::{AuxSpec, FastStep};
 use sparsa::sae::loss::{aux_select, DEAD_FIRST};
+use sparsa::sae::optim::Grads;
 use sparsa::sae::params::SaeParams;
-use sparsa::sae::reference::{self, AuxTerm, Selections};
+use sparsa::sae::reference::{self, AuxTerm, Losses, Selections};
 use sparsa::sae::train::Trainer;
 
 const D: usize = 16;
@@ -422,34 +423,40 @@ fn gradients_match_reference_on_short_rows_and_columns() {
             );
             assert!(lr.aux > 0.0);
         }
-        for (name, a, b) in [
-            ("rec", lf.rec, lr.rec),
-            ("aux", lf.aux, lr.aux),
-            ("total", lf.total, lr.total),
-        ] {
-            assert!(rel_scalar(a, b) <= 1e-5, "{what}: {name} {a} vs {b}");
-        }
-        for (name, a, b) in [
-            ("W_enc", &gf.w_enc, &gr.w_enc),
-            ("b_enc", &gf.b_enc, &gr.b_enc),
-            ("W_dec", &gf.w_dec, &gr.w_dec),
-            ("b_dec", &gf.b_dec, &gr.b_dec),
-        ] {
-            let r = rel(a, b);
-            assert!(r <= 1e-5, "{what}: grad {name} differs by {r:e}");
-            // Zero exactly where the reference is exactly zero (untouched features).
-            if name.starts_with('W') {
-                for (row_f, row_r) in a.chunks(D).zip(b.chunks(D)) {
-                    if row_r.iter().all(|&v| v == 0.0) {
-                        assert!(
-                            row_f.iter().all(|&v| v == 0.0),
-                            "{what}: {name} row should be zero"
-                        );
-                    }
+        assert_step_matches(&what, (&lf, &gf), (&lr, &gr));
+    });
+}
+
+/// One step's losses within 1e-5 relative, each gradient within 1e-5 relative in norm, and the
+/// decoder/encoder rows exactly zero where the reference's are (untouched features).
+fn assert_step_matches(what: &str, fast: (&Losses, &Grads), slow: (&Losses, &Grads)) {
+    let ((lf, gf), (lr, gr)) = (fast, slow);
+    for (name, a, b) in [
+        ("rec", lf.rec, lr.rec),
+        ("aux", lf.aux, lr.aux),
+        ("total", lf.total, lr.total),
+    ] {
+        assert!(rel_scalar(a, b) <= 1e-5, "{what}: {name} {a} vs {b}");
+    }
+    for (name, a, b) in [
+        ("W_enc", &gf.w_enc, &gr.w_enc),
+        ("b_enc", &gf.b_enc, &gr.b_enc),
+        ("W_dec", &gf.w_dec, &gr.w_dec),
+        ("b_dec", &gf.b_dec, &gr.b_dec),
+    ] {
+        let r = rel(a, b);
+        assert!(r <= 1e-5, "{what}: grad {name} differs by {r:e}");
+        if name.starts_with('W') {
+            for (row_f, row_r) in a.chunks(D).zip(b.chunks(D)) {
+                if row_r.iter().all(|&v| v == 0.0) {
+                    assert!(
+                        row_f.iter().all(|&v| v == 0.0),
+                        "{what}: {name} row should be zero"
+                    );
                 }
             }
         }
-    });
+    }
 }
 
 /// The batch rules with few eligible features (at most a quarter: the selector's compact route,
@@ -572,18 +579,7 @@ fn batch_rules_with_few_eligible_features_match_a_brute_force_selection() {
             let served = fs.aux.cols.iter().filter(|&&j| j % 16 == 3).count();
             assert!(served > 0, "{what}: no dead-first feature served");
         }
-        for (name, a, b) in [("aux", lf.aux, lr.aux), ("total", lf.total, lr.total)] {
-            assert!(rel_scalar(a, b) <= 1e-5, "{what}: {name} {a} vs {b}");
-        }
-        for (name, a, b) in [
-            ("W_enc", &gf.w_enc, &gr.w_enc),
-            ("b_enc", &gf.b_enc, &gr.b_enc),
-            ("W_dec", &gf.w_dec, &gr.w_dec),
-            ("b_dec", &gf.b_dec, &gr.b_dec),
-        ] {
-            let r = rel(a, b);
-            assert!(r <= 1e-5, "{what}: grad {name} differs by {r:e}");
-        }
+        assert_step_matches(&what, (&lf, &gf), (&lr, &gr));
     });
 }
 
