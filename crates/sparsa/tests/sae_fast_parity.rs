@@ -379,18 +379,7 @@ fn gradients_match_reference_on_short_rows_and_columns() {
             norm,
             residual: None,
         };
-        let (lr, gr, sel, _) = reference::forward_backward(
-            &p,
-            &x,
-            B,
-            candle_core::DType::F32,
-            Some(term),
-            true,
-            select,
-        )
-        .unwrap();
-        let mut gr = gr.unwrap();
-        sparsa::sae::optim::project_decoder_grad(&p.w_dec, &mut gr.w_dec, D);
+        let (lr, gr, sel) = reference_step(&p, &x, B, term, select);
 
         assert_eq!(sel.main, fs.main, "{what}");
         if aux.is_some() {
@@ -425,6 +414,23 @@ fn gradients_match_reference_on_short_rows_and_columns() {
         }
         assert_step_matches(&what, (&lf, &gf), (&lr, &gr));
     });
+}
+
+/// The reference step (f32) on the matchings `select` makes, its decoder gradient projected as
+/// the fast step's is.
+fn reference_step(
+    p: &SaeParams,
+    x: &[f32],
+    b: usize,
+    term: AuxTerm,
+    select: impl Fn(&[f32]) -> Selections,
+) -> (Losses, Grads, Selections) {
+    let (lr, gr, sel, _) =
+        reference::forward_backward(p, x, b, candle_core::DType::F32, Some(term), true, select)
+            .unwrap();
+    let mut gr = gr.unwrap();
+    sparsa::sae::optim::project_decoder_grad(&p.w_dec, &mut gr.w_dec, D);
+    (lr, gr, sel)
 }
 
 /// One step's losses within 1e-5 relative, each gradient within 1e-5 relative in norm, and the
@@ -556,18 +562,7 @@ fn batch_rules_with_few_eligible_features_match_a_brute_force_selection() {
             norm: AuxNorm::Nmse,
             residual: None,
         };
-        let (lr, gr, sel, _) = reference::forward_backward(
-            &p,
-            &x,
-            BIG,
-            candle_core::DType::F32,
-            Some(term),
-            true,
-            select,
-        )
-        .unwrap();
-        let mut gr = gr.unwrap();
-        sparsa::sae::optim::project_decoder_grad(&p.w_dec, &mut gr.w_dec, D);
+        let (lr, gr, sel) = reference_step(&p, &x, BIG, term, select);
         assert_eq!(sel.main, fs.main, "{what}");
         assert_eq!(
             sel.aux.as_ref(),
