@@ -424,3 +424,63 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         "{err}"
     );
 }
+
+/// `sparsa bench sae` at a tiny size: one JSON row per configuration, then the table; with
+/// `--rounds 2` every configuration's step is the median of both rounds' steps, and the ratio to
+/// the no-aux step is taken between those medians.
+#[test]
+fn bench_sae_rounds_pool_every_rounds_steps() {
+    let (ok, out, err) = sparsa(&[
+        "bench",
+        "sae",
+        "--sizes",
+        "16x64",
+        "--batch",
+        "64",
+        "-k",
+        "4",
+        "--steps",
+        "3",
+        "--rounds",
+        "2",
+        "--reference-steps",
+        "0",
+        "--arch",
+        "topk,mutual_choice",
+        "--aux",
+        "none,aux_k",
+        "--matmul",
+        "f32",
+    ]);
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    for r in &rows {
+        assert_eq!(r["timed_steps"], 6, "{r}");
+        assert!(r["step_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    for arch in ["topk", "mutual_choice"] {
+        let step = |aux: &str| {
+            rows.iter()
+                .find(|r| r["arch"] == arch && r["aux"] == aux)
+                .map(|r| {
+                    (
+                        r["step_s"].as_f64().unwrap(),
+                        r["step_over_no_aux"].as_f64(),
+                    )
+                })
+                .unwrap()
+        };
+        let ((none, _), (aux, ratio)) = (step("none"), step("aux_k"));
+        assert!(
+            (ratio.unwrap() - aux / none).abs() < 1e-9 * (aux / none),
+            "{arch}"
+        );
+    }
+    assert_eq!(err.matches(", round 2:").count(), 4, "{err}");
+    assert!(out.contains("| topk | aux_k |"), "{out}");
+}

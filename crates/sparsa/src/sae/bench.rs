@@ -152,6 +152,8 @@ pub struct FastRun {
     pub matmul: String,
     /// Median step, seconds.
     pub step: f64,
+    /// Every timed step, seconds, in order.
+    pub steps: Vec<f64>,
     /// The last timed step's metrics (whether the auxiliary loss was active, …).
     pub metrics: StepMetrics,
     /// Phase times of the last timed step.
@@ -190,7 +192,8 @@ pub fn time_fast_run(
     }
     Ok(FastRun {
         matmul: t.encoder_product(),
-        step: median(ts),
+        step: median(ts.clone()),
+        steps: ts,
         metrics: last.expect("at least one step ran"),
         phases: t.fast_phases(),
         matches: t.fast_matches(),

@@ -13,7 +13,7 @@ use sparsa::kernels::peak;
 use sparsa::sae::bench::{self as sb, FastRun, Shape};
 use sparsa::sae::config::{Architecture, AuxKind, Matmul};
 use sparsa::sae::fast::Phases;
-use sparsa::util::bench::{peak_rss_mb, reset_peak_rss};
+use sparsa::util::bench::{median, peak_rss_mb, reset_peak_rss};
 use std::collections::HashMap;
 
 #[derive(Args, Debug)]
@@ -43,6 +43,12 @@ pub struct SaeBenchArgs {
     /// Timed fast steps per configuration (after 2 warm-up steps); the median is reported.
     #[arg(long, default_value_t = 3, value_parser = ui::positive)]
     steps: usize,
+    /// Rounds over the configurations: each round times every configuration once (a fresh
+    /// trainer, `--steps` steps), and a configuration's step is the median of all its rounds'
+    /// steps, so that the machine's drift over the minutes of a run falls on every
+    /// configuration alike (the ratios between configurations are what is compared).
+    #[arg(long, default_value_t = 1, value_parser = ui::positive)]
+    rounds: usize,
     /// Timed encoder products (the median is reported).
     #[arg(long, default_value_t = 3, value_parser = ui::positive)]
     matmul_reps: usize,
@@ -104,8 +110,10 @@ struct Line {
     matmul_bf16_share_of_bf16_peak: Option<f64>,
     /// bf16 product / f32 product.
     matmul_bf16_over_f32: Option<f64>,
-    /// Full fast training step (Trainer::step), median seconds.
+    /// Full fast training step (Trainer::step), median seconds over every round's steps.
     step_s: f64,
+    /// Timed steps behind step_s (`--steps` × `--rounds`).
+    timed_steps: usize,
     /// step_s / the f32 product (matmul_s), whatever the step's own precision.
     step_over_matmul: f64,
     /// step_s / the same architecture's and precision's step without an auxiliary loss.
@@ -236,26 +244,45 @@ fn time_fast_steps(
     f32_product: f64,
     bf16: bool,
 ) -> Result<Vec<Timed>> {
-    let mut out = Vec::new();
-    for &arch in &a.archs {
-        for &matmul in a.matmul.iter().filter(|&&m| m == Matmul::F32 || bf16) {
-            for &aux in &a.aux {
-                let label = format!("{}+{} {}", arch.name(), aux.name(), matmul.name());
-                let cfg = sb::config(s, arch, aux, matmul, false)?;
-                let run = sb::time_fast_run(cfg, data, s.d, a.steps, a.aux_dense_above)
-                    .with_context(|| label.clone())?;
-                eprintln!(
-                    "{}x{} {}+{} {}: step {:.3} s ({:.2}× the f32 product) aux loss {:.3e}",
-                    s.d,
-                    s.f,
-                    arch.name(),
-                    aux.name(),
-                    run.matmul,
-                    run.step,
-                    run.step / f32_product,
-                    run.metrics.aux_loss
-                );
-                out.push(Timed { arch, aux, run });
+    let mut out: Vec<Timed> = Vec::new();
+    for round in 0..a.rounds {
+        let mut at = 0;
+        for &arch in &a.archs {
+            for &matmul in a.matmul.iter().filter(|&&m| m == Matmul::F32 || bf16) {
+                for &aux in &a.aux {
+                    let label = format!("{}+{} {}", arch.name(), aux.name(), matmul.name());
+                    let cfg = sb::config(s, arch, aux, matmul, false)?;
+                    let run = sb::time_fast_run(cfg, data, s.d, a.steps, a.aux_dense_above)
+                        .with_context(|| label.clone())?;
+                    eprintln!(
+                        "{}x{} {}+{} {}{}: step {:.3} s ({:.2}× the f32 product) aux loss {:.3e}",
+                        s.d,
+                        s.f,
+                        arch.name(),
+                        aux.name(),
+                        run.matmul,
+                        if a.rounds > 1 {
+                            format!(", round {}", round + 1)
+                        } else {
+                            String::new()
+                        },
+                        run.step,
+                        run.step / f32_product,
+                        run.metrics.aux_loss
+                    );
+                    match out.get_mut(at) {
+                        // Later rounds: all steps so far, the last round's phases and counts.
+                        Some(t) => {
+                            let mut steps = std::mem::take(&mut t.run.steps);
+                            steps.extend_from_slice(&run.steps);
+                            t.run = run;
+                            t.run.step = median(steps.clone());
+                            t.run.steps = steps;
+                        }
+                        None => out.push(Timed { arch, aux, run }),
+                    }
+                    at += 1;
+                }
             }
         }
     }
@@ -336,6 +363,7 @@ fn line(
         matmul_bf16_share_of_bf16_peak: bf16_gflops.zip(bf16).map(|(g, (_, p))| g / p.gflops),
         matmul_bf16_over_f32: products.bf16_s.map(|s| s / products.f32_s),
         step_s: run.step,
+        timed_steps: run.steps.len(),
         step_over_matmul: run.step / products.f32_s,
         step_over_no_aux: no_aux,
         matches_main: run.matches.0,
