@@ -735,11 +735,13 @@ fn sparse_conv_kernels_match_the_im2col_path() {
     // of the 8-vector blocks); channel counts past 64 and not multiples of 16 (the transposes'
     // masked edges); one image and more images than groups; batches that fill several sets of
     // planes of images side by side, with images left over for the one-image planes at every
-    // thread count (4×4 and 2×2 maps: 8 images a set; 7×9 with padding 0: its own count).
+    // thread count (4×4 and 2×2 maps: 8 and 4 images a set; 7×9 with padding 0 and 6×6 with
+    // padding 2, 7 and 8: the weight gradient's own output planes, not the shared ones).
     let cases = [
         (19usize, 4usize, 4usize, 8usize, 16usize, 3usize, 1usize),
         (21, 2, 2, 24, 8, 3, 1),
-        (11, 7, 9, 5, 12, 3, 0),
+        (23, 7, 9, 5, 12, 3, 0),
+        (25, 6, 6, 2, 7, 3, 2),
         (13, 6, 5, 6, 16, 5, 2),
         (3, 7, 9, 3, 16, 3, 1),
         (2, 14, 14, 64, 80, 3, 1),
@@ -915,7 +917,8 @@ fn max_pool_kernel_equals_the_portable_loop() {
 }
 
 /// Which convolutions the default threshold puts on the sparse kernels: density times the
-/// positions the kernels compute per output (1.14 on 28×28 maps, 1.5 on 32×32, 4 on 4×4).
+/// positions the kernels compute per output (with images side by side: 1.14 on 28×28 maps,
+/// 1.17 on 32×32, 1.5 on 4×4).
 #[test]
 fn sparse_conv_threshold_weighs_the_wasted_positions() {
     use sparsa::nn::fast::sparse_conv::{images_per_planes, waste};

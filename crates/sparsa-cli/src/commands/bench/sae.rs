@@ -44,9 +44,10 @@ pub struct SaeBenchArgs {
     #[arg(long, default_value_t = 3, value_parser = ui::positive)]
     steps: usize,
     /// Rounds over the configurations: each round times every configuration once (a fresh
-    /// trainer, `--steps` steps), and a configuration's step is the median of all its rounds'
-    /// steps, so that the machine's drift over the minutes of a run falls on every
-    /// configuration alike (the ratios between configurations are what is compared).
+    /// trainer, `--steps` steps), and a configuration's step is the median (the upper one of an
+    /// even count) of all its rounds' steps, so that the machine's drift over the minutes of a
+    /// run falls on every configuration alike (step / no-aux step). The encoder products are
+    /// timed once, before the rounds, and the reference steps after them.
     #[arg(long, default_value_t = 1, value_parser = ui::positive)]
     rounds: usize,
     /// Timed encoder products (the median is reported).

@@ -971,8 +971,9 @@ pub const SPARSE_LINEAR_BELOW: f64 = 0.1;
 
 /// A masked stride-1 convolution runs the sparse kernels when its weight density times the
 /// kernels' [`sparse_conv::waste`] is below this, from the measurement in docs/pruning.md
-/// ("Sparse convolutions"): density below 0.39 on 28×28 and 14×14 maps, 0.3 on 32×32, 0.225 on
-/// 16×16 and 8×8.
+/// ("Sparse convolutions"): with padding 1, density below 0.39 on 28×28, 14×14 and 16×16 maps,
+/// 0.385 on 32×32, 0.36 on 8×8, 0.3 on 4×4 (images side by side; the waste assumes each thread's
+/// share of a batch fills whole sets of them, as a batch of 128 on up to 16 threads does).
 pub const SPARSE_CONV_BELOW: f64 = 0.45;
 
 /// Every conv unit of `units`, residual blocks included, in order.

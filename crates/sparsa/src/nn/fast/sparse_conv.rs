@@ -24,9 +24,9 @@
 //! Small maps waste most: a 4×4 output row padded to 16 floats computes 4 positions per valid
 //! one. So several images sit side by side in one set of planes (each image `w + 2·pad` columns,
 //! the row padded to whole cache lines once for all of them): the columns a window straddling two
-//! images computes are thrown away like the row's tail, and the waste falls to (w + 2·pad)/w
-//! (4×4: 4 → 1.5; 16×16: 2 → 1.14; 32×32: 1.5 → 1.17; rows stay within [`MAX_ROW`]). A layer
-//! keeps two layouts: the one-image planes for the
+//! images computes are thrown away like the row's tail, and the waste falls towards
+//! (w + 2·pad)/w (4×4: 4 → 1.5; 16×16: 2 → 1.14; 32×32: 1.5 → 1.17; the forward planes' rows
+//! stay within [`MAX_ROW`]). A layer keeps two layouts: the one-image planes for the
 //! images left over, and planes of [`images_per_planes`] images for the rest of each group.
 //!
 //! Exactness: the same sums as the dense kernels in another order, so results agree to float
@@ -48,7 +48,9 @@ pub fn applies<T: Real>(g: &ConvGeom) -> bool {
 /// Output positions the kernels compute per valid output of `g` (≥ 1) on the planes most of a
 /// batch runs on ([`images_per_planes`] images side by side): rows padded to whole cache lines
 /// and the thrown-away columns cost as much as real outputs (with padding 1: 1.14 for 28×28,
-/// 14×14 and 16×16, 1.17 for 32×32, 1.25 for 8×8, 1.5 for 4×4, 2 for 2×2 maps).
+/// 14×14 and 16×16, 1.17 for 32×32, 1.25 for 8×8, 1.5 for 4×4, 2 for 2×2 maps). It assumes
+/// each thread's share of a batch fills whole sets of planes; images left over run on one-image
+/// planes, whose waste is higher on small maps (a batch of 128 on 2 threads leaves none).
 pub fn waste(g: &ConvGeom) -> f64 {
     let n = images_per_planes(g);
     let p = Planes::new(g.h, g.w, g.cin, g.pad, g.k, n);
@@ -288,7 +290,7 @@ impl Entries {
 /// One group's buffers for one layout, zeroed whenever their length changes (the first pass):
 /// only plane interiors are written afterwards, so the borders and thrown-away columns the
 /// kernels read stay 0. They live as long as the layer (per group and layout: the k input
-/// copies, the output planes and the output gradient's planes, ≈ 0.7 MB for 16 channels at
+/// copies, the output planes and the output gradient's planes, ≈ 0.9 MB for 16 channels at
 /// 32×32 and one image).
 #[derive(Debug, Default)]
 struct Buf {
