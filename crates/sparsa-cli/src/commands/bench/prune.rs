@@ -107,7 +107,12 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 arch.name().to_string(),
                 row.input,
                 row.params.to_string(),
-                format!("{sp:.0} % {pruning}"),
+                // The dense row is not pruned: no method to name.
+                if sp > 0.0 {
+                    format!("{sp:.0} % {pruning}")
+                } else {
+                    format!("{sp:.0} %")
+                },
                 format!("{:.0}", row.train),
                 format!("{:.0}", row.eval),
                 row.rss
