@@ -674,18 +674,23 @@ fn direct_conv_kernels_match_the_im2col_path() {
     cases::each(grid, |&(threads, (n, h, w, cin, cout, k, pad))| {
         let g = ConvGeom::new(n, h, w, cin, cout, k, 1, pad).unwrap();
         assert!(sparsa::nn::fast::direct::forward_applies::<f32>(&g));
-        let x: Vec<f32> = uniform(g.in_len(), 50);
-        let wt: Vec<f32> = uniform(cout * k * k * cin, 51);
-        let dy: Vec<f32> = uniform(g.out_len(), 52);
-        let (y, dx, dw) = conv_pass(&g, &x, &wt, &dy, threads);
-        let (y64, dx64, dw64) = im2col_f64(&g, &x, &wt, &dy);
         let what = format!("{n}×{h}×{w}×{cin}→{cout} k{k} p{pad}, threads {threads}");
-        let results =
-            assert_conv_within_f32_rounding(&what, &g, [&y, &dx, &dw], [&y64, &dx64, &dw64]);
-        for (name, a) in results {
-            assert!(a.iter().any(|&v| v != 0.0), "{name} {what}: all zero");
-        }
+        assert_conv_pass_matches_im2col(&g, 50, threads, &what);
     });
+}
+
+/// One pass of the engine's convolution (y, dx, dW) on random data (seeds `seed`, `seed + 1`,
+/// `seed + 2`) against the f64 im2col path, within f32 rounding, none of the three all zero.
+fn assert_conv_pass_matches_im2col(g: &ConvGeom, seed: u64, threads: usize, what: &str) {
+    let x: Vec<f32> = uniform(g.in_len(), seed);
+    let wt: Vec<f32> = uniform(g.cout * g.k * g.k * g.cin, seed + 1);
+    let dy: Vec<f32> = uniform(g.out_len(), seed + 2);
+    let (y, dx, dw) = conv_pass(g, &x, &wt, &dy, threads);
+    let (y64, dx64, dw64) = im2col_f64(g, &x, &wt, &dy);
+    let results = assert_conv_within_f32_rounding(what, g, [&y, &dx, &dw], [&y64, &dx64, &dw64]);
+    for (name, a) in results {
+        assert!(a.iter().any(|&v| v != 0.0), "{name} {what}: all zero");
+    }
 }
 
 #[test]
@@ -709,17 +714,8 @@ fn winograd_conv_kernels_match_the_im2col_path() {
     cases::each(grid, |&(threads, (n, h, w, cin, cout))| {
         let g = ConvGeom::new(n, h, w, cin, cout, 3, 1, 1).unwrap();
         assert!(winograd::applies(&g));
-        let x: Vec<f32> = uniform(g.in_len(), 53);
-        let wt: Vec<f32> = uniform(cout * 9 * cin, 54);
-        let dy: Vec<f32> = uniform(g.out_len(), 55);
-        let (y, dx, dw) = conv_pass(&g, &x, &wt, &dy, threads);
-        let (y64, dx64, dw64) = im2col_f64(&g, &x, &wt, &dy);
         let what = format!("{n}×{h}×{w}×{cin}→{cout}, threads {threads}");
-        let results =
-            assert_conv_within_f32_rounding(&what, &g, [&y, &dx, &dw], [&y64, &dx64, &dw64]);
-        for (name, a) in results {
-            assert!(a.iter().any(|&v| v != 0.0), "{name} {what}: all zero");
-        }
+        assert_conv_pass_matches_im2col(&g, 53, threads, &what);
     });
 }
 

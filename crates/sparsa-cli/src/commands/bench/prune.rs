@@ -19,24 +19,24 @@ fn parse_arch(s: &str) -> Result<Arch, String> {
 /// `--method`: the pruning methods the benchmark can run at initialisation (SNIP needs training
 /// batches).
 fn parse_method(s: &str) -> Result<Method, String> {
-    match s.trim() {
-        "magnitude" => Ok(Method::Magnitude),
-        "lamp" => Ok(Method::Lamp),
-        "random" => Ok(Method::Random),
-        "synflow" => Ok(Method::Synflow),
-        other => Err(format!(
-            "`{other}`: the benchmark prunes by magnitude, lamp, random or synflow (snip needs training batches)"
-        )),
-    }
+    let s = s.trim();
+    [Method::Magnitude, Method::Lamp, Method::Random, Method::Synflow]
+        .into_iter()
+        .find(|m| m.name() == s)
+        .ok_or_else(|| {
+            format!(
+                "`{s}`: the benchmark prunes by magnitude, lamp, random or synflow (snip needs training batches)"
+            )
+        })
 }
 
 /// `--scope`: global or layer.
 fn parse_scope(s: &str) -> Result<Scope, String> {
-    match s.trim() {
-        "global" => Ok(Scope::Global),
-        "layer" => Ok(Scope::Layer),
-        other => Err(format!("`{other}`: give global or layer")),
-    }
+    let s = s.trim();
+    [Scope::Global, Scope::Layer]
+        .into_iter()
+        .find(|c| c.name() == s)
+        .ok_or_else(|| format!("`{s}`: give global or layer"))
 }
 
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
@@ -55,10 +55,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let scope = match a.scope {
-        Scope::Global => "global",
-        Scope::Layer => "layer",
-    };
+    let scope = a.scope.name();
     let pruning = format!("{} {scope}", a.method.name());
     let threads = if a.threads == 0 {
         rayon::current_num_threads()

@@ -274,11 +274,12 @@ fn time_fast_steps(
                     match out.get_mut(at) {
                         // Later rounds: all steps so far, the last round's phases and counts.
                         Some(t) => {
-                            let mut steps = std::mem::take(&mut t.run.steps);
-                            steps.extend_from_slice(&run.steps);
-                            t.run = run;
-                            t.run.step = median(steps.clone());
-                            t.run.steps = steps;
+                            let steps = [&t.run.steps[..], &run.steps[..]].concat();
+                            t.run = FastRun {
+                                step: median(steps.clone()),
+                                steps,
+                                ..run
+                            };
                         }
                         None => out.push(Timed { arch, aux, run }),
                     }

@@ -59,6 +59,16 @@ pub enum Scope {
     Layer,
 }
 
+impl Scope {
+    /// The name as written in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Global => "global",
+            Scope::Layer => "layer",
+        }
+    }
+}
+
 /// What scoring may need besides the network.
 pub struct ScoreContext<'a> {
     /// Batches (inputs, labels) for SNIP.
