@@ -722,8 +722,8 @@ fn winograd_conv_kernels_match_the_im2col_path() {
 #[test]
 fn sparse_conv_kernels_match_the_im2col_path() {
     use sparsa::nn::fast::sparse_conv::{self, SparseConv};
-    if !sparsa::nn::fast::direct::available() {
-        eprintln!("no AVX-512F: the sparse convolution never runs here");
+    if !sparsa::nn::fast::sparse_conv::available() {
+        eprintln!("no AVX-512F or AVX2: the sparse convolution never runs here");
         return;
     }
     // (n, h, w, cin, cout, k, pad): 1×1; 3×3 with padding 0, 1 and 2 (output wider than the
@@ -938,7 +938,7 @@ fn sparse_conv_threshold_weighs_the_wasted_positions() {
             waste(&geom)
         );
     }
-    if !sparsa::nn::fast::direct::available() {
+    if !sparsa::nn::fast::sparse_conv::available() {
         return;
     }
     // Conv-2 on 28×28: its second convolution (28×28, 64 → 64) is sparse at density 0.3
@@ -970,7 +970,7 @@ fn conv_kernels_name_what_each_layer_runs() {
     let mut net = Net::new(Arch::Conv4, spec(1, 28, 28), 1, DType::F32).unwrap();
     random_masks(&mut net, 0.3, 8);
     let fast = FastNet::<f32>::from_net(&net, SgdConfig::default()).unwrap();
-    if direct {
+    if sparsa::nn::fast::sparse_conv::available() {
         assert_eq!(fast.conv_kernels(), ["sparse"; 4]);
     }
 }
@@ -1091,9 +1091,9 @@ fn masked_weights_stay_zero_through_100_steps() {
     let mut fast = FastNet::<f32>::from_net(&net, SgdConfig::default())
         .unwrap()
         .with_sparse_conv_threshold(1.0);
-    // (Without the wide kernels the convolutions stay dense and the test checks the dense
+    // (Without AVX-512F or AVX2 the convolutions stay dense and the test checks the dense
     // path's masking.)
-    let sparse_convs = if sparsa::nn::fast::direct::available() {
+    let sparse_convs = if sparsa::nn::fast::sparse_conv::available() {
         2
     } else {
         0
@@ -1167,9 +1167,9 @@ fn sparse_kernels_equal_the_dense_ones() {
         };
         let (mut dense, mut sparse) = (mk(0.0), mk(2.0));
         assert_eq!(dense.sparse_layers(), 0);
-        // ResNet-20 has one linear layer: without the wide kernels (no sparse convolutions)
+        // ResNet-20 has one linear layer: without AVX-512F or AVX2 (no sparse convolutions)
         // it is the only sparse layer.
-        let wide = sparsa::nn::fast::direct::available();
+        let wide = sparsa::nn::fast::sparse_conv::available();
         let least = if wide || arch != Arch::Resnet20 { 2 } else { 1 };
         assert!(
             sparse.sparse_layers() >= least,

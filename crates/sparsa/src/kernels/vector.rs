@@ -53,6 +53,19 @@ pub(crate) fn has_avx512() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
 }
 
+/// Whether the CPU runs AVX2 with FMA (the kernels' 256-bit path where AVX-512F is missing).
+#[inline]
+pub(crate) fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Σ_l a_l·b_l over the common length.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -6,8 +6,8 @@
 //! - the sparsa version (`CARGO_PKG_VERSION`) and [`RUN_FORMAT`], a number bumped by hand whenever
 //!   a change alters what a run computes or the files it writes (training, pruning, DNR, layout);
 //! - the kernel set the engine ran on ([`crate::nn::fast::direct::kernel_set`]): the direct
-//!   AVX-512 kernels and their portable fallback sum in different orders, so their float results
-//!   differ in the last bits;
+//!   AVX-512 kernels, the AVX2 build of the sparse convolution and the portable fallback sum in
+//!   different orders, so their float results differ in the last bits;
 //! - a fingerprint of the data: each file's name, size in bytes and SHA-256 of its bytes as stored.
 //!
 //! [`check_or_record`] refuses to resume or reuse a directory whose recorded identity differs

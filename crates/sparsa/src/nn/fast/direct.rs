@@ -41,12 +41,15 @@ pub fn available() -> bool {
     }
 }
 
-/// The kernel set this CPU runs: "avx512f" (the direct kernels) or "portable" (im2col + GEMM,
-/// Winograd and the general GEMM, no direct kernels). Run directories record it
-/// (`prune::identity`).
+/// The kernel set this CPU runs: "avx512f" (the direct kernels and the sparse convolution on
+/// 16 lanes), "avx2" (no direct kernels: im2col + GEMM and Winograd for dense convolutions; the
+/// sparse convolution on 8 lanes, whose weight gradient sums in another order) or "portable"
+/// (no sparse convolution either). Run directories record it (`prune::identity`).
 pub fn kernel_set() -> &'static str {
     if available() {
         "avx512f"
+    } else if super::sparse_conv::available() {
+        "avx2"
     } else {
         "portable"
     }
@@ -261,10 +264,12 @@ pub fn linear_rows<T: Real>(
 }
 
 /// out (cols × rows) = aᵀ for a row-major `a` (rows × cols), in 16 × 16 register blocks
-/// (edges scalar). Returns false, doing nothing, without AVX-512F.
+/// (edges scalar); on AVX2 in 8 × 8 ones ([`transpose_strided_f32`]). Returns false, doing
+/// nothing, without AVX-512F or AVX2.
 pub fn transpose_f32(a: &[f32], rows: usize, cols: usize, out: &mut [f32]) -> bool {
     if !available() {
-        return false;
+        assert!(a.len() >= rows * cols && out.len() >= rows * cols);
+        return transpose_strided_f32(a, cols.max(1), rows, cols, out, rows.max(1));
     }
     assert!(a.len() >= rows * cols && out.len() >= rows * cols);
     let (r16, c16) = (rows / 16 * 16, cols / 16 * 16);
@@ -293,8 +298,9 @@ pub fn transpose_f32(a: &[f32], rows: usize, cols: usize, out: &mut [f32]) -> bo
 }
 
 /// `out[j·ldo + i] = a[i·lda + j]` for i < rows, j < cols: a strided transpose in 16 × 16
-/// register blocks, the edge blocks with lane masks (nothing outside the rows × cols block is
-/// read or written). Returns false, doing nothing, without AVX-512F.
+/// register blocks (on AVX2: 8 × 8), the edge blocks with lane masks (nothing outside the
+/// rows × cols block is read or written). Returns false, doing nothing, without AVX-512F or
+/// AVX2.
 pub fn transpose_strided_f32(
     a: &[f32],
     lda: usize,
@@ -303,7 +309,8 @@ pub fn transpose_strided_f32(
     out: &mut [f32],
     ldo: usize,
 ) -> bool {
-    if !available() {
+    let avx2 = !available() && crate::kernels::vector::has_avx2_fma();
+    if !available() && !avx2 {
         return false;
     }
     if rows == 0 || cols == 0 {
@@ -311,6 +318,29 @@ pub fn transpose_strided_f32(
     }
     assert!(lda >= cols && ldo >= rows);
     assert!(a.len() >= (rows - 1) * lda + cols && out.len() >= (cols - 1) * ldo + rows);
+    if avx2 {
+        for r0 in (0..rows).step_by(8) {
+            let nr = (rows - r0).min(8);
+            for c0 in (0..cols).step_by(8) {
+                let nc = (cols - c0).min(8);
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2 is present; the block reads rows r0..r0+nr, columns c0..c0+nc of
+                // `a` and writes rows c0..c0+nc, columns r0..r0+nr of `out`, inside the lengths
+                // asserted above (masked lanes are not touched).
+                unsafe {
+                    avx2::transpose_block(
+                        a.as_ptr().add(r0 * lda + c0),
+                        lda,
+                        nr,
+                        nc,
+                        out.as_mut_ptr().add(c0 * ldo + r0),
+                        ldo,
+                    )
+                }
+            }
+        }
+        return true;
+    }
     for r0 in (0..rows).step_by(16) {
         let nr = (rows - r0).min(16);
         for c0 in (0..cols).step_by(16) {
@@ -788,6 +818,85 @@ mod avx {
                 } else if left > 0 {
                     _mm512_mask_storeu_ps(o, lanes(left), a);
                 }
+            }
+        }
+    }
+}
+
+/// The transposes on AVX2 (for the sparse convolution's planes where AVX-512F is missing).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Lane mask of the first `n` (≤ 8) lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn lanes(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    /// The top-left nr × nc corner (nr, nc ≤ 8) of the block at `a` (row stride `lda`),
+    /// transposed into `o` (row stride `ldo`): rows past nr are not read, lanes past nc are
+    /// masked on load and lanes past nr on store.
+    /// SAFETY (callers): AVX2 present; the nr × nc block at `a` and the nc × nr block at `o`
+    /// in bounds.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose_block(
+        a: *const f32,
+        lda: usize,
+        nr: usize,
+        nc: usize,
+        o: *mut f32,
+        ldo: usize,
+    ) {
+        let full = nr == 8 && nc == 8;
+        let (lm, sm) = (lanes(nc), lanes(nr));
+        let mut r = [_mm256_setzero_ps(); 8];
+        for (i, r) in r.iter_mut().enumerate().take(nr) {
+            *r = if full {
+                _mm256_loadu_ps(a.add(i * lda))
+            } else {
+                _mm256_maskload_ps(a.add(i * lda), lm)
+            };
+        }
+        let t = [
+            _mm256_unpacklo_ps(r[0], r[1]),
+            _mm256_unpackhi_ps(r[0], r[1]),
+            _mm256_unpacklo_ps(r[2], r[3]),
+            _mm256_unpackhi_ps(r[2], r[3]),
+            _mm256_unpacklo_ps(r[4], r[5]),
+            _mm256_unpackhi_ps(r[4], r[5]),
+            _mm256_unpacklo_ps(r[6], r[7]),
+            _mm256_unpackhi_ps(r[6], r[7]),
+        ];
+        let q = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        let c = [
+            _mm256_permute2f128_ps::<0x20>(q[0], q[4]),
+            _mm256_permute2f128_ps::<0x20>(q[1], q[5]),
+            _mm256_permute2f128_ps::<0x20>(q[2], q[6]),
+            _mm256_permute2f128_ps::<0x20>(q[3], q[7]),
+            _mm256_permute2f128_ps::<0x31>(q[0], q[4]),
+            _mm256_permute2f128_ps::<0x31>(q[1], q[5]),
+            _mm256_permute2f128_ps::<0x31>(q[2], q[6]),
+            _mm256_permute2f128_ps::<0x31>(q[3], q[7]),
+        ];
+        for (i, c) in c.iter().enumerate().take(nc) {
+            if full {
+                _mm256_storeu_ps(o.add(i * ldo), *c);
+            } else {
+                _mm256_maskstore_ps(o.add(i * ldo), sm, *c);
             }
         }
     }

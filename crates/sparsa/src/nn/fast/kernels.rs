@@ -1010,37 +1010,90 @@ fn grad_row<T: Real>(g: &[T], support: &[u32], xt: &[T], n: usize, drow: &mut [T
     }
 }
 
-/// The sparse kernels' rows compiled for AVX-512F (the same operations in the same order as the
-/// generic build, on 512-bit registers), chosen at run time.
-#[cfg(target_arch = "x86_64")]
+/// The sparse kernels' rows compiled for the widest vectors this CPU runs (AVX-512F, else AVX2
+/// with FMA; the same operations in the same order as the generic build, so the results are
+/// bit-identical to it), chosen at run time.
 mod wide {
     use super::Real;
 
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn mul_row<T: Real>(w: &[T], sup: &[u32], xt: &[T], n: usize, y: &mut [T]) {
+    /// [`super::mul_row`] on the widest vectors here.
+    pub fn mul_row<T: Real>(w: &[T], sup: &[u32], xt: &[T], n: usize, y: &mut [T]) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: each build runs only where its features were detected.
+        unsafe {
+            if crate::kernels::vector::has_avx512() {
+                return x86::mul_row_512(w, sup, xt, n, y);
+            }
+            if crate::kernels::vector::has_avx2_fma() {
+                return x86::mul_row_256(w, sup, xt, n, y);
+            }
+        }
         super::mul_row(w, sup, xt, n, y)
     }
 
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn grad_row<T: Real>(g: &[T], sup: &[u32], xt: &[T], n: usize, drow: &mut [T]) {
+    /// [`super::grad_row`] on the widest vectors here.
+    pub fn grad_row<T: Real>(g: &[T], sup: &[u32], xt: &[T], n: usize, drow: &mut [T]) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: each build runs only where its features were detected.
+        unsafe {
+            if crate::kernels::vector::has_avx512() {
+                return x86::grad_row_512(g, sup, xt, n, drow);
+            }
+            if crate::kernels::vector::has_avx2_fma() {
+                return x86::grad_row_256(g, sup, xt, n, drow);
+            }
+        }
         super::grad_row(g, sup, xt, n, drow)
     }
 
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn axpy<T: Real>(a: T, x: &[T], y: &mut [T]) {
+    /// [`super::axpy_t`] on the widest vectors here.
+    pub fn axpy<T: Real>(a: T, x: &[T], y: &mut [T]) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: each build runs only where its features were detected.
+        unsafe {
+            if crate::kernels::vector::has_avx512() {
+                return x86::axpy_512(a, x, y);
+            }
+            if crate::kernels::vector::has_avx2_fma() {
+                return x86::axpy_256(a, x, y);
+            }
+        }
         super::axpy_t(a, x, y)
     }
-}
 
-/// Whether the wide builds of the sparse kernels run here.
-fn wide_ok() -> bool {
     #[cfg(target_arch = "x86_64")]
-    {
-        crate::kernels::vector::has_avx512()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+    mod x86 {
+        use super::super::{axpy_t, grad_row, mul_row, Real};
+
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn mul_row_512<T: Real>(w: &[T], s: &[u32], xt: &[T], n: usize, y: &mut [T]) {
+            mul_row(w, s, xt, n, y)
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn mul_row_256<T: Real>(w: &[T], s: &[u32], xt: &[T], n: usize, y: &mut [T]) {
+            mul_row(w, s, xt, n, y)
+        }
+
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn grad_row_512<T: Real>(g: &[T], s: &[u32], xt: &[T], n: usize, d: &mut [T]) {
+            grad_row(g, s, xt, n, d)
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn grad_row_256<T: Real>(g: &[T], s: &[u32], xt: &[T], n: usize, d: &mut [T]) {
+            grad_row(g, s, xt, n, d)
+        }
+
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn axpy_512<T: Real>(a: T, x: &[T], y: &mut [T]) {
+            axpy_t(a, x, y)
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn axpy_256<T: Real>(a: T, x: &[T], y: &mut [T]) {
+            axpy_t(a, x, y)
+        }
     }
 }
 
@@ -1089,12 +1142,7 @@ impl Csr {
             .enumerate()
             .for_each(|(j, y)| {
                 let w_row = &w[j * cols_n..(j + 1) * cols_n];
-                #[cfg(target_arch = "x86_64")]
-                if wide_ok() {
-                    // SAFETY: the CPU supports AVX-512F (checked).
-                    return unsafe { wide::mul_row(w_row, self.support(j), xt, n, y) };
-                }
-                mul_row(w_row, self.support(j), xt, n, y)
+                wide::mul_row(w_row, self.support(j), xt, n, y)
             });
     }
 
@@ -1110,19 +1158,11 @@ impl Csr {
     ) {
         dxt.clear();
         dxt.resize(cols * n, T::zero());
-        let wide = wide_ok();
         for j in 0..self.rows {
             let g = &gt[j * n..(j + 1) * n];
             for &c in self.support(j) {
                 let c = c as usize;
-                let (a, y) = (w[j * self.cols_n + c], &mut dxt[c * n..(c + 1) * n]);
-                #[cfg(target_arch = "x86_64")]
-                if wide {
-                    // SAFETY: the CPU supports AVX-512F (checked).
-                    unsafe { wide::axpy(a, g, y) };
-                    continue;
-                }
-                axpy_t(a, g, y);
+                wide::axpy(w[j * self.cols_n + c], g, &mut dxt[c * n..(c + 1) * n]);
             }
         }
     }
@@ -1135,12 +1175,7 @@ impl Csr {
             .enumerate()
             .for_each(|(j, drow)| {
                 let g = &gt[j * n..(j + 1) * n];
-                #[cfg(target_arch = "x86_64")]
-                if wide_ok() {
-                    // SAFETY: the CPU supports AVX-512F (checked).
-                    return unsafe { wide::grad_row(g, self.support(j), xt, n, drow) };
-                }
-                grad_row(g, self.support(j), xt, n, drow)
+                wide::grad_row(g, self.support(j), xt, n, drow)
             });
     }
 }

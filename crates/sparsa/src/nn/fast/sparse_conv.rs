@@ -42,7 +42,13 @@ use crate::kernels::aligned::Aligned;
 
 /// Whether a masked convolution of shape `g` in element type T can run these kernels.
 pub fn applies<T: Real>(g: &ConvGeom) -> bool {
-    T::as_f32(&[]).is_some() && direct::available() && g.stride == 1 && g.pad < g.k
+    T::as_f32(&[]).is_some() && available() && g.stride == 1 && g.pad < g.k
+}
+
+/// Whether this CPU runs the kernels: AVX-512F (16-lane vectors), or AVX2 with FMA (the same
+/// planes in 8-lane halves).
+pub fn available() -> bool {
+    direct::available() || crate::kernels::vector::has_avx2_fma()
 }
 
 /// Output positions the kernels compute per valid output of `g` (≥ 1) on the planes most of a
@@ -627,12 +633,16 @@ fn conv_planes(xp: &[f32], ent: &Entries, qv: usize, block: usize, out: &mut [f3
     assert!(ent.w.len() == ent.off.len() && ent.ptr.len() == ent.chunks * planes + 1);
     assert!(ent.ptr[ent.chunks * planes] == ent.off.len());
     assert!(max_off + 16 * qv <= xp.len() && out.len() >= planes * 16 * qv);
-    assert!(direct::available());
+    assert!(available());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512F is present; every read is at off_e + q < max_off + 16·qv ≤ xp.len() and
-    // every write inside plane j < planes of 16·qv (asserted above).
+    // SAFETY: AVX-512F (or AVX2 and FMA) is present; every read is at off_e + q < max_off +
+    // 16·qv ≤ xp.len() and every write inside plane j < planes of 16·qv (asserted above).
     unsafe {
-        avx::conv_planes(xp.as_ptr(), ent, qv, block.clamp(1, 16), out.as_mut_ptr())
+        if direct::available() {
+            avx::conv_planes(xp.as_ptr(), ent, qv, block.clamp(1, 16), out.as_mut_ptr())
+        } else {
+            avx2::conv_planes(xp.as_ptr(), ent, qv, out.as_mut_ptr())
+        }
     }
 }
 
@@ -645,12 +655,16 @@ fn grad_planes(xp: &[f32], dy: &[f32], ld: usize, ent: &Entries, qv: usize, acc:
     assert!(ent.ptr[ent.chunks * planes] == ent.off.len());
     assert!(max_off + 16 * qv <= xp.len() && 16 * qv <= ld);
     assert!(planes == 0 || (planes - 1) * ld + 16 * qv <= dy.len());
-    assert!(direct::available());
+    assert!(available());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512F is present; reads of xp as in `conv_planes`, of dy inside plane j's first
-    // 16·qv elements, writes to acc[e] for e < nnz (asserted above).
+    // SAFETY: AVX-512F (or AVX2 and FMA) is present; reads of xp as in `conv_planes`, of dy
+    // inside plane j's first 16·qv elements, writes to acc[e] for e < nnz (asserted above).
     unsafe {
-        avx::grad_planes(xp.as_ptr(), dy.as_ptr(), ld, ent, qv, acc.as_mut_ptr())
+        if direct::available() {
+            avx::grad_planes(xp.as_ptr(), dy.as_ptr(), ld, ent, qv, acc.as_mut_ptr())
+        } else {
+            avx2::grad_planes(xp.as_ptr(), dy.as_ptr(), ld, ent, qv, acc.as_mut_ptr())
+        }
     }
 }
 
@@ -819,5 +833,163 @@ mod avx {
         let h = _mm512_add_ps(h, _mm512_shuffle_ps::<0b01_00_11_10>(h, h));
         let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
         _mm512_castps512_ps256(_mm512_permutexvar_ps(idx, h))
+    }
+}
+
+/// The kernels on AVX2 and FMA: the same planes (rows of whole 16-float vectors) in 8-lane
+/// halves, with register blocks sized for sixteen registers. Each output lane adds the same
+/// products in the same order as the AVX-512 build, so the forward results are bit-identical to
+/// it; the weight gradient's lane sums are grouped by eight instead of sixteen.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::Entries;
+
+    /// Entries per block of the weight gradient.
+    const NE: usize = 8;
+    /// 8-lane accumulators per register block of the forward kernel, at most (with the
+    /// broadcast weight, 13 of the 16 registers; the inputs are FMA memory operands).
+    const MAX_BLOCK: usize = 12;
+
+    /// SAFETY (callers): AVX2 and FMA present; bounds as asserted by `super::conv_planes`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn conv_planes(xp: *const f32, ent: &Entries, qv: usize, out: *mut f32) {
+        let ld = 16 * qv;
+        // A plane's 2·qv vectors in blocks of nearly equal size, none over MAX_BLOCK.
+        let nq = 2 * qv;
+        let blocks = nq.div_ceil(MAX_BLOCK);
+        let mut v0 = 0;
+        for bi in 0..blocks {
+            let nv = (nq - v0).div_ceil(blocks - bi);
+            let (x, o) = (xp.add(8 * v0), out.add(8 * v0));
+            match nv {
+                12 => block::<12>(x, ent, o, ld),
+                11 => block::<11>(x, ent, o, ld),
+                10 => block::<10>(x, ent, o, ld),
+                9 => block::<9>(x, ent, o, ld),
+                8 => block::<8>(x, ent, o, ld),
+                7 => block::<7>(x, ent, o, ld),
+                6 => block::<6>(x, ent, o, ld),
+                5 => block::<5>(x, ent, o, ld),
+                4 => block::<4>(x, ent, o, ld),
+                3 => block::<3>(x, ent, o, ld),
+                2 => block::<2>(x, ent, o, ld),
+                _ => block::<1>(x, ent, o, ld),
+            }
+            v0 += nv;
+        }
+    }
+
+    /// One block of V 8-lane vectors of every output plane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block<const V: usize>(x: *const f32, ent: &Entries, out: *mut f32, ld: usize) {
+        let (off, w) = (ent.off.as_ptr(), ent.w.as_ptr());
+        for (c, j) in (0..ent.chunks).flat_map(|c| (0..ent.outs).map(move |j| (c, j))) {
+            let o = out.add(j * ld);
+            let mut acc = [_mm256_setzero_ps(); V];
+            if c > 0 {
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_loadu_ps(o.add(8 * v));
+                }
+            }
+            for e in ent.range(c, j) {
+                let wv = _mm256_set1_ps(*w.add(e));
+                let p = x.add(*off.add(e) as usize);
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8 * v)), wv, *a);
+                }
+            }
+            for (v, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(o.add(8 * v), *a);
+            }
+        }
+    }
+
+    /// SAFETY (callers): AVX2 and FMA present; bounds as asserted by `super::grad_planes`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn grad_planes(
+        xp: *const f32,
+        dy: *const f32,
+        ld: usize,
+        ent: &Entries,
+        qv: usize,
+        acc: *mut f32,
+    ) {
+        for (c, j) in (0..ent.chunks).flat_map(|c| (0..ent.outs).map(move |j| (c, j))) {
+            let d = dy.add(j * ld);
+            let r = ent.range(c, j);
+            let (mut e, end) = (r.start, r.end);
+            while e < end {
+                let ne = (end - e).min(NE);
+                match ne {
+                    8 => dots::<8>(xp, d, ent, e, qv, acc),
+                    7 => dots::<7>(xp, d, ent, e, qv, acc),
+                    6 => dots::<6>(xp, d, ent, e, qv, acc),
+                    5 => dots::<5>(xp, d, ent, e, qv, acc),
+                    4 => dots::<4>(xp, d, ent, e, qv, acc),
+                    3 => dots::<3>(xp, d, ent, e, qv, acc),
+                    2 => dots::<2>(xp, d, ent, e, qv, acc),
+                    _ => dots::<1>(xp, d, ent, e, qv, acc),
+                }
+                e += ne;
+            }
+        }
+    }
+
+    /// acc[e0 + i] += Σ_q d[q] · xp[off + q] for E entries from e0, sharing each load of d.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dots<const E: usize>(
+        xp: *const f32,
+        d: *const f32,
+        ent: &Entries,
+        e0: usize,
+        qv: usize,
+        acc: *mut f32,
+    ) {
+        let mut p = [xp; E];
+        for (i, p) in p.iter_mut().enumerate() {
+            *p = xp.add(*ent.off.as_ptr().add(e0 + i) as usize);
+        }
+        let mut s = [_mm256_setzero_ps(); E];
+        for v in 0..2 * qv {
+            let dv = _mm256_loadu_ps(d.add(8 * v));
+            for i in 0..E {
+                s[i] = _mm256_fmadd_ps(_mm256_loadu_ps(p[i].add(8 * v)), dv, s[i]);
+            }
+        }
+        if E == 8 {
+            let a = acc.add(e0);
+            _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), sums8(&s[..8])));
+        } else {
+            for (i, s) in s.iter().enumerate() {
+                *acc.add(e0 + i) += sum(*s);
+            }
+        }
+    }
+
+    /// The sum of one vector's eight lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn sum(s: __m256) -> f32 {
+        let q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)))
+    }
+
+    /// The sums of eight vectors' lanes, in one vector of eight (a tree of horizontal adds).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn sums8(s: &[__m256]) -> __m256 {
+        // Lane pairs, then quads: u0 holds s0..s3's partial sums per 128-bit half, u1 s4..s7's.
+        let (t0, t1) = (_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+        let (t2, t3) = (_mm256_hadd_ps(s[4], s[5]), _mm256_hadd_ps(s[6], s[7]));
+        let (u0, u1) = (_mm256_hadd_ps(t0, t1), _mm256_hadd_ps(t2, t3));
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(u0, u1),
+            _mm256_permute2f128_ps::<0x31>(u0, u1),
+        )
     }
 }
