@@ -48,7 +48,7 @@ pub fn available() -> bool {
 pub fn kernel_set() -> &'static str {
     if available() {
         "avx512f"
-    } else if super::sparse_conv::available() {
+    } else if crate::kernels::vector::has_avx2_fma() {
         "avx2"
     } else {
         "portable"
