@@ -283,7 +283,7 @@ fn evaluation_and_its_dnr_equal_the_reference() {
 #[test]
 fn direct_linear_kernel_matches_an_f64_product() {
     if !sparsa::nn::fast::direct::available() {
-        eprintln!("no AVX-512F: the direct linear kernel never runs here");
+        eprintln!("no AVX-512F or AVX2: the direct linear kernel never runs here");
         return;
     }
     use sparsa::nn::fast::direct;
@@ -647,7 +647,7 @@ fn im2col_f64(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<
 #[test]
 fn direct_conv_kernels_match_the_im2col_path() {
     if !sparsa::nn::fast::direct::available() {
-        eprintln!("no AVX-512F: the direct kernels never run here (im2col is used)");
+        eprintln!("no AVX-512F or AVX2: the direct kernels never run here (im2col is used)");
         return;
     }
     // (n, h, w, cin, cout, k, pad): one and two channel vectors, pixel and channel tails (w
@@ -677,6 +677,103 @@ fn direct_conv_kernels_match_the_im2col_path() {
         let what = format!("{n}×{h}×{w}×{cin}→{cout} k{k} p{pad}, threads {threads}");
         assert_conv_pass_matches_im2col(&g, 50, threads, &what);
     });
+}
+
+/// The direct kernels on every instruction set this CPU runs (AVX-512F and AVX2 on an AVX-512
+/// machine) against the widest one, bit for bit: both sum in the same order. (The tests above
+/// check the widest against im2col and the portable loop; this carries that to the others.)
+#[test]
+fn direct_kernels_are_equal_on_every_instruction_set() {
+    use sparsa::nn::fast::direct::{self, Isa, Window};
+    let isas = Isa::all();
+    if isas.len() < 2 {
+        eprintln!("this CPU runs {isas:?}: no second instruction set to compare");
+        return;
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // (oh, ow, k, cin, cout): pixel and channel tails, one to four 16-channel blocks, 5×5.
+    for &(oh, ow, k, cin, cout) in &[
+        (5usize, 13usize, 3usize, 3usize, 16usize),
+        (4, 7, 3, 16, 32),
+        (3, 9, 3, 20, 7),
+        (6, 6, 5, 6, 16),
+        (2, 11, 3, 64, 64),
+        (3, 5, 3, 40, 48),
+    ] {
+        let win = Window {
+            oh,
+            ow,
+            k,
+            cin,
+            cout,
+        };
+        let xp: Vec<f32> = uniform((oh + k - 1) * (ow + k - 1) * cin, 80);
+        let w: Vec<f32> = uniform(cout * k * k * cin, 81);
+        let dy: Vec<f32> = uniform(oh * ow * cout, 82);
+        let mut wt = Vec::new();
+        direct::pack_forward(&w, cout, cin, k, &mut wt);
+        let seed: Vec<f32> = uniform(wt.len(), 83);
+        let run = |isa: Isa| {
+            // Sentinels past the outputs must survive (tail stores are masked).
+            let mut y = vec![f32::NAN; oh * ow * cout + 16];
+            direct::conv_image_on(isa, win, &xp, &wt, &mut y);
+            let mut acc = seed.clone();
+            direct::weight_grad_image_on(isa, win, &xp, &dy, &mut acc);
+            (y, acc)
+        };
+        let (y0, a0) = run(isas[0]);
+        assert!(y0[oh * ow * cout..].iter().all(|v| v.is_nan()));
+        assert!(y0[..oh * ow * cout].iter().all(|v| v.is_finite()));
+        for &isa in &isas[1..] {
+            let (y, a) = run(isa);
+            let what = format!("{isa:?} {oh}×{ow} k{k} {cin}→{cout}");
+            assert_eq!(bits(&y), bits(&y0), "{what}: forward");
+            assert_eq!(bits(&a), bits(&a0), "{what}: weight gradient");
+        }
+    }
+    for &(n, fin, fout) in &[(13usize, 37usize, 300usize), (128, 784, 300), (5, 300, 10)] {
+        let x: Vec<f32> = uniform(n * fin, 84);
+        let w: Vec<f32> = uniform(fout * fin, 85);
+        let mut panel = Vec::new();
+        direct::pack_linear(&w, fout, fin, &mut panel);
+        let run = |isa: Isa| {
+            let mut y = vec![f32::NAN; n * fout + 16];
+            direct::linear_rows_on(isa, &x, n, fin, &panel, fout, &mut Vec::new(), &mut y);
+            y
+        };
+        let y0 = run(isas[0]);
+        assert!(y0[n * fout..].iter().all(|v| v.is_nan()));
+        for &isa in &isas[1..] {
+            assert_eq!(
+                bits(&run(isa)),
+                bits(&y0),
+                "{isa:?} linear {n}×{fin}→{fout}"
+            );
+        }
+    }
+    for &(h, w, c, k) in &[
+        (7usize, 9usize, 20usize, 2usize),
+        (9, 7, 6, 3),
+        (4, 4, 64, 2),
+    ] {
+        let mut x: Vec<f32> = uniform::<f32>(h * w * c, 86)
+            .iter()
+            .map(|v| (v * 3.0).round())
+            .collect();
+        for i in (0..x.len()).step_by(37) {
+            x[i] = f32::NAN;
+        }
+        let len = (h / k) * (w / k) * c;
+        let run = |isa: Isa| {
+            let (mut o, mut a) = (vec![0f32; len], vec![0u8; len]);
+            direct::max_pool_image_on(isa, &x, h, w, c, k, &mut o, &mut a);
+            (bits(&o), a)
+        };
+        let r0 = run(isas[0]);
+        for &isa in &isas[1..] {
+            assert_eq!(run(isa), r0, "{isa:?} max pool {h}×{w}×{c} k{k}");
+        }
+    }
 }
 
 /// One pass of the engine's convolution (y, dx, dW) on random data (seeds `seed`, `seed + 1`,
@@ -863,13 +960,13 @@ fn sparse_conv_kernels_match_the_im2col_path() {
     );
 }
 
-/// The AVX-512 max pooling (f32) against the portable loop, bit for bit: values on a coarse
+/// The vector max pooling (f32, AVX-512 or AVX2) against the portable loop, bit for bit: values on a coarse
 /// grid (ties everywhere: the first maximum must win), a few NaNs (never chosen over the
 /// window's first value, as `>` does), channel counts below, at and past a vector, odd sizes.
 #[test]
 fn max_pool_kernel_equals_the_portable_loop() {
     if !sparsa::nn::fast::direct::available() {
-        eprintln!("no AVX-512F: the portable loop is the only one");
+        eprintln!("no AVX-512F or AVX2: the portable loop is the only one");
         return;
     }
     let grid: Vec<(usize, usize, usize, usize)> = [1usize, 6, 16, 20, 64]

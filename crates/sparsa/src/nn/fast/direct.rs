@@ -29,29 +29,66 @@ pub const MAX_CHANNELS: usize = 64;
 /// Widest window the direct convolution takes.
 pub const MAX_K: usize = 7;
 
-/// Whether the CPU has the instructions the kernels need.
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
+/// An instruction set the kernels are built for. Both compute every sum in the same order, so
+/// their results are equal bit for bit (tested); AVX2 runs sixteen channels as two 8-lane halves
+/// with smaller register blocks (16 vector registers, not 32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F: 16-lane vectors.
+    Avx512,
+    /// AVX2 with FMA: 8-lane vectors.
+    Avx2,
+}
+
+impl Isa {
+    /// The widest set this CPU runs, if any.
+    pub fn best() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Some(Isa::Avx512);
+        }
+        crate::kernels::vector::has_avx2_fma().then_some(Isa::Avx2)
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Every set this CPU runs, widest first (the tests run each).
+    pub fn all() -> Vec<Isa> {
+        let mut v = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            v.push(Isa::Avx512);
+        }
+        if crate::kernels::vector::has_avx2_fma() {
+            v.push(Isa::Avx2);
+        }
+        v
+    }
+
+    /// Whether this CPU runs the set.
+    pub fn runs(self) -> bool {
+        Isa::all().contains(&self)
     }
 }
 
+/// Whether the CPU has the instructions the kernels need (AVX-512F, or AVX2 with FMA).
+pub fn available() -> bool {
+    Isa::best().is_some()
+}
+
+/// Whether the CPU has AVX-512F (the 16-lane builds).
+pub fn avx512() -> bool {
+    Isa::best() == Some(Isa::Avx512)
+}
+
 /// The kernel set this CPU runs: "avx512f" (the direct kernels and the sparse convolution on
-/// 16 lanes), "avx2" (no direct kernels: im2col + GEMM and Winograd for dense convolutions; the
-/// sparse convolution on 8 lanes, whose weight gradient sums in another order) or "portable"
-/// (no sparse convolution either). Run directories record it (`prune::identity`).
+/// 16 lanes), "avx2" (the same kernels on 8 lanes: the direct kernels' results are equal bit
+/// for bit, the sparse convolution's weight gradient sums in another order) or "portable" (no
+/// direct kernels and no sparse convolution: im2col + GEMM and Winograd). Run directories record
+/// it (`prune::identity`).
 pub fn kernel_set() -> &'static str {
-    if available() {
-        "avx512f"
-    } else if crate::kernels::vector::has_avx2_fma() {
-        "avx2"
-    } else {
-        "portable"
+    match Isa::best() {
+        Some(Isa::Avx512) => "avx512f",
+        Some(Isa::Avx2) => "avx2",
+        None => "portable",
     }
 }
 
@@ -177,30 +214,53 @@ impl Window {
 /// One image: y (oh, ow, cout) = the k×k correlation of `xp` ([`pad_image`]) with `wt`
 /// ([`pack_forward`]'s `[tap][ci][co16]`), assigned. Requires [`available`].
 pub fn conv_image<T: Real>(win: Window, xp: &[T], wt: &[T], y: &mut [T]) {
+    conv_image_on(best(), win, xp, wt, y)
+}
+
+/// [`conv_image`] on the instruction set `isa` (which the CPU must run).
+pub fn conv_image_on<T: Real>(isa: Isa, win: Window, xp: &[T], wt: &[T], y: &mut [T]) {
     let (Some(xp), Some(wt), Some(y)) = (T::as_f32(xp), T::as_f32(wt), T::as_f32_mut(y)) else {
         unreachable!("the direct kernels run only on f32 (forward_applies)")
     };
+    assert!(isa.runs(), "this CPU does not run {isa:?}");
     win.check(xp.len(), wt.len(), y.len());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512F is present and every index the kernel forms is inside the slices whose
-    // lengths `Window::check` asserted (see `avx::conv_image`).
+    // SAFETY: the CPU runs `isa` and every index the kernel forms is inside the slices whose
+    // lengths `Window::check` asserted (see `avx::conv_image`, `avx2::conv_image`).
     unsafe {
-        avx::conv_image(win, xp.as_ptr(), wt.as_ptr(), y.as_mut_ptr())
+        match isa {
+            Isa::Avx512 => avx::conv_image(win, xp.as_ptr(), wt.as_ptr(), y.as_mut_ptr()),
+            Isa::Avx2 => avx2::conv_image(win, xp.as_ptr(), wt.as_ptr(), y.as_mut_ptr()),
+        }
     }
 }
 
 /// One image: `acc[tap][ci][co16] += Σ_p xp[p + tap, ci] · dy[p, co]` over its oh·ow pixels.
 /// Requires [`available`].
 pub fn weight_grad_image<T: Real>(win: Window, xp: &[T], dy: &[T], acc: &mut [T]) {
+    weight_grad_image_on(best(), win, xp, dy, acc)
+}
+
+/// [`weight_grad_image`] on the instruction set `isa` (which the CPU must run).
+pub fn weight_grad_image_on<T: Real>(isa: Isa, win: Window, xp: &[T], dy: &[T], acc: &mut [T]) {
     let (Some(xp), Some(dy), Some(acc)) = (T::as_f32(xp), T::as_f32(dy), T::as_f32_mut(acc)) else {
         unreachable!("the direct kernels run only on f32 (forward_applies)")
     };
+    assert!(isa.runs(), "this CPU does not run {isa:?}");
     win.check(xp.len(), acc.len(), dy.len());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as for `conv_image`.
+    // SAFETY: as for `conv_image_on`.
     unsafe {
-        avx::weight_grad_image(win, xp.as_ptr(), dy.as_ptr(), acc.as_mut_ptr())
+        match isa {
+            Isa::Avx512 => avx::weight_grad_image(win, xp.as_ptr(), dy.as_ptr(), acc.as_mut_ptr()),
+            Isa::Avx2 => avx2::weight_grad_image(win, xp.as_ptr(), dy.as_ptr(), acc.as_mut_ptr()),
+        }
     }
+}
+
+/// The widest instruction set; callers have checked [`available`].
+fn best() -> Isa {
+    Isa::best().expect("the direct kernels need AVX-512F or AVX2 with FMA")
 }
 
 /// Engine linear weights (fout × fin) → `[fin][fout rounded up to 16]` (zero columns past fout):
@@ -233,11 +293,52 @@ pub fn linear_rows<T: Real>(
     xt: &mut Vec<T>,
     y: &mut [T],
 ) {
+    linear_rows_on(best(), x, n, fin, wt, fout, xt, y)
+}
+
+/// [`linear_rows`] on the instruction set `isa` (which the CPU must run). On AVX2 the rows are
+/// taken in near-equal blocks of at most six, all transposed first, and each 16-column strip of
+/// the panel meets every block in turn (the strip stays in L2, which is too small for the whole
+/// panel of LeNet-300-100's first layer on such CPUs).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_rows_on<T: Real>(
+    isa: Isa,
+    x: &[T],
+    n: usize,
+    fin: usize,
+    wt: &[T],
+    fout: usize,
+    xt: &mut Vec<T>,
+    y: &mut [T],
+) {
     let (Some(x), Some(wt), Some(y)) = (T::as_f32(x), T::as_f32(wt), T::as_f32_mut(y)) else {
         unreachable!("the direct kernels run only on f32")
     };
     let f16 = fout.div_ceil(16) * 16;
-    assert!(available() && x.len() >= n * fin && wt.len() >= fin * f16 && y.len() >= n * fout);
+    assert!(isa.runs(), "this CPU does not run {isa:?}");
+    assert!(x.len() >= n * fin && wt.len() >= fin * f16 && y.len() >= n * fout);
+    if isa == Isa::Avx2 {
+        let rows = LINEAR_ROWS_AVX2;
+        let blocks = n.div_ceil(rows);
+        xt.resize(blocks * fin * rows, T::zero());
+        let xt = T::as_f32_mut(xt).expect("f32");
+        for b in 0..blocks {
+            let (r0, r1) = (b * n / blocks, (b + 1) * n / blocks);
+            let block = &mut xt[b * fin * rows..(b + 1) * fin * rows];
+            for (j, r) in (r0..r1).enumerate() {
+                for (i, &v) in x[r * fin..(r + 1) * fin].iter().enumerate() {
+                    block[i * rows + j] = v;
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA are present (asserted); `xt` holds blocks·fin·rows floats, `wt`
+        // fin·f16 and `y` n rows of fout (asserted above; see `avx2::linear_blocks`).
+        unsafe {
+            avx2::linear_blocks(xt.as_ptr(), n, fin, wt.as_ptr(), fout, y.as_mut_ptr())
+        }
+        return;
+    }
     xt.resize(fin * LINEAR_ROWS, T::zero());
     let xt = T::as_f32_mut(xt).expect("f32");
     for r0 in (0..n).step_by(LINEAR_ROWS) {
@@ -267,7 +368,7 @@ pub fn linear_rows<T: Real>(
 /// (edges scalar); on AVX2 in 8 × 8 ones ([`transpose_strided_f32`]). Returns false, doing
 /// nothing, without AVX-512F or AVX2.
 pub fn transpose_f32(a: &[f32], rows: usize, cols: usize, out: &mut [f32]) -> bool {
-    if !available() {
+    if !avx512() {
         assert!(a.len() >= rows * cols && out.len() >= rows * cols);
         return transpose_strided_f32(a, cols.max(1), rows, cols, out, rows.max(1));
     }
@@ -309,10 +410,10 @@ pub fn transpose_strided_f32(
     out: &mut [f32],
     ldo: usize,
 ) -> bool {
-    let avx2 = !available() && crate::kernels::vector::has_avx2_fma();
-    if !available() && !avx2 {
+    let Some(isa) = Isa::best() else {
         return false;
-    }
+    };
+    let avx2 = isa == Isa::Avx2;
     if rows == 0 || cols == 0 {
         return true;
     }
@@ -376,19 +477,42 @@ pub fn max_pool_image(
     o: &mut [f32],
     a: &mut [u8],
 ) {
+    max_pool_image_on(best(), x, h, w, c, k, o, a)
+}
+
+/// [`max_pool_image`] on the instruction set `isa` (which the CPU must run).
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool_image_on(
+    isa: Isa,
+    x: &[f32],
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    o: &mut [f32],
+    a: &mut [u8],
+) {
     let (oh, ow) = (h / k, w / k);
-    assert!(available() && k >= 1 && k * k <= 256);
+    assert!(isa.runs(), "this CPU does not run {isa:?}");
+    assert!(k >= 1 && k * k <= 256);
     assert!(x.len() >= h * w * c && o.len() >= oh * ow * c && a.len() >= oh * ow * c);
+    let (x, o, a) = (x.as_ptr(), o.as_mut_ptr(), a.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512F is present; every window read is inside the h × w × c image and every
+    // SAFETY: the CPU runs `isa`; every window read is inside the h × w × c image and every
     // write inside the (h/k) × (w/k) × c outputs (asserted above; lane masks cover the tail of c).
     unsafe {
-        avx::max_pool_image(x.as_ptr(), w, c, k, oh, ow, o.as_mut_ptr(), a.as_mut_ptr())
+        match isa {
+            Isa::Avx512 => avx::max_pool_image(x, w, c, k, oh, ow, o, a),
+            Isa::Avx2 => avx2::max_pool_image(x, w, c, k, oh, ow, o, a),
+        }
     }
 }
 
-/// Rows per register block of [`linear_rows`].
+/// Rows per register block of [`linear_rows`] (AVX-512).
 pub const LINEAR_ROWS: usize = 8;
+/// Rows per register block of [`linear_rows`] on AVX2 (6 rows × 16 columns: 12 of the 16 vector
+/// registers accumulate).
+pub const LINEAR_ROWS_AVX2: usize = 6;
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
@@ -823,10 +947,332 @@ mod avx {
     }
 }
 
-/// The transposes on AVX2 (for the sparse convolution's planes where AVX-512F is missing).
+/// The kernels on AVX2 with FMA: each 16-channel vector of the AVX-512 build is two 8-lane
+/// halves, and the register blocks shrink to fit 16 vector registers (6 pixels, input channels
+/// or rows × 16 channels: 12 accumulators, 2 weight vectors, 1 broadcast). Every sum runs in the
+/// AVX-512 build's order, so results are equal bit for bit.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
+
+    use super::Window;
+
+    /// Output pixels (input channels, rows) per register block.
+    const PB: usize = 6;
+
+    /// Call `$f::<n[, $extra]>(args)` for a runtime n in 1..=6.
+    macro_rules! dispatch {
+        ($n:expr, $f:ident $(, $c:literal)*; $($arg:expr),*) => {
+            match $n {
+                1 => $f::<1 $(, $c)*>($($arg),*),
+                2 => $f::<2 $(, $c)*>($($arg),*),
+                3 => $f::<3 $(, $c)*>($($arg),*),
+                4 => $f::<4 $(, $c)*>($($arg),*),
+                5 => $f::<5 $(, $c)*>($($arg),*),
+                6 => $f::<6 $(, $c)*>($($arg),*),
+                _ => unreachable!(),
+            }
+        };
+    }
+
+    /// Sizes of `n` items split into near-equal blocks of at most [`PB`]: (start, len) pairs.
+    fn blocks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+        let b = n.div_ceil(PB);
+        (0..b).map(move |i| (i * n / b, (i + 1) * n / b - i * n / b))
+    }
+
+    /// Store the first `valid` lanes (of 16) of the pair `a` at `p`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store16(p: *mut f32, a: [__m256; 2], valid: usize) {
+        for (h, &a) in a.iter().enumerate() {
+            let left = valid.saturating_sub(8 * h);
+            if left >= 8 {
+                _mm256_storeu_ps(p.add(8 * h), a);
+            } else if left > 0 {
+                _mm256_maskstore_ps(p.add(8 * h), lanes(left), a);
+            }
+        }
+    }
+
+    /// SAFETY (callers): AVX2 and FMA present; `xp` holds the window's padded input, `wt`
+    /// k²·cin·co16 and `y` oh·ow·cout floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn conv_image(win: Window, xp: *const f32, wt: *const f32, y: *mut f32) {
+        let Window {
+            oh,
+            ow,
+            k,
+            cin,
+            cout,
+        } = win;
+        let c16 = super::lanes16(cout);
+        let row = (ow + k - 1) * cin;
+        for cob in (0..c16).step_by(16) {
+            let g = Geo {
+                row,
+                cin,
+                k,
+                c16,
+                cout,
+                valid: cout - cob,
+            };
+            for oy in 0..oh {
+                for (ox, nb) in blocks(ow) {
+                    let x = xp.add((oy * (ow + k - 1) + ox) * cin);
+                    let o = y.add((oy * ow + ox) * cout + cob);
+                    let wt = wt.add(cob);
+                    match cin {
+                        16 => dispatch!(nb, pixels, 16; x, wt, o, g),
+                        32 => dispatch!(nb, pixels, 32; x, wt, o, g),
+                        64 => dispatch!(nb, pixels, 64; x, wt, o, g),
+                        _ => dispatch!(nb, pixels, 0; x, wt, o, g),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Strides and sizes of a forward block (as in the AVX-512 build).
+    #[derive(Clone, Copy)]
+    struct Geo {
+        row: usize,
+        cin: usize,
+        k: usize,
+        c16: usize,
+        cout: usize,
+        valid: usize,
+    }
+
+    /// NB consecutive output pixels × 16 channels (CIN: the input channel count when known at
+    /// compile time, 0: `g.cin`).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn pixels<const NB: usize, const CIN: usize>(
+        x: *const f32,
+        wt: *const f32,
+        o: *mut f32,
+        g: Geo,
+    ) {
+        let cin = if CIN > 0 { CIN } else { g.cin };
+        let mut acc = [[_mm256_setzero_ps(); 2]; NB];
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let xr = x.add(ky * g.row + kx * cin);
+                let wr = wt.add((ky * g.k + kx) * cin * g.c16);
+                for ci in 0..cin {
+                    let w0 = _mm256_loadu_ps(wr.add(ci * g.c16));
+                    let w1 = _mm256_loadu_ps(wr.add(ci * g.c16 + 8));
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        let xv = _mm256_broadcast_ss(&*xr.add(j * cin + ci));
+                        acc[0] = _mm256_fmadd_ps(xv, w0, acc[0]);
+                        acc[1] = _mm256_fmadd_ps(xv, w1, acc[1]);
+                    }
+                }
+            }
+        }
+        for (j, &acc) in acc.iter().enumerate() {
+            store16(o.add(j * g.cout), acc, g.valid);
+        }
+    }
+
+    /// SAFETY (callers): AVX2 and FMA present; `xp` holds the window's padded input, `dy`
+    /// oh·ow·cout and `acc` k²·cin·co16 floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weight_grad_image(
+        win: Window,
+        xp: *const f32,
+        dy: *const f32,
+        acc: *mut f32,
+    ) {
+        let Window {
+            oh,
+            ow,
+            k,
+            cin,
+            cout,
+        } = win;
+        let c16 = super::lanes16(cout);
+        for t in 0..k * k {
+            let (ky, kx) = (t / k, t % k);
+            for cob in (0..c16).step_by(16) {
+                let valid = cout - cob;
+                let g = Grad {
+                    oh,
+                    ow,
+                    k,
+                    cin,
+                    cout,
+                    c16,
+                    full: valid >= 16,
+                    m: [lanes(valid), lanes(valid.saturating_sub(8))],
+                };
+                for (ci, nc) in blocks(cin) {
+                    let x = xp.add((ky * (ow + k - 1) + kx) * cin + ci);
+                    let a = acc.add((t * cin + ci) * c16 + cob);
+                    dispatch!(nc, channels; x, dy.add(cob), a, g);
+                }
+            }
+        }
+    }
+
+    /// Sizes and lane masks of a weight-gradient block.
+    #[derive(Clone, Copy)]
+    struct Grad {
+        oh: usize,
+        ow: usize,
+        k: usize,
+        cin: usize,
+        cout: usize,
+        c16: usize,
+        /// All sixteen output channels of the block are inside cout (no masks).
+        full: bool,
+        /// Lanes of the block's two halves that are inside cout.
+        m: [__m256i; 2],
+    }
+
+    /// NC input channels × 16 output channels of one tap, summed over every pixel.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn channels<const NC: usize>(x: *const f32, dy: *const f32, a: *mut f32, g: Grad) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; NC];
+        for (c, acc) in acc.iter_mut().enumerate() {
+            for (h, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_loadu_ps(a.add(c * g.c16 + 8 * h));
+            }
+        }
+        let row = (g.ow + g.k - 1) * g.cin;
+        for oy in 0..g.oh {
+            let xr = x.add(oy * row);
+            let dr = dy.add(oy * g.ow * g.cout);
+            for ox in 0..g.ow {
+                let p = dr.add(ox * g.cout);
+                let d = if g.full {
+                    [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))]
+                } else {
+                    [
+                        _mm256_maskload_ps(p, g.m[0]),
+                        _mm256_maskload_ps(p.add(8), g.m[1]),
+                    ]
+                };
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_broadcast_ss(&*xr.add(ox * g.cin + c));
+                    acc[0] = _mm256_fmadd_ps(xv, d[0], acc[0]);
+                    acc[1] = _mm256_fmadd_ps(xv, d[1], acc[1]);
+                }
+            }
+        }
+        for (c, acc) in acc.iter().enumerate() {
+            for (h, &s) in acc.iter().enumerate() {
+                _mm256_storeu_ps(a.add(c * g.c16 + 8 * h), s);
+            }
+        }
+    }
+
+    /// SAFETY (callers): AVX2 and FMA present; `xt` holds ⌈n/6⌉ blocks of fin × 6 floats (row j
+    /// of block b at lane j of each group of 6; blocks split n near-equally), `wt` fin × fout
+    /// rounded up to 16, `y` n rows of fout.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn linear_blocks(
+        xt: *const f32,
+        n: usize,
+        fin: usize,
+        wt: *const f32,
+        fout: usize,
+        y: *mut f32,
+    ) {
+        let f16 = fout.div_ceil(16) * 16;
+        for c in (0..f16).step_by(16) {
+            // Columns past fout are computed (zero weights) but not stored.
+            let valid = (fout - c).min(16);
+            for (b, (r0, nb)) in blocks(n).enumerate() {
+                let x = xt.add(b * fin * PB);
+                let o = y.add(r0 * fout + c);
+                dispatch!(nb, strip; x, fin, wt.add(c), f16, o, fout, valid);
+            }
+        }
+    }
+
+    /// NB rows × 16 columns of the panel over all fin inputs; stores the first `valid` columns.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn strip<const NB: usize>(
+        xt: *const f32,
+        fin: usize,
+        wt: *const f32,
+        f16: usize,
+        y: *mut f32,
+        fout: usize,
+        valid: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; NB];
+        for i in 0..fin {
+            let w0 = _mm256_loadu_ps(wt.add(i * f16));
+            let w1 = _mm256_loadu_ps(wt.add(i * f16 + 8));
+            let xr = xt.add(i * PB);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm256_broadcast_ss(&*xr.add(j));
+                acc[0] = _mm256_fmadd_ps(xv, w0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(xv, w1, acc[1]);
+            }
+        }
+        for (j, &acc) in acc.iter().enumerate() {
+            store16(y.add(j * fout), acc, valid);
+        }
+    }
+
+    /// SAFETY (callers): AVX2 present; `x` an image of at least (oh·k) × w × c floats with
+    /// w ≥ ow·k, `o` and `a` oh·ow·c elements.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn max_pool_image(
+        x: *const f32,
+        w: usize,
+        c: usize,
+        k: usize,
+        oh: usize,
+        ow: usize,
+        o: *mut f32,
+        a: *mut u8,
+    ) {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let ob = (oy * ow + ox) * c;
+                let corner = (oy * k * w + ox * k) * c;
+                for j in (0..c).step_by(8) {
+                    let n = (c - j).min(8);
+                    let m = lanes(n);
+                    let load = |s: usize| {
+                        if n == 8 {
+                            _mm256_loadu_ps(x.add(s))
+                        } else {
+                            _mm256_maskload_ps(x.add(s), m)
+                        }
+                    };
+                    let mut best = load(corner + j);
+                    let mut code = _mm256_setzero_ps();
+                    for t in 1..k * k {
+                        let v = load(corner + (t / k * w + t % k) * c + j);
+                        let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(v, best);
+                        best = _mm256_blendv_ps(best, v, gt);
+                        let tv = _mm256_castsi256_ps(_mm256_set1_epi32(t as i32));
+                        code = _mm256_blendv_ps(code, tv, gt);
+                    }
+                    let mut codes = [0i32; 8];
+                    _mm256_storeu_si256(codes.as_mut_ptr().cast(), _mm256_castps_si256(code));
+                    if n == 8 {
+                        _mm256_storeu_ps(o.add(ob + j), best);
+                    } else {
+                        _mm256_maskstore_ps(o.add(ob + j), m, best);
+                    }
+                    for (l, &t) in codes.iter().enumerate().take(n) {
+                        *a.add(ob + j + l) = t as u8;
+                    }
+                }
+            }
+        }
+    }
 
     /// Lane mask of the first `n` (≤ 8) lanes.
     #[inline]

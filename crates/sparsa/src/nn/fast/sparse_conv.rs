@@ -48,7 +48,7 @@ pub fn applies<T: Real>(g: &ConvGeom) -> bool {
 /// Whether this CPU runs the kernels: AVX-512F (16-lane vectors), or AVX2 with FMA (the same
 /// planes in 8-lane halves).
 pub fn available() -> bool {
-    direct::available() || crate::kernels::vector::has_avx2_fma()
+    direct::available()
 }
 
 /// Output positions the kernels compute per valid output of `g` (≥ 1) on the planes most of a
@@ -638,7 +638,7 @@ fn conv_planes(xp: &[f32], ent: &Entries, qv: usize, block: usize, out: &mut [f3
     // SAFETY: AVX-512F (or AVX2 and FMA) is present; every read is at off_e + q < max_off +
     // 16·qv ≤ xp.len() and every write inside plane j < planes of 16·qv (asserted above).
     unsafe {
-        if direct::available() {
+        if direct::avx512() {
             avx::conv_planes(xp.as_ptr(), ent, qv, block.clamp(1, 16), out.as_mut_ptr())
         } else {
             avx2::conv_planes(xp.as_ptr(), ent, qv, out.as_mut_ptr())
@@ -660,7 +660,7 @@ fn grad_planes(xp: &[f32], dy: &[f32], ld: usize, ent: &Entries, qv: usize, acc:
     // SAFETY: AVX-512F (or AVX2 and FMA) is present; reads of xp as in `conv_planes`, of dy
     // inside plane j's first 16·qv elements, writes to acc[e] for e < nnz (asserted above).
     unsafe {
-        if direct::available() {
+        if direct::avx512() {
             avx::grad_planes(xp.as_ptr(), dy.as_ptr(), ld, ent, qv, acc.as_mut_ptr())
         } else {
             avx2::grad_planes(xp.as_ptr(), dy.as_ptr(), ld, ent, qv, acc.as_mut_ptr())
