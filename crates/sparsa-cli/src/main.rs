@@ -54,6 +54,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     ui::init_logging(cli.verbose);
     main_thread_in_pool();
+    if let Err(e) = sparsa::kernels::simd::Simd::from_env() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Sae(cmd) => commands::sae::run(cmd),
         Command::Fetch(args) => commands::fetch::run(args),

@@ -529,3 +529,19 @@ fn list_flags_accept_spaces_after_commas() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn a_bad_simd_cap_is_a_usage_error_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let run = sparsa()
+        .env("SPARSA_SIMD", "sse9")
+        .args(["prune", "run", "--config", SMOKE, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "stderr:\n{err}");
+    assert!(err.contains("SPARSA_SIMD=\"sse9\""), "stderr:\n{err}");
+    assert!(!out.exists(), "no run directory is made");
+}

@@ -11,12 +11,15 @@
 //!   count.
 //! - [`reduce`]: deterministic parallel reductions (fixed chunking, fixed combine order).
 //! - [`peak`]: a fused-multiply-add throughput microbenchmark (the machine's measured peak).
+//! - [`simd`]: the widest vector instructions the hand-written kernels use (the CPU's, capped
+//!   by `SPARSA_SIMD`).
 
 pub mod aligned;
 pub mod bf16;
 pub mod matmul;
 pub mod peak;
 pub mod reduce;
+pub mod simd;
 pub mod vector;
 
 /// Run `f` on the contiguous f32 CPU data of `t` without copying it; `None` for any other

@@ -46,24 +46,19 @@ unsafe fn axpy_avx512(alpha: f32, x: &[f32], y: &mut [f32]) {
     axpy_body(alpha, x, y)
 }
 
-/// Whether the CPU runs AVX-512F (the kernels' wide path).
+/// Whether the kernels' wide path runs: AVX-512F on this CPU, allowed by `SPARSA_SIMD`
+/// ([`super::simd`]).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub(crate) fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
+    super::simd::avx512()
 }
 
-/// Whether the CPU runs AVX2 with FMA (the kernels' 256-bit path where AVX-512F is missing).
+/// Whether the kernels' 256-bit path may run: AVX2 with FMA on this CPU, allowed by
+/// `SPARSA_SIMD` ([`super::simd`]).
 #[inline]
 pub(crate) fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::simd::avx2_fma()
 }
 
 /// Σ_l a_l·b_l over the common length.

@@ -22,6 +22,7 @@
 //! Sums are in a fixed order for a given shape, so runs stay bit-reproducible.
 
 use super::geom::{ConvGeom, Real};
+use crate::kernels::simd;
 
 /// Widest channel count (in and out) the direct convolution takes (measured: beyond 64 channels
 /// the GEMM's wide microkernels win and the direct kernel's weight slice no longer stays in L2).
@@ -41,23 +42,21 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The widest set this CPU runs, if any.
+    /// The widest set this CPU runs within `SPARSA_SIMD`'s cap ([`simd`]), if any.
     pub fn best() -> Option<Isa> {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if simd::avx512() {
             return Some(Isa::Avx512);
         }
-        crate::kernels::vector::has_avx2_fma().then_some(Isa::Avx2)
+        simd::avx2_fma().then_some(Isa::Avx2)
     }
 
-    /// Every set this CPU runs, widest first (the tests run each).
+    /// Every set this CPU runs within the cap, widest first (the tests run each).
     pub fn all() -> Vec<Isa> {
         let mut v = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if simd::avx512() {
             v.push(Isa::Avx512);
         }
-        if crate::kernels::vector::has_avx2_fma() {
+        if simd::avx2_fma() {
             v.push(Isa::Avx2);
         }
         v

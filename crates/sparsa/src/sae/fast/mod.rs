@@ -749,7 +749,7 @@ unsafe fn adam_avx512(
 
 fn adam_update(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: AdamConsts) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if crate::kernels::simd::avx512() {
         // SAFETY: the CPU supports AVX-512F (checked above).
         return unsafe { adam_avx512(w, m, v, g, c) };
     }
