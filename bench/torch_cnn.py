@@ -5,6 +5,7 @@ once its CUDA libraries are installed):
     python3 -m venv venv && venv/bin/pip install torch numpy
 Usage (from the repository root, after `cargo build --release -p sparsa-cli`):
     venv/bin/python bench/torch_cnn.py [--models lenet,lenet5,conv2,conv4,conv6,resnet20,vgg11,vgg16,vgg19]
+        (sparsa's names, conv-4 or lenet-300-100, work too)
         [--batch 128] [--threads 2] [--steps 10] [--sparsa target/release/sparsa]
 For each model it runs PyTorch and sparsa alternately, each in its own process (so peak RSS is
 per model), with the same architecture, input shape, batch and thread count: LeNet-300-100 and
@@ -135,8 +136,16 @@ def main():
     if a.child:
         return torch_child(a.child, a.batch, a.steps, a.threads)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), RAYON_NUM_THREADS=str(a.threads))
+    # Short names (conv4) or sparsa's (conv-4); anything else is refused before any run.
+    short = {v: k for k, v in MODELS.items()}
+    names = []
+    for n in (n.strip() for n in a.models.split(",")):
+        if n not in MODELS and n not in short:
+            sys.exit(f"--models: unknown model {n!r}; expected one of {', '.join(MODELS)} "
+                     f"(or {', '.join(MODELS.values())})")
+        names.append(short.get(n, n))
     rows = []
-    for name in a.models.split(","):
+    for name in names:
         t = run_json([sys.executable, __file__, "--child", name, "--batch", str(a.batch), "--steps", str(a.steps),
                       "--threads", str(a.threads)], env)[0]
         print(json.dumps(t), flush=True)
