@@ -287,11 +287,14 @@ fn direct_linear_kernel_matches_an_f64_product() {
         return;
     }
     use sparsa::nn::fast::direct;
-    // (n, fin, fout): row tails (n not a multiple of 8), column tails (fout not a multiple of
-    // 16 or 32), LeNet's shapes.
+    // (n, fin, fout): row tails (n not a multiple of the 12 rows of an AVX-512 block or the 6
+    // of an AVX2 one), column tails (fout not a multiple of 16 or 32), LeNet's shapes.
+    assert_eq!((direct::LINEAR_ROWS, direct::LINEAR_ROWS_AVX2), (12, 6));
     for &(n, fin, fout) in &[
         (13usize, 37usize, 300usize),
         (8, 784, 300),
+        (12, 784, 300),
+        (25, 64, 48),
         (5, 300, 100),
         (17, 100, 10),
         (1, 3, 1),
