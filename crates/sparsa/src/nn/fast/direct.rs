@@ -418,46 +418,27 @@ pub fn transpose_strided_f32(
     }
     assert!(lda >= cols && ldo >= rows);
     assert!(a.len() >= (rows - 1) * lda + cols && out.len() >= (cols - 1) * ldo + rows);
-    if avx2 {
-        for r0 in (0..rows).step_by(8) {
-            let nr = (rows - r0).min(8);
-            for c0 in (0..cols).step_by(8) {
-                let nc = (cols - c0).min(8);
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX2 is present; the block reads rows r0..r0+nr, columns c0..c0+nc of
-                // `a` and writes rows c0..c0+nc, columns r0..r0+nr of `out`, inside the lengths
-                // asserted above (masked lanes are not touched).
-                unsafe {
-                    avx2::transpose_block(
-                        a.as_ptr().add(r0 * lda + c0),
-                        lda,
-                        nr,
-                        nc,
-                        out.as_mut_ptr().add(c0 * ldo + r0),
-                        ldo,
-                    )
-                }
-            }
-        }
-        return true;
-    }
-    for r0 in (0..rows).step_by(16) {
-        let nr = (rows - r0).min(16);
-        for c0 in (0..cols).step_by(16) {
-            let nc = (cols - c0).min(16);
+    // Blocks of 8 × 8 (AVX2) or 16 × 16 (AVX-512), masked at the edges.
+    let b = if avx2 { 8 } else { 16 };
+    for r0 in (0..rows).step_by(b) {
+        let nr = (rows - r0).min(b);
+        for c0 in (0..cols).step_by(b) {
+            let nc = (cols - c0).min(b);
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX-512F is present; the block reads rows r0..r0+nr, columns c0..c0+nc of
-            // `a` and writes rows c0..c0+nc, columns r0..r0+nr of `out`, inside the lengths
-            // asserted above (masked lanes are not touched).
+            // SAFETY: `isa` (AVX-512F or AVX2) is present (`Isa::best`); the block
+            // reads rows r0..r0+nr, columns c0..c0+nc of `a` and writes rows c0..c0+nc, columns
+            // r0..r0+nr of `out`, inside the lengths asserted above (masked lanes are not
+            // touched).
             unsafe {
-                avx::transpose_block(
+                let (src, dst) = (
                     a.as_ptr().add(r0 * lda + c0),
-                    lda,
-                    nr,
-                    nc,
                     out.as_mut_ptr().add(c0 * ldo + r0),
-                    ldo,
-                )
+                );
+                if avx2 {
+                    avx2::transpose_block(src, lda, nr, nc, dst, ldo)
+                } else {
+                    avx::transpose_block(src, lda, nr, nc, dst, ldo)
+                }
             }
         }
     }
