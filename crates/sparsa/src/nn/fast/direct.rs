@@ -262,27 +262,38 @@ fn best() -> Isa {
     Isa::best().expect("the direct kernels need AVX-512F or AVX2 with FMA")
 }
 
-/// Engine linear weights (fout × fin) → `[fin][fout rounded up to 16]` (zero columns past fout):
-/// the panel [`linear_rows`] reads.
+/// Engine linear weights (fout × fin) → the panel [`linear_rows`] reads: W̃ = Wᵀ (fin × fout,
+/// columns rounded up to 16 with zeros) in strips of 32 columns (the last one 16 or 32), each
+/// strip contiguous, row after row, so a kernel walking the inputs of a strip reads memory in
+/// order. [`panel_strip`] gives where a column's strip row starts and its width.
 pub fn pack_linear<T: Real>(w: &[T], fout: usize, fin: usize, dst: &mut Vec<T>) {
     let f16 = fout.div_ceil(16) * 16;
     dst.clear();
     dst.resize(fin * f16, T::zero());
     // 16 × 16 blocks, so both sides stay in cache.
     for o0 in (0..fout).step_by(16) {
+        let (off, ld) = panel_strip(o0, fin, f16);
         for i0 in (0..fin).step_by(16) {
             for o in o0..(o0 + 16).min(fout) {
                 for i in i0..(i0 + 16).min(fin) {
-                    dst[i * f16 + o] = w[o * fin + i];
+                    dst[off + i * ld + (o - o0)] = w[o * fin + i];
                 }
             }
         }
     }
 }
 
+/// Where column `c` (a multiple of 16) of a [`pack_linear`] panel sits: (offset of input 0,
+/// stride between inputs = its strip's width, 32 or 16).
+pub fn panel_strip(c: usize, fin: usize, f16: usize) -> (usize, usize) {
+    let s0 = c - c % 32;
+    (s0 * fin + c % 32, (f16 - s0).min(32))
+}
+
 /// y (n × fout) = x (n × fin) · W̃ where `wt` is [`pack_linear`]'s panel of W: rows are taken
-/// eight at a time (copied transposed into `xt`, so their broadcasts are constant offsets) and
-/// multiplied with 32-column strips of the panel held in L2. Requires [`available`].
+/// [`LINEAR_ROWS`] at a time (six on AVX2; copied transposed into `xt`, so their broadcasts are
+/// constant offsets) and multiplied with the panel's 32-column strips, each read in order from
+/// L2. Requires [`available`].
 pub fn linear_rows<T: Real>(
     x: &[T],
     n: usize,
@@ -861,7 +872,7 @@ mod avx {
     }
 
     /// SAFETY (callers): AVX-512F present; `xt` holds fin·LINEAR_ROWS floats (row j of the
-    /// block at lane j of each group of LINEAR_ROWS), `wt` fin × fout rounded up to 16, `y` nb
+    /// block at lane j of each group of LINEAR_ROWS), `wt` the `pack_linear` panel (fin·f16 floats in column strips), `y` nb
     /// rows of fout.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn linear_block(
@@ -878,10 +889,11 @@ mod avx {
             let two = c + 32 <= f16;
             // Columns past fout are computed (zero weights) but not stored.
             let valid = (fout - c).min(if two { 32 } else { 16 });
+            let (off, ld) = super::panel_strip(c, fin, f16);
             if two {
-                dispatch!(nb, strip, 2; xt, fin, wt.add(c), f16, y.add(c), fout, valid);
+                dispatch!(nb, strip, 2; xt, fin, wt.add(off), ld, y.add(c), fout, valid);
             } else {
-                dispatch!(nb, strip, 1; xt, fin, wt.add(c), f16, y.add(c), fout, valid);
+                dispatch!(nb, strip, 1; xt, fin, wt.add(off), ld, y.add(c), fout, valid);
             }
             c += if two { 32 } else { 16 };
         }
@@ -896,7 +908,7 @@ mod avx {
         xt: *const f32,
         fin: usize,
         wt: *const f32,
-        f16: usize,
+        ld: usize,
         y: *mut f32,
         fout: usize,
         valid: usize,
@@ -905,7 +917,7 @@ mod avx {
         for i in 0..fin {
             let mut wv = [_mm512_setzero_ps(); NV];
             for (v, wv) in wv.iter_mut().enumerate() {
-                *wv = _mm512_loadu_ps(wt.add(i * f16 + 16 * v));
+                *wv = _mm512_loadu_ps(wt.add(i * ld + 16 * v));
             }
             let xr = xt.add(i * super::LINEAR_ROWS);
             for (j, acc) in acc.iter_mut().enumerate() {
@@ -1152,7 +1164,7 @@ mod avx2 {
     }
 
     /// SAFETY (callers): AVX2 and FMA present; `xt` holds ⌈n/6⌉ blocks of fin × 6 floats (row j
-    /// of block b at lane j of each group of 6; blocks split n near-equally), `wt` fin × fout
+    /// of block b at lane j of each group of 6; blocks split n near-equally), `wt` the `pack_linear` panel of fin × fout
     /// rounded up to 16, `y` n rows of fout.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn linear_blocks(
@@ -1167,10 +1179,11 @@ mod avx2 {
         for c in (0..f16).step_by(16) {
             // Columns past fout are computed (zero weights) but not stored.
             let valid = (fout - c).min(16);
+            let (off, ld) = super::panel_strip(c, fin, f16);
             for (b, (r0, nb)) in blocks(n).enumerate() {
                 let x = xt.add(b * fin * PB);
                 let o = y.add(r0 * fout + c);
-                dispatch!(nb, strip; x, fin, wt.add(c), f16, o, fout, valid);
+                dispatch!(nb, strip; x, fin, wt.add(off), ld, o, fout, valid);
             }
         }
     }
@@ -1183,15 +1196,15 @@ mod avx2 {
         xt: *const f32,
         fin: usize,
         wt: *const f32,
-        f16: usize,
+        ld: usize,
         y: *mut f32,
         fout: usize,
         valid: usize,
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; NB];
         for i in 0..fin {
-            let w0 = _mm256_loadu_ps(wt.add(i * f16));
-            let w1 = _mm256_loadu_ps(wt.add(i * f16 + 8));
+            let w0 = _mm256_loadu_ps(wt.add(i * ld));
+            let w1 = _mm256_loadu_ps(wt.add(i * ld + 8));
             let xr = xt.add(i * PB);
             for (j, acc) in acc.iter_mut().enumerate() {
                 let xv = _mm256_broadcast_ss(&*xr.add(j));
