@@ -7,9 +7,10 @@
 //! | `avx2` | AVX2 with FMA even where AVX-512F is present (else portable) |
 //! | `portable` | no hand-written vector kernels: the portable loops, and for the `nn` engine the im2col / GEMM and Winograd paths |
 //!
-//! The cap is how one machine runs every build of the kernels: CI runs the `nn` engine's parity
-//! tests a second time under `SPARSA_SIMD=avx2`, so the 8-lane builds are checked on AVX-512
-//! machines too. It is read once per process. The bf16 products have their own switch
+//! The cap is how one machine runs every build of the kernels: CI runs the `nn` and SAE parity
+//! tests again under `SPARSA_SIMD=avx2` and `=portable`, so the 8-lane and portable builds are
+//! checked on AVX-512 machines too. It is read, and met with the CPU's features, once per
+//! process. The bf16 products have their own switch
 //! (`SPARSA_BF16_KERNEL`, [`super::bf16`]); `gemm`'s kernels are not capped.
 
 use std::sync::OnceLock;
@@ -57,33 +58,39 @@ pub fn cap() -> Simd {
     })
 }
 
+/// The set the kernels run: the CPU's widest, at most the cap; decided once.
+fn level() -> Simd {
+    static LEVEL: OnceLock<Simd> = OnceLock::new();
+    *LEVEL.get_or_init(|| cap().min(cpu()))
+}
+
+/// The widest set this CPU has.
+fn cpu() -> Simd {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // Every AVX-512F CPU also has AVX2 and FMA.
+            return Simd::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Simd::Avx2;
+        }
+    }
+    Simd::Portable
+}
+
 /// Whether the kernels' 16-lane AVX-512F builds run: the CPU has AVX-512F and the cap allows it.
 #[inline]
 pub fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        cap() >= Simd::Avx512 && std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    level() >= Simd::Avx512
 }
 
 /// Whether the kernels' 8-lane AVX2 + FMA builds may run: the CPU has both and the cap allows
-/// it (true on AVX-512 CPUs too, which all have them; the tests run both builds there).
+/// it (true on AVX-512 CPUs too; the tests run both builds there).
 #[inline]
 pub fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        cap() >= Simd::Avx2
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    level() >= Simd::Avx2
 }
 
 #[cfg(test)]

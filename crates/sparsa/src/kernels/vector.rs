@@ -46,26 +46,11 @@ unsafe fn axpy_avx512(alpha: f32, x: &[f32], y: &mut [f32]) {
     axpy_body(alpha, x, y)
 }
 
-/// Whether the kernels' wide path runs: AVX-512F on this CPU, allowed by `SPARSA_SIMD`
-/// ([`super::simd`]).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub(crate) fn has_avx512() -> bool {
-    super::simd::avx512()
-}
-
-/// Whether the kernels' 256-bit path may run: AVX2 with FMA on this CPU, allowed by
-/// `SPARSA_SIMD` ([`super::simd`]).
-#[inline]
-pub(crate) fn has_avx2_fma() -> bool {
-    super::simd::avx2_fma()
-}
-
 /// Σ_l a_l·b_l over the common length.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if super::simd::avx512() {
         // SAFETY: the CPU supports AVX-512F (checked above).
         return unsafe { dot_avx512(a, b) };
     }
@@ -76,7 +61,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if super::simd::avx512() {
         // SAFETY: the CPU supports AVX-512F (checked above).
         return unsafe { axpy_avx512(alpha, x, y) };
     }
@@ -93,7 +78,7 @@ pub fn dot4(rows: [&[f32]; 4], v: &[f32]) -> [f32; 4] {
         "dot4: rows of the vector's length"
     );
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if super::simd::avx512() {
         // SAFETY: the CPU supports AVX-512F (checked above).
         return unsafe { dot4_avx512(rows, v) };
     }
@@ -163,7 +148,7 @@ pub fn gather_sum(w: &[f32], d: usize, c0: usize, js: &[u32], vals: &[f32], out:
         c0 + n
     );
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if super::simd::avx512() {
         let nz = n / 16;
         // SAFETY: the CPU supports AVX-512F (checked above); every row read is bounds-checked.
         unsafe {

@@ -872,8 +872,8 @@ mod avx {
     }
 
     /// SAFETY (callers): AVX-512F present; `xt` holds fin·LINEAR_ROWS floats (row j of the
-    /// block at lane j of each group of LINEAR_ROWS), `wt` the `pack_linear` panel (fin·f16 floats in column strips), `y` nb
-    /// rows of fout.
+    /// block at lane j of each group of LINEAR_ROWS), `wt` the `pack_linear` panel (fin·f16
+    /// floats in column strips), `y` nb rows of fout.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn linear_block(
         xt: *const f32,
@@ -1164,8 +1164,8 @@ mod avx2 {
     }
 
     /// SAFETY (callers): AVX2 and FMA present; `xt` holds ⌈n/6⌉ blocks of fin × 6 floats (row j
-    /// of block b at lane j of each group of 6; blocks split n near-equally), `wt` the `pack_linear` panel of fin × fout
-    /// rounded up to 16, `y` n rows of fout.
+    /// of block b at lane j of each group of 6; blocks split n near-equally), `wt` the
+    /// `pack_linear` panel (fin·f16 floats in column strips), `y` n rows of fout.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn linear_blocks(
         xt: *const f32,

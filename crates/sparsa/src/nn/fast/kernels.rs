@@ -1021,10 +1021,10 @@ mod wide {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: each build runs only where its features were detected.
         unsafe {
-            if crate::kernels::vector::has_avx512() {
+            if crate::kernels::simd::avx512() {
                 return x86::mul_row_512(w, sup, xt, n, y);
             }
-            if crate::kernels::vector::has_avx2_fma() {
+            if crate::kernels::simd::avx2_fma() {
                 return x86::mul_row_256(w, sup, xt, n, y);
             }
         }
@@ -1036,10 +1036,10 @@ mod wide {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: each build runs only where its features were detected.
         unsafe {
-            if crate::kernels::vector::has_avx512() {
+            if crate::kernels::simd::avx512() {
                 return x86::grad_row_512(g, sup, xt, n, drow);
             }
-            if crate::kernels::vector::has_avx2_fma() {
+            if crate::kernels::simd::avx2_fma() {
                 return x86::grad_row_256(g, sup, xt, n, drow);
             }
         }
@@ -1051,10 +1051,10 @@ mod wide {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: each build runs only where its features were detected.
         unsafe {
-            if crate::kernels::vector::has_avx512() {
+            if crate::kernels::simd::avx512() {
                 return x86::axpy_512(a, x, y);
             }
-            if crate::kernels::vector::has_avx2_fma() {
+            if crate::kernels::simd::avx2_fma() {
                 return x86::axpy_256(a, x, y);
             }
         }

@@ -309,7 +309,7 @@ fn to_slices(srcs: &[&[f32]], d: usize, out: &mut [f32]) {
 #[inline]
 fn slice_sums(ens: &[Entry], b: usize, xs: &[f32], gs: &[f32]) -> ([f32; SLICE], [f32; SLICE]) {
     #[cfg(target_arch = "x86_64")]
-    if vector::has_avx512() {
+    if crate::kernels::simd::avx512() {
         // SAFETY: the CPU supports AVX-512F (checked above).
         return unsafe { slice_sums_avx512(ens, b, xs, gs) };
     }
