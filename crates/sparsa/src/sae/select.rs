@@ -2,14 +2,6 @@
 //! sort of the candidates) and deterministic: among equal values the lower index wins, and a
 //! zero (or negative) entry is never selected.
 
-use std::cmp::Ordering;
-
-/// Order by value descending, then index ascending: the "better" candidate compares Less.
-#[inline]
-fn better(a: (f32, u32), b: (f32, u32)) -> Ordering {
-    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
-}
-
 /// Whether any entry of a block (at most 16) is above `t`: a fixed-width, branch-free test on
 /// full blocks so that it compiles to a few vector compares.
 #[inline(always)]
@@ -115,84 +107,226 @@ fn top_k_short(values: &[f32], k: usize, keys: &mut Vec<u64>, out: &mut Vec<u32>
 
 /// Per column of a block: for columns `col0 .. col0 + caps.len()` of the row-major n×stride
 /// matrix `values`, the `caps[c]` largest positive entries' row indices (ascending) in
-/// `outs[c]` (cleared first). Rows are read one cache line of the block at a time, so a block
-/// of 16 columns reads each of its lines of `values` once (the column-at-a-time version reads a
-/// line per entry). Same rising-threshold scheme and tie rule as [`top_k_positive`].
+/// `outs[c]` (cleared first). `scratch` is reused between calls.
+///
+/// The block is read row by row, each row's part contiguous and asked for a few rows ahead,
+/// so a wide block streams through memory. Per column, the rising-threshold scheme of
+/// [`top_k_positive`] with the same tie rule: entries above the column's threshold are
+/// buffered as keys (value bits over the complemented row index), and a buffer that reaches
+/// 2k + 8 keys is cut to its best k (a select on the keys, never a read of `values`), the
+/// threshold becoming the k-th best value. The short buffers of a block lie side by side in
+/// one allocation that stays in cache. A block of 16 columns whose entries are all at or below
+/// their thresholds is skipped after one vector compare; in the others only the entries above
+/// are visited (a bit mask).
 pub fn top_k_positive_columns(
     values: &[f32],
     n: usize,
     stride: usize,
     col0: usize,
     caps: &[usize],
-    thr: &mut Vec<f32>,
+    scratch: &mut ColumnScratch,
+    outs: &mut [Vec<u32>],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::kernels::simd;
+        if simd::avx512() {
+            // SAFETY: the CPU supports AVX-512F (checked above).
+            return unsafe { columns_avx512(values, n, stride, col0, caps, scratch, outs) };
+        }
+        if simd::avx2_fma() {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            return unsafe { columns_avx2(values, n, stride, col0, caps, scratch, outs) };
+        }
+    }
+    columns_body::<PORTABLE>(values, n, stride, col0, caps, scratch, outs)
+}
+
+/// The instruction sets of [`columns_body`]'s block compare.
+const PORTABLE: u8 = 0;
+const AVX2: u8 = 1;
+const AVX512: u8 = 2;
+
+/// Bit l set where `r[l] > t[l]` (false for NaN), on the instruction set `ISA`; the caller
+/// has checked that the CPU supports it.
+#[inline(always)]
+fn above_mask<const ISA: u8>(r: &[f32; 16], t: &[f32; 16]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        if ISA == AVX512 {
+            // SAFETY: 16 floats each side; AVX-512F is enabled in the calling build.
+            return unsafe {
+                u32::from(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(
+                    _mm512_loadu_ps(r.as_ptr()),
+                    _mm512_loadu_ps(t.as_ptr()),
+                ))
+            };
+        }
+        if ISA == AVX2 {
+            // SAFETY: 16 floats each side; AVX2 is enabled in the calling build.
+            return unsafe {
+                let lo = _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_loadu_ps(r.as_ptr()),
+                    _mm256_loadu_ps(t.as_ptr()),
+                );
+                let hi = _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_loadu_ps(r.as_ptr().add(8)),
+                    _mm256_loadu_ps(t.as_ptr().add(8)),
+                );
+                (_mm256_movemask_ps(lo) as u32) | ((_mm256_movemask_ps(hi) as u32) << 8)
+            };
+        }
+    }
+    let mut above = 0u32;
+    for l in 0..16 {
+        above |= u32::from(r[l] > t[l]) << l;
+    }
+    above
+}
+
+/// [`top_k_positive_columns`] compiled for AVX-512F: a block's compare is one instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn columns_avx512(
+    values: &[f32],
+    n: usize,
+    stride: usize,
+    col0: usize,
+    caps: &[usize],
+    scratch: &mut ColumnScratch,
+    outs: &mut [Vec<u32>],
+) {
+    columns_body::<AVX512>(values, n, stride, col0, caps, scratch, outs)
+}
+
+/// [`top_k_positive_columns`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn columns_avx2(
+    values: &[f32],
+    n: usize,
+    stride: usize,
+    col0: usize,
+    caps: &[usize],
+    scratch: &mut ColumnScratch,
+    outs: &mut [Vec<u32>],
+) {
+    columns_body::<AVX2>(values, n, stride, col0, caps, scratch, outs)
+}
+
+#[inline(always)]
+fn columns_body<const ISA: u8>(
+    values: &[f32],
+    n: usize,
+    stride: usize,
+    col0: usize,
+    caps: &[usize],
+    scratch: &mut ColumnScratch,
     outs: &mut [Vec<u32>],
 ) {
     let nc = caps.len().min(outs.len());
+    let ColumnScratch {
+        thr,
+        keys,
+        start,
+        len,
+    } = scratch;
     thr.clear();
     thr.extend(
-        caps.iter()
+        caps[..nc]
+            .iter()
             .map(|&m| if m == 0 { f32::INFINITY } else { 0.0 }),
     );
-    outs.iter_mut().for_each(|o| o.clear());
-    let at = |c: usize, i: u32| values[i as usize * stride + col0 + c];
+    // Column c's buffer: keys[start[c] .. start[c] + 2·caps[c] + 8], len[c] of them held.
+    start.clear();
+    let mut total = 0;
+    for &m in &caps[..nc] {
+        start.push(total);
+        total += cut_at(m);
+    }
+    keys.clear();
+    keys.resize(total, 0);
+    len.clear();
+    len.resize(nc, 0);
     for i in 0..n {
         let row = &values[i * stride + col0..i * stride + col0 + nc];
-        // A full block of 16 whose entries are all at or below their column's threshold is
-        // skipped with one fixed-width vector test.
-        if let (Ok(r), Ok(t)) = (
-            <&[f32; 16]>::try_from(row),
-            <&[f32; 16]>::try_from(&thr[..]),
-        ) {
-            let mut any = false;
-            for l in 0..16 {
-                any |= r[l] > t[l];
+        let ahead = (i + PREFETCH_ROWS).min(n - 1) * stride + col0;
+        for c0 in (0..nc).step_by(16) {
+            prefetch(values, ahead + c0);
+            let r = &row[c0..(c0 + 16).min(nc)];
+            let t = &thr[c0..c0 + r.len()];
+            let mut above = 0u32;
+            if let (Ok(r), Ok(t)) = (<&[f32; 16]>::try_from(r), <&[f32; 16]>::try_from(t)) {
+                above = above_mask::<ISA>(r, t);
+            } else {
+                for (l, (&v, &t)) in r.iter().zip(t).enumerate() {
+                    above |= u32::from(v > t) << l;
+                }
             }
-            if !any {
-                continue;
-            }
-        }
-        for (c, &v) in row.iter().enumerate() {
-            if v > thr[c] {
-                let buf = &mut outs[c];
-                buf.push(i as u32);
-                let k = caps[c];
-                if buf.len() >= 2 * k + 32 {
-                    buf.select_nth_unstable_by(k - 1, |&x, &y| {
-                        better((at(c, x), x), (at(c, y), y))
-                    });
-                    buf.truncate(k);
-                    thr[c] = at(c, buf[k - 1]);
+            while above != 0 {
+                let l = above.trailing_zeros() as usize;
+                above &= above - 1;
+                let c = c0 + l;
+                let (k, at) = (caps[c], start[c]);
+                keys[at + len[c]] = rank_key(r[l], i as u32);
+                len[c] += 1;
+                if len[c] == cut_at(k) {
+                    let buf = &mut keys[at..at + len[c]];
+                    buf.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+                    len[c] = k;
+                    thr[c] = f32::from_bits((buf[k - 1] >> 32) as u32);
                 }
             }
         }
     }
-    for (c, buf) in outs.iter_mut().enumerate().take(nc) {
+    for (c, out) in outs.iter_mut().enumerate().take(nc) {
         let k = caps[c];
+        let buf = &mut keys[start[c]..start[c] + len[c]];
         if buf.len() > k {
-            buf.select_nth_unstable_by(k - 1, |&x, &y| better((at(c, x), x), (at(c, y), y)));
-            buf.truncate(k);
+            buf.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
         }
-        buf.sort_unstable();
+        out.clear();
+        out.extend(buf.iter().take(k).map(|&key| !(key as u32)));
+        out.sort_unstable();
     }
 }
 
-/// Indices of the `k` largest positive entries of a strided column: candidates are
-/// `values[i * stride + col]` for `i in 0..n`; returns row indices `i` (ascending) in `out`.
-pub fn top_k_positive_strided(
-    values: &[f32],
-    n: usize,
-    stride: usize,
-    col: usize,
-    k: usize,
-    scratch: &mut Vec<u32>,
-    out: &mut Vec<u32>,
-) {
-    let mut thr = Vec::new();
-    let mut bufs = [std::mem::take(scratch)];
-    top_k_positive_columns(values, n, stride, col, &[k], &mut thr, &mut bufs);
-    let [buf] = bufs;
-    out.extend_from_slice(&buf);
-    *scratch = buf;
+/// A column buffer of [`top_k_positive_columns`] for capacity `k` is cut to its best k when it
+/// holds this many keys (0 for a column that takes nothing).
+#[inline(always)]
+fn cut_at(k: usize) -> usize {
+    if k == 0 {
+        0
+    } else {
+        2 * k + 8
+    }
+}
+
+/// How many rows ahead [`top_k_positive_columns`] asks for the block's lines.
+const PREFETCH_ROWS: usize = 4;
+
+/// A hint to bring the cache line holding `values[at]` into L1 (no effect past the end).
+#[inline(always)]
+fn prefetch(values: &[f32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at < values.len() {
+        // SAFETY: `at` is in bounds; a prefetch reads nothing architecturally.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(values.as_ptr().add(at).cast());
+        }
+    }
+}
+
+/// Reused buffers of [`top_k_positive_columns`]: the columns' thresholds, their candidate
+/// keys side by side, and where each column's buffer starts and how full it is.
+#[derive(Debug, Default)]
+pub struct ColumnScratch {
+    thr: Vec<f32>,
+    keys: Vec<u64>,
+    start: Vec<usize>,
+    len: Vec<usize>,
 }
 
 /// The threshold of a global top-`k` over the positive entries of `values`: returns
@@ -277,6 +411,12 @@ pub fn global_kth_positive(values: &[f32], k: usize) -> Option<(f32, usize, usiz
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::cmp::Ordering;
+
+    /// Order by value descending, then index ascending: the "better" candidate compares Less.
+    fn better(a: (f32, u32), b: (f32, u32)) -> Ordering {
+        b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+    }
 
     fn brute_top_k(values: &[f32], k: usize) -> Vec<u32> {
         let mut idx: Vec<u32> = (0..values.len() as u32)
@@ -314,19 +454,63 @@ mod tests {
 
         #[test]
         fn column_block_top_k_matches_brute_force(
-            values in prop::collection::vec(prop_oneof![Just(0.0f32), Just(1.0f32), -2.0f32..2.0], 1..240),
-            ncols in 1usize..6,
-            caps in prop::collection::vec(0usize..40, 6),
+            values in prop::collection::vec(prop_oneof![Just(0.0f32), Just(1.0f32), -2.0f32..2.0], 1..3000),
+            ncols in 1usize..40,
+            caps in prop::collection::vec(0usize..40, 40),
         ) {
+            // Blocks narrower and wider than 16 columns (the skip test's width), with a tail.
             let stride = ncols + 1;
             let n = values.len() / stride;
             let values = &values[..n * stride];
-            let mut thr = Vec::new();
+            let mut scratch = ColumnScratch::default();
             let mut outs = vec![Vec::new(); ncols];
-            top_k_positive_columns(values, n, stride, 1, &caps[..ncols], &mut thr, &mut outs);
-            for c in 0..ncols {
-                let col: Vec<f32> = (0..n).map(|i| values[i * stride + 1 + c]).collect();
-                prop_assert_eq!(&outs[c], &brute_top_k(&col, caps[c]));
+            // Twice with the same scratch: the second call must not see the first's buffers.
+            for _ in 0..2 {
+                top_k_positive_columns(values, n, stride, 1, &caps[..ncols], &mut scratch, &mut outs);
+                for c in 0..ncols {
+                    let col: Vec<f32> = (0..n).map(|i| values[i * stride + 1 + c]).collect();
+                    prop_assert_eq!(&outs[c], &brute_top_k(&col, caps[c]));
+                }
+            }
+        }
+
+        #[test]
+        fn column_selection_is_equal_on_every_instruction_set(
+            values in prop::collection::vec(
+                prop_oneof![
+                    4 => prop_oneof![Just(0.0f32), Just(0.5f32), -1.0f32..1.0],
+                    1 => prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(-0.0f32)],
+                ],
+                200..4000,
+            ),
+            ncols in 16usize..70,
+            caps in prop::collection::vec(0usize..12, 70),
+        ) {
+            // The portable, AVX2 and AVX-512 builds of the block compare, each where the CPU
+            // has it (whatever SPARSA_SIMD caps), against the brute force.
+            let stride = ncols + 3;
+            let n = values.len() / stride;
+            let values = &values[..n * stride];
+            let caps = &caps[..ncols];
+            let want: Vec<Vec<u32>> = (0..ncols)
+                .map(|c| brute_top_k(&(0..n).map(|i| values[i * stride + 2 + c]).collect::<Vec<_>>(), caps[c]))
+                .collect();
+            let mut scratch = ColumnScratch::default();
+            let mut outs = vec![Vec::new(); ncols];
+            columns_body::<PORTABLE>(values, n, stride, 2, caps, &mut scratch, &mut outs);
+            prop_assert_eq!(&outs, &want);
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has AVX2 and FMA (checked).
+                    unsafe { columns_avx2(values, n, stride, 2, caps, &mut scratch, &mut outs) };
+                    prop_assert_eq!(&outs, &want);
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked).
+                    unsafe { columns_avx512(values, n, stride, 2, caps, &mut scratch, &mut outs) };
+                    prop_assert_eq!(&outs, &want);
+                }
             }
         }
 
