@@ -127,19 +127,35 @@ pub fn top_k_positive_columns(
     scratch: &mut ColumnScratch,
     outs: &mut [Vec<u32>],
 ) {
+    let block = Block {
+        values,
+        n,
+        stride,
+        col0,
+        caps,
+    };
     #[cfg(target_arch = "x86_64")]
     {
         use crate::kernels::simd;
         if simd::avx512() {
             // SAFETY: the CPU supports AVX-512F (checked above).
-            return unsafe { columns_avx512(values, n, stride, col0, caps, scratch, outs) };
+            return unsafe { columns_avx512(&block, scratch, outs) };
         }
         if simd::avx2_fma() {
             // SAFETY: the CPU supports AVX2 (checked above).
-            return unsafe { columns_avx2(values, n, stride, col0, caps, scratch, outs) };
+            return unsafe { columns_avx2(&block, scratch, outs) };
         }
     }
-    columns_body::<PORTABLE>(values, n, stride, col0, caps, scratch, outs)
+    columns_body::<PORTABLE>(&block, scratch, outs)
+}
+
+/// The arguments of one [`top_k_positive_columns`] call.
+struct Block<'a> {
+    values: &'a [f32],
+    n: usize,
+    stride: usize,
+    col0: usize,
+    caps: &'a [usize],
 }
 
 /// The instruction sets of [`columns_body`]'s block compare.
@@ -188,43 +204,30 @@ fn above_mask<const ISA: u8>(r: &[f32; 16], t: &[f32; 16]) -> u32 {
 /// [`top_k_positive_columns`] compiled for AVX-512F: a block's compare is one instruction.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn columns_avx512(
-    values: &[f32],
-    n: usize,
-    stride: usize,
-    col0: usize,
-    caps: &[usize],
-    scratch: &mut ColumnScratch,
-    outs: &mut [Vec<u32>],
-) {
-    columns_body::<AVX512>(values, n, stride, col0, caps, scratch, outs)
+unsafe fn columns_avx512(block: &Block<'_>, scratch: &mut ColumnScratch, outs: &mut [Vec<u32>]) {
+    columns_body::<AVX512>(block, scratch, outs)
 }
 
 /// [`top_k_positive_columns`] compiled for AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn columns_avx2(
-    values: &[f32],
-    n: usize,
-    stride: usize,
-    col0: usize,
-    caps: &[usize],
-    scratch: &mut ColumnScratch,
-    outs: &mut [Vec<u32>],
-) {
-    columns_body::<AVX2>(values, n, stride, col0, caps, scratch, outs)
+unsafe fn columns_avx2(block: &Block<'_>, scratch: &mut ColumnScratch, outs: &mut [Vec<u32>]) {
+    columns_body::<AVX2>(block, scratch, outs)
 }
 
 #[inline(always)]
 fn columns_body<const ISA: u8>(
-    values: &[f32],
-    n: usize,
-    stride: usize,
-    col0: usize,
-    caps: &[usize],
+    block: &Block<'_>,
     scratch: &mut ColumnScratch,
     outs: &mut [Vec<u32>],
 ) {
+    let &Block {
+        values,
+        n,
+        stride,
+        col0,
+        caps,
+    } = block;
     let nc = caps.len().min(outs.len());
     let ColumnScratch {
         thr,
@@ -497,18 +500,19 @@ mod tests {
                 .collect();
             let mut scratch = ColumnScratch::default();
             let mut outs = vec![Vec::new(); ncols];
-            columns_body::<PORTABLE>(values, n, stride, 2, caps, &mut scratch, &mut outs);
+            let block = Block { values, n, stride, col0: 2, caps };
+            columns_body::<PORTABLE>(&block, &mut scratch, &mut outs);
             prop_assert_eq!(&outs, &want);
             #[cfg(target_arch = "x86_64")]
             {
                 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU has AVX2 and FMA (checked).
-                    unsafe { columns_avx2(values, n, stride, 2, caps, &mut scratch, &mut outs) };
+                    unsafe { columns_avx2(&block, &mut scratch, &mut outs) };
                     prop_assert_eq!(&outs, &want);
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has AVX-512F (checked).
-                    unsafe { columns_avx512(values, n, stride, 2, caps, &mut scratch, &mut outs) };
+                    unsafe { columns_avx512(&block, &mut scratch, &mut outs) };
                     prop_assert_eq!(&outs, &want);
                 }
             }
