@@ -194,11 +194,17 @@ fn above_mask<const ISA: u8>(r: &[f32; 16], t: &[f32; 16]) -> u32 {
             };
         }
     }
-    let mut above = 0u32;
-    for l in 0..16 {
-        above |= u32::from(r[l] > t[l]) << l;
-    }
-    above
+    mask_gt(r, t)
+}
+
+/// Bit l set where `r[l] > t[l]`, over the common length (at most 32): the portable compare,
+/// also used for a block's tail of fewer than 16 columns.
+#[inline(always)]
+fn mask_gt(r: &[f32], t: &[f32]) -> u32 {
+    r.iter()
+        .zip(t)
+        .enumerate()
+        .fold(0u32, |m, (l, (&v, &t))| m | (u32::from(v > t) << l))
 }
 
 /// [`top_k_positive_columns`] compiled for AVX-512F: a block's compare is one instruction.
@@ -259,14 +265,10 @@ fn columns_body<const ISA: u8>(
             prefetch(values, ahead + c0);
             let r = &row[c0..(c0 + 16).min(nc)];
             let t = &thr[c0..c0 + r.len()];
-            let mut above = 0u32;
-            if let (Ok(r), Ok(t)) = (<&[f32; 16]>::try_from(r), <&[f32; 16]>::try_from(t)) {
-                above = above_mask::<ISA>(r, t);
-            } else {
-                for (l, (&v, &t)) in r.iter().zip(t).enumerate() {
-                    above |= u32::from(v > t) << l;
-                }
-            }
+            let mut above = match (<&[f32; 16]>::try_from(r), <&[f32; 16]>::try_from(t)) {
+                (Ok(r), Ok(t)) => above_mask::<ISA>(r, t),
+                _ => mask_gt(r, t),
+            };
             while above != 0 {
                 let l = above.trailing_zeros() as usize;
                 above &= above - 1;
