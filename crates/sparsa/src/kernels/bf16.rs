@@ -12,8 +12,9 @@
 //!   f32 tiles; each 32-wide slice of k loads two A tiles (16 rows × 32 values, straight from
 //!   the packed rows) and two B tiles (16 pairs × 16 features, one 1 KiB run of a strip).
 //!   Measured on this project's machine: ≈ 2.9 TFLOP/s per core, 14× its f32 FMA peak.
-//! - **AVX512-BF16** (`vdpbf16ps`): 8 rows × 32 features of accumulators; per column pair one
-//!   load of each strip's line and one broadcast of the row's pair per row. On Sapphire Rapids
+//! - **AVX512-BF16** (`vdpbf16ps`): two 32 × 32 blocks side by side in register blocks of 6
+//!   rows × 64 features (a lone last block: 8 rows × 32); per column pair one load of each
+//!   strip's line and one broadcast of the row's pair per row. On Sapphire Rapids
 //!   this instruction issues at half the rate of an f32 FMA (so it is slower than the f32
 //!   product there, see [`crate::kernels::peak`]); on CPUs where it runs at full rate it halves
 //!   the f32 time.
@@ -543,13 +544,24 @@ unsafe fn task(
                 let a = pa.data.as_ptr().add((r0 + ib * BLOCK) * kp + k0);
                 for j0 in (f0..f1).step_by(BLOCK) {
                     let b0 = pb.data.as_ptr().add(j0 / 16 * strip + k0 * 16);
-                    let out = &mut acc[ib * (FEATURE_BLOCK / BLOCK) + (j0 - f0) / BLOCK].0;
+                    let at = ib * (FEATURE_BLOCK / BLOCK) + (j0 - f0) / BLOCK;
                     let more = k0 > 0;
                     #[cfg(target_arch = "x86_64")]
                     match kernel {
-                        Bf16Kernel::Amx => amx::block(a, kp, b0, strip, chunks, out, more),
+                        Bf16Kernel::Amx => {
+                            amx::block(a, kp, b0, strip, chunks, &mut acc[at].0, more)
+                        }
+                        // Two blocks side by side run as one (half the broadcasts per
+                        // product); the second of a pair is done with the first, and a lone
+                        // last block runs alone.
+                        Bf16Kernel::Avx512Bf16 if (j0 - f0) % (2 * BLOCK) != 0 => {}
+                        Bf16Kernel::Avx512Bf16 if j0 + 2 * BLOCK <= f1 => {
+                            let (left, right) = acc.split_at_mut(at + 1);
+                            let outs = [&mut left[at].0, &mut right[0].0];
+                            dp::block_pair(a, kp, b0, strip, chunks * 16, outs, more)
+                        }
                         Bf16Kernel::Avx512Bf16 => {
-                            dp::block(a, kp, b0, strip, chunks * 16, out, more)
+                            dp::block(a, kp, b0, strip, chunks * 16, &mut acc[at].0, more)
                         }
                     }
                     #[cfg(not(target_arch = "x86_64"))]
@@ -802,6 +814,89 @@ mod dp {
                 g * 8,
                 more,
             );
+        }
+    }
+
+    /// Two 32 × 32 blocks side by side: strips `b`, `b + strip` into `outs[0]` and the next
+    /// two into `outs[1]`, in register blocks of 6 rows × 4 strips (24 accumulators; per column
+    /// pair 4 loads and 6 broadcasts for 24 products, against 2 and 8 for 16 in [`block`]),
+    /// and 2 rows × 4 strips for the last two rows. Each output is the same chain over k as in
+    /// [`block`], so the two agree bit for bit.
+    ///
+    /// # Safety
+    /// As [`block`], with four strips readable.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn block_pair(
+        a: *const u16,
+        lda: usize,
+        b: *const u16,
+        strip: usize,
+        pairs: usize,
+        outs: [&mut [f32; 1024]; 2],
+        more: bool,
+    ) {
+        let [o0, o1] = outs;
+        let b4 = [b, b.add(strip), b.add(2 * strip), b.add(3 * strip)];
+        for g in 0..5 {
+            rows_by4::<6>(
+                a.add(g * 6 * lda),
+                lda,
+                b4,
+                pairs,
+                [&mut *o0, &mut *o1],
+                g * 6,
+                more,
+            );
+        }
+        rows_by4::<2>(
+            a.add(30 * lda),
+            lda,
+            b4,
+            pairs,
+            [&mut *o0, &mut *o1],
+            30,
+            more,
+        );
+    }
+
+    /// `R` rows from `row0` × four strips, over `pairs` column pairs.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn rows_by4<const R: usize>(
+        a: *const u16,
+        lda: usize,
+        b: [*const u16; 4],
+        pairs: usize,
+        outs: [&mut [f32; 1024]; 2],
+        row0: usize,
+        more: bool,
+    ) {
+        let at = |i: usize, half: usize| ((i / 16) * 2 + half) * 256 + (i % 16) * 16;
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        if more {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                for (s, v) in acc.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(outs[s / 2].as_ptr().add(at(row0 + r, s % 2)));
+                }
+            }
+        }
+        for p in 0..pairs {
+            let w: [__m512bh; 4] = std::array::from_fn(|s| {
+                std::mem::transmute(_mm512_loadu_si512(b[s].add(p * 32) as *const _))
+            });
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let pair = (a.add(r * lda + 2 * p) as *const i32).read_unaligned();
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                for s in 0..4 {
+                    acc[s] = _mm512_dpbf16_ps(acc[s], x, w[s]);
+                }
+            }
+        }
+        let [o0, o1] = outs;
+        for (r, acc) in acc.iter().enumerate() {
+            for (s, v) in acc.iter().enumerate() {
+                let o = if s < 2 { &mut *o0 } else { &mut *o1 };
+                _mm512_storeu_ps(o.as_mut_ptr().add(at(row0 + r, s % 2)), *v);
+            }
         }
     }
 
