@@ -2,21 +2,6 @@
 //! sort of the candidates) and deterministic: among equal values the lower index wins, and a
 //! zero (or negative) entry is never selected.
 
-/// Whether any entry of a block (at most 16) is above `t`: a fixed-width, branch-free test on
-/// full blocks so that it compiles to a few vector compares.
-#[inline(always)]
-pub fn any_above(block: &[f32], t: f32) -> bool {
-    if let Ok(b) = <&[f32; 16]>::try_from(block) {
-        let mut any = false;
-        for &v in b {
-            any |= v > t;
-        }
-        any
-    } else {
-        block.iter().any(|&v| v > t)
-    }
-}
-
 /// Indices (ascending) of the `k` largest positive entries of `values`, appended to `out`.
 /// `scratch` is reused between calls to avoid allocation.
 ///
@@ -29,7 +14,8 @@ pub fn any_above(block: &[f32], t: f32) -> bool {
 /// buffered; when the buffer holds 2k + 32 of them it is cut to its best k (a select, not a
 /// sort) and the threshold becomes the k-th best value. Entries are visited in index order, so
 /// a later entry equal to the threshold loses its tie and can be skipped. Blocks of 16 entries
-/// none of which beats the threshold are skipped with one vectorisable test. O(n) overall.
+/// none of which beats the threshold are skipped after one vector compare ([`row_body`]).
+/// O(n) overall.
 pub fn top_k_positive(values: &[f32], k: usize, scratch: &mut Vec<u64>, out: &mut Vec<u32>) {
     scratch.clear();
     if k == 0 {
@@ -38,23 +24,21 @@ pub fn top_k_positive(values: &[f32], k: usize, scratch: &mut Vec<u64>, out: &mu
     if values.len() <= SHORT_ROW * k {
         return top_k_short(values, k, scratch, out);
     }
-    let cap = 2 * k + 32;
-    let mut thr = 0f32;
-    for (c, chunk) in values.chunks(16).enumerate() {
-        if !any_above(chunk, thr) {
-            continue;
-        }
-        for (o, &v) in chunk.iter().enumerate() {
-            if v > thr {
-                scratch.push(rank_key(v, (c * 16 + o) as u32));
-                if scratch.len() >= cap {
-                    scratch.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
-                    scratch.truncate(k);
-                    thr = f32::from_bits((scratch[k - 1] >> 32) as u32);
-                }
-            }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::kernels::simd;
+        if simd::avx512() {
+            // SAFETY: the CPU supports AVX-512F (checked above).
+            unsafe { row_avx512(values, k, scratch) };
+        } else if simd::avx2_fma() {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            unsafe { row_avx2(values, k, scratch) };
+        } else {
+            row_body::<PORTABLE>(values, k, scratch);
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    row_body::<PORTABLE>(values, k, scratch);
     if scratch.len() > k {
         scratch.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
         scratch.truncate(k);
@@ -62,6 +46,65 @@ pub fn top_k_positive(values: &[f32], k: usize, scratch: &mut Vec<u64>, out: &mu
     let start = out.len();
     out.extend(scratch.iter().map(|&key| !(key as u32)));
     out[start..].sort_unstable();
+}
+
+/// The rising-threshold pass of [`top_k_positive`] over a long row: every entry above the
+/// threshold buffered as a key, the buffer cut to its best k at 2k + 32 keys. Blocks of 16
+/// entries are tested with one compare on the instruction set `ISA` (the caller has checked
+/// the CPU), and in a block that passes only the entries above are visited (a bit mask).
+#[inline(always)]
+fn row_body<const ISA: u8>(values: &[f32], k: usize, scratch: &mut Vec<u64>) {
+    let cap = 2 * k + 32;
+    let mut thr = [0f32; 16];
+    let mut blocks = values.chunks_exact(16);
+    for (c, block) in (&mut blocks).enumerate() {
+        let mut m = above_mask::<ISA>(block.try_into().unwrap(), &thr);
+        while m != 0 {
+            let o = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let v = block[o];
+            // The threshold may have risen within this block: test again.
+            if v > thr[0] {
+                if let Some(t) = offer(scratch, rank_key(v, (c * 16 + o) as u32), k, cap) {
+                    thr = [t; 16];
+                }
+            }
+        }
+    }
+    let base = values.len() - blocks.remainder().len();
+    for (o, &v) in blocks.remainder().iter().enumerate() {
+        if v > thr[0] {
+            if let Some(t) = offer(scratch, rank_key(v, (base + o) as u32), k, cap) {
+                thr = [t; 16];
+            }
+        }
+    }
+}
+
+/// Buffer `key`; when the buffer reaches `cap` keys, cut it to its best k and return the new
+/// threshold (the k-th best value).
+#[inline(always)]
+fn offer(scratch: &mut Vec<u64>, key: u64, k: usize, cap: usize) -> Option<f32> {
+    scratch.push(key);
+    (scratch.len() >= cap).then(|| {
+        scratch.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+        scratch.truncate(k);
+        f32::from_bits((scratch[k - 1] >> 32) as u32)
+    })
+}
+
+/// [`row_body`] compiled for AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_avx512(values: &[f32], k: usize, scratch: &mut Vec<u64>) {
+    row_body::<AVX512>(values, k, scratch)
+}
+
+/// [`row_body`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_avx2(values: &[f32], k: usize, scratch: &mut Vec<u64>) {
+    row_body::<AVX2>(values, k, scratch)
 }
 
 /// Rows up to this many times k take [`top_k_short`]: measured on an auxiliary selection of
@@ -458,6 +501,50 @@ mod tests {
         }
 
         #[test]
+        fn long_row_selection_is_equal_on_every_instruction_set(
+            values in prop::collection::vec(
+                prop_oneof![
+                    8 => prop_oneof![Just(0.0f32), Just(0.5f32), -1.0f32..1.0],
+                    1 => prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(-0.0f32)],
+                ],
+                0..3000,
+            ),
+            k in 1usize..40,
+        ) {
+            // The rising-threshold pass (rows longer than SHORT_ROW·k, with a tail of fewer
+            // than 16) on the portable, AVX2 and AVX-512 builds, each where the CPU has it
+            // (whatever SPARSA_SIMD caps), against the brute force.
+            let want = brute_top_k(&values, k);
+            let finish = |mut keys: Vec<u64>| {
+                if keys.len() > k {
+                    keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+                    keys.truncate(k);
+                }
+                let mut idx: Vec<u32> = keys.iter().map(|&key| !(key as u32)).collect();
+                idx.sort_unstable();
+                idx
+            };
+            let mut keys = Vec::new();
+            row_body::<PORTABLE>(&values, k, &mut keys);
+            prop_assert_eq!(finish(keys), want.clone());
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    let mut keys = Vec::new();
+                    // SAFETY: the CPU has AVX2 and FMA (checked).
+                    unsafe { row_avx2(&values, k, &mut keys) };
+                    prop_assert_eq!(finish(keys), want.clone());
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    let mut keys = Vec::new();
+                    // SAFETY: the CPU has AVX-512F (checked).
+                    unsafe { row_avx512(&values, k, &mut keys) };
+                    prop_assert_eq!(finish(keys), want);
+                }
+            }
+        }
+
+        #[test]
         fn column_block_top_k_matches_brute_force(
             values in prop::collection::vec(prop_oneof![Just(0.0f32), Just(1.0f32), -2.0f32..2.0], 1..3000),
             ncols in 1usize..40,
@@ -542,3 +629,4 @@ mod tests {
         }
     }
 }
+
