@@ -81,6 +81,68 @@ fn row_body<const ISA: u8>(values: &[f32], k: usize, scratch: &mut Vec<u64>) {
     }
 }
 
+/// Indices (ascending) of the entries of `values` that are positive and at least `t`, appended
+/// to `out`. Blocks of 16 entries with none of them are skipped after one vector compare (as
+/// in [`top_k_positive`]), on the instruction sets `kernels::simd` allows.
+pub fn positive_at_least(values: &[f32], t: f32, out: &mut Vec<u32>) {
+    if t.is_nan() {
+        return; // v ≥ NaN holds for no v
+    }
+    // v ≥ t > 0 is v > the float below t; for t ≤ 0 the test is v > 0.
+    let above = if t > 0.0 {
+        f32::from_bits(t.to_bits() - 1)
+    } else {
+        0.0
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::kernels::simd;
+        if simd::avx512() {
+            // SAFETY: the CPU supports AVX-512F (checked above).
+            return unsafe { above_avx512(values, above, out) };
+        }
+        if simd::avx2_fma() {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            return unsafe { above_avx2(values, above, out) };
+        }
+    }
+    above_body::<PORTABLE>(values, above, out)
+}
+
+/// Indices of the entries above `t` (≥ 0), by blocks of 16 tested on `ISA`.
+#[inline(always)]
+fn above_body<const ISA: u8>(values: &[f32], t: f32, out: &mut Vec<u32>) {
+    let thr = [t; 16];
+    let mut blocks = values.chunks_exact(16);
+    for (c, block) in (&mut blocks).enumerate() {
+        let mut m = above_mask::<ISA>(block.try_into().unwrap(), &thr);
+        while m != 0 {
+            out.push((c * 16) as u32 + m.trailing_zeros());
+            m &= m - 1;
+        }
+    }
+    let base = values.len() - blocks.remainder().len();
+    let mut m = mask_gt(blocks.remainder(), &thr);
+    while m != 0 {
+        out.push(base as u32 + m.trailing_zeros());
+        m &= m - 1;
+    }
+}
+
+/// [`above_body`] compiled for AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn above_avx512(values: &[f32], t: f32, out: &mut Vec<u32>) {
+    above_body::<AVX512>(values, t, out)
+}
+
+/// [`above_body`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn above_avx2(values: &[f32], t: f32, out: &mut Vec<u32>) {
+    above_body::<AVX2>(values, t, out)
+}
+
 /// Buffer `key`; when the buffer reaches `cap` keys, cut it to its best k and return the new
 /// threshold (the k-th best value).
 #[inline(always)]
@@ -540,6 +602,56 @@ mod tests {
                     // SAFETY: the CPU has AVX-512F (checked).
                     unsafe { row_avx512(&values, k, &mut keys) };
                     prop_assert_eq!(finish(keys), want);
+                }
+            }
+        }
+
+        #[test]
+        fn entries_at_least_a_threshold_on_every_instruction_set(
+            values in prop::collection::vec(
+                prop_oneof![
+                    4 => prop_oneof![Just(0.0f32), Just(0.5f32), -1.0f32..1.0],
+                    1 => prop_oneof![
+                        Just(f32::NAN),
+                        Just(f32::INFINITY),
+                        Just(-0.0f32),
+                        Just(f32::from_bits(1)),
+                    ],
+                ],
+                0..200,
+            ),
+            t in prop_oneof![
+                Just(0.5f32), Just(0.0f32), Just(-0.3f32), Just(f32::INFINITY),
+                Just(f32::from_bits(1)), Just(f32::NAN), -1.0f32..1.0,
+            ],
+        ) {
+            // The public entry point and each build the CPU has, against the scalar rule.
+            let want: Vec<u32> = (0..values.len() as u32)
+                .filter(|&i| values[i as usize] >= t && values[i as usize] > 0.0)
+                .collect();
+            let mut out = vec![7];
+            positive_at_least(&values, t, &mut out);
+            prop_assert_eq!(&out[1..], &want[..]);
+            if t.is_nan() {
+                return Ok(());
+            }
+            let above = if t > 0.0 { f32::from_bits(t.to_bits() - 1) } else { 0.0 };
+            let mut out = Vec::new();
+            above_body::<PORTABLE>(&values, above, &mut out);
+            prop_assert_eq!(&out, &want);
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    let mut out = Vec::new();
+                    // SAFETY: the CPU has AVX2 and FMA (checked).
+                    unsafe { above_avx2(&values, above, &mut out) };
+                    prop_assert_eq!(&out, &want);
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    let mut out = Vec::new();
+                    // SAFETY: the CPU has AVX-512F (checked).
+                    unsafe { above_avx512(&values, above, &mut out) };
+                    prop_assert_eq!(&out, &want);
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! per-token cap.
 
 use super::{keep_largest, AllocInput, Allocation, Matching};
-use crate::sae::select::{global_kth_positive, top_k_positive};
+use crate::sae::select::{global_kth_positive, positive_at_least, top_k_positive};
 use rayon::prelude::*;
 
 /// Global selection of the k·B largest positive entries (ties: lower flat index wins).
@@ -56,25 +56,6 @@ fn select_capped(input: &AllocInput, budget: usize, cap: usize, out: &mut Matchi
     out.from_pairs(b, f, &pairs);
 }
 
-/// Entries of `row` that are positive and ≥ `t`, by index (blocks of 16 below `t` skipped).
-fn candidates(row: &[f32], t: f32) -> Vec<u32> {
-    let mut sel = Vec::new();
-    for (c, chunk) in row.chunks(16).enumerate() {
-        if !chunk
-            .iter()
-            .fold(false, |acc, &v| acc | (v >= t && v > 0.0))
-        {
-            continue;
-        }
-        for (o, &v) in chunk.iter().enumerate() {
-            if v >= t && v > 0.0 {
-                sel.push((c * 16 + o) as u32);
-            }
-        }
-    }
-    sel
-}
-
 /// The fast route: estimate a threshold t_low from a sample of rows (every ⌈B/128⌉-th row) at
 /// 1.5× the budget's share plus a margin, gather every entry ≥ t_low in one parallel pass, and
 /// when at least k·B entries were gathered, the exact top k·B is among them: select it there
@@ -97,7 +78,14 @@ fn select_by_sample(input: &AllocInput, budget: usize, out: &mut Matching) -> bo
         None => return false,
     };
     drop(sample);
-    let cand: Vec<Vec<u32>> = a.par_chunks(f).map(|row| candidates(row, t_low)).collect();
+    let cand: Vec<Vec<u32>> = a
+        .par_chunks(f)
+        .map(|row| {
+            let mut c = Vec::new();
+            positive_at_least(row, t_low, &mut c);
+            c
+        })
+        .collect();
     let total: usize = cand.iter().map(Vec::len).sum();
     if total < budget || total > 4 * budget {
         return false;
