@@ -445,31 +445,9 @@ pub struct ColumnScratch {
 /// Returns `None` when there are at most `k` positive entries (select them all).
 ///
 /// Radix select on the IEEE bit patterns (positive floats order like their bits as u32):
-/// two histogram passes of 2^16 bins, O(n) time, O(1) extra memory.
+/// two histogram passes of 2^16 bins, O(n) time, one histogram per thread ([`histogram`]).
 pub fn global_kth_positive(values: &[f32], k: usize) -> Option<(f32, usize, usize)> {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 16;
-    // One histogram per rayon split (fold), not per chunk.
-    let hist_hi = values
-        .par_chunks(CHUNK)
-        .fold(
-            || vec![0u64; 1 << 16],
-            |mut h, c| {
-                for &v in c {
-                    if v > 0.0 {
-                        h[(v.to_bits() >> 16) as usize] += 1;
-                    }
-                }
-                h
-            },
-        )
-        .reduce(
-            || vec![0u64; 1 << 16],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+    let hist_hi = histogram(values, |bits| ((bits >> 16) as usize, 1));
     let positives: u64 = hist_hi.iter().sum();
     if positives as usize <= k || k == 0 {
         return None;
@@ -484,26 +462,12 @@ pub fn global_kth_positive(values: &[f32], k: usize) -> Option<(f32, usize, usiz
         }
         above += hist_hi[b];
     }
-    let hist_lo = values
-        .par_chunks(CHUNK)
-        .fold(
-            || vec![0u64; 1 << 16],
-            |mut h, c| {
-                for &v in c {
-                    if v > 0.0 && (v.to_bits() >> 16) as usize == bin {
-                        h[(v.to_bits() & 0xffff) as usize] += 1;
-                    }
-                }
-                h
-            },
+    let hist_lo = histogram(values, |bits| {
+        (
+            (bits & 0xffff) as usize,
+            u64::from((bits >> 16) as usize == bin),
         )
-        .reduce(
-            || vec![0u64; 1 << 16],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+    });
     let mut above2 = above;
     for lo in (0..1usize << 16).rev() {
         let c = hist_lo[lo];
@@ -515,6 +479,33 @@ pub fn global_kth_positive(values: &[f32], k: usize) -> Option<(f32, usize, usiz
         above2 += c;
     }
     None
+}
+
+/// A histogram of 2¹⁶ bins over the positive entries of `values`: `at(bits)` gives an entry's
+/// bin and weight (0 or 1) from its bits. One histogram per thread's contiguous part, then
+/// summed (integer counts: the result does not depend on the split). Branch-free: every entry
+/// adds its weight, 0 for the non-positive ones (their bits still index a bin).
+fn histogram(values: &[f32], at: impl Fn(u32) -> (usize, u64) + Sync) -> Vec<u64> {
+    use rayon::prelude::*;
+    const BINS: usize = 1 << 16;
+    let parts = rayon::current_num_threads().max(1);
+    let part = values.len().div_ceil(parts).max(1);
+    let hists: Vec<Vec<u64>> = values
+        .par_chunks(part)
+        .map(|c| {
+            let mut h = vec![0u64; BINS];
+            for &v in c {
+                let (bin, w) = at(v.to_bits());
+                h[bin] += w * u64::from(v > 0.0);
+            }
+            h
+        })
+        .collect();
+    let mut total = vec![0u64; BINS];
+    for h in hists {
+        total.iter_mut().zip(h).for_each(|(t, c)| *t += c);
+    }
+    total
 }
 
 #[cfg(test)]
@@ -721,10 +712,19 @@ mod tests {
 
         #[test]
         fn global_threshold_matches_brute_force(
-            values in prop::collection::vec(prop_oneof![Just(0.0f32), Just(0.5f32), -2.0f32..2.0, 0.0f32..1e-30], 1..400),
+            values in prop::collection::vec(prop_oneof![
+                Just(0.0f32), Just(0.5f32), -2.0f32..2.0, 0.0f32..1e-30,
+                Just(f32::NAN), Just(f32::INFINITY), Just(-0.0f32),
+            ], 1..400),
             k in 1usize..100,
         ) {
             let want = brute_top_k(&values, k);
+            // The per-thread histograms' split does not change the answer.
+            let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+            prop_assert_eq!(
+                three.install(|| global_kth_positive(&values, k)),
+                global_kth_positive(&values, k)
+            );
             let got: Vec<u32> = match global_kth_positive(&values, k) {
                 None => (0..values.len() as u32).filter(|&i| values[i as usize] > 0.0).collect(),
                 Some((t, _above, take)) => {
