@@ -39,12 +39,18 @@ pub fn top_k_positive(values: &[f32], k: usize, scratch: &mut Vec<u64>, out: &mu
     }
     #[cfg(not(target_arch = "x86_64"))]
     row_body::<PORTABLE>(values, k, scratch);
-    if scratch.len() > k {
-        scratch.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
-        scratch.truncate(k);
+    finish_keys(scratch, k, out);
+}
+
+/// The indices of the best k of `keys` (value bits over the complemented index), ascending,
+/// appended to `out`.
+fn finish_keys(keys: &mut Vec<u64>, k: usize, out: &mut Vec<u32>) {
+    if keys.len() > k {
+        keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+        keys.truncate(k);
     }
     let start = out.len();
-    out.extend(scratch.iter().map(|&key| !(key as u32)));
+    out.extend(keys.iter().map(|&key| !(key as u32)));
     out[start..].sort_unstable();
 }
 
@@ -569,12 +575,8 @@ mod tests {
             // (whatever SPARSA_SIMD caps), against the brute force.
             let want = brute_top_k(&values, k);
             let finish = |mut keys: Vec<u64>| {
-                if keys.len() > k {
-                    keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
-                    keys.truncate(k);
-                }
-                let mut idx: Vec<u32> = keys.iter().map(|&key| !(key as u32)).collect();
-                idx.sort_unstable();
+                let mut idx = Vec::new();
+                finish_keys(&mut keys, k, &mut idx);
                 idx
             };
             let mut keys = Vec::new();
