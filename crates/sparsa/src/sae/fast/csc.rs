@@ -8,9 +8,10 @@
 //! d 768, B 4096), one pair per matched pair: with the auxiliary loss on that is 1.2–1.6 M pairs,
 //! and gathered straight from the last-level cache they are bound by its bandwidth. So the sums
 //! run by d-slices: the rows' slice s (SLICE lanes) is copied into a contiguous slice-major
-//! block small enough for the core's L2 cache, and every feature's sums for slice s are taken
-//! from it, accumulators in registers. Each element's sum is the same sequence of multiplies
-//! and adds, in the same order, as a whole-row axpy per entry: the result is bit-identical.
+//! block, and every feature's sums for slice s are taken from it, accumulators in registers,
+//! one block of tokens at a time so that what a pass reads stays in the core's L2 cache (the
+//! sums carried from pass to pass). Each element's sum is the same sequence of multiplies and
+//! adds, in the same order, as a whole-row axpy per entry: the result is bit-identical.
 
 use super::resize;
 use crate::kernels::vector;
@@ -19,9 +20,13 @@ use rayon::prelude::*;
 /// Unused feature (no row in the touched-feature buffers).
 pub const NONE: u32 = u32::MAX;
 
-/// Lanes per d-slice: 32 f32 (two AVX-512 registers). At B = 4096 a slice of X′ and of both
-/// gradient blocks takes 1.5 MB, within a 2 MB L2 cache.
+/// Lanes per d-slice: 32 f32 (two AVX-512 registers).
 const SLICE: usize = 32;
+
+/// Bytes one pass of the sliced sums reads (a slice of X′ and of each gradient source, for a
+/// block of tokens): 1,024 tokens with both gradient sources. A whole slice at B = 4096 takes
+/// 1.5 MB. Project choice, measured (docs/sae.md section 5).
+const SLICE_PASS_BYTES: usize = 384 * 1024;
 
 /// Entries from which a feature's sums run by d-slices rather than row by row: below it, the
 /// per-slice loop costs more than the row gathers it saves (measured at 768 × 24576, B 4096).
@@ -54,6 +59,8 @@ pub struct FeatureView {
     xs: Vec<f32>,
     /// Slice-major stacked gradients: slice s holds the rows of g, then (auxiliary) of h.
     gs: Vec<f32>,
+    /// Tokens per pass of the sliced sums (`None`: from [`SLICE_PASS_BYTES`]); tests set it.
+    token_block: Option<usize>,
 }
 
 /// Gradients computed elsewhere for some features (the dense auxiliary block), added to their
@@ -207,6 +214,13 @@ impl FeatureView {
             to_slices(&[xc], d, &mut self.xs);
             to_slices(&gsrc, d, &mut self.gs);
         }
+        // Tokens per pass of the sliced sums: a pass reads one slice's rows of these tokens
+        // only (X′ and each gradient source), within SLICE_PASS_BYTES.
+        let rows_blk = self
+            .token_block
+            .unwrap_or(SLICE_PASS_BYTES / (SLICE * 4 * (1 + gsrc.len())))
+            .clamp(1, b);
+        let nb = b.div_ceil(rows_blk);
         let (entries, ptr, xs, gs) = (&self.entries, &self.ptr, &self.xs, &self.gs);
         let touched = &self.touched;
         // Feature ranges of about equal entry counts.
@@ -225,15 +239,42 @@ impl FeatureView {
         pieces.into_par_iter().for_each(|(t0, t1, ge, gd, gb)| {
             let heavy = |t: usize| ptr[t + 1] - ptr[t] >= SLICED_MIN;
             if sliced {
-                for s in 0..ns {
-                    let xs = &xs[s * b * SLICE..(s + 1) * b * SLICE];
-                    let gs = &gs[s * grows * SLICE..(s + 1) * grows * SLICE];
-                    let (l0, l1) = (s * SLICE, ((s + 1) * SLICE).min(d));
-                    for t in (t0..t1).filter(|&t| heavy(t)) {
-                        let (se, sd) = slice_sums(&entries[ptr[t]..ptr[t + 1]], b, xs, gs);
-                        let r = (t - t0) * d;
-                        ge[r + l0..r + l1].copy_from_slice(&se[..l1 - l0]);
-                        gd[r + l0..r + l1].copy_from_slice(&sd[..l1 - l0]);
+                // Per heavy feature, its entries' bounds at each token block's start (entries
+                // are in token order), then the passes: token block by token block, slice by
+                // slice, each feature's sums carried on from the last pass in its rows of
+                // ge/gd (from 0): per lane the same additions in the same order as one pass.
+                let hv: Vec<usize> = (t0..t1).filter(|&t| heavy(t)).collect();
+                let mut at = Vec::with_capacity(hv.len() * (nb + 1));
+                for &t in &hv {
+                    let ens = &entries[ptr[t]..ptr[t + 1]];
+                    at.push(ptr[t]);
+                    for k in 1..nb {
+                        let i0 = k * rows_blk;
+                        at.push(ptr[t] + ens.partition_point(|e| token(e.src, b) < i0));
+                    }
+                    at.push(ptr[t + 1]);
+                    let r = (t - t0) * d;
+                    ge[r..r + d].fill(0.0);
+                    gd[r..r + d].fill(0.0);
+                }
+                for tb in 0..nb {
+                    for s in 0..ns {
+                        let xs = &xs[s * b * SLICE..(s + 1) * b * SLICE];
+                        let gs = &gs[s * grows * SLICE..(s + 1) * grows * SLICE];
+                        let (l0, l1) = (s * SLICE, ((s + 1) * SLICE).min(d));
+                        for (h, &t) in hv.iter().enumerate() {
+                            let (e0, e1) = (at[h * (nb + 1) + tb], at[h * (nb + 1) + tb + 1]);
+                            if e0 == e1 {
+                                continue;
+                            }
+                            let r = (t - t0) * d;
+                            let (mut se, mut sd) = ([0f32; SLICE], [0f32; SLICE]);
+                            se[..l1 - l0].copy_from_slice(&ge[r + l0..r + l1]);
+                            sd[..l1 - l0].copy_from_slice(&gd[r + l0..r + l1]);
+                            slice_sums(&entries[e0..e1], b, xs, gs, &mut se, &mut sd);
+                            ge[r + l0..r + l1].copy_from_slice(&se[..l1 - l0]);
+                            gd[r + l0..r + l1].copy_from_slice(&sd[..l1 - l0]);
+                        }
                     }
                 }
             }
@@ -305,15 +346,34 @@ fn to_slices(srcs: &[&[f32]], d: usize, out: &mut [f32]) {
         });
 }
 
-/// One feature's sums over one slice: (Σ c·x′_i, Σ a·gsrc) lane by lane, in entry order.
+/// Token of an entry's gradient row `src` (i, or B + i for an auxiliary pair).
 #[inline]
-fn slice_sums(ens: &[Entry], b: usize, xs: &[f32], gs: &[f32]) -> ([f32; SLICE], [f32; SLICE]) {
+fn token(src: u32, b: usize) -> usize {
+    let src = src as usize;
+    if src >= b {
+        src - b
+    } else {
+        src
+    }
+}
+
+/// One feature's sums over one slice, carried on: se += Σ c·x′_i, sd += Σ a·gsrc lane by lane,
+/// in entry order.
+#[inline]
+fn slice_sums(
+    ens: &[Entry],
+    b: usize,
+    xs: &[f32],
+    gs: &[f32],
+    se: &mut [f32; SLICE],
+    sd: &mut [f32; SLICE],
+) {
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::simd::avx512() {
         // SAFETY: the CPU supports AVX-512F (checked above).
-        return unsafe { slice_sums_avx512(ens, b, xs, gs) };
+        return unsafe { slice_sums_avx512(ens, b, xs, gs, se, sd) };
     }
-    slice_sums_body(ens, b, xs, gs)
+    slice_sums_body(ens, b, xs, gs, se, sd)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -323,8 +383,10 @@ unsafe fn slice_sums_avx512(
     b: usize,
     xs: &[f32],
     gs: &[f32],
-) -> ([f32; SLICE], [f32; SLICE]) {
-    slice_sums_body(ens, b, xs, gs)
+    se: &mut [f32; SLICE],
+    sd: &mut [f32; SLICE],
+) {
+    slice_sums_body(ens, b, xs, gs, se, sd)
 }
 
 #[inline(always)]
@@ -333,20 +395,21 @@ fn slice_sums_body(
     b: usize,
     xs: &[f32],
     gs: &[f32],
-) -> ([f32; SLICE], [f32; SLICE]) {
-    let mut se = [0f32; SLICE];
-    let mut sd = [0f32; SLICE];
+    se: &mut [f32; SLICE],
+    sd: &mut [f32; SLICE],
+) {
+    let (mut ae, mut ad) = (*se, *sd);
     for e in ens {
         let src = e.src as usize;
-        let i = if src >= b { src - b } else { src };
+        let i = token(e.src, b);
         let x: &[f32; SLICE] = xs[i * SLICE..(i + 1) * SLICE].try_into().unwrap();
         let g: &[f32; SLICE] = gs[src * SLICE..(src + 1) * SLICE].try_into().unwrap();
         for l in 0..SLICE {
-            se[l] += e.c * x[l];
-            sd[l] += e.a * g[l];
+            ae[l] += e.c * x[l];
+            ad[l] += e.a * g[l];
         }
     }
-    (se, sd)
+    (*se, *sd) = (ae, ad);
 }
 
 #[cfg(test)]
@@ -405,7 +468,8 @@ mod tests {
 
     /// Sliced (features with ≥ SLICED_MIN entries) and row-by-row sums equal the whole-row
     /// algorithm bit for bit, with d not a multiple of the slice (a padded tail slice), with and
-    /// without the auxiliary matching, and on one thread as on several.
+    /// without the auxiliary matching, on one thread as on several, and with the sliced sums
+    /// run in one pass per slice or carried over blocks of 7 tokens or of one.
     #[test]
     fn sliced_sums_equal_whole_row_sums_bit_for_bit() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -456,12 +520,15 @@ mod tests {
                     }
                 }
                 let want = by_rows(&flat, f, d, &xc, &g, &h, &w_dec);
-                for threads in [1usize, 3] {
+                for (threads, block) in [(1usize, None), (3, None), (1, Some(7)), (3, Some(1))] {
                     let pool = rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
                         .build()
                         .unwrap();
-                    let mut view = FeatureView::default();
+                    let mut view = FeatureView {
+                        token_block: block,
+                        ..FeatureView::default()
+                    };
                     let nt = want.len();
                     let (mut ge, mut gd, mut gb) =
                         (vec![0f32; nt * d], vec![0f32; nt * d], vec![0f32; nt]);
@@ -474,7 +541,7 @@ mod tests {
                         .filter(|&t| view.ptr[t + 1] - view.ptr[t] >= SLICED_MIN)
                         .count();
                     assert!(heavy >= 3 && heavy < nt, "both paths run: {heavy} of {nt}");
-                    let at = format!("d {d}, aux {with_aux}, {threads} threads");
+                    let at = format!("d {d}, aux {with_aux}, {threads} threads, tokens {block:?}");
                     assert_eq!(view.touched.len(), nt, "{at}");
                     for (t, (j, we, wd, wb)) in want.iter().enumerate() {
                         assert_eq!(view.touched[t], *j, "{at}");
