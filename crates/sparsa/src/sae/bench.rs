@@ -156,7 +156,8 @@ pub struct FastRun {
     pub steps: Vec<f64>,
     /// The last timed step's metrics (whether the auxiliary loss was active, …).
     pub metrics: StepMetrics,
-    /// Phase times of the last timed step.
+    /// Phase times, each the median of its timed steps (so a phase's figure and the step's
+    /// median need not come from the same step).
     pub phases: Phases,
     /// Matched pairs of the last step: (main, auxiliary).
     pub matches: (usize, usize),
@@ -180,6 +181,7 @@ pub fn time_fast_run(
     }
     let mut x = vec![0f32; data.len()];
     let mut ts = Vec::new();
+    let mut phases = Vec::new();
     let mut last = None;
     for s in 0..2 + steps.max(1) {
         x.copy_from_slice(data);
@@ -187,6 +189,7 @@ pub fn time_fast_run(
         let m = t.step(&mut x)?;
         if s >= 2 {
             ts.push(t0.elapsed().as_secs_f64());
+            phases.push(t.fast_phases());
         }
         last = Some(m);
     }
@@ -195,10 +198,24 @@ pub fn time_fast_run(
         step: median(ts.clone()),
         steps: ts,
         metrics: last.expect("at least one step ran"),
-        phases: t.fast_phases(),
+        phases: median_phases(&phases),
         matches: t.fast_matches(),
         aux_dense: t.fast_aux_dense(),
     })
+}
+
+/// Each phase's median over `all` (the upper one of an even count, as [`median`]).
+fn median_phases(all: &[Phases]) -> Phases {
+    let m = |f: fn(&Phases) -> f64| median(all.iter().map(f).collect());
+    Phases {
+        encode: m(|p| p.encode),
+        matmul: m(|p| p.matmul),
+        select: m(|p| p.select),
+        decode: m(|p| p.decode),
+        backward: m(|p| p.backward),
+        adam: m(|p| p.adam),
+        aux_products: m(|p| p.aux_products),
+    }
 }
 
 /// Median seconds of `reps` steps of a trainer built from `cfg` (the reference path when
@@ -232,6 +249,11 @@ mod tests {
             let run = time_fast_run(cfg, &data, s.d, 1, None).unwrap();
             assert_eq!(run.matmul, "f32");
             assert!(run.step > 0.0 && run.matches.0 > 0);
+            // The products are part of decode and backward (medians of the same steps: with
+            // one timed step, of that step).
+            let ph = run.phases;
+            assert!(ph.aux_products >= 0.0 && ph.aux_products <= ph.decode + ph.backward);
+            assert_eq!(ph.aux_products > 0.0, run.aux_dense, "{ph:?}");
             let cfg = config(s, arch, AuxKind::None, Matmul::F32, true).unwrap();
             assert!(time_steps(cfg, &data, s.d, 1).unwrap() > 0.0);
         }

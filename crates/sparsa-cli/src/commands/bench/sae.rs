@@ -128,12 +128,12 @@ struct Line {
     aux_eligible: usize,
     /// Whether the auxiliary loss ran as dense products over its features (not pair by pair).
     aux_dense: bool,
-    /// Phase times of the last timed step.
+    /// Phase times, each the median over the last round's timed steps; `aux_products` is the
+    /// part of decode and backward spent in the dense auxiliary block's four f32 products.
     phases: Phases,
-    /// (Sum of the phases) / (the encoder product inside that same step, in its precision):
-    /// the step/matmul
-    /// ratio with both measured back to back, less exposed to load from other processes than
-    /// step_over_matmul (whose two figures are seconds apart).
+    /// (Sum of the phases) / (the encoder product inside the same steps, in its precision):
+    /// the step/matmul ratio with both measured in the same steps, less exposed to load from
+    /// other processes than step_over_matmul (whose two figures are seconds apart).
     step_over_matmul_same_step: f64,
     /// Reference step (dense autograd) of this architecture, aux none; null if not measured.
     reference_step_s: Option<f64>,
@@ -411,12 +411,12 @@ fn print_summary(lines: &[Line]) {
             );
         }
         println!(
-            "| arch | aux | matmul | step s | step / f32 product | step / no-aux step | aux active |"
+            "| arch | aux | matmul | step s | step / f32 product | step / no-aux step | aux active | aux f32 products s |"
         );
-        println!("|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|");
         for l in lines.iter().filter(|l| (l.d, l.f) == (d, f)) {
             println!(
-                "| {} | {} | {} | {:.3} | {:.2} | {} | {} |",
+                "| {} | {} | {} | {:.3} | {:.2} | {} | {} | {} |",
                 l.arch,
                 l.aux,
                 l.matmul,
@@ -430,6 +430,11 @@ fn print_summary(lines: &[Line]) {
                     "yes"
                 } else {
                     "no"
+                },
+                if l.aux_dense {
+                    format!("{:.3}", l.phases.aux_products)
+                } else {
+                    "–".to_string()
                 }
             );
         }

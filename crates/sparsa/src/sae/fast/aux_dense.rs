@@ -60,6 +60,8 @@ pub struct AuxDense {
     /// e − A_E·W_E (B × d), when there is a rest.
     ep: Vec<f32>,
     counts: Vec<u32>,
+    /// Seconds in the block's products since the last [`AuxDense::split`].
+    pub product_s: f64,
 }
 
 impl AuxDense {
@@ -76,6 +78,7 @@ impl AuxDense {
         d: usize,
     ) -> bool {
         let (b, f) = (aux.b, aux.f);
+        self.product_s = 0.0;
         resize(&mut self.counts, f);
         self.counts.fill(0);
         for &j in &aux.cols {
@@ -183,7 +186,7 @@ impl AuxDense {
         } else {
             r
         };
-        product(out, Operand::n(&self.a, b, n), Operand::n(&self.w, n, d));
+        self.product_s += product(out, Operand::n(&self.a, b, n), Operand::n(&self.w, n, d));
         out.par_chunks_mut(ROWS * d)
             .zip(e.par_chunks(ROWS * d))
             .zip(sse.par_chunks_mut(ROWS))
@@ -209,7 +212,7 @@ impl AuxDense {
             );
         }
         resize(&mut self.c, b * n);
-        product(&mut self.c, Operand::n(r, b, d), Operand::t(&self.w, n, d));
+        self.product_s += product(&mut self.c, Operand::n(r, b, d), Operand::t(&self.w, n, d));
     }
 
     /// C_E ← s·C_E on the pairs, 0 elsewhere (the ReLU passes the gradient where a_ij > 0).
@@ -230,12 +233,12 @@ impl AuxDense {
         let b = xc.len() / d.max(1);
         resize(&mut self.ge, n * d);
         resize(&mut self.gd, n * d);
-        product(
+        self.product_s += product(
             &mut self.ge,
             Operand::t(&self.c, b, n),
             Operand::n(xc, b, d),
         );
-        product(&mut self.gd, Operand::t(&self.a, b, n), Operand::n(h, b, d));
+        self.product_s += product(&mut self.gd, Operand::t(&self.a, b, n), Operand::n(h, b, d));
         // Column sums of C_E, token order, by column blocks.
         resize(&mut self.gb, n);
         let c = &self.c;
@@ -264,7 +267,9 @@ impl AuxDense {
     }
 }
 
-/// C = A·B on `gemm` over every thread of the current pool.
-fn product(c: &mut [f32], a: Operand<'_, f32>, b: Operand<'_, f32>) {
+/// C = A·B on `gemm` over every thread of the current pool; returns its seconds.
+fn product(c: &mut [f32], a: Operand<'_, f32>, b: Operand<'_, f32>) -> f64 {
+    let clock = std::time::Instant::now();
     gemm_into(c, a, b, false, rayon::current_num_threads(), 1.0);
+    clock.elapsed().as_secs_f64()
 }

@@ -84,6 +84,9 @@ pub struct Phases {
     pub backward: f64,
     /// Clipping, Adam on every parameter, decoder renormalisation.
     pub adam: f64,
+    /// Of decode and backward: the dense auxiliary block's four products (0 when the block did
+    /// not run), the part of the auxiliary loss's cost that is f32 GEMM.
+    pub aux_products: f64,
 }
 
 /// The fast step's reusable buffers, and the outputs the trainer reads after a step
@@ -252,6 +255,11 @@ impl FastStep {
         self.feature_gradients(p);
         self.decoder_bias_gradient(p);
         self.phases.backward = lap();
+        self.phases.aux_products = if self.dense_on {
+            self.dense.product_s
+        } else {
+            0.0
+        };
         self.ready = true;
         Ok(Losses {
             rec,
